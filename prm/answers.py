@@ -71,8 +71,8 @@ def _verify_worker(gold: str, pred: str) -> bool:
 
     logging.disable(logging.WARNING)  # "timeout disabled" notices: the timeout is ours, on the process
 
-    gold_p = parse(gold if "$" in gold or "\\" in gold else f"${gold}$", parsing_timeout=None)
-    pred_p = parse(pred if "$" in pred or "\\" in pred else f"${pred}$", parsing_timeout=None)
+    gold_p = parse(gold if "$" in gold else f"${gold}$", parsing_timeout=None)
+    pred_p = parse(pred if "$" in pred else f"${pred}$", parsing_timeout=None)
     return bool(gold_p and pred_p and verify(gold_p, pred_p, timeout_seconds=None))
 
 

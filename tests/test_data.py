@@ -1,0 +1,150 @@
+"""Loaders on the real shared files, and on broken copies of them."""
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from prm import data
+from prm.data import DataError
+
+FIXTURES = data.DEFAULT_DATA_ROOT / "fixtures"
+
+
+@pytest.mark.parametrize("subset,rows", [("gsm8k", 400), ("math", 1000), ("olympiadbench", 1000), ("omnimath", 1000)])
+def test_processbench_row_counts(subset, rows):
+    items = data.load_processbench(subset)
+    assert len(items) == rows
+    assert all(t.first_error is not None and -1 <= t.first_error < len(t.steps) for t in items)
+    assert {t.first_error == -1 for t in items} == {True, False}
+
+
+def test_problem_loaders_row_counts_and_answers():
+    gsm = data.load_gsm8k("test")
+    assert len(gsm) == 1319
+    assert gsm[0].reference_answer == "18" and gsm[0].question.startswith("Janet")
+    assert all(p.reference_answer and "," not in p.reference_answer for p in gsm)
+    math = data.load_math500()
+    assert len(math) == 500 and math[0].reference_answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert len(data.load_gsm8k("train")) == 7473
+
+
+def test_prm800k_regrouping():
+    trajs = data.load_prm800k("train")
+    # See load_prm800k's docstring for how these come about (leaf rows, merged duplicates).
+    assert len(trajs) == 32021
+    assert len({t.question for t in trajs}) == 900
+    # Only the last step of a trajectory can be wrong.
+    assert all(t.first_error in (-1, len(t.steps) - 1) for t in trajs)
+    bad = sum(t.first_error != -1 for t in trajs) / len(trajs)
+    assert 0.45 < bad < 0.60
+    # Neutral steps counted as errors can only add errors.
+    strict = data.load_prm800k("test", neutral_as="error")
+    lenient = data.load_prm800k("test")
+    assert sum(t.first_error != -1 for t in strict) > sum(t.first_error != -1 for t in lenient)
+    with pytest.raises(ValueError, match="neutral_as"):
+        data.load_prm800k("test", neutral_as="maybe")
+
+
+def test_prm800k_broken_rating_names_row_and_field(tmp_path):
+    (tmp_path / "prm800k").mkdir()
+    table = pq.read_table(data.DEFAULT_DATA_ROOT / "prm800k" / "phase1_test.stepwise-critic.parquet").slice(0, 20)
+    ratings = table.column("rating").to_pylist()
+    ratings[7] = 5.0
+    table = table.set_column(table.schema.get_field_index("rating"), "rating", pa.array(ratings))
+    path = tmp_path / "prm800k" / "phase1_test.stepwise-critic.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(DataError, match=r"row 7, field 'rating'"):
+        data.load_prm800k("test", root=tmp_path)
+    assert len(data.load_prm800k("test", root=tmp_path, skip_bad_rows=True)) > 0
+    assert len(data.last_skipped) == 1
+
+
+def test_prmbench_loader():
+    items = data.load_prmbench()
+    assert len(items) == 394
+    for t in items:
+        errs = t.meta["error_steps"]
+        assert errs == sorted(errs) and all(0 <= e < len(t.steps) for e in errs)
+        assert t.first_error == (errs[0] if errs else -1)
+
+
+def _broken_processbench(tmp_path, mutate):
+    (tmp_path / "processbench").mkdir()
+    rows = json.loads((data.DEFAULT_DATA_ROOT / "processbench" / "gsm8k.json").read_text())[:10]
+    mutate(rows)
+    (tmp_path / "processbench" / "gsm8k.json").write_text(json.dumps(rows))
+    return tmp_path
+
+
+@pytest.mark.parametrize("mutate,row,field_", [
+    (lambda r: r[3].pop("problem"), 3, "problem"),
+    (lambda r: r[4].__setitem__("steps", []), 4, "steps"),
+    (lambda r: r[5].__setitem__("label", 99), 5, "label"),
+    (lambda r: r[6]["steps"].__setitem__(0, "  "), 6, "steps"),
+])
+def test_processbench_broken_copies(tmp_path, mutate, row, field_):
+    root = _broken_processbench(tmp_path, mutate)
+    with pytest.raises(DataError) as err:
+        data.load_processbench("gsm8k", root=root)
+    assert "gsm8k.json" in str(err.value) and f"row {row}" in str(err.value) and f"'{field_}'" in str(err.value)
+    assert len(data.load_processbench("gsm8k", root=root, skip_bad_rows=True)) == 9
+
+
+def test_invalid_json_line_is_named(tmp_path):
+    (tmp_path / "gsm8k").mkdir()
+    lines = (data.DEFAULT_DATA_ROOT / "gsm8k" / "test.jsonl").read_text().splitlines()[:5]
+    lines[2] = lines[2][:40]
+    lines[3] = json.dumps({"question": "q", "answer": "no final line"})
+    (tmp_path / "gsm8k" / "test.jsonl").write_text("\n".join(lines))
+    with pytest.raises(DataError, match=r"test.jsonl, row 2: invalid JSON"):
+        data.load_gsm8k(root=tmp_path)
+    got = data.load_gsm8k(root=tmp_path, skip_bad_rows=True)
+    assert len(got) == 3 and len(data.last_skipped) == 2
+    assert "row 3, field 'answer'" in data.last_skipped[1]
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        data.load_math500(root=tmp_path)
+
+
+def test_math_shepherd_fixture():
+    items = data.load_math_shepherd(FIXTURES / "samples_math-shepherd.jsonl")
+    assert len(items) == 7
+    first = items[0]
+    assert first.question.endswith("in a year?") and len(first.steps) == 5
+    assert first.first_error == 4 and first.steps[1].startswith("She spends 40 * 3")
+    assert all("ки" not in s for t in items for s in t.steps)
+
+
+def test_math_shepherd_broken_label(tmp_path):
+    rec = json.loads((FIXTURES / "samples_math-shepherd.jsonl").read_text().splitlines()[0])
+    rec["label"] = rec["label"].replace(" +\n", " ?\n", 1)
+    path = tmp_path / "shep.jsonl"
+    path.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(DataError, match=r"row 0, field 'label'"):
+        data.load_math_shepherd(path)
+
+
+def test_trl_format_roundtrip_and_errors(tmp_path):
+    rows = [{"prompt": "1+1?", "completions": ["1+1=2", "So 2."], "labels": [True, True]},
+            {"prompt": "2*3?", "completions": ["2*3=5", "So 5."], "labels": [False, False]},
+            {"prompt": "bad", "completions": ["x"], "labels": [True, False]}]
+    path = tmp_path / "trl.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(DataError, match=r"row 2, field 'labels'"):
+        data.load_trl_prm(path)
+    got = data.load_trl_prm(path, skip_bad_rows=True)
+    assert [t.first_error for t in got] == [-1, 0]
+
+
+def test_own_jsonl_format_roundtrip(tmp_path):
+    trajs = data.load_processbench("gsm8k", limit=5)
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps(t.to_json()) for t in trajs))
+    back = data.load_trajectories_jsonl(path)
+    assert [(t.question, t.steps, t.first_error) for t in back] == [(t.question, t.steps, t.first_error) for t in trajs]
+    shutil.copy(path, tmp_path / "u.jsonl")
+    assert data.load_pool("jsonl", str(tmp_path / "u.jsonl"))[0].steps == trajs[0].steps
