@@ -1,0 +1,380 @@
+"""Reward-guided search (DESIGN.md section 5): greedy, best-of-N, beam search, DVTS.
+
+Every method runs on a batch of problems at once -- one policy call and one PRM call per iteration
+across all problems keeps the backends' batches large -- while each problem (and each DVTS subtree)
+keeps its own state. The methods take two callables, so they run the same against a real policy and
+PRM (see rl.search) and against deterministic test stubs:
+
+  policy(contexts, n, one_step, greedy) -> list[list[Continuation]]   n continuations per context;
+      a context is the chat-formatted prompt plus the partial solution; with one_step the policy
+      stops at the first blank line ("\\n\\n") and says so in Continuation.step_end.
+  score(questions, steps_list) -> list[obj with .mean, .std]           per-step PRM scores.
+
+Tie-breaking is deterministic everywhere: among equal scores/votes the earliest candidate wins
+(the lowest sample index for best-of-N, the earliest-generated child for beam and DVTS).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable, Protocol, Sequence
+
+from prm.answers import extract_answer
+from prm.steps import clean_step, join_steps, split_steps
+
+STEP_SEPARATOR = "\n\n"
+
+
+@dataclass
+class Continuation:
+    text: str
+    n_tokens: int
+    step_end: bool = False   # stopped at a step boundary; False: EOS or length, the solution is over
+
+
+class Policy(Protocol):
+    def __call__(self, contexts: list[str], n: int, one_step: bool, greedy: bool = False
+                 ) -> list[list[Continuation]]: ...
+
+
+ScoreFn = Callable[[list[str], list[list[str]]], Sequence]
+
+
+@dataclass
+class SearchProblem:
+    question: str
+    prompt: str                       # chat-formatted prompt; the assistant turn starts right after it
+    reference_answer: str | None = None
+    source: str = ""
+
+
+@dataclass
+class Cost:
+    generated_tokens: int = 0
+    prm_passes: int = 0               # sequences through the PRM (identical ones in one call counted once)
+    scored_steps: int = 0             # separator positions read across those passes
+    policy_calls: int = 0             # generation rounds this problem took part in
+
+    def add(self, other: "Cost") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class Solution:
+    steps: list[str]
+    n_tokens: int
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    answer: str | None = None
+    key: str | None = None            # canonical answer: solutions group by it
+
+    @property
+    def text(self) -> str:
+        return join_steps(self.steps)
+
+
+@dataclass
+class SearchOutcome:
+    solutions: list[Solution]
+    cost: Cost
+    trace: list[dict] = field(default_factory=list)   # per-iteration beam counts (beam, dvts)
+
+
+# ---------------------------------------------------------------- answers
+_TEXT_WRAP = re.compile(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}")
+_FRAC = re.compile(r"^(-?)\\[dt]?frac\{(-?\d+)\}\{(\d+)\}$")
+
+
+def canonical_answer(answer: str | None) -> str | None:
+    """A cheap canonical form for grouping answers: exact numbers compare by value (72 = 72.0 =
+    1,000/... ; \\frac{1}{2} = 0.5 = 1/2), anything else by its lowercased text without spaces."""
+    if answer is None:
+        return None
+    s = _TEXT_WRAP.sub(r"\1", answer).replace("\\!", "").replace("\\,", "").replace("\\%", "%")
+    s = s.strip().strip("$").rstrip(".").strip()
+    frac = _FRAC.match(s.replace(" ", ""))
+    if frac:
+        s = f"{frac.group(1)}{frac.group(2)}/{frac.group(3)}"
+    number = s.replace(",", "").replace("$", "").rstrip("%").strip()
+    if re.fullmatch(r"-?\d+(?:\.\d+)?(?:/\d+)?", number):
+        try:
+            value = Fraction(number)
+            return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+        except ZeroDivisionError:
+            pass
+    return re.sub(r"\s+", "", s).lower() or None
+
+
+def attach_answer(solution: Solution, fallback_last_number: bool = False) -> Solution:
+    solution.answer = extract_answer(solution.text, fallback_last_number) if solution.steps else None
+    solution.key = canonical_answer(solution.answer)
+    return solution
+
+
+# ---------------------------------------------------------------- step-score aggregation
+def _prod(values: list[float]) -> float:
+    return math.prod(max(v, 0.0) for v in values)   # clipped: mean - beta*std can dip below 0
+
+
+AGGREGATIONS: dict[str, Callable[[list[float]], float]] = {"last": lambda v: v[-1], "min": min, "prod": _prod}
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """How a solution's step scores become one number: per step mean - beta * std, then aggregated."""
+    aggregate: str = "last"
+    beta: float = 0.0                 # 0: the ensemble mean; > 0: uncertainty-aware (penalise disagreement)
+
+    def __post_init__(self):
+        if self.aggregate not in AGGREGATIONS:
+            raise ValueError(f"aggregate '{self.aggregate}' unknown; use one of {sorted(AGGREGATIONS)}")
+
+    def step_values(self, mean: list[float], std: list[float]) -> list[float]:
+        return [m - self.beta * s for m, s in zip(mean, std)] if self.beta else list(mean)
+
+    def solution_score(self, solution: Solution) -> float:
+        if not solution.mean:
+            return -math.inf          # nothing scored (empty output): ranks last
+        return AGGREGATIONS[self.aggregate](self.step_values(solution.mean, solution.std))
+
+
+# ---------------------------------------------------------------- choosing an answer among solutions
+def _first_of_best(keys: list[str], value: dict[str, float]) -> str:
+    best = max(value.values())
+    return next(k for k in keys if value[k] == best)  # keys in order of first occurrence: earliest wins
+
+
+def choose_vanilla(solutions: list[Solution], spec: ScoreSpec) -> int | None:
+    """Index of the top-scored answered solution (earliest on ties)."""
+    answered = [i for i, s in enumerate(solutions) if s.key is not None]
+    if not answered:
+        return None
+    scores = [spec.solution_score(solutions[i]) for i in answered]
+    return answered[scores.index(max(scores))]
+
+
+def _group_choice(solutions: list[Solution], weight: Callable[[Solution], float]) -> int | None:
+    totals: dict[str, float] = {}
+    first: dict[str, int] = {}
+    for i, s in enumerate(solutions):
+        if s.key is None:
+            continue
+        totals[s.key] = totals.get(s.key, 0.0) + weight(s)
+        first.setdefault(s.key, i)
+    if not totals:
+        return None
+    return first[_first_of_best(list(first), totals)]
+
+
+def choose_weighted(solutions: list[Solution], spec: ScoreSpec) -> int | None:
+    """The answer whose solutions' scores SUM highest (per answer, not per sample)."""
+    return _group_choice(solutions, spec.solution_score)
+
+
+def choose_majority(solutions: list[Solution], spec: ScoreSpec) -> int | None:
+    """The most frequent answer; scores are not used."""
+    return _group_choice(solutions, lambda s: 1.0)
+
+
+# Each returns the index of a solution carrying the chosen answer (the earliest one), or None.
+SELECTORS: dict[str, Callable[[list[Solution], ScoreSpec], int | None]] = {
+    "vanilla": choose_vanilla, "weighted": choose_weighted, "majority": choose_majority}
+SCORE_FREE_SELECTORS = {"majority"}
+
+
+# ---------------------------------------------------------------- PRM calls with cost accounting
+class CountingScorer:
+    """Calls the PRM for many problems at once; charges each problem for its own sequences.
+    Identical (question, steps) sequences in one call run once (beam siblings often coincide)."""
+
+    def __init__(self, score: ScoreFn, costs: list[Cost]):
+        self.score, self.costs = score, costs
+
+    def __call__(self, owners: list[int], questions: list[str], solutions: list[Solution]) -> None:
+        unique: dict[tuple[str, tuple[str, ...]], int] = {}
+        slots = []
+        for owner, question, sol in zip(owners, questions, solutions):
+            if not sol.steps:
+                slots.append(None)
+                continue
+            key = (question, tuple(sol.steps))
+            if key not in unique:
+                unique[key] = len(unique)
+                self.costs[owner].prm_passes += 1
+                self.costs[owner].scored_steps += len(sol.steps)
+            slots.append(unique[key])
+        if not unique:
+            return
+        scored = self.score([q for q, _ in unique], [list(s) for _, s in unique])
+        for sol, slot in zip(solutions, slots):
+            if slot is not None:
+                sol.mean, sol.std = list(scored[slot].mean), list(scored[slot].std)
+
+
+def context_of(prompt: str, steps: list[str]) -> str:
+    """The text the policy continues: prompt plus the steps so far, ending at a step boundary."""
+    return prompt + (join_steps(steps) + STEP_SEPARATOR if steps else "")
+
+
+@dataclass
+class SearchSettings:
+    n: int = 4
+    beam_width: int = 4               # M: children per kept beam (beam), candidates per step (dvts)
+    max_iterations: int = 10          # step rounds (beam, dvts); the last one runs each beam to its end
+    spec: ScoreSpec = field(default_factory=ScoreSpec)
+    fallback_last_number: bool = False
+
+
+def _sample_full(policy: Policy, problems: list[SearchProblem], n: int, greedy: bool, costs: list[Cost]
+                 ) -> list[list[Solution]]:
+    outs = policy([p.prompt for p in problems], n, one_step=False, greedy=greedy)
+    result = []
+    for cost, conts in zip(costs, outs):
+        cost.policy_calls += 1
+        cost.generated_tokens += sum(c.n_tokens for c in conts)
+        result.append([Solution(split_steps(c.text), c.n_tokens) for c in conts])
+    return result
+
+
+# ---------------------------------------------------------------- methods
+def greedy(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: SearchSettings
+           ) -> list[SearchOutcome]:
+    """One greedy solution per problem: the floor every search method should beat. Not scored."""
+    costs = [Cost() for _ in problems]
+    sols = _sample_full(policy, problems, 1, True, costs)
+    return [SearchOutcome([attach_answer(s[0], cfg.fallback_last_number)], c) for s, c in zip(sols, costs)]
+
+
+def best_of_n(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: SearchSettings
+              ) -> list[SearchOutcome]:
+    """n independent samples per problem, each scored once. Results for n' < n are read off the
+    first n' samples (see prefix_cost), so every n' comes from the same sample set."""
+    costs = [Cost() for _ in problems]
+    per_problem = _sample_full(policy, problems, cfg.n, False, costs)
+    owners = [i for i, sols in enumerate(per_problem) for _ in sols]
+    flat = [s for sols in per_problem for s in sols]
+    CountingScorer(score, costs)(owners, [problems[i].question for i in owners], flat)
+    return [SearchOutcome([attach_answer(s, cfg.fallback_last_number) for s in sols], c)
+            for sols, c in zip(per_problem, costs)]
+
+
+def prefix_cost(solutions: list[Solution]) -> Cost:
+    """What best-of-N spends on these samples alone (a prefix of the full run)."""
+    unique = {tuple(s.steps) for s in solutions if s.steps}
+    return Cost(generated_tokens=sum(s.n_tokens for s in solutions), prm_passes=len(unique),
+                scored_steps=sum(len(u) for u in unique), policy_calls=1)
+
+
+@dataclass
+class _Beam:
+    steps: list[str]
+    n_tokens: int = 0
+    finished: bool = False
+    solution: Solution | None = None
+
+
+def _expand(problems, policy, scorer, costs, frontier: list[list[_Beam]], width: int, last: bool,
+            fallback: bool) -> list[list[_Beam]]:
+    """Sample one more step for every beam of every problem (`width` children each), score the
+    children's prefixes with the PRM, and return the children per problem in generation order."""
+    owners = [p for p, beams in enumerate(frontier) for _ in beams]
+    beams = [b for bs in frontier for b in bs]
+    children: list[list[_Beam]] = [[] for _ in problems]
+    outs = policy([context_of(problems[p].prompt, b.steps) for p, b in zip(owners, beams)], width,
+                  one_step=not last)
+    for p, parent, conts in zip(owners, beams, outs):
+        for c in conts:
+            step = clean_step(c.text)
+            steps = parent.steps + [step] if step else list(parent.steps)
+            # An empty step cannot move the beam on: treat it like the end of the solution.
+            child = _Beam(steps, parent.n_tokens + c.n_tokens, last or not c.step_end or not step)
+            child.solution = Solution(steps, child.n_tokens)
+            children[p].append(child)
+            costs[p].generated_tokens += c.n_tokens
+    for p in set(owners):
+        costs[p].policy_calls += 1
+    flat_owners = [p for p, ch in enumerate(children) for _ in ch]
+    flat = [c.solution for ch in children for c in ch]
+    scorer(flat_owners, [problems[p].question for p in flat_owners], flat)
+    for ch in children:
+        for c in ch:
+            attach_answer(c.solution, fallback)
+    return children
+
+
+def _rank(beams: list[_Beam], spec: ScoreSpec) -> list[_Beam]:
+    order = sorted(range(len(beams)), key=lambda i: (-spec.solution_score(beams[i].solution), i))
+    return [beams[i] for i in order]
+
+
+def beam_search(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: SearchSettings
+                ) -> list[SearchOutcome]:
+    """n beams. Each iteration samples one step per beam; the PRM scores the new prefixes; finished
+    beams leave the pool; the top n/M unfinished ones survive and each is re-expanded to M children.
+    Stops when n beams have finished, none is left, or after max_iterations (the last runs to the end).
+    Returns the finished beams, best first (at most n)."""
+    m = min(cfg.beam_width, cfg.n)
+    keep = max(cfg.n // m, 1)
+    costs = [Cost() for _ in problems]
+    scorer = CountingScorer(score, costs)
+    active = [[_Beam([])] for _ in problems]           # the root, expanded to n children first
+    done: list[list[_Beam]] = [[] for _ in problems]
+    traces: list[list[dict]] = [[] for _ in problems]
+    for it in range(cfg.max_iterations):
+        live = [p for p in range(len(problems)) if active[p]]
+        if not live:
+            break
+        children = _expand(problems, policy, scorer, costs, active, cfg.n if it == 0 else m,
+                           it == cfg.max_iterations - 1,
+                           cfg.fallback_last_number)
+        for p in live:
+            finished = [c for c in children[p] if c.finished]
+            done[p].extend(finished)
+            survivors = _rank([c for c in children[p] if not c.finished], cfg.spec)[:keep]
+            active[p] = [] if len(done[p]) >= cfg.n else survivors
+            traces[p].append({"iteration": it, "expanded": len(children[p]), "finished": len(finished),
+                              "kept": len(active[p])})
+    return [SearchOutcome([b.solution for b in _rank(d, cfg.spec)[:cfg.n]], c, t)
+            for d, c, t in zip(done, costs, traces)]
+
+
+def dvts(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: SearchSettings
+         ) -> list[SearchOutcome]:
+    """Diverse verifier tree search: n/M independent subtrees per problem; each samples M candidate
+    next steps from its own prefix and greedily keeps the best. One solution per subtree.
+    Subtrees share nothing but the batched policy/PRM calls."""
+    m = min(cfg.beam_width, cfg.n)
+    n_subtrees = max(cfg.n // m, 1)
+    costs = [Cost() for _ in problems]
+    # Flatten (problem, subtree) into units so the batched expansion keeps them apart.
+    units = [(p, t) for p in range(len(problems)) for t in range(n_subtrees)]
+    heads = [_Beam([]) for _ in units]
+    traces: list[list[dict]] = [[] for _ in problems]
+    for it in range(cfg.max_iterations):
+        live = [u for u, h in enumerate(heads) if not h.finished]
+        if not live:
+            break
+        unit_problems = [problems[units[u][0]] for u in live]
+        unit_costs = [Cost() for _ in live]
+        children = _expand(unit_problems, policy, CountingScorer(score, unit_costs), unit_costs,
+                           [[heads[u]] for u in live], m, it == cfg.max_iterations - 1,
+                           cfg.fallback_last_number)
+        for j, u in enumerate(live):
+            heads[u] = _rank(children[j], cfg.spec)[0]
+            costs[units[u][0]].add(unit_costs[j])
+        for p in range(len(problems)):
+            mine = [u for u in live if units[u][0] == p]
+            if mine:
+                traces[p].append({"iteration": it, "expanded": m * len(mine),
+                                  "finished": sum(heads[u].finished for u in mine), "kept": len(mine)})
+    for p in range(len(problems)):   # policy calls: the subtrees of one problem share each round
+        costs[p].policy_calls = len(traces[p])
+    return [SearchOutcome([heads[u].solution for u in range(len(units)) if units[u][0] == p],
+                          costs[p], traces[p]) for p in range(len(problems))]
+
+
+METHODS: dict[str, Callable[..., list[SearchOutcome]]] = {
+    "greedy": greedy, "best_of_n": best_of_n, "beam": beam_search, "dvts": dvts}
