@@ -1,0 +1,221 @@
+"""Rollout backends: one interface, registry `rollout=hf|vllm`.
+
+    backend = make_rollout(cfg.rollout, model=policy_module, tokenizer=tok, model_dir=hf_dir)
+    groups  = backend.generate(prompts, n=8, max_new_tokens=96, temperature=1.0, top_p=1.0, stop=None)
+    # groups[i][j]: Completion j of prompt i; every completion carries the policy version it came from
+    backend.sync_weights(named_tensors, version)      # after each policy update
+    backend.parity_check(trainer_logprob_fn, ...)     # engine vs trainer log-probs; raises ParityError
+
+Conventions shared by every backend (rl/search.py builds on these):
+- prompts are already chat-formatted text (see `format_prompt`); generation continues that text.
+- `Completion.token_ids` are the generated tokens, EOS included when the model stopped on it;
+  `text` is their decoding without special tokens. A stop string, when hit, is part of both.
+- `Completion.logprobs[t]` is log p(token_t) under the model's raw distribution (temperature 1, no
+  top-p): the quantity the trainer recomputes, so the two are comparable.
+- `finish_reason` is "stop" (EOS or a stop string) or "length" (hit max_new_tokens).
+The vLLM backend lives in rl/vllm_rollout.py (imported lazily: vllm is optional).
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str            # "stop" | "length"
+    policy_version: int
+
+
+class ParityError(RuntimeError):
+    """The rollout engine and the trainer disagree on log-probs: the weights were not synced."""
+
+
+class MixedPolicyVersions(AssertionError):
+    """A group holds completions from more than one policy version (its baseline would be corrupt)."""
+
+
+def assert_single_version(groups: list[list[Completion]]) -> int:
+    """Every completion of every group comes from one policy version; return it."""
+    versions = {c.policy_version for g in groups for c in g}
+    if len(versions) != 1:
+        raise MixedPolicyVersions(f"groups mix policy versions {sorted(versions)}: rollouts must be on-policy")
+    return versions.pop()
+
+
+def format_prompt(tokenizer, question: str, system_prompt: str | None = None) -> str:
+    """The chat-formatted text a backend generates from: system + user turn, assistant turn opened."""
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    messages.append({"role": "user", "content": question})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def token_logprobs(model, tokenizer, prompt: str, completion_ids: list[int]) -> list[float]:
+    """Trainer-side log p(completion | prompt) per token (the reference side of the parity check)."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + list(completion_ids)], device=next(model.parameters()).device)
+    logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1].float()
+    return logits.log_softmax(-1).gather(-1, ids[0, len(prompt_ids):, None]).squeeze(-1).tolist()
+
+
+class RolloutBackend(ABC):
+    """Generates groups of completions from chat-formatted prompts; knows its policy version."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.version = 0
+        self.last_sync_seconds = 0.0
+
+    @abstractmethod
+    def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, stop: list[str] | None = None) -> list[list[Completion]]: ...
+
+    @abstractmethod
+    def engine_logprobs(self, prompt: str, completion_ids: list[int]) -> list[float]:
+        """The engine's own log p(completion | prompt): what it would sample from right now."""
+
+    @abstractmethod
+    def _load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+
+    def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]] | None, version: int) -> float:
+        """Push the trainer's full (LoRA-merged) weights into the engine; return the seconds it took.
+
+        `named_tensors=None` means the engine shares the trainer's module (HF backend): nothing moves.
+        """
+        start = time.perf_counter()
+        if named_tensors is not None:
+            self._load_weights(named_tensors)
+        self.version = version
+        self.last_sync_seconds = time.perf_counter() - start
+        return self.last_sync_seconds
+
+    def parity_check(self, trainer_logprobs: Callable[[str, list[int]], list[float]], prompt: str,
+                     completion: str, tolerance: float) -> float:
+        """Mean |engine - trainer| log-prob over a fixed completion; raise ParityError above tolerance."""
+        ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+        engine = torch.tensor(self.engine_logprobs(prompt, ids))
+        trainer = torch.tensor(trainer_logprobs(prompt, ids))
+        gap = (engine - trainer).abs().mean().item()
+        if not gap <= tolerance:  # NaN fails too
+            raise ParityError(
+                f"rollout engine and trainer disagree after weight sync to version {self.version}: mean "
+                f"|logprob gap| {gap:.4f} > tolerance {tolerance} over {len(ids)} tokens. The engine is "
+                "sampling from different weights than the trainer optimises (missed or partial sync?).")
+        return gap
+
+
+# ---- HF transformers backend ---------------------------------------------------------------------
+class _RecordLogprobs(LogitsProcessor):
+    """Sees the raw logits of each step (custom processors run before temperature/top-p) and keeps
+    only log p(chosen token): the full [batch, vocab] log-softmax of one step at a time, never all."""
+
+    def __init__(self):
+        self.prev: torch.Tensor | None = None
+        self.picked: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prev is not None:  # input_ids now ends with the token sampled from `prev`
+            self.picked.append(self.prev.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.prev = scores.float().log_softmax(-1)
+        return scores
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        self.picked.append(self.prev.gather(-1, last_tokens[:, None]).squeeze(-1))
+        return torch.stack(self.picked, dim=1)  # [batch, generated]
+
+
+class HFRollout(RolloutBackend):
+    """`model.generate` in micro-batches with left padding and a KV cache; shares the trainer's module,
+    so a weight sync moves nothing (the parity check still runs: it catches a wrapped/stale copy)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 32, **_):
+        super().__init__(tokenizer)
+        self.model, self.batch_size = model, batch_size
+
+    def _load_weights(self, named_tensors):
+        state = dict(named_tensors)
+        missing = set(dict(self.model.named_parameters())) - set(state)
+        self.model.load_state_dict(state, strict=False)
+        if missing == set(dict(self.model.named_parameters())):
+            raise ParityError("weight sync matched no parameter name of the HF rollout model")
+
+    @torch.no_grad()
+    def engine_logprobs(self, prompt, completion_ids):
+        return token_logprobs(self.model, self.tokenizer, prompt, completion_ids)
+
+    @torch.no_grad()
+    def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, stop=None):
+        tok, model = self.tokenizer, self.model
+        flat = [p for p in prompts for _ in range(n)]  # group members are adjacent
+        out: list[Completion] = []
+        was_training = model.training
+        model.eval()
+        tok.padding_side = "left"  # generation appends on the right: prompts must end flush
+        try:
+            for start in range(0, len(flat), self.batch_size):
+                out += self._generate_batch(flat[start:start + self.batch_size], max_new_tokens,
+                                            temperature, top_p, stop)
+        finally:
+            model.train(was_training)
+        return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _generate_batch(self, prompts, max_new_tokens, temperature, top_p, stop):
+        tok = self.tokenizer
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(next(self.model.parameters()).device) for k, v in enc.items()}
+        recorder = _RecordLogprobs()
+        greedy = temperature <= 0
+        seqs = self.model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
+            temperature=None if greedy else temperature, top_p=None if greedy else top_p, top_k=None,
+            stop_strings=stop or None, tokenizer=tok if stop else None, use_cache=True,
+            logits_processor=LogitsProcessorList([recorder]), pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id)
+        gen = seqs[:, enc["input_ids"].shape[1]:]
+        logprobs = recorder.finish(gen[:, -1])
+        out = []
+        for row, lps in zip(gen.tolist(), logprobs.tolist()):
+            ids, reason = self._cut(row, stop, max_new_tokens)
+            out.append(Completion(tok.decode(ids, skip_special_tokens=True), ids, lps[:len(ids)], reason,
+                                  self.version))
+        return out
+
+    def _cut(self, row: list[int], stop: list[str] | None, max_new_tokens: int) -> tuple[list[int], str]:
+        """Generated ids up to and including EOS or the token that completed a stop string."""
+        eos = self.tokenizer.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        for t, token in enumerate(row):
+            if token in eos_ids:
+                return row[:t + 1], "stop"
+            if stop and any(s in self.tokenizer.decode(row[max(0, t - 8):t + 1]) for s in stop):
+                # a stop string ends at this token (the 8-token window covers any stop string we use)
+                if any(s in self.tokenizer.decode(row[:t + 1]) for s in stop):
+                    return row[:t + 1], "stop"
+        return row, "length" if len(row) >= max_new_tokens else "stop"
+
+
+ROLLOUTS: dict[str, Callable[..., RolloutBackend]] = {"hf": HFRollout}
+
+
+def _vllm_backend(**kwargs) -> RolloutBackend:
+    from rl.vllm_rollout import VLLMRollout  # vllm is optional: import only when asked for
+
+    return VLLMRollout(**kwargs)
+
+
+ROLLOUTS["vllm"] = _vllm_backend
+
+
+def make_rollout(name: str, **kwargs) -> RolloutBackend:
+    if name not in ROLLOUTS:
+        raise KeyError(f"unknown rollout backend {name!r}; registered: {sorted(ROLLOUTS)}")
+    return ROLLOUTS[name](**kwargs)
