@@ -36,6 +36,7 @@ class PRMConfig:
     train_mode: str = "frozen"                # full | lora | frozen (heads only, cached features)
     lora_r: int = 16
     lora_alpha: int = 32
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     sep_token: str = "<extra_0>"              # added to the tokenizer when missing
     max_length: int = 512
     delta_pred: float = 0.9                   # Eq. 5 aleatoric threshold

@@ -1,0 +1,257 @@
+"""EnsemblePRM: one causal-LM backbone + K independent MLP heads scored at step separators (DESIGN.md §2).
+
+Input   chat template, question as the user turn, assistant turn `step1 <sep> step2 <sep> ... stepN <sep>`.
+        The separator `<extra_0>` is added to the tokenizer when missing (embedding initialised from the
+        blank-line token). Step positions are recorded while the ids are built, so a separator that
+        happens to occur inside the question (or a step's text) is never scored.
+Heads   K MLPs H -> 128 -> 128 -> 1 (ReLU) stored as batched weights [K, in, out]; they run only on
+        the gathered separator hidden states, so K = 32 costs about what K = 1 does.
+Output  per head logit z[e, i]; p = sigmoid(z); step reward = mean_e p, uncertainty = std_e p
+        (population std: K = 1 gives exactly 0).
+Modes   full (everything trains), lora (peft adapters on the backbone), frozen (backbone frozen;
+        features can be cached by prm.features and the heads train alone).
+save()  `prm.json` (config) + `heads.safetensors` (heads and their frozen initial copy) + the backbone:
+        full -> `backbone/` (save_pretrained, with the tokenizer); lora -> `adapter/` (peft) on top of
+        the named backbone; frozen -> the backbone name only: rebuilding it (and the separator row,
+        derived deterministically from the blank-line token) gives the same weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from prm.config import PRMConfig
+from prm.models import load_model
+
+
+@dataclass
+class StepScores:
+    """Scores of one trajectory: per step the ensemble mean (the step reward) and std (uncertainty)."""
+    mean: list[float]
+    std: list[float]
+
+
+@dataclass
+class PRMBatch:
+    """A padded batch. Either token inputs (input_ids, attention_mask) with the separator positions
+    (rows, positions: one entry per scored step, flat), or precomputed separator features [N, H]."""
+    step_mask: torch.Tensor                    # [B, S] bool: which (trajectory, step) slots are real
+    input_ids: torch.Tensor | None = None      # [B, T]
+    attention_mask: torch.Tensor | None = None
+    rows: torch.Tensor | None = None           # [N] batch row of each scored step
+    positions: torch.Tensor | None = None      # [N] token position of its separator
+    features: torch.Tensor | None = None       # [N, H] cached separator hidden states
+
+
+class EnsembleHeads(nn.Module):
+    """K independent MLPs H -> d -> d -> 1, vectorised: weights [K, in, out], one batched matmul a layer."""
+
+    def __init__(self, num_heads: int, in_dim: int, hidden: int = 128, seed: int = 0):
+        super().__init__()
+        dims = [(in_dim, hidden), (hidden, hidden), (hidden, 1)]
+        gen = torch.Generator().manual_seed(seed)
+        for n, (fan_in, fan_out) in enumerate(dims, start=1):
+            weight = torch.randn(num_heads, fan_in, fan_out, generator=gen) / (2 * math.sqrt(fan_in))
+            setattr(self, f"w{n}", nn.Parameter(weight))
+            setattr(self, f"b{n}", nn.Parameter(torch.zeros(num_heads, 1, fan_out)))
+        # Frozen copy of the initial heads: the anchor of the Eq. 4 regulariser (saved with the heads).
+        for name, p in list(self.named_parameters()):
+            self.register_buffer(f"{name}_init", p.detach().clone())
+        self.num_heads = num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, H] -> logits [K, N]."""
+        h = torch.relu(torch.einsum("nh,khd->knd", x, self.w1) + self.b1)
+        h = torch.relu(torch.bmm(h, self.w2) + self.b2)
+        return (torch.bmm(h, self.w3) + self.b3).squeeze(-1)
+
+    def anchor_penalty(self) -> torch.Tensor:
+        """mean((phi - phi_init)^2) over every head parameter, pooled."""
+        sq, n = 0.0, 0
+        for name, p in self.named_parameters():
+            sq = sq + ((p - getattr(self, f"{name}_init")) ** 2).sum()
+            n += p.numel()
+        return sq / n
+
+
+class EnsemblePRM(nn.Module):
+    def __init__(self, cfg: PRMConfig, backbone_dir: str | None = None):
+        super().__init__()
+        self.cfg = cfg
+        lm, tok = load_model(backbone_dir or cfg.backbone, cfg.dtype, seed=cfg.seed)
+        self.tokenizer = tok
+        self.sep_id = self._ensure_separator(lm, tok, cfg.sep_token)
+        self._lm = [lm]                        # kept for save_pretrained; not a submodule (lm_head unused)
+        body = lm.base_model                   # the transformer without the LM head
+        if cfg.train_mode == "lora":
+            from peft import LoraConfig, get_peft_model
+            body = get_peft_model(body, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                   target_modules=list(cfg.lora_targets)))
+        elif cfg.train_mode == "frozen":
+            body.requires_grad_(False)
+            body.eval()
+        elif cfg.train_mode != "full":
+            raise ValueError(f"train_mode must be full, lora or frozen, got '{cfg.train_mode}'")
+        self.body = body
+        self.hidden_size = lm.config.hidden_size
+        self.heads = EnsembleHeads(cfg.num_heads, self.hidden_size, cfg.head_hidden, seed=cfg.seed)
+        self._prompt_cache: dict[str, list[int]] = {}
+
+    # ------------------------------------------------------------------ input building
+    @staticmethod
+    def _ensure_separator(lm, tok, sep_token: str) -> int:
+        if sep_token in tok.get_vocab():
+            return tok.convert_tokens_to_ids(sep_token)
+        tok.add_special_tokens({"additional_special_tokens": [sep_token]}, replace_extra_special_tokens=False)
+        sep_id = tok.convert_tokens_to_ids(sep_token)
+        if lm.get_input_embeddings().weight.shape[0] <= sep_id:
+            lm.resize_token_embeddings(len(tok), mean_resizing=False)
+        blank = tok("\n\n", add_special_tokens=False).input_ids
+        with torch.no_grad():  # the new row starts as the blank-line token: a natural step boundary
+            emb = lm.get_input_embeddings().weight
+            emb[sep_id] = emb[blank].mean(0)
+            out = lm.get_output_embeddings()
+            if out is not None and out.weight.data_ptr() != emb.data_ptr():
+                out.weight[sep_id] = out.weight[blank].mean(0)
+        return sep_id
+
+    def _prompt_ids(self, question: str) -> list[int]:
+        if question not in self._prompt_cache:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                                      add_generation_prompt=True)
+            self._prompt_cache[question] = self.tokenizer(text, add_special_tokens=False).input_ids
+            if len(self._prompt_cache) > 4096:
+                self._prompt_cache.pop(next(iter(self._prompt_cache)))
+        return self._prompt_cache[question]
+
+    def encode(self, question: str, steps: list[str], max_length: int | None = None) -> tuple[list[int], list[int]]:
+        """Token ids and the separator position of each step; steps whose separator would fall past
+        max_length are dropped (so fewer positions than steps)."""
+        ids = list(self._prompt_ids(question))
+        positions: list[int] = []
+        step_ids = self.tokenizer(list(steps), add_special_tokens=False).input_ids if steps else []
+        for piece in step_ids:
+            if max_length is not None and len(ids) + len(piece) + 1 > max_length:
+                break
+            ids += piece + [self.sep_id]
+            positions.append(len(ids) - 1)
+        return ids, positions
+
+    def collate(self, encoded: list[tuple[list[int], list[int]]], n_steps: list[int] | None = None) -> PRMBatch:
+        """Right-pad token inputs; step_mask width = max number of steps (n_steps, default scored ones)."""
+        n_steps = n_steps or [len(p) for _, p in encoded]
+        width, length = max(n_steps + [1]), max(len(ids) for ids, _ in encoded)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(encoded), length), pad, dtype=torch.long)
+        attention = torch.zeros((len(encoded), length), dtype=torch.long)
+        step_mask = torch.zeros((len(encoded), width), dtype=torch.bool)
+        rows, positions = [], []
+        for b, (ids, pos) in enumerate(encoded):
+            input_ids[b, : len(ids)] = torch.tensor(ids)
+            attention[b, : len(ids)] = 1
+            step_mask[b, : len(pos)] = True
+            rows += [b] * len(pos)
+            positions += pos
+        return PRMBatch(step_mask, input_ids, attention, torch.tensor(rows, dtype=torch.long),
+                        torch.tensor(positions, dtype=torch.long))
+
+    # ------------------------------------------------------------------ forward
+    def separator_features(self, batch: PRMBatch) -> torch.Tensor:
+        """Backbone pass, then gather the last hidden state at the separators: [N, H]."""
+        hidden = self.body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        return hidden[batch.rows, batch.positions]
+
+    def forward(self, batch: PRMBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head logits [K, B, S] (zero at padding slots) and the anchor penalty (a scalar).
+
+        The penalty is computed here, inside forward, so it also works where ZeRO-3 only gathers the
+        parameters during a forward pass."""
+        feats = batch.features if batch.features is not None else self.separator_features(batch)
+        flat = self.heads(feats.float())                                  # heads run in fp32
+        logits = flat.new_zeros((self.heads.num_heads, *batch.step_mask.shape))
+        logits[:, batch.step_mask] = flat
+        return logits, self.heads.anchor_penalty()
+
+    @torch.no_grad()
+    def score(self, questions: list[str], steps: list[list[str]], batch_size: int | None = None,
+              features: list[torch.Tensor] | None = None) -> list[StepScores]:
+        """Mean and std over heads of sigmoid(logit) per step. Length-bucketed: items are sorted by
+        token length so each batch pads little; results come back in input order. `features`
+        (from prm.features) skips the backbone for items whose cached features cover every step."""
+        batch_size = batch_size or self.cfg.batch_size
+        was_training = self.training
+        self.eval()
+        out: list[StepScores | None] = [None] * len(questions)
+        todo = []
+        for i, (q, s) in enumerate(zip(questions, steps)):
+            if features is not None and features[i] is not None and len(features[i]) == len(s):
+                out[i] = _to_scores(self.heads(features[i].float()))
+            else:
+                todo.append((i, self.encode(q, s)))
+        todo.sort(key=lambda item: len(item[1][0]))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start: start + batch_size]
+            batch = self.collate([enc for _, enc in chunk])
+            logits, _ = self.forward(batch)
+            for b, (i, (_, pos)) in enumerate(chunk):
+                out[i] = _to_scores(logits[:, b, : len(pos)])
+        self.train(was_training)
+        return out  # type: ignore[return-value]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.cfg.train_mode == "frozen":
+            self.body.eval()  # a frozen backbone never leaves eval mode (no dropout drift vs its cached features)
+        return self
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, save_backbone: bool | None = None) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_backbone = self.cfg.train_mode == "full" if save_backbone is None else save_backbone
+        if save_backbone:
+            self._lm[0].save_pretrained(path / "backbone")
+            self.tokenizer.save_pretrained(path / "backbone")
+        if self.cfg.train_mode == "lora":
+            self.body.save_pretrained(path / "adapter")
+        tensors = {k: v.detach().float().contiguous() for k, v in self.heads.state_dict().items()}
+        save_file(tensors, str(path / "heads.safetensors"))
+        meta = {"config": asdict(self.cfg), "backbone_saved": bool(save_backbone), "hidden_size": self.hidden_size}
+        (path / "prm.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides) -> "EnsemblePRM":
+        """Rebuild a saved PRM; `overrides` replace config fields (e.g. train_mode='frozen' to fine-tune
+        only the heads of a fully trained PRM)."""
+        path = Path(path)
+        meta = json.loads((path / "prm.json").read_text())
+        known = {f.name for f in fields(PRMConfig)}
+        cfg = PRMConfig(**{k: v for k, v in meta["config"].items() if k in known})
+        saved_mode = cfg.train_mode
+        backbone_dir = str(path / "backbone") if meta["backbone_saved"] else None
+        cfg.train_mode = "full" if saved_mode == "lora" else saved_mode  # adapters are attached below
+        cfg.path = str(path)
+        prm = cls(cfg, backbone_dir)
+        if saved_mode == "lora":
+            from peft import PeftModel
+            prm.body = PeftModel.from_pretrained(prm.body, str(path / "adapter"), is_trainable=True)
+            cfg.train_mode = "lora"
+        prm.heads.load_state_dict(load_file(str(path / "heads.safetensors")))
+        for key, value in overrides.items():
+            setattr(cfg, key, value)
+        if cfg.train_mode == "frozen":
+            prm.body.requires_grad_(False)
+            prm.body.eval()
+        return prm
+
+
+def _to_scores(logits: torch.Tensor) -> StepScores:
+    """logits [K, n] -> StepScores (population std over heads: exactly 0 for K = 1)."""
+    p = torch.sigmoid(logits.float())
+    return StepScores(p.mean(0).tolist(), p.std(0, correction=0).tolist())

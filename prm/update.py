@@ -1,0 +1,208 @@
+"""The one PRM update, shared by the standalone trainer (prm.train) and the online loop (rl/).
+
+    learner = PRMLearner(prm: EnsemblePRM, trainer: TrainerConfig | None = None)
+    learner.score(questions: list[str], steps: list[list[str]], batch_size: int | None = None)
+        -> list[StepScores]            # .mean / .std per step, no grad (cached features in frozen mode)
+    learner.update(trajectories: list[Trajectory], select: bool | list[bool] = True,
+                   reveal: Callable[[list[Trajectory]], list[int | None]] | None = None,
+                   max_select: int | None = None) -> dict[str, float]
+        One forward pass over the given trajectories serves both selection and the loss, then one
+        optimizer step (all ranks step together, even when nothing was selected: regulariser only).
+        select=True   Eq. 5 picks the uncertain trajectories (capped at max_select, most uncertain first);
+        select=False  every labelled trajectory is trained on;
+        select=[...]  an explicit mask (e.g. the random baseline).
+        reveal        called once with the selected trajectories and returns their first-error
+                      labels (None = invalid: not trained on). Default: read t.first_error. This is
+                      how the pool trainer only pays for labels it selects.
+        Metrics: n, selected, labelled, loss, bce, reg, acc_before (step accuracy on the labelled
+        steps, from this pre-update pass), lr, seconds.  `learner.last_selected` holds the mask and
+        `learner.last_labels` the revealed labels of the last call.
+    learner.state_dict() / load_state_dict(sd)          # model + optimizer + scheduler + step (ZeRO 0)
+    learner.save_checkpoint(dir, client_state) / load_checkpoint(dir) -> client_state   # any ZeRO stage
+
+The optimizer is a DeepSpeed engine when trainer.deepspeed (ZeRO stage trainer.zero_stage, a client
+torch AdamW so nothing JIT-compiles, gloo on CPU; single process unless launched by torchrun or the
+deepspeed launcher), else plain torch AdamW. Backbone and heads get their own learning rates.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from prm.config import TrainerConfig
+from prm.data import Trajectory
+from prm.features import FeatureCache
+from prm.model import EnsemblePRM, PRMBatch, StepScores
+from prm.selection import ensemble_stats, prm_loss, select_uncertain, step_labels, uncertainty_priority
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def init_distributed() -> None:
+    """Single-process defaults for the env vars DeepSpeed needs (else it looks for mpi4py), and skip
+    the 30-45 s JIT build of the shared-memory comm op (gloo does not need it)."""
+    import deepspeed
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = _free_port()
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+
+
+def _param_groups(prm: EnsemblePRM) -> list[dict]:
+    """Heads at head_lr, backbone at lr; split by dtype so ZeRO flattens each group into one buffer."""
+    groups: dict[tuple, list] = {}
+    for name, p in prm.named_parameters():
+        if p.requires_grad:
+            lr = prm.cfg.head_lr if name.startswith("heads.") else prm.cfg.lr
+            groups.setdefault((lr, p.dtype), []).append(p)
+    return [{"params": ps, "lr": lr} for (lr, _), ps in groups.items()]
+
+
+class PRMLearner:
+    def __init__(self, prm: EnsemblePRM, trainer: TrainerConfig | None = None):
+        self.prm, self.cfg, self.trainer = prm, prm.cfg, trainer or TrainerConfig(deepspeed=False)
+        self.cache = FeatureCache(self.cfg.max_length) if self.cfg.train_mode == "frozen" else None
+        self.global_step = 0
+        self.last_selected: list[bool] = []
+        self.last_labels: list[int | None] = []
+        optimizer = torch.optim.AdamW(_param_groups(prm), weight_decay=self.cfg.weight_decay)
+        warmup = max(self.cfg.warmup_steps, 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+        self.engine = None
+        if self.trainer.deepspeed:
+            import deepspeed
+            init_distributed()
+            ds_config = {"train_micro_batch_size_per_gpu": self.cfg.batch_size, "gradient_accumulation_steps": 1,
+                         "zero_optimization": {"stage": self.trainer.zero_stage}, "gradient_clipping": 1.0,
+                         "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9}
+            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=prm, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        else:
+            self.optimizer, self.scheduler = optimizer, scheduler
+
+    # ------------------------------------------------------------------ scoring
+    def features(self, trajectories_or_questions, steps=None, progress: bool = False) -> list[torch.Tensor]:
+        qs, ss = self._split(trajectories_or_questions, steps)
+        return self.cache.compute(self.prm, qs, ss, self.cfg.batch_size, progress)
+
+    def score(self, questions: list[str], steps: list[list[str]], batch_size: int | None = None) -> list[StepScores]:
+        feats = None
+        if self.cache is not None:  # frozen: reuse (and fill) the feature cache
+            feats = self.cache.compute(self.prm, questions, steps, batch_size or self.cfg.batch_size)
+        return self.prm.score(questions, steps, batch_size, features=feats)
+
+    @staticmethod
+    def _split(items, steps):
+        if steps is not None:
+            return list(items), list(steps)
+        return [t.question for t in items], [t.steps for t in items]
+
+    def _batch(self, trajectories: list[Trajectory]) -> PRMBatch:
+        if self.cache is not None:
+            feats = self.features(trajectories)
+            step_mask = torch.zeros((len(feats), max([len(f) for f in feats] + [1])), dtype=torch.bool)
+            for b, f in enumerate(feats):
+                step_mask[b, : len(f)] = True
+            return PRMBatch(step_mask, features=torch.cat(feats) if feats else None)
+        encoded = [self.prm.encode(t.question, t.steps, self.cfg.max_length) for t in trajectories]
+        return self.prm.collate(encoded)
+
+    # ------------------------------------------------------------------ the update
+    def update(self, trajectories: list[Trajectory], select: bool | list[bool] = True,
+               reveal: Callable[[list[Trajectory]], list[int | None]] | None = None,
+               max_select: int | None = None) -> dict[str, float]:
+        start = time.perf_counter()
+        model = self.engine if self.engine is not None else self.prm
+        model.train()
+        batch = self._batch(trajectories)
+        logits, penalty = model(batch)
+        mu, sigma = ensemble_stats(logits)
+        mask = batch.step_mask
+        if select is True:
+            chosen = select_uncertain(mu, sigma, mask, self.cfg.delta_pred, self.cfg.delta_std)
+            if max_select is not None and int(chosen.sum()) > max_select:
+                priority = uncertainty_priority(mu, sigma, mask).masked_fill(~chosen, -1.0)
+                keep = torch.topk(priority, max_select).indices
+                chosen = torch.zeros_like(chosen)
+                chosen[keep] = True
+        elif select is False:
+            chosen = torch.tensor([t.first_error is not None or reveal is not None for t in trajectories])
+        else:
+            chosen = torch.as_tensor(list(select), dtype=torch.bool)
+        picked = [t for t, c in zip(trajectories, chosen.tolist()) if c]
+        revealed = reveal(picked) if (reveal is not None and picked) else [t.first_error for t in picked]
+        it = iter(revealed)
+        first_errors = [next(it) if c else None for c in chosen.tolist()]
+        labels, labelled = step_labels(first_errors, mask.shape[1])
+        labelled &= mask  # truncated trajectories: no label beyond the last scored step
+        loss, parts = prm_loss(logits, penalty, labels, labelled, mask, chosen, self.cfg.reg_lambda,
+                               self.cfg.pos_weight)
+        if self.engine is not None:
+            self.engine.backward(loss)
+            self.engine.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
+            self.optimizer.step()
+            self.scheduler.step()
+        self.global_step += 1
+        self.last_selected, self.last_labels = chosen.tolist(), first_errors
+        correct = ((mu >= self.cfg.threshold).float() == labels) & labelled
+        n_lab = int(labelled.sum())
+        return {"n": len(trajectories), "selected": int(chosen.sum()),
+                "labelled": sum(k is not None for k in first_errors), "loss": float(loss.detach()), **parts,
+                "acc_before": float(correct.sum()) / n_lab if n_lab else float("nan"),
+                "lr": self.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - start}
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.prm.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.prm.state_dict().items()
+                if k in names or k.startswith("heads.")}  # heads' buffers too (the Eq. 4 anchor)
+
+    def state_dict(self) -> dict:
+        if self.engine is not None and self.trainer.zero_stage > 0:
+            raise RuntimeError("with ZeRO > 0 the optimizer is partitioned: use save_checkpoint(dir)")
+        return {"model": self.trainable_state(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "global_step": self.global_step}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.prm.load_state_dict(sd["model"], strict=False)
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.scheduler.load_state_dict(sd["scheduler"])
+        self.global_step = sd["global_step"]
+
+    def save_checkpoint(self, path: str | Path, client_state: dict | None = None) -> None:
+        """Model (trainable part), optimizer, scheduler and `client_state` under `path` (any ZeRO stage)."""
+        path = Path(path)
+        state = {"client": dict(client_state or {}), "global_step": self.global_step}
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(path), tag="state", client_state=state, exclude_frozen_parameters=True)
+        elif int(os.environ.get("RANK", "0")) == 0:
+            path.mkdir(parents=True, exist_ok=True)
+            torch.save({**self.state_dict(), "client_state": state}, path / "learner.pt")
+
+    def load_checkpoint(self, path: str | Path) -> dict:
+        path = Path(path)
+        if self.engine is not None:
+            _, state = self.engine.load_checkpoint(str(path), tag="state", load_module_strict=False)
+        else:
+            sd = torch.load(path / "learner.pt", weights_only=False)
+            self.load_state_dict(sd)
+            state = sd["client_state"]
+        self.global_step = state["global_step"]
+        return state["client"]

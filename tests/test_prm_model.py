@@ -1,0 +1,125 @@
+"""EnsemblePRM: heads, separators, scoring, save/load (tiny-random-llama: milliseconds)."""
+import pytest
+import torch
+
+from prm.config import PRMConfig
+from prm.model import EnsembleHeads, EnsemblePRM
+
+
+def make_prm(**kw) -> EnsemblePRM:
+    cfg = dict(backbone="tiny-random-llama", dtype="fp32", num_heads=4)
+    cfg.update(kw)
+    return EnsemblePRM(PRMConfig(**cfg))
+
+
+@pytest.fixture(scope="module")
+def prm():
+    return make_prm()
+
+
+def test_heads_init_std_and_zero_bias():
+    heads = EnsembleHeads(num_heads=64, in_dim=400, hidden=128)
+    assert abs(heads.w1.std().item() - 1 / (2 * 400 ** 0.5)) < 2e-3
+    assert abs(heads.w2.std().item() - 1 / (2 * 128 ** 0.5)) < 2e-3
+    assert all(float(b.detach().abs().sum()) == 0 for b in (heads.b1, heads.b2, heads.b3))
+    assert heads.w1.shape == (64, 400, 128) and heads.w3.shape == (64, 128, 1)
+
+
+def test_heads_are_independent_and_distinct():
+    heads = EnsembleHeads(num_heads=3, in_dim=16)
+    x = torch.randn(5, 16)
+    before = heads(x)
+    assert not torch.allclose(before[0], before[1])  # K heads not identical after init
+    with torch.no_grad():
+        heads.w1[1] += 0.5
+        heads.b3[1] += 1.0
+    after = heads(x)
+    assert torch.equal(after[0], before[0]) and torch.equal(after[2], before[2])
+    assert not torch.allclose(after[1], before[1])
+
+
+def test_k32_equals_stacked_single_heads():
+    big = EnsembleHeads(num_heads=32, in_dim=16)
+    x = torch.randn(7, 16)
+    stacked = []
+    for e in range(32):
+        single = EnsembleHeads(num_heads=1, in_dim=16)
+        with torch.no_grad():
+            for name, p in single.named_parameters():
+                p.copy_(getattr(big, name)[e: e + 1])
+        stacked.append(single(x)[0])
+    torch.testing.assert_close(big(x), torch.stack(stacked), rtol=1e-5, atol=1e-6)
+
+
+def test_penalty_zero_at_init_and_positive_after_change():
+    heads = EnsembleHeads(num_heads=2, in_dim=8)
+    assert float(heads.anchor_penalty()) == 0.0
+    with torch.no_grad():
+        heads.b1 += 1.0
+    n = sum(p.numel() for p in heads.parameters())
+    assert float(heads.anchor_penalty()) == pytest.approx(heads.b1.numel() / n)
+
+
+def test_separator_added_with_blank_line_embedding(prm):
+    tok = prm.tokenizer
+    assert tok.convert_tokens_to_ids("<extra_0>") == prm.sep_id
+    blank = tok("\n\n", add_special_tokens=False).input_ids
+    emb = prm.body.get_input_embeddings().weight
+    torch.testing.assert_close(emb[prm.sep_id], emb[blank].mean(0))
+
+
+def test_separators_in_question_are_not_scored(prm):
+    ids, positions = prm.encode("Is <extra_0> a trap <extra_0>?", ["step one", "step two"])
+    sep_everywhere = [i for i, t in enumerate(ids) if t == prm.sep_id]
+    assert len(sep_everywhere) == 4 and len(positions) == 2
+    assert positions == sep_everywhere[-2:]
+    scores = prm.score(["Is <extra_0> a trap <extra_0>?"], [["step one", "step two"]])
+    assert len(scores[0].mean) == 2
+
+
+def test_max_length_drops_steps_that_do_not_fit(prm):
+    full_ids, full_pos = prm.encode("q", ["a b c"] * 5)
+    ids, pos = prm.encode("q", ["a b c"] * 5, max_length=full_pos[2] + 1)
+    assert pos == full_pos[:3] and len(ids) == full_pos[2] + 1
+
+
+def test_score_is_batch_and_order_invariant(prm):
+    qs = ["short", "a much longer question " * 5, "mid question"]
+    ss = [["x"], ["a", "b", "c", "d"], ["p", "q"]]
+    together = prm.score(qs, ss, batch_size=2)
+    alone = [prm.score([q], [s])[0] for q, s in zip(qs, ss)]
+    for a, b in zip(together, alone):
+        assert [len(a.mean), len(a.std)] == [len(b.mean)] * 2
+        torch.testing.assert_close(torch.tensor(a.mean), torch.tensor(b.mean), rtol=1e-4, atol=1e-5)
+        assert all(0 <= m <= 1 for m in a.mean) and all(s >= 0 for s in a.std)
+
+
+def test_k1_std_is_exactly_zero():
+    scores = make_prm(num_heads=1).score(["q"], [["a", "b", "c"]])
+    assert scores[0].std == [0.0, 0.0, 0.0]
+
+
+def test_forward_logits_shape_and_padding(prm):
+    batch = prm.collate([prm.encode("q", ["a", "b", "c"]), prm.encode("q2", ["a"])])
+    logits, penalty = prm(batch)
+    assert logits.shape == (4, 2, 3)
+    assert torch.all(logits[:, 1, 1:] == 0) and float(penalty) == 0.0
+
+
+@pytest.mark.parametrize("mode", ["frozen", "full", "lora"])
+def test_save_load_identical_scores(tmp_path, mode):
+    prm = make_prm(train_mode=mode, seed=3)
+    with torch.no_grad():  # move every trainable weight away from its reproducible init
+        for p in prm.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    qs, ss = ["What is 2+2?", "q"], [["2+2=4", "So 4"], ["x", "y", "z"]]
+    before = prm.score(qs, ss)
+    prm.save(tmp_path / "prm")
+    if mode != "full":
+        assert not (tmp_path / "prm" / "backbone").exists()
+    loaded = EnsemblePRM.load(tmp_path / "prm")
+    assert loaded.cfg.train_mode == mode
+    after = loaded.score(qs, ss)
+    for a, b in zip(before, after):
+        assert a.mean == b.mean and a.std == b.std
