@@ -1,0 +1,163 @@
+"""Advantages and the policy loss (DESIGN.md section 4, steps 7-8).
+
+Rewards are *sparse token rewards*: a reward source puts values at chosen token positions of each
+completion — outcome: one value at the last token; process: each step's PRM reward at that step's
+last token. For each source separately an estimator turns raw values into baselined values using
+the sample's group (the n completions of one prompt):
+
+    grpo          (r - mean(group)) / (std(group) + eps)   pooled over the group's reward values
+    rloo          r - mean(values of the *other* samples of the group)         (leave-one-out)
+    reinforce_pp  (r - mean(batch)) / (std(batch) + eps)   global batch normalisation, no groups
+
+(std is the unbiased one.) Each token's advantage is then the return-to-go of its source (sum of
+baselined values at or after it; for the outcome that is the one value everywhere — DeepSeekMath's
+process supervision for the process source), and the sources are summed with weights (PRIME: equal).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Estimator = Callable[[list[torch.Tensor], list[int]], list[torch.Tensor]]
+EPS = 1e-6
+
+
+def _members(groups: list[int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        out.setdefault(g, []).append(i)
+    return out
+
+
+def _std(x: torch.Tensor) -> torch.Tensor:
+    return x.std() if x.numel() > 1 else torch.zeros(())
+
+
+def grpo(values: list[torch.Tensor], groups: list[int]) -> list[torch.Tensor]:
+    out = list(values)
+    for idx in _members(groups).values():
+        pooled = torch.cat([values[i] for i in idx])
+        if pooled.numel() == 0:
+            continue
+        mean, std = pooled.mean(), _std(pooled)
+        for i in idx:
+            out[i] = (values[i] - mean) / (std + EPS)
+    return out
+
+
+def rloo(values: list[torch.Tensor], groups: list[int]) -> list[torch.Tensor]:
+    out = list(values)
+    for idx in _members(groups).values():
+        for i in idx:
+            others = torch.cat([values[j] for j in idx if j != i] + [torch.zeros(0)])
+            out[i] = values[i] - (others.mean() if others.numel() else 0.0)
+    return out
+
+
+def reinforce_pp(values: list[torch.Tensor], groups: list[int]) -> list[torch.Tensor]:
+    pooled = torch.cat(list(values) + [torch.zeros(0)])
+    if pooled.numel() == 0:
+        return list(values)
+    mean, std = pooled.mean(), _std(pooled)
+    return [(v - mean) / (std + EPS) for v in values]
+
+
+ESTIMATORS: dict[str, Estimator] = {"grpo": grpo, "rloo": rloo, "reinforce_pp": reinforce_pp}
+
+
+def returns_to_go(values: torch.Tensor, positions: list[int], length: int) -> torch.Tensor:
+    """Scatter values to token positions of a completion of `length` tokens, then sum from the right:
+    token t gets every value placed at a position >= t."""
+    rewards = torch.zeros(length)
+    if len(positions):
+        rewards.index_add_(0, torch.as_tensor(positions, dtype=torch.long).clamp(0, length - 1), values.float())
+    return rewards.flip(0).cumsum(0).flip(0)
+
+
+def compute_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[int]]]], weights: dict[str, float],
+                       groups: list[int], lengths: list[int], estimator: str) -> list[torch.Tensor]:
+    """sources: name -> (values per sample, token positions per sample). Returns per-token advantages.
+    Each source gets its own baseline (a 0/1 outcome and a [0,1] step score live on different scales)."""
+    if estimator not in ESTIMATORS:
+        raise KeyError(f"unknown advantage estimator {estimator!r}; registered: {sorted(ESTIMATORS)}")
+    total = [torch.zeros(n) for n in lengths]
+    for name, (values, positions) in sources.items():
+        weight = weights.get(name, 0.0)
+        if weight == 0.0:
+            continue
+        baselined = ESTIMATORS[estimator]([torch.as_tensor(v, dtype=torch.float32) for v in values], groups)
+        for i, (v, pos) in enumerate(zip(baselined, positions)):
+            total[i] += weight * returns_to_go(v, pos, lengths[i])
+    return total
+
+
+def outcome_source(outcomes: list[float], lengths: list[int]) -> tuple[list[torch.Tensor], list[list[int]]]:
+    return [torch.tensor([float(o)]) for o in outcomes], [[n - 1] for n in lengths]
+
+
+# ---- where steps end, in tokens ------------------------------------------------------------------
+def step_end_tokens(tokenizer, token_ids: list[int], text: str, steps: list[str]) -> list[int]:
+    """Token index of the last token of each step. Steps are located in `text` left to right; a token
+    position is the first t with len(decode(ids[:t+1])) >= the step's end character (binary search)."""
+    ends, cursor = [], 0
+    for step in steps:
+        at = text.find(step, cursor)
+        if at < 0:  # cleaned step (inner blank line collapsed): anchor on its last characters
+            tail = step[-12:]
+            at = text.find(tail, cursor)
+            end = at + len(tail) if at >= 0 else cursor + len(step)
+        else:
+            end = at + len(step)
+        ends.append(min(end, len(text)))
+        cursor = max(cursor, end)
+    positions, lo = [], 0
+    for end in ends:
+        hi = len(token_ids) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(tokenizer.decode(token_ids[:mid + 1], skip_special_tokens=True)) >= end:
+                hi = mid
+            else:
+                lo = mid + 1
+        positions.append(lo)
+    return positions
+
+
+# ---- filters -------------------------------------------------------------------------------------
+def keep_mask(groups: list[int], passed: list[bool], truncated: list[bool], filter_groups: bool,
+              filter_truncated: bool) -> list[bool]:
+    """Which samples enter the loss. filter_groups drops groups whose pass rate is 0 or 1 (no outcome
+    signal); filter_truncated drops samples cut at max_new_tokens (their ending is unknown)."""
+    keep = [True] * len(groups)
+    if filter_groups:
+        for idx in _members(groups).values():
+            rate = sum(passed[i] for i in idx) / len(idx)
+            if rate in (0.0, 1.0):
+                for i in idx:
+                    keep[i] = False
+    if filter_truncated:
+        keep = [k and not t for k, t in zip(keep, truncated)]
+    return keep
+
+
+# ---- PPO-clip ------------------------------------------------------------------------------------
+def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                  clip_eps: float, ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0,
+                  num_tokens: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Token-level mean of -min(ratio * A, clip(ratio) * A) (+ kl_coef * k3 KL to the reference).
+    `num_tokens` is the token count of the whole minibatch, so micro-batches sum to one token mean."""
+    mask = mask.float()
+    denom = float(num_tokens if num_tokens is not None else mask.sum().clamp(min=1))
+    ratio = torch.exp(logp - old_logp)
+    unclipped, clipped = ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages
+    per_token = -torch.minimum(unclipped, clipped)
+    metrics = {"clipfrac": float(((unclipped != clipped).float() * mask).sum() / denom),
+               "ratio": float((ratio.detach() * mask).sum() / denom)}
+    if ref_logp is not None and kl_coef > 0:
+        log_r = ref_logp - logp
+        k3 = torch.exp(log_r) - log_r - 1  # unbiased, always >= 0 (Schulman's k3)
+        per_token = per_token + kl_coef * k3
+        metrics["kl"] = float((k3.detach() * mask).sum() / denom)
+    loss = (per_token * mask).sum() / denom
+    return loss, metrics

@@ -1,0 +1,113 @@
+"""Tasks: where online-RL prompts come from, registry `data=arithmetic|gsm8k|math500`.
+
+A task is a list of `Problem`s plus the system prompt the policy sees. `TaskStream` walks it in a
+seeded order, one epoch permutation after another; its `position` is all a checkpoint needs to resume.
+
+The arithmetic-chain task is generated from a seed. Difficulty = number of operations and operand
+size. A problem reads "What is (7 + 5) * 3?"; the expected solution writes one operation per step,
+"7 + 5 = 12", "12 * 3 = 36", so the rule judge (judges/rule.py) checks every step exactly.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from prm.data import Problem, load_gsm8k, load_math500
+
+# Chosen by measurement (bench/RESULTS_online.md "Task calibration"): the worked example keeps SmolLM2
+# on the one-operation-per-step format the rule judge reads, and the answer line on its own step.
+ARITHMETIC_SYSTEM_PROMPT = (
+    "Solve the problem step by step. Write one calculation per step, like 4 + 3 = 7, separate steps "
+    "with a blank line, and end with: The answer is N.\n\n"
+    "Example: What is (4 + 3) * 2?\n\n4 + 3 = 7\n\n7 * 2 = 14\n\nThe answer is 14.")
+MATH_SYSTEM_PROMPT = ("Solve the problem step by step. Separate steps with a blank line. "
+                      "End with: The answer is N.")
+
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+@dataclass
+class ArithmeticSpec:
+    num_ops: int = 1          # operations per problem (steps before the answer line)
+    operand_max: int = 10     # operands are drawn from 1..operand_max
+    ops: str = "+-*"          # allowed operators
+    mul_max: int = 10         # cap on multiplier operands so products stay small
+
+
+def arithmetic_problem(rng: random.Random, spec: ArithmeticSpec, index: int) -> Problem:
+    """One chain: start at a, apply num_ops operations left to right; parentheses make the order explicit.
+    Subtraction never goes below zero (the model is weak with negatives, and the task is about steps)."""
+    value = rng.randint(1, spec.operand_max)
+    expr = str(value)
+    for k in range(spec.num_ops):
+        op = rng.choice(spec.ops)
+        if op == "-" and value < 2:
+            op = "+"
+        if op == "*":
+            b = rng.randint(2, min(spec.mul_max, spec.operand_max))
+        elif op == "-":
+            b = rng.randint(1, min(value, spec.operand_max))
+        else:
+            b = rng.randint(1, spec.operand_max)
+        expr = f"({expr} {op} {b})" if k < spec.num_ops - 1 else f"{expr} {op} {b}"
+        value = OPS[op](value, b)
+    return Problem(f"What is {expr}?", str(value), f"arithmetic/{spec.num_ops}x{spec.operand_max}:{index}")
+
+
+def arithmetic_chain(seed: int, size: int, spec: ArithmeticSpec) -> list[Problem]:
+    rng = random.Random(seed)
+    return [arithmetic_problem(rng, spec, i) for i in range(size)]
+
+
+@dataclass
+class Task:
+    name: str
+    problems: list[Problem]
+    system_prompt: str
+
+
+def _arithmetic(cfg) -> Task:
+    spec = ArithmeticSpec(cfg.num_ops, cfg.operand_max, cfg.ops, cfg.mul_max)
+    return Task("arithmetic", arithmetic_chain(cfg.seed, cfg.size, spec), cfg.system_prompt or ARITHMETIC_SYSTEM_PROMPT)
+
+
+def _gsm8k(cfg) -> Task:
+    return Task("gsm8k", load_gsm8k(cfg.split, cfg.data_root, limit=cfg.limit), cfg.system_prompt or MATH_SYSTEM_PROMPT)
+
+
+def _math500(cfg) -> Task:
+    return Task("math500", load_math500(cfg.data_root, limit=cfg.limit), cfg.system_prompt or MATH_SYSTEM_PROMPT)
+
+
+TASKS: dict[str, Callable[..., Task]] = {"arithmetic": _arithmetic, "gsm8k": _gsm8k, "math500": _math500}
+
+
+def make_task(cfg) -> Task:
+    if cfg.name not in TASKS:
+        raise KeyError(f"unknown task {cfg.name!r}; registered: {sorted(TASKS)}")
+    task = TASKS[cfg.name](cfg)
+    if not task.problems:
+        raise ValueError(f"task {cfg.name!r} has no problems (limit={getattr(cfg, 'limit', None)})")
+    return task
+
+
+class TaskStream:
+    """Batches of problems in a seeded order; epoch e uses permutation seed (seed, e).
+    `position` (problems consumed so far) is the resumable state."""
+
+    def __init__(self, problems: list[Problem], seed: int, position: int = 0):
+        self.problems, self.seed, self.position = problems, seed, position
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.problems)))
+        random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return order
+
+    def next_batch(self, size: int) -> list[Problem]:
+        out = []
+        while len(out) < size:
+            epoch, offset = divmod(self.position, len(self.problems))
+            out.append(self.problems[self._order(epoch)[offset]])
+            self.position += 1
+        return out

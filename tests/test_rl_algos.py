@@ -1,0 +1,108 @@
+"""Advantage estimators against hand-computed values, step rewards on the right tokens, filters, PPO loss."""
+import math
+
+import pytest
+import torch
+
+from prm.models import load_model
+from prm.steps import split_steps
+from rl.algos import (compute_advantages, grpo, keep_mask, outcome_source, ppo_clip_loss, reinforce_pp,
+                      returns_to_go, rloo, step_end_tokens)
+from rl.rollout import Completion, MixedPolicyVersions, assert_single_version
+
+T = torch.tensor
+
+
+def close(a, b, tol=1e-4):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert torch.allclose(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32), atol=tol), (a, b)
+
+
+def test_grpo_group_mean_std():
+    # group 0: outcomes 1,0,0,1 -> mean .5, unbiased std sqrt(1/3); group 1: 1,1 -> std 0 -> 0 advantage
+    out = grpo([T([1.]), T([0.]), T([0.]), T([1.]), T([1.]), T([1.])], [0, 0, 0, 0, 1, 1])
+    s = math.sqrt(1 / 3)
+    close(out, [[.5 / s], [-.5 / s], [-.5 / s], [.5 / s], [0.], [0.]])
+
+
+def test_rloo_leave_one_out():
+    out = rloo([T([1.]), T([0.]), T([0.]), T([1.])], [0, 0, 0, 0])
+    close(out, [[1 - 1 / 3], [0 - 2 / 3], [0 - 2 / 3], [1 - 1 / 3]])
+    # process values: baseline = mean of the other samples' pooled step values
+    out = rloo([T([.2, .4]), T([1.])], [0, 0])
+    close(out, [[.2 - 1, .4 - 1], [1 - .3]])
+
+
+def test_reinforce_pp_global_normalisation():
+    vals = [T([1.]), T([0.]), T([0.]), T([0.])]
+    out = reinforce_pp(vals, [0, 0, 1, 1])  # groups ignored: mean .25, std .5
+    close(out, [[1.5], [-.5], [-.5], [-.5]])
+
+
+def test_returns_to_go_places_values_at_positions():
+    close([returns_to_go(T([1., 2.]), [1, 3], 5)], [[3., 3., 2., 2., 0.]])
+
+
+def test_per_source_baselines_then_weighted_sum():
+    # two samples of one group, lengths 4 and 3. outcome 1/0; process step rewards at step ends.
+    lengths, groups = [4, 3], [0, 0]
+    sources = {"outcome": outcome_source([1.0, 0.0], lengths),
+               "process": ([T([.8, .6]), T([.2])], [[1, 3], [2]])}
+    adv = compute_advantages(sources, {"outcome": 1.0, "process": 0.5}, groups, lengths, "rloo")
+    # outcome rloo: +1 / -1 broadcast. process rloo: sample0 steps (.8-.2, .6-.2) = (.6, .4) -> rtg [1, 1, .4, .4]
+    # sample1 step .2 - mean(.8, .6) = -.5 at token 2 -> rtg [-.5, -.5, -.5]
+    close(adv, [[1 + .5 * 1.0, 1 + .5 * 1.0, 1 + .5 * .4, 1 + .5 * .4], [-1 - .25, -1 - .25, -1 - .25]])
+    # grpo per source: outcome (1, 0) -> mean .5, std .7071; process pooled (.8, .6, .2) -> mean .5333, std .3055
+    adv = compute_advantages(sources, {"outcome": 1.0, "process": 1.0}, groups, lengths, "grpo")
+    o = .5 / math.sqrt(.5)
+    p = torch.tensor([.8, .6, .2])
+    z = (p - p.mean()) / p.std()
+    close(adv, [[o + z[0] + z[1], o + z[0] + z[1], o + z[1], o + z[1]], [-o + z[2]] * 3])
+    # outcome-only: the process source contributes nothing
+    adv = compute_advantages(sources, {"outcome": 1.0, "process": 0.0}, groups, lengths, "rloo")
+    close(adv, [[1.] * 4, [-1.] * 3])
+
+
+def test_step_rewards_land_on_each_steps_last_token():
+    _, tok = load_model("tiny-random-llama", "fp32")
+    text = "7 + 5 = 12\n\n12 * 3 = 36\n\nThe answer is 36."
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    steps = split_steps(text)
+    ends = step_end_tokens(tok, ids, tok.decode(ids, skip_special_tokens=True), steps)
+    assert len(ends) == 3
+    for step, end in zip(steps, ends):
+        upto = tok.decode(ids[:end + 1], skip_special_tokens=True)
+        assert upto.rstrip().endswith(step), (upto, step)      # the step is complete at this token
+        assert not tok.decode(ids[:end], skip_special_tokens=True).rstrip().endswith(step)  # not before
+    adv = compute_advantages({"process": ([T([1., 0., 0.])], [ends])}, {"process": 1.0}, [0], [len(ids)], "rloo")[0]
+    assert torch.all(adv[:ends[0] + 1] == 1) and torch.all(adv[ends[0] + 1:] == 0)
+
+
+def test_filters():
+    groups, passed = [0, 0, 1, 1, 2, 2], [True, False, True, True, False, False]
+    trunc = [False, True, False, False, False, False]
+    assert keep_mask(groups, passed, trunc, True, False) == [True, True, False, False, False, False]
+    assert keep_mask(groups, passed, trunc, True, True) == [True, False, False, False, False, False]
+    assert keep_mask(groups, passed, trunc, False, False) == [True] * 6
+
+
+def test_ppo_clip_loss_values():
+    logp, old = T([0.0, math.log(2.0)]), T([0.0, 0.0])  # ratios 1 and 2
+    adv, mask = T([1.0, 1.0]), T([1.0, 1.0])
+    loss, m = ppo_clip_loss(logp, old, adv, mask, clip_eps=0.2)
+    assert loss.item() == pytest.approx(-(1.0 + 1.2) / 2)  # the ratio-2 token is clipped to 1.2
+    assert m["clipfrac"] == pytest.approx(0.5)
+    loss, _ = ppo_clip_loss(logp, old, -adv, mask, clip_eps=0.2)  # negative advantage: min picks -2
+    assert loss.item() == pytest.approx((1.0 + 2.0) / 2)
+    ref = T([0.0, 0.0])
+    loss_kl, m = ppo_clip_loss(logp, old, adv, mask, 0.2, ref, kl_coef=1.0)
+    k3 = math.exp(-math.log(2)) + math.log(2) - 1
+    assert m["kl"] == pytest.approx(k3 / 2) and loss_kl.item() == pytest.approx(-(2.2) / 2 + k3 / 2)
+
+
+def test_groups_mixing_policy_versions_are_rejected():
+    c = lambda v: Completion("x", [1], [0.0], "stop", v)  # noqa: E731
+    assert assert_single_version([[c(3), c(3)], [c(3)]]) == 3
+    with pytest.raises(MixedPolicyVersions):
+        assert_single_version([[c(3), c(4)]])
