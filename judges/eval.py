@@ -1,0 +1,119 @@
+"""Measure a judge on ProcessBench: python -m judges.eval judge=rule subsets=[gsm8k,math]
+
+Every label goes through the ledger, so a rerun (or a resumed run) pays nothing twice.
+Prints per-subset F1 and their mean, and writes <out_dir>/<judge name>.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from judges.base import Cost, Judge, make_judge
+from judges.config import validate_judge_config
+from judges.ledger import LabelLedger
+from judges.metrics import processbench_f1
+
+log = logging.getLogger(__name__)
+
+SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
+
+
+def load_processbench(path: str | Path, limit: int | None = None) -> list[dict]:
+    """ProcessBench rows (id, problem, steps, label), checked: a bad row names file, row and field."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no ProcessBench file at {path} (set data_root)")
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of items")
+    rows = rows[:limit] if limit is not None else rows
+    for i, row in enumerate(rows):
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"{path}: row {i}: field '{field}' {why}")
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: row {i}: not an object")
+        if not isinstance(row.get("id"), str):
+            raise bad("id", "must be a string")
+        if not isinstance(row.get("problem"), str):
+            raise bad("problem", "must be a string")
+        steps = row.get("steps")
+        if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
+            raise bad("steps", "must be a non-empty list of strings")
+        label = row.get("label")
+        if isinstance(label, bool) or not isinstance(label, int) or not -1 <= label < len(steps):
+            raise bad("label", f"must be an int in [-1, {len(steps)}), got {label!r}")
+    return rows
+
+
+def evaluate_subset(judge: Judge, ledger: LabelLedger, rows: list[dict], name: str,
+                    chunk: int = 32) -> dict[str, Any]:
+    verdicts = []
+    with tqdm(total=len(rows), desc=f"{name} [{judge.identity}]", unit="item") as bar:
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            verdicts += ledger.label(judge, [(r["problem"], r["steps"]) for r in part])
+            bar.update(len(part))
+    labelled = [(v, r) for v, r in zip(verdicts, rows) if v is not None]
+    scores = processbench_f1([v.first_error for v, _ in labelled], [r["label"] for _, r in labelled])
+    paid = sum((v.cost for v, _ in labelled if not v.from_ledger), Cost())
+    return {**scores,
+            "items": len(rows),
+            "unlabelled_budget": len(rows) - len(labelled),
+            "invalid": sum(not v.valid for v, _ in labelled),
+            "from_ledger": sum(v.from_ledger for v, _ in labelled),
+            "paid_calls": paid.calls, "prompt_tokens": paid.prompt_tokens,
+            "completion_tokens": paid.completion_tokens, "judge_seconds": round(paid.seconds, 3)}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    judge_cfg = validate_judge_config(cfg.judge)  # fails here, before any work, on a bad key
+    data_root = Path(to_absolute_path(cfg.data_root))
+    unknown = [s for s in cfg.subsets if s not in SUBSETS]
+    if unknown:
+        raise ValueError(f"unknown subsets {unknown}; choose from {list(SUBSETS)}")
+    data = {s: load_processbench(data_root / "processbench" / f"{s}.json", cfg.limit) for s in cfg.subsets}
+    records = [r for rows in data.values() for r in rows]  # what an oracle may reveal
+    judge = make_judge(judge_cfg, records=records)
+    ledger_path = to_absolute_path(judge_cfg.ledger_path or cfg.ledger)
+    with LabelLedger(ledger_path, max_labels=judge_cfg.max_labels, max_tokens=judge_cfg.max_total_tokens) as ledger:
+        results = {s: evaluate_subset(judge, ledger, rows, s) for s, rows in data.items()}
+        stats = ledger.stats().get(judge.identity, {})
+    f1s = [r["f1"] for r in results.values()]
+    report = {"judge": judge.identity, "subsets": results,
+              "mean_f1": sum(f1s) / len(f1s) if f1s else math.nan,
+              "ledger": ledger_path, "ledger_stats": stats,
+              "judge_config": OmegaConf.to_container(OmegaConf.structured(judge_cfg))}
+    _print(report)
+    out = Path(to_absolute_path(cfg.out_dir)) / f"{judge_cfg.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return report
+
+
+def _print(report: dict[str, Any]) -> None:
+    print(f"\nProcessBench, judge {report['judge']}")
+    print(f"{'subset':<14}{'n':>6}{'acc_err':>9}{'acc_cor':>9}{'F1':>8}{'invalid':>9}{'no budget':>11}"
+          f"{'paid':>7}{'tokens':>10}")
+    for name, r in report["subsets"].items():
+        print(f"{name:<14}{r['n']:>6}{r['acc_error']:>9.3f}{r['acc_correct']:>9.3f}{r['f1']:>8.3f}"
+              f"{r['invalid']:>9}{r['unlabelled_budget']:>11}{r['paid_calls']:>7}"
+              f"{r['prompt_tokens'] + r['completion_tokens']:>10}")
+    print(f"{'mean F1':<14}{'':>6}{'':>9}{'':>9}{report['mean_f1']:>8.3f}\n")
+
+
+@hydra.main(config_path="pkg://configs", config_name="judge_eval", version_base=None)
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

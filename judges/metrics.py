@@ -1,0 +1,27 @@
+"""ProcessBench F1 (DESIGN.md section 6)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def processbench_f1(preds: Sequence[int | None], labels: Sequence[int]) -> dict[str, float]:
+    """Harmonic mean of the accuracy on erroneous items (label != -1: the exact first-error index
+    must be named) and on all-correct items (label == -1: the prediction must be -1).
+
+    An invalid prediction (None) counts as wrong. An empty group gives NaN for its accuracy and F1.
+    Returns {acc_error, acc_correct, f1, n}.
+    """
+    if len(preds) != len(labels):
+        raise ValueError(f"{len(preds)} predictions for {len(labels)} labels")
+    error_hits = [p == y for p, y in zip(preds, labels) if y != -1]
+    correct_hits = [p == -1 for p, y in zip(preds, labels) if y == -1]
+    acc_error = sum(error_hits) / len(error_hits) if error_hits else math.nan
+    acc_correct = sum(correct_hits) / len(correct_hits) if correct_hits else math.nan
+    if math.isnan(acc_error) or math.isnan(acc_correct):
+        f1 = math.nan
+    elif acc_error + acc_correct == 0:
+        f1 = 0.0
+    else:
+        f1 = 2 * acc_error * acc_correct / (acc_error + acc_correct)
+    return {"acc_error": acc_error, "acc_correct": acc_correct, "f1": f1, "n": len(labels)}
