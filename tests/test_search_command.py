@@ -1,0 +1,68 @@
+"""`python -m rl.search` end to end on tiny-random-llama (HF backend, fresh tiny PRM), plus the report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from prm.config import ConfigError, validate
+from rl.search import MethodConfig, SearchConfig, bon_sizes, search
+
+
+def _compose(tmp_path, *overrides):
+    with initialize_config_module("configs", version_base=None):
+        raw = compose("search", overrides=[
+            "policy.model=tiny-random-llama", "policy.backend=hf", "policy.dtype=fp32", "policy.max_new_tokens=12",
+            "policy.step_max_new_tokens=6", "prm.backbone=tiny-random-llama", "prm.dtype=fp32", "prm.num_heads=4",
+            "dataset.limit=2", "ns=[4]", "seeds=[0]", "method.beam.max_iterations=2",
+            "method.dvts.max_iterations=2", "method.beam.beam_width=2", "method.dvts.beam_width=2",
+            f"out_dir={tmp_path}", *overrides])
+    return OmegaConf.to_container(raw, resolve=True)
+
+
+def _cfg(tmp_path, *overrides):
+    return validate(_compose(tmp_path, *overrides), SearchConfig)
+
+
+def test_bon_sizes_are_powers_of_two_then_n():
+    assert bon_sizes(16) == [1, 2, 4, 8, 16]
+    assert bon_sizes(6) == [1, 2, 4, 6]
+    assert bon_sizes(1) == [1]
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    with pytest.raises(ConfigError):
+        _cfg(tmp_path, "+policy.temprature=1.0")
+    with pytest.raises(ConfigCompositionException):
+        _compose(tmp_path, "policy.temprature=1.0")
+    with pytest.raises(ValueError, match="aggregate"):
+        search(_cfg(tmp_path, "scorer.aggregate=mean"))
+    cfg = _cfg(tmp_path)
+    cfg.method["mcts"] = MethodConfig()
+    with pytest.raises(KeyError, match="mcts"):
+        search(cfg)
+
+
+def test_search_end_to_end_tiny_model(tmp_path):
+    search(_cfg(tmp_path))
+    names = sorted(p.name for p in (tmp_path / "records").iterdir())
+    assert names == ["beam-n4-beta0-seed0.jsonl", "beam-n4-beta1-seed0.jsonl", "best_of_n-n4-seed0.jsonl",
+                     "dvts-n4-beta0-seed0.jsonl", "dvts-n4-beta1-seed0.jsonl", "greedy-n1-seed0.jsonl"]
+    bon = [json.loads(line) for line in (tmp_path / "records" / "best_of_n-n4-seed0.jsonl").open()]
+    assert len(bon) == 2 and all(len(r["solutions"]) == 4 for r in bon)
+    for rec in bon:   # n' results are read off the first n' samples of one set
+        tokens = [s["tokens"] for s in rec["solutions"]]
+        for r in rec["results"]:
+            assert r["cost"]["generated_tokens"] == sum(tokens[: r["n"]])
+        assert {r["n"] for r in rec["results"]} == {1, 2, 4}
+        assert {r["label"] for r in rec["results"]} >= {"best_of_n/weighted", "best_of_n/weighted (mean-1std)",
+                                                        "best_of_n/majority"}
+        assert all(len(s["mean"]) == len(s["std"]) for s in rec["solutions"])
+    dv = [json.loads(line) for line in (tmp_path / "records" / "dvts-n4-beta0-seed0.jsonl").open()]
+    assert all(len(r["solutions"]) == 2 and r["cost"]["prm_passes"] > 0 for r in dv)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| greedy | 1 |" in summary and "beam/weighted (mean-1std)" in summary
+    assert (tmp_path / "search.png").stat().st_size > 0
