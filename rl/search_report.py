@@ -60,6 +60,19 @@ def markdown(summary: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def wide_markdown(summary: list[dict]) -> str:
+    """Accuracy % (generated tokens per problem) by n: one row per method / selector."""
+    ns = sorted({s["n"] for s in summary})
+    cells: dict[str, dict[int, str]] = defaultdict(dict)
+    for s in summary:
+        cells[s["label"]][s["n"]] = f"{100 * s['acc']:.1f} ({s['generated_tokens']:.0f})"
+    lines = ["| method / selector | " + " | ".join(f"n={n}" for n in ns) + " |",
+             "|---|" + "---:|" * len(ns)]
+    for lab, row in cells.items():
+        lines.append(f"| {lab} | " + " | ".join(row.get(n, "") for n in ns) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_summary(summary: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -99,7 +112,8 @@ def write_report(out_dir: Path, plot: bool = True, title: str = "search") -> Pat
     """summary.md (and search.png) in out_dir from every record file there; returns summary.md."""
     summary = summarise(load_rows(out_dir))
     path = out_dir / "summary.md"
-    path.write_text(markdown(summary, title))
+    path.write_text(markdown(summary, title) + "\nAccuracy % (generated tokens per problem), mean over seeds:\n\n"
+                    + wide_markdown(summary))
     if plot and summary:
         plot_summary(summary, out_dir / "search.png", title)
     return path

@@ -1,0 +1,47 @@
+"""Measure SmolLM2's pass rate on arithmetic-chain settings (HF rollout, bf16, sampled): pick defaults.
+
+    python bench/calibrate_arithmetic.py --problems 16 --n 4 --max-new-tokens 64
+"""
+import argparse
+import json
+import time
+
+import torch
+
+import judges.rule  # noqa: F401 (registers "rule")
+from judges.base import make_judge
+from prm.answers import AnswerChecker
+from prm.models import load_model
+from prm.steps import split_steps
+from rl.rollout import HFRollout, format_prompt
+from rl.tasks import ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, arithmetic_chain
+
+SETTINGS = [(1, 10, "+-"), (1, 10, "+-*"), (1, 20, "+-*"), (2, 10, "+-*")]
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--problems", type=int, default=16)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, tok = load_model("smollm2-135m-instruct", "bf16")
+    backend = HFRollout(model, tok, batch_size=32)
+    checker, judge = AnswerChecker(), make_judge({"name": "rule"})
+    for num_ops, operand_max, ops in SETTINGS:
+        problems = arithmetic_chain(1234, args.problems, ArithmeticSpec(num_ops, operand_max, ops))
+        prompts = [format_prompt(tok, p.question, ARITHMETIC_SYSTEM_PROMPT) for p in problems]
+        start = time.perf_counter()
+        groups = backend.generate(prompts, args.n, args.max_new_tokens, args.temperature, 1.0)
+        secs = time.perf_counter() - start
+        flat = [(p, c) for p, g in zip(problems, groups) for c in g]
+        ok = checker.score_solutions([p.reference_answer for p, _ in flat], [c.text for _, c in flat])
+        verdicts = judge.judge_batch([(p.question, split_steps(c.text) or [c.text]) for p, c in flat])
+        tokens = sum(len(c.token_ids) for _, c in flat)
+        print(json.dumps({"num_ops": num_ops, "operand_max": operand_max, "ops": ops, "pass_rate": sum(ok) / len(ok),
+                          "pass_at_n": sum(any(ok[i * args.n:(i + 1) * args.n]) for i in range(len(problems))) / len(problems),
+                          "rule_all_correct": sum(v.first_error == -1 for v in verdicts) / len(verdicts),
+                          "truncated": sum(c.finish_reason == "length" for _, c in flat) / len(flat),
+                          "tokens_per_s": tokens / secs, "seconds": secs}), flush=True)
+        print("   sample:", repr(flat[0][1].text[:160]), flush=True)

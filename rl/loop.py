@@ -1,0 +1,226 @@
+"""One online round (DESIGN.md section 4), phase by phase:
+
+    generate -> verify -> score -> select -> judge -> prm_update -> advantage -> policy_update -> weight_sync
+
+`OnlineLoop.round()` is the whole algorithm on one screen; the helpers below it do the bookkeeping.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from judges.base import Cost
+from prm.data import Trajectory
+from prm.selection import select_uncertain, uncertainty_priority
+from prm.steps import first_below, labels_from_first_error, split_steps
+from rl.algos import compute_advantages, keep_mask, outcome_source, step_end_tokens
+from rl.policy import Sample
+from rl.report import PhaseTimer, std_histogram
+from rl.rollout import Completion, assert_single_version, format_prompt
+
+
+@dataclass
+class Rollout:
+    """One completion and everything the round learns about it."""
+    group: int
+    question: str
+    reference: str | None
+    prompt: str
+    completion: Completion
+    steps: list[str]
+    passed: bool = False
+    mean: list[float] | None = None      # PRM step rewards
+    std: list[float] | None = None
+    first_error: int | None = None       # the judge's verdict (None = not judged / invalid)
+
+
+class OnlineLoop:
+    def __init__(self, cfg, task, stream, policy, rollout, learner, judge, ledger, checker):
+        self.cfg, self.task, self.stream, self.policy, self.rollout = cfg, task, stream, policy, rollout
+        self.learner, self.judge, self.ledger, self.checker = learner, judge, ledger, checker
+        self.tok = policy.tokenizer
+
+    def round(self, index: int) -> tuple[dict, list[float]]:
+        cfg, t = self.cfg, PhaseTimer()
+        problems = self.stream.next_batch(cfg.data.prompts_per_round)
+        with t("generate"):
+            rollouts = self.generate(problems)
+        with t("verify"):
+            passed = self.checker.score_solutions([r.reference for r in rollouts], [r.completion.text for r in rollouts],
+                                                  cfg.data.fallback_last_number)
+            for r, ok in zip(rollouts, passed):
+                r.passed = ok
+        with t("score"):
+            self.score(rollouts)
+        with t("select"):
+            chosen = self.select(rollouts, index)
+        with t("judge"):
+            judged, cost = self.judge_selected(rollouts, chosen)
+        with t("prm_update"):
+            prm_metrics = self.update_prm(rollouts, judged)
+        with t("advantage"):
+            samples, adv_metrics = self.advantages(rollouts)
+        with t("policy_update"):
+            policy_metrics = self.update_policy(samples, index)
+        with t("weight_sync"):
+            sync_metrics = self.sync()
+        stds = [s for r in rollouts for s in (r.std or [])]
+        metrics = {"round": index, **self.rollout_metrics(rollouts), **adv_metrics, **prm_metrics,
+                   "select/candidates": len(rollouts), "select/selected": sum(chosen),
+                   "select/fraction": sum(chosen) / len(rollouts), "judge/calls": cost.calls,
+                   "judge/tokens": cost.tokens, "judge/seconds": cost.seconds, "judge/labels": len(judged),
+                   **{f"policy/{k}": v for k, v in policy_metrics.items()}, **sync_metrics,
+                   **std_histogram(stds), **t.seconds}
+        metrics["timing/round"] = sum(v for k, v in t.seconds.items())
+        return metrics, stds
+
+    # ------------------------------------------------------------------ phases
+    def generate(self, problems) -> list[Rollout]:
+        r = self.cfg.rollout
+        prompts = [format_prompt(self.tok, p.question, self.task.system_prompt) for p in problems]
+        groups = self.rollout.generate(prompts, r.n, r.max_new_tokens, r.temperature, r.top_p, list(r.stop) or None)
+        version = assert_single_version(groups)  # a group's baseline is only valid on-policy
+        if version != self.policy.version:
+            raise AssertionError(f"rollouts from policy version {version}, trainer is at {self.policy.version}")
+        return [Rollout(g, p.question, p.reference_answer, prompt, c, split_steps(c.text) or [c.text.strip() or "(empty)"])
+                for g, (p, prompt, group) in enumerate(zip(problems, prompts, groups)) for c in group]
+
+    def score(self, rollouts: list[Rollout]) -> None:
+        if self.learner is None:
+            return
+        scores = self.learner.score([r.question for r in rollouts], [r.steps for r in rollouts])
+        for r, s in zip(rollouts, scores):
+            r.mean, r.std = list(s.mean), list(s.std)
+
+    def select(self, rollouts: list[Rollout], index: int) -> list[bool]:
+        """uncertain: Eq. 5; all: judge everything; none: judge nothing; random: as many as Eq. 5 picks.
+        A per-round budget keeps the most uncertain (random mode: a random subset)."""
+        mode, budget = self.cfg.select.mode, self.cfg.select.budget_per_round
+        if self.learner is None or mode in ("all", "none"):
+            chosen = [True] * len(rollouts) if mode != "none" else [False] * len(rollouts)
+            priority = torch.zeros(len(rollouts))
+        else:
+            mu, sigma, mask = self._padded(rollouts)
+            uncertain = select_uncertain(mu, sigma, mask, self.cfg.prm.delta_pred, self.cfg.prm.delta_std).tolist()
+            priority = uncertainty_priority(mu, sigma, mask)
+            chosen = uncertain
+            if mode == "random":  # equal budget: the count Eq. 5 picks, drawn uniformly
+                rng = random.Random(f"{self.cfg.trainer.seed}:select:{index}")
+                picked = set(rng.sample(range(len(rollouts)), sum(uncertain)))
+                chosen, priority = [i in picked for i in range(len(rollouts))], torch.rand(len(rollouts))
+        if budget is not None and sum(chosen) > budget:
+            ranked = sorted((i for i, c in enumerate(chosen) if c), key=lambda i: -float(priority[i]))[:budget]
+            chosen = [i in set(ranked) for i in range(len(rollouts))]
+        return chosen
+
+    def judge_selected(self, rollouts: list[Rollout], chosen: list[bool]) -> tuple[list[Rollout], Cost]:
+        """Labels go through the ledger (persisted before they are returned; repeats cost nothing)."""
+        picked = [r for r, c in zip(rollouts, chosen) if c]
+        if not picked:
+            return [], Cost()
+        verdicts = self.ledger.label(self.judge, [(r.question, r.steps) for r in picked])
+        cost = sum((v.cost for v in verdicts if v is not None and not v.from_ledger), Cost())
+        for r, v in zip(picked, verdicts):
+            r.first_error = v.first_error if v is not None else None
+        return [r for r in picked if r.first_error is not None], cost
+
+    def update_prm(self, rollouts: list[Rollout], judged: list[Rollout]) -> dict:
+        """PRM accuracy on judged data before/after the update; `before` re-scores for the rewards."""
+        if self.learner is None or not judged:
+            return {}
+        out = {"prm/agreement": sum(first_below(r.mean, self.cfg.prm.threshold) == r.first_error for r in judged) / len(judged),
+               "prm/acc_before": self._step_accuracy(judged, [r.mean for r in judged])}
+        if self.cfg.prm_update == "none":
+            return out
+        trajectories = [Trajectory(r.question, r.steps, r.first_error, r.reference) for r in judged]
+        update = self.learner.update(trajectories, select=False)
+        out.update({"prm/loss": update["loss"], "prm/trained": update.get("labelled", len(judged))})
+        after = self.learner.score([r.question for r in judged], [r.steps for r in judged])
+        out["prm/acc_after"] = self._step_accuracy(judged, [s.mean for s in after])
+        if self.cfg.prm_update == "before":  # rewards come from the updated PRM
+            self.score(rollouts)
+        return out
+
+    def advantages(self, rollouts: list[Rollout]) -> tuple[list[Sample], dict]:
+        a = self.cfg.algo
+        lengths = [len(r.completion.token_ids) for r in rollouts]
+        groups = [r.group for r in rollouts]
+        sources = {"outcome": outcome_source([float(r.passed) for r in rollouts], lengths)}
+        weights = {"outcome": a.outcome_weight if a.reward in ("outcome", "both") else 0.0,
+                   "process": a.process_weight if a.reward in ("process", "both") else 0.0}
+        if weights["process"] and self.learner is not None:
+            values, positions = [], []
+            for r in rollouts:
+                ends = step_end_tokens(self.tok, r.completion.token_ids, r.completion.text, r.steps)
+                k = min(len(ends), len(r.mean))  # the PRM may have truncated a long trajectory
+                values.append(torch.tensor(r.mean[:k]))
+                positions.append(ends[:k])
+            sources["process"] = (values, positions)
+        adv = compute_advantages(sources, weights, groups, lengths, a.advantage)
+        keep = keep_mask(groups, [r.passed for r in rollouts], [r.completion.finish_reason == "length" for r in rollouts],
+                         a.filter_groups, a.filter_truncated)
+        prompt_ids = {}
+        samples = []
+        for r, advantage, k in zip(rollouts, adv, keep):
+            if k and r.completion.token_ids:
+                ids = prompt_ids.setdefault(r.prompt, self.tok(r.prompt, add_special_tokens=False)["input_ids"])
+                samples.append(Sample(ids, list(r.completion.token_ids), advantage))
+        return samples, {"algo/kept": len(samples), "algo/adv_abs_mean":
+                         float(torch.cat(adv).abs().mean()) if adv else 0.0}
+
+    def update_policy(self, samples: list[Sample], index: int) -> dict:
+        if not samples:  # nothing to learn from this round: the policy (and its version) stays
+            return {}
+        for s, logp in zip(samples, self.policy.logprobs(samples)):
+            s.old_logprobs = logp
+        if self.cfg.algo.kl_coef > 0:
+            for s, logp in zip(samples, self.policy.logprobs(samples, reference=True)):
+                s.ref_logprobs = logp
+        generator = torch.Generator().manual_seed(self.cfg.trainer.seed * 100_003 + index)
+        return self.policy.update(samples, generator)
+
+    def sync(self) -> dict:
+        """Push weights to the engine, then prove it: engine vs trainer log-probs on a fixed text."""
+        if self.rollout.version == self.policy.version:
+            return {}
+        weights = None if self.rollout_shares_policy() else self.policy.weights_for_sync()
+        seconds = self.rollout.sync_weights(weights, self.policy.version)
+        r = self.cfg.rollout
+        prompt = format_prompt(self.tok, r.parity_prompt, self.task.system_prompt)
+        gap = self.rollout.parity_check(self.policy.logprob_fn, prompt, r.parity_completion, r.parity_tolerance)
+        return {"sync/seconds": seconds, "sync/parity_gap": gap}
+
+    # ------------------------------------------------------------------ helpers
+    def rollout_shares_policy(self) -> bool:
+        """The HF backend generates with the trainer's own module: a sync moves no tensors."""
+        return getattr(self.rollout, "model", None) is self.policy.module
+
+    def rollout_metrics(self, rollouts: list[Rollout]) -> dict:
+        n = len(rollouts)
+        procs = [sum(r.mean) / len(r.mean) for r in rollouts if r.mean]
+        return {"pass_rate": sum(r.passed for r in rollouts) / n, "reward/outcome": sum(r.passed for r in rollouts) / n,
+                "reward/process": sum(procs) / len(procs) if procs else float("nan"),
+                "rollout/tokens": sum(len(r.completion.token_ids) for r in rollouts),
+                "rollout/truncated": sum(r.completion.finish_reason == "length" for r in rollouts) / n,
+                "rollout/steps_mean": sum(len(r.steps) for r in rollouts) / n, "policy_version": self.policy.version}
+
+    def _padded(self, rollouts: list[Rollout]):
+        width = max([len(r.mean) for r in rollouts] + [1])
+        mu, sigma = torch.ones(len(rollouts), width), torch.zeros(len(rollouts), width)
+        mask = torch.zeros(len(rollouts), width, dtype=torch.bool)
+        for b, r in enumerate(rollouts):
+            k = len(r.mean)
+            mu[b, :k], sigma[b, :k], mask[b, :k] = torch.tensor(r.mean), torch.tensor(r.std), True
+        return mu, sigma, mask
+
+    def _step_accuracy(self, judged: list[Rollout], means: list[list[float]]) -> float:
+        right = total = 0
+        for r, mean in zip(judged, means):
+            labels = labels_from_first_error(r.first_error, len(r.steps))
+            for label, score in zip(labels, mean):
+                right += int((score >= self.cfg.prm.threshold) == bool(label))
+                total += 1
+        return right / total if total else float("nan")

@@ -1,0 +1,135 @@
+"""`python -m rl.online`: online RL with the ensemble PRM in the loop (DESIGN.md section 4).
+
+    python -m rl.online                                     # CPU default: SmolLM2 + arithmetic + rule judge
+    python -m rl.online select.mode=all                     # judge-all baseline
+    python -m rl.online select.mode=random                  # random selection at Eq. 5's budget
+    python -m rl.online prm_update=none                     # frozen PRM
+    python -m rl.online algo.reward=outcome select.mode=none prm_update=none   # outcome-only RL
+    python -m rl.online --config-name online_gsm8k          # GSM8K with the llm judge
+Resume: rerun with the same trainer.out_dir (trainer.resume=auto picks the latest round checkpoint).
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from prm.config import validate
+from rl.config import OnlineConfig, check_choices
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def needs_prm(cfg: OnlineConfig) -> bool:
+    return cfg.algo.reward != "outcome" or cfg.select.mode in ("uncertain", "random") or cfg.prm_update != "none"
+
+
+def build(cfg: OnlineConfig):
+    """Every component of a run, from the validated config."""
+    import judges.llm  # noqa: F401  (registers the built-in judges)
+    import judges.oracle  # noqa: F401
+    import judges.rule  # noqa: F401
+    from judges.base import make_judge
+    from judges.ledger import LabelLedger
+    from prm.answers import AnswerChecker
+    from prm.models import resolve_path
+    from rl.loop import OnlineLoop
+    from rl.policy import PolicyTrainer
+    from rl.rollout import make_rollout
+    from rl.tasks import TaskStream, make_task
+
+    out_dir = Path(cfg.trainer.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.trainer.seed)
+    task = make_task(cfg.data)
+    policy = PolicyTrainer(cfg.policy, cfg.algo, cfg.trainer)
+    r = cfg.rollout
+    model_dir = None if cfg.rollout.backend == "hf" else resolve_path(cfg.policy.model)
+    rollout = make_rollout(r.backend, model=policy.module, tokenizer=policy.tokenizer, model_dir=model_dir,
+                           batch_size=r.batch_size, seed=cfg.trainer.seed, gpu_memory_utilization=r.gpu_memory_utilization,
+                           kv_cache_gb=r.kv_cache_gb, max_model_len=r.max_model_len, dtype=cfg.policy.dtype)
+    learner = None
+    if needs_prm(cfg):
+        from prm.model import EnsemblePRM
+        from prm.update import PRMLearner
+        learner = PRMLearner(EnsemblePRM(cfg.prm), cfg.trainer)
+    judge_cfg = dict(cfg.judge)
+    ledger_path = judge_cfg.pop("ledger_path", None) or str(out_dir / "labels.sqlite")
+    judge = make_judge(judge_cfg)
+    ledger = LabelLedger(ledger_path, judge_cfg.get("max_labels"), judge_cfg.get("max_total_tokens"))
+    stream = TaskStream(task.problems, cfg.data.seed)
+    loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker())
+    return loop, out_dir
+
+
+def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
+    """Run (or resume) `cfg.rounds` rounds; `stop_after` ends the process's work early (tests: a kill)."""
+    from tqdm import tqdm
+
+    from rl.checkpoint import load_round, resolve_resume, save_round
+    from rl.report import MetricsLog, phase_line, plot_rounds, summary_table
+
+    check_choices(cfg)
+    loop, out_dir = build(cfg)
+    OmegaConf.save(OmegaConf.structured(cfg), out_dir / "config.yaml")
+    history: list[dict] = []
+    start_round = 1
+    resume_from = resolve_resume(cfg.trainer.resume, out_dir)
+    if resume_from is not None:
+        state = load_round(resume_from, loop.policy, loop.learner)
+        loop.stream.position, history, start_round = state["data_position"], state["history"], state["round"] + 1
+        loop.rollout.sync_weights(None if loop.rollout_shares_policy() else loop.policy.weights_for_sync(),
+                                  loop.policy.version)
+        print(f"[rl.online] resumed from {resume_from} (round {state['round']}, data position {loop.stream.position})")
+    log = MetricsLog(out_dir, history)
+    last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
+    bar = tqdm(range(start_round, last + 1), desc="rounds", disable=not cfg.trainer.progress, dynamic_ncols=True)
+    for index in bar:
+        metrics, stds = loop.round(index)
+        with_timer = time.perf_counter()
+        if cfg.trainer.save_every and index % cfg.trainer.save_every == 0:
+            save_round(out_dir, index, loop.policy, loop.learner,
+                       {"data_position": loop.stream.position, "history": history + [metrics],
+                        "ledger": str(loop.ledger.path)}, cfg.keep_checkpoints)
+        metrics["timing/checkpoint"] = time.perf_counter() - with_timer
+        history.append(metrics)
+        log.write(metrics, stds)
+        bar.set_postfix(passed=f"{metrics['pass_rate']:.2f}", judged=metrics["judge/calls"])
+        tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}  judge calls {metrics['judge/calls']}  | "
+                   f"{phase_line(metrics)}")
+    log.close()
+    if stop_after is None or last == cfg.rounds:
+        finish(cfg, history, out_dir, summary_table, plot_rounds)
+    loop.checker.close()
+    return history
+
+
+def finish(cfg, history, out_dir, summary_table, plot_rounds) -> None:
+    summary_table(history, f"prmloop online: {cfg.data.name}, select={cfg.select.mode}, reward={cfg.algo.reward}, "
+                           f"prm_update={cfg.prm_update}")
+    plot = plot_rounds(history, out_dir / "rounds.png") if cfg.plot else None
+    print(f"outputs: {out_dir.resolve()}\n  metrics  {out_dir / 'metrics.jsonl'}\n  tensorboard  {out_dir / 'tb'}\n"
+          f"  checkpoints  {out_dir / 'checkpoints'}\n  judge ledger  {cfg.judge.get('ledger_path') or out_dir / 'labels.sqlite'}"
+          + (f"\n  plot  {plot}" if plot else ""))
+
+
+@hydra.main(config_path="pkg://configs", config_name="online", version_base=None)
+def main(raw: DictConfig) -> None:
+    cfg = validate(raw, OnlineConfig)
+    if not os.path.isabs(cfg.trainer.out_dir):  # hydra may change the working dir: anchor to where we started
+        cfg.trainer.out_dir = os.path.join(hydra.utils.get_original_cwd(), cfg.trainer.out_dir)
+    run(cfg)
+
+
+if __name__ == "__main__":  # the spawn guard vLLM needs
+    main()

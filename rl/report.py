@@ -1,0 +1,109 @@
+"""What a run shows: phase timers, per-round metrics (JSONL + TensorBoard), the end-of-run table and plot."""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+SUMMARY_COLUMNS = [("round", "round", "{:d}"), ("pass_rate", "pass", "{:.3f}"), ("reward/outcome", "R out", "{:.3f}"),
+                   ("reward/process", "R proc", "{:.3f}"), ("select/fraction", "sel", "{:.2f}"),
+                   ("judge/calls", "judge calls", "{:d}"), ("prm/acc_before", "PRM acc", "{:.3f}"),
+                   ("prm/acc_after", "after", "{:.3f}"), ("timing/round", "secs", "{:.1f}")]
+
+
+class PhaseTimer:
+    """`with timer("generate"): ...` records seconds under timing/generate."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[f"timing/{phase}"] = self.seconds.get(f"timing/{phase}", 0.0) + time.perf_counter() - start
+
+
+class MetricsLog:
+    """One JSON line per round in metrics.jsonl and the same scalars in TensorBoard (tb/)."""
+
+    def __init__(self, out_dir: Path, history: list[dict]):
+        self.path = out_dir / "metrics.jsonl"
+        # a resumed run rewrites the file from the checkpoint's history: no duplicate or orphan rounds
+        self.path.write_text("".join(json.dumps(m) + "\n" for m in history))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out_dir / "tb"))
+        except ImportError:  # tensorboard is a dependency, but a run should not die without it
+            self.tb = None
+
+    def write(self, metrics: dict, std_values: list[float]) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(metrics) + "\n")
+        if self.tb is not None:
+            step = metrics["round"]
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and key != "round" and np.isfinite(value):
+                    self.tb.add_scalar(key, value, step)
+            if std_values:
+                self.tb.add_histogram("prm/ensemble_std", np.asarray(std_values), step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def std_histogram(values: list[float], bins=(0, .005, .01, .02, .05, .1, .2, 1.0)) -> dict[str, int]:
+    """Ensemble std per step, counted in fixed bins (the JSONL copy of the TensorBoard histogram)."""
+    counts, _ = np.histogram(np.clip(values, 0, 1), bins=bins) if values else (np.zeros(len(bins) - 1, int), None)
+    return {f"prm/std_hist/{lo:g}-{hi:g}": int(c) for lo, hi, c in zip(bins[:-1], bins[1:], counts)}
+
+
+def summary_table(history: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for _, header, _ in SUMMARY_COLUMNS:
+        table.add_column(header, justify="right")
+    for m in history:
+        cells = []
+        for key, _, fmt in SUMMARY_COLUMNS:
+            value = m.get(key)
+            ok = isinstance(value, (int, float)) and np.isfinite(value)
+            cells.append(fmt.format(int(value) if fmt == "{:d}" else value) if ok else "-")
+        table.add_row(*cells)
+    Console().print(table)
+
+
+def phase_line(metrics: dict) -> str:
+    """The round's phases in execution order with their seconds: the one-screen view of a round."""
+    phases = [k for k in metrics if k.startswith("timing/") and k != "timing/round"]
+    return "  ".join(f"{k[7:]} {metrics[k]:.1f}s" for k in phases)
+
+
+def plot_rounds(history: list[dict], path: Path) -> Path | None:
+    if not history:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [m["round"] for m in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, label in (("pass_rate", "pass rate (outcome reward)"), ("reward/process", "process reward (PRM)")):
+        ax1.plot(rounds, [m.get(key, float("nan")) for m in history], marker="o", label=label)
+    ax1.set_xlabel("round"), ax1.set_ylabel("reward"), ax1.legend(), ax1.grid(alpha=.3)
+    ax2.bar(rounds, [m.get("judge/calls", 0) for m in history], color="tab:red", alpha=.7, label="judge calls")
+    ax2.plot(rounds, [m.get("select/candidates", 0) for m in history], color="k", ls="--", label="trajectories")
+    ax2.set_xlabel("round"), ax2.set_ylabel("count"), ax2.legend(), ax2.grid(alpha=.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
