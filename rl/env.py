@@ -1,0 +1,84 @@
+"""The task as a step-level MDP: `gymnasium.make("prmloop/StepMath-v0", scorer=prm_scorer)`.
+
+reset()            -> observation = the problem text (then the steps so far, blank-line separated)
+step(step_text)    -> appends the step; reward = its PRM step reward from the injected `scorer`
+                      (question, steps) -> per-step rewards (the last one is this step's);
+                      the episode terminates when the step states a final answer ("The answer is N",
+                      \\boxed{}) and then adds the outcome reward (1 if it matches the reference);
+                      it is truncated at `max_steps` (outcome reward 0: no answer given).
+Without a scorer the step reward is 0 (outcome-only MDP). Observations are printable-ASCII text
+(gymnasium's Text space needs a fixed charset; other characters are shown as '?').
+"""
+from __future__ import annotations
+
+import string
+from typing import Callable
+
+import gymnasium as gym
+from gymnasium import spaces
+
+from prm.answers import AnswerChecker, extract_answer
+from prm.data import Problem
+from prm.steps import clean_step
+from rl.tasks import ArithmeticSpec, arithmetic_chain
+
+CHARSET = frozenset(string.printable)
+Scorer = Callable[[str, list[str]], list[float]]
+
+
+class StepMathEnv(gym.Env):
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(self, problems: list[Problem] | None = None, scorer: Scorer | None = None, max_steps: int = 8,
+                 max_chars: int = 4096, outcome_weight: float = 1.0, checker: AnswerChecker | None = None,
+                 render_mode: str | None = None):
+        self.problems = problems or arithmetic_chain(0, 500, ArithmeticSpec())
+        self.scorer, self.max_steps, self.max_chars = scorer, max_steps, max_chars
+        self.outcome_weight, self.render_mode = outcome_weight, render_mode
+        self.checker = checker
+        self.observation_space = spaces.Text(max_length=max_chars, min_length=0, charset="".join(sorted(CHARSET)))
+        self.action_space = spaces.Text(max_length=256, min_length=1)
+        self.problem: Problem | None = None
+        self.steps: list[str] = []
+
+    def _observation(self) -> str:
+        text = "\n\n".join([self.problem.question] + self.steps)
+        return "".join(c if c in CHARSET else "?" for c in text)[-self.max_chars:]
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        index = (options or {}).get("index", int(self.np_random.integers(len(self.problems))))
+        self.problem, self.steps = self.problems[index], []
+        return self._observation(), {"index": index, "reference_answer": self.problem.reference_answer}
+
+    def step(self, action: str):
+        if self.problem is None:
+            raise RuntimeError("call reset() before step()")
+        self.steps.append(clean_step(str(action)) or "(empty)")
+        reward = float(self.scorer(self.problem.question, list(self.steps))[-1]) if self.scorer else 0.0
+        answer = extract_answer(self.steps[-1])
+        terminated = answer is not None
+        truncated = not terminated and len(self.steps) >= self.max_steps
+        info = {"step_reward": reward, "answer": answer}
+        if terminated:
+            correct = self._check(answer)
+            reward += self.outcome_weight * float(correct)
+            info["correct"] = correct
+        return self._observation(), reward, terminated, truncated, info
+
+    def _check(self, answer: str) -> bool:
+        if self.checker is None:  # math-verify in a worker process, started on first use
+            self.checker = AnswerChecker()
+        return self.checker.check(self.problem.reference_answer, answer)
+
+    def render(self):
+        return self._observation() if self.render_mode == "ansi" else None
+
+    def close(self):
+        if self.checker is not None:
+            self.checker.close()
+
+
+ENV_ID = "prmloop/StepMath-v0"
+if ENV_ID not in gym.registry:
+    gym.register(ENV_ID, entry_point="rl.env:StepMathEnv")
