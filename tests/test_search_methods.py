@@ -81,6 +81,8 @@ def test_aggregations_last_min_prod_and_mean_minus_std():
     assert ScoreSpec("last", beta=1.0).solution_score(s) == pytest.approx(0.3)
     assert ScoreSpec("min", beta=2.0).solution_score(s) == pytest.approx(0.1)
     assert ScoreSpec("prod", beta=1.0).solution_score(s) == pytest.approx(0.8 * 0.2 * 0.3)
+    penalised_below_zero = Solution(["a", "b"], 2, mean=[0.1, 0.9], std=[0.3, 0.0])
+    assert ScoreSpec("prod", beta=1.0).solution_score(penalised_below_zero) == 0.0   # clipped, not negative
     assert ScoreSpec("last").solution_score(Solution([], 0)) == -math.inf
     with pytest.raises(ValueError):
         ScoreSpec("mean")

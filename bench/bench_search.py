@@ -1,0 +1,62 @@
+"""Reward-guided search benchmark (bench/RESULTS_search.md).
+
+Runs `python -m rl.search` for each named setting with SmolLM2-135M-Instruct as the policy and a PRM
+saved by `python -m prm.train`, one after another (the machine is small), then copies each summary
+and plot next to this file. Every command it runs is printed first, exactly.
+
+    python bench/bench_search.py --prm outputs/prm_train/prm                 # all settings
+    python bench/bench_search.py --prm outputs/prm_train/prm --only gsm8k    # one
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMON = ["'method=[greedy,best_of_n,beam,dvts]'", "'seeds=[0,1]'", "'scorer.betas=[0.0,1.0]'",
+          "scorer.aggregate=last", "policy.temperature=0.8"]
+SETTINGS = {
+    # Two-operation chains, operands 1-10 (rl.tasks), the task's own worked-example prompt.
+    "arithmetic": ["dataset.name=arithmetic", "dataset.num_ops=2", "dataset.operand_max=10", "dataset.limit=30",
+                   "'ns=[1,2,4,8,16]'", "policy.max_new_tokens=160", "policy.step_max_new_tokens=48",
+                   "method.beam.max_iterations=6", "method.dvts.max_iterations=6"],
+    # GSM8K test, problems 0-19.
+    "gsm8k": ["dataset.name=gsm8k", "dataset.offset=0", "dataset.limit=20", "'ns=[1,2,4,8,16]'",
+              "policy.max_new_tokens=320", "policy.step_max_new_tokens=96",
+              "method.beam.max_iterations=8", "method.dvts.max_iterations=8"],
+}
+
+
+def command(name: str, prm: str | None, backend: str, extra: list[str]) -> str:
+    args = [*COMMON, *SETTINGS[name], f"policy.backend={backend}", f"out_dir=outputs/bench_search/{name}"]
+    if prm:
+        args.append(f"prm.path={prm}")
+    return " ".join(["python -m rl.search", *args, *map(shlex.quote, extra)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prm", help="a PRM dir saved by python -m prm.train (default: a fresh, untrained one)")
+    parser.add_argument("--only", choices=sorted(SETTINGS), action="append")
+    parser.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
+    parser.add_argument("extra", nargs="*", help="more hydra overrides for every run")
+    args = parser.parse_args()
+    for name in args.only or list(SETTINGS):
+        cmd = command(name, args.prm, args.backend, args.extra)
+        print(f"$ {cmd}", flush=True)
+        start = time.perf_counter()
+        subprocess.run(cmd.replace("python", sys.executable, 1), shell=True, cwd=ROOT, check=True,
+                       executable="/bin/bash")
+        print(f"[bench_search] {name}: {time.perf_counter() - start:.0f} s wall", flush=True)
+        out = ROOT / "outputs" / "bench_search" / name
+        shutil.copy(out / "search.png", ROOT / "bench" / f"search_{name}.png")
+        shutil.copy(out / "summary.md", ROOT / "bench" / f"search_{name}_summary.md")
+
+
+if __name__ == "__main__":
+    main()
