@@ -34,7 +34,9 @@ def load_processbench(path: str | Path, limit: int | None = None) -> list[dict]:
     rows = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(rows, list):
         raise ValueError(f"{path}: expected a JSON list of items")
-    rows = rows[:limit] if limit is not None else rows
+    if limit is not None and limit < len(rows):
+        # evenly spaced, not the first N: the files are sorted, and the first N may be all one class
+        rows = [rows[i * len(rows) // limit] for i in range(limit)]
     for i, row in enumerate(rows):
         def bad(field: str, why: str) -> ValueError:
             return ValueError(f"{path}: row {i}: field '{field}' {why}")

@@ -1,0 +1,145 @@
+"""A scripted OpenAI-compatible chat-completions server for judge tests (stdlib only).
+
+Each test scripts the replies: a list of Reply (used in order, the last one repeats) or a function
+Request -> Reply. The server counts requests and in-flight peaks so tests can assert retries,
+ledger hits and concurrency bounds over real HTTP on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+
+@dataclass
+class Reply:
+    content: str = "\\boxed{-1}"
+    status: int = 200
+    headers: dict = field(default_factory=dict)
+    body: str | None = None  # a raw body instead of a completion
+    delay_s: float = 0.0  # wait before answering (cut short when the server stops)
+    drop: bool = False  # close the connection without any response
+    prompt_tokens: int = 100
+    completion_tokens: int = 10
+    reasoning: str | None = None  # a reasoning server's separate reasoning_content
+
+
+@dataclass
+class Request:
+    index: int
+    path: str
+    headers: dict
+    body: dict
+
+    @property
+    def prompt(self) -> str:
+        return self.body["messages"][0]["content"]
+
+
+Script = Callable[[Request], Reply]
+
+
+class FakeOpenAIServer:
+    def __init__(self, script: Script | list[Reply] | None = None):
+        self.requests: list[Request] = []
+        self.max_in_flight = 0
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.set_script(script)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._send(200, json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}), {})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with server._lock:
+                    request = Request(len(server.requests), self.path, dict(self.headers), body)
+                    server.requests.append(request)
+                    server._in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server._in_flight)
+                try:
+                    reply = server._script(request)
+                    if reply.delay_s:
+                        server._stopping.wait(reply.delay_s)
+                    if reply.drop:
+                        self.close_connection = True
+                        return
+                    text = reply.body if reply.body is not None else json.dumps(_completion(reply, body))
+                    self._send(reply.status, text, reply.headers)
+                finally:
+                    with server._lock:
+                        server._in_flight -= 1
+
+            def _send(self, status: int, text: str, headers: dict) -> None:
+                data = text.encode("utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers.items():
+                    self.send_header(k, str(v))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout): fine
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                        daemon=True)
+
+    def set_script(self, script: Script | list[Reply] | None) -> None:
+        if script is None:
+            script = [Reply()]
+        if isinstance(script, list):
+            replies = list(script)
+            self._script = lambda req: replies[min(req.index, len(replies) - 1)]
+        else:
+            self._script = script
+
+    def count(self, text: str) -> int:
+        """Requests whose prompt contains `text`."""
+        with self._lock:
+            return sum(text in r.prompt for r in self.requests)
+
+    def __enter__(self) -> "FakeOpenAIServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _completion(reply: Reply, request_body: dict) -> dict:
+    message = {"role": "assistant", "content": reply.content}
+    if reply.reasoning is not None:
+        message["reasoning_content"] = reply.reasoning
+    return {
+        "id": "chatcmpl-fake", "object": "chat.completion", "model": request_body.get("model", "fake"),
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                  "total_tokens": reply.prompt_tokens + reply.completion_tokens},
+    }
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound then released)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
