@@ -96,3 +96,24 @@ def test_command_line_on_real_processbench(tmp_path):
     assert "mean F1" in proc.stdout
     report = json.loads((tmp_path / "out" / "rule.json").read_text())
     assert set(report["subsets"]) == {"gsm8k", "math"} and report["subsets"]["gsm8k"]["n"] == 40
+
+
+def test_llm_judge_through_the_command_against_a_scripted_server(tmp_path):
+    from tests.fake_openai_server import FakeOpenAIServer, Reply
+
+    data = write_data(tmp_path / "data")
+    labels = {r["problem"]: r["label"] for r in ITEMS}
+
+    def critic(req):  # right on every item except p2, where it rambles (invalid)
+        problem = req.prompt.split("[Problem]\n\n")[1].split("\n")[0]
+        return Reply("hmm" if problem == "p2" else f"\\boxed{{{labels[problem]}}}", prompt_tokens=50,
+                     completion_tokens=5)
+
+    with FakeOpenAIServer(critic) as server:
+        report = run(cfg_for(tmp_path, f"data_root={data}", "judge=llm", f"judge.base_url={server.base_url}",
+                             "judge.max_concurrency=2", "judge.backoff_base_s=0.01"))
+    r = report["subsets"]["gsm8k"]
+    assert r["invalid"] == 1 and r["acc_error"] == pytest.approx(2 / 3) and r["acc_correct"] == 1.0
+    assert (r["paid_calls"], r["prompt_tokens"], r["completion_tokens"]) == (5, 250, 25)
+    assert report["ledger_stats"]["invalid"] == 1 and report["judge"].startswith("llm:default|")
+    assert len(server.requests) == 5
