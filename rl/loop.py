@@ -205,7 +205,8 @@ class OnlineLoop:
                 "reward/process": sum(procs) / len(procs) if procs else float("nan"),
                 "rollout/tokens": sum(len(r.completion.token_ids) for r in rollouts),
                 "rollout/truncated": sum(r.completion.finish_reason == "length" for r in rollouts) / n,
-                "rollout/steps_mean": sum(len(r.steps) for r in rollouts) / n, "policy_version": self.policy.version}
+                "rollout/steps_mean": sum(len(r.steps) for r in rollouts) / n,
+                "policy_version": rollouts[0].completion.policy_version}  # the version that generated them
 
     def _padded(self, rollouts: list[Rollout]):
         width = max([len(r.mean) for r in rollouts] + [1])
