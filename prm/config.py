@@ -30,7 +30,7 @@ def validate(cfg: DictConfig | dict, schema: type[T]) -> T:
 @dataclass
 class PRMConfig:
     backbone: str = "smollm2-135m-instruct"   # a built-in name (prm.models), a local dir or an HF id
-    dtype: str = "bf16"
+    dtype: str = "fp32"                       # bf16 only where the CPU has AVX512-BF16/AMX (else 3x slower)
     num_heads: int = 32                       # K; the paper's ensemble size
     head_hidden: int = 128
     train_mode: str = "frozen"                # full | lora | frozen (heads only, cached features)
@@ -80,3 +80,40 @@ class TrainerConfig:
     resume: str = "auto"                      # auto | never | <checkpoint dir>
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    subsets: list[str] = field(default_factory=lambda: ["gsm8k", "math"])  # ProcessBench; ["all"] = the four
+    limit: int | None = None                  # items per subset
+    threshold: float = 0.5                    # tau when not tuned
+    tune_on: str | None = None                # pick tau on this ProcessBench subset, apply it to all
+    prmbench: bool = False
+    prmbench_limit: int | None = None
+    batch_size: int = 8
+
+
+@dataclass
+class PRMEvalConfig:
+    prm: PRMConfig = field(default_factory=PRMConfig)
+    judge: dict[str, Any] | None = None       # evaluate a judge instead of a PRM (judges.config.JudgeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    data_root: str | None = None
+    out_dir: str | None = "outputs/prm_eval"
+
+
+@dataclass
+class PRMTrainConfig:
+    prm: PRMConfig = field(default_factory=PRMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    judge: Any = "oracle"                     # a judge name or a judges.config.JudgeConfig dict; oracle = pool labels
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    mode: str = "active"                      # active | random | full | filter
+    budget: float = 1.0                       # <= 1: fraction of the pool; > 1: number of labels
+    epochs: int = 1                           # passes: the stream, then epochs-1 replays of the acquired labels
+    feature_cache: str | None = None          # frozen mode: safetensors file of separator features (reused)
+    ledger: str | None = None                 # None -> <out_dir>/ledger.sqlite
+    filter_out: str | None = None             # mode=filter: JSONL of the uncertain part (None -> <out_dir>/uncertain.jsonl)
+    stop_after_batches: int | None = None     # stop (with a checkpoint) after this many updates: tests, time limits
+    run_eval: bool = True

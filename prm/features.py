@@ -2,8 +2,9 @@
 
 With the backbone frozen, a trajectory's last hidden states at its step separators never change, so
 they are computed once (length-bucketed, no grad) and the heads train on them alone; this is what makes
-many-seed label-efficiency runs affordable on CPU. Keys are judges.base.item_key(question, steps) plus
-the max_length used (a truncated trajectory keeps only the steps that fit). Stored as bf16 by default
+many-seed label-efficiency runs affordable on CPU. Keys are judges.base.item_key(question, steps); a
+trajectory truncated at max_length keeps only the steps that fit and is stored under "<key>:<max_length>"
+(full features serve any max_length: the frozen backbone saw the whole context). Stored as bf16 by default
 (half the memory; the heads upcast to fp32). `save`/`load` use one safetensors file.
 """
 from __future__ import annotations
@@ -23,24 +24,29 @@ class FeatureCache:
         self.dtype = dtype
         self.store: dict[str, torch.Tensor] = {}
 
-    def key(self, question: str, steps: list[str]) -> str:
-        return f"{item_key(question, steps)}:{self.max_length}"
-
     def __len__(self) -> int:
         return len(self.store)
 
-    def get(self, question: str, steps: list[str]) -> torch.Tensor | None:
-        return self.store.get(self.key(question, steps))
+    def get(self, question: str, steps: list[str], max_length: int | None = None) -> torch.Tensor | None:
+        key = item_key(question, steps)
+        return self.store.get(key, self.store.get(f"{key}:{max_length}") if max_length else None)
 
     @torch.no_grad()
     def compute(self, prm, questions: list[str], steps: list[list[str]], batch_size: int = 8,
-                progress: bool = False) -> list[torch.Tensor]:
-        """Features [n_scored_steps, H] for every item, computing only the missing ones."""
-        keys = [self.key(q, s) for q, s in zip(questions, steps)]
-        missing = {}
-        for i, k in enumerate(keys):
-            if k not in self.store and k not in missing:
-                missing[k] = (i, prm.encode(questions[i], steps[i], self.max_length))
+                progress: bool = False, max_length: int | None | str = "default") -> list[torch.Tensor]:
+        """Features [n_scored_steps, H] for every item, computing only the missing ones.
+        max_length: "default" = the cache's own; None = never truncate (scoring)."""
+        max_length = self.max_length if max_length == "default" else max_length
+        keys, missing = [], {}
+        for i, (q, s) in enumerate(zip(questions, steps)):
+            key = item_key(q, s)
+            if key in self.store or (max_length and f"{key}:{max_length}" in self.store):
+                keys.append(key if key in self.store else f"{key}:{max_length}")
+                continue
+            ids, pos = prm.encode(q, s, max_length)
+            key = key if len(pos) == len(s) else f"{key}:{max_length}"
+            keys.append(key)
+            missing.setdefault(key, (i, (ids, pos)))
         todo = sorted(missing.items(), key=lambda kv: len(kv[1][1][0]))  # bucket by token length
         was_training = prm.training
         prm.eval()

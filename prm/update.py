@@ -26,6 +26,7 @@ deepspeed launcher), else plain torch AdamW. Backbone and heads get their own le
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import socket
@@ -101,7 +102,7 @@ class PRMLearner:
     def score(self, questions: list[str], steps: list[list[str]], batch_size: int | None = None) -> list[StepScores]:
         feats = None
         if self.cache is not None:  # frozen: reuse (and fill) the feature cache
-            feats = self.cache.compute(self.prm, questions, steps, batch_size or self.cfg.batch_size)
+            feats = self.cache.compute(self.prm, questions, steps, batch_size or self.cfg.batch_size, max_length=None)
         return self.prm.score(questions, steps, batch_size, features=feats)
 
     @staticmethod
@@ -177,8 +178,10 @@ class PRMLearner:
     def state_dict(self) -> dict:
         if self.engine is not None and self.trainer.zero_stage > 0:
             raise RuntimeError("with ZeRO > 0 the optimizer is partitioned: use save_checkpoint(dir)")
-        return {"model": self.trainable_state(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "global_step": self.global_step}
+        # deep copies: optimizer.load_state_dict keeps same-dtype tensors by reference, so a live
+        # state_dict shared between two learners would let one's steps leak into the other
+        return copy.deepcopy({"model": self.trainable_state(), "optimizer": self.optimizer.state_dict(),
+                              "scheduler": self.scheduler.state_dict(), "global_step": self.global_step})
 
     def load_state_dict(self, sd: dict) -> None:
         self.prm.load_state_dict(sd["model"], strict=False)

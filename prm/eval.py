@@ -1,0 +1,198 @@
+"""`python -m prm.eval`: ProcessBench and PRMBench for any step scorer (DESIGN.md §6).
+
+A scorer maps (questions, steps) to one score in [0, 1] per step. Built-in scorers: a trained PRM
+(`prm.path=<dir saved by prm.train>`, or a fresh one for a baseline), or a judge (`judge.name=rule`
+...; steps before its first_error score 1, that step 0, the rest 1; an invalid verdict gives None
+instead of scores: a wrong prediction on ProcessBench whatever the label, every step "erroneous" on PRMBench).
+
+ProcessBench: pred = first step with score < tau, else -1; per subset acc_error / acc_correct / F1
+(judges.metrics.processbench_f1) and the plain mean of the subset F1s. tau is `eval.threshold`, or,
+with `eval.tune_on=<subset>`, the F1-best tau on that subset, applied to every subset (the tuning
+subset is flagged in the table; the mean is also given without it).
+PRMBench: a step is predicted valid if its score > 0.5; score = 0.5 * F1(valid steps) +
+0.5 * F1(erroneous steps) over all steps pooled; also per `classification` category.
+Writes <out_dir>/eval.json and eval.md, prints the table.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable, Protocol
+
+import hydra
+from omegaconf import DictConfig
+
+from judges.metrics import processbench_f1
+from prm.config import EvalConfig, PRMEvalConfig, validate
+from prm.data import PROCESSBENCH_SUBSETS, load_prmbench, load_processbench
+from prm.steps import first_below
+
+
+class StepScorer(Protocol):
+    def __call__(self, questions: list[str], steps: list[list[str]]) -> list[list[float] | None]: ...
+
+
+def prm_scorer(prm_or_learner, batch_size: int | None = None) -> StepScorer:
+    """Step reward = ensemble mean; works with an EnsemblePRM or a PRMLearner (cached features)."""
+    def score(questions, steps):
+        return [s.mean for s in prm_or_learner.score(questions, steps, batch_size)]
+    return score
+
+
+def judge_scorer(judge, ledger=None) -> StepScorer:
+    def score(questions, steps):
+        items = list(zip(questions, steps))
+        verdicts = ledger.label(judge, items) if ledger is not None else judge.judge_batch(items)
+        out = []
+        for (_, s), v in zip(items, verdicts):
+            k = None if v is None else v.first_error
+            if k is None:
+                out.append(None)                   # invalid: counted as a wrong prediction
+            else:
+                out.append([0.0 if i == k else 1.0 for i in range(len(s))])
+        return out
+    return score
+
+
+# ------------------------------------------------------------------ ProcessBench
+def processbench_preds(scores: list[list[float] | None], tau: float) -> list[int | None]:
+    return [None if s is None else first_below(s, tau) for s in scores]
+
+
+def tune_threshold(scores: list[list[float]], labels: list[int]) -> float:
+    """The tau with the best F1 on these items (candidates: midpoints of the observed step scores)."""
+    values = sorted({round(v, 4) for s in scores if s for v in s} | {0.0, 1.0})
+    candidates = [(a + b) / 2 for a, b in zip(values, values[1:])] or [0.5]
+    if len(candidates) > 400:  # a grid is enough; avoids O(n^2) on big subsets
+        candidates = [i / 400 for i in range(1, 400)]
+    best = max(candidates, key=lambda t: _nan0(processbench_f1(processbench_preds(scores, t), labels)["f1"]))
+    return float(best)
+
+
+def _nan0(x: float) -> float:
+    return 0.0 if math.isnan(x) else x
+
+
+def spread_sample(items: list, limit: int | None) -> list:
+    """`limit` evenly spaced items. ProcessBench files list the erroneous items first, so a plain
+    head-of-file slice would contain no all-correct item (F1 undefined)."""
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
+def load_processbench_sample(name: str, limit: int | None, root: str | None = None):
+    return spread_sample(load_processbench(name, root=root), limit)
+
+
+def evaluate_processbench(scorer: StepScorer, ecfg: EvalConfig, root: str | None = None,
+                          progress: Callable | None = None) -> dict:
+    data = {name: load_processbench_sample(name, ecfg.limit, root) for name in ecfg.subsets}
+    scores = {}
+    for name, items in data.items():
+        scores[name] = scorer([t.question for t in items], [t.steps for t in items])
+        if progress:
+            progress(name)
+    tau, tuned_on = ecfg.threshold, None
+    if ecfg.tune_on:
+        if ecfg.tune_on not in data:
+            tuning = load_processbench_sample(ecfg.tune_on, ecfg.limit, root)
+            data[ecfg.tune_on] = tuning
+            scores[ecfg.tune_on] = scorer([t.question for t in tuning], [t.steps for t in tuning])
+        tau, tuned_on = tune_threshold(scores[ecfg.tune_on], [t.first_error for t in data[ecfg.tune_on]]), ecfg.tune_on
+    subsets = {name: processbench_f1(processbench_preds(scores[name], tau), [t.first_error for t in items])
+               for name, items in data.items()}
+    f1s = [r["f1"] for r in subsets.values()]
+    held_out = [r["f1"] for name, r in subsets.items() if name != tuned_on]
+    return {"threshold": tau, "tuned_on": tuned_on, "subsets": subsets,
+            "mean_f1": sum(f1s) / len(f1s) if f1s else math.nan,
+            "mean_f1_held_out": sum(held_out) / len(held_out) if held_out else math.nan}
+
+
+# ------------------------------------------------------------------ PRMBench
+def binary_f1(pred: list[bool], gold: list[bool]) -> float:
+    tp = sum(p and g for p, g in zip(pred, gold))
+    fp = sum(p and not g for p, g in zip(pred, gold))
+    fn = sum(g and not p for p, g in zip(pred, gold))
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def prmbench_score(pred_valid: list[bool], gold_valid: list[bool]) -> float:
+    """0.5 * F1 of the 'valid' class + 0.5 * F1 of the 'erroneous' class, over pooled steps."""
+    return 0.5 * binary_f1(pred_valid, gold_valid) + 0.5 * binary_f1(
+        [not p for p in pred_valid], [not g for g in gold_valid])
+
+
+def evaluate_prmbench(scorer: StepScorer, limit: int | None = None, root: str | None = None) -> dict:
+    items = spread_sample(load_prmbench(root=root), limit)
+    scores = scorer([t.question for t in items], [t.steps for t in items])
+    pooled: dict[str, tuple[list[bool], list[bool]]] = {"all": ([], [])}
+    for t, s in zip(items, scores):
+        errors = set(t.meta["error_steps"])
+        gold = [i not in errors for i in range(len(t.steps))]
+        pred = [False] * len(gold) if s is None else [v > 0.5 for v in s]
+        for key in ("all", t.meta.get("classification") or "unknown"):
+            pooled.setdefault(key, ([], []))
+            pooled[key][0].extend(pred)
+            pooled[key][1].extend(gold)
+    return {key: {"score": prmbench_score(p, g), "steps": len(p)} for key, (p, g) in sorted(pooled.items())}
+
+
+# ------------------------------------------------------------------ reporting
+def markdown_table(results: dict, name: str = "") -> str:
+    lines = []
+    pb = results.get("processbench")
+    if pb:
+        how = f"tuned on {pb['tuned_on']}" if pb["tuned_on"] else "fixed"
+        lines += [f"ProcessBench {name} (tau = {pb['threshold']:.3f}, {how})", "",
+                  "| subset | n | acc_error | acc_correct | F1 |", "|---|---|---|---|---|"]
+        for sub, r in pb["subsets"].items():
+            flag = " (tuning set)" if sub == pb["tuned_on"] else ""
+            lines.append(f"| {sub}{flag} | {r['n']} | {r['acc_error']:.3f} | {r['acc_correct']:.3f} | {r['f1']:.3f} |")
+        lines.append(f"| mean | | | | {pb['mean_f1']:.3f} |")
+        if pb["tuned_on"]:
+            lines.append(f"| mean without {pb['tuned_on']} | | | | {pb['mean_f1_held_out']:.3f} |")
+    bench = results.get("prmbench")
+    if bench:
+        lines += ["", f"PRMBench {name}", "", "| classification | steps | score |", "|---|---|---|"]
+        lines += [f"| {k} | {v['steps']} | {v['score']:.3f} |" for k, v in bench.items()]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(scorer: StepScorer, ecfg: EvalConfig, root: str | None, out_dir: str | Path | None,
+             name: str = "") -> dict:
+    results = {"processbench": evaluate_processbench(scorer, ecfg, root) if ecfg.subsets else None}
+    if ecfg.prmbench:
+        results["prmbench"] = evaluate_prmbench(scorer, ecfg.prmbench_limit, root)
+    table = markdown_table(results, name)
+    print(table)
+    if out_dir:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(results, indent=2))
+        (out / "eval.md").write_text(table)
+    return results
+
+
+def build_scorer(cfg: PRMEvalConfig) -> tuple[StepScorer, str]:
+    if cfg.judge:
+        from judges.base import make_judge
+        judge = make_judge(cfg.judge)
+        return judge_scorer(judge), f"judge {judge.identity}"
+    from prm.model import EnsemblePRM
+    prm = EnsemblePRM.load(cfg.prm.path) if cfg.prm.path else EnsemblePRM(cfg.prm)
+    return prm_scorer(prm, cfg.eval.batch_size), f"PRM {cfg.prm.path or cfg.prm.backbone + ' (untrained heads)'}"
+
+
+@hydra.main(config_path="pkg://configs", config_name="prm_eval", version_base=None)
+def main(dcfg: DictConfig) -> None:
+    cfg = validate(dcfg, PRMEvalConfig)
+    if cfg.eval.subsets == ["all"]:
+        cfg.eval.subsets = list(PROCESSBENCH_SUBSETS)
+    scorer, name = build_scorer(cfg)
+    evaluate(scorer, cfg.eval, cfg.data_root, cfg.out_dir, name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""ProcessBench F1 and PRMBench score on hand-made cases; judges as scorers."""
+import math
+
+import pytest
+
+from judges.base import Judge, Verdict
+from prm.config import EvalConfig
+from prm.eval import (evaluate_prmbench, evaluate_processbench, judge_scorer, markdown_table, processbench_preds,
+                      prmbench_score, tune_threshold)
+from judges.metrics import processbench_f1
+
+
+def test_processbench_f1_hand_case():
+    scores = [[0.9, 0.2, 0.9],   # pred 1, label 1: hit
+              [0.9, 0.9, 0.9],   # pred -1, label 2: miss
+              [0.9, 0.9],        # pred -1, label -1: hit
+              [0.4, 0.9]]        # pred 0, label -1: miss
+    labels = [1, 2, -1, -1]
+    preds = processbench_preds(scores, 0.5)
+    assert preds == [1, -1, -1, 0]
+    r = processbench_f1(preds, labels)
+    assert r["acc_error"] == 0.5 and r["acc_correct"] == 0.5 and r["f1"] == pytest.approx(0.5)
+    # tau 0.3: item 3 becomes -1 (hit), item 0 still 1 (hit) -> acc_error 0.5, acc_correct 1, F1 2/3
+    assert processbench_f1(processbench_preds(scores, 0.3), labels)["f1"] == pytest.approx(2 / 3)
+    tau = tune_threshold(scores, labels)
+    assert 0.2 < tau <= 0.4 and processbench_f1(processbench_preds(scores, tau), labels)["f1"] == pytest.approx(2 / 3)
+
+
+def test_prmbench_score_hand_case():
+    pred = [True, True, False, True]
+    gold = [True, False, False, True]
+    # valid class: tp 2, fp 1, fn 0 -> F1 0.8; erroneous class: tp 1, fp 0, fn 1 -> F1 2/3
+    assert prmbench_score(pred, gold) == pytest.approx(0.5 * 0.8 + 0.5 * 2 / 3)
+
+
+def oracle_from_labels(items):
+    table = {(t.question, tuple(t.steps)): t.first_error for t in items}
+
+    def score(qs, ss):
+        out = []
+        for q, s in zip(qs, ss):
+            k = table[(q, tuple(s))]
+            out.append([0.0 if i == k else 1.0 for i in range(len(s))])
+        return out
+    return score
+
+
+def test_perfect_scorer_gets_f1_one_on_real_processbench():
+    from prm.data import load_processbench
+    items = load_processbench("math")
+    res = evaluate_processbench(oracle_from_labels(items), EvalConfig(subsets=["math"], limit=40))
+    assert res["subsets"]["math"]["f1"] == 1.0 and res["mean_f1"] == 1.0
+    assert "ProcessBench" in markdown_table({"processbench": res})
+
+
+def test_tuned_threshold_is_reported_and_mean_excludes_tuning_subset():
+    def constant(qs, ss):
+        return [[0.7] * len(s) for s in ss]
+    res = evaluate_processbench(constant, EvalConfig(subsets=["gsm8k", "math"], limit=30, tune_on="gsm8k"))
+    assert res["tuned_on"] == "gsm8k" and res["mean_f1_held_out"] == res["subsets"]["math"]["f1"] or \
+        math.isnan(res["mean_f1_held_out"])
+
+
+def test_perfect_scorer_on_prmbench():
+    from prm.data import load_prmbench
+    items = load_prmbench()
+    table = {(t.question, tuple(t.steps)): set(t.meta["error_steps"]) for t in items}
+
+    def score(qs, ss):
+        return [[0.0 if i in table[(q, tuple(s))] else 1.0 for i in range(len(s))] for q, s in zip(qs, ss)]
+    res = evaluate_prmbench(score, limit=30)
+    assert res["all"]["score"] == 1.0 and len(res) > 2   # 'all' plus per-classification rows
+
+
+class FixedJudge(Judge):
+    def __init__(self, answers):
+        self.answers = answers
+
+    @property
+    def identity(self):
+        return "fixed"
+
+    def judge(self, question, steps):
+        return Verdict(self.answers[question])
+
+
+def test_judge_as_scorer_invalid_counts_wrong():
+    scorer = judge_scorer(FixedJudge({"a": 1, "b": -1, "c": None}))
+    scores = scorer(["a", "b", "c"], [["x", "y", "z"], ["x"], ["x", "y"]])
+    assert scores[0] == [1.0, 0.0, 1.0] and scores[1] == [1.0] and scores[2] is None
+    preds = processbench_preds(scores, 0.5)
+    assert preds == [1, -1, None]
+    assert processbench_f1(preds, [1, -1, 0])["acc_error"] == 0.5   # invalid never matches

@@ -1,0 +1,91 @@
+"""PRMLearner: the one update used by prm.train and the online loop (tiny-random-llama, DeepSpeed on CPU)."""
+import pytest
+import torch
+
+from prm.config import PRMConfig, TrainerConfig
+from prm.data import Trajectory
+from prm.model import EnsemblePRM
+from prm.update import PRMLearner
+
+
+def trajs(n=8):
+    return [Trajectory(f"question {i}", [f"step a{i}", f"step b{i}", "step c"], first_error=i % 4 - 1) for i in range(n)]
+
+
+def learner(mode="frozen", deepspeed=True, **kw):
+    cfg = dict(backbone="tiny-random-llama", dtype="fp32", num_heads=4, train_mode=mode, head_lr=1e-2, batch_size=8)
+    cfg.update(kw)
+    return PRMLearner(EnsemblePRM(PRMConfig(**cfg)), TrainerConfig(deepspeed=deepspeed, zero_stage=0))
+
+
+@pytest.mark.parametrize("mode", ["frozen", "full", "lora"])
+def test_update_reduces_loss_through_deepspeed(mode):
+    lr = learner(mode)
+    first = lr.update(trajs(), select=False)
+    for _ in range(15):
+        last = lr.update(trajs(), select=False)
+    assert first["selected"] == 8 and first["labelled"] == 8
+    assert last["bce"] < first["bce"]
+
+
+def test_reveal_called_only_for_selected_and_cap_respected():
+    lr = learner(delta_pred=0.99)          # everything is uncertain at init
+    seen = []
+
+    def reveal(picked):
+        seen.extend(picked)
+        return [0] * len(picked)
+    items = [Trajectory(t.question, t.steps) for t in trajs()]  # unlabelled
+    m = lr.update(items, select=True, reveal=reveal, max_select=3)
+    assert m["selected"] == 3 and len(seen) == 3 and m["labelled"] == 3
+    assert sum(lr.last_selected) == 3 and [k for k in lr.last_labels if k is not None] == [0, 0, 0]
+
+
+def test_explicit_mask_and_invalid_labels():
+    lr = learner()
+    m = lr.update(trajs(4), select=[True, False, True, False], reveal=lambda picked: [None, 1])
+    assert lr.last_selected == [True, False, True, False]
+    assert lr.last_labels == [None, None, 1, None] and m["labelled"] == 1
+
+
+def test_nothing_selected_gives_finite_loss_and_no_change():
+    lr = learner(delta_pred=0.0, delta_std=10.0)   # nothing can be uncertain
+    before = {k: v.clone() for k, v in lr.prm.heads.state_dict().items()}
+    m = lr.update(trajs(), select=True)
+    assert m["selected"] == 0 and m["loss"] == 0.0
+    for k, v in lr.prm.heads.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_frozen_mode_reuses_cached_features():
+    lr = learner()
+    calls = []
+    original = lr.prm.separator_features
+    lr.prm.separator_features = lambda batch: calls.append(1) or original(batch)
+    lr.update(trajs(), select=False)
+    n = len(calls)
+    lr.update(trajs(), select=False)
+    lr.score([t.question for t in trajs()], [t.steps for t in trajs()])
+    assert n >= 1 and len(calls) == n and len(lr.cache) == 8
+
+
+def test_state_dict_roundtrip_continues_identically():
+    a = learner(deepspeed=False)
+    a.update(trajs(), select=False)
+    sd = a.state_dict()
+    b = learner(deepspeed=False)
+    b.load_state_dict(sd)
+    ma, mb = a.update(trajs(), select=False), b.update(trajs(), select=False)
+    assert ma["loss"] == mb["loss"]
+    for (k, v), (_, w) in zip(a.prm.heads.state_dict().items(), b.prm.heads.state_dict().items()):
+        assert torch.equal(v, w), k
+
+
+def test_deepspeed_checkpoint_roundtrip(tmp_path):
+    a = learner(mode="full")
+    a.update(trajs(), select=False)
+    a.save_checkpoint(tmp_path / "ck", {"position": 7})
+    b = learner(mode="full")
+    assert b.load_checkpoint(tmp_path / "ck") == {"position": 7} and b.global_step == 1
+    ma, mb = a.update(trajs(), select=False), b.update(trajs(), select=False)
+    assert ma["loss"] == pytest.approx(mb["loss"], rel=1e-6)
