@@ -41,6 +41,7 @@ class PolicyConfig:
     model: str = "smollm2-135m-instruct"      # prm.models name, a local dir or an HF id
     backend: str = "vllm"                     # rl.rollout registry: hf | vllm
     dtype: str = "bf16"
+    device: str = "cpu"                       # HF backend: where the policy runs (cpu | cuda)
     temperature: float = 0.8
     top_p: float = 1.0
     max_new_tokens: int = 384                 # a whole solution (best-of-N, greedy, last search round)
@@ -55,6 +56,7 @@ class MethodConfig:
     beam_width: int = 4                       # M (beam, dvts); min(M, n) is used
     max_iterations: int = 10                  # step rounds (beam, dvts)
     selectors: list[str] = field(default_factory=lambda: ["vanilla", "weighted", "majority"])
+    ns: list[int] | None = None               # beam, dvts: the n to run (None: the top-level ns)
 
 
 @dataclass
@@ -131,10 +133,14 @@ class RolloutPolicy:
 
     @staticmethod
     def _continuation(c, one_step: bool) -> Continuation:
-        cut = c.text.find(STEP_STOP) if one_step else -1
+        """In one-step mode only EOS ends the solution: a step cut by step_max_new_tokens is a (long)
+        step, not an unanswered final one (treating it as final retired many beams without an answer)."""
+        if not one_step:
+            return Continuation(c.text, len(c.token_ids), step_end=False)
+        cut = c.text.find(STEP_STOP)
         if cut >= 0:
             return Continuation(c.text[:cut], len(c.token_ids), step_end=True)
-        return Continuation(c.text, len(c.token_ids), step_end=False)
+        return Continuation(c.text, len(c.token_ids), step_end=c.finish_reason == "length")
 
 
 class TimedScorer:
@@ -159,7 +165,7 @@ def make_backend(cfg: PolicyConfig, seed: int):
     from rl.rollout import make_rollout
 
     model, tok = load_model(cfg.model, cfg.dtype)
-    model.eval()
+    model.to(cfg.device).eval()
     model_dir = None if cfg.backend == "hf" else resolve_path(cfg.model)
     return make_rollout(cfg.backend, model=model, tokenizer=tok, model_dir=model_dir, seed=seed,
                         batch_size=cfg.batch_size, dtype=cfg.dtype, **cfg.backend_options), tok
@@ -208,7 +214,7 @@ def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproble
     elif method == "best_of_n":
         runs = [(max(cfg.ns), betas)]                        # every beta from the same samples
     else:
-        runs = [(n, [b]) for n in sorted(set(cfg.ns)) if n >= 2 for b in betas]
+        runs = [(n, [b]) for n in sorted(set(mcfg.ns or cfg.ns)) if n >= 2 for b in betas]
     for n, run_betas in runs:
         specs = [ScoreSpec(cfg.scorer.aggregate, b) for b in run_betas]
         settings = SearchSettings(n=n, beam_width=mcfg.beam_width, max_iterations=mcfg.max_iterations,

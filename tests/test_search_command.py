@@ -66,3 +66,23 @@ def test_search_end_to_end_tiny_model(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "| greedy | 1 |" in summary and "beam/weighted (mean-1std)" in summary
     assert (tmp_path / "search.png").stat().st_size > 0
+
+
+def test_rollout_policy_reads_step_ends_eos_and_length_caps():
+    from types import SimpleNamespace as C
+
+    from rl.search import PolicyConfig, RolloutPolicy
+
+    class Backend:
+        def generate(self, prompts, n, max_new_tokens, temperature, top_p, stop):
+            assert stop == (["\n\n"] if max_new_tokens == 6 else None)
+            return [[C(text="1 + 2 = 3\n\n", token_ids=[1] * 5, finish_reason="stop"),
+                     C(text="The answer is 3.", token_ids=[1] * 4, finish_reason="stop"),
+                     C(text="a very long st", token_ids=[1] * 6, finish_reason="length")]]
+
+    policy = RolloutPolicy(Backend(), PolicyConfig(step_max_new_tokens=6, max_new_tokens=12))
+    step, eos, capped = policy(["p"], 3, one_step=True)[0]
+    assert (step.text, step.step_end, step.n_tokens) == ("1 + 2 = 3", True, 5)
+    assert not eos.step_end                       # EOS: the solution is over
+    assert capped.step_end and capped.text == "a very long st"   # length cap: a long step, go on
+    assert not any(c.step_end for c in policy(["p"], 3, one_step=False)[0])
