@@ -51,9 +51,13 @@ def assert_single_version(groups: list[list[Completion]]) -> int:
     return versions.pop()
 
 
-def format_prompt(tokenizer, question: str, system_prompt: str | None = None) -> str:
-    """The chat-formatted text a backend generates from: system + user turn, assistant turn opened."""
+def format_prompt(tokenizer, question: str, system_prompt: str | None = None,
+                  few_shot: list[tuple[str, str]] | None = None) -> str:
+    """The chat-formatted text a backend generates from: system turn, optional worked examples as
+    earlier (user, assistant) turns, the user's question, and the assistant turn opened."""
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    for user, assistant in few_shot or []:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     messages.append({"role": "user", "content": question})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

