@@ -1,0 +1,92 @@
+"""prm.train end to end on tiny-random-llama: budgets, resume after an interruption, filter, 2 ranks."""
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from prm.config import PRMTrainConfig, validate
+from prm.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def config(tmp_path, name="run", **kw) -> PRMTrainConfig:
+    base = {"prm": {"backbone": "tiny-random-llama", "dtype": "fp32", "num_heads": 4, "train_mode": "frozen",
+                    "head_lr": 1e-2, "batch_size": 6},
+            "data": {"pool": "processbench/gsm8k", "limit": 24, "max_tokens": 1024},
+            "trainer": {"out_dir": str(tmp_path / name), "progress": False, "save_every": 1, "resume": "auto"},
+            "run_eval": False, "epochs": 1}
+    for key, value in kw.items():
+        section, _, field = key.partition(".")
+        if field:
+            base.setdefault(section, {})[field] = value
+        else:
+            base[key] = value
+    return validate(base, PRMTrainConfig)
+
+
+def ledger_rows(out) -> int:
+    with sqlite3.connect(Path(out) / "ledger.sqlite") as db:
+        return db.execute("select count(*) from labels").fetchone()[0]
+
+
+@pytest.mark.parametrize("mode,budget,expected", [("random", 0.5, 12), ("full", 0.25, 24), ("random", 5, 5)])
+def test_budget_is_the_number_of_labels_revealed(tmp_path, mode, budget, expected):
+    summary = train(config(tmp_path, mode=mode, budget=budget))
+    assert summary["labels_used"] == expected == ledger_rows(tmp_path / "run")
+
+
+def test_active_never_exceeds_budget_and_pays_only_selected(tmp_path):
+    summary = train(config(tmp_path, mode="active", budget=0.25, **{"prm.delta_pred": 0.99}))
+    assert 0 < summary["labels_used"] <= 6
+    assert ledger_rows(tmp_path / "run") == summary["labels_used"]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 4 and all(m["selected"] <= m["n"] for m in metrics)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    kw = {"mode": "active", "budget": 0.5, "epochs": 3, "prm.delta_pred": 0.99}
+    whole = train(config(tmp_path, "whole", **kw))
+    stopped = train(config(tmp_path, "split", stop_after_batches=5, **kw))
+    assert stopped["stopped_at"] == 5
+    resumed = train(config(tmp_path, "split", **kw))
+    assert resumed["updates"] == whole["updates"] and resumed["labels_used"] == whole["labels_used"]
+    a = load_file(str(tmp_path / "whole" / "prm" / "heads.safetensors"))
+    b = load_file(str(tmp_path / "split" / "prm" / "heads.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, whole["updates"] + 1))   # continued at update 6, nothing redone
+
+
+def test_filter_writes_the_uncertain_part(tmp_path):
+    train(config(tmp_path, "trained", mode="full"))
+    out = tmp_path / "uncertain.jsonl"
+    summary = train(config(tmp_path, "filter", mode="filter", filter_out=str(out),
+                           **{"prm.path": str(tmp_path / "trained" / "prm"), "prm.delta_std": 0.0}))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["uncertain"] == len(rows) > 0 and {"question", "steps", "prm_mean", "prm_std"} <= set(rows[0])
+
+
+@pytest.mark.slow
+def test_two_ranks_with_torchrun_gloo(tmp_path):
+    out = tmp_path / "ddp"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    with socket.socket() as sock:  # a free port (torchrun's --master_port 0 hangs the gloo rendezvous)
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+           "-m", "prm.train", "prm=tiny", "data=processbench", "data.limit=20", "trainer.progress=false",
+           f"trainer.out_dir={out}", "mode=random", "budget=0.5", "run_eval=false", "epochs=2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["heads_sum"] == r1["heads_sum"]                  # gradients averaged: identical weights
+    assert not set(r0["shard"]) & set(r1["shard"]) and len(r0["shard"]) == len(r1["shard"]) == 10
+    assert r0["labels_local"] + r1["labels_local"] == 10
+    assert json.loads((out / "summary.json").read_text())["labels_used"] == 10
