@@ -101,10 +101,11 @@ def plot_summary(summary: list[dict], path: Path, title: str) -> None:
     for ax in axes:
         ax.set_ylabel("accuracy %")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="best")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
