@@ -1,6 +1,8 @@
 """Measure SmolLM2's pass rate on arithmetic-chain settings (HF rollout, bf16, sampled): pick defaults.
 
-    python bench/calibrate_arithmetic.py --problems 16 --n 4 --max-new-tokens 64
+    python bench/calibrate_arithmetic.py --problems 16 --n 2 --max-new-tokens 40 --temperature 0.7 \
+        --settings 1x10+-,1x10+-*,2x10+-*
+A setting is <num_ops>x<operand_max><ops>. Prompts are the task's own (system prompt + few-shot turns).
 """
 import argparse
 import json
@@ -13,25 +15,32 @@ from judges.base import make_judge
 from prm.answers import AnswerChecker
 from prm.models import load_model
 from prm.steps import split_steps
-from rl.rollout import HFRollout, format_prompt
-from rl.tasks import ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, arithmetic_chain
+from rl.rollout import HFRollout
+from rl.tasks import ARITHMETIC_FEW_SHOT, ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, Task, arithmetic_chain
 
-SETTINGS = [(1, 10, "+-"), (1, 10, "+-*"), (1, 20, "+-*"), (2, 10, "+-*")]
+
+def parse_setting(text: str) -> tuple[int, int, str]:
+    ops_at = next(i for i, c in enumerate(text) if c in "+-*")
+    num_ops, operand_max = text[:ops_at].split("x")
+    return int(num_ops), int(operand_max), text[ops_at:]
+
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--problems", type=int, default=16)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--settings", default="1x10+-,1x10+-*,2x10+-*")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, tok = load_model("smollm2-135m-instruct", "bf16")
     backend = HFRollout(model, tok, batch_size=32)
     checker, judge = AnswerChecker(), make_judge({"name": "rule"})
-    for num_ops, operand_max, ops in SETTINGS:
+    for num_ops, operand_max, ops in map(parse_setting, args.settings.split(",")):
         problems = arithmetic_chain(1234, args.problems, ArithmeticSpec(num_ops, operand_max, ops))
-        prompts = [format_prompt(tok, p.question, ARITHMETIC_SYSTEM_PROMPT) for p in problems]
+        task = Task("arithmetic", problems, ARITHMETIC_SYSTEM_PROMPT, ARITHMETIC_FEW_SHOT)
+        prompts = [task.prompt(tok, p.question) for p in problems]
         start = time.perf_counter()
         groups = backend.generate(prompts, args.n, args.max_new_tokens, args.temperature, 1.0)
         secs = time.perf_counter() - start

@@ -27,7 +27,7 @@ class RolloutConfig:
     backend: str = "hf"                      # hf | vllm
     n: int = 8                               # samples per prompt (one group)
     max_new_tokens: int = 64
-    temperature: float = 1.0
+    temperature: float = 0.7
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     batch_size: int = 32                     # HF micro-batch for generate
@@ -65,8 +65,9 @@ class TaskConfig:
     size: int = 2000
     num_ops: int = 1
     operand_max: int = 10
-    ops: str = "+-*"
+    ops: str = "+-"
     mul_max: int = 10
+    few_shot: bool = True                    # worked examples as earlier chat turns (arithmetic)
     # datasets
     split: str = "train"
     data_root: str | None = None

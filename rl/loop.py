@@ -19,7 +19,7 @@ from prm.steps import first_below, labels_from_first_error, split_steps
 from rl.algos import compute_advantages, keep_mask, outcome_source, step_end_tokens
 from rl.policy import Sample
 from rl.report import PhaseTimer, std_histogram
-from rl.rollout import Completion, assert_single_version, format_prompt
+from rl.rollout import Completion, assert_single_version
 
 
 @dataclass
@@ -42,9 +42,10 @@ class OnlineLoop:
         self.cfg, self.task, self.stream, self.policy, self.rollout = cfg, task, stream, policy, rollout
         self.learner, self.judge, self.ledger, self.checker = learner, judge, ledger, checker
         self.tok = policy.tokenizer
+        self.on_phase = None  # callback(phase name) when a phase starts (progress display)
 
     def round(self, index: int) -> tuple[dict, list[float]]:
-        cfg, t = self.cfg, PhaseTimer()
+        cfg, t = self.cfg, PhaseTimer(self.on_phase)
         problems = self.stream.next_batch(cfg.data.prompts_per_round)
         with t("generate"):
             rollouts = self.generate(problems)
@@ -80,7 +81,7 @@ class OnlineLoop:
     # ------------------------------------------------------------------ phases
     def generate(self, problems) -> list[Rollout]:
         r = self.cfg.rollout
-        prompts = [format_prompt(self.tok, p.question, self.task.system_prompt) for p in problems]
+        prompts = [self.task.prompt(self.tok, p.question) for p in problems]
         groups = self.rollout.generate(prompts, r.n, r.max_new_tokens, r.temperature, r.top_p, list(r.stop) or None)
         version = assert_single_version(groups)  # a group's baseline is only valid on-policy
         if version != self.policy.version:
@@ -189,7 +190,7 @@ class OnlineLoop:
         weights = None if self.rollout_shares_policy() else self.policy.weights_for_sync()
         seconds = self.rollout.sync_weights(weights, self.policy.version)
         r = self.cfg.rollout
-        prompt = format_prompt(self.tok, r.parity_prompt, self.task.system_prompt)
+        prompt = self.task.prompt(self.tok, r.parity_prompt)
         gap = self.rollout.parity_check(self.policy.logprob_fn, prompt, r.parity_completion, r.parity_tolerance)
         return {"sync/seconds": seconds, "sync/parity_gap": gap}
 

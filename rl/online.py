@@ -53,6 +53,7 @@ def build(cfg: OnlineConfig):
     seed_everything(cfg.trainer.seed)
     task = make_task(cfg.data)
     policy = PolicyTrainer(cfg.policy, cfg.algo, cfg.trainer)
+    policy.temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
     r = cfg.rollout
     model_dir = None if cfg.rollout.backend == "hf" else resolve_path(cfg.policy.model)
     rollout = make_rollout(r.backend, model=policy.module, tokenizer=policy.tokenizer, model_dir=model_dir,
@@ -95,6 +96,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
     bar = tqdm(range(start_round, last + 1), desc="rounds", disable=not cfg.trainer.progress, dynamic_ncols=True)
     for index in bar:
+        loop.on_phase = lambda phase, i=index: bar.set_description(f"round {i}/{cfg.rounds}: {phase}")
         metrics, stds = loop.round(index)
         with_timer = time.perf_counter()
         if cfg.trainer.save_every and index % cfg.trainer.save_every == 0:

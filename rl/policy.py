@@ -65,35 +65,41 @@ class PolicyTrainer:
         else:
             self.optimizer = optimizer
         self.version = 0  # bumped by every update; rollouts carry the version they were sampled from
+        # the policy being optimised is the one sampled from: logits / T (veRL/OpenRLHF do the same)
+        self.temperature = 1.0
 
     @property
     def module(self):
         return self.model
 
     # ------------------------------------------------------------------ log-probs
-    def _forward_logprobs(self, model, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded batch -> (log p of each completion token [B, L], completion mask [B, L])."""
+    def _forward_logprobs(self, model, samples: list[Sample], temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded batch -> (log p of each completion token [B, L], completion mask [B, L]).
+
+        Left padding puts every completion at the right end, so the LM head and the log-softmax run
+        on the last L + 1 positions only (the prompt is ~5x longer than an arithmetic answer)."""
         pad = self.tokenizer.pad_token_id
         seqs = [s.prompt_ids + s.completion_ids for s in samples]
-        width = max(map(len, seqs))
+        width, length = max(map(len, seqs)), max(len(s.completion_ids) for s in samples)
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         attn = torch.zeros_like(ids)
         for b, seq in enumerate(seqs):
-            ids[b, :len(seq)], attn[b, :len(seq)] = torch.tensor(seq), 1
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-        token_logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        length = max(len(s.completion_ids) for s in samples)
-        out = torch.zeros(len(samples), length)
+            ids[b, width - len(seq):], attn[b, width - len(seq):] = torch.tensor(seq), 1
+        positions = (attn.cumsum(1) - 1).clamp(min=0)  # as generate numbers them: padding does not shift
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=positions,
+                       logits_to_keep=length + 1).logits[:, :-1].float() / temperature
+        targets = ids[:, width - length:]
+        token_logp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)  # [B, length]
         mask = torch.zeros(len(samples), length)
         rows = []
-        for b, s in enumerate(samples):  # completion token t sits at position len(prompt) + t, predicted from t - 1
-            start, n = len(s.prompt_ids) - 1, len(s.completion_ids)
-            rows.append(torch.nn.functional.pad(token_logp[b, start:start + n], (0, length - n)))
+        for b, s in enumerate(samples):  # row b's completion is its last n tokens: shift it to the left edge
+            n = len(s.completion_ids)
+            rows.append(torch.nn.functional.pad(token_logp[b, length - n:], (0, length - n)))
             mask[b, :n] = 1
         return torch.stack(rows), mask
 
     @torch.no_grad()
-    def logprobs(self, samples: list[Sample], reference: bool = False) -> list[torch.Tensor]:
+    def logprobs(self, samples: list[Sample], reference: bool = False, temperature: float | None = None) -> list[torch.Tensor]:
         was_training = self.model.training
         self.model.eval()
         out = []
@@ -102,7 +108,7 @@ class PolicyTrainer:
         with ctx:
             for start in range(0, len(samples), self.algo.micro_batch_size):
                 chunk = samples[start:start + self.algo.micro_batch_size]
-                logp, _ = self._forward_logprobs(model, chunk)
+                logp, _ = self._forward_logprobs(model, chunk, temperature or self.temperature)
                 out += [logp[b, :len(s.completion_ids)] for b, s in enumerate(chunk)]
         self.model.train(was_training)
         return out
@@ -110,7 +116,7 @@ class PolicyTrainer:
     def logprob_fn(self, prompt: str, completion_ids: list[int]) -> list[float]:
         """Trainer side of the rollout parity check."""
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        return self.logprobs([Sample(ids, list(completion_ids))])[0].tolist()
+        return self.logprobs([Sample(ids, list(completion_ids))], temperature=1.0)[0].tolist()  # raw, like the engine
 
     # ------------------------------------------------------------------ PPO update
     def update(self, samples: list[Sample], generator: torch.Generator | None = None) -> dict[str, float]:
@@ -139,7 +145,7 @@ class PolicyTrainer:
         if self.engine is None:
             self.optimizer.zero_grad(set_to_none=True)
         for c, chunk in enumerate(chunks):
-            logp, mask = self._forward_logprobs(model, chunk)
+            logp, mask = self._forward_logprobs(model, chunk, self.temperature)
             pad = lambda name: torch.nn.utils.rnn.pad_sequence([getattr(s, name) for s in chunk], batch_first=True)  # noqa: E731
             ref = pad("ref_logprobs") if chunk[0].ref_logprobs is not None else None
             loss, metrics = ppo_clip_loss(logp, pad("old_logprobs"), pad("advantages"), mask, self.algo.clip_eps,

@@ -17,11 +17,14 @@ SUMMARY_COLUMNS = [("round", "round", "{:d}"), ("pass_rate", "pass", "{:.3f}"), 
 class PhaseTimer:
     """`with timer("generate"): ...` records seconds under timing/generate."""
 
-    def __init__(self):
+    def __init__(self, on_start=None):
         self.seconds: dict[str, float] = {}
+        self.on_start = on_start  # e.g. shows the running phase on the progress bar
 
     @contextmanager
     def __call__(self, phase: str):
+        if self.on_start is not None:
+            self.on_start(phase)
         start = time.perf_counter()
         try:
             yield

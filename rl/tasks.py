@@ -10,17 +10,19 @@ size. A problem reads "What is (7 + 5) * 3?"; the expected solution writes one o
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from prm.data import Problem, load_gsm8k, load_math500
+from rl.rollout import format_prompt
 
-# Chosen by measurement (bench/RESULTS_online.md "Task calibration"): the worked example keeps SmolLM2
-# on the one-operation-per-step format the rule judge reads, and the answer line on its own step.
-ARITHMETIC_SYSTEM_PROMPT = (
-    "Solve the problem step by step. Write one calculation per step, like 4 + 3 = 7, separate steps "
-    "with a blank line, and end with: The answer is N.\n\n"
-    "Example: What is (4 + 3) * 2?\n\n4 + 3 = 7\n\n7 * 2 = 14\n\nThe answer is 14.")
+# Chosen by measurement (bench/RESULTS_online.md "Task calibration"): worked examples as earlier chat
+# turns keep SmolLM2 on the one-operation-per-step format the rule judge reads (an example inside the
+# system prompt did not: 5 % pass, half the samples rambling to the token cap).
+ARITHMETIC_SYSTEM_PROMPT = ("Solve the problem step by step. Write one calculation per step, separate steps "
+                            "with a blank line, and end with: The answer is N.")
+ARITHMETIC_FEW_SHOT = [("What is (4 + 3) * 2?", "4 + 3 = 7\n\n7 * 2 = 14\n\nThe answer is 14."),
+                       ("What is 9 - 5?", "9 - 5 = 4\n\nThe answer is 4.")]
 MATH_SYSTEM_PROMPT = ("Solve the problem step by step. Separate steps with a blank line. "
                       "End with: The answer is N.")
 
@@ -31,7 +33,7 @@ OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b
 class ArithmeticSpec:
     num_ops: int = 1          # operations per problem (steps before the answer line)
     operand_max: int = 10     # operands are drawn from 1..operand_max
-    ops: str = "+-*"          # allowed operators
+    ops: str = "+-"           # allowed operators
     mul_max: int = 10         # cap on multiplier operands so products stay small
 
 
@@ -65,11 +67,16 @@ class Task:
     name: str
     problems: list[Problem]
     system_prompt: str
+    few_shot: list[tuple[str, str]] = field(default_factory=list)  # (question, solution) chat turns
+
+    def prompt(self, tokenizer, question: str) -> str:
+        return format_prompt(tokenizer, question, self.system_prompt, self.few_shot)
 
 
 def _arithmetic(cfg) -> Task:
     spec = ArithmeticSpec(cfg.num_ops, cfg.operand_max, cfg.ops, cfg.mul_max)
-    return Task("arithmetic", arithmetic_chain(cfg.seed, cfg.size, spec), cfg.system_prompt or ARITHMETIC_SYSTEM_PROMPT)
+    return Task("arithmetic", arithmetic_chain(cfg.seed, cfg.size, spec), cfg.system_prompt or ARITHMETIC_SYSTEM_PROMPT,
+                ARITHMETIC_FEW_SHOT if getattr(cfg, "few_shot", True) else [])
 
 
 def _gsm8k(cfg) -> Task:
