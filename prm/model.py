@@ -14,6 +14,10 @@ save()  `prm.json` (config) + `heads.safetensors` (heads and their frozen initia
         full -> `backbone/` (save_pretrained, with the tokenizer); lora -> `adapter/` (peft) on top of
         the named backbone; frozen -> the backbone name only: rebuilding it (and the separator row,
         derived deterministically from the blank-line token) gives the same weights.
+heads_only  `EnsemblePRM.heads_only(cfg, hidden_size)` (or `load(path, heads_only=True)`): the K heads
+        without any backbone, for the frozen mode on cached separator features (prm.features). It
+        trains and scores through the same forward / PRMLearner.update as every other mode, in
+        seconds on CPU; anything that needs tokens (encode, separator_features) raises.
 """
 from __future__ import annotations
 
@@ -103,6 +107,28 @@ class EnsemblePRM(nn.Module):
         self.heads = EnsembleHeads(cfg.num_heads, self.hidden_size, cfg.head_hidden, seed=cfg.seed)
         self._prompt_cache: dict[str, list[int]] = {}
 
+    @classmethod
+    def heads_only(cls, cfg: PRMConfig, hidden_size: int) -> "EnsemblePRM":
+        """The K heads alone (no backbone, no tokenizer): frozen mode on cached features only."""
+        if cfg.train_mode != "frozen":
+            raise ValueError(f"a heads-only PRM needs train_mode=frozen (cached features), got '{cfg.train_mode}'")
+        prm = cls.__new__(cls)
+        nn.Module.__init__(prm)
+        prm.cfg, prm.tokenizer, prm.sep_id, prm._lm, prm.body = cfg, None, None, [None], None
+        prm.hidden_size = hidden_size
+        prm.heads = EnsembleHeads(cfg.num_heads, hidden_size, cfg.head_hidden, seed=cfg.seed)
+        prm._prompt_cache = {}
+        return prm
+
+    @property
+    def has_backbone(self) -> bool:
+        return self.body is not None
+
+    def _need_backbone(self, what: str) -> None:
+        if self.body is None:
+            raise RuntimeError(f"{what} needs the backbone, but this PRM is heads-only: every item must have "
+                               "cached separator features (prm.features.FeatureCache)")
+
     # ------------------------------------------------------------------ input building
     @staticmethod
     def _ensure_separator(lm, tok, sep_token: str) -> int:
@@ -133,6 +159,7 @@ class EnsemblePRM(nn.Module):
     def encode(self, question: str, steps: list[str], max_length: int | None = None) -> tuple[list[int], list[int]]:
         """Token ids and the separator position of each step; steps whose separator would fall past
         max_length are dropped (so fewer positions than steps)."""
+        self._need_backbone("encode")
         ids = list(self._prompt_ids(question))
         positions: list[int] = []
         step_ids = self.tokenizer(list(steps), add_special_tokens=False).input_ids if steps else []
@@ -164,6 +191,7 @@ class EnsemblePRM(nn.Module):
     # ------------------------------------------------------------------ forward
     def separator_features(self, batch: PRMBatch) -> torch.Tensor:
         """Backbone pass, then gather the last hidden state at the separators: [N, H]."""
+        self._need_backbone("separator_features")
         hidden = self.body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
         return hidden[batch.rows, batch.positions]
 
@@ -206,7 +234,7 @@ class EnsemblePRM(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.cfg.train_mode == "frozen":
+        if self.cfg.train_mode == "frozen" and self.body is not None:
             self.body.eval()  # a frozen backbone never leaves eval mode (no dropout drift vs its cached features)
         return self
 
@@ -226,13 +254,21 @@ class EnsemblePRM(nn.Module):
         (path / "prm.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, path: str | Path, **overrides) -> "EnsemblePRM":
+    def load(cls, path: str | Path, heads_only: bool = False, **overrides) -> "EnsemblePRM":
         """Rebuild a saved PRM; `overrides` replace config fields (e.g. train_mode='frozen' to fine-tune
-        only the heads of a fully trained PRM)."""
+        only the heads of a fully trained PRM). heads_only=True skips the backbone (frozen-mode PRMs:
+        score/train on cached features only)."""
         path = Path(path)
         meta = json.loads((path / "prm.json").read_text())
         known = {f.name for f in fields(PRMConfig)}
         cfg = PRMConfig(**{k: v for k, v in meta["config"].items() if k in known})
+        if heads_only:
+            for key, value in overrides.items():
+                setattr(cfg, key, value)
+            cfg.path = str(path)
+            prm = cls.heads_only(cfg, meta["hidden_size"])
+            prm.heads.load_state_dict(load_file(str(path / "heads.safetensors")))
+            return prm
         saved_mode = cfg.train_mode
         backbone_dir = str(path / "backbone") if meta["backbone_saved"] else None
         cfg.train_mode = "full" if saved_mode == "lora" else saved_mode  # adapters are attached below

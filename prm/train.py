@@ -113,9 +113,10 @@ def _max_over_ranks(value: int, world: int) -> int:
     return int(t)
 
 
-def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None) -> dict:
-    """Run one training (or filter) job. `prm` / `pool` let a caller (the benchmarks) reuse a loaded
-    backbone and an already filtered pool across many runs."""
+def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, cache=None) -> dict:
+    """Run one training (or filter) job. `prm` / `pool` / `cache` let a caller (the benchmarks) reuse a
+    loaded backbone (or a heads-only PRM, EnsemblePRM.heads_only), an already filtered pool and an
+    in-memory FeatureCache across many runs."""
     from prm.eval import evaluate, prm_scorer
     from prm.features import FeatureCache
     from prm.model import EnsemblePRM
@@ -143,8 +144,8 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None) -
     bs = cfg.prm.batch_size
     n_stream = math.ceil(len(shard) / bs)
 
-    learner = PRMLearner(prm, cfg.trainer)
-    if learner.cache is not None:
+    learner = PRMLearner(prm, cfg.trainer, cache=cache)
+    if learner.cache is not None and cache is None:
         if cfg.feature_cache and Path(cfg.feature_cache).is_file():
             loaded = FeatureCache.load(cfg.feature_cache)
             if loaded.max_length == learner.cache.max_length:
@@ -242,7 +243,7 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None) -
         if cfg.run_eval:
             summary["eval"] = evaluate(prm_scorer(learner, cfg.eval.batch_size), cfg.eval, cfg.data.data_root,
                                        out, f"({cfg.mode}, {labels_used} labels)")
-            if learner.cache is not None and cfg.feature_cache:
+            if learner.cache is not None and cfg.feature_cache and cache is None:
                 learner.cache.save(cfg.feature_cache)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps({k: v for k, v in summary.items() if k != "eval"}))

@@ -1,6 +1,8 @@
 """The one PRM update, shared by the standalone trainer (prm.train) and the online loop (rl/).
 
-    learner = PRMLearner(prm: EnsemblePRM, trainer: TrainerConfig | None = None)
+    learner = PRMLearner(prm: EnsemblePRM, trainer: TrainerConfig | None = None, cache: FeatureCache | None = None)
+        frozen mode keeps separator features in `learner.cache` (pass a loaded FeatureCache to reuse one;
+        with a heads-only PRM, EnsemblePRM.heads_only, every item must already be in it: no backbone).
     learner.score(questions: list[str], steps: list[list[str]], batch_size: int | None = None)
         -> list[StepScores]            # .mean / .std per step, no grad (cached features in frozen mode)
     learner.update(trajectories: list[Trajectory], select: bool | list[bool] = True,
@@ -73,13 +75,17 @@ def _param_groups(prm: EnsemblePRM) -> list[dict]:
 
 
 class PRMLearner:
-    def __init__(self, prm: EnsemblePRM, trainer: TrainerConfig | None = None):
+    def __init__(self, prm: EnsemblePRM, trainer: TrainerConfig | None = None, cache: FeatureCache | None = None):
         self.prm, self.cfg, self.trainer = prm, prm.cfg, trainer or TrainerConfig(deepspeed=False)
-        self.cache = FeatureCache(self.cfg.max_length) if self.cfg.train_mode == "frozen" else None
+        self.cache = None
+        if self.cfg.train_mode == "frozen":
+            self.cache = cache if cache is not None else FeatureCache(self.cfg.max_length)
         self.global_step = 0
         self.last_selected: list[bool] = []
         self.last_labels: list[int | None] = []
-        optimizer = torch.optim.AdamW(_param_groups(prm), weight_decay=self.cfg.weight_decay)
+        # fused AdamW (CPU and CUDA): ~9x faster than the default per-tensor loop on CPU, which matters
+        # for heads-only runs on cached features where the step is a large share of the update
+        optimizer = torch.optim.AdamW(_param_groups(prm), weight_decay=self.cfg.weight_decay, fused=True)
         warmup = max(self.cfg.warmup_steps, 0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
         self.engine = None

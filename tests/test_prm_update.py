@@ -89,3 +89,29 @@ def test_deepspeed_checkpoint_roundtrip(tmp_path):
     assert b.load_checkpoint(tmp_path / "ck") == {"position": 7} and b.global_step == 1
     ma, mb = a.update(trajs(), select=False), b.update(trajs(), select=False)
     assert ma["loss"] == pytest.approx(mb["loss"], rel=1e-6)
+
+
+def test_heads_only_learner_matches_backbone_learner_on_cached_features(tmp_path):
+    """A heads-only PRM (no backbone) fed the same cached features goes through the same update and
+    scoring code and gives the same numbers as the frozen PRM that computed them; a missing item raises."""
+    from prm.model import EnsemblePRM as E
+    full = learner(deepspeed=False)
+    items = trajs(8)
+    full.features(items)                                       # fills full.cache from the backbone
+    cfg = PRMConfig(**{**full.cfg.__dict__})
+    light = PRMLearner(E.heads_only(cfg, full.prm.hidden_size), TrainerConfig(deepspeed=False), cache=full.cache)
+    assert not light.prm.has_backbone
+    light.prm.heads.load_state_dict(full.prm.heads.state_dict())
+    for _ in range(3):
+        m_full, m_light = full.update(items, select=False), light.update(items, select=False)
+        assert m_full["loss"] == pytest.approx(m_light["loss"], rel=1e-5)
+    qs, ss = [t.question for t in items], [t.steps for t in items]
+    a, b = full.score(qs, ss), light.score(qs, ss)
+    assert [v for s in a for v in s.mean] == pytest.approx([v for s in b for v in s.mean], abs=1e-6)
+    light.prm.save(tmp_path / "p")
+    again = E.load(tmp_path / "p", heads_only=True)
+    assert torch.equal(again.heads.w1, light.prm.heads.w1)
+    with pytest.raises(RuntimeError, match="heads-only"):
+        light.score(["an unseen question"], [["x"]])
+    with pytest.raises(ValueError):
+        E.heads_only(PRMConfig(train_mode="full"), 64)
