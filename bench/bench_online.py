@@ -23,8 +23,9 @@ MODES = {
     "outcome_only": ["select.mode=none", "algo.reward=outcome", "prm_update=none"],
 }
 # Small settings so 30+ rounds x seeds x modes fit the shared 2-core machine.
-SMALL = ["data.prompts_per_round=4", "rollout.n=4", "rollout.max_new_tokens=24", "algo.mini_batch_size=16",
-         "algo.micro_batch_size=16", "trainer.progress=false", "plot=false", "keep_checkpoints=1"]
+SMALL = ["data.prompts_per_round=3", "rollout.n=4", "rollout.max_new_tokens=24", "algo.mini_batch_size=12",
+         "algo.micro_batch_size=12", "policy.lr=1e-5", "trainer.save_every=10", "trainer.progress=false", "plot=false",
+         "keep_checkpoints=1"]
 
 
 def run_all(args, extra: list[str]) -> None:
