@@ -1,61 +1,84 @@
 """Ensemble cost (DESIGN.md §7): scoring time and peak memory of K = 32 vs K = 1 on the same items.
 
-Both PRMs share one backbone object (the heads are the only difference), the items are the same,
-and the two are timed alternately (K=1, K=32, K=1, K=32 ...) so machine load hits both alike.
-    python bench/bench_ensemble_cost.py --items 16 --repeats 3
+Each K runs in its OWN subprocess (so its peak RSS is its own: `resource.getrusage(RUSAGE_SELF).ru_maxrss`,
+which sees torch's allocator, unlike tracemalloc). The two children run at the same time, one thread
+each, so the shared machine's load hits both alike; each builds the same frozen SmolLM2 backbone, warms
+up on 2 items, then scores the same items `--repeats` times (median reported).
+Reported per K: median scoring seconds, peak RSS after building the model (before any scoring) and
+peak RSS at the end (after scoring), and their difference (what scoring itself added at its peak).
+
+    python bench/bench_ensemble_cost.py --items 8 --repeats 2
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
-import tracemalloc
 
-import torch
 
-from prm.config import PRMConfig
-from prm.data import load_processbench
-from prm.eval import spread_sample
-from prm.model import EnsembleHeads, EnsemblePRM
+def maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def child(args) -> None:
+    import torch
+    torch.set_num_threads(args.threads)
+    from prm.config import PRMConfig
+    from prm.data import load_processbench
+    from prm.eval import spread_sample
+    from prm.model import EnsemblePRM
+    items = spread_sample(load_processbench("gsm8k"), args.items)
+    qs, ss = [t.question for t in items], [t.steps for t in items]
+    prm = EnsemblePRM(PRMConfig(backbone=args.backbone, dtype="fp32", num_heads=args.k, train_mode="frozen"))
+    rss_built = maxrss_mib()
+    prm.score(qs[:2], ss[:2], args.batch_size)  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        prm.score(qs, ss, args.batch_size)
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"k": args.k, "seconds": times, "rss_built_mib": rss_built, "rss_peak_mib": maxrss_mib(),
+                      "steps": sum(len(s) for s in ss), "items": len(items),
+                      "head_params": sum(p.numel() for p in prm.heads.parameters())}))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backbone", default="smollm2-135m-instruct")
-    ap.add_argument("--items", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--items", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--k", type=int, default=None, help="internal: run one child")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    items = spread_sample(load_processbench("gsm8k"), args.items)
-    qs, ss = [t.question for t in items], [t.steps for t in items]
-    prm = EnsemblePRM(PRMConfig(backbone=args.backbone, dtype="fp32", num_heads=32, train_mode="frozen"))
-    heads = {32: prm.heads, 1: EnsembleHeads(1, prm.hidden_size, 128)}
-    prm.score(qs[:2], ss[:2], args.batch_size)  # warm-up
-    times: dict[int, list[float]] = {1: [], 32: []}
-    peak: dict[int, float] = {}
-    for _ in range(args.repeats):
-        for k in (1, 32):
-            prm.heads = heads[k]
-            tracemalloc.start()
-            start = time.perf_counter()
-            prm.score(qs, ss, args.batch_size)
-            times[k].append(time.perf_counter() - start)
-            peak[k] = max(peak.get(k, 0.0), tracemalloc.get_traced_memory()[1] / 2 ** 20)
-            tracemalloc.stop()
-    med = {k: statistics.median(v) for k, v in times.items()}
-    steps = sum(len(s) for s in ss)
-    result = {"items": len(items), "steps": steps, "repeats": args.repeats, "seconds_median": med,
-              "seconds_all": times, "ratio_k32_over_k1": med[32] / med[1], "peak_python_alloc_mib": peak,
-              "heads_params": {k: sum(p.numel() for p in h.parameters()) for k, h in heads.items()}}
+    if args.k is not None:
+        return child(args)
+    base = [sys.executable, __file__, "--backbone", args.backbone, "--items", str(args.items), "--repeats",
+            str(args.repeats), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+    procs = {k: subprocess.Popen(base + ["--k", str(k)], stdout=subprocess.PIPE, text=True) for k in (1, 32)}
+    res = {}
+    for k, p in procs.items():
+        out, _ = p.communicate()
+        if p.returncode:
+            raise SystemExit(f"child K={k} failed ({p.returncode})")
+        res[k] = json.loads(out.strip().splitlines()[-1])
+    med = {k: statistics.median(r["seconds"]) for k, r in res.items()}
+    result = {"children": res, "seconds_median": med, "ratio_k32_over_k1": med[32] / med[1]}
     print(json.dumps(result, indent=2))
-    print(f"\n| K | median s ({len(items)} items, {steps} steps) | peak traced MiB |\n|---|---|---|")
+    r1 = res[1]
+    print(f"\n| K | median s ({r1['items']} items, {r1['steps']} steps) | peak RSS after build MiB | "
+          f"peak RSS after scoring MiB | scoring adds MiB | head params |\n|---|---|---|---|---|---|")
     for k in (1, 32):
-        print(f"| {k} | {med[k]:.3f} | {peak[k]:.1f} |")
-    print(f"ratio K32/K1 = {med[32] / med[1]:.3f}")
+        r = res[k]
+        print(f"| {k} | {med[k]:.2f} | {r['rss_built_mib']:.0f} | {r['rss_peak_mib']:.0f} | "
+              f"{r['rss_peak_mib'] - r['rss_built_mib']:.0f} | {r['head_params']:,} |")
+    print(f"ratio K32/K1 time = {med[32] / med[1]:.3f}; peak RSS K32 - K1 = "
+          f"{res[32]['rss_peak_mib'] - res[1]['rss_peak_mib']:+.0f} MiB")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
