@@ -2,7 +2,7 @@
 
     python bench/bench_rollout.py --prompts 16 --n 4 --max-new-tokens 64 --out bench/rollout.json
 
-Both backends run SmolLM2-135M-Instruct in bf16 on the arithmetic task's chat prompts, sampled at the
+Both backends run SmolLM2-135M-Instruct (--dtype, fp32 default: see configs/policy/smollm2_full.yaml) on the arithmetic task's chat prompts, sampled at the
 online default (T=0.7) and greedy. Weight sync = push the full policy (as after a policy update) into
 the engine, then the parity check (engine vs trainer log-probs on a fixed completion).
 """
@@ -33,14 +33,15 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--backends", default="hf,vllm")
+    ap.add_argument("--dtype", default="fp32", help="fp32 on CPUs without AVX512-BF16, bf16 elsewhere")
     ap.add_argument("--out", default="bench/rollout.json")
     args = ap.parse_args()
-    model, tok = load_model("smollm2-135m-instruct", "bf16")
+    model, tok = load_model("smollm2-135m-instruct", args.dtype)
     model.eval()
     task = Task("arithmetic", arithmetic_chain(0, args.prompts, ArithmeticSpec()), ARITHMETIC_SYSTEM_PROMPT,
                 ARITHMETIC_FEW_SHOT)
     prompts = [task.prompt(tok, p.question) for p in task.problems]
-    results = {"torch_threads": torch.get_num_threads(), "prompts": args.prompts, "n": args.n,
+    results = {"torch_threads": torch.get_num_threads(), "dtype": args.dtype, "prompts": args.prompts, "n": args.n,
                "max_new_tokens": args.max_new_tokens}
     trainer = lambda p, ids: token_logprobs(model, tok, p, ids)  # noqa: E731
     parity_prompt = task.prompt(tok, "What is 2 + 3?")
@@ -52,7 +53,7 @@ def main() -> None:
         else:
             from rl.vllm_rollout import VLLMRollout
             start = time.perf_counter()
-            backend = VLLMRollout(str(resolve_path("smollm2-135m-instruct")), tok, seed=0)
+            backend = VLLMRollout(str(resolve_path("smollm2-135m-instruct")), tok, seed=0, dtype=args.dtype)
             start_s = time.perf_counter() - start
         runs = [timed_generate(backend, prompts, args.n, args.max_new_tokens, t) for t in (0.7, 0.0)]
         weights = None if name == "hf" else [(k, v.clone()) for k, v in model.state_dict().items()]

@@ -53,6 +53,10 @@ class VLLMRollout(RolloutBackend):
     def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, stop=None):
         from vllm import SamplingParams
 
+        if temperature <= 0 and n > 1:  # vLLM allows greedy only with n = 1: repeat the prompts instead
+            flat = self.generate([p for p in prompts for _ in range(n)], 1, max_new_tokens, temperature, top_p, stop)
+            return [[g[0] for g in flat[i * n:(i + 1) * n]] for i in range(len(prompts))]
+
         params = SamplingParams(n=n, temperature=max(temperature, 0.0), top_p=top_p if temperature > 0 else 1.0,
                                 max_tokens=max_new_tokens, stop=stop or None, include_stop_str_in_output=True,
                                 logprobs=0)  # 0 = the sampled token's log-prob only (raw: before temperature)
