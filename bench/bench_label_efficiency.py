@@ -1,21 +1,28 @@
 """Label efficiency of active selection (DESIGN.md §7): active vs random vs full at equal label budgets.
 
 Frozen SmolLM2-135M backbone: separator features of the pool and of the ProcessBench items are
-computed ONCE (stage `features`, cached in <out>/features.safetensors) and every run trains only the
-K = 32 heads on them through the same prm.train.train() the CLI uses (oracle judge, ledger, DeepSpeed).
+computed ONCE (stage `features`, cached in <out>/features.safetensors); every run then builds a
+heads-only PRM (EnsemblePRM.heads_only: no backbone is loaded) and trains the K = 32 heads on the cached
+features through the same prm.train.train() -> PRMLearner.update the CLI uses (stream once for selection,
+epochs-1 replays of the revealed labels, oracle judge through the ledger), in seconds.
+The last --tune-n pool trajectories are held out: tau and the anti-collapse hyperparameters are chosen
+on them, never on ProcessBench.
 
-    python bench/bench_label_efficiency.py --stage features --pool 800 --eval-limit 120
-    python bench/bench_label_efficiency.py --stage runs --seeds 0 1 2
-Writes <out>/runs.jsonl (one line per run), results.json, label_efficiency.png and a markdown table.
+    python bench/bench_label_efficiency.py --stage features --pool 800 --eval-limit 120 --subsets gsm8k
+    python bench/bench_label_efficiency.py --stage sweep            # pos_weight x epochs, full data, seed 0
+    python bench/bench_label_efficiency.py --stage runs --seeds 0 1 2 --pos-weight P --epochs E
+Writes <out>/runs.jsonl (one line per run), results.json, table.md and bench/label_efficiency.png.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
+import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,7 +31,7 @@ from prm.config import EvalConfig, PRMConfig, PRMTrainConfig, DataConfig, Traine
 from prm.data import Trajectory, load_prm800k
 from prm.eval import load_processbench_sample
 from prm.features import FeatureCache
-from prm.model import EnsembleHeads, EnsemblePRM
+from prm.model import EnsemblePRM
 
 BUDGETS = (0.1, 0.2, 0.3, 0.5, 1.0)
 
@@ -64,15 +71,83 @@ def stage_features(args, out: Path) -> None:
     print(info)
 
 
-def stage_runs(args, out: Path) -> None:
+def load_pool_split(out: Path, tune_n: int) -> tuple[list[Trajectory], list[Trajectory]]:
+    """The cached pool (shuffle seed 0), split into the training pool and a held-out tail of `tune_n`
+    trajectories that is never trained on: it picks tau and the hyperparameters (never the test items)."""
+    pool = [Trajectory(**json.loads(line)) for line in (out / "pool.jsonl").read_text().splitlines()]
+    return pool[: len(pool) - tune_n], pool[len(pool) - tune_n:]
+
+
+def one_run(args, out: Path, pool, tune, evals, cache, mode: str, budget: float, seed: int,
+            overrides: dict | None = None, tag: str = "runs") -> dict:
+    """Fresh heads-only PRM (no backbone: the cached features are all it needs), trained by
+    prm.train.train() -> PRMLearner.update (the same stream/budget/selection/loss code as the CLI),
+    oracle judge through the ledger, plain torch AdamW (no DeepSpeed in one process). Then scored from the
+    cache on the held-out pool tail (tau tuning) and on ProcessBench (reported)."""
+    from prm.eval import processbench_preds, tune_threshold
     from prm.train import train
-    pool = [Trajectory(**{k: v for k, v in json.loads(line).items()})
-            for line in (out / "pool.jsonl").read_text().splitlines()]
-    for t in pool:
-        t.first_error = t.first_error if t.first_error is not None else -1  # to_json drops nothing but None
-    prm = EnsemblePRM(prm_config(args))
-    done = set()
+    from judges.metrics import processbench_f1
+    o = {"epochs": args.epochs, "pos_weight": args.pos_weight, "head_lr": args.head_lr, **(overrides or {})}
+    pc = replace(prm_config(args), seed=seed, pos_weight=o["pos_weight"], head_lr=o["head_lr"])
+    prm = EnsemblePRM.heads_only(pc, cache_dim(cache))
+    run_dir = out / tag / f"{mode}_{budget}_{seed}_{o['epochs']}_{o['pos_weight']}_{o['head_lr']}"
+    cfg = PRMTrainConfig(prm=pc, data=DataConfig(), judge="oracle", mode=mode, budget=budget, epochs=o["epochs"],
+                         trainer=TrainerConfig(out_dir=str(run_dir), seed=seed, resume="never", save_every=10 ** 9,
+                                               progress=False, deepspeed=False), run_eval=False)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    start = time.perf_counter()
+    summary = train(cfg, prm=prm, pool=pool, cache=cache)
+    train_s = time.perf_counter() - start
+
+    def scores(items):
+        feats = [cache.get(t.question, t.steps) for t in items]
+        return [s.mean for s in prm.score([t.question for t in items], [t.steps for t in items], features=feats)]
+    tune_scores = scores(tune)
+    tau = tune_threshold(tune_scores, [t.first_error for t in tune])
+    row = {"mode": mode, "budget": budget, "seed": seed, **o, "labels": summary["labels_used"], "pool": len(pool),
+           "updates": summary["updates"], "train_seconds": train_s, "tau_tuned": tau,
+           "heldout_f1_05": processbench_f1(processbench_preds(tune_scores, 0.5), [t.first_error for t in tune])["f1"],
+           "heldout_f1_tuned": processbench_f1(processbench_preds(tune_scores, tau), [t.first_error for t in tune])["f1"]}
+    for name, items in evals.items():
+        sc, lab = scores(items), [t.first_error for t in items]
+        for key, t in (("05", 0.5), ("tuned", tau)):
+            r = processbench_f1(processbench_preds(sc, t), lab)
+            row[f"{name}_f1_{key}"], row[f"{name}_acc_err_{key}"], row[f"{name}_acc_cor_{key}"] = \
+                r["f1"], r["acc_error"], r["acc_correct"]
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def cache_dim(cache: FeatureCache) -> int:
+    return next(iter(cache.store.values())).shape[-1]
+
+
+def _setup(args, out: Path):
+    cache = FeatureCache.load(out / "features.safetensors")
+    pool, tune = load_pool_split(out, args.tune_n)
+    evals = {name: load_processbench_sample(name, args.eval_limit) for name in args.subsets}
+    return pool, tune, evals, cache
+
+
+def stage_sweep(args, out: Path) -> None:
+    """Anti-collapse hyperparameters (pos_weight, epochs, head_lr), full data, seed 0, chosen on the
+    held-out pool tail only (ProcessBench numbers are printed but never used to choose)."""
+    pool, tune, evals, cache = _setup(args, out)
+    path = out / "sweep.jsonl"
+    for pw in args.sweep_pos_weight:
+        for ep in args.sweep_epochs:
+            for lr in args.sweep_head_lr:
+                row = one_run(args, out, pool, tune, evals, cache, "full", 1.0, 0,
+                              {"pos_weight": pw, "epochs": ep, "head_lr": lr}, tag="sweep")
+                with path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+
+
+def stage_runs(args, out: Path) -> None:
+    pool, tune, evals, cache = _setup(args, out)
     runs_path = out / "runs.jsonl"
+    done = set()
     if runs_path.is_file():
         done = {(r["mode"], r["budget"], r["seed"]) for r in map(json.loads, runs_path.read_text().splitlines())}
     plan = [("full", 1.0, s) for s in args.seeds] + [(m, b, s) for b in args.budgets if b < 1 for s in args.seeds
@@ -80,84 +155,94 @@ def stage_runs(args, out: Path) -> None:
     for mode, budget, seed in plan:
         if (mode, budget, seed) in done:
             continue
-        prm.heads = EnsembleHeads(32, prm.hidden_size, 128, seed=seed)   # fresh heads, same frozen backbone
-        run_dir = out / "runs" / f"{mode}_{budget}_{seed}"
-        cfg = PRMTrainConfig(prm=prm_config(args), data=DataConfig(), judge="oracle", mode=mode, budget=budget,
-                             epochs=args.epochs, feature_cache=str(out / "features.safetensors"),
-                             trainer=TrainerConfig(out_dir=str(run_dir), seed=seed, resume="never", save_every=10 ** 9,
-                                                   progress=False),
-                             eval=EvalConfig(subsets=list(args.subsets), limit=args.eval_limit, tune_on=args.tune_on))
-        cfg.prm.seed = seed
-        start = time.perf_counter()
-        summary = train(cfg, prm=prm, pool=pool)
-        pb = summary["eval"]["processbench"]
-        row = {"mode": mode, "budget": budget, "seed": seed, "labels": summary["labels_used"], "pool": len(pool),
-               "f1": pb["mean_f1_held_out"] if args.tune_on else pb["mean_f1"], "threshold": pb["threshold"],
-               "subsets": {k: v["f1"] for k, v in pb["subsets"].items()}, "seconds": time.perf_counter() - start}
+        row = one_run(args, out, pool, tune, evals, cache, mode, budget, seed)
         with runs_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        print(row, flush=True)
-    report(out)
+        print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    report(out, args.subsets[0])
 
 
-def report(out: Path) -> None:
+def report(out: Path, subset: str = "gsm8k") -> None:
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
-    def stats(mode, budget):
-        f = [r["f1"] for r in rows if r["mode"] == mode and r["budget"] == budget]
-        lab = [r["labels"] for r in rows if r["mode"] == mode and r["budget"] == budget]
-        return (statistics.mean(f), statistics.pstdev(f), statistics.mean(lab), len(f)) if f else None
-    full = stats("full", 1.0)
     budgets = sorted({r["budget"] for r in rows if r["mode"] != "full"})
-    lines = ["| budget | active F1 | labels | random F1 | labels | active - random |", "|---|---|---|---|---|---|"]
-    table, reach = {}, None
-    for b in budgets:
-        a, r = stats("active", b), stats("random", b)
-        if not a or not r:
-            continue
-        diffs = [x["f1"] - y["f1"] for x in rows if x["mode"] == "active" and x["budget"] == b
-                 for y in rows if y["mode"] == "random" and y["budget"] == b and y["seed"] == x["seed"]]
-        table[b] = {"active": a, "random": r, "diff": (statistics.mean(diffs), statistics.pstdev(diffs))}
-        lines.append(f"| {b:.0%} | {a[0]:.3f} ± {a[1]:.3f} | {a[2]:.0f} | {r[0]:.3f} ± {r[1]:.3f} | {r[2]:.0f} | "
-                     f"{table[b]['diff'][0]:+.3f} ± {table[b]['diff'][1]:.3f} |")
-        if reach is None and full and a[0] >= full[0]:
-            reach = b
-    lines.append(f"| 100% (full) | {full[0]:.3f} ± {full[1]:.3f} | {full[2]:.0f} | | | |")
-    lines.append(f"\nSmallest budget where active reaches full-data F1 (mean over seeds): "
-                 f"{'none tested' if reach is None else f'{reach:.0%}'}")
-    md = "\n".join(lines)
-    (out / "table.md").write_text(md + "\n")
-    (out / "results.json").write_text(json.dumps({"full": full, "budgets": table, "active_reaches_full_at": reach},
-                                                 indent=2))
-    print(md)
+    results, md = {}, []
+
+    def pick(mode, budget):
+        return sorted((r for r in rows if r["mode"] == mode and r["budget"] == budget), key=lambda r: r["seed"])
+
+    def ms(xs):
+        return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    for key, label, f in (("05", "tau = 0.5", f"{subset}_f1_05"),
+                          ("tuned", "tau tuned on the held-out PRM800K pool tail", f"{subset}_f1_tuned"),
+                          ("heldout", "in-distribution: the held-out PRM800K pool tail itself, tau = 0.5",
+                           "heldout_f1_05")):
+        name = "PRM800K held-out tail" if key == "heldout" else f"ProcessBench {subset}"
+        full = ms([r[f] for r in pick("full", 1.0)])
+        lab_full = statistics.mean(r["labels"] for r in pick("full", 1.0))
+        lines = [f"{name}, {label} (mean ± std over seeds {sorted({r['seed'] for r in rows})})", "",
+                 "| budget | labels | active F1 | random F1 | active − random (paired by seed) |", "|---|---|---|---|---|"]
+        table, reach = {}, None
+        for b in budgets:
+            a, r = pick("active", b), pick("random", b)
+            if not a or not r:
+                continue
+            diffs = [x[f] - y[f] for x in a for y in r if x["seed"] == y["seed"]]
+            table[b] = {"active": ms([x[f] for x in a]), "random": ms([y[f] for y in r]), "diff": ms(diffs),
+                        "labels": statistics.mean(x["labels"] for x in a)}
+            t = table[b]
+            lines.append(f"| {b:.0%} | {t['labels']:.0f} | {t['active'][0]:.3f} ± {t['active'][1]:.3f} | "
+                         f"{t['random'][0]:.3f} ± {t['random'][1]:.3f} | {t['diff'][0]:+.3f} ± {t['diff'][1]:.3f} |")
+            if reach is None and t["active"][0] >= full[0]:
+                reach = b
+        lines.append(f"| 100% (full) | {lab_full:.0f} | {full[0]:.3f} ± {full[1]:.3f} | | |")
+        lines.append(f"\nSmallest budget where active's mean F1 reaches full-data mean F1: "
+                     f"{'none of those tested' if reach is None else f'{reach:.0%}'}\n")
+        results[key] = {"full": full, "budgets": table, "active_reaches_full_at": reach}
+        md += lines
+    taus = [r["tau_tuned"] for r in rows]
+    md.append(f"tuned tau over runs: min {min(taus):.3f}, median {statistics.median(taus):.3f}, max {max(taus):.3f}; "
+              f"train seconds per run: median {statistics.median(r['train_seconds'] for r in rows):.1f}, "
+              f"max {max(r['train_seconds'] for r in rows):.1f}")
+    text = "\n".join(md)
+    (out / "table.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(text)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mode, color in (("active", "tab:blue"), ("random", "tab:orange")):
-        xs = [b for b in budgets if b in table]
-        ys = [table[b][mode][0] for b in xs]
-        es = [table[b][mode][1] for b in xs]
-        ax.errorbar([x * 100 for x in xs], ys, yerr=es, marker="o", capsize=3, label=mode, color=color)
-    if full:
-        ax.axhline(full[0], color="gray", linestyle="--", label=f"full data ({full[0]:.3f})")
-    ax.set_xlabel("label budget (% of pool)")
-    ax.set_ylabel("ProcessBench F1 (mean of subsets)")
-    ax.set_title("ActPRM selection vs random, frozen SmolLM2-135M, K=32")
-    ax.legend()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharey=True)
+    for ax, (key, label) in zip(axes, (("05", f"ProcessBench {subset}, tau = 0.5"),
+                                       ("tuned", f"ProcessBench {subset}, tau tuned on held-out PRM800K"),
+                                       ("heldout", "held-out PRM800K tail (160), tau = 0.5"))):
+        res = results[key]
+        xs = sorted(res["budgets"])
+        for mode, color in (("active", "tab:blue"), ("random", "tab:orange")):
+            ax.errorbar([x * 100 for x in xs] + [100], [res["budgets"][x][mode][0] for x in xs] + [res["full"][0]],
+                        yerr=[res["budgets"][x][mode][1] for x in xs] + [res["full"][1]], marker="o", capsize=3,
+                        label=mode, color=color)
+        ax.axhline(res["full"][0], color="gray", linestyle="--", label=f"full data ({res['full'][0]:.3f})")
+        ax.set_xlabel("label budget (% of the 640-trajectory pool)")
+        ax.set_title(label)
+        ax.legend()
+    axes[0].set_ylabel("F1 (first-error, ProcessBench metric)")
+    fig.suptitle("ActPRM selection vs random, frozen SmolLM2-135M features, K = 32 heads, 3 seeds")
     fig.tight_layout()
     fig.savefig(Path(__file__).with_name("label_efficiency.png"), dpi=120)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", choices=["features", "runs", "report"], required=True)
+    ap.add_argument("--stage", choices=["features", "sweep", "runs", "report"], required=True)
     ap.add_argument("--out", default="outputs/bench_prm")
     ap.add_argument("--backbone", default="smollm2-135m-instruct")
     ap.add_argument("--pool", type=int, default=800)
     ap.add_argument("--max-tokens", type=int, default=384)
-    ap.add_argument("--subsets", nargs="+", default=["gsm8k", "math"])
+    ap.add_argument("--subsets", nargs="+", default=["gsm8k"])
     ap.add_argument("--eval-limit", type=int, default=120)
-    ap.add_argument("--tune-on", default=None)
+    ap.add_argument("--tune-n", type=int, default=160, help="held-out pool tail for tau / hyperparameters")
+    ap.add_argument("--sweep-pos-weight", type=float, nargs="+", default=[1.0, 0.25, 0.1])
+    ap.add_argument("--sweep-epochs", type=int, nargs="+", default=[5, 10])
+    ap.add_argument("--sweep-head-lr", type=float, nargs="+", default=[1e-3])
     ap.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=5)
@@ -169,7 +254,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    {"features": stage_features, "runs": stage_runs, "report": lambda a, o: report(o)}[args.stage](args, out)
+    {"features": stage_features, "sweep": stage_sweep, "runs": stage_runs,
+     "report": lambda a, o: report(o, a.subsets[0])}[args.stage](args, out)
 
 
 if __name__ == "__main__":
