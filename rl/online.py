@@ -58,7 +58,7 @@ def build(cfg: OnlineConfig):
     model_dir = None if cfg.rollout.backend == "hf" else resolve_path(cfg.policy.model)
     rollout = make_rollout(r.backend, model=policy.module, tokenizer=policy.tokenizer, model_dir=model_dir,
                            batch_size=r.batch_size, seed=cfg.trainer.seed, gpu_memory_utilization=r.gpu_memory_utilization,
-                           kv_cache_gb=r.kv_cache_gb, max_model_len=r.max_model_len, dtype=cfg.policy.dtype)
+                           kv_cache_gb=r.kv_cache_gb, max_model_len=r.max_model_len, dtype=r.dtype or cfg.policy.dtype)
     learner = None
     if needs_prm(cfg):
         from prm.model import EnsemblePRM
