@@ -1,0 +1,168 @@
+"""Peer: TRL's PRMTrainer (trl.experimental.prm, trl==1.13.0) vs prmloop's trainer, same backbone and data.
+
+Same SmolLM2-135M-Instruct weights (~/.cache/prmloop/models/smollm2-135m-instruct), the same first
+--n trajectories of outputs/bench_prm/pool.jsonl (PRM800K, <= 384 tokens), 1 epoch, batch 4, fp32,
+max length 384; then both score the same ProcessBench gsm8k items (evenly spaced) and F1 is computed
+by the same judges.metrics.processbench_f1 at tau = 0.5.
+
+  TRL   runs in its own venv (/work/trl_venv: torch 2.13.0 cpu, trl 1.13.0, transformers 5.19) via a
+        driver written to a temp file: AutoModelForTokenClassification(num_labels=2), TRL's format
+        (prompt / completions / labels: bool per step, steps cut after the first error), TRL defaults
+        otherwise (lr 1e-5 linear, step_separator "\\n", raw prompt, every step labelled). Step score
+        = softmax(logits)[1] at the separator token after each step, exactly as TRL tokenizes.
+  ours  prm.train.train() in `full` mode (configs/prm/smollm2_full.yaml values: lr 1e-5, head_lr 1e-3,
+        pos_weight 0.25, K = 32), mode=full, epochs=1, DeepSpeed ZeRO-0 (the CLI default), then
+        EnsemblePRM.score on the same items.
+Both processes run AT THE SAME TIME, one thread each, so the shared machine's load hits both alike.
+Throughput = trajectories / training-loop seconds (TRL: its train_runtime; ours: wall time of train()).
+
+    python bench/bench_trl_peer.py --n 64 --eval-limit 40
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TRL_DRIVER = r'''
+import json, sys, time, torch
+torch.set_num_threads(int(sys.argv[4]))
+from datasets import Dataset
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+from trl.experimental.prm import PRMConfig, PRMTrainer
+model_dir, data_path, out_path = sys.argv[1], sys.argv[2], sys.argv[3]
+data = json.loads(open(data_path).read())
+tok = AutoTokenizer.from_pretrained(model_dir)
+model = AutoModelForTokenClassification.from_pretrained(model_dir, num_labels=2, dtype=torch.float32)
+if tok.pad_token_id is None:
+    tok.pad_token = tok.eos_token
+model.config.pad_token_id = tok.pad_token_id
+ds = Dataset.from_list(data["train"])
+args = PRMConfig(output_dir=data["out_dir"], per_device_train_batch_size=4, num_train_epochs=1, max_length=384,
+                 bf16=False, fp16=False, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+                 dataloader_num_workers=0, seed=0)
+trainer = PRMTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+t0 = time.perf_counter()
+res = trainer.train()
+train_wall = time.perf_counter() - t0
+n_tokens = sum(len(r["input_ids"]) for r in trainer.train_dataset)
+# score: tokenize exactly as PRMTrainer.tokenize_row does, read P(label 1) at each step's last token
+model.eval()
+sep = tok.encode(args.step_separator, add_special_tokens=False)
+scores = []
+with torch.no_grad():
+    for item in data["eval"]:
+        ids = tok(item["prompt"], add_special_tokens=False)["input_ids"]
+        if tok.bos_token_id is not None:
+            ids = [tok.bos_token_id] + ids
+        ends = []
+        for step in item["completions"]:
+            ids = ids + tok(step, add_special_tokens=False)["input_ids"] + sep
+            ends.append(len(ids) - 1)
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+        p = torch.softmax(logits.float(), -1)[:, 1]
+        scores.append([float(p[e]) for e in ends])
+json.dump({"train_runtime": res.metrics["train_runtime"], "train_wall": train_wall, "steps": res.global_step,
+           "train_loss": res.metrics.get("train_loss"), "train_tokens": n_tokens,
+           "scores": scores, "log": trainer.state.log_history}, open(out_path, "w"))
+'''
+
+
+def trl_format(t) -> dict:
+    k = len(t.steps) if t.first_error == -1 else t.first_error + 1
+    return {"prompt": t.question, "completions": t.steps[:k],
+            "labels": [True] * (k if t.first_error == -1 else k - 1) + ([] if t.first_error == -1 else [False])}
+
+
+def ours(args, out: Path) -> None:
+    """Child (main venv): prm.train full mode on the same slice, then score the eval items."""
+    import torch
+    torch.set_num_threads(args.threads)
+    from prm.config import DataConfig, EvalConfig, PRMConfig, PRMTrainConfig, TrainerConfig
+    from prm.data import Trajectory
+    from prm.eval import load_processbench_sample
+    from prm.train import train
+    pool = [Trajectory(**json.loads(line)) for line in Path(args.pool).read_text().splitlines()][: args.n]
+    pc = PRMConfig(backbone="smollm2-135m-instruct", dtype="fp32", num_heads=32, train_mode=args.mode,
+                   max_length=384, lr=1e-5 if args.mode == "full" else 1e-4, head_lr=1e-3, batch_size=4,
+                   pos_weight=0.25)
+    cfg = PRMTrainConfig(prm=pc, data=DataConfig(), judge="oracle", mode="full", epochs=1, run_eval=False,
+                         trainer=TrainerConfig(out_dir=str(out / "ours_run"), resume="never", save_every=10 ** 9,
+                                               progress=False), eval=EvalConfig(subsets=[]))
+    from prm.model import EnsemblePRM
+    prm = EnsemblePRM(pc)
+    t0 = time.perf_counter()
+    summary = train(cfg, prm=prm, pool=pool)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (out / "ours_run" / "metrics.jsonl").read_text().splitlines()]
+    items = load_processbench_sample("gsm8k", args.eval_limit)
+    scores = [s.mean for s in prm.score([t.question for t in items], [t.steps for t in items], 4)]
+    (out / "ours.json").write_text(json.dumps({"train_wall": wall, "update_seconds": sum(r["seconds"] for r in rows),
+                                               "steps": summary["updates"], "scores": scores,
+                                               "loss": [r["loss"] for r in rows]}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--eval-limit", type=int, default=40)
+    ap.add_argument("--pool", default="outputs/bench_prm/pool.jsonl")
+    ap.add_argument("--out", default="outputs/bench_trl_peer")
+    ap.add_argument("--trl-python", default="/work/trl_venv/bin/python")
+    ap.add_argument("--model-dir", default=str(Path.home() / ".cache/prmloop/models/smollm2-135m-instruct"))
+    ap.add_argument("--mode", default="full", choices=["full", "lora"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--child", action="store_true", help="internal: run our side")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.child:
+        return ours(args, out)
+    from judges.metrics import processbench_f1
+    from prm.data import Trajectory
+    from prm.eval import load_processbench_sample, processbench_preds
+    pool = [Trajectory(**json.loads(line)) for line in Path(args.pool).read_text().splitlines()][: args.n]
+    items = load_processbench_sample("gsm8k", args.eval_limit)
+    data = {"train": [trl_format(t) for t in pool], "out_dir": str(out / "trl_run"),
+            "eval": [{"prompt": t.question, "completions": t.steps} for t in items]}
+    (out / "trl_data.json").write_text(json.dumps(data))
+    with tempfile.NamedTemporaryFile("w", suffix="_trl_driver.py", delete=False) as fh:
+        fh.write(TRL_DRIVER)
+    t0 = time.perf_counter()
+    procs = {
+        "trl": subprocess.Popen([args.trl_python, fh.name, args.model_dir, str(out / "trl_data.json"),
+                                 str(out / "trl.json"), str(args.threads)]),
+        "ours": subprocess.Popen([sys.executable, __file__, "--child", "--n", str(args.n), "--eval-limit",
+                                  str(args.eval_limit), "--pool", args.pool, "--out", args.out, "--mode", args.mode,
+                                  "--threads", str(args.threads)]),
+    }
+    for name, p in procs.items():
+        if p.wait():
+            raise SystemExit(f"{name} failed with {p.returncode}")
+    res = {"trl": json.loads((out / "trl.json").read_text()), "ours": json.loads((out / "ours.json").read_text())}
+    labels = [t.first_error for t in items]
+    table = {}
+    for name, r in res.items():
+        secs = r["train_runtime"] if name == "trl" else r["train_wall"]
+        f1 = processbench_f1(processbench_preds(r["scores"], 0.5), labels)
+        table[name] = {"train_seconds": secs, "steps": r["steps"], "traj_per_s": args.n / secs, **f1}
+    ratio = table["ours"]["traj_per_s"] / table["trl"]["traj_per_s"]
+    result = {"n": args.n, "eval_items": len(items), "table": table, "ours_over_trl_throughput": ratio,
+              "wall": time.perf_counter() - t0}
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(f"\n| trainer | train s ({args.n} traj, {table['trl']['steps']} steps) | traj/s | gsm8k acc_err | acc_cor | F1 |"
+          "\n|---|---|---|---|---|---|")
+    for name, label in (("trl", "TRL 1.13 PRMTrainer"), ("ours", f"prmloop prm.train ({args.mode}, K=32)")):
+        t = table[name]
+        print(f"| {label} | {t['train_seconds']:.1f} | {t['traj_per_s']:.3f} | {t['acc_error']:.3f} | "
+              f"{t['acc_correct']:.3f} | {t['f1']:.3f} |")
+    print(f"throughput ours/TRL = {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
