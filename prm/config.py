@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -117,3 +118,9 @@ class PRMTrainConfig:
     filter_out: str | None = None             # mode=filter: JSONL of the uncertain part (None -> <out_dir>/uncertain.jsonl)
     stop_after_batches: int | None = None     # stop (with a checkpoint) after this many updates: tests, time limits
     run_eval: bool = True
+
+
+# The schemas are the base of their top-level configs (first in each defaults list), so hydra composes
+# onto the full typed key set: `prm.path=...` works without `+`, and a misspelt key fails at once.
+ConfigStore.instance().store(name="prm_train_schema", node=PRMTrainConfig)
+ConfigStore.instance().store(name="prm_eval_schema", node=PRMEvalConfig)
