@@ -11,6 +11,9 @@ on them, never on ProcessBench.
     python bench/bench_label_efficiency.py --stage features --pool 800 --eval-limit 120 --subsets gsm8k
     python bench/bench_label_efficiency.py --stage sweep            # pos_weight x epochs, full data, seed 0
     python bench/bench_label_efficiency.py --stage runs --seeds 0 1 2 --pos-weight P --epochs E
+    python bench/bench_label_efficiency.py --stage features --subsets math      # later: add math features
+    python bench/bench_label_efficiency.py --stage rescore --subsets math --tune-on-subset math
+                                   # re-score the saved heads of every run; gsm8k at the tau tuned on math
 Writes <out>/runs.jsonl (one line per run), results.json, table.md and bench/label_efficiency.png.
 """
 from __future__ import annotations
@@ -162,6 +165,34 @@ def stage_runs(args, out: Path) -> None:
     report(out, args.subsets[0])
 
 
+def stage_rescore(args, out: Path) -> None:
+    """Re-score every saved run (runs/<name>/prm, heads only) on subsets whose features were added later
+    (e.g. math): adds <sub>_f1_05 and, with --tune-on-subset T, gsm8k F1 at the tau tuned on T."""
+    from judges.metrics import processbench_f1
+    from prm.eval import processbench_preds, tune_threshold
+    cache = FeatureCache.load(out / "features.safetensors")
+    evals = {name: load_processbench_sample(name, args.eval_limit) for name in ("gsm8k", *args.subsets)}
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    for row in rows:
+        run_dir = out / "runs" / f"{row['mode']}_{row['budget']}_{row['seed']}_{row['epochs']}_{row['pos_weight']}_{row['head_lr']}"
+        prm = EnsemblePRM.load(run_dir / "prm", heads_only=True)
+        sc = {}
+        for name, items in evals.items():
+            feats = [cache.get(t.question, t.steps) for t in items]
+            sc[name] = [s.mean for s in prm.score([t.question for t in items], [t.steps for t in items], features=feats)]
+            r = processbench_f1(processbench_preds(sc[name], 0.5), [t.first_error for t in items])
+            row[f"{name}_f1_05"], row[f"{name}_acc_err_05"], row[f"{name}_acc_cor_05"] = r["f1"], r["acc_error"], r["acc_correct"]
+        if args.tune_on_subset:
+            t_items = evals[args.tune_on_subset]
+            tau = tune_threshold(sc[args.tune_on_subset], [t.first_error for t in t_items])
+            r = processbench_f1(processbench_preds(sc["gsm8k"], tau), [t.first_error for t in evals["gsm8k"]])
+            row[f"tau_{args.tune_on_subset}"] = tau
+            row[f"gsm8k_f1_{args.tune_on_subset}"], row[f"gsm8k_acc_err_{args.tune_on_subset}"], \
+                row[f"gsm8k_acc_cor_{args.tune_on_subset}"] = r["f1"], r["acc_error"], r["acc_correct"]
+    (out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report(out, "gsm8k")
+
+
 def report(out: Path, subset: str = "gsm8k") -> None:
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     budgets = sorted({r["budget"] for r in rows if r["mode"] != "full"})
@@ -175,8 +206,13 @@ def report(out: Path, subset: str = "gsm8k") -> None:
     for key, label, f in (("05", "tau = 0.5", f"{subset}_f1_05"),
                           ("tuned", "tau tuned on the held-out PRM800K pool tail", f"{subset}_f1_tuned"),
                           ("heldout", "in-distribution: the held-out PRM800K pool tail itself, tau = 0.5",
-                           "heldout_f1_05")):
-        name = "PRM800K held-out tail" if key == "heldout" else f"ProcessBench {subset}"
+                           "heldout_f1_05"),
+                          ("math_tuned", "tau tuned on ProcessBench math (120 items), applied here", f"{subset}_f1_math"),
+                          ("math", "tau = 0.5", "math_f1_05")):
+        if f not in rows[0]:
+            continue
+        name = "ProcessBench math" if key == "math" else None
+        name = name or ("PRM800K held-out tail" if key == "heldout" else f"ProcessBench {subset}")
         full = ms([r[f] for r in pick("full", 1.0)])
         lab_full = statistics.mean(r["labels"] for r in pick("full", 1.0))
         lines = [f"{name}, {label} (mean ± std over seeds {sorted({r['seed'] for r in rows})})", "",
@@ -210,10 +246,13 @@ def report(out: Path, subset: str = "gsm8k") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharey=True)
-    for ax, (key, label) in zip(axes, (("05", f"ProcessBench {subset}, tau = 0.5"),
-                                       ("tuned", f"ProcessBench {subset}, tau tuned on held-out PRM800K"),
-                                       ("heldout", "held-out PRM800K tail (160), tau = 0.5"))):
+    panels = [(k, t) for k, t in (("05", f"ProcessBench {subset}, tau = 0.5"),
+                                  ("tuned", f"ProcessBench {subset}, tau tuned on held-out PRM800K"),
+                                  ("math_tuned", f"ProcessBench {subset}, tau tuned on PB math"),
+                                  ("math", "ProcessBench math, tau = 0.5"),
+                                  ("heldout", "held-out PRM800K tail (160), tau = 0.5")) if k in results]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1, 4.2), sharey=True)
+    for ax, (key, label) in zip(axes, panels):
         res = results[key]
         xs = sorted(res["budgets"])
         for mode, color in (("active", "tab:blue"), ("random", "tab:orange")):
@@ -222,7 +261,7 @@ def report(out: Path, subset: str = "gsm8k") -> None:
                         label=mode, color=color)
         ax.axhline(res["full"][0], color="gray", linestyle="--", label=f"full data ({res['full'][0]:.3f})")
         ax.set_xlabel("label budget (% of the 640-trajectory pool)")
-        ax.set_title(label)
+        ax.set_title(label, fontsize=9)
         ax.legend()
     axes[0].set_ylabel("F1 (first-error, ProcessBench metric)")
     fig.suptitle("ActPRM selection vs random, frozen SmolLM2-135M features, K = 32 heads, 3 seeds")
@@ -232,7 +271,8 @@ def report(out: Path, subset: str = "gsm8k") -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", choices=["features", "sweep", "runs", "report"], required=True)
+    ap.add_argument("--stage", choices=["features", "sweep", "runs", "rescore", "report"], required=True)
+    ap.add_argument("--tune-on-subset", default=None, help="rescore: tune tau on this ProcessBench subset")
     ap.add_argument("--out", default="outputs/bench_prm")
     ap.add_argument("--backbone", default="smollm2-135m-instruct")
     ap.add_argument("--pool", type=int, default=800)
@@ -254,7 +294,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    {"features": stage_features, "sweep": stage_sweep, "runs": stage_runs,
+    {"features": stage_features, "sweep": stage_sweep, "runs": stage_runs, "rescore": stage_rescore,
      "report": lambda a, o: report(o, a.subsets[0])}[args.stage](args, out)
 
 
