@@ -1,4 +1,4 @@
-"""Reward-guided search benchmark (bench/RESULTS_search.md).
+"""Reward-guided search benchmark (bench/RESULTS.md).
 
 Runs `python -m rl.search` for each named setting with SmolLM2-135M-Instruct as the policy and a PRM
 saved by `python -m prm.train`, one after another (the machine is small), then copies each summary

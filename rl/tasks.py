@@ -16,7 +16,7 @@ from typing import Callable
 from prm.data import Problem, load_gsm8k, load_math500
 from rl.rollout import format_prompt
 
-# Chosen by measurement (bench/RESULTS_online.md "Task calibration"): worked examples as earlier chat
+# Chosen by measurement (bench/RESULTS.md "Task calibration"): worked examples as earlier chat
 # turns keep SmolLM2 on the one-operation-per-step format the rule judge reads (an example inside the
 # system prompt did not: 5 % pass, half the samples rambling to the token cap).
 ARITHMETIC_SYSTEM_PROMPT = ("Solve the problem step by step. Write one calculation per step, separate steps "
