@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -196,19 +197,31 @@ class PRMLearner:
         self.global_step = sd["global_step"]
 
     def save_checkpoint(self, path: str | Path, client_state: dict | None = None) -> None:
-        """Model (trainable part), optimizer, scheduler and `client_state` under `path` (any ZeRO stage)."""
+        """Model (trainable part), optimizer, scheduler and `client_state` under `path` (any ZeRO stage).
+
+        Crash-safe: a process killed mid-save leaves the previous checkpoint loadable. DeepSpeed writes
+        each save under a new tag and moves `latest` only once the tag is complete; the plain path
+        writes a temporary file and renames it over the old one."""
         path = Path(path)
         state = {"client": dict(client_state or {}), "global_step": self.global_step}
         if self.engine is not None:
-            self.engine.save_checkpoint(str(path), tag="state", client_state=state, exclude_frozen_parameters=True)
+            tag = f"step{self.global_step}"
+            self.engine.save_checkpoint(str(path), tag=tag, client_state=state, exclude_frozen_parameters=True)
+            if int(os.environ.get("RANK", "0")) == 0:
+                for old in path.glob("step*"):
+                    if old.is_dir() and old.name != tag:
+                        shutil.rmtree(old, ignore_errors=True)
         elif int(os.environ.get("RANK", "0")) == 0:
             path.mkdir(parents=True, exist_ok=True)
-            torch.save({**self.state_dict(), "client_state": state}, path / "learner.pt")
+            tmp = path / "learner.pt.tmp"
+            torch.save({**self.state_dict(), "client_state": state}, tmp)
+            os.replace(tmp, path / "learner.pt")
+            (path / "latest").write_text("learner.pt")
 
     def load_checkpoint(self, path: str | Path) -> dict:
         path = Path(path)
         if self.engine is not None:
-            _, state = self.engine.load_checkpoint(str(path), tag="state", load_module_strict=False)
+            _, state = self.engine.load_checkpoint(str(path), load_module_strict=False)  # tag from `latest`
         else:
             sd = torch.load(path / "learner.pt", weights_only=False)
             self.load_state_dict(sd)

@@ -90,3 +90,38 @@ def test_two_ranks_with_torchrun_gloo(tmp_path):
     assert not set(r0["shard"]) & set(r1["shard"]) and len(r0["shard"]) == len(r1["shard"]) == 10
     assert r0["labels_local"] + r1["labels_local"] == 10
     assert json.loads((out / "summary.json").read_text())["labels_used"] == 10
+
+
+def test_sigkilled_run_resumes_to_the_same_heads(tmp_path):
+    """A real kill (SIGKILL mid-run, whatever it was doing) and a rerun of the same command end with
+    the heads of an uninterrupted run; labels already in the ledger are not revealed again."""
+    import signal
+    import time
+
+    def command(out):
+        return [sys.executable, "-m", "prm.train", "prm=tiny", "data=processbench", "data.limit=24",
+                "prm.batch_size=4", "mode=active", "budget=0.5", "epochs=4", "prm.delta_pred=0.99",
+                "run_eval=false", "trainer.progress=false", "trainer.save_every=1", "trainer.deepspeed=false",
+                f"trainer.out_dir={out}", f"hydra.run.dir={out}/hydra"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "whole"), cwd=ROOT, env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(command(tmp_path / "killed"), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    labels_before = ledger_rows(tmp_path / "killed")
+    assert 0 < labels_before
+    done = subprocess.run(command(tmp_path / "killed"), cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    assert "resumed from" in done.stdout
+    a = load_file(str(tmp_path / "whole" / "prm" / "heads.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "prm" / "heads.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)
+    assert ledger_rows(tmp_path / "killed") == ledger_rows(tmp_path / "whole")
