@@ -64,8 +64,6 @@ class DataConfig:
     limit: int | None = None
     max_tokens: int | None = 512              # drop pool items longer than this (tokens)
     skip_bad_rows: bool = False
-    eval_subsets: list[str] = field(default_factory=lambda: ["gsm8k", "math"])
-    eval_limit: int | None = None
     shuffle_seed: int = 0
 
 

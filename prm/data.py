@@ -9,7 +9,6 @@ skip_bad_rows=True it counts bad rows instead (see `last_skipped`) and carries o
 """
 from __future__ import annotations
 
-import ast
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -331,7 +330,3 @@ def load_pool(kind: str, path: str | None = None, root: str | Path | None = None
                          f"{', '.join(loaders)}")
     return loaders[kind](path, **kw)
 
-
-def parse_list_field(value: Any) -> Any:
-    """Some dumps store lists as their Python repr; read them without eval."""
-    return ast.literal_eval(value) if isinstance(value, str) and value.startswith("[") else value
