@@ -5,6 +5,7 @@ an ill-typed value fails at start-up with a message naming the key, before any m
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,6 +27,24 @@ def validate(cfg: DictConfig | dict, schema: type[T]) -> T:
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         raise ConfigError(f"invalid config for {schema.__name__}: {err}") from None
+
+
+DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def check_device(device: str) -> None:
+    """Fail at start-up, not at the first batch, when `device` is malformed or not usable here."""
+    if not DEVICE_RE.fullmatch(device):
+        raise ConfigError(f"prm.device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device == "cpu":
+        return
+    import torch  # only here: configs are composed (and tested) without paying for torch
+    if not torch.cuda.is_available():
+        raise ConfigError(f"prm.device={device!r} but torch.cuda.is_available() is False (torch {torch.__version__}, "
+                          f"CUDA build {torch.version.cuda}); use prm.device=cpu or install a CUDA build of torch")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"prm.device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
 
 
 @dataclass
@@ -52,6 +71,10 @@ class PRMConfig:
     threshold: float = 0.5                    # tau: step predicted correct if score >= tau
     path: str | None = None                   # load a saved PRM dir instead of a fresh one
     seed: int = 0
+    device: str = "cpu"                       # cpu | cuda | cuda:N: model, heads and every batch; scores return on CPU
+
+    def __post_init__(self):
+        check_device(self.device)
 
 
 @dataclass

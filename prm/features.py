@@ -54,7 +54,7 @@ class FeatureCache:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start: start + batch_size]
             batch = prm.collate([enc for _, (_, enc) in chunk])
-            feats = prm.separator_features(batch).to(self.dtype)
+            feats = prm.separator_features(batch).to("cpu", self.dtype)  # kept (and saved) on CPU; batches move
             offset = 0
             for k, (_, (_, pos)) in chunk:
                 self.store[k] = feats[offset: offset + len(pos)].clone()

@@ -10,6 +10,9 @@ Output  per head logit z[e, i]; p = sigmoid(z); step reward = mean_e p, uncertai
         (population std: K = 1 gives exactly 0).
 Modes   full (everything trains), lora (peft adapters on the backbone), frozen (backbone frozen;
         features can be cached by prm.features and the heads train alone).
+Device  cfg.device (cpu | cuda | cuda:N) holds the backbone and heads; collate builds on CPU and hands
+        the batch over on the model's device; scores come back as CPU floats. A saved PRM loads on any
+        device (`load(path, device=...)`: the heads are read to CPU and copied over).
 save()  `prm.json` (config) + `heads.safetensors` (heads and their frozen initial copy) + the backbone:
         full -> `backbone/` (save_pretrained, with the tokenizer); lora -> `adapter/` (peft) on top of
         the named backbone; frozen -> the backbone name only: rebuilding it (and the separator row,
@@ -51,6 +54,11 @@ class PRMBatch:
     rows: torch.Tensor | None = None           # [N] batch row of each scored step
     positions: torch.Tensor | None = None      # [N] token position of its separator
     features: torch.Tensor | None = None       # [N, H] cached separator hidden states
+
+    def to(self, device: torch.device | str) -> "PRMBatch":
+        """The same batch with every tensor on `device`."""
+        return PRMBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                           for f in fields(self)})
 
 
 class EnsembleHeads(nn.Module):
@@ -106,6 +114,7 @@ class EnsemblePRM(nn.Module):
         self.hidden_size = lm.config.hidden_size
         self.heads = EnsembleHeads(cfg.num_heads, self.hidden_size, cfg.head_hidden, seed=cfg.seed)
         self._prompt_cache: dict[str, list[int]] = {}
+        self.to(cfg.device)  # heads are built on CPU from a CPU generator: same init on every device
 
     @classmethod
     def heads_only(cls, cfg: PRMConfig, hidden_size: int) -> "EnsemblePRM":
@@ -118,7 +127,12 @@ class EnsemblePRM(nn.Module):
         prm.hidden_size = hidden_size
         prm.heads = EnsembleHeads(cfg.num_heads, hidden_size, cfg.head_hidden, seed=cfg.seed)
         prm._prompt_cache = {}
-        return prm
+        return prm.to(cfg.device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (DeepSpeed may have placed them, not cfg.device): batches go there."""
+        return self.heads.w1.device
 
     @property
     def has_backbone(self) -> bool:
@@ -186,7 +200,7 @@ class EnsemblePRM(nn.Module):
             rows += [b] * len(pos)
             positions += pos
         return PRMBatch(step_mask, input_ids, attention, torch.tensor(rows, dtype=torch.long),
-                        torch.tensor(positions, dtype=torch.long))
+                        torch.tensor(positions, dtype=torch.long)).to(self.device)
 
     # ------------------------------------------------------------------ forward
     def separator_features(self, batch: PRMBatch) -> torch.Tensor:
@@ -219,7 +233,7 @@ class EnsemblePRM(nn.Module):
         todo = []
         for i, (q, s) in enumerate(zip(questions, steps)):
             if features is not None and features[i] is not None and len(features[i]) == len(s):
-                out[i] = _to_scores(self.heads(features[i].float()))
+                out[i] = _to_scores(self.heads(features[i].to(self.device).float()))
             else:
                 todo.append((i, self.encode(q, s)))
         todo.sort(key=lambda item: len(item[1][0]))
@@ -254,20 +268,21 @@ class EnsemblePRM(nn.Module):
         (path / "prm.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, path: str | Path, heads_only: bool = False, **overrides) -> "EnsemblePRM":
-        """Rebuild a saved PRM; `overrides` replace config fields (e.g. train_mode='frozen' to fine-tune
-        only the heads of a fully trained PRM). heads_only=True skips the backbone (frozen-mode PRMs:
-        score/train on cached features only)."""
+    def load(cls, path: str | Path, heads_only: bool = False, device: str = "cpu", **overrides) -> "EnsemblePRM":
+        """Rebuild a saved PRM on `device`; `overrides` replace config fields (e.g. train_mode='frozen' to
+        fine-tune only the heads of a fully trained PRM). heads_only=True skips the backbone (frozen-mode
+        PRMs: score/train on cached features only). The saved device is not reused: placement belongs
+        to the machine that loads (a PRM trained on a GPU loads on a CPU-only one)."""
         path = Path(path)
         meta = json.loads((path / "prm.json").read_text())
         known = {f.name for f in fields(PRMConfig)}
-        cfg = PRMConfig(**{k: v for k, v in meta["config"].items() if k in known})
+        cfg = PRMConfig(**{**{k: v for k, v in meta["config"].items() if k in known}, "device": device})
         if heads_only:
             for key, value in overrides.items():
                 setattr(cfg, key, value)
             cfg.path = str(path)
             prm = cls.heads_only(cfg, meta["hidden_size"])
-            prm.heads.load_state_dict(load_file(str(path / "heads.safetensors")))
+            prm.heads.load_state_dict(load_file(str(path / "heads.safetensors")))  # CPU file -> copied to device
             return prm
         saved_mode = cfg.train_mode
         backbone_dir = str(path / "backbone") if meta["backbone_saved"] else None
@@ -284,7 +299,7 @@ class EnsemblePRM(nn.Module):
         if cfg.train_mode == "frozen":
             prm.body.requires_grad_(False)
             prm.body.eval()
-        return prm
+        return prm.to(device)  # the peft adapter may have been attached on CPU
 
 
 def _to_scores(logits: torch.Tensor) -> StepScores:

@@ -124,7 +124,7 @@ class PRMLearner:
             step_mask = torch.zeros((len(feats), max([len(f) for f in feats] + [1])), dtype=torch.bool)
             for b, f in enumerate(feats):
                 step_mask[b, : len(f)] = True
-            return PRMBatch(step_mask, features=torch.cat(feats) if feats else None)
+            return PRMBatch(step_mask, features=torch.cat(feats) if feats else None).to(self.prm.device)
         encoded = [self.prm.encode(t.question, t.steps, self.cfg.max_length) for t in trajectories]
         return self.prm.collate(encoded)
 
@@ -150,11 +150,12 @@ class PRMLearner:
             chosen = torch.tensor([t.first_error is not None or reveal is not None for t in trajectories])
         else:
             chosen = torch.as_tensor(list(select), dtype=torch.bool)
+        chosen = chosen.to(mask.device)
         picked = [t for t, c in zip(trajectories, chosen.tolist()) if c]
         revealed = reveal(picked) if (reveal is not None and picked) else [t.first_error for t in picked]
         it = iter(revealed)
         first_errors = [next(it) if c else None for c in chosen.tolist()]
-        labels, labelled = step_labels(first_errors, mask.shape[1])
+        labels, labelled = (x.to(mask.device) for x in step_labels(first_errors, mask.shape[1]))
         labelled &= mask  # truncated trajectories: no label beyond the last scored step
         loss, parts = prm_loss(logits, penalty, labels, labelled, mask, chosen, self.cfg.reg_lambda,
                                self.cfg.pos_weight)
@@ -223,7 +224,9 @@ class PRMLearner:
         if self.engine is not None:
             _, state = self.engine.load_checkpoint(str(path), load_module_strict=False)  # tag from `latest`
         else:
-            sd = torch.load(path / "learner.pt", weights_only=False)
+            # to CPU whatever device saved it: load_state_dict copies onto the live device, and the client
+            # state (RNG states) must stay CPU tensors
+            sd = torch.load(path / "learner.pt", weights_only=False, map_location="cpu")
             self.load_state_dict(sd)
             state = sd["client_state"]
         self.global_step = state["global_step"]
