@@ -67,6 +67,10 @@ class PRMConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     batch_size: int = 8
+    # Optimizer steps per PRMLearner.update call, all on that call's selected, labelled batch (selection
+    # and labels from the first pass, paid once): the online loop gets few labels a round, so reusing
+    # them lets its PRM learn faster. Not replays of older labels (that is prm.train's epochs).
+    update_steps: int = 1
     pos_weight: float = 1.0                   # BCE weight on "correct" steps (class imbalance)
     threshold: float = 0.5                    # tau: step predicted correct if score >= tau
     path: str | None = None                   # load a saved PRM dir instead of a fresh one
@@ -75,6 +79,8 @@ class PRMConfig:
 
     def __post_init__(self):
         check_device(self.device)
+        if self.update_steps < 1:
+            raise ConfigError(f"prm.update_steps must be >= 1, got {self.update_steps}")
 
 
 @dataclass

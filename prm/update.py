@@ -9,7 +9,8 @@
                    reveal: Callable[[list[Trajectory]], list[int | None]] | None = None,
                    max_select: int | None = None) -> dict[str, float]
         One forward pass over the given trajectories serves both selection and the loss, then one
-        optimizer step (all ranks step together, even when nothing was selected: regulariser only).
+        optimizer step (all ranks step together, even when nothing was selected: regulariser only);
+        prm.update_steps > 1 adds forward/step passes on the same selected, labelled batch.
         select=True   Eq. 5 picks the uncertain trajectories (capped at max_select, most uncertain first);
         select=False  every labelled trajectory is trained on;
         select=[...]  an explicit mask (e.g. the random baseline).
@@ -17,7 +18,7 @@
                       labels (None = invalid: not trained on). Default: read t.first_error. This is
                       how the pool trainer only pays for labels it selects.
         Metrics: n, selected, labelled, loss, bce, reg, acc_before (step accuracy on the labelled
-        steps, from this pre-update pass), lr, seconds.  `learner.last_selected` holds the mask and
+        steps; all from the first, pre-update pass), lr, seconds.  `learner.last_selected` holds the mask and
         `learner.last_labels` the revealed labels of the last call.
     learner.state_dict() / load_state_dict(sd)          # model + optimizer + scheduler + step (ZeRO 0)
     learner.save_checkpoint(dir, client_state) / load_checkpoint(dir) -> client_state   # any ZeRO stage
@@ -159,6 +160,20 @@ class PRMLearner:
         labelled &= mask  # truncated trajectories: no label beyond the last scored step
         loss, parts = prm_loss(logits, penalty, labels, labelled, mask, chosen, self.cfg.reg_lambda,
                                self.cfg.pos_weight)
+        self._optimizer_step(loss)
+        for _ in range(self.cfg.update_steps - 1):  # same batch, selection and labels: no new judge calls
+            again, penalty = model(batch)
+            self._optimizer_step(prm_loss(again, penalty, labels, labelled, mask, chosen, self.cfg.reg_lambda,
+                                          self.cfg.pos_weight)[0])
+        self.last_selected, self.last_labels = chosen.tolist(), first_errors
+        correct = ((mu >= self.cfg.threshold).float() == labels) & labelled
+        n_lab = int(labelled.sum())
+        return {"n": len(trajectories), "selected": int(chosen.sum()),
+                "labelled": sum(k is not None for k in first_errors), "loss": float(loss.detach()), **parts,
+                "acc_before": float(correct.sum()) / n_lab if n_lab else float("nan"),
+                "lr": self.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - start}
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
         if self.engine is not None:
             self.engine.backward(loss)
             self.engine.step()
@@ -169,13 +184,6 @@ class PRMLearner:
             self.optimizer.step()
             self.scheduler.step()
         self.global_step += 1
-        self.last_selected, self.last_labels = chosen.tolist(), first_errors
-        correct = ((mu >= self.cfg.threshold).float() == labels) & labelled
-        n_lab = int(labelled.sum())
-        return {"n": len(trajectories), "selected": int(chosen.sum()),
-                "labelled": sum(k is not None for k in first_errors), "loss": float(loss.detach()), **parts,
-                "acc_before": float(correct.sum()) / n_lab if n_lab else float("nan"),
-                "lr": self.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - start}
 
     # ------------------------------------------------------------------ checkpoints
     def trainable_state(self) -> dict[str, torch.Tensor]:

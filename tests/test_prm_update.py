@@ -115,3 +115,30 @@ def test_heads_only_learner_matches_backbone_learner_on_cached_features(tmp_path
         light.score(["an unseen question"], [["x"]])
     with pytest.raises(ValueError):
         E.heads_only(PRMConfig(train_mode="full"), 64)
+
+
+@pytest.mark.parametrize("deepspeed", [False, True])
+def test_update_steps_reuses_the_labelled_batch(deepspeed):
+    """prm.update_steps=3: one call takes three optimizer steps on its labels and leaves a lower loss on
+    that batch than one step from the same init; the labels are asked for once."""
+    one, three = learner(deepspeed=deepspeed), learner(deepspeed=deepspeed, update_steps=3)
+    reveals = []
+
+    def reveal(picked):
+        reveals.append(len(picked))
+        return [t.first_error for t in trajs()]
+    first = [lr.update(trajs(), select=False, reveal=reveal) for lr in (one, three)]
+    assert first[0]["bce"] == first[1]["bce"] and reveals == [8, 8]
+    assert (one.global_step, three.global_step) == (1, 3)
+    if deepspeed:
+        assert (one.engine.global_steps, three.engine.global_steps) == (1, 3)
+    else:
+        w1 = [float(lr.optimizer.state[lr.prm.heads.w1]["step"]) for lr in (one, three)]
+        assert w1 == [1.0, 3.0]
+    after = [lr.update(trajs(), select=False)["bce"] for lr in (one, three)]  # this call's pre-step loss
+    assert after[1] < after[0] < first[0]["bce"]
+
+
+def test_update_steps_below_one_rejected():
+    with pytest.raises(ValueError, match="update_steps must be >= 1"):
+        PRMConfig(update_steps=0)
