@@ -1,5 +1,9 @@
 """The task as a step-level MDP: `gymnasium.make("prmloop/StepMath-v0", scorer=prm_scorer)`.
 
+Importing rl.env registers the id. In an interpreter that has not imported it, name the module in the
+id: `gymnasium.make("rl.env:prmloop/StepMath-v0", ...)` imports it first (gymnasium >= 1.0 has no
+entry-point plugin discovery, so a pyproject entry point would register nothing).
+
 reset()            -> observation = the problem text (then the steps so far, blank-line separated)
 step(step_text)    -> appends the step; reward = its PRM step reward from the injected `scorer`
                       (question, steps) -> per-step rewards (the last one is this step's);
@@ -80,5 +84,12 @@ class StepMathEnv(gym.Env):
 
 
 ENV_ID = "prmloop/StepMath-v0"
-if ENV_ID not in gym.registry:
-    gym.register(ENV_ID, entry_point="rl.env:StepMathEnv")
+
+
+def register_env() -> None:
+    """Register ENV_ID once: a module reload or a second call is a no-op, not gymnasium's override warning."""
+    if ENV_ID not in gym.registry:
+        gym.register(ENV_ID, entry_point="rl.env:StepMathEnv")
+
+
+register_env()

@@ -1,4 +1,8 @@
 """The gymnasium environment and the arithmetic-chain task."""
+import os
+import subprocess
+import sys
+
 import gymnasium as gym
 from gymnasium.utils.env_checker import check_env
 
@@ -69,3 +73,23 @@ def test_task_stream_position_resumes_the_same_order():
     t.next_batch(7)
     resumed = TaskStream(problems, seed=5, position=t.position)
     assert resumed.next_batch(7) == first[7:]
+
+
+def test_fresh_interpreter_makes_the_env_by_its_module_prefixed_id(tmp_path):
+    """No prior `import rl.env`: the module-prefixed id imports it (gymnasium >= 1.0 has no entry-point
+    plugins). Warnings are errors, so re-registering on a reload or a second call must stay silent."""
+    code = ("import importlib, sys, warnings\n"
+            "warnings.simplefilter('error')\n"
+            "import gymnasium as gym\n"
+            "assert 'rl.env' not in sys.modules\n"
+            "env = gym.make('rl.env:prmloop/StepMath-v0', max_steps=1)\n"
+            "obs, info = env.reset(seed=0)\n"
+            "_, reward, term, trunc, _ = env.step('2 + 3 = 5')\n"
+            "assert obs.startswith('What is') and (reward, term, trunc) == (0.0, False, True)\n"
+            "import rl.env\n"
+            "importlib.reload(rl.env)\n"
+            "rl.env.register_env()\n"
+            "assert gym.make('prmloop/StepMath-v0').unwrapped.max_steps == 8\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
