@@ -19,14 +19,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = ["'method=[greedy,best_of_n,beam,dvts]'", "'scorer.betas=[0.0,1.0]'", "scorer.aggregate=last",
-          "policy.temperature=0.8", "'ns=[1,2,4,8,16]'", "'method.beam.ns=[16]'", "'method.dvts.ns=[16]'"]
+          "policy.temperature=0.8", "'ns=[1,2,4,8,16]'", "'method.beam.ns=[2,4,8,16]'",
+          "'method.dvts.ns=[4,8,16]'"]   # DVTS at n=2 would be one subtree of width 2: beam at n=2
 SETTINGS = {
     # Two-operation chains, operands 1-10 (rl.tasks, seed 0), the task's own worked-example prompt.
     "arithmetic": ["dataset.name=arithmetic", "dataset.num_ops=2", "dataset.operand_max=10", "dataset.limit=20",
                    "'seeds=[0,1]'", "policy.max_new_tokens=160", "policy.step_max_new_tokens=64",
                    "method.beam.max_iterations=5", "method.dvts.max_iterations=5"],
     # GSM8K test, problems 0-19.
-    "gsm8k": ["dataset.name=gsm8k", "dataset.offset=0", "dataset.limit=20", "'seeds=[0]'",
+    "gsm8k": ["dataset.name=gsm8k", "dataset.offset=0", "dataset.limit=20", "'seeds=[0,1]'",
               "policy.max_new_tokens=320", "policy.step_max_new_tokens=96",
               "method.beam.max_iterations=8", "method.dvts.max_iterations=8"],
 }

@@ -157,7 +157,8 @@ class TimedScorer:
 def load_prm(cfg: PRMConfig):
     from prm.model import EnsemblePRM
 
-    return EnsemblePRM.load(cfg.path) if cfg.path else EnsemblePRM(cfg)
+    # the saved config decides the model; only placement (prm.device) comes from this run
+    return EnsemblePRM.load(cfg.path, device=cfg.device) if cfg.path else EnsemblePRM(cfg)
 
 
 def make_backend(cfg: PolicyConfig, seed: int):

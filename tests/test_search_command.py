@@ -86,3 +86,23 @@ def test_rollout_policy_reads_step_ends_eos_and_length_caps():
     assert not eos.step_end                       # EOS: the solution is over
     assert capped.step_end and capped.text == "a very long st"   # length cap: a long step, go on
     assert not any(c.step_end for c in policy(["p"], 3, one_step=False)[0])
+
+
+def test_saved_prm_is_placed_on_prm_device(tmp_path, monkeypatch):
+    """prm.path loads the saved model, but placement comes from this run's prm.device (a PRM trained on
+    a GPU box evaluated on a CPU one, or the reverse); the saved device must not win."""
+    import rl.search as search_mod
+    from prm.model import EnsemblePRM
+
+    seen = {}
+
+    def fake_load(path, heads_only=False, device="cpu", **overrides):
+        seen.update(path=path, device=device)
+        return "loaded"
+
+    monkeypatch.setattr(EnsemblePRM, "load", staticmethod(fake_load))
+    cfg = _cfg(tmp_path, f"prm.path={tmp_path}/prm", "prm.device=cpu")
+    assert search_mod.load_prm(cfg.prm) == "loaded" and seen == {"path": f"{tmp_path}/prm", "device": "cpu"}
+    cfg.prm.device = "cuda:3"     # set after validation: only the hand-over is under test here
+    search_mod.load_prm(cfg.prm)
+    assert seen["device"] == "cuda:3"
