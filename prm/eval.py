@@ -181,7 +181,7 @@ def build_scorer(cfg: PRMEvalConfig) -> tuple[StepScorer, str]:
         judge = make_judge(cfg.judge)
         return judge_scorer(judge), f"judge {judge.identity}"
     from prm.model import EnsemblePRM
-    prm = EnsemblePRM.load(cfg.prm.path, device=cfg.prm.device) if cfg.prm.path else EnsemblePRM(cfg.prm)
+    prm = EnsemblePRM.from_config(cfg.prm)
     return prm_scorer(prm, cfg.eval.batch_size), f"PRM {cfg.prm.path or cfg.prm.backbone + ' (untrained heads)'}"
 
 

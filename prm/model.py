@@ -268,6 +268,15 @@ class EnsemblePRM(nn.Module):
         (path / "prm.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
+    def from_config(cls, cfg: PRMConfig) -> "EnsemblePRM":
+        """What every command builds from its `prm` config: a fresh PRM, or with `prm.path` the saved one
+        (its architecture: backbone, heads, train_mode, ...) on prm.device, trained and read with this
+        run's settings (lr, thresholds, pos_weight, ...), so `prm.path=X prm.head_lr=...` means what it says."""
+        if not cfg.path:
+            return cls(cfg)
+        return cls.load(cfg.path, device=cfg.device, **{k: getattr(cfg, k) for k in RUN_SETTINGS})
+
+    @classmethod
     def load(cls, path: str | Path, heads_only: bool = False, device: str = "cpu", **overrides) -> "EnsemblePRM":
         """Rebuild a saved PRM on `device`; `overrides` replace config fields (e.g. train_mode='frozen' to
         fine-tune only the heads of a fully trained PRM). heads_only=True skips the backbone (frozen-mode
@@ -300,6 +309,11 @@ class EnsemblePRM(nn.Module):
             prm.body.requires_grad_(False)
             prm.body.eval()
         return prm.to(device)  # the peft adapter may have been attached on CPU
+
+
+# PRMConfig fields that belong to the run, not to the saved model (EnsemblePRM.from_config)
+RUN_SETTINGS = ("delta_pred", "delta_std", "reg_lambda", "lr", "head_lr", "weight_decay", "warmup_steps",
+                "batch_size", "update_steps", "pos_weight", "threshold", "seed")
 
 
 def _to_scores(logits: torch.Tensor) -> StepScores:

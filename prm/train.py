@@ -130,7 +130,7 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
     torch.manual_seed(cfg.trainer.seed)
     random.seed(cfg.trainer.seed)
     if prm is None:
-        prm = EnsemblePRM.load(cfg.prm.path, device=cfg.prm.device) if cfg.prm.path else EnsemblePRM(cfg.prm)
+        prm = EnsemblePRM.from_config(cfg.prm)
     if cfg.mode == "filter":
         return filter_pool(cfg, prm, out)
     full_pool = pool if pool is not None else load_training_pool(cfg, prm)

@@ -63,7 +63,7 @@ def build(cfg: OnlineConfig):
     if needs_prm(cfg):
         from prm.model import EnsemblePRM
         from prm.update import PRMLearner
-        learner = PRMLearner(EnsemblePRM(cfg.prm), cfg.trainer)
+        learner = PRMLearner(EnsemblePRM.from_config(cfg.prm), cfg.trainer)
     judge_cfg = dict(cfg.judge)
     ledger_path = judge_cfg.pop("ledger_path", None) or str(out_dir / "labels.sqlite")
     judge = make_judge(judge_cfg)

@@ -157,8 +157,8 @@ class TimedScorer:
 def load_prm(cfg: PRMConfig):
     from prm.model import EnsemblePRM
 
-    # the saved config decides the model; only placement (prm.device) comes from this run
-    return EnsemblePRM.load(cfg.path, device=cfg.device) if cfg.path else EnsemblePRM(cfg)
+    # prm.path: the saved model, placed on prm.device, with this run's settings (EnsemblePRM.from_config)
+    return EnsemblePRM.from_config(cfg)
 
 
 def make_backend(cfg: PolicyConfig, seed: int):

@@ -106,6 +106,25 @@ def test_forward_logits_shape_and_padding(prm):
     assert torch.all(logits[:, 1, 1:] == 0) and float(penalty) == 0.0
 
 
+def test_from_config_keeps_saved_model_and_takes_run_settings(tmp_path):
+    """prm.path=X: the saved architecture and weights, but this run's training settings; no path: fresh."""
+    saved = make_prm(num_heads=3, head_lr=1e-3, pos_weight=0.25, seed=5)
+    with torch.no_grad():
+        for p in saved.heads.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    saved.save(tmp_path / "prm")
+    run = PRMConfig(backbone="tiny-random-llama", dtype="fp32", num_heads=8, head_lr=5e-3, pos_weight=1.0,
+                    update_steps=2, path=str(tmp_path / "prm"))
+    warm = EnsemblePRM.from_config(run)
+    assert warm.cfg.num_heads == 3 and warm.cfg.head_lr == 5e-3 and warm.cfg.pos_weight == 1.0
+    assert warm.cfg.update_steps == 2
+    assert all(torch.equal(a, b) for a, b in zip(saved.heads.state_dict().values(), warm.heads.state_dict().values()))
+    qs, ss = ["What is 2+2?"], [["2+2=4", "So 4"]]
+    assert saved.score(qs, ss)[0].mean == warm.score(qs, ss)[0].mean
+    run.path = None
+    assert EnsemblePRM.from_config(run).cfg.num_heads == 8
+
+
 @pytest.mark.parametrize("mode", ["frozen", "full", "lora"])
 def test_save_load_identical_scores(tmp_path, mode):
     prm = make_prm(train_mode=mode, seed=3)
