@@ -33,8 +33,11 @@ SETTINGS = {
 }
 
 
-def command(name: str, prm: str | None, backend: str, extra: list[str]) -> str:
-    args = [*COMMON, *SETTINGS[name], f"policy.backend={backend}", f"out_dir=outputs/bench_search/{name}"]
+def command(name: str, prm: str | None, backend: str, extra: list[str], seeds: str | None = None) -> str:
+    setting = [a for a in SETTINGS[name] if not (seeds and a.startswith("'seeds="))]
+    if seeds:   # e.g. one seed per call where a machine limits the length of one command
+        setting.append(f"'seeds=[{seeds}]'")
+    args = [*COMMON, *setting, f"policy.backend={backend}", f"out_dir=outputs/bench_search/{name}"]
     if prm:
         args.append(f"prm.path={prm}")
     return " ".join(["python -m rl.search", *args, *map(shlex.quote, extra)])
@@ -45,16 +48,20 @@ def main() -> None:
     parser.add_argument("--prm", help="a PRM dir saved by python -m prm.train (default: a fresh, untrained one)")
     parser.add_argument("--only", choices=sorted(SETTINGS), action="append")
     parser.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
+    parser.add_argument("--seeds", help="comma-separated seeds instead of the setting's (e.g. 1)")
+    parser.add_argument("--no-copy", action="store_true", help="leave summary and plot in outputs/ only")
     parser.add_argument("extra", nargs="*", help="more hydra overrides for every run")
     args = parser.parse_args()
     for name in args.only or list(SETTINGS):
-        cmd = command(name, args.prm, args.backend, args.extra)
+        cmd = command(name, args.prm, args.backend, args.extra, args.seeds)
         print(f"$ {cmd}", flush=True)
         start = time.perf_counter()
         subprocess.run(cmd.replace("python", sys.executable, 1), shell=True, cwd=ROOT, check=True,
                        executable="/bin/bash")
         print(f"[bench_search] {name}: {time.perf_counter() - start:.0f} s wall", flush=True)
         out = ROOT / "outputs" / "bench_search" / name
+        if args.no_copy:
+            continue
         shutil.copy(out / "search.png", ROOT / "bench" / f"search_{name}.png")
         shutil.copy(out / "summary.md", ROOT / "bench" / f"search_{name}_summary.md")
 

@@ -1,6 +1,7 @@
 """Every shipped config composes from the installed `configs` package and fits its schema;
 unknown or ill-typed keys fail at start-up with the key named."""
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -72,6 +73,16 @@ def test_readme_commands_compose(name, overrides):
     """The command lines shown in README.md stay valid."""
     cfg = _compose(name, overrides)
     validate(OmegaConf.to_container(cfg, resolve=True), TOP_LEVEL[name])
+
+
+def test_readme_gpu_search_command_composes_and_fails_clearly_without_cuda():
+    cfg = _compose("search", ["policy.backend=hf", "policy.device=cuda", "prm.device=cuda", "prm.path=..."])
+    container = OmegaConf.to_container(cfg, resolve=True)
+    if torch.cuda.is_available():
+        assert validate(container, TOP_LEVEL["search"]).prm.device == "cuda"
+    else:
+        with pytest.raises(ConfigError, match="cuda"):
+            validate(container, TOP_LEVEL["search"])
 
 
 def test_readme_judge_eval_command_composes():
