@@ -105,12 +105,14 @@ def _rng(cfg: PRMTrainConfig, rank: int, *parts: int) -> np.random.Generator:
     return np.random.default_rng([cfg.trainer.seed, rank, *parts])
 
 
-def _max_over_ranks(value: int, world: int) -> int:
+def _reduce_over_ranks(value: int, world: int, op: str = "max") -> int:
     if world == 1:
         return value
-    t = torch.tensor([value])
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return int(t)
+    # nccl reduces GPU tensors only, gloo CPU tensors only
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], device=device)
+    torch.distributed.all_reduce(t, op={"max": torch.distributed.ReduceOp.MAX, "sum": torch.distributed.ReduceOp.SUM}[op])
+    return int(t.item())
 
 
 def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, cache=None) -> dict:
@@ -125,6 +127,9 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
     if cfg.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got '{cfg.mode}'")
     rank, world = rank_world()
+    if world > 1 and cfg.prm.device == "cuda":   # one GPU per rank under torchrun: cuda:LOCAL_RANK
+        cfg.prm.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
+        torch.cuda.set_device(cfg.prm.device)
     out = Path(cfg.trainer.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.trainer.seed)
@@ -170,7 +175,7 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
 
     def replay_batches() -> list[list[int]]:
         acquired = state["acquired"]
-        per_epoch = _max_over_ranks(math.ceil(len(acquired) / bs), world)
+        per_epoch = _reduce_over_ranks(math.ceil(len(acquired) / bs), world)
         plan = []
         for epoch in range(1, cfg.epochs):
             order = _rng(cfg, rank, 10_000 + epoch).permutation(len(acquired)).tolist()
@@ -227,11 +232,7 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
             break
     bar.close()
     save()
-    labels_used = state["labels_used"]
-    if world > 1:
-        t = torch.tensor([labels_used])
-        torch.distributed.all_reduce(t)
-        labels_used = int(t)
+    labels_used = _reduce_over_ranks(state["labels_used"], world, "sum")
     summary = {"mode": cfg.mode, "pool": len(full_pool), "budget": budget, "labels_used": labels_used,
                "updates": state["update"]}
     if world > 1:  # evidence for the multi-process test: same weights on every rank, disjoint shards
