@@ -7,6 +7,9 @@ the search over all problems at once and writes, under `out_dir`:
                                                 the chosen answer per selector and n, correct, cost
   summary.md, search.png                       accuracy vs n (and vs generated tokens) per method,
                                                 rebuilt from every record file in out_dir
+A killed or extended run resumes: a record file that is complete and was written under the same
+settings (run_stamp) is kept, not recomputed (`resume=false` recomputes everything). On the HF backend
+every run is seeded on its own, so the kept and the new records equal an uninterrupted run's.
 Best-of-N samples max(ns) once per seed; every n' <= max(ns) (powers of two, and max(ns)) is read off
 its first n' samples. Beam search and DVTS run once per n in ns (n >= 2) and per beta in scorer.betas;
 best-of-N applies every beta to the same samples, at no extra cost.
@@ -15,6 +18,7 @@ best-of-N applies every beta to the same samples, at no extra cost.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -91,6 +95,7 @@ class SearchConfig:
     out_dir: str = "outputs/search"
     fallback_last_number: bool = False        # answers only from "The answer is"/\boxed{} unless True
     plot: bool = True
+    resume: bool = True                       # skip a (method, n, beta, seed) run whose record file is complete
 
 
 # The schema is the base of configs/search.yaml (its defaults list starts with it), so every key of
@@ -217,6 +222,13 @@ def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproble
     else:
         runs = [(n, [b]) for n in sorted(set(mcfg.ns or cfg.ns)) if n >= 2 for b in betas]
     for n, run_betas in runs:
+        name = f"{method}-n{n}-beta{run_betas[0]:g}-seed{seed}" if method not in ("greedy", "best_of_n") \
+            else f"{method}-n{n}-seed{seed}"
+        path = out_dir / "records" / f"{name}.jsonl"
+        stamp = run_stamp(cfg, mcfg, run_betas)
+        if cfg.resume and _complete(path, stamp, len(problems)):
+            print(f"[search] seed {seed} {method} n={n}: done before, record kept ({path.name})", flush=True)
+            continue
         specs = [ScoreSpec(cfg.scorer.aggregate, b) for b in run_betas]
         settings = SearchSettings(n=n, beam_width=mcfg.beam_width, max_iterations=mcfg.max_iterations,
                                   spec=specs[0], fallback_last_number=cfg.fallback_last_number)
@@ -230,13 +242,13 @@ def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproble
         verdicts = checker.check_many([p.reference_answer for p, _ in flat], [r["answer"] for _, r in flat])
         for (_, row), ok in zip(flat, verdicts):
             row["correct"] = ok
-        name = f"{method}-n{n}-beta{run_betas[0]:g}-seed{seed}" if method not in ("greedy", "best_of_n") \
-            else f"{method}-n{n}-seed{seed}"
-        path = out_dir / "records" / f"{name}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as fh:
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w") as fh:
             for prob, outcome, rows in zip(problems, outcomes, per_problem):
-                fh.write(json.dumps(record(prob, outcome, rows, method, n, run_betas, seed, cfg, seconds)) + "\n")
+                fh.write(json.dumps({**record(prob, outcome, rows, method, n, run_betas, seed, cfg, seconds),
+                                     "stamp": stamp}) + "\n")
+        tmp.replace(path)   # atomic: a killed run leaves no half-written record that looks complete
         acc = {r["label"]: 0 for r in per_problem[0] if r["n"] == n}
         for rows in per_problem:
             for r in rows:
@@ -258,6 +270,26 @@ def record(prob: Problem, outcome: SearchOutcome, rows: list[dict], method: str,
         "trace": outcome.trace, "cost": asdict(outcome.cost), "results": rows,
         "batch_seconds": seconds,   # wall time of the whole batch of problems, not of this one
     }
+
+
+def run_stamp(cfg: SearchConfig, mcfg: MethodConfig, betas: list[float]) -> str:
+    """What a run's result depends on besides (method, n, seed): policy, PRM, problems, scoring and the
+    method's settings. A record is reused on resume only under the same stamp."""
+    key = {"policy": asdict(cfg.policy), "prm": asdict(cfg.prm), "dataset": asdict(cfg.dataset),
+           "aggregate": cfg.scorer.aggregate, "betas": betas, "method": asdict(mcfg),
+           "fallback_last_number": cfg.fallback_last_number}
+    for volatile in ("batch_size", "device", "backend_options"):   # placement and batching, not results
+        key["policy"].pop(volatile, None)
+        key["prm"].pop(volatile, None)
+    key["method"].pop("ns", None)
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _complete(path: Path, stamp: str, problems: int) -> bool:
+    if not path.is_file():
+        return False
+    lines = path.read_text().splitlines()
+    return len(lines) == problems and all(json.loads(line).get("stamp") == stamp for line in lines)
 
 
 def _seed_everything(seed: int, method: str, n: int) -> None:

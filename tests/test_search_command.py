@@ -106,3 +106,33 @@ def test_saved_prm_is_placed_on_prm_device(tmp_path, monkeypatch):
     cfg.prm.device = "cuda:3"     # set after validation: only the hand-over is under test here
     search_mod.load_prm(cfg.prm)
     assert seen["device"] == "cuda:3"
+
+
+def test_killed_run_resumes_to_the_uninterrupted_records(tmp_path):
+    """Complete records written under the same settings are kept; a missing or half-written one is
+    recomputed and equals the uninterrupted run's (HF backend: every run seeded on its own); another
+    setting recomputes."""
+    import os
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    search(_cfg(full, "scorer.betas=[0.0]"))
+    search(_cfg(cut, "scorer.betas=[0.0]"))
+    records = sorted(p.name for p in (full / "records").iterdir())
+    assert records == ["beam-n4-beta0-seed0.jsonl", "best_of_n-n4-seed0.jsonl", "dvts-n4-beta0-seed0.jsonl",
+                       "greedy-n1-seed0.jsonl"]
+    (cut / "records" / "beam-n4-beta0-seed0.jsonl").unlink()                      # killed before beam ended
+    half = cut / "records" / "best_of_n-n4-seed0.jsonl"
+    half.write_text(half.read_text().splitlines()[0] + "\n")                       # a torn file: 1 of 2 problems
+    kept = cut / "records" / "greedy-n1-seed0.jsonl"
+    os.utime(kept, (1, 1))
+    search(_cfg(cut, "scorer.betas=[0.0]"))
+    assert kept.stat().st_mtime == 1                                               # not recomputed
+
+    def content(d, name):   # wall-clock seconds differ between runs; everything else must not
+        return [{k: v for k, v in json.loads(line).items() if k != "batch_seconds"}
+                for line in (d / "records" / name).open()]
+
+    for name in records:
+        assert content(cut, name) == content(full, name), name
+    search(_cfg(cut, "scorer.betas=[0.0]", "policy.max_new_tokens=10"))
+    assert kept.stat().st_mtime != 1                                               # new settings: recomputed
