@@ -28,6 +28,7 @@ from prm.answers import AnswerChecker
 from prm.config import validate
 from prm.data import Trajectory
 from prm.steps import split_steps
+from rl.rollout import exit_on_sigterm
 from rl.search import (RolloutPolicy, SearchConfig, _prompt, _seed_everything, load_task,
                        make_backend)
 from rl.search_methods import attach_answer, Solution
@@ -42,6 +43,7 @@ def held_out_questions(cfg: SearchConfig, exclude_offset: int, exclude_limit: in
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="the JSONL pool to write")
     parser.add_argument("--n", type=int, default=8, help="samples per problem")

@@ -127,6 +127,9 @@ def finish(cfg, history, out_dir, summary_table, plot_rounds) -> None:
 
 @hydra.main(config_path="pkg://configs", config_name="online", version_base=None)
 def main(raw: DictConfig) -> None:
+    from rl.rollout import exit_on_sigterm
+
+    exit_on_sigterm()   # a killed run shuts its vLLM engine down; checkpoints + ledger make it resumable
     cfg = validate(raw, OnlineConfig)
     if not os.path.isabs(cfg.trainer.out_dir):  # hydra may change the working dir: anchor to where we started
         cfg.trainer.out_dir = os.path.join(hydra.utils.get_original_cwd(), cfg.trainer.out_dir)

@@ -343,6 +343,9 @@ def _prompt(tok, question: str, system_prompt: str | None) -> str:
 
 @hydra.main(config_path="pkg://configs", config_name="search", version_base=None)
 def main(cfg: DictConfig) -> None:
+    from rl.rollout import exit_on_sigterm
+
+    exit_on_sigterm()   # a killed run shuts its vLLM engine down; complete records are kept (resume)
     # A plain container: a key force-added on the command line ('+policy.x=1') must fail too.
     search(validate(OmegaConf.to_container(cfg, resolve=True), SearchConfig))
 

