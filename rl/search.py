@@ -30,6 +30,7 @@ import hydra
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from prm.answers import AnswerChecker
 from prm.config import PRMConfig, validate
@@ -95,6 +96,7 @@ class SearchConfig:
     out_dir: str = "outputs/search"
     fallback_last_number: bool = False        # answers only from "The answer is"/\boxed{} unless True
     plot: bool = True
+    progress: bool = True                     # a tqdm bar per run (generation rounds)
     resume: bool = True                       # skip a (method, n, beta, seed) run whose record file is complete
 
 
@@ -125,6 +127,7 @@ class RolloutPolicy:
     def __init__(self, backend, cfg: PolicyConfig):
         self.backend, self.cfg = backend, cfg
         self.seconds = 0.0
+        self.bar = None      # a progress bar per run (run_method): one tick per generation round
 
     def __call__(self, contexts: list[str], n: int, one_step: bool, greedy: bool = False
                  ) -> list[list[Continuation]]:
@@ -134,6 +137,9 @@ class RolloutPolicy:
             temperature=0.0 if greedy else self.cfg.temperature, top_p=self.cfg.top_p,
             stop=[STEP_STOP] if one_step else None)
         self.seconds += time.perf_counter() - start
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(policy_s=f"{self.seconds:.0f}", refresh=False)
         return [[self._continuation(c, one_step) for c in group] for group in groups]
 
     @staticmethod
@@ -235,7 +241,12 @@ def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproble
         _seed_everything(seed, method, n)
         policy.seconds = scorer.seconds = 0.0
         start = time.perf_counter()
-        outcomes = METHODS[method](sproblems, policy, scorer, settings)
+        # step-wise search can run for many minutes on a CPU: show each generation round as it ends
+        rounds = mcfg.max_iterations + 1 if method in ("beam", "dvts") else 1
+        with tqdm(total=rounds, desc=f"seed {seed} {method} n={n}", unit="round", disable=not cfg.progress,
+                  dynamic_ncols=True, leave=False) as policy.bar:
+            outcomes = METHODS[method](sproblems, policy, scorer, settings)
+        policy.bar = None
         seconds = {"total": time.perf_counter() - start, "policy": policy.seconds, "prm": scorer.seconds}
         per_problem = [choices(method, o, n, mcfg.selectors, specs) for o in outcomes]
         flat = [(p, row) for p, rows in zip(problems, per_problem) for row in rows]

@@ -46,8 +46,10 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
         search(cfg)
 
 
-def test_search_end_to_end_tiny_model(tmp_path):
+def test_search_end_to_end_tiny_model(tmp_path, capsys):
     search(_cfg(tmp_path))
+    err = capsys.readouterr().err   # a progress bar per run, ticking per generation round
+    assert "seed 0 beam n=4" in err and "seed 0 dvts n=4" in err and "round" in err
     names = sorted(p.name for p in (tmp_path / "records").iterdir())
     assert names == ["beam-n4-beta0-seed0.jsonl", "beam-n4-beta1-seed0.jsonl", "best_of_n-n4-seed0.jsonl",
                      "dvts-n4-beta0-seed0.jsonl", "dvts-n4-beta1-seed0.jsonl", "greedy-n1-seed0.jsonl"]
