@@ -29,29 +29,25 @@ def main() -> None:
     model.eval()
     prompt = format_prompt(tok, "What is (3 + 4) * 2?", ARITHMETIC_SYSTEM_PROMPT)
 
-    def transformers_multinomial():
-        tok.padding_side = "left"
-        enc = tok([prompt] * args.rows, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():   # what HFRollout did before: do_sample=True, the recorder as the only extra
-            model.generate(**enc, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=True,
-                           temperature=0.8, top_p=1.0, top_k=None, logits_processor=LogitsProcessorList(
-                               [_RecordLogprobs()]), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-
-    def inverse_cdf():
-        tok.padding_side = "left"
-        enc = tok([prompt] * args.rows, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            model.generate(**enc, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False,
-                           temperature=None, top_p=None, top_k=None, logits_processor=LogitsProcessorList(
-                               [_RecordLogprobs(), _InverseCDFSample(0.8, 1.0)]), pad_token_id=tok.pad_token_id,
-                           eos_token_id=tok.eos_token_id)
-
-    times = {"transformers (multinomial)": [], "ours (inverse CDF)": []}
+    tok.padding_side = "left"
+    enc = tok([prompt] * args.rows, return_tensors="pt", padding=True, add_special_tokens=False)
+    ways = {   # fresh processors per call; the first is what HFRollout did before: do_sample=True + the recorder
+        "transformers (multinomial)": lambda: dict(do_sample=True, temperature=0.8, top_p=1.0,
+                                                   processors=[_RecordLogprobs()]),
+        "ours (inverse CDF)": lambda: dict(do_sample=False, temperature=None, top_p=None,
+                                           processors=[_RecordLogprobs(), _InverseCDFSample(0.8, 1.0)]),
+    }
+    times = {name: [] for name in ways}
     for rep in range(args.reps + 1):            # rep 0 warms up both
-        for name, fn in (("transformers (multinomial)", transformers_multinomial), ("ours (inverse CDF)", inverse_cdf)):
+        for name, sampling in ways.items():
+            kw = sampling()
             torch.manual_seed(rep)
             start = time.perf_counter()
-            fn()
+            with torch.no_grad():
+                model.generate(**enc, max_new_tokens=args.tokens, min_new_tokens=args.tokens, top_k=None,
+                               do_sample=kw["do_sample"], temperature=kw["temperature"], top_p=kw["top_p"],
+                               logits_processor=LogitsProcessorList(kw["processors"]),
+                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
             if rep:
                 times[name].append(time.perf_counter() - start)
     tokens = args.rows * args.tokens

@@ -17,6 +17,7 @@ appears in the held-out slice (`--exclude-*`, default: the search benchmark's) a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -35,11 +36,8 @@ from rl.search_methods import attach_answer, Solution
 
 
 def held_out_questions(cfg: SearchConfig, exclude_offset: int, exclude_limit: int, exclude_seed: int) -> set[str]:
-    held = validate(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True), SearchConfig)
-    held.dataset.offset, held.dataset.limit, held.dataset.split = exclude_offset, exclude_limit, "test"
-    held.dataset.seed = exclude_seed
-    problems, _ = load_task(held.dataset, None)
-    return {p.question for p in problems}
+    held = dataclasses.replace(cfg.dataset, offset=exclude_offset, limit=exclude_limit, split="test", seed=exclude_seed)
+    return {p.question for p in load_task(held, None)[0]}
 
 
 def main() -> None:

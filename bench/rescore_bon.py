@@ -19,7 +19,7 @@ from prm.answers import AnswerChecker
 from prm.model import EnsemblePRM
 from prm.steps import split_steps
 from rl.search import choices
-from rl.search_methods import ScoreSpec, Solution, canonical_answer
+from rl.search_methods import Cost, ScoreSpec, SearchOutcome, Solution, canonical_answer
 
 
 def main() -> None:
@@ -50,8 +50,7 @@ def main() -> None:
             selectors = sorted({row["label"].split("/")[1].split(" ")[0] for row in recs[0]["results"]})
             with (Path(args.dst) / "records" / path.name).open("w") as fh:
                 for rec, group in zip(recs, sols):
-                    outcome = type("Outcome", (), {"solutions": group, "cost": None})()
-                    rows = [r for r in choices("best_of_n", outcome, rec["n"], selectors, specs)]
+                    rows = choices("best_of_n", SearchOutcome(group, Cost()), rec["n"], selectors, specs)
                     ok = checker.check_many([rec["reference"]] * len(rows), [r["answer"] for r in rows])
                     old_cost = {(r["label"], r["n"]): r["cost"] for r in rec["results"]}
                     for row, good in zip(rows, ok):
