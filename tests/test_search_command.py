@@ -138,3 +138,33 @@ def test_killed_run_resumes_to_the_uninterrupted_records(tmp_path):
         assert content(cut, name) == content(full, name), name
     search(_cfg(cut, "scorer.betas=[0.0]", "policy.max_new_tokens=10"))
     assert kept.stat().st_mtime != 1                                               # new settings: recomputed
+
+
+def test_step_wise_search_with_prefix_cache_equals_full_passes(tmp_path, monkeypatch):
+    """Beam/DVTS score through prm.prefix_cache (reusing the parents' keys/values) unless
+    scorer.prefix_cache_gb=0; both give the same searches and scores."""
+    from prm import prefix_cache
+
+    made = []
+    real = prefix_cache.PrefixCachedScorer
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(prefix_cache, "PrefixCachedScorer", spy)
+    cached, full = tmp_path / "cached", tmp_path / "full"
+    overrides = ["method=[beam,dvts]", "scorer.betas=[0.0]", "method.beam.max_iterations=3",
+                 "method.dvts.max_iterations=3", "policy.max_new_tokens=18"]
+    search(_cfg(cached, *overrides))
+    assert len(made) == 2 and sum(s.tokens_reused for s in made) > 0      # one per run, and it reused
+    search(_cfg(full, *overrides, "scorer.prefix_cache_gb=0"))
+    assert len(made) == 2                                                   # off: full passes only
+    for name in ("beam-n4-beta0-seed0.jsonl", "dvts-n4-beta0-seed0.jsonl"):
+        a = [json.loads(line) for line in (cached / "records" / name).open()]
+        b = [json.loads(line) for line in (full / "records" / name).open()]
+        for ra, rb in zip(a, b, strict=True):
+            assert [s["text"] for s in ra["solutions"]] == [s["text"] for s in rb["solutions"]]
+            assert ra["results"] == rb["results"] and ra["cost"] == rb["cost"]
+            for sa, sb in zip(ra["solutions"], rb["solutions"]):
+                assert sa["mean"] == pytest.approx(sb["mean"], abs=1e-5)
