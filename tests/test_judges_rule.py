@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import random
-import time
+import signal
+from contextlib import contextmanager
 from fractions import Fraction
 
 import pytest
@@ -99,14 +100,29 @@ def test_step_without_equation_is_correct():
     assert first_error("First, read the problem.", "Next, add them: 2 + 2 = 4.") == -1
 
 
+@contextmanager
+def no_hang(what: str, seconds: int = 20):
+    """A hang guard, not a speed measure (unguarded, 9^9^9^9 never returns): SIGALRM turns a hang into
+    a failure. The guarded checks take milliseconds; 20 s leaves room for a loaded CI box."""
+    def hung(*_):
+        raise TimeoutError(f"no answer within {seconds} s on {what[:40]!r}")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.mark.parametrize("step", [
     "9^9^9^9 = 1", "10^10^10 = 5", "(" * 5000 + "1" + ")" * 5000 + " = 2", "2^-99999 = 0",
     "9" * 5000 + " * 2 = 3", "1/0 = 5", "0^-1 = 3",
 ])
 def test_pathological_input_returns_quickly(step):
-    start = time.monotonic()
-    false_equation(step)
-    assert time.monotonic() - start < 1.0
+    with no_hang(step):
+        false_equation(step)
 
 
 def test_garbage_10k_chars_is_fast_and_not_an_error():
@@ -114,9 +130,8 @@ def test_garbage_10k_chars_is_fast_and_not_an_error():
     alphabet = "0123456789+-*/^=()., x%$\\{}abc<>\n"
     for _ in range(5):
         text = "".join(rng.choice(alphabet) for _ in range(10_000))
-        start = time.monotonic()
-        JUDGE.judge("q", [text])
-        assert time.monotonic() - start < 2.0
+        with no_hang(text):
+            JUDGE.judge("q", [text])
 
 
 def test_arith_evaluator_is_exact_and_capped():
