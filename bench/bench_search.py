@@ -40,17 +40,24 @@ SETTINGS = {
 ENV = {"gsm8k_cpu": {"VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}}
 
 
+def _override(args: list[str], key: str, values: str) -> list[str]:
+    """args without the setting of `key`, then `key=[values]` (hydra takes one override per key)."""
+    return [a for a in args if not a.startswith(f"'{key}=")] + [f"'{key}=[{values}]'"]
+
+
 def command(name: str, prm: str | None, backend: str, extra: list[str], seeds: str | None = None,
             methods: str | None = None, betas: str | None = None) -> str:
-    setting = [a for a in SETTINGS[name] if not (seeds and a.startswith("'seeds="))]
-    common = [a for a in COMMON if not (methods and a.startswith("'method=") or betas and a.startswith("'scorer.betas="))]
-    common += [f"'method=[{methods}]'"] * bool(methods) + [f"'scorer.betas=[{betas}]'"] * bool(betas)
-    if methods:   # hydra refuses overrides of a method group member that is not selected
+    common, setting = list(COMMON), list(SETTINGS[name])
+    if methods:
+        common = _override(common, "method", methods)
+        # hydra refuses overrides of a method group member that is not selected
         dropped = [m for m in ("beam", "dvts") if m not in methods.split(",")]
         common, setting = ([a for a in args if not any(f"method.{m}." in a for m in dropped)]
                            for args in (common, setting))
+    if betas:
+        common = _override(common, "scorer.betas", betas)
     if seeds:   # e.g. one seed per call where a machine limits the length of one command
-        setting.append(f"'seeds=[{seeds}]'")
+        setting = _override(setting, "seeds", seeds)
     args = [*common, *setting, f"policy.backend={backend}", f"out_dir=outputs/bench_search/{name}"]
     if prm:
         args.append(f"prm.path={prm}")

@@ -15,6 +15,7 @@ past it are scored but not cached, and their children fall back to full passes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache
@@ -32,6 +33,14 @@ class _Entry:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values, self.features))
+
+
+class _Item(NamedTuple):
+    index: int                     # position in the call's input
+    key: tuple[str, tuple[str, ...]]   # (question, steps): how its children find it next call
+    ids: list[int]
+    positions: list[int]           # separator positions in ids
+    parent: _Entry | None          # the cached sequence without the last step, if any
 
 
 class PrefixCachedScorer:
@@ -55,27 +64,27 @@ class PrefixCachedScorer:
             parent = self._entries.get((question, tuple(steps[:-1]))) if steps else None
             if parent is not None and ids[: len(parent.ids)] != parent.ids:
                 parent = None      # a tokenizer that merges across the separator: no reuse, stay exact
-            todo.append((i, question, steps, ids, positions, parent))
-        todo.sort(key=lambda t: len(t[3]) - (len(t[5].ids) if t[5] else 0))   # by new tokens: little padding
+            todo.append(_Item(i, (question, tuple(steps)), ids, positions, parent))
+        todo.sort(key=lambda it: len(it.ids) - (len(it.parent.ids) if it.parent else 0))  # by new tokens
         out: list[StepScores | None] = [None] * len(todo)
         kept: dict[tuple[str, tuple[str, ...]], _Entry] = {}
         budget = self.max_bytes
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start: start + self.batch_size]
-            for (i, question, steps, *_), entry in zip(chunk, self._forward(chunk)):
-                out[i] = _to_scores(self.prm.heads(entry.features.float()))
+            for item, entry in zip(chunk, self._forward(chunk)):
+                out[item.index] = _to_scores(self.prm.heads(entry.features.float()))
                 if entry.nbytes <= budget:
-                    kept[(question, tuple(steps))] = entry
+                    kept[item.key] = entry
                     budget -= entry.nbytes
         self._entries = kept
         self.prm.train(was_training)
         return out  # type: ignore[return-value]
 
-    def _forward(self, chunk) -> list[_Entry]:
+    def _forward(self, chunk: list[_Item]) -> list[_Entry]:
         """One backbone pass over the new tokens of every item; parents' caches padded into one past."""
         device, pad = self.prm.device, self.prm.tokenizer.pad_token_id
-        past = [len(parent.ids) if parent else 0 for *_, parent in chunk]
-        new = [ids[p:] for (_, _, _, ids, _, _), p in zip(chunk, past)]
+        past = [len(it.parent.ids) if it.parent else 0 for it in chunk]
+        new = [it.ids[p:] for it, p in zip(chunk, past)]
         width_past, width_new = max(past), max(len(n) for n in new)
         input_ids = torch.full((len(chunk), width_new), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width_past + width_new), dtype=torch.long)
@@ -90,27 +99,27 @@ class PrefixCachedScorer:
                             position_ids=positions.to(device), past_key_values=cache, use_cache=True)
         hidden, layers = out.last_hidden_state, out.past_key_values.layers
         entries = []
-        for b, ((_, _, _, ids, sep_positions, parent), p, n) in enumerate(zip(chunk, past, new)):
+        for b, (it, p, n) in enumerate(zip(chunk, past, new)):
             span = slice(width_past, width_past + len(n))
             keys = [torch.cat([layer.keys[b, :, :p], layer.keys[b, :, span]], dim=1) for layer in layers]
             values = [torch.cat([layer.values[b, :, :p], layer.values[b, :, span]], dim=1) for layer in layers]
-            fresh = hidden[b, [q - p for q in sep_positions if q >= p]]
-            features = torch.cat([parent.features, fresh]) if parent else fresh
-            entries.append(_Entry(ids, keys, values, features))
+            fresh = hidden[b, [q - p for q in it.positions if q >= p]]
+            features = torch.cat([it.parent.features, fresh]) if it.parent else fresh
+            entries.append(_Entry(it.ids, keys, values, features))
             self.tokens_run += len(n)
             self.tokens_reused += p
         return entries
 
-    def _padded_past(self, chunk, width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        some = next(parent for *_, parent in chunk if parent)
+    def _padded_past(self, chunk: list[_Item], width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        some = next(it.parent for it in chunk if it.parent)
         layers = []
         for layer in range(len(some.keys)):
             heads, _, dim = some.keys[layer].shape
             k = some.keys[layer].new_zeros((len(chunk), heads, width, dim))
             v = torch.zeros_like(k)
-            for b, (*_, parent) in enumerate(chunk):
-                if parent:
-                    k[b, :, : len(parent.ids)] = parent.keys[layer]
-                    v[b, :, : len(parent.ids)] = parent.values[layer]
+            for b, it in enumerate(chunk):
+                if it.parent:
+                    k[b, :, : len(it.parent.ids)] = it.parent.keys[layer]
+                    v[b, :, : len(it.parent.ids)] = it.parent.values[layer]
             layers.append((k, v))
         return layers

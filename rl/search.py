@@ -235,6 +235,7 @@ def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproble
     if unknown:
         raise KeyError(f"selectors {sorted(unknown)} unknown; registered: {sorted(SELECTORS)}")
     betas = list(cfg.scorer.betas)
+    step_wise = method in ("beam", "dvts")                   # one PRM call per generation round
     if method == "greedy":
         runs = [(1, [0.0])]
     elif method == "best_of_n":
@@ -242,8 +243,7 @@ def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproble
     else:
         runs = [(n, [b]) for n in sorted(set(mcfg.ns or cfg.ns)) if n >= 2 for b in betas]
     for n, run_betas in runs:
-        name = f"{method}-n{n}-beta{run_betas[0]:g}-seed{seed}" if method not in ("greedy", "best_of_n") \
-            else f"{method}-n{n}-seed{seed}"
+        name = f"{method}-n{n}-beta{run_betas[0]:g}-seed{seed}" if step_wise else f"{method}-n{n}-seed{seed}"
         path = out_dir / "records" / f"{name}.jsonl"
         stamp = run_stamp(cfg, mcfg, run_betas)
         if cfg.resume and _complete(path, stamp, len(problems)):
@@ -254,10 +254,10 @@ def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproble
                                   spec=specs[0], fallback_last_number=cfg.fallback_last_number)
         _seed_everything(seed, method, n)
         policy.seconds = 0.0
-        scorer.start_run(step_wise=method in ("beam", "dvts"))
+        scorer.start_run(step_wise)
         start = time.perf_counter()
         # step-wise search can run for many minutes on a CPU: show each generation round as it ends
-        rounds = mcfg.max_iterations + 1 if method in ("beam", "dvts") else 1
+        rounds = mcfg.max_iterations + 1 if step_wise else 1
         with tqdm(total=rounds, desc=f"seed {seed} {method} n={n}", unit="round", disable=not cfg.progress,
                   dynamic_ncols=True, leave=False) as policy.bar:
             outcomes = METHODS[method](sproblems, policy, scorer, settings)
