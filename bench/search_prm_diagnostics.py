@@ -7,10 +7,12 @@ std of the last step) for correct vs wrong answered samples. AUC 0.5 = no signal
 sampling then, whatever the method.
 
     python bench/search_prm_diagnostics.py outputs/bench_search/arithmetic [more out_dirs]
+    SEARCH_DIAGNOSTICS_METHODS=beam,dvts python bench/search_prm_diagnostics.py ...   # their outputs instead
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from statistics import mean, median
@@ -59,7 +61,8 @@ def main() -> None:
             print("| records | pass@n | pass@1 | answered | correct answered | AUC last | AUC min | AUC -std "
                   "| median last | median std | last: correct / wrong |")
             print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-            for path in sorted(Path(out_dir, "records").glob("best_of_n-*.jsonl")):
+            methods = os.environ.get("SEARCH_DIAGNOSTICS_METHODS", "best_of_n").split(",")
+            for path in sorted(p for m in methods for p in Path(out_dir, "records").glob(f"{m}-*.jsonl")):
                 d = diagnose(path, checker)
                 print(f"| {d['file']} | {d['pass@n']:.2f} | {d['pass@1']:.3f} | {d['answered']:.2f} | "
                       f"{d['correct_answered']} | {d['auc_last']:.3f} | {d['auc_min']:.3f} | {d['auc_neg_std']:.3f} | "
