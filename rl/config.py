@@ -58,7 +58,7 @@ class AlgoConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "arithmetic"                 # arithmetic | gsm8k | math500
+    name: str = "arithmetic"                 # arithmetic | chain | gsm8k | math500
     prompts_per_round: int = 8
     system_prompt: str | None = None         # None = the task's default
     seed: int = 0
@@ -69,6 +69,10 @@ class TaskConfig:
     ops: str = "+-"
     mul_max: int = 10
     few_shot: bool = True                    # worked examples as earlier chat turns (arithmetic)
+    # chain (prm.chain; also uses size, operand_max, ops): operations per problem, intermediate value cap
+    min_ops: int = 3
+    max_ops: int = 8
+    value_max: int = 99
     # datasets
     split: str = "train"
     data_root: str | None = None

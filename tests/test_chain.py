@@ -1,0 +1,85 @@
+"""The chain task (prm.chain): seeded, in range, and the rule judge's labels are exact, injected errors included."""
+import random
+
+import pytest
+
+import judges.rule  # noqa: F401 (registers the rule judge)
+from judges.base import make_judge
+from prm.chain import ChainSpec, chain_problems, parse_question, sample_solution, solution_steps
+from prm.steps import join_steps, split_steps
+from rl.config import TaskConfig
+from rl.tasks import make_task
+
+
+def _value(question: str) -> int:
+    """The chain's value recomputed here from the question text, independently of prm.chain."""
+    expr = question.removeprefix("What is ").rstrip("?")
+    return eval(expr)  # test-only eval of our own generated text
+
+
+def test_chain_problems_are_seeded_in_range_and_answered():
+    spec = ChainSpec(min_ops=3, max_ops=8, operand_max=9, value_max=99, ops="+-*")
+    a = chain_problems(5, 300, spec)
+    assert a == chain_problems(5, 300, spec) and a != chain_problems(6, 300, spec)
+    counts = set()
+    for p in a:
+        start, ops = parse_question(p.question)
+        counts.add(len(ops))
+        assert 1 <= start <= 9 and all(1 <= b <= 9 and op in "+-*" for op, b in ops)
+        assert _value(p.question) == int(p.reference_answer)
+        value = start
+        for op, b in ops:  # every intermediate value stays in 0..value_max
+            value = eval(f"{value} {op} {b}")
+            assert 0 <= value <= 99
+    assert counts == set(range(3, 9))
+
+
+def test_worked_example_reads_as_documented():
+    steps = solution_steps("What is ((7 + 5) * 3) - 4?")
+    assert join_steps(steps) == "7 + 5 = 12\n\n12 * 3 = 36\n\n36 - 4 = 32\n\nThe answer is 32."
+    assert split_steps(join_steps(steps)) == steps
+
+
+@pytest.mark.parametrize("ops", ["+-*", "+-", "*/+"])
+def test_rule_judge_labels_are_exact_on_generated_chains_with_injected_errors(ops):
+    judge = make_judge({"name": "rule"})
+    rng = random.Random(0)
+    problems = chain_problems(1, 400, ChainSpec(min_ops=1, max_ops=8, ops=ops))
+    injected = 0
+    for p in problems:
+        t = sample_solution(rng, p.question, error_rate=0.5)
+        assert judge.judge(p.question, t.steps).first_error == t.first_error
+        final = int(t.steps[-1].removeprefix("The answer is ").rstrip("."))
+        if t.first_error == -1:
+            assert final == int(p.reference_answer)
+        else:
+            injected += 1
+            # exactly one false equation, at the labelled step; the answer inherits the slip
+            lhs, rhs = t.steps[t.first_error].split(" = ")
+            assert eval(lhs) != int(rhs)
+            for k, step in enumerate(t.steps[:-1]):
+                if k != t.first_error:
+                    lhs, rhs = step.split(" = ")
+                    assert eval(lhs) == int(rhs)
+    assert 120 < injected < 280  # ~ error_rate of 400
+
+
+def test_error_at_every_step_is_found_at_that_step():
+    judge = make_judge({"name": "rule"})
+    q = "What is ((((8 + 7) * 3) - 9) + 6) * 2?"
+    for k in range(5):
+        steps = solution_steps(q, error_at=k, rng=random.Random(k))
+        assert judge.judge(q, steps).first_error == k
+
+
+def test_bad_spec_is_refused():
+    with pytest.raises(ValueError, match="min_ops"):
+        ChainSpec(min_ops=5, max_ops=3)
+    with pytest.raises(ValueError, match="ops"):
+        ChainSpec(ops="+^")
+
+
+def test_chain_task_is_registered():
+    task = make_task(TaskConfig(name="chain", size=50, operand_max=9, ops="+-*", min_ops=3, max_ops=4))
+    assert task.name == "chain" and len(task.problems) == 50 and not task.few_shot
+    assert all(len(parse_question(p.question)[1]) in (3, 4) for p in task.problems)
