@@ -240,6 +240,17 @@ class LabelLedger:
                         "completion_tokens": c, "tokens": p + c, "seconds": s}
                 for judge, n, invalid, calls, p, c, s in rows}
 
+    def rows(self, judge_identity: str, after_id: int = 0, upto_id: int | None = None) -> list[tuple]:
+        """Committed (paid) labels of one judge in ledger order: (id, question, steps, first_error) with
+        after_id < id <= upto_id; first_error None = an invalid verdict. Reservations are not labels."""
+        query = "SELECT id, question, steps, first_error FROM labels WHERE judge = ? AND id > ?"
+        params: tuple = (judge_identity, after_id)
+        if upto_id is not None:
+            query, params = query + " AND id <= ?", params + (upto_id,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY id", params).fetchall()
+        return [(i, q, json.loads(steps), k) for i, q, steps, k in rows]
+
     def export_jsonl(self, path: str | Path, judge_identity: str | None = None) -> int:
         """Write valid labels as trajectories (question, steps, first_error, source); return the count."""
         path = Path(path)

@@ -84,6 +84,22 @@ class PRMConfig:
 
 
 @dataclass
+class ReplayConfig:
+    """Online PRM training on every paid label (prm.replay); off = one update on this round's labels."""
+    enabled: bool = False
+    capacity: int = 4096                      # judged trajectories kept (oldest evicted)
+    steps: int = 8                            # PRM updates per round, each on one replay batch
+    batch_size: int = 32                      # trajectories per replay batch
+    new_fraction: float = 0.5                 # share of each batch from labels paid since the last round
+    heldout_size: int = 0                     # policy samples judged once at the start: PRM quality per round
+
+    def __post_init__(self):
+        if self.capacity < 1 or self.steps < 0 or self.batch_size < 1 or not 0.0 <= self.new_fraction <= 1.0:
+            raise ValueError(f"replay: need capacity >= 1, steps >= 0, batch_size >= 1, 0 <= new_fraction <= 1 "
+                             f"(got {self.capacity}, {self.steps}, {self.batch_size}, {self.new_fraction})")
+
+
+@dataclass
 class DataConfig:
     name: str = "prm800k"
     data_root: str | None = None              # None -> ../shared/data next to the repo

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from prm.config import PRMConfig, TrainerConfig
+from prm.config import PRMConfig, ReplayConfig, TrainerConfig
 
 
 @dataclass
@@ -95,6 +95,7 @@ class OnlineConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     data: TaskConfig = field(default_factory=TaskConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)
     judge: dict[str, Any] = field(default_factory=lambda: {"name": "rule"})  # judges.config.JudgeConfig
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -43,6 +43,7 @@ class OnlineLoop:
         self.learner, self.judge, self.ledger, self.checker = learner, judge, ledger, checker
         self.tok = policy.tokenizer
         self.on_phase = None  # callback(phase name) when a phase starts (progress display)
+        self.replay = None    # prm.replay.LabelReplay: train on every paid label (set by rl.online.build)
 
     def round(self, index: int) -> tuple[dict, list[float]]:
         cfg, t = self.cfg, PhaseTimer(self.on_phase)
@@ -130,17 +131,21 @@ class OnlineLoop:
 
     def update_prm(self, rollouts: list[Rollout], judged: list[Rollout]) -> dict:
         """PRM accuracy on judged data before/after the update; `before` re-scores for the rewards."""
-        if self.learner is None or not judged:
+        if self.learner is None or (not judged and self.replay is None):
             return {}
         out = {"prm/agreement": sum(first_below(r.mean, self.cfg.prm.threshold) == r.first_error for r in judged) / len(judged),
-               "prm/acc_before": self._step_accuracy(judged, [r.mean for r in judged])}
+               "prm/acc_before": self._step_accuracy(judged, [r.mean for r in judged])} if judged else {}
         if self.cfg.prm_update == "none":
             return out
-        trajectories = [Trajectory(r.question, r.steps, r.first_error, r.reference) for r in judged]
-        update = self.learner.update(trajectories, select=False)
-        out.update({"prm/loss": update["loss"], "prm/trained": update.get("labelled", len(judged))})
-        after = self.learner.score([r.question for r in judged], [r.steps for r in judged])
-        out["prm/acc_after"] = self._step_accuracy(judged, [s.mean for s in after])
+        if self.replay is not None:  # this round's labels were committed to the ledger: replay reads them
+            out.update(self.replay.train(self.learner))
+        else:
+            trajectories = [Trajectory(r.question, r.steps, r.first_error, r.reference) for r in judged]
+            update = self.learner.update(trajectories, select=False)
+            out.update({"prm/loss": update["loss"], "prm/trained": update.get("labelled", len(judged))})
+        if judged:
+            after = self.learner.score([r.question for r in judged], [r.steps for r in judged])
+            out["prm/acc_after"] = self._step_accuracy(judged, [s.mean for s in after])
         if self.cfg.prm_update == "before":  # rewards come from the updated PRM
             self.score(rollouts)
         return out

@@ -10,6 +10,7 @@ Resume: rerun with the same trainer.out_dir (trainer.resume=auto picks the lates
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -70,7 +71,44 @@ def build(cfg: OnlineConfig):
     ledger = LabelLedger(ledger_path, judge_cfg.get("max_labels"), judge_cfg.get("max_total_tokens"))
     stream = TaskStream(task.problems, cfg.data.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker())
+    if learner is not None and cfg.replay.enabled:
+        from prm.replay import LabelReplay
+        loop.replay = LabelReplay(ledger, judge.identity, cfg.replay, cfg.trainer.seed,
+                                  heldout_set(loop, cfg, out_dir), cfg.prm.threshold)
     return loop, out_dir
+
+
+def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
+    """The fixed held-out judged set: the initial policy's samples on problems of another seed, judged
+    through their own ledger (out_dir/heldout.sqlite: never paid twice, never trained on) and kept in
+    out_dir/heldout.jsonl so a resumed run measures on the same set."""
+    from dataclasses import replace
+
+    from judges.ledger import LabelLedger
+    from prm.data import Trajectory, load_trajectories_jsonl
+    from prm.steps import split_steps
+    from rl.tasks import make_task
+
+    path = out_dir / "heldout.jsonl"
+    if cfg.replay.heldout_size <= 0:
+        return []
+    if path.is_file():
+        return load_trajectories_jsonl(path)
+    r = cfg.rollout
+    problems = make_task(replace(cfg.data, seed=cfg.data.seed + 10_007)).problems
+    n_prompts = -(-cfg.replay.heldout_size // r.n)
+    prompts = [loop.task.prompt(loop.tok, p.question) for p in problems[:n_prompts]]
+    groups = loop.rollout.generate(prompts, r.n, r.max_new_tokens, r.temperature, r.top_p, list(r.stop) or None)
+    items = [(p.question, split_steps(c.text) or [c.text.strip() or "(empty)"])
+             for p, group in zip(problems, groups) for c in group][:cfg.replay.heldout_size]
+    with LabelLedger(out_dir / "heldout.sqlite") as ledger:
+        verdicts = ledger.label(loop.judge, items)
+    trajectories = [Trajectory(q, steps, v.first_error, source="heldout")
+                    for (q, steps), v in zip(items, verdicts) if v is not None and v.first_error is not None]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(t.to_json()) + "\n" for t in trajectories))
+    os.replace(tmp, path)
+    return trajectories
 
 
 def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
@@ -89,6 +127,8 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     if resume_from is not None:
         state = load_round(resume_from, loop.policy, loop.learner)
         loop.stream.position, history, start_round = state["data_position"], state["history"], state["round"] + 1
+        if loop.replay is not None and "replay" in state:
+            loop.replay.load_state_dict(state["replay"])
         loop.rollout.sync_weights(None if loop.rollout_shares_policy() else loop.policy.weights_for_sync(),
                                   loop.policy.version)
         print(f"[rl.online] resumed from {resume_from} (round {state['round']}, data position {loop.stream.position})")
@@ -102,7 +142,9 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
         if cfg.trainer.save_every and index % cfg.trainer.save_every == 0:
             save_round(out_dir, index, loop.policy, loop.learner,
                        {"data_position": loop.stream.position, "history": history + [metrics],
-                        "ledger": str(loop.ledger.path)}, cfg.keep_checkpoints)
+                        "ledger": str(loop.ledger.path),
+                        **({"replay": loop.replay.state_dict()} if loop.replay is not None else {})},
+                       cfg.keep_checkpoints)
         metrics["timing/checkpoint"] = time.perf_counter() - with_timer
         history.append(metrics)
         log.write(metrics, stds)

@@ -1,0 +1,94 @@
+"""The policy's own per-step confidence: a free step scorer (no labels) every PRM result is compared to.
+
+For a question and its steps, the policy reads prompt + "\\n\\n".join(steps) once; a step's tokens are the
+completion tokens whose characters overlap the step's text (blank-line separators belong to no step).
+Its score is exp(reduce(token log-probs)): reduce = "min" (the least likely token: a slip the policy
+itself finds unlikely) or "mean" (geometric-mean token probability). Scores are in (0, 1], higher =
+more likely correct, so they plug into ProcessBench F1 (first step below tau), best-of-N (aggregate
+the steps) and search like PRM step scores.
+
+    scorer = PolicyConfidence(model, tokenizer, reduce="min", system_prompt=None)
+    scorer(questions, steps) -> list[list[float]]           # prm.eval.StepScorer
+    scorer.score(questions, steps) -> list[StepScores]      # PRMLearner.score's shape (std 0)
+"""
+from __future__ import annotations
+
+import torch
+
+from prm.model import StepScores
+from prm.steps import join_steps
+
+REDUCE = ("min", "mean")
+
+
+def step_spans(steps: list[str]) -> list[tuple[int, int]]:
+    """Character span of each step inside join_steps(steps)."""
+    spans, pos = [], 0
+    for s in steps:
+        spans.append((pos, pos + len(s)))
+        pos += len(s) + 2
+    return spans
+
+
+def token_steps(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Step index of each completion token by character overlap; -1 for separator-only tokens."""
+    out = []
+    for a, b in offsets:
+        hit = next((k for k, (s, e) in enumerate(spans) if a < e and b > s), -1)
+        out.append(hit)
+    return out
+
+
+class PolicyConfidence:
+    def __init__(self, model, tokenizer, reduce: str = "min", system_prompt: str | None = None, batch_size: int = 16):
+        if reduce not in REDUCE:
+            raise ValueError(f"reduce must be one of {REDUCE}, got {reduce!r}")
+        if not tokenizer.is_fast:
+            raise ValueError("PolicyConfidence needs a fast tokenizer (character offsets)")
+        self.model, self.tok, self.reduce = model, tokenizer, reduce
+        self.system_prompt, self.batch_size = system_prompt, batch_size
+
+    def _prompt(self, question: str) -> str:
+        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+        messages.append({"role": "user", "content": question})
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def token_logprobs(self, questions: list[str], steps: list[list[str]]) -> list[tuple[list[float], list[int]]]:
+        """Per item: the completion's token log-probs and each token's step index."""
+        rows, owners, starts = [], [], []
+        for q, st in zip(questions, steps):
+            prompt_ids = self.tok(self._prompt(q), add_special_tokens=False).input_ids
+            enc = self.tok(join_steps(st), add_special_tokens=False, return_offsets_mapping=True)
+            rows.append(prompt_ids + enc.input_ids)
+            owners.append(token_steps(enc.offset_mapping, step_spans(st)))
+            starts.append(len(prompt_ids))
+        out = []
+        device = next(self.model.parameters()).device
+        for b in range(0, len(rows), self.batch_size):
+            chunk = rows[b:b + self.batch_size]
+            width = max(len(r) for r in chunk)
+            ids = torch.full((len(chunk), width), self.tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, r in enumerate(chunk):
+                ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+            with torch.no_grad():
+                logp = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().log_softmax(-1)
+            for i, r in enumerate(chunk):
+                s = starts[b + i]
+                target = torch.tensor(r[s:], device=device)
+                out.append(logp[i, s - 1:len(r) - 1].gather(-1, target[:, None]).squeeze(-1).tolist())
+        return list(zip(out, owners))
+
+    def __call__(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
+        scores = []
+        for (logps, owner), st in zip(self.token_logprobs(questions, steps), steps):
+            per_step: list[list[float]] = [[] for _ in st]
+            for lp, k in zip(logps, owner):
+                if k >= 0:
+                    per_step[k].append(lp)
+            scores.append([float(torch.tensor(v).min().exp() if self.reduce == "min" else torch.tensor(v).mean().exp())
+                           if v else 1.0 for v in per_step])
+        return scores
+
+    def score(self, questions: list[str], steps: list[list[str]], batch_size: int | None = None) -> list[StepScores]:
+        return [StepScores(list(s), [0.0] * len(s)) for s in self(questions, steps)]

@@ -1,0 +1,71 @@
+"""How well a step scorer separates correct from erroneous steps, on judged trajectories.
+
+Step labels follow prm.steps: a trajectory with first error k contributes steps 0..k-1 as correct and
+step k as the error (later steps are not labelled); first error -1 makes every step correct.
+
+    step_auroc         P(score of a correct step > score of an error step), ties count one half, over
+                       all pairs pooled across problems (Mann-Whitney U / (n_pos * n_neg)).
+    step_auroc_within  the same probability over pairs taken from the same problem (question) only: a
+                       scorer that merely learned which problems are hard scores 0.5 here.
+    first_error_f1     ProcessBench F1 (judges.metrics) of "first step scored below tau".
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Sequence
+
+from judges.metrics import processbench_f1
+from prm.steps import first_below, labels_from_first_error
+
+
+def labelled_steps(first_errors: Sequence[int], scores: Sequence[Sequence[float]]) -> list[tuple[int, float]]:
+    """(label, score) per labelled step of each trajectory; a scorer may return fewer scores (truncation)."""
+    out = []
+    for k, s in zip(first_errors, scores):
+        labels = labels_from_first_error(k, len(s) if k == -1 else max(len(s), k + 1))
+        out += [(y, float(v)) for y, v in zip(labels, s)]
+    return out
+
+
+def _pair_stats(pairs: list[tuple[int, float]]) -> tuple[float, int]:
+    """(sum over (correct, error) pairs of [correct > error] + [tie] / 2, number of pairs), in O(n log n)."""
+    pos = sorted(v for y, v in pairs if y == 1)
+    neg = sorted(v for y, v in pairs if y == 0)
+    if not pos or not neg:
+        return 0.0, 0
+    wins, i, j = 0.0, 0, 0
+    for v in pos:  # neg values below v count 1, equal count 1/2
+        while i < len(neg) and neg[i] < v:
+            i += 1
+        j = max(j, i)
+        while j < len(neg) and neg[j] == v:
+            j += 1
+        wins += i + 0.5 * (j - i)
+    return wins, len(pos) * len(neg)
+
+
+def step_auroc(first_errors, scores) -> float:
+    wins, n = _pair_stats(labelled_steps(first_errors, scores))
+    return wins / n if n else math.nan
+
+
+def step_auroc_within(questions, first_errors, scores) -> float:
+    groups: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for q, k, s in zip(questions, first_errors, scores):
+        groups[q] += labelled_steps([k], [s])
+    wins = n = 0.0
+    for pairs in groups.values():
+        w, m = _pair_stats(pairs)
+        wins, n = wins + w, n + m
+    return wins / n if n else math.nan
+
+
+def first_error_f1(first_errors, scores, threshold: float) -> float:
+    return processbench_f1([first_below(list(s), threshold) for s in scores], list(first_errors))["f1"]
+
+
+def scorer_quality(questions, first_errors, scores, threshold: float = 0.5, prefix: str = "") -> dict[str, float]:
+    return {f"{prefix}auroc": step_auroc(first_errors, scores),
+            f"{prefix}auroc_within": step_auroc_within(questions, first_errors, scores),
+            f"{prefix}f1": first_error_f1(first_errors, scores, threshold)}
