@@ -1,0 +1,247 @@
+"""The chain testbed, pool-based: the policy's pass rates by #ops, and label efficiency of active selection.
+
+    python bench/bench_chain_pool.py --stage pool       # chain-tiny samples (T = 1) on train/test chains, rule-judged
+    python bench/bench_chain_pool.py --stage runs       # active vs random vs full at budgets, seeds; + baselines
+    python bench/bench_chain_pool.py --stage report     # table (mean ± 95 % CI, paired active - random), plot
+
+The PRM is K = 32 heads on the policy's own frozen hidden states at each step separator (EnsemblePRM with
+backbone chain-tiny, features computed once), trained by prm.train.train() (the CLI's stream/selection/
+budget code). Step AUROC (pooled and within problem) and first-error F1 on held-out problems; tau is tuned
+on the pool's held-out tail. The free baseline: the policy's per-step confidence (prm.confidence).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # the repo, then bench/
+from chain_stats import fmt, mean_ci, paired  # noqa: E402
+
+from prm.chain import ChainSpec, chain_problems, parse_question  # noqa: E402
+from prm.config import DataConfig, PRMConfig, PRMTrainConfig, TrainerConfig  # noqa: E402
+from prm.data import Trajectory  # noqa: E402
+from prm.quality import scorer_quality  # noqa: E402
+from prm.steps import split_steps  # noqa: E402
+
+
+def prm_config(args, seed: int = 0) -> PRMConfig:
+    return PRMConfig(backbone="chain-tiny", dtype="fp32", num_heads=32, head_hidden=64, train_mode="frozen",
+                     max_length=256, batch_size=args.batch_size, head_lr=args.head_lr, pos_weight=1.0, seed=seed,
+                     delta_pred=args.delta_pred, delta_std=args.delta_std)
+
+
+def sample(model, tok, problems, n: int, temperature: float) -> list[tuple]:
+    from rl.rollout import format_prompt, make_rollout
+    rollout = make_rollout("hf", model=model, tokenizer=tok, batch_size=64)
+    prompts = [format_prompt(tok, p.question) for p in problems]
+    groups = rollout.generate(prompts, n, 110, temperature if temperature > 0 else 1.0) if temperature > 0 else \
+        rollout.generate(prompts, n, 110, 0.0)
+    return [(p, c.text) for p, g in zip(problems, groups) for c in g]
+
+
+def judged(items) -> list[Trajectory]:
+    import judges.rule  # noqa: F401
+    from judges.base import make_judge
+    judge = make_judge({"name": "rule"})
+    out = []
+    for p, text in items:
+        steps = split_steps(text) or ["(empty)"]
+        passed = steps[-1] == f"The answer is {p.reference_answer}."
+        out.append(Trajectory(p.question, steps, judge.judge(p.question, steps).first_error, p.reference_answer,
+                              meta={"passed": passed, "ops": len(parse_question(p.question)[1])}))
+    return out
+
+
+def stage_pool(args, out: Path) -> None:
+    from prm.models import load_model
+    torch.manual_seed(0)
+    model, tok = load_model("chain-tiny", "fp32")
+    spec = ChainSpec()
+    train_p = chain_problems(101, args.pool_problems, spec)
+    test_p = chain_problems(202, args.test_problems, spec)
+    start = time.perf_counter()
+    pool, test = judged(sample(model, tok, train_p, args.n, 1.0)), judged(sample(model, tok, test_p, args.n, 1.0))
+    greedy = judged(sample(model, tok, test_p, 1, 0.0))
+    for name, items in (("pool", pool), ("test", test), ("greedy", greedy)):
+        with (out / f"{name}.jsonl").open("w") as fh:
+            fh.writelines(json.dumps({**t.to_json(), "meta": t.meta}) + "\n" for t in items)
+    print(f"sampled + judged {len(pool) + len(test) + len(greedy)} in {time.perf_counter() - start:.0f} s")
+
+
+def load(out: Path, name: str) -> list[Trajectory]:
+    return [Trajectory(**json.loads(line)) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+
+
+def features(args, out: Path, items):
+    from prm.features import FeatureCache
+    from prm.model import EnsemblePRM
+    path = out / "features.safetensors"
+    if path.is_file():
+        return FeatureCache.load(path)
+    prm = EnsemblePRM(prm_config(args))
+    cache = FeatureCache(256, dtype=torch.float32)
+    cache.compute(prm, [t.question for t in items], [t.steps for t in items], 64)
+    cache.save(path)
+    return cache
+
+
+def quality(items, scores, tau):
+    return scorer_quality([t.question for t in items], [t.first_error for t in items], scores, tau)
+
+
+def tuned(tune, tune_scores) -> float:
+    from prm.eval import tune_threshold
+    return tune_threshold(tune_scores, [t.first_error for t in tune])
+
+
+def baselines(args, out: Path, tune, test) -> dict:
+    from prm.confidence import PolicyConfidence
+    from prm.models import load_model
+    model, tok = load_model("chain-tiny", "fp32")
+    rows = {}
+    for reduce in ("min", "mean"):
+        conf = PolicyConfidence(model, tok, reduce, batch_size=64)
+        tau = tuned(tune, conf([t.question for t in tune], [t.steps for t in tune]))
+        rows[f"confidence_{reduce}"] = {**quality(test, conf([t.question for t in test], [t.steps for t in test]), tau),
+                                        "tau": tau}
+    return rows
+
+
+def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, seed: int) -> dict:
+    from prm.model import EnsemblePRM
+    from prm.train import train
+    pc = prm_config(args, seed)
+    prm = EnsemblePRM.heads_only(pc, next(iter(cache.store.values())).shape[-1])
+    run_dir = out / "runs" / f"{mode}_{budget}_{seed}"
+    cfg = PRMTrainConfig(prm=pc, data=DataConfig(), judge="oracle", mode=mode, budget=budget, epochs=args.epochs,
+                         trainer=TrainerConfig(out_dir=str(run_dir), seed=seed, resume="never", save_every=10 ** 9,
+                                               progress=False, deepspeed=False), run_eval=False)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shuffled = list(pool)
+    random.Random(seed).shuffle(shuffled)  # each seed streams the pool in its own order
+    summary = train(cfg, prm=prm, pool=shuffled, cache=cache)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+    def scores(items):
+        feats = [cache.get(t.question, t.steps) for t in items]
+        return [s.mean for s in prm.score([t.question for t in items], [t.steps for t in items], features=feats)]
+    tau = tuned(tune, scores(tune))
+    return {"mode": mode, "budget": budget, "seed": seed, "labels": summary["labels_used"], "tau": tau,
+            **quality(test, scores(test), tau)}
+
+
+def stage_runs(args, out: Path) -> None:
+    allp, test = load(out, "pool"), load(out, "test")
+    pool, tune = allp[: len(allp) - args.tune_n], allp[len(allp) - args.tune_n:]
+    cache = features(args, out, allp + test)
+    (out / "baselines.json").write_text(json.dumps(baselines(args, out, tune, test), indent=1))
+    with (out / "runs.jsonl").open("a") as fh:
+        for seed in args.seeds:
+            for budget in args.budgets:
+                for mode in ("active", "random"):
+                    row = one_run(args, out, pool, tune, test, cache, mode, budget, seed)
+                    fh.write(json.dumps(row) + "\n")
+                    fh.flush()
+                    print(row)
+            row = one_run(args, out, pool, tune, test, cache, "full", 1.0, seed)
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+
+
+def policy_table(out: Path) -> str:
+    lines = ["| ops | sampled pass (T=1) | greedy pass | trajectories with a rule-judged error |", "|---|---|---|---|"]
+    test, greedy = load(out, "test"), load(out, "greedy")
+    for ops in range(3, 9):
+        s = [t for t in test if t.meta["ops"] == ops]
+        g = [t for t in greedy if t.meta["ops"] == ops]
+        if s:
+            lines.append(f"| {ops} | {sum(t.meta['passed'] for t in s) / len(s):.2f} (n={len(s)}) | "
+                         f"{sum(t.meta['passed'] for t in g) / max(len(g), 1):.2f} (n={len(g)}) | "
+                         f"{sum(t.first_error != -1 for t in s) / len(s):.2f} |")
+    return "\n".join(lines)
+
+
+def stage_report(args, out: Path) -> None:
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    by = defaultdict(dict)
+    for r in rows:
+        by[(r["mode"], r["budget"])][r["seed"]] = r
+    base = json.loads((out / "baselines.json").read_text())
+    metrics = ("auroc", "auroc_within", "f1")
+    lines = [policy_table(out), "", "| PRM / scorer | labels | step AUROC | AUROC within problem | first-error F1 |",
+             "|---|---|---|---|---|"]
+    for name, b in base.items():
+        lines.append(f"| {name} (free) | 0 | {b['auroc']:.3f} | {b['auroc_within']:.3f} | {b['f1']:.3f} |")
+    for (mode, budget), seeds in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        rs = list(seeds.values())
+        lines.append(f"| {mode} {budget:.0%} ({len(rs)} seeds) | {fmt([r['labels'] for r in rs], 0)} | "
+                     + " | ".join(fmt([r[m] for r in rs]) for m in metrics) + " |")
+    lines += ["", "| budget | active - random: AUROC | AUROC within | F1 | seeds active > random (AUROC) |",
+              "|---|---|---|---|---|"]
+    for budget in args.budgets:
+        a, r = by.get(("active", budget), {}), by.get(("random", budget), {})
+        diffs = {m: paired({s: x[m] for s, x in a.items()}, {s: x[m] for s, x in r.items()}) for m in metrics}
+        wins = sum(d > 0 for d in diffs["auroc"])
+        lines.append(f"| {budget:.0%} | " + " | ".join(fmt(diffs[m]) for m in metrics)
+                     + f" | {wins}/{len(diffs['auroc'])} |")
+    table = "\n".join(lines)
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    plot(by, base, args.budgets, Path(args.plot))
+
+
+def plot(by, base, budgets, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("auroc", "auroc_within")):
+        for mode, color in (("active", "C0"), ("random", "C1")):
+            ms = [mean_ci([r[metric] for r in by.get((mode, b), {}).values()]) for b in budgets]
+            ax.errorbar([b * 100 for b in budgets], [m for m, _ in ms], yerr=[h for _, h in ms], label=mode,
+                        color=color, capsize=3, marker="o")
+        full = mean_ci([r[metric] for r in by.get(("full", 1.0), {}).values()])
+        ax.axhline(full[0], color="k", ls="--", label="full pool")
+        ax.axhline(base["confidence_min"][metric], color="C2", ls=":", label="policy confidence (min)")
+        ax.set_xlabel("labels (% of pool)")
+        ax.set_ylabel(f"step {metric.replace('_', ' ')}")
+        ax.legend(fontsize=8)
+    fig.suptitle("chain testbed: frozen heads on chain-tiny's hidden states (95 % CI over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stage", choices=["pool", "runs", "report"], required=True)
+    ap.add_argument("--out", default="outputs/bench_chain_pool")
+    ap.add_argument("--pool-problems", type=int, default=400)
+    ap.add_argument("--test-problems", type=int, default=120)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--tune-n", type=int, default=300)
+    ap.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--head-lr", type=float, default=3e-3)
+    ap.add_argument("--delta-pred", type=float, default=0.9)
+    ap.add_argument("--delta-std", type=float, default=0.01)
+    ap.add_argument("--plot", default="bench/chain_label_efficiency.png")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    {"pool": stage_pool, "runs": stage_runs, "report": stage_report}[args.stage](args, out)
+
+
+if __name__ == "__main__":
+    main()
