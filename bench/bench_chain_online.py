@@ -1,0 +1,147 @@
+"""The chain testbed, online: Eq. 5 selection vs random (same count) vs judge-all, and outcome-only RL.
+
+    python bench/bench_chain_online.py --rounds 12 --seeds 0 1 2 3 4 --arms uncertain random all \
+        --out outputs/bench_chain_online [-- extra hydra overrides for every run]
+    python bench/bench_chain_online.py --report-only --out outputs/bench_chain_online
+
+Each (arm, seed) is one `python -m rl.online --config-name online_chain` process (trainer.resume=auto:
+a killed bench continues). Every PRM arm trains on the replay of all its paid labels and logs step
+AUROC (pooled, within problem) and first-error F1 on the same fixed held-out judged set (the initial
+policy's samples on other problems; identical across arms of one seed). The report gives mean ± 95 % CI
+over seeds, paired differences against `uncertain`, and bench/chain_online.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from chain_stats import fmt, mean_ci, paired  # noqa: E402
+
+ARMS = {
+    "uncertain": ["select.mode=uncertain"],
+    "random": ["select.mode=random"],
+    "all": ["select.mode=all"],
+    "outcome": ["select.mode=none", "algo.reward=outcome", "prm_update=none"],
+}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_all(args, extra: list[str]) -> None:
+    for seed in args.seeds:
+        for arm in args.arms:
+            out = Path(args.out) / f"{arm}_s{seed}"
+            done = out / "metrics.jsonl"
+            if done.is_file() and len(done.read_text().splitlines()) >= args.rounds:
+                continue
+            cmd = [sys.executable, "-m", "rl.online", "--config-name", "online_chain", f"rounds={args.rounds}",
+                   f"trainer.seed={seed}", f"data.seed={seed}", f"trainer.out_dir={out.resolve()}",
+                   "trainer.progress=false", "plot=false", "trainer.save_every=4", "keep_checkpoints=1",
+                   *ARMS[arm], *extra]
+            print("$", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def load(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def curves(args) -> dict:
+    """arm -> seed -> {metric: [per round]} (judge calls cumulative)."""
+    out = {}
+    for arm in args.arms:
+        for seed in args.seeds:
+            rows = load(Path(args.out) / f"{arm}_s{seed}")[: args.rounds]
+            if len(rows) < args.rounds:
+                continue
+            c = {k: [r.get(k, float("nan")) for r in rows] for k in
+                 ("pass_rate", "prm/heldout_auroc", "prm/heldout_auroc_within", "prm/heldout_f1", "select/fraction")}
+            calls, total = [], 0
+            for r in rows:
+                total += r.get("judge/calls", 0)
+                calls.append(total)
+            c["labels"] = calls
+            out.setdefault(arm, {})[seed] = c
+    return out
+
+
+def report(args) -> str:
+    data = curves(args)
+    last = args.last
+    summary = {arm: {s: {"labels": c["labels"][-1], "pass_last": sum(c["pass_rate"][-last:]) / last,
+                         "pass_first": sum(c["pass_rate"][:last]) / last,
+                         "auroc": c["prm/heldout_auroc"][-1], "auroc_within": c["prm/heldout_auroc_within"][-1],
+                         "auroc_first": c["prm/heldout_auroc"][0], "f1": c["prm/heldout_f1"][-1],
+                         "sel_first": c["select/fraction"][0], "sel_last": sum(c["select/fraction"][-last:]) / last}
+                     for s, c in seeds.items()} for arm, seeds in data.items()}
+    keys = ("labels", "pass_first", "pass_last", "auroc_first", "auroc", "auroc_within", "f1", "sel_first", "sel_last")
+    lines = [f"| arm (seeds) | labels paid | pass, first {last} rounds | pass, last {last} | held-out AUROC round 1 | "
+             "AUROC last round | AUROC within | first-error F1 | selected, round 1 | selected, last rounds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for arm, seeds in summary.items():
+        lines.append(f"| {arm} ({len(seeds)}) | " + " | ".join(fmt([v[k] for v in seeds.values()], 0 if k == "labels" else 3)
+                                                           for k in keys) + " |")
+    lines += ["", "| paired difference (per seed) | labels paid | pass, last rounds | AUROC last round | AUROC within |",
+              "|---|---|---|---|---|"]
+    for arm in summary:
+        if arm == "uncertain" or "uncertain" not in summary:
+            continue
+        d = {k: paired({s: v[k] for s, v in summary["uncertain"].items()}, {s: v[k] for s, v in summary[arm].items()})
+             for k in ("labels", "pass_last", "auroc", "auroc_within")}
+        lines.append(f"| uncertain - {arm} | {fmt(d['labels'], 0)} | {fmt(d['pass_last'])} | {fmt(d['auroc'])} | "
+                     f"{fmt(d['auroc_within'])} |")
+    table = "\n".join(lines)
+    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
+    Path(args.out, "table.md").write_text(table + "\n")
+    plot(data, Path(args.plot))
+    return table
+
+
+def plot(data, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    panels = (("pass_rate", "pass rate (T = 1)"), ("labels", "judge calls paid (cumulative)"),
+              ("prm/heldout_auroc", "held-out step AUROC"), ("select/fraction", "fraction sent to the judge"))
+    for ax, (key, title) in zip(axes, panels):
+        for i, (arm, seeds) in enumerate(data.items()):
+            series = list(zip(*[c[key] for c in seeds.values()]))
+            ms = [mean_ci(list(x)) for x in series]
+            xs = range(1, len(ms) + 1)
+            m = [a for a, _ in ms]
+            h = [0 if b != b else b for _, b in ms]
+            ax.plot(xs, m, label=f"{arm} ({len(seeds)} seeds)", color=f"C{i}")
+            ax.fill_between(xs, [a - b for a, b in zip(m, h)], [a + b for a, b in zip(m, h)], color=f"C{i}", alpha=0.15)
+        ax.set_title(title)
+        ax.set_xlabel("round")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("chain testbed, online (mean and 95 % CI over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--arms", nargs="+", default=["uncertain", "random", "all"], choices=list(ARMS))
+    ap.add_argument("--last", type=int, default=3, help="rounds averaged for the pass rate at the start/end")
+    ap.add_argument("--out", default="outputs/bench_chain_online")
+    ap.add_argument("--plot", default="bench/chain_online.png")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    if not args.report_only:
+        run_all(args, extra)
+    print(report(args))
+
+
+if __name__ == "__main__":
+    main()
