@@ -29,9 +29,10 @@ $(STAMP)/vllm: $(STAMP)/base
 
 vllm: $(STAMP)/vllm
 
-# Converts the GGUF once into a cached bf16 safetensors dir (~/.cache/prmloop/models).
+# Converts the GGUF once into a cached bf16 safetensors dir and trains the chain-tiny testbed policy
+# (minutes on one core), both cached under ~/.cache/prmloop/models.
 $(STAMP)/model: $(STAMP)/base
-	$(PY) -m prm.models
+	$(PY) -m prm.models smollm2-135m-instruct chain-tiny
 	touch $@
 
 provision: $(STAMP)/model

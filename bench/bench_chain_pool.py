@@ -69,7 +69,7 @@ def stage_pool(args, out: Path) -> None:
     train_p = chain_problems(101, args.pool_problems, spec)
     test_p = chain_problems(202, args.test_problems, spec)
     start = time.perf_counter()
-    pool, test = judged(sample(model, tok, train_p, args.n, 1.0)), judged(sample(model, tok, test_p, args.n, 1.0))
+    pool, test = judged(sample(model, tok, train_p, args.n, 1.0)), judged(sample(model, tok, test_p, args.test_n, 1.0))
     greedy = judged(sample(model, tok, test_p, 1, 0.0))
     for name, items in (("pool", pool), ("test", test), ("greedy", greedy)):
         with (out / f"{name}.jsonl").open("w") as fh:
@@ -98,6 +98,29 @@ def quality(items, scores, tau):
     return scorer_quality([t.question for t in items], [t.first_error for t in items], scores, tau)
 
 
+def groups(items):
+    out = defaultdict(list)
+    for i, t in enumerate(items):
+        out[t.question].append(i)
+    return list(out.values())
+
+
+def best_of_n(items, scores) -> float:
+    """Share of problems whose sample with the highest min-step score passes (ties: the first)."""
+    picks = [max(g, key=lambda i: min(scores[i]) if scores[i] else 0.0) for g in groups(items)]
+    return sum(items[i].meta["passed"] for i in picks) / len(picks)
+
+
+def majority(items) -> float:
+    """Share of problems whose most frequent final line (ties: first seen) is the right answer line."""
+    hits = 0
+    for g in groups(items):
+        finals = [items[i].steps[-1] for i in g]
+        top = max(finals, key=finals.count)
+        hits += top == f"The answer is {items[g[0]].reference_answer}."
+    return hits / len(groups(items))
+
+
 def tuned(tune, tune_scores) -> float:
     from prm.eval import tune_threshold
     return tune_threshold(tune_scores, [t.first_error for t in tune])
@@ -111,8 +134,14 @@ def baselines(args, out: Path, tune, test) -> dict:
     for reduce in ("min", "mean"):
         conf = PolicyConfidence(model, tok, reduce, batch_size=64)
         tau = tuned(tune, conf([t.question for t in tune], [t.steps for t in tune]))
-        rows[f"confidence_{reduce}"] = {**quality(test, conf([t.question for t in test], [t.steps for t in test]), tau),
-                                        "tau": tau}
+        test_scores = conf([t.question for t in test], [t.steps for t in test])
+        rows[f"confidence_{reduce}"] = {**quality(test, test_scores, tau), "tau": tau,
+                                        "best_of_n": best_of_n(test, test_scores)}
+    greedy = load(out, "greedy")
+    rows["selection"] = {"pass_at_1": sum(t.meta["passed"] for t in test) / len(test), "majority": majority(test),
+                         "greedy": sum(t.meta["passed"] for t in greedy) / len(greedy),
+                         "oracle_best_of_n": sum(any(test[i].meta["passed"] for i in g) for g in groups(test))
+                         / len(groups(test)), "n": len(groups(test)[0])}
     return rows
 
 
@@ -135,8 +164,9 @@ def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, 
         feats = [cache.get(t.question, t.steps) for t in items]
         return [s.mean for s in prm.score([t.question for t in items], [t.steps for t in items], features=feats)]
     tau = tuned(tune, scores(tune))
+    test_scores = scores(test)
     return {"mode": mode, "budget": budget, "seed": seed, "labels": summary["labels_used"], "tau": tau,
-            **quality(test, scores(test), tau)}
+            **quality(test, test_scores, tau), "best_of_n": best_of_n(test, test_scores)}
 
 
 def stage_runs(args, out: Path) -> None:
@@ -180,6 +210,8 @@ def stage_report(args, out: Path) -> None:
     lines = [policy_table(out), "", "| PRM / scorer | labels | step AUROC | AUROC within problem | first-error F1 |",
              "|---|---|---|---|---|"]
     for name, b in base.items():
+        if name == "selection":
+            continue
         lines.append(f"| {name} (free) | 0 | {b['auroc']:.3f} | {b['auroc_within']:.3f} | {b['f1']:.3f} |")
     for (mode, budget), seeds in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         rs = list(seeds.values())
@@ -193,6 +225,16 @@ def stage_report(args, out: Path) -> None:
         wins = sum(d > 0 for d in diffs["auroc"])
         lines.append(f"| {budget:.0%} | " + " | ".join(fmt(diffs[m]) for m in metrics)
                      + f" | {wins}/{len(diffs['auroc'])} |")
+    sel = base["selection"]
+    full = [r["best_of_n"] for r in by.get(("full", 1.0), {}).values()]
+    lines += ["", f"Best-of-{sel['n']} on the held-out problems (same samples for every selector):", "",
+              "| selector | problems solved |", "|---|---|",
+              f"| one sample (pass@1) | {sel['pass_at_1']:.3f} |", f"| greedy decoding | {sel['greedy']:.3f} |",
+              f"| majority vote | {sel['majority']:.3f} |",
+              f"| policy confidence (min token prob) | {base['confidence_min']['best_of_n']:.3f} |",
+              f"| policy confidence (mean) | {base['confidence_mean']['best_of_n']:.3f} |",
+              f"| PRM, full pool ({len(full)} seeds), min step score | {fmt(full)} |",
+              f"| oracle (any sample right) | {sel['oracle_best_of_n']:.3f} |"]
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     print(table)
@@ -226,7 +268,8 @@ def main() -> None:
     ap.add_argument("--out", default="outputs/bench_chain_pool")
     ap.add_argument("--pool-problems", type=int, default=400)
     ap.add_argument("--test-problems", type=int, default=120)
-    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--n", type=int, default=4, help="samples per pool problem")
+    ap.add_argument("--test-n", type=int, default=8, help="samples per held-out problem (best-of-n)")
     ap.add_argument("--tune-n", type=int, default=300)
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])

@@ -11,7 +11,8 @@ import numpy as np
 SUMMARY_COLUMNS = [("round", "round", "{:d}"), ("pass_rate", "pass", "{:.3f}"), ("reward/outcome", "R out", "{:.3f}"),
                    ("reward/process", "R proc", "{:.3f}"), ("select/fraction", "sel", "{:.2f}"),
                    ("judge/calls", "judge calls", "{:d}"), ("prm/acc_before", "PRM acc", "{:.3f}"),
-                   ("prm/acc_after", "after", "{:.3f}"), ("timing/round", "secs", "{:.1f}")]
+                   ("prm/acc_after", "after", "{:.3f}"), ("prm/heldout_auroc", "held-out AUROC", "{:.3f}"),
+                   ("timing/round", "secs", "{:.1f}")]
 
 
 class PhaseTimer:
@@ -100,7 +101,8 @@ def plot_rounds(history: list[dict], path: Path) -> Path | None:
 
     rounds = [m["round"] for m in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, label in (("pass_rate", "pass rate (outcome reward)"), ("reward/process", "process reward (PRM)")):
+    for key, label in (("pass_rate", "pass rate (outcome reward)"), ("reward/process", "process reward (PRM)"),
+                       ("prm/heldout_auroc", "PRM step AUROC, held-out set")):
         ax1.plot(rounds, [m.get(key, float("nan")) for m in history], marker="o", label=label)
     ax1.set_xlabel("round"), ax1.set_ylabel("reward"), ax1.legend(), ax1.grid(alpha=.3)
     ax2.bar(rounds, [m.get("judge/calls", 0) for m in history], color="tab:red", alpha=.7, label="judge calls")
