@@ -49,9 +49,9 @@ def sample(model, tok, problems, n: int, temperature: float) -> list[tuple]:
 
 
 def judged(items) -> list[Trajectory]:
-    import judges.rule  # noqa: F401
+    import judges.chain  # noqa: F401
     from judges.base import make_judge
-    judge = make_judge({"name": "rule"})
+    judge = make_judge({"name": "chain"})
     out = []
     for p, text in items:
         steps = split_steps(text) or ["(empty)"]
@@ -188,7 +188,7 @@ def stage_runs(args, out: Path) -> None:
 
 
 def policy_table(out: Path) -> str:
-    lines = ["| ops | sampled pass (T=1) | greedy pass | trajectories with a rule-judged error |", "|---|---|---|---|"]
+    lines = ["| ops | sampled pass (T=1) | greedy pass | trajectories with a chain-judged error |", "|---|---|---|---|"]
     test, greedy = load(out, "test"), load(out, "greedy")
     for ops in range(3, 9):
         s = [t for t in test if t.meta["ops"] == ops]

@@ -1,8 +1,9 @@
-"""Judges: name the first wrong step of a solution (oracle, rule, llm), with a budgeted SQLite ledger.
+"""Judges: name the first wrong step of a solution (oracle, rule, chain, llm), with a budgeted SQLite ledger.
 
 Depends on nothing in prm or rl; they depend on it.
 """
 from judges.base import JUDGES, Cost, Item, Judge, Verdict, item_key, make_judge, register_judge
+from judges.chain import ChainJudge
 from judges.chat_client import (JudgeAuthError, JudgeEndpointError, JudgeError, JudgeRequestError,
                                 JudgeUnavailableError)
 from judges.config import JudgeConfig, validate_judge_config
@@ -15,6 +16,6 @@ from judges.rule import RuleJudge
 __all__ = [
     "JUDGES", "Cost", "Item", "Judge", "Verdict", "item_key", "make_judge", "register_judge",
     "JudgeError", "JudgeAuthError", "JudgeEndpointError", "JudgeRequestError", "JudgeUnavailableError",
-    "JudgeConfig", "validate_judge_config", "LabelLedger", "LLMJudge", "OracleJudge", "RuleJudge",
+    "JudgeConfig", "validate_judge_config", "LabelLedger", "LLMJudge", "OracleJudge", "RuleJudge", "ChainJudge",
     "processbench_f1",
 ]

@@ -10,7 +10,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 @dataclass
 class JudgeConfig:
-    name: str = "rule"  # a key of judges.JUDGES: oracle | rule | llm
+    name: str = "rule"  # a key of judges.JUDGES: oracle | rule | chain | llm
 
     # llm: any OpenAI-compatible /v1/chat/completions endpoint
     base_url: str = "http://127.0.0.1:8000/v1"

@@ -14,7 +14,8 @@ blank-line step and ends with the answer line:
 
 `inject_error` writes a systematic slip into one step (a dropped carry, a neighbouring times-table
 entry, an off-by-one) and continues the chain from the wrong value, as a model that believes its slip
-would; the rule judge (judges/rule.py) then finds exactly that step as the first error. Solutions with
+would; the chain judge (judges/chain.py; and the rule judge, which only checks the equations) then
+finds exactly that step as the first error. Solutions with
 injected errors are the SFT data that give the tiny testbed policy (prm.chain_model) realistic mistakes.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from judges.chain import parse_chain
 from prm.data import Problem, Trajectory
 
 ANSWER_LINE = "The answer is {}."
@@ -122,11 +124,10 @@ def chain_problems(seed: int, size: int, spec: ChainSpec) -> list[Problem]:
 
 def parse_question(question: str) -> tuple[int, list[tuple[str, int]]]:
     """(start, [(op, operand), ...]) of a chain question written by `question_text`."""
-    body = question.removeprefix("What is ").removesuffix("?").replace("(", "").replace(")", "")
-    toks = body.split()
-    if len(toks) < 3 or len(toks) % 2 == 0:
+    parsed = parse_chain(question)
+    if parsed is None:
         raise ValueError(f"not a chain question: {question!r}")
-    return int(toks[0]), [(toks[i], int(toks[i + 1])) for i in range(1, len(toks), 2)]
+    return parsed
 
 
 def wrong_result(rng: random.Random, step: ChainStep, value_max: int) -> int:

@@ -37,7 +37,8 @@ def needs_prm(cfg: OnlineConfig) -> bool:
 
 def build(cfg: OnlineConfig):
     """Every component of a run, from the validated config."""
-    import judges.llm  # noqa: F401  (registers the built-in judges)
+    import judges.chain  # noqa: F401  (registers the built-in judges)
+    import judges.llm  # noqa: F401
     import judges.oracle  # noqa: F401
     import judges.rule  # noqa: F401
     from judges.base import make_judge

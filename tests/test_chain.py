@@ -3,6 +3,7 @@ import random
 
 import pytest
 
+import judges.chain  # noqa: F401 (registers the chain judge)
 import judges.rule  # noqa: F401 (registers the rule judge)
 from judges.base import make_judge
 from prm.chain import ChainSpec, chain_problems, parse_question, sample_solution, solution_steps
@@ -40,9 +41,10 @@ def test_worked_example_reads_as_documented():
     assert split_steps(join_steps(steps)) == steps
 
 
+@pytest.mark.parametrize("name", ["rule", "chain"])
 @pytest.mark.parametrize("ops", ["+-*", "+-", "*/+"])
-def test_rule_judge_labels_are_exact_on_generated_chains_with_injected_errors(ops):
-    judge = make_judge({"name": "rule"})
+def test_judge_labels_are_exact_on_generated_chains_with_injected_errors(ops, name):
+    judge = make_judge({"name": name})
     rng = random.Random(0)
     problems = chain_problems(1, 400, ChainSpec(min_ops=1, max_ops=8, ops=ops))
     injected = 0
@@ -70,6 +72,27 @@ def test_error_at_every_step_is_found_at_that_step():
     for k in range(5):
         steps = solution_steps(q, error_at=k, rng=random.Random(k))
         assert judge.judge(q, steps).first_error == k
+
+
+@pytest.mark.parametrize("steps, expected", [
+    (["9 + 7 = 16", "16 - 4 = 12", "12 * 6 = 72", "The answer is 72."], -1),
+    (["9 + 7 = 16", "16 - 8 = 8", "8 * 6 = 48", "The answer is 48."], 1),     # true equation, wrong operand
+    (["9 + 7 = 16", "15 - 4 = 11", "11 * 6 = 66", "The answer is 66."], 1),   # not the previous result
+    (["9 + 7 = 17", "17 - 4 = 13", "13 * 6 = 78", "The answer is 78."], 0),   # a slip, then consistent
+    (["9 + 7 = 16", "16 - 4 = 12", "12 * 6 = 72", "The answer is 70."], 3),   # wrong answer line
+    (["9 + 7 = 16", "16 - 4 = 12", "12 + 6 = 18", "The answer is 18."], 2),   # wrong operator
+    (["9 + 7 = 16", "16 - 4 = 12", "12 * 6 = 72", "The answer is 72.", "72 + 1 = 73"], 4),
+    (["9 + 7 = 16", "16 - 4 is 12"], 1),
+    (["9 + 7 = 16", "16 - 4 = 12"], -1),                                        # stopped early: no wrong step
+])
+def test_chain_judge_knows_what_each_step_must_compute(steps, expected):
+    judge = make_judge({"name": "chain"})
+    assert judge.judge("What is ((9 + 7) - 4) * 6?", steps).first_error == expected
+
+
+def test_chain_judge_falls_back_to_rule_judge_on_other_questions():
+    judge = make_judge({"name": "chain"})
+    assert judge.judge("Tom has 3 apples and buys 4.", ["3 + 4 = 8", "The answer is 8."]).first_error == 0
 
 
 def test_bad_spec_is_refused():
