@@ -1,6 +1,6 @@
 """The chain testbed, online: Eq. 5 selection vs random (same count) vs judge-all, and outcome-only RL.
 
-    python bench/bench_chain_online.py --rounds 12 --seeds 0 1 2 3 4 --arms uncertain random all \
+    python bench/bench_chain_online.py --rounds 10 --seeds 0 1 2 3 4 --arms uncertain random all --budget 16 \
         --out outputs/bench_chain_online [-- extra hydra overrides for every run]
     python bench/bench_chain_online.py --report-only --out outputs/bench_chain_online
 
@@ -30,6 +30,11 @@ ARMS = {
 REPO = Path(__file__).resolve().parents[1]
 
 
+def budget(args, arm: str) -> list[str]:
+    """Equal budget: Eq. 5 and random both capped at --budget judge calls a round; judge-all pays everything."""
+    return [f"select.budget_per_round={args.budget}"] if args.budget and arm in ("uncertain", "random") else []
+
+
 def run_all(args, extra: list[str]) -> None:
     for seed in args.seeds:
         for arm in args.arms:
@@ -40,7 +45,7 @@ def run_all(args, extra: list[str]) -> None:
             cmd = [sys.executable, "-m", "rl.online", "--config-name", "online_chain", f"rounds={args.rounds}",
                    f"trainer.seed={seed}", f"data.seed={seed}", f"trainer.out_dir={out.resolve()}",
                    "trainer.progress=false", "plot=false", "trainer.save_every=4", "keep_checkpoints=1",
-                   *ARMS[arm], *extra]
+                   *ARMS[arm], *budget(args, arm), *extra]
             print("$", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, cwd=REPO)
 
@@ -133,6 +138,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--arms", nargs="+", default=["uncertain", "random", "all"], choices=list(ARMS))
+    ap.add_argument("--budget", type=int, default=16, help="judge calls a round for uncertain/random (0: uncapped)")
     ap.add_argument("--last", type=int, default=3, help="rounds averaged for the pass rate at the start/end")
     ap.add_argument("--out", default="outputs/bench_chain_online")
     ap.add_argument("--plot", default="bench/chain_online.png")
