@@ -122,8 +122,18 @@ def majority(items) -> float:
 
 
 def tuned(tune, tune_scores) -> float:
-    from prm.eval import tune_threshold
-    return tune_threshold(tune_scores, [t.first_error for t in tune])
+    """tau with the best first-error F1 on the tune split; where F1 is undefined (the weak policy leaves
+    almost no all-correct trajectory), the best share of erroneous items whose first error is named."""
+    import math
+
+    from judges.metrics import processbench_f1
+    from prm.steps import first_below
+    labels = [t.first_error for t in tune]
+
+    def objective(tau):
+        r = processbench_f1([first_below(s, tau) for s in tune_scores], labels)
+        return r["f1"] if not math.isnan(r["f1"]) else r["acc_error"]
+    return max((i / 100 for i in range(1, 100)), key=objective)
 
 
 def baselines(args, out: Path, tune, test) -> dict:
@@ -206,19 +216,19 @@ def stage_report(args, out: Path) -> None:
     for r in rows:
         by[(r["mode"], r["budget"])][r["seed"]] = r
     base = json.loads((out / "baselines.json").read_text())
-    metrics = ("auroc", "auroc_within", "f1")
-    lines = [policy_table(out), "", "| PRM / scorer | labels | step AUROC | AUROC within problem | first-error F1 |",
-             "|---|---|---|---|---|"]
+    metrics = ("auroc", "auroc_within", "acc_error", "f1")
+    lines = [policy_table(out), "", "| PRM / scorer | labels | step AUROC | AUROC within problem | first error named "
+             "(erroneous items) | first-error F1 |", "|---|---|---|---|---|---|"]
     for name, b in base.items():
         if name == "selection":
             continue
-        lines.append(f"| {name} (free) | 0 | {b['auroc']:.3f} | {b['auroc_within']:.3f} | {b['f1']:.3f} |")
+        lines.append(f"| {name} (free) | 0 | " + " | ".join(f"{b[m]:.3f}" for m in metrics) + " |")
     for (mode, budget), seeds in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         rs = list(seeds.values())
         lines.append(f"| {mode} {budget:.0%} ({len(rs)} seeds) | {fmt([r['labels'] for r in rs], 0)} | "
                      + " | ".join(fmt([r[m] for r in rs]) for m in metrics) + " |")
-    lines += ["", "| budget | active - random: AUROC | AUROC within | F1 | seeds active > random (AUROC) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| budget | active - random: AUROC | AUROC within | first error named | F1 | seeds active > random "
+              "(AUROC) |", "|---|---|---|---|---|---|"]
     for budget in args.budgets:
         a, r = by.get(("active", budget), {}), by.get(("random", budget), {})
         diffs = {m: paired({s: x[m] for s, x in a.items()}, {s: x[m] for s, x in r.items()}) for m in metrics}

@@ -66,6 +66,9 @@ def first_error_f1(first_errors, scores, threshold: float) -> float:
 
 
 def scorer_quality(questions, first_errors, scores, threshold: float = 0.5, prefix: str = "") -> dict[str, float]:
+    """AUROCs, first-error F1 and its accuracy on the erroneous items alone (the exact first wrong step
+    named; defined even when a set has no all-correct item, where F1 is NaN)."""
+    pb = processbench_f1([first_below(list(s), threshold) for s in scores], list(first_errors))
     return {f"{prefix}auroc": step_auroc(first_errors, scores),
             f"{prefix}auroc_within": step_auroc_within(questions, first_errors, scores),
-            f"{prefix}f1": first_error_f1(first_errors, scores, threshold)}
+            f"{prefix}f1": pb["f1"], f"{prefix}acc_error": pb["acc_error"]}
