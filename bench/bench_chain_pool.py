@@ -3,6 +3,7 @@
     python bench/bench_chain_pool.py --stage pool       # chain-tiny samples (T = 1) on train/test chains, rule-judged
     python bench/bench_chain_pool.py --stage runs       # active vs random vs full at budgets, seeds; + baselines
     python bench/bench_chain_pool.py --stage report     # table (mean ± 95 % CI, paired active - random), plot
+    python bench/bench_chain_pool.py --stage runs --self-features    # lever: + the policy's step confidence
 
 The PRM is K = 32 heads on the policy's own frozen hidden states at each step separator (EnsemblePRM with
 backbone chain-tiny, features computed once), trained by prm.train.train() (the CLI's stream/selection/
@@ -86,11 +87,31 @@ def features(args, out: Path, items):
     from prm.model import EnsemblePRM
     path = out / "features.safetensors"
     if path.is_file():
-        return FeatureCache.load(path)
-    prm = EnsemblePRM(prm_config(args))
-    cache = FeatureCache(256, dtype=torch.float32)
-    cache.compute(prm, [t.question for t in items], [t.steps for t in items], 64)
-    cache.save(path)
+        cache = FeatureCache.load(path)
+    else:
+        prm = EnsemblePRM(prm_config(args))
+        cache = FeatureCache(256, dtype=torch.float32)
+        cache.compute(prm, [t.question for t in items], [t.steps for t in items], 64)
+        cache.save(path)
+    return with_self_confidence(cache, items) if args.self_features else cache
+
+
+def with_self_confidence(cache, items):
+    """The lever "a policy that judges itself": each step's feature = the separator hidden state plus the
+    policy's own log min and log mean token probability of the step (prm.confidence)."""
+    from judges.base import item_key
+    from prm.confidence import PolicyConfidence
+    from prm.models import load_model
+    model, tok = load_model("chain-tiny", "fp32")
+    qs, ss = [t.question for t in items], [t.steps for t in items]
+    lo = PolicyConfidence(model, tok, "min", batch_size=64)(qs, ss)
+    mean = PolicyConfidence(model, tok, "mean", batch_size=64)(qs, ss)
+    for t, a, b in zip(items, lo, mean):
+        key = item_key(t.question, t.steps)
+        key = key if key in cache.store else f"{key}:{cache.max_length}"
+        f = cache.store[key]
+        extra = torch.tensor([a, b]).T.clamp_min(1e-9).log()[: len(f)].to(f.dtype)
+        cache.store[key] = torch.cat([f, extra], -1)
     return cache
 
 
@@ -179,12 +200,17 @@ def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, 
             **quality(test, test_scores, tau), "best_of_n": best_of_n(test, test_scores)}
 
 
+def tag(args) -> str:
+    return "_self" if args.self_features else ""
+
+
 def stage_runs(args, out: Path) -> None:
     allp, test = load(out, "pool"), load(out, "test")
     pool, tune = allp[: len(allp) - args.tune_n], allp[len(allp) - args.tune_n:]
     cache = features(args, out, allp + test)
-    (out / "baselines.json").write_text(json.dumps(baselines(args, out, tune, test), indent=1))
-    with (out / "runs.jsonl").open("a") as fh:
+    if not (out / "baselines.json").is_file():
+        (out / "baselines.json").write_text(json.dumps(baselines(args, out, tune, test), indent=1))
+    with (out / f"runs{tag(args)}.jsonl").open("a") as fh:
         for seed in args.seeds:
             for budget in args.budgets:
                 for mode in ("active", "random"):
@@ -211,7 +237,7 @@ def policy_table(out: Path) -> str:
 
 
 def stage_report(args, out: Path) -> None:
-    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / f"runs{tag(args)}.jsonl").read_text().splitlines()]
     by = defaultdict(dict)
     for r in rows:
         by[(r["mode"], r["budget"])][r["seed"]] = r
@@ -246,7 +272,7 @@ def stage_report(args, out: Path) -> None:
               f"| PRM, full pool ({len(full)} seeds), min step score | {fmt(full)} |",
               f"| oracle (any sample right) | {sel['oracle_best_of_n']:.3f} |"]
     table = "\n".join(lines)
-    (out / "table.md").write_text(table + "\n")
+    (out / f"table{tag(args)}.md").write_text(table + "\n")
     print(table)
     plot(by, base, args.budgets, Path(args.plot))
 
@@ -289,6 +315,8 @@ def main() -> None:
     ap.add_argument("--delta-pred", type=float, default=0.9)
     ap.add_argument("--delta-std", type=float, default=0.01)
     ap.add_argument("--plot", default="bench/chain_label_efficiency.png")
+    ap.add_argument("--self-features", action="store_true",
+                    help="heads see the policy's own step confidence next to its hidden state (runs_self.jsonl)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
