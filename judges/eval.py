@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     records = [r for rows in data.values() for r in rows]  # what an oracle may reveal
     judge = make_judge(judge_cfg, records=records)
     ledger_path = to_absolute_path(judge_cfg.ledger_path or cfg.ledger)
-    with LabelLedger(ledger_path, max_labels=judge_cfg.max_labels, max_tokens=judge_cfg.max_total_tokens) as ledger:
+    with LabelLedger.from_config(replace(judge_cfg, ledger_path=ledger_path)) as ledger:
         results = {s: evaluate_subset(judge, ledger, rows, s) for s, rows in data.items()}
         stats = ledger.stats().get(judge.identity, {})
     f1s = [r["f1"] for r in results.values()]
