@@ -40,6 +40,7 @@ from typing import Callable
 
 import torch
 
+from prm.checkpoint_io import load_state, load_weights, save_state, save_weights, verify, write_manifest
 from prm.config import TrainerConfig
 from prm.data import Trajectory
 from prm.features import FeatureCache
@@ -210,31 +211,43 @@ class PRMLearner:
 
         Crash-safe: a process killed mid-save leaves the previous checkpoint loadable. DeepSpeed writes
         each save under a new tag and moves `latest` only once the tag is complete; the plain path
-        writes a temporary file and renames it over the old one."""
+        writes a new step directory (weights as safetensors, the rest read back with weights_only=True,
+        a checksum manifest last) and then points `latest` at it. `client_state`: tensors and plain
+        containers only (numpy arrays as lists)."""
         path = Path(path)
         state = {"client": dict(client_state or {}), "global_step": self.global_step}
+        tag = f"step{self.global_step}"
         if self.engine is not None:
-            tag = f"step{self.global_step}"
             self.engine.save_checkpoint(str(path), tag=tag, client_state=state, exclude_frozen_parameters=True)
-            if int(os.environ.get("RANK", "0")) == 0:
-                for old in path.glob("step*"):
-                    if old.is_dir() and old.name != tag:
-                        shutil.rmtree(old, ignore_errors=True)
         elif int(os.environ.get("RANK", "0")) == 0:
-            path.mkdir(parents=True, exist_ok=True)
-            tmp = path / "learner.pt.tmp"
-            torch.save({**self.state_dict(), "client_state": state}, tmp)
-            os.replace(tmp, path / "learner.pt")
-            (path / "latest").write_text("learner.pt")
+            tmp = path / f".{tag}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            sd = self.state_dict()
+            save_weights(sd.pop("model"), tmp / "model.safetensors")
+            save_state({**sd, "client_state": state}, tmp / "learner.pt")
+            write_manifest(tmp, global_step=self.global_step)
+            shutil.rmtree(path / tag, ignore_errors=True)
+            tmp.rename(path / tag)
+            (path / "latest.tmp").write_text(tag)
+            os.replace(path / "latest.tmp", path / "latest")
+        if int(os.environ.get("RANK", "0")) == 0:
+            for old in path.glob("step*"):
+                if old.is_dir() and old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, path: str | Path) -> dict:
         path = Path(path)
         if self.engine is not None:
             _, state = self.engine.load_checkpoint(str(path), load_module_strict=False)  # tag from `latest`
         else:
+            tag = (path / "latest").read_text().strip()
+            directory = path / tag
+            verify(directory, "PRM checkpoint")  # names a damaged file before anything is read
             # to CPU whatever device saved it: load_state_dict copies onto the live device, and the client
             # state (RNG states) must stay CPU tensors
-            sd = torch.load(path / "learner.pt", weights_only=False, map_location="cpu")
+            sd = load_state(directory / "learner.pt")
+            sd["model"] = load_weights(directory / "model.safetensors")
             self.load_state_dict(sd)
             state = sd["client_state"]
         self.global_step = state["global_step"]
