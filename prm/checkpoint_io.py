@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import pickle
@@ -89,10 +90,10 @@ def save_state(state: object, path: Path) -> None:
     torch.save(state, path)
 
 
-def load_state(path: Path) -> object:
+def load_state(path: Path, map_location: object = "cpu") -> object:
     """torch.load with weights_only=True: tensors and plain containers only, never a call."""
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        return torch.load(path, weights_only=True, map_location=map_location)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise CheckpointError(f"{path}: refused or unreadable ({type(exc).__name__}: {first})") from None
@@ -107,3 +108,30 @@ def numpy_rng_plain(state: tuple) -> list:
 def numpy_rng_state(plain: list) -> tuple:
     name, keys, pos, has_gauss, cached = plain
     return name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached
+
+
+def _deepspeed_state_classes() -> list:
+    """The few DeepSpeed classes its own checkpoints hold (loss scalers, an enum, a fragment address):
+    plain data, allowlisted by name for weights_only loading; anything else in a file is still refused."""
+    found = []
+    for module, names in (("deepspeed.runtime.fp16.loss_scaler", ("LossScaler", "DynamicLossScaler")),
+                          ("deepspeed.runtime.zero.config", ("ZeroStageEnum",)),
+                          ("deepspeed.utils.tensor_fragment", ("fragment_address",))):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        found += [getattr(mod, n) for n in names if hasattr(mod, n)]
+    return found
+
+
+def deepspeed_weights_only(engine) -> None:
+    """Make a DeepSpeed engine read its checkpoints with weights_only=True (its own loader passes False)."""
+    checkpoint_engine = getattr(engine, "checkpoint_engine", None)
+    if checkpoint_engine is None:
+        return
+
+    def load(path: str, map_location=None):
+        with torch.serialization.safe_globals(_deepspeed_state_classes()):
+            return load_state(Path(path), map_location)
+    checkpoint_engine.load = load

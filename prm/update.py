@@ -40,7 +40,8 @@ from typing import Callable
 
 import torch
 
-from prm.checkpoint_io import load_state, load_weights, save_state, save_weights, verify, write_manifest
+from prm.checkpoint_io import (deepspeed_weights_only, load_state, load_weights, save_state, save_weights, verify,
+                               write_manifest)
 from prm.config import TrainerConfig
 from prm.data import Trajectory
 from prm.features import FeatureCache
@@ -100,6 +101,7 @@ class PRMLearner:
                          "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9}
             self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
                 model=prm, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+            deepspeed_weights_only(self.engine)  # its own loader would run pickles
         else:
             self.optimizer, self.scheduler = optimizer, scheduler
 
@@ -219,6 +221,8 @@ class PRMLearner:
         tag = f"step{self.global_step}"
         if self.engine is not None:
             self.engine.save_checkpoint(str(path), tag=tag, client_state=state, exclude_frozen_parameters=True)
+            if int(os.environ.get("RANK", "0")) == 0:  # save_checkpoint ends with a barrier: every rank wrote
+                write_manifest(path / tag, global_step=self.global_step)
         elif int(os.environ.get("RANK", "0")) == 0:
             tmp = path / f".{tag}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -238,12 +242,11 @@ class PRMLearner:
 
     def load_checkpoint(self, path: str | Path) -> dict:
         path = Path(path)
+        directory = path / (path / "latest").read_text().strip()
+        verify(directory, "PRM checkpoint")  # names a damaged file before anything is read
         if self.engine is not None:
             _, state = self.engine.load_checkpoint(str(path), load_module_strict=False)  # tag from `latest`
         else:
-            tag = (path / "latest").read_text().strip()
-            directory = path / tag
-            verify(directory, "PRM checkpoint")  # names a damaged file before anything is read
             # to CPU whatever device saved it: load_state_dict copies onto the live device, and the client
             # state (RNG states) must stay CPU tensors
             sd = load_state(directory / "learner.pt")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from prm.checkpoint_io import load_state, load_weights, save_state, save_weights
+from prm.checkpoint_io import deepspeed_weights_only, load_state, load_weights, save_state, save_weights
 from prm.config import TrainerConfig
 from prm.models import load_model
 from rl.algos import ppo_clip_loss
@@ -63,6 +63,7 @@ class PolicyTrainer:
                          "bf16": {"enabled": policy_cfg.dtype in ("bf16", "bfloat16")},
                          "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9}
             self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+            deepspeed_weights_only(self.engine)  # its own loader would run pickles
         else:
             self.optimizer = optimizer
         self.version = 0  # bumped by every update; rollouts carry the version they were sampled from
