@@ -72,7 +72,7 @@ def test_oracle_reveals_labels_as_paid_calls():
     assert oracle.judge_batch([("q2", ["c"]), ("q1", ["a", "b"])])[0].first_error == -1
     with pytest.raises(KeyError, match="no label for this item"):
         oracle.judge("q1", ["a", "changed"])
-    with pytest.raises(ValueError, match="record 0"):
+    with pytest.raises(ValueError, match=r"record 1 \(1-based\)"):
         OracleJudge([{"question": "q", "steps": ["a"], "first_error": 3}])
 
 
