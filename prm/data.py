@@ -10,7 +10,6 @@ Every loader raises DataError naming file, 1-based line (a table's row) and fiel
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
