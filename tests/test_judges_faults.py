@@ -223,3 +223,13 @@ def test_a_live_holder_renews_its_lease_and_a_second_caller_reads_its_label(tmp_
         first.join()
     assert len(server.requests) == 1
     assert results["first"].first_error == results["second"].first_error == 2 and results["second"].from_ledger
+
+
+def test_a_retry_the_token_budget_cannot_cover_is_not_made(tmp_path):
+    with FakeOpenAIServer([Reply(body="garbage"), Reply("\\boxed{0}")]) as server:
+        judge = llm(server)
+        bound = judge.token_bound("q", STEPS)
+        with LabelLedger(tmp_path / "l.sqlite", max_tokens=bound + 100) as ledger:  # room for one attempt
+            assert ledger.label(judge, [("q", STEPS)]) == [None]
+            assert len(server.requests) == 1  # the unreadable 200 was charged its bound: no second try
+            assert ledger.spent()["tokens"] == bound and ledger.spent()["calls"] == 1 and len(ledger) == 0
