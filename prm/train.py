@@ -170,7 +170,7 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
     ckpt = out / "ckpt"
     resume_from = {"auto": ckpt, "never": None}.get(cfg.trainer.resume, Path(cfg.trainer.resume))
     if resume_from is not None and (Path(resume_from) / "latest").is_file():
-        state = learner.load_checkpoint(resume_from)
+        state = learner.load_checkpoint(resume_from, fall_back=cfg.trainer.resume == "auto")
         torch.set_rng_state(state["rng_torch"])
         random.setstate(state["rng_python"])
         if rank == 0:

@@ -34,14 +34,15 @@ import importlib
 import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from prm.checkpoint_io import (deepspeed_weights_only, load_state, load_weights, save_state, save_weights, verify,
-                               write_manifest)
+from prm.checkpoint_io import (CheckpointError, deepspeed_weights_only, load_state, load_weights, save_state,
+                               save_weights, verify, write_manifest)
 from prm.config import TrainerConfig
 from prm.data import Trajectory
 from prm.features import FeatureCache
@@ -235,17 +236,34 @@ class PRMLearner:
             tmp.rename(path / tag)
             (path / "latest.tmp").write_text(tag)
             os.replace(path / "latest.tmp", path / "latest")
-        if int(os.environ.get("RANK", "0")) == 0:
-            for old in path.glob("step*"):
-                if old.is_dir() and old.name != tag:
-                    shutil.rmtree(old, ignore_errors=True)
+        if int(os.environ.get("RANK", "0")) == 0:  # this save and the one before it (a fallback)
+            for old in _step_dirs(path)[2:]:
+                shutil.rmtree(path / old, ignore_errors=True)
 
-    def load_checkpoint(self, path: str | Path) -> dict:
+    def load_checkpoint(self, path: str | Path, fall_back: bool = False) -> dict:
+        """Load the `latest` save; every file is checked against its manifest first. A damaged one is an
+        error naming the file, or with fall_back=True (trainer.resume=auto) the previous intact save is
+        loaded instead, with a loud warning."""
         path = Path(path)
-        directory = path / (path / "latest").read_text().strip()
-        verify(directory, "PRM checkpoint")  # names a damaged file before anything is read
+        latest = (path / "latest").read_text().strip()
+        for tag in [latest, *(t for t in _step_dirs(path) if t != latest)] if fall_back else [latest]:
+            try:
+                verify(path / tag, "PRM checkpoint")  # names a damaged file before anything is read
+            except CheckpointError as exc:
+                if not fall_back:
+                    raise
+                print(f"WARNING: {exc}; trainer.resume=auto falls back to an older save", file=sys.stderr, flush=True)
+                continue
+            if tag != latest:
+                print(f"WARNING: resuming from {path / tag}, not the newest save (see above)", file=sys.stderr,
+                      flush=True)
+            return self._load_tag(path, tag)
+        raise CheckpointError(f"PRM checkpoint {path}: no intact save left to resume from")
+
+    def _load_tag(self, path: Path, tag: str) -> dict:
+        directory = path / tag
         if self.engine is not None:
-            _, state = self.engine.load_checkpoint(str(path), load_module_strict=False)  # tag from `latest`
+            _, state = self.engine.load_checkpoint(str(path), tag=tag, load_module_strict=False)
         else:
             # to CPU whatever device saved it: load_state_dict copies onto the live device, and the client
             # state (RNG states) must stay CPU tensors
@@ -255,3 +273,9 @@ class PRMLearner:
             state = sd["client_state"]
         self.global_step = state["global_step"]
         return state["client"]
+
+
+def _step_dirs(path: Path) -> list[str]:
+    """Names of the step<N> save directories under path, newest first."""
+    found = [p.name for p in path.glob("step*") if p.is_dir() and p.name[4:].isdigit()]
+    return sorted(found, key=lambda name: int(name[4:]), reverse=True)

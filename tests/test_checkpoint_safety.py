@@ -117,3 +117,22 @@ def test_load_state_refuses_a_truncated_file_naming_it(tmp_path):
     path.write_bytes(path.read_bytes()[:20])
     with pytest.raises(CheckpointError, match="state.pt"):
         load_state(path)
+
+
+@pytest.mark.parametrize("deepspeed", [False, True], ids=["plain", "deepspeed"])
+def test_prm_learner_falls_back_to_the_previous_intact_save_only_when_asked(tmp_path, capsys, deepspeed):
+    learner = PRMLearner(EnsemblePRM(PRMConfig(backbone="tiny-random-llama", dtype="fp32", num_heads=4,
+                                               batch_size=4, head_lr=1e-2)), TrainerConfig(deepspeed=deepspeed))
+    for step in (1, 2, 3):
+        learner.global_step = step
+        learner.save_checkpoint(tmp_path, {"update": step})
+    assert sorted(p.name for p in tmp_path.glob("step*")) == ["step2", "step3"]  # the newest and a fallback
+    victim = next(p for p in sorted((tmp_path / "step3").rglob("*")) if p.is_file() and p.name != "manifest.json")
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0x01
+    victim.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"step3: file {victim.name} is damaged"):
+        learner.load_checkpoint(tmp_path)
+    assert learner.load_checkpoint(tmp_path, fall_back=True) == {"update": 2}
+    err = capsys.readouterr().err
+    assert "step3" in err and victim.name in err and "falls back" in err
