@@ -85,8 +85,11 @@ class Judge(ABC):
         return 0
 
     async def ajudge(self, question: str, steps: list[str], before_retry: "BeforeRetryCost | None" = None) -> Verdict:
-        """The async face the ledger drives. Local judges run in the loop's own thread (the main thread
-        for sync callers: math-verify's signal timeouts need it); network judges override this."""
+        """The async face the ledger drives; network judges override it. A sync judge that allows several
+        calls at once runs them in worker threads; a serial one runs in the loop's own thread (the main
+        thread for sync callers, which signal-based timeouts need)."""
+        if self.max_concurrency > 1:
+            return await asyncio.to_thread(self.judge, question, steps)
         return self.judge(question, steps)
 
     @contextlib.asynccontextmanager
