@@ -264,9 +264,7 @@ class LabelLedger:
         params: tuple = (judge_identity, after_id)
         if upto_id is not None:
             query, params = query + " AND id <= ?", params + (upto_id,)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY id", params).fetchall()
-        return [(i, q, json.loads(steps), k) for i, q, steps, k in rows]
+        return [(i, q, json.loads(steps), k) for i, q, steps, k in self._db.query(query + " ORDER BY id", params)]
 
     def export_jsonl(self, path: str | Path, judge_identity: str | None = None) -> int:
         """Write valid labels as trajectories (question, steps, first_error, source); return the count."""

@@ -2,6 +2,7 @@
 import math
 import os
 import socket
+import sqlite3
 import time
 
 import pytest
@@ -48,8 +49,10 @@ def test_replay_never_trains_on_invalid_or_unpaid_labels(tmp_path):
         _pay(ledger, [("good a", ["1 + 1 = 2"]), ("bad:0 b", ["1 + 1 = 3", "x"]), ("invalid c", ["s"]),
                       ("bad:5 d", ["only", "two"])])  # first_error 5 of 2 steps: a broken verdict, never trained on
         # an unpaid label: a reservation of a live process, no verdict committed
-        ledger._db.execute("INSERT INTO reservations (judge, item_hash, tokens, host, pid, created_at) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", ("scripted:v1", "h", 0, socket.gethostname(), os.getpid(), time.time()))
+        with sqlite3.connect(tmp_path / "l.sqlite") as db:
+            db.execute("INSERT INTO reservations (judge, item_hash, tokens, host, pid, created_at, expires_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", ("scripted:v1", "h", 0, socket.gethostname(), os.getpid(),
+                                                        time.time(), time.time() + 600))
         ledger.label(type("Other", (ScriptedJudge,), {"identity": "other:v1"})(), [("good other", ["z"])])
         replay = LabelReplay(ledger, "scripted:v1", ReplayConfig(steps=20, batch_size=4))
         learner = RecordingLearner()
@@ -91,7 +94,8 @@ def test_replay_resumes_exactly(tmp_path):
         expected = round_(straight, 3)
         resumed = LabelReplay(ledger, "scripted:v1", cfg, seed=3)
         resumed.load_state_dict(state)
-        ledger._db.execute("DELETE FROM labels WHERE question LIKE 'r3%' OR question LIKE 'bad:0 r3%'")
+        with sqlite3.connect(tmp_path / "l.sqlite") as db:
+            db.execute("DELETE FROM labels WHERE question LIKE 'r3%' OR question LIKE 'bad:0 r3%'")
         assert round_(resumed, 3) == expected
     assert [t.question for _, t in resumed.buffer] == [t.question for _, t in straight.buffer]
 
