@@ -106,9 +106,13 @@ def with_self_confidence(cache, items):
     qs, ss = [t.question for t in items], [t.steps for t in items]
     lo = PolicyConfidence(model, tok, "min", batch_size=64)(qs, ss)
     mean = PolicyConfidence(model, tok, "mean", batch_size=64)(qs, ss)
+    done = set()
     for t, a, b in zip(items, lo, mean):
         key = item_key(t.question, t.steps)
         key = key if key in cache.store else f"{key}:{cache.max_length}"
+        if key in done:  # the same sample drawn twice: one stored feature
+            continue
+        done.add(key)
         f = cache.store[key]
         extra = torch.tensor([a, b]).T.clamp_min(1e-9).log()[: len(f)].to(f.dtype)
         cache.store[key] = torch.cat([f, extra], -1)
