@@ -67,6 +67,10 @@ class PRMConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     batch_size: int = 8
+    # Training batches' token layout (prm.batching): padded | bucketed (sorted sub-batches) | packed (rows of
+    # sequences end to end, position ids restart, no cross-sequence attention). Same loss and gradients.
+    batch_layout: str = "packed"
+    pack_tokens: int = 2048                   # bucketed/packed: at most this many tokens per sub-batch / row
     # Optimizer steps per PRMLearner.update call, all on that call's selected, labelled batch (selection
     # and labels from the first pass, paid once): the online loop gets few labels a round, so reusing
     # them lets its PRM learn faster. Not replays of older labels (that is prm.train's epochs).
@@ -79,6 +83,8 @@ class PRMConfig:
 
     def __post_init__(self):
         check_device(self.device)
+        if self.batch_layout not in ("padded", "bucketed", "packed"):
+            raise ConfigError(f"prm.batch_layout must be padded, bucketed or packed, got {self.batch_layout!r}")
         if self.update_steps < 1:
             raise ConfigError(f"prm.update_steps must be >= 1, got {self.update_steps}")
 
