@@ -67,9 +67,10 @@ class PRMConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     batch_size: int = 8
-    # Training batches' token layout (prm.batching): padded | bucketed (sorted sub-batches) | packed (rows of
-    # sequences end to end, position ids restart, no cross-sequence attention). Same loss and gradients.
-    batch_layout: str = "packed"
+    # Training batches' token layout (prm.batching), same loss and gradients: padded | bucketed (sorted
+    # sub-batches; the default: no quadratic attention over a packed row, fastest on a CPU) | packed (rows of
+    # sequences end to end, block-diagonal attention from restarting position ids; for GPUs)
+    batch_layout: str = "bucketed"
     pack_tokens: int = 2048                   # bucketed/packed: at most this many tokens per sub-batch / row
     # Optimizer steps per PRMLearner.update call, all on that call's selected, labelled batch (selection
     # and labels from the first pass, paid once): the online loop gets few labels a round, so reusing

@@ -65,7 +65,9 @@ def save_round(out_dir: str | Path, round_index: int, policy, learner, state: di
     policy.save(tmp / "policy")
     if learner is not None:
         learner.save_checkpoint(tmp / "prm")
-    torch.save({**state, "round": round_index, "rng": rng_state()}, tmp / "state.pt")
+    # state["rng"], when given, is the RNG state of the round's end (rl.schedule: taken before the next
+    # round's generation began); else the state now
+    torch.save({"rng": rng_state(), **state, "round": round_index}, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     rounds = sorted((p for p in root.glob("round_*") if _ROUND_DIR.search(p.name)), key=lambda p: p.name)

@@ -86,6 +86,9 @@ class SelectConfig:
 class OnlineConfig:
     rounds: int = 4
     prm_update: str = "after"                # before | after | none
+    # overlap: judge + PRM update of round k run beside its policy update and round k+1's generation
+    # (same results; serial where prm_update=before or several processes; rl/schedule.py) | serial
+    schedule: str = "overlap"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
@@ -98,7 +101,7 @@ class OnlineConfig:
     keep_checkpoints: int = 2                # newest round checkpoints kept on disk
 
 
-CHOICES = {"prm_update": ("before", "after", "none"), "select.mode": ("uncertain", "all", "random", "none"),
+CHOICES = {"prm_update": ("before", "after", "none"), "schedule": ("overlap", "serial"), "select.mode": ("uncertain", "all", "random", "none"),
            "algo.reward": ("outcome", "process", "both"), "policy.train_mode": ("lora", "full")}
 
 

@@ -2,12 +2,13 @@
 
     generate -> verify -> score -> select -> judge -> prm_update -> advantage -> policy_update -> weight_sync
 
-`OnlineLoop.round()` is the whole algorithm on one screen; the helpers below it do the bookkeeping.
+`OnlineLoop.round()` is the whole algorithm on one screen, in four halves (begin, rank, learn_prm,
+learn_policy) that rl.schedule may overlap across rounds; the helpers below do the bookkeeping.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,6 +38,20 @@ class Rollout:
     first_error: int | None = None       # the judge's verdict (None = not judged / invalid)
 
 
+@dataclass
+class RoundWork:
+    """A round in flight: what its phases produced so far and their busy seconds (two timers: the back
+    half, judge -> prm_update, may run in another thread)."""
+    index: int
+    timer: PhaseTimer
+    back_timer: PhaseTimer
+    rollouts: list[Rollout] = field(default_factory=list)
+    chosen: list[bool] = field(default_factory=list)
+    cost: Cost = field(default_factory=Cost)
+    metrics: dict = field(default_factory=dict)         # written by the foreground halves
+    back_metrics: dict = field(default_factory=dict)    # written by learn_prm
+
+
 class OnlineLoop:
     def __init__(self, cfg, task, stream, policy, rollout, learner, judge, ledger, checker):
         self.cfg, self.task, self.stream, self.policy, self.rollout = cfg, task, stream, policy, rollout
@@ -45,37 +60,62 @@ class OnlineLoop:
         self.on_phase = None  # callback(phase name) when a phase starts (progress display)
 
     def round(self, index: int) -> tuple[dict, list[float]]:
-        cfg, t = self.cfg, PhaseTimer(self.on_phase)
-        problems = self.stream.next_batch(cfg.data.prompts_per_round)
-        with t("generate"):
-            rollouts = self.generate(problems)
-        with t("verify"):
-            passed = self.checker.score_solutions([r.reference for r in rollouts], [r.completion.text for r in rollouts],
-                                                  cfg.data.fallback_last_number)
-            for r, ok in zip(rollouts, passed):
+        """One round, serially. rl.schedule runs the same four halves, where valid with judge -> prm_update
+        of round k in a worker thread beside round k's policy update and round k+1's generation."""
+        work = self.begin(index)      # generate -> verify
+        self.rank(work)               # score -> select
+        self.learn_prm(work)          # judge -> prm_update
+        self.learn_policy(work)       # advantage -> policy_update -> weight_sync
+        return self.report(work)
+
+    def begin(self, index: int) -> "RoundWork":
+        work = RoundWork(index, PhaseTimer(self.on_phase), PhaseTimer())
+        problems = self.stream.next_batch(self.cfg.data.prompts_per_round)
+        with work.timer("generate"):
+            work.rollouts = self.generate(problems)
+        with work.timer("verify"):
+            passed = self.checker.score_solutions([r.reference for r in work.rollouts],
+                                                  [r.completion.text for r in work.rollouts],
+                                                  self.cfg.data.fallback_last_number)
+            for r, ok in zip(work.rollouts, passed):
                 r.passed = ok
-        with t("score"):
-            self.score(rollouts)
-        with t("select"):
-            chosen = self.select(rollouts, index)
-        with t("judge"):
-            judged, cost = self.judge_selected(rollouts, chosen)
-        with t("prm_update"):
-            prm_metrics = self.update_prm(rollouts, judged)
-        with t("advantage"):
-            samples, adv_metrics = self.advantages(rollouts)
-        with t("policy_update"):
-            policy_metrics = self.update_policy(samples, index)
-        with t("weight_sync"):
+        return work
+
+    def rank(self, work: "RoundWork") -> None:
+        with work.timer("score"):
+            self.score(work.rollouts)
+        with work.timer("select"):
+            work.chosen = self.select(work.rollouts, work.index)
+
+    def learn_prm(self, work: "RoundWork") -> None:
+        """The back half: touches the judge, the ledger and the PRM only (never the policy, the rollout
+        engine or the global RNG streams), so a schedule may run it in a worker thread."""
+        with work.back_timer("judge"):
+            judged, work.cost = self.judge_selected(work.rollouts, work.chosen)
+        with work.back_timer("prm_update"):
+            work.back_metrics.update(self.update_prm(work.rollouts, judged))
+        work.back_metrics["judge/labels"] = len(judged)
+
+    def learn_policy(self, work: "RoundWork") -> None:
+        with work.timer("advantage"):
+            samples, adv_metrics = self.advantages(work.rollouts)
+        with work.timer("policy_update"):
+            policy_metrics = self.update_policy(samples, work.index)
+        with work.timer("weight_sync"):
             sync_metrics = self.sync()
+        work.metrics.update({**adv_metrics, **{f"policy/{k}": v for k, v in policy_metrics.items()}, **sync_metrics})
+
+    def report(self, work: "RoundWork", wall: float | None = None) -> tuple[dict, list[float]]:
+        """The round's metrics. timing/<phase>: busy seconds of each phase, whichever thread ran it;
+        timing/round: the round's wall time (serial: the sum of the phases)."""
+        rollouts, chosen, cost = work.rollouts, work.chosen, work.cost
         stds = [s for r in rollouts for s in (r.std or [])]
-        metrics = {"round": index, **self.rollout_metrics(rollouts), **adv_metrics, **prm_metrics,
+        timing = {**work.timer.seconds, **work.back_timer.seconds}
+        metrics = {"round": work.index, **self.rollout_metrics(rollouts), **work.metrics, **work.back_metrics,
                    "select/candidates": len(rollouts), "select/selected": sum(chosen),
                    "select/fraction": sum(chosen) / len(rollouts), "judge/calls": cost.calls,
-                   "judge/tokens": cost.tokens, "judge/seconds": cost.seconds, "judge/labels": len(judged),
-                   **{f"policy/{k}": v for k, v in policy_metrics.items()}, **sync_metrics,
-                   **std_histogram(stds), **t.seconds}
-        metrics["timing/round"] = sum(v for k, v in t.seconds.items())
+                   "judge/tokens": cost.tokens, "judge/seconds": cost.seconds, **std_histogram(stds), **timing}
+        metrics["timing/round"] = sum(timing.values()) if wall is None else wall
         return metrics, stds
 
     # ------------------------------------------------------------------ phases

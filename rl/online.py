@@ -79,6 +79,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
 
     from rl.checkpoint import load_round, resolve_resume, save_round
     from rl.report import MetricsLog, phase_line, plot_rounds, summary_table
+    from rl.schedule import effective_schedule, run_rounds
 
     check_choices(cfg)
     loop, out_dir = build(cfg)
@@ -94,15 +95,16 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
         print(f"[rl.online] resumed from {resume_from} (round {state['round']}, data position {loop.stream.position})")
     log = MetricsLog(out_dir, history)
     last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
-    bar = tqdm(range(start_round, last + 1), desc="rounds", disable=not cfg.trainer.progress, dynamic_ncols=True)
-    for index in bar:
-        loop.on_phase = lambda phase, i=index: bar.set_description(f"round {i}/{cfg.rounds}: {phase}")
-        metrics, stds = loop.round(index)
+    bar = tqdm(total=last - start_round + 1, desc="rounds", disable=not cfg.trainer.progress, dynamic_ncols=True)
+    loop.on_phase = lambda phase: bar.set_description(f"round {bar.n + 1}/{cfg.rounds}: {phase}")
+    for done in run_rounds(loop, range(start_round, last + 1), effective_schedule(cfg)):
+        index, metrics, stds = done.index, done.metrics, done.stds
+        bar.update(1)
         with_timer = time.perf_counter()
         if cfg.trainer.save_every and index % cfg.trainer.save_every == 0:
             save_round(out_dir, index, loop.policy, loop.learner,
-                       {"data_position": loop.stream.position, "history": history + [metrics],
-                        "ledger": str(loop.ledger.path)}, cfg.keep_checkpoints)
+                       {"data_position": done.data_position, "history": history + [metrics],
+                        "ledger": str(loop.ledger.path), "rng": done.rng}, cfg.keep_checkpoints)
         metrics["timing/checkpoint"] = time.perf_counter() - with_timer
         history.append(metrics)
         log.write(metrics, stds)

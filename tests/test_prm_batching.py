@@ -92,16 +92,17 @@ def test_a_packed_sequence_does_not_see_its_neighbours():
     assert not torch.allclose(f1[0], f2[0], atol=1e-3)
 
 
-def test_learner_updates_agree_across_layouts():
-    """Two identical learners, one padded one packed: same metrics and weights after two updates."""
+@pytest.mark.parametrize("layout", ["bucketed", "packed"])
+def test_learner_updates_agree_across_layouts(layout):
+    """Two identical learners, one padded: same metrics and weights after two updates (two steps each)."""
     states = {}
-    for layout in ("padded", "packed"):
+    for layout in ("padded", layout):
         torch.manual_seed(0)
         learner = PRMLearner(EnsemblePRM(PRMConfig(**TINY, batch_layout=layout, update_steps=2)),
                              TrainerConfig(deepspeed=False))
         metrics = [learner.update(TRAJS, select=False) for _ in range(2)]
         states[layout] = (metrics, {k: v.clone() for k, v in learner.prm.state_dict().items()})
-    (m_pad, w_pad), (m_pack, w_pack) = states["padded"], states["packed"]
+    (m_pad, w_pad), (m_pack, w_pack) = states["padded"], states[layout]
     for a, b in zip(m_pad, m_pack):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["labelled"] == b["labelled"]
     for name in w_pad:
