@@ -57,6 +57,7 @@ def test_ill_typed_value_fails_with_its_name():
 
 README_OVERRIDES = [
     ("online", ["select.mode=all"]), ("online", ["select.mode=random"]), ("online", ["prm_update=none"]),
+    ("online", ["schedule=serial"]), ("prm_train", ["prm=smollm2_full", "prm.batch_layout=packed"]),
     ("online", ["algo.reward=outcome", "select.mode=none", "prm_update=none"]),
     ("online", ["algo=rloo", "rollout=vllm", "policy=smollm2_lora"]),
     ("prm_train", ["mode=random", "budget=0.3"]),
