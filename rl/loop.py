@@ -23,6 +23,10 @@ from rl.report import PhaseTimer, std_histogram
 from rl.rollout import Completion, assert_single_version
 
 
+PHASES = ("generate", "verify", "score", "select", "judge", "prm_update", "advantage", "policy_update", "weight_sync",
+          "wait_prm")  # the serial order (timing/* keys come in it); wait_prm: rl.schedule's overlap
+
+
 @dataclass
 class Rollout:
     """One completion and everything the round learns about it."""
@@ -57,7 +61,7 @@ class OnlineLoop:
         self.cfg, self.task, self.stream, self.policy, self.rollout = cfg, task, stream, policy, rollout
         self.learner, self.judge, self.ledger, self.checker = learner, judge, ledger, checker
         self.tok = policy.tokenizer
-        self.on_phase = None  # callback(phase name) when a phase starts (progress display)
+        self.on_phase = None  # callback(round index, phase name) when a foreground phase starts (progress display)
 
     def round(self, index: int) -> tuple[dict, list[float]]:
         """One round, serially. rl.schedule runs the same four halves, where valid with judge -> prm_update
@@ -68,8 +72,9 @@ class OnlineLoop:
         self.learn_policy(work)       # advantage -> policy_update -> weight_sync
         return self.report(work)
 
-    def begin(self, index: int) -> "RoundWork":
-        work = RoundWork(index, PhaseTimer(self.on_phase), PhaseTimer())
+    def begin(self, index: int) -> RoundWork:
+        show = None if self.on_phase is None else (lambda phase: self.on_phase(index, phase))
+        work = RoundWork(index, PhaseTimer(show), PhaseTimer())
         problems = self.stream.next_batch(self.cfg.data.prompts_per_round)
         with work.timer("generate"):
             work.rollouts = self.generate(problems)
@@ -81,13 +86,13 @@ class OnlineLoop:
                 r.passed = ok
         return work
 
-    def rank(self, work: "RoundWork") -> None:
+    def rank(self, work: RoundWork) -> None:
         with work.timer("score"):
             self.score(work.rollouts)
         with work.timer("select"):
             work.chosen = self.select(work.rollouts, work.index)
 
-    def learn_prm(self, work: "RoundWork") -> None:
+    def learn_prm(self, work: RoundWork) -> None:
         """The back half: touches the judge, the ledger and the PRM only (never the policy, the rollout
         engine or the global RNG streams), so a schedule may run it in a worker thread."""
         with work.back_timer("judge"):
@@ -96,7 +101,7 @@ class OnlineLoop:
             work.back_metrics.update(self.update_prm(work.rollouts, judged))
         work.back_metrics["judge/labels"] = len(judged)
 
-    def learn_policy(self, work: "RoundWork") -> None:
+    def learn_policy(self, work: RoundWork) -> None:
         with work.timer("advantage"):
             samples, adv_metrics = self.advantages(work.rollouts)
         with work.timer("policy_update"):
@@ -105,12 +110,13 @@ class OnlineLoop:
             sync_metrics = self.sync()
         work.metrics.update({**adv_metrics, **{f"policy/{k}": v for k, v in policy_metrics.items()}, **sync_metrics})
 
-    def report(self, work: "RoundWork", wall: float | None = None) -> tuple[dict, list[float]]:
+    def report(self, work: RoundWork, wall: float | None = None) -> tuple[dict, list[float]]:
         """The round's metrics. timing/<phase>: busy seconds of each phase, whichever thread ran it;
         timing/round: the round's wall time (serial: the sum of the phases)."""
         rollouts, chosen, cost = work.rollouts, work.chosen, work.cost
         stds = [s for r in rollouts for s in (r.std or [])]
-        timing = {**work.timer.seconds, **work.back_timer.seconds}
+        busy = {**work.timer.seconds, **work.back_timer.seconds}
+        timing = {k: busy[k] for k in sorted(busy, key=lambda k: PHASES.index(k[7:]) if k[7:] in PHASES else len(PHASES))}
         metrics = {"round": work.index, **self.rollout_metrics(rollouts), **work.metrics, **work.back_metrics,
                    "select/candidates": len(rollouts), "select/selected": sum(chosen),
                    "select/fraction": sum(chosen) / len(rollouts), "judge/calls": cost.calls,

@@ -96,7 +96,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     log = MetricsLog(out_dir, history)
     last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
     bar = tqdm(total=last - start_round + 1, desc="rounds", disable=not cfg.trainer.progress, dynamic_ncols=True)
-    loop.on_phase = lambda phase: bar.set_description(f"round {bar.n + 1}/{cfg.rounds}: {phase}")
+    loop.on_phase = lambda index, phase: bar.set_description(f"round {index}/{cfg.rounds}: {phase}")
     for done in run_rounds(loop, range(start_round, last + 1), effective_schedule(cfg)):
         index, metrics, stds = done.index, done.metrics, done.stds
         bar.update(1)
