@@ -6,6 +6,7 @@ import torch
 
 from rl.loop import OnlineLoop
 from rl.online import build, run
+from rl import schedule
 from rl.schedule import effective_schedule, run_rounds
 from tests.test_rl_loop import comparable, tiny_config
 
@@ -31,6 +32,14 @@ def test_overlap_gives_the_serial_labels_weights_and_metrics(tmp_path, monkeypat
     serial, serial_loop = run_loop(tmp_path / "serial", "serial")
     assert not any(rng_moved) and threads == ["MainThread"] * 3   # serial: nothing else ran meanwhile
     threads.clear()
+    # the overlap run's judge holds on until the foreground has either scored the next round or started to
+    # wait for this back half: a schedule that scored before joining would then be caught every time, not
+    # only when the threads happen to race
+    ready, judge_selected, score, join = threading.Event(), OnlineLoop.judge_selected, OnlineLoop.score, schedule._join
+    monkeypatch.setattr(OnlineLoop, "judge_selected",
+                        lambda self, *a: (ready.clear(), ready.wait(120), judge_selected(self, *a))[-1])
+    monkeypatch.setattr(OnlineLoop, "score", lambda self, rollouts: (score(self, rollouts), ready.set())[0])
+    monkeypatch.setattr(schedule, "_join", lambda *a: (ready.set(), join(*a))[-1])
     overlap, overlap_loop = run_loop(tmp_path / "overlap", "overlap")
     assert all(name.startswith("prm-back") for name in threads) and len(threads) == 3
 
