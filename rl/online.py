@@ -97,7 +97,10 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
     bar = tqdm(total=last - start_round + 1, desc="rounds", disable=not cfg.trainer.progress, dynamic_ncols=True)
     loop.on_phase = lambda index, phase: bar.set_description(f"round {index}/{cfg.rounds}: {phase}")
-    for done in run_rounds(loop, range(start_round, last + 1), effective_schedule(cfg)):
+    schedule = effective_schedule(cfg)
+    if schedule != cfg.schedule:
+        print(f"[rl.online] schedule={cfg.schedule} needs prm_update=after|none and one process: running serially")
+    for done in run_rounds(loop, range(start_round, last + 1), schedule):
         index, metrics, stds = done.index, done.metrics, done.stds
         bar.update(1)
         with_timer = time.perf_counter()
