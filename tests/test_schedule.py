@@ -1,11 +1,12 @@
 """Round schedules (rl.schedule): the overlap schedule changes time, not results."""
 import threading
+import time
 
 import pytest
 import torch
 
 from rl.loop import OnlineLoop
-from rl.online import build, run
+from rl.online import build
 from rl import schedule
 from rl.schedule import effective_schedule, run_rounds
 from tests.test_rl_loop import comparable, tiny_config
@@ -62,7 +63,6 @@ def test_overlap_gives_the_serial_labels_weights_and_metrics(tmp_path, monkeypat
 def test_round_times_partition_the_wall_time(tmp_path, monkeypatch):
     """timing/round covers the round's foreground phases and its wait, and the rounds' times never add up
     to more than the run's wall time (a back half counted into the wall twice would, with this slow judge)."""
-    import time
     judge_selected = OnlineLoop.judge_selected
     monkeypatch.setattr(OnlineLoop, "judge_selected", lambda self, *a: time.sleep(0.5) or judge_selected(self, *a))
     cfg = tiny_config(tmp_path / "run", rounds=3, schedule="overlap")
