@@ -13,6 +13,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
+from judges.config import JudgeConfig
+
 log = logging.getLogger(__name__)
 
 Item = tuple[str, list[str]]  # (question, steps)
@@ -69,6 +71,7 @@ class Judge(ABC):
     """
 
     max_concurrency: int = 1  # network judges raise this; judge_batch runs that many at once
+    config_class: type = JudgeConfig  # this kind's config schema (judges.config)
 
     @property
     @abstractmethod
@@ -155,8 +158,8 @@ def register_judge(name: str) -> Callable[[type[Judge]], type[Judge]]:
 def make_judge(cfg: Any, **context: Any) -> Judge:
     """Build a judge from a config (dict, DictConfig or JudgeConfig) whose `name` picks the kind.
 
-    The config is validated against judges.config.JudgeConfig first: unknown or ill-typed keys fail
-    here, at start-up, not deep inside a run.
+    The config is validated against its kind's schema (judges.config) first: unknown or ill-typed keys
+    fail here, at start-up, not deep inside a run.
     """
     from judges.config import validate_judge_config
 

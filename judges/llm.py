@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from judges.base import Cost, Judge, Verdict, register_judge
+from judges.config import LLMJudgeConfig
 from judges.chat_client import ChatClient
 from judges.critic import PROMPT_VERSION, critic_prompt, parse_verdict
 
@@ -15,6 +16,7 @@ TEMPLATE_TOKEN_ALLOWANCE = 256
 
 @register_judge("llm")
 class LLMJudge(Judge):
+    config_class = LLMJudgeConfig
     def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", model: str = "default",
                  api_key_env: str = "PRMLOOP_JUDGE_API_KEY", temperature: float = 0.5, top_p: float = 0.95,
                  max_tokens: int = 4096, timeout_s: float = 120.0, max_retries: int = 4,

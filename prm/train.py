@@ -1,15 +1,15 @@
-"""`python -m prm.train`: train the ensemble PRM standalone over a pool (DESIGN.md §2 "Standalone modes").
+"""`python -m prm.train`: train the ensemble PRM standalone over a pool (docs/method.md, Eq. 4 and Eq. 5).
 
-mode=active   stream the pool once in batches of prm.batch_size; Eq. 5 picks the uncertain
-              trajectories (at most the per-batch share of the label budget, most uncertain first);
-              only those are sent to the judge and trained on.
-mode=random   the same budget, picked uniformly at random in each batch (the baseline).
-mode=full     every trajectory labelled and trained on.
-mode=filter   one-shot: score the pool with a trained PRM (prm.path), write the Eq. 5-uncertain part
-              as JSONL (filter_out) for a judge and a fresh PRM.
+select.mode=uncertain  stream the pool once in batches of prm.batch_size; Eq. 5 picks the uncertain
+                       trajectories (at most the per-batch share of the label budget, most uncertain
+                       first); only those are sent to the judge and trained on.
+select.mode=random     the same budget, picked uniformly at random in each batch (the baseline).
+select.mode=all        every trajectory labelled and trained on (select.budget is ignored).
+job=filter             one-shot: score the pool with a trained PRM (prm.path), write the Eq. 5-uncertain
+                       part as JSONL (filter_out) for a judge and a fresh PRM.
 Labels: judge.name=oracle reveals the pool's own labels (hidden from the learner until revealed), any
 other judge (rule, llm) labels an unlabelled pool; every label goes through the SQLite ledger first.
-budget <= 1 is a fraction of the pool, > 1 a label count. epochs > 1 replays the acquired labels.
+select.budget <= 1 is a fraction of the pool, > 1 a label count. epochs > 1 replays the acquired labels.
 Multi-process: `torchrun --nproc_per_node 2 -m prm.train ...` (gloo on CPU): each rank streams its
 shard of the pool with its share of the budget; DeepSpeed averages the gradients.
 Checkpoints (<out_dir>/ckpt: trainable weights, optimizer, scheduler, pool position, acquired labels,
@@ -31,10 +31,9 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from prm.config import PRMTrainConfig, validate
+from prm.config import PRMJob, PRMTrainConfig, SelectMode, validate
 from prm.data import Trajectory, load_pool
-
-MODES = ("active", "random", "full", "filter")
+from prm.selection import Selection
 
 
 def rank_world() -> tuple[int, int]:
@@ -60,14 +59,13 @@ def make_revealer(cfg: PRMTrainConfig, pool: list[Trajectory], out: Path):
     """A function picked-trajectories -> first-error labels, paid through the ledger."""
     from judges.base import make_judge
     from judges.ledger import LabelLedger
-    judge_cfg = {"name": cfg.judge} if isinstance(cfg.judge, str) else dict(cfg.judge)
-    if judge_cfg.get("name") == "oracle":
+    if cfg.judge.name == "oracle":
         if any(t.first_error is None for t in pool):
             raise ValueError("judge=oracle needs a labelled pool; use judge=rule or judge=llm for an unlabelled one")
-        judge = make_judge(judge_cfg, records=[{"question": t.question, "steps": t.steps,
+        judge = make_judge(cfg.judge, records=[{"question": t.question, "steps": t.steps,
                                                 "first_error": t.first_error} for t in pool])
     else:
-        judge = make_judge(judge_cfg)
+        judge = make_judge(cfg.judge)
     ledger_path = cfg.ledger or str(out / "ledger.sqlite")
     ledger = LabelLedger(ledger_path)
 
@@ -124,8 +122,6 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
     from prm.model import EnsemblePRM
     from prm.update import PRMLearner
 
-    if cfg.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got '{cfg.mode}'")
     rank, world = rank_world()
     if world > 1 and cfg.prm.device == "cuda":   # one GPU per rank under torchrun: cuda:LOCAL_RANK
         cfg.prm.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
@@ -136,15 +132,16 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
     random.seed(cfg.trainer.seed)
     if prm is None:
         prm = EnsemblePRM.from_config(cfg.prm)
-    if cfg.mode == "filter":
+    if cfg.job == PRMJob.filter:
         return filter_pool(cfg, prm, out)
     full_pool = pool if pool is not None else load_training_pool(cfg, prm)
     full_pool = full_pool[: len(full_pool) - len(full_pool) % world]   # equal shards: ranks step together
     shard = full_pool[rank::world]
     hidden = [replace(t, first_error=None) for t in shard]             # the learner never sees pool labels
     reveal, ledger_path = make_revealer(cfg, full_pool, out)
-    budget = len(full_pool) if cfg.mode == "full" else (
-        round(cfg.budget * len(full_pool)) if cfg.budget <= 1 else int(cfg.budget))
+    mode, fraction = cfg.select.mode, cfg.select.budget
+    budget = len(full_pool) if mode == SelectMode.all else (
+        round(fraction * len(full_pool)) if fraction <= 1 else int(fraction))
     my_budget = budget // world + (1 if rank < budget % world else 0)
     bs = cfg.prm.batch_size
     n_stream = math.ceil(len(shard) / bs)
@@ -186,7 +183,7 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
     logger = Logger(out, rank == 0)
     plan_replay = None
     total = n_stream + (len(replay_batches()) if cfg.epochs > 1 and state["update"] >= n_stream else 0)
-    bar = tqdm(total=total, initial=state["update"], disable=not cfg.trainer.progress or rank != 0, desc=cfg.mode)
+    bar = tqdm(total=total, initial=state["update"], disable=not cfg.trainer.progress or rank != 0, desc=str(mode))
     while True:
         u = state["update"]
         if u < n_stream:  # ---- the stream: select, reveal, train
@@ -195,13 +192,7 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
             remaining_items = len(shard) - u * bs
             allowed = math.ceil((my_budget - state["labels_used"]) * len(batch) / remaining_items)
             allowed = max(0, min(allowed, len(batch)))
-            if cfg.mode == "active":
-                m = learner.update(batch, select=True, reveal=reveal, max_select=allowed)
-            elif cfg.mode == "random":
-                pick = set(_rng(cfg, rank, u).choice(len(batch), size=allowed, replace=False).tolist())
-                m = learner.update(batch, select=[i in pick for i in range(len(batch))], reveal=reveal)
-            else:
-                m = learner.update(batch, select=False, reveal=reveal)
+            m = learner.update(batch, Selection(mode, allowed, _rng(cfg, rank, u)), reveal=reveal)
             state["labels_used"] += m["selected"]
             state["acquired"] += [(i, k) for i, k in zip(idx, learner.last_labels) if k is not None]
             m["phase"] = "stream"
@@ -214,7 +205,7 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
                 bar.total = n_stream + len(plan_replay)
             chosen = [state["acquired"][j] for j in plan_replay[r]]
             batch = [replace(hidden[i], first_error=k) for i, k in chosen] or hidden[:1]
-            m = learner.update(batch, select=False if chosen else [False])
+            m = learner.update(batch, [bool(chosen)] * len(batch))   # no acquired label yet: regulariser only
             m["phase"] = "replay"
         state["update"] += 1
         m["labels_used"] = state["labels_used"]
@@ -233,7 +224,7 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
     bar.close()
     save()
     labels_used = _reduce_over_ranks(state["labels_used"], world, "sum")
-    summary = {"mode": cfg.mode, "pool": len(full_pool), "budget": budget, "labels_used": labels_used,
+    summary = {"mode": str(mode), "pool": len(full_pool), "budget": budget, "labels_used": labels_used,
                "updates": state["update"]}
     if world > 1:  # evidence for the multi-process test: same weights on every rank, disjoint shards
         heads_sum = sum(float(p.detach().double().sum()) for p in prm.heads.parameters())
@@ -243,7 +234,7 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
         prm.save(out / "prm")
         if cfg.run_eval:
             summary["eval"] = evaluate(prm_scorer(learner, cfg.eval.batch_size), cfg.eval, cfg.data.data_root,
-                                       out, f"({cfg.mode}, {labels_used} labels)")
+                                       out, f"({mode}, {labels_used} labels)")
             if learner.cache is not None and cfg.feature_cache and cache is None:
                 learner.cache.save(cfg.feature_cache)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

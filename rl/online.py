@@ -1,9 +1,9 @@
-"""`python -m rl.online`: online RL with the ensemble PRM in the loop (DESIGN.md section 4).
+"""`python -m rl.online`: online RL with the ensemble PRM in the loop (docs/method.md, the online round).
 
     python -m rl.online                                     # CPU default: SmolLM2 + arithmetic + rule judge
     python -m rl.online select.mode=all                     # judge-all baseline
     python -m rl.online select.mode=random                  # random selection at Eq. 5's budget
-    python -m rl.online prm_update=none                     # frozen PRM
+    python -m rl.online prm_update=none select.mode=none    # frozen PRM, no judge
     python -m rl.online algo.reward=outcome select.mode=none prm_update=none   # outcome-only RL
     python -m rl.online --config-name online_gsm8k          # GSM8K with the llm judge
 Resume: rerun with the same trainer.out_dir (trainer.resume=auto picks the latest round checkpoint).
@@ -21,7 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from prm.config import validate
-from rl.config import OnlineConfig, check_choices
+from prm.config import SelectMode
+from rl.config import OnlineConfig, PRMUpdate, RewardSource
 
 
 def seed_everything(seed: int) -> None:
@@ -31,7 +32,12 @@ def seed_everything(seed: int) -> None:
 
 
 def needs_prm(cfg: OnlineConfig) -> bool:
-    return cfg.algo.reward != "outcome" or cfg.select.mode in ("uncertain", "random") or cfg.prm_update != "none"
+    return (cfg.algo.reward != RewardSource.outcome or cfg.select.mode in (SelectMode.uncertain, SelectMode.random)
+            or cfg.prm_update != PRMUpdate.none)
+
+
+def ledger_path(cfg: OnlineConfig) -> str:
+    return cfg.judge.ledger_path or str(Path(cfg.trainer.out_dir) / "labels.sqlite")
 
 
 def build(cfg: OnlineConfig):
@@ -64,10 +70,8 @@ def build(cfg: OnlineConfig):
         from prm.model import EnsemblePRM
         from prm.update import PRMLearner
         learner = PRMLearner(EnsemblePRM.from_config(cfg.prm), cfg.trainer)
-    judge_cfg = dict(cfg.judge)
-    ledger_path = judge_cfg.pop("ledger_path", None) or str(out_dir / "labels.sqlite")
-    judge = make_judge(judge_cfg)
-    ledger = LabelLedger(ledger_path, judge_cfg.get("max_labels"), judge_cfg.get("max_total_tokens"))
+    judge = make_judge(cfg.judge)
+    ledger = LabelLedger(ledger_path(cfg), cfg.judge.max_labels, cfg.judge.max_total_tokens)
     stream = TaskStream(task.problems, cfg.data.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker())
     return loop, out_dir
@@ -80,7 +84,6 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     from rl.checkpoint import load_round, resolve_resume, save_round
     from rl.report import MetricsLog, phase_line, plot_rounds, summary_table
 
-    check_choices(cfg)
     loop, out_dir = build(cfg)
     OmegaConf.save(OmegaConf.structured(cfg), out_dir / "config.yaml")
     history: list[dict] = []
@@ -121,7 +124,7 @@ def finish(cfg, history, out_dir, summary_table, plot_rounds) -> None:
                            f"prm_update={cfg.prm_update}")
     plot = plot_rounds(history, out_dir / "rounds.png") if cfg.plot else None
     print(f"outputs: {out_dir.resolve()}\n  metrics  {out_dir / 'metrics.jsonl'}\n  tensorboard  {out_dir / 'tb'}\n"
-          f"  checkpoints  {out_dir / 'checkpoints'}\n  judge ledger  {cfg.judge.get('ledger_path') or out_dir / 'labels.sqlite'}"
+          f"  checkpoints  {out_dir / 'checkpoints'}\n  judge ledger  {ledger_path(cfg)}"
           + (f"\n  plot  {plot}" if plot else ""))
 
 
