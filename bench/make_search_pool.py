@@ -30,8 +30,7 @@ from prm.config import validate
 from prm.data import Trajectory
 from prm.steps import split_steps
 from rl.rollout import exit_on_sigterm
-from rl.search import (RolloutPolicy, SearchConfig, _prompt, _seed_everything, load_task,
-                       make_backend)
+from rl.search import RolloutPolicy, SearchConfig, _seed_everything, load_task, make_backend
 from rl.search_methods import attach_answer, Solution
 
 
@@ -55,7 +54,7 @@ def main() -> None:
     with initialize_config_module("configs", version_base=None):
         raw = compose("search", overrides=["method=[]", *args.overrides])
     cfg = validate(OmegaConf.to_container(raw, resolve=True), SearchConfig)
-    problems, system_prompt = load_task(cfg.dataset, cfg.policy.system_prompt)
+    problems, task = load_task(cfg.dataset, cfg.policy.system_prompt)
     held = held_out_questions(cfg, args.exclude_offset, args.exclude_limit, args.exclude_seed)
     kept = [p for p in problems if p.question not in held]
     print(f"[pool] {len(kept)} problems ({len(problems) - len(kept)} overlap the held-out slice and are skipped), "
@@ -65,11 +64,11 @@ def main() -> None:
     _seed_everything(args.seed, "pool", args.n)
     policy = RolloutPolicy(backend, cfg.policy)
     start = time.perf_counter()
-    groups = policy([_prompt(tok, p.question, system_prompt) for p in kept], args.n, one_step=False)
+    groups = policy([task.prompt(tok, p.question) for p in kept], args.n, one_step=False)
     seconds = time.perf_counter() - start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    samples = [(prob, k, attach_answer(Solution(split_steps(c.text), c.n_tokens), cfg.fallback_last_number))
+    samples = [(prob, k, attach_answer(Solution(split_steps(c.text), c.n_tokens), cfg.dataset.fallback_last_number))
                for prob, group in zip(kept, groups) for k, c in enumerate(group)]
     samples = [(prob, k, sol) for prob, k, sol in samples if sol.steps]
     checker = AnswerChecker()

@@ -1,4 +1,4 @@
-"""The data model (DESIGN.md section 1) and loaders for every dataset prmloop reads.
+"""The data model (docs/method.md, Data model and steps) and loaders for every dataset prmloop reads.
 
 Problem     a question with an optional reference answer.
 Trajectory  a question plus its solution steps and, when labelled, the first-error index

@@ -1,4 +1,4 @@
-"""Steps and labels: one vocabulary for every part of prmloop (DESIGN.md section 1).
+"""Steps and labels: one vocabulary for every part of prmloop (docs/method.md, Data model and steps).
 
 first_error k (0-based; -1 = every step correct)  <->  per-step labels [1]*k + [0] (steps after k cut off).
 """

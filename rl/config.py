@@ -111,6 +111,7 @@ class TaskConfig:
     # datasets
     split: str = "train"
     data_root: str | None = None
+    offset: int = 0                          # rl.search: problems [offset, offset + limit)
     limit: int | None = None
     fallback_last_number: bool = False       # answer = last number when no answer line (off: inflates)
 

@@ -1,4 +1,4 @@
-"""`python -m rl.search`: reward-guided search evaluation (DESIGN.md section 5).
+"""`python -m rl.search`: reward-guided search evaluation (docs/method.md, Search).
 
 One invocation loads the policy (HF or vLLM backend) and the PRM once, then for every seed and every
 selected method (config group `method`, one or several: `method=[greedy,best_of_n,beam,dvts]`) runs
@@ -22,7 +22,7 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,8 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from prm.answers import AnswerChecker
-from prm.config import PRMConfig, validate
+from prm.config import ConfigError, PRMConfig, validate
 from prm.data import Problem
+from rl.config import TaskConfig
 from rl.search_methods import (METHODS, SCORE_FREE_SELECTORS, SELECTORS, Continuation, ScoreSpec,
                                SearchOutcome, SearchProblem, SearchSettings, prefix_cost)
 
@@ -65,20 +66,6 @@ class MethodConfig:
 
 
 @dataclass
-class DatasetConfig:
-    name: str = "arithmetic"                  # rl.tasks registry: arithmetic | gsm8k | math500
-    split: str = "test"
-    offset: int = 0                           # problems [offset, offset + limit)
-    limit: int | None = 20
-    data_root: str | None = None
-    seed: int = 0                             # arithmetic: generator seed and difficulty
-    num_ops: int = 2
-    operand_max: int = 10
-    ops: str = "+-*"
-    mul_max: int = 10
-
-
-@dataclass
 class ScorerConfig:
     aggregate: str = "last"                   # last | min | prod over a solution's step scores
     betas: list[float] = field(default_factory=lambda: [0.0, 1.0])  # step value = mean - beta * std
@@ -92,15 +79,20 @@ class SearchConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)     # prm.path: a dir saved by `python -m prm.train`
     method: dict[str, MethodConfig] = field(default_factory=dict)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # the task rl.online trains on (one schema, one prompt); search's defaults: the test split, 20 problems
+    dataset: TaskConfig = field(default_factory=lambda: TaskConfig(split="test", limit=20, num_ops=2, ops="+-*"))
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     out_dir: str = "outputs/search"
-    fallback_last_number: bool = False        # answers only from "The answer is"/\boxed{} unless True
+    fallback_last_number: bool | None = None  # renamed: dataset.fallback_last_number (the task's, as in rl.online)
     plot: bool = True
     progress: bool = True                     # a tqdm bar per run (generation rounds)
     resume: bool = True                       # skip a (method, n, beta, seed) run whose record file is complete
+
+    def __post_init__(self):
+        if self.fallback_last_number is not None:
+            raise ConfigError("fallback_last_number was renamed: use dataset.fallback_last_number")
 
 
 # The schema is the base of configs/search.yaml (its defaults list starts with it), so every key of
@@ -109,17 +101,15 @@ ConfigStore.instance().store(name="search_schema", node=SearchConfig)
 
 
 # ---------------------------------------------------------------- problems
-def load_task(cfg: DatasetConfig, system_prompt: str | None):
-    """The online loop's task registry (rl.tasks): problems [offset, offset + limit) and the task's
-    own system prompt unless policy.system_prompt overrides it."""
-    from types import SimpleNamespace
-
+def load_task(cfg: TaskConfig, system_prompt: str | None):
+    """The online loop's task (rl.tasks.make_task, the same prompts and few-shot turns): problems
+    [offset, offset + limit) and the task, whose system prompt policy.system_prompt overrides."""
     from rl.tasks import make_task
 
     end = None if cfg.limit is None else cfg.offset + cfg.limit
-    fields = {**asdict(cfg), "size": end or 1000, "limit": end, "system_prompt": system_prompt}
-    task = make_task(SimpleNamespace(**fields))
-    return task.problems[cfg.offset:end], task.system_prompt
+    task = make_task(replace(cfg, size=max(cfg.size, end or 0), limit=end,
+                             system_prompt=system_prompt or cfg.system_prompt))
+    return task.problems[cfg.offset:end], task
 
 
 # ---------------------------------------------------------------- policy + PRM adapters
@@ -251,7 +241,7 @@ def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproble
             continue
         specs = [ScoreSpec(cfg.scorer.aggregate, b) for b in run_betas]
         settings = SearchSettings(n=n, beam_width=mcfg.beam_width, max_iterations=mcfg.max_iterations,
-                                  spec=specs[0], fallback_last_number=cfg.fallback_last_number)
+                                  spec=specs[0], fallback_last_number=cfg.dataset.fallback_last_number)
         _seed_everything(seed, method, n)
         policy.seconds = 0.0
         scorer.start_run(step_wise)
@@ -303,7 +293,7 @@ def run_stamp(cfg: SearchConfig, mcfg: MethodConfig, betas: list[float]) -> str:
     method's settings. A record is reused on resume only under the same stamp."""
     key = {"policy": asdict(cfg.policy), "prm": asdict(cfg.prm), "dataset": asdict(cfg.dataset),
            "aggregate": cfg.scorer.aggregate, "betas": betas, "method": asdict(mcfg),
-           "fallback_last_number": cfg.fallback_last_number}
+           "fallback_last_number": cfg.dataset.fallback_last_number}
     for volatile in ("batch_size", "device", "backend_options"):   # placement and batching, not results
         key["policy"].pop(volatile, None)
         key["prm"].pop(volatile, None)
@@ -336,7 +326,7 @@ def search(cfg: SearchConfig) -> Path:
         raise KeyError(f"methods {sorted(unknown)} unknown; registered: {sorted(METHODS)}")
     ScoreSpec(cfg.scorer.aggregate)   # fail on a bad aggregate before loading anything
     out_dir = Path(cfg.out_dir)
-    problems, system_prompt = load_task(cfg.dataset, cfg.policy.system_prompt)
+    problems, task = load_task(cfg.dataset, cfg.policy.system_prompt)
     prm = load_prm(cfg.prm)
     scorer = TimedScorer(prm, cfg.scorer.prefix_cache_gb)
     checker = AnswerChecker()
@@ -345,8 +335,8 @@ def search(cfg: SearchConfig) -> Path:
         for seed in cfg.seeds:
             backend, tok = make_backend(cfg.policy, seed)
             policy = RolloutPolicy(backend, cfg.policy)
-            sproblems = [SearchProblem(p.question, _prompt(tok, p.question, system_prompt),
-                                       p.reference_answer, p.source) for p in problems]
+            sproblems = [SearchProblem(p.question, task.prompt(tok, p.question), p.reference_answer, p.source)
+                         for p in problems]
             for method in order:
                 run_method(method, cfg.method[method], problems, sproblems, policy, scorer, cfg, seed,
                            checker, out_dir)
@@ -359,12 +349,6 @@ def search(cfg: SearchConfig) -> Path:
     report = write_report(out_dir, plot=cfg.plot, title=f"{cfg.dataset.name} ({len(problems)} problems)")
     print(report.read_text())
     return out_dir
-
-
-def _prompt(tok, question: str, system_prompt: str | None) -> str:
-    from rl.rollout import format_prompt
-
-    return format_prompt(tok, question, system_prompt)
 
 
 @hydra.main(config_path="pkg://configs", config_name="search", version_base=None)

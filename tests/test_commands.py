@@ -85,3 +85,25 @@ def test_documented_command_composes_and_validates(where, module, words):
         # a GPU command on a machine without one: it must say so (and it does before loading anything)
         if torch.cuda.is_available() or "torch.cuda.is_available() is False" not in str(err):
             raise
+
+
+def test_search_and_online_build_identical_prompts():
+    """rl.search reads the task through rl.online's TaskConfig and rl.tasks: same problems, same system
+    prompt, same few-shot turns."""
+    from prm.models import load_model
+    from rl.search import load_task
+    from rl.tasks import make_task
+
+    task_keys = ["num_ops=2", "ops=+-*", "seed=5", "split=test"]
+    with initialize_config_module(config_module="configs", version_base=None):
+        online = compose(config_name="online", overrides=[f"data.{k}" for k in task_keys])
+        search = compose(config_name="search", overrides=[f"dataset.{k}" for k in task_keys] + ["dataset.limit=4"])
+    online = validate(OmegaConf.to_container(online, resolve=True), OnlineConfig)
+    search = validate(OmegaConf.to_container(search, resolve=True), SearchConfig)
+    _, tok = load_model("tiny-random-llama", "fp32")
+    online_task = make_task(online.data)
+    problems, search_task = load_task(search.dataset, search.policy.system_prompt)
+    assert [p.question for p in problems] == [p.question for p in online_task.problems[:4]]
+    assert search_task.few_shot and search_task.few_shot == online_task.few_shot
+    for p in problems:
+        assert search_task.prompt(tok, p.question) == online_task.prompt(tok, p.question)
