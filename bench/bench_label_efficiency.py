@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from prm.config import DataConfig, EvalConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode, TrainerConfig
+from prm.config import PoolConfig, EvalConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode, TrainerConfig
 
 # this bench's row names (kept in its runs.jsonl) -> prm.train's select.mode
 SELECT_MODE = {"active": SelectMode.uncertain, "random": SelectMode.random, "full": SelectMode.all}
@@ -98,7 +98,7 @@ def one_run(args, out: Path, pool, tune, evals, cache, mode: str, budget: float,
     prm = EnsemblePRM.heads_only(pc, cache_dim(cache))
     run_dir = out / tag / f"{mode}_{budget}_{seed}_{o['epochs']}_{o['pos_weight']}_{o['head_lr']}"
     select = PoolSelectConfig(SELECT_MODE[mode], budget)
-    cfg = PRMTrainConfig(prm=pc, data=DataConfig(), judge="oracle", select=select, epochs=o["epochs"],
+    cfg = PRMTrainConfig(prm=pc, pool=PoolConfig(), judge="oracle", select=select, epochs=o["epochs"],
                          trainer=TrainerConfig(out_dir=str(run_dir), seed=seed, resume="never", save_every=10 ** 9,
                                                progress=False, deepspeed=False), run_eval=False)
     shutil.rmtree(run_dir, ignore_errors=True)

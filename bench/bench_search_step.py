@@ -25,11 +25,11 @@ SETTINGS = [  # (label, backend, dtype, extra environment)
 
 
 def one(backend: str, dtype: str, problems: int, n: int) -> dict:
-    from rl.config import TaskConfig
-    from rl.search import PolicyConfig, load_task, make_backend
+    from rl.config import PolicyConfig, RolloutConfig, TaskConfig
+    from rl.search import load_task, make_backend
 
-    tasks, task = load_task(TaskConfig(name="gsm8k", split="test", limit=problems), None)
-    policy, tok = make_backend(PolicyConfig(backend=backend, dtype=dtype, batch_size=64), seed=0)
+    tasks, task = load_task(TaskConfig(name="gsm8k", split="test", limit=problems))
+    policy, tok = make_backend(PolicyConfig(dtype=dtype), RolloutConfig(backend=backend, batch_size=64), seed=0)
     prompts = [task.prompt(tok, t.question) for t in tasks]
     for _ in range(2):   # the first call warms up (allocator, vLLM's first batch)
         start = time.perf_counter()

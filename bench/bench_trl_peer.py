@@ -82,7 +82,7 @@ def ours(args, out: Path) -> None:
     """Child (main venv): prm.train full mode on the same slice, then score the eval items."""
     import torch
     torch.set_num_threads(args.threads)
-    from prm.config import DataConfig, EvalConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode, TrainerConfig
+    from prm.config import PoolConfig, EvalConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode, TrainerConfig
     from prm.data import Trajectory
     from prm.eval import load_processbench_sample
     from prm.train import train
@@ -90,7 +90,7 @@ def ours(args, out: Path) -> None:
     pc = PRMConfig(backbone="smollm2-135m-instruct", dtype="fp32", num_heads=32, train_mode=args.mode,
                    max_length=384, lr=1e-5 if args.mode == "full" else 1e-4, head_lr=1e-3, batch_size=4,
                    pos_weight=0.25)
-    cfg = PRMTrainConfig(prm=pc, data=DataConfig(), judge="oracle", select=PoolSelectConfig(SelectMode.all), epochs=1, run_eval=False,
+    cfg = PRMTrainConfig(prm=pc, pool=PoolConfig(), judge="oracle", select=PoolSelectConfig(SelectMode.all), epochs=1, run_eval=False,
                          trainer=TrainerConfig(out_dir=str(out / "ours_run"), resume="never", save_every=10 ** 9,
                                                progress=False), eval=EvalConfig(subsets=[]))
     from prm.model import EnsemblePRM

@@ -9,7 +9,7 @@ ones (bench/RESULTS.md, search). Here the final answer is checked too:
                   else the last step, if the answer is wrong or missing
                   else -1 (all correct)
 
-The output is a labelled pool for `python -m prm.train data=jsonl judge=oracle` (the oracle judge reads
+The output is a labelled pool for `python -m prm.train pool=jsonl judge=oracle` (the oracle judge reads
 these labels through the same ledger as any judge).
 
     python bench/label_pool_outcome.py outputs/pools/arithmetic.jsonl outputs/pools/arithmetic_labelled.jsonl

@@ -3,13 +3,13 @@
 The PRM that guides search should have seen the policy's own steps. This samples `--n` solutions per
 problem from the same policy, prompt, step split and sampling settings that `python -m rl.search` uses,
 on problems disjoint from the search evaluation slice, and writes them as prmloop JSONL trajectories
-(no labels). `python -m prm.train data=jsonl data.path=<out> judge=rule` then trains the ensemble PRM on
+(no labels). `python -m prm.train pool=jsonl pool.path=<out> judge=rule` then trains the ensemble PRM on
 them in the standalone active mode, the judge labelling only what the PRM is unsure about.
 
     python bench/make_search_pool.py --out outputs/pools/arithmetic.jsonl --n 8 -- \
-        dataset.name=arithmetic dataset.seed=1 dataset.limit=200 dataset.num_ops=2 policy.max_new_tokens=160
+        task=arithmetic task.seed=1 task.limit=200 task.num_ops=2 rollout.max_new_tokens=160
     python bench/make_search_pool.py --out outputs/pools/gsm8k.jsonl --n 4 -- \
-        dataset.name=gsm8k dataset.split=train dataset.limit=150 policy.max_new_tokens=320
+        task=gsm8k task.split=train task.limit=150 rollout.max_new_tokens=320
 
 Overrides after `--` are `rl.search` config keys (configs/search.yaml). Problems whose question also
 appears in the held-out slice (`--exclude-*`, default: the search benchmark's) are skipped.
@@ -35,8 +35,8 @@ from rl.search_methods import attach_answer, Solution
 
 
 def held_out_questions(cfg: SearchConfig, exclude_offset: int, exclude_limit: int, exclude_seed: int) -> set[str]:
-    held = dataclasses.replace(cfg.dataset, offset=exclude_offset, limit=exclude_limit, split="test", seed=exclude_seed)
-    return {p.question for p in load_task(held, None)[0]}
+    held = dataclasses.replace(cfg.task, offset=exclude_offset, limit=exclude_limit, split="test", seed=exclude_seed)
+    return {p.question for p in load_task(held)[0]}
 
 
 def main() -> None:
@@ -54,21 +54,21 @@ def main() -> None:
     with initialize_config_module("configs", version_base=None):
         raw = compose("search", overrides=["method=[]", *args.overrides])
     cfg = validate(OmegaConf.to_container(raw, resolve=True), SearchConfig)
-    problems, task = load_task(cfg.dataset, cfg.policy.system_prompt)
+    problems, task = load_task(cfg.task)
     held = held_out_questions(cfg, args.exclude_offset, args.exclude_limit, args.exclude_seed)
     kept = [p for p in problems if p.question not in held]
     print(f"[pool] {len(kept)} problems ({len(problems) - len(kept)} overlap the held-out slice and are skipped), "
           f"{args.n} samples each", flush=True)
 
-    backend, tok = make_backend(cfg.policy, args.seed)
+    backend, tok = make_backend(cfg.policy, cfg.rollout, args.seed)
     _seed_everything(args.seed, "pool", args.n)
-    policy = RolloutPolicy(backend, cfg.policy)
+    policy = RolloutPolicy(backend, cfg.rollout)
     start = time.perf_counter()
     groups = policy([task.prompt(tok, p.question) for p in kept], args.n, one_step=False)
     seconds = time.perf_counter() - start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    samples = [(prob, k, attach_answer(Solution(split_steps(c.text), c.n_tokens), cfg.dataset.fallback_last_number))
+    samples = [(prob, k, attach_answer(Solution(split_steps(c.text), c.n_tokens), cfg.task.fallback_last_number))
                for prob, group in zip(kept, groups) for k, c in enumerate(group)]
     samples = [(prob, k, sol) for prob, k, sol in samples if sol.steps]
     checker = AnswerChecker()

@@ -1,4 +1,4 @@
-"""Dataclass schemas for the hydra config groups `prm`, `data` (PRM pools) and `trainer`.
+"""Dataclass schemas for the hydra config groups `prm`, `pool` (trajectories to label or score) and `trainer`.
 
 Every entry point merges its composed config into its schema with `validate`, so an unknown key or
 an ill-typed value fails at start-up with a message naming the key, before any model is loaded.
@@ -109,11 +109,11 @@ class PRMConfig:
 
 
 @dataclass
-class DataConfig:
+class PoolConfig:
     name: str = "prm800k"
     data_root: str | None = None              # None -> ../shared/data next to the repo
-    pool: str = "prm800k"                     # prm800k | processbench/<subset> | jsonl | trl | math_shepherd
-    path: str | None = None                   # file for jsonl/trl/math_shepherd pools
+    kind: str = "prm800k"                     # prm800k | processbench/<subset> | jsonl | trl | math_shepherd
+    path: str | None = None                   # file for jsonl/trl/math_shepherd; processbench: a file or hf:<hub id>
     neutral_as: str = "correct"               # PRM800K rating 0: 'correct' (usual) or 'error'
     limit: int | None = None
     max_tokens: int | None = 512              # drop pool items longer than this (tokens)
@@ -138,6 +138,7 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     subsets: list[str] = field(default_factory=lambda: ["gsm8k", "math"])  # ProcessBench; ["all"] = the four
+    processbench_source: str | None = None    # None: <data_root>/processbench; hf:Qwen/ProcessBench = the hub
     limit: int | None = None                  # items per subset
     threshold: float = 0.5                    # tau when not tuned
     tune_on: str | None = None                # pick tau on this ProcessBench subset, apply it to all
@@ -178,7 +179,7 @@ RENAMED = {"mode": "select.mode (active -> uncertain, full -> all, random -> ran
 @dataclass
 class PRMTrainConfig:
     prm: PRMConfig = field(default_factory=PRMConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     judge: Any = "oracle"                     # a judge name or its schema's dict (judges.config); oracle = pool labels
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -53,14 +53,52 @@ def data_root(root: str | Path | None = None) -> Path:
 
 
 # ---------------------------------------------------------------- row reading + validation
+HUB_PREFIX = "hf:"
+# The public datasets behind the loaders, as `source` values (a hub is not reachable from this project's
+# machines; the same rows are under data_root): GSM8K "hf:openai/gsm8k:main", MATH-500
+# "hf:HuggingFaceH4/MATH-500", ProcessBench "hf:Qwen/ProcessBench" (split = the subset).
+
+
+def hub_rows(source: str, split: str) -> list[dict]:
+    """The rows of `source` through HF `datasets`: `hf:<hub id>[:<config>]` (one split of a hub dataset)
+    or a local .parquet / .json / .jsonl file."""
+    import datasets
+
+    if source.startswith(HUB_PREFIX):
+        name, _, config = source[len(HUB_PREFIX):].partition(":")
+        table = datasets.load_dataset(name, config or None, split=split)
+    else:
+        builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json"}.get(Path(source).suffix)
+        if builder is None:
+            raise DataError(source, None, None, "expected hf:<hub id>[:<config>] or a .parquet/.json/.jsonl file")
+        table = datasets.load_dataset(builder, data_files=str(source), split="train")
+    return list(table)
+
+
 @dataclass
 class _Rows:
-    """Iterate (row_index, record) of a JSON/JSONL file, turning broken rows into DataErrors."""
+    """Iterate (row_index, record) of a JSON/JSONL file, or of a HF `datasets` source (hub_rows: a hub id
+    or a parquet file), turning broken rows into DataErrors; the same checks apply to every source."""
     path: Path
     skip_bad_rows: bool = False
     skipped: list[str] = field(default_factory=list)
+    hub_split: str | None = None            # set: read `path` through hub_rows with this split
+
+    @classmethod
+    def of(cls, source: str | None, default: Path, split: str = "train", skip_bad_rows: bool = False) -> "_Rows":
+        """`source`: None = the `default` file under data_root; `hf:<id>[:<config>]` or a .parquet file =
+        through HF datasets; any other path = that JSON/JSONL file."""
+        if source is None:
+            return cls(default, skip_bad_rows)
+        via_datasets = source.startswith(HUB_PREFIX) or source.endswith(".parquet")
+        return cls(Path(source), skip_bad_rows, hub_split=split if via_datasets else None)
 
     def records(self) -> Iterator[tuple[int, Any]]:
+        if self.hub_split is not None:
+            if not str(self.path).startswith(HUB_PREFIX) and not self.path.is_file():
+                raise DataError(self.path, None, None, "file not found")
+            yield from enumerate(hub_rows(str(self.path), self.hub_split))
+            return
         if not self.path.is_file():
             raise DataError(self.path, None, None, "file not found")
         if self.path.suffix == ".json":
@@ -145,8 +183,8 @@ def gsm8k_answer(solution: str) -> str:
 
 
 def load_gsm8k(split: str = "test", root: str | Path | None = None, skip_bad_rows: bool = False,
-               limit: int | None = None) -> list[Problem]:
-    rows = _Rows(data_root(root) / "gsm8k" / f"{split}.jsonl", skip_bad_rows)
+               limit: int | None = None, source: str | None = None) -> list[Problem]:
+    rows = _Rows.of(source, data_root(root) / "gsm8k" / f"{split}.jsonl", split, skip_bad_rows)
 
     def parse(i: int, rec: dict) -> Problem:
         solution = rows.get(i, rec, "answer")
@@ -160,8 +198,8 @@ def load_gsm8k(split: str = "test", root: str | Path | None = None, skip_bad_row
 
 
 def load_math500(root: str | Path | None = None, skip_bad_rows: bool = False,
-                 limit: int | None = None) -> list[Problem]:
-    rows = _Rows(data_root(root) / "math500" / "test.jsonl", skip_bad_rows)
+                 limit: int | None = None, source: str | None = None) -> list[Problem]:
+    rows = _Rows.of(source, data_root(root) / "math500" / "test.jsonl", "test", skip_bad_rows)
     parse = lambda i, rec: Problem(rows.get(i, rec, "problem"), rows.get(i, rec, "answer"),
                                    f"math500:{rec.get('unique_id', i)}")
     return _finish(rows, rows.parse(parse))[:limit]
@@ -169,10 +207,12 @@ def load_math500(root: str | Path | None = None, skip_bad_rows: bool = False,
 
 # ---------------------------------------------------------------- labelled trajectories
 def load_processbench(subset: str, root: str | Path | None = None, skip_bad_rows: bool = False,
-                      limit: int | None = None) -> list[Trajectory]:
+                      limit: int | None = None, source: str | None = None) -> list[Trajectory]:
+    """`source`: None = <data_root>/processbench/<subset>.json; `hf:Qwen/ProcessBench` = the hub's split
+    `subset`; a file = that file."""
     if subset not in PROCESSBENCH_SUBSETS:
         raise ValueError(f"ProcessBench subset '{subset}' unknown; use one of {PROCESSBENCH_SUBSETS}")
-    rows = _Rows(data_root(root) / "processbench" / f"{subset}.json", skip_bad_rows)
+    rows = _Rows.of(source, data_root(root) / "processbench" / f"{subset}.json", subset, skip_bad_rows)
 
     def parse(i: int, rec: dict) -> Trajectory:
         steps = rows.steps(i, rec, "steps")
@@ -185,7 +225,7 @@ def load_processbench(subset: str, root: str | Path | None = None, skip_bad_rows
 
 def load_trajectories_jsonl(path: str | Path, skip_bad_rows: bool = False) -> list[Trajectory]:
     """prmloop's own format (what the judge ledger exports): question, steps, first_error, ..."""
-    rows = _Rows(Path(path), skip_bad_rows)
+    rows = _Rows.of(str(path), Path(path), "train", skip_bad_rows)
 
     def parse(i: int, rec: dict) -> Trajectory:
         steps = rows.steps(i, rec, "steps")
@@ -319,11 +359,12 @@ def load_prm800k(split: str = "train", root: str | Path | None = None, neutral_a
 
 
 def load_pool(kind: str, path: str | None = None, root: str | Path | None = None, **kw) -> list[Trajectory]:
-    """Registry-style access used by configs: kind = prm800k | processbench/<subset> | jsonl | trl | math_shepherd."""
+    """Registry-style access used by configs: kind = prm800k | processbench/<subset> | jsonl | trl | math_shepherd.
+    `path`: the file of a jsonl/trl/math_shepherd pool; for processbench a `source` (a file or hf:<hub id>)."""
     if kind == "prm800k":
         return load_prm800k(root=root, **kw)
     if kind.startswith("processbench/"):
-        return load_processbench(kind.split("/", 1)[1], root=root, **kw)
+        return load_processbench(kind.split("/", 1)[1], root=root, source=path, **kw)
     loaders = {"jsonl": load_trajectories_jsonl, "trl": load_trl_prm, "math_shepherd": load_math_shepherd}
     if kind not in loaders or not path:
         raise ValueError(f"pool kind '{kind}' unknown or needs a path; kinds: prm800k, processbench/<subset>, "

@@ -65,11 +65,13 @@ class PolicyConfig:
 class RolloutConfig:
     backend: RolloutBackendName = RolloutBackendName.hf
     n: int = 8                               # samples per prompt (one group)
-    max_new_tokens: int = 64
+    max_new_tokens: int = 64                 # a whole solution
+    step_max_new_tokens: int = 128           # rl.search: one step (beam search, DVTS)
     temperature: float = 0.7
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     batch_size: int = 32                     # HF micro-batch for generate
+    device: str = "cpu"                      # rl.search, HF backend: where the policy generates (cpu | cuda)
     parity_tolerance: float = 0.05           # mean |logprob| gap allowed after a weight sync
     parity_prompt: str = "What is 2 + 3?"
     parity_completion: str = "2 + 3 = 5\n\nThe answer is 5."
@@ -110,7 +112,8 @@ class TaskConfig:
     few_shot: bool = True                    # worked examples as earlier chat turns (arithmetic)
     # datasets
     split: str = "train"
-    data_root: str | None = None
+    data_root: str | None = None             # None: ../shared/data next to the repo
+    source: str | None = None                # None: the task's file under data_root; hf:<hub id>[:<config>] or a file
     offset: int = 0                          # rl.search: problems [offset, offset + limit)
     limit: int | None = None
     fallback_last_number: bool = False       # answer = last number when no answer line (off: inflates)
@@ -134,7 +137,7 @@ class OnlineConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
-    data: TaskConfig = field(default_factory=TaskConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)
     judge: Any = field(default_factory=lambda: {"name": "rule"})  # the schema of its kind (judges.config)

@@ -51,12 +51,12 @@ class OnlineLoop:
 
     def round(self, index: int) -> tuple[dict, list[float]]:
         cfg, t = self.cfg, PhaseTimer(self.on_phase)
-        problems = self.stream.next_batch(cfg.data.prompts_per_round)
+        problems = self.stream.next_batch(cfg.task.prompts_per_round)
         with t("generate"):
             rollouts = self.generate(problems)
         with t("verify"):
             passed = self.checker.score_solutions([r.reference for r in rollouts], [r.completion.text for r in rollouts],
-                                                  cfg.data.fallback_last_number)
+                                                  cfg.task.fallback_last_number)
             for r, ok in zip(rollouts, passed):
                 r.passed = ok
         with t("score"):

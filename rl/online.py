@@ -10,25 +10,15 @@ Resume: rerun with the same trainer.out_dir (trainer.resume=auto picks the lates
 """
 from __future__ import annotations
 
-import os
-import random
 import time
 from pathlib import Path
 
 import hydra
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prm.config import validate
-from prm.config import SelectMode
+from prm.config import SelectMode, validate
+from prm.run import anchored, seed_everything
 from rl.config import OnlineConfig, PRMUpdate, RewardSource
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def needs_prm(cfg: OnlineConfig) -> bool:
@@ -57,7 +47,7 @@ def build(cfg: OnlineConfig):
     out_dir = Path(cfg.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed)
-    task = make_task(cfg.data)
+    task = make_task(cfg.task)
     policy = PolicyTrainer(cfg.policy, cfg.algo, cfg.trainer)
     policy.temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
     r = cfg.rollout
@@ -72,7 +62,7 @@ def build(cfg: OnlineConfig):
         learner = PRMLearner(EnsemblePRM.from_config(cfg.prm), cfg.trainer)
     judge = make_judge(cfg.judge)
     ledger = LabelLedger(ledger_path(cfg), cfg.judge.max_labels, cfg.judge.max_total_tokens)
-    stream = TaskStream(task.problems, cfg.data.seed)
+    stream = TaskStream(task.problems, cfg.task.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker())
     return loop, out_dir
 
@@ -82,7 +72,8 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     from tqdm import tqdm
 
     from rl.checkpoint import load_round, resolve_resume, save_round
-    from rl.report import MetricsLog, phase_line, plot_rounds, summary_table
+    from prm.run import MetricsLog
+    from rl.report import phase_line, plot_rounds, summary_table
 
     loop, out_dir = build(cfg)
     OmegaConf.save(OmegaConf.structured(cfg), out_dir / "config.yaml")
@@ -95,7 +86,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
         loop.rollout.sync_weights(None if loop.rollout_shares_policy() else loop.policy.weights_for_sync(),
                                   loop.policy.version)
         print(f"[rl.online] resumed from {resume_from} (round {state['round']}, data position {loop.stream.position})")
-    log = MetricsLog(out_dir, history)
+    log = MetricsLog(out_dir, "round", history)
     last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
     bar = tqdm(range(start_round, last + 1), desc="rounds", disable=not cfg.trainer.progress, dynamic_ncols=True)
     for index in bar:
@@ -108,7 +99,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
                         "ledger": str(loop.ledger.path)}, cfg.keep_checkpoints)
         metrics["timing/checkpoint"] = time.perf_counter() - with_timer
         history.append(metrics)
-        log.write(metrics, stds)
+        log.write(metrics, {"prm/ensemble_std": stds})
         bar.set_postfix(passed=f"{metrics['pass_rate']:.2f}", judged=metrics["judge/calls"])
         tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}  judge calls {metrics['judge/calls']}  | "
                    f"{phase_line(metrics)}")
@@ -120,7 +111,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
 
 
 def finish(cfg, history, out_dir, summary_table, plot_rounds) -> None:
-    summary_table(history, f"prmloop online: {cfg.data.name}, select={cfg.select.mode}, reward={cfg.algo.reward}, "
+    summary_table(history, f"prmloop online: {cfg.task.name}, select={cfg.select.mode}, reward={cfg.algo.reward}, "
                            f"prm_update={cfg.prm_update}")
     plot = plot_rounds(history, out_dir / "rounds.png") if cfg.plot else None
     print(f"outputs: {out_dir.resolve()}\n  metrics  {out_dir / 'metrics.jsonl'}\n  tensorboard  {out_dir / 'tb'}\n"
@@ -134,8 +125,7 @@ def main(raw: DictConfig) -> None:
 
     exit_on_sigterm()   # a killed run shuts its vLLM engine down; checkpoints + ledger make it resumable
     cfg = validate(raw, OnlineConfig)
-    if not os.path.isabs(cfg.trainer.out_dir):  # hydra may change the working dir: anchor to where we started
-        cfg.trainer.out_dir = os.path.join(hydra.utils.get_original_cwd(), cfg.trainer.out_dir)
+    cfg.trainer.out_dir = anchored(cfg.trainer.out_dir)
     run(cfg)
 
 

@@ -96,13 +96,13 @@ def test_search_and_online_build_identical_prompts():
 
     task_keys = ["num_ops=2", "ops=+-*", "seed=5", "split=test"]
     with initialize_config_module(config_module="configs", version_base=None):
-        online = compose(config_name="online", overrides=[f"data.{k}" for k in task_keys])
-        search = compose(config_name="search", overrides=[f"dataset.{k}" for k in task_keys] + ["dataset.limit=4"])
+        online = compose(config_name="online", overrides=[f"task.{k}" for k in task_keys])
+        search = compose(config_name="search", overrides=[f"task.{k}" for k in task_keys] + ["task.limit=4"])
     online = validate(OmegaConf.to_container(online, resolve=True), OnlineConfig)
     search = validate(OmegaConf.to_container(search, resolve=True), SearchConfig)
     _, tok = load_model("tiny-random-llama", "fp32")
-    online_task = make_task(online.data)
-    problems, search_task = load_task(search.dataset, search.policy.system_prompt)
+    online_task = make_task(online.task)
+    problems, search_task = load_task(search.task)
     assert [p.question for p in problems] == [p.question for p in online_task.problems[:4]]
     assert search_task.few_shot and search_task.few_shot == online_task.few_shot
     for p in problems:

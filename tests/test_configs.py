@@ -40,7 +40,7 @@ def test_judge_eval_config_and_every_judge():
 @pytest.mark.parametrize("group,options", [("algo.advantage", ["grpo", "rloo", "reinforce_pp"]),
                                            ("rollout", ["hf", "vllm"]),
                                            ("policy", ["smollm2_lora", "smollm2_full", "tiny"]),
-                                           ("data", ["arithmetic", "gsm8k", "math500"]),
+                                           ("task", ["arithmetic", "gsm8k", "math500"]),
                                            ("prm", ["smollm2_frozen", "smollm2_lora", "smollm2_full", "tiny"])])
 def test_online_group_options(group, options):
     for option in options:

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def config(tmp_path, name="run", **kw) -> PRMTrainConfig:
     base = {"prm": {"backbone": "tiny-random-llama", "dtype": "fp32", "num_heads": 4, "train_mode": "frozen",
                     "head_lr": 1e-2, "batch_size": 6},
-            "data": {"pool": "processbench/gsm8k", "limit": 24, "max_tokens": 1024},
+            "pool": {"kind": "processbench/gsm8k", "limit": 24, "max_tokens": 1024},
             "trainer": {"out_dir": str(tmp_path / name), "progress": False, "save_every": 1, "resume": "auto"},
             "run_eval": False, "epochs": 1}
     for key, value in kw.items():
@@ -81,7 +81,7 @@ def test_two_ranks_with_torchrun_gloo(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-           "-m", "prm.train", "prm=tiny", "data=processbench", "data.limit=20", "trainer.progress=false",
+           "-m", "prm.train", "prm=tiny", "pool=processbench", "pool.limit=20", "trainer.progress=false",
            f"trainer.out_dir={out}", "select.mode=random", "select.budget=0.5", "run_eval=false", "epochs=2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -99,7 +99,7 @@ def test_sigkilled_run_resumes_to_the_same_heads(tmp_path):
     import time
 
     def command(out):
-        return [sys.executable, "-m", "prm.train", "prm=tiny", "data=processbench", "data.limit=24",
+        return [sys.executable, "-m", "prm.train", "prm=tiny", "pool=processbench", "pool.limit=24",
                 "prm.batch_size=4", "select.mode=uncertain", "select.budget=0.5", "epochs=4", "prm.delta_pred=0.99",
                 "run_eval=false", "trainer.progress=false", "trainer.save_every=1", "trainer.deepspeed=false",
                 f"trainer.out_dir={out}", f"hydra.run.dir={out}/hydra"]
