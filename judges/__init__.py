@@ -12,11 +12,12 @@ from judges.llm import LLMJudge
 from judges.metrics import processbench_f1
 from judges.oracle import OracleJudge
 from judges.rule import RuleJudge
+from judges.rule_outcome import RuleOutcomeJudge
 
 __all__ = [
     "JUDGES", "Cost", "Item", "Judge", "Verdict", "item_key", "make_judge", "register_judge",
     "JudgeError", "JudgeAuthError", "JudgeEndpointError", "JudgeRequestError", "JudgeUnavailableError",
     "JudgeConfig", "JudgeEvalConfig", "LLMJudgeConfig", "OracleJudgeConfig", "RuleJudgeConfig",
     "validate_judge_config", "LabelLedger", "LLMJudge", "OracleJudge", "RuleJudge",
-    "processbench_f1",
+    "processbench_f1", "RuleOutcomeJudge",
 ]

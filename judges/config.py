@@ -42,6 +42,13 @@ class OracleJudgeConfig(JudgeConfig):
 
 
 @dataclass
+class RuleOutcomeJudgeConfig(JudgeConfig):
+    name: str = "rule_outcome"
+    # records with question, steps and correct (or meta.correct); null: the caller's (prm.train: the pool)
+    records_path: Optional[str] = None
+
+
+@dataclass
 class LLMJudgeConfig(JudgeConfig):
     """Any OpenAI-compatible /v1/chat/completions endpoint."""
     name: str = "llm"

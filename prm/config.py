@@ -128,11 +128,9 @@ class TrainerConfig:
     device: str = "cpu"
     zero_stage: int = 0                       # DeepSpeed ZeRO stage; 0 = plain data parallel
     deepspeed: bool = True
-    log_every: int = 1
     save_every: int = 1                       # rounds (online) or batches (PRM training)
     resume: str = "auto"                      # auto | never | <checkpoint dir>
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

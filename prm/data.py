@@ -231,7 +231,8 @@ def load_trajectories_jsonl(path: str | Path, skip_bad_rows: bool = False) -> li
         steps = rows.steps(i, rec, "steps")
         label = rows.first_error(i, rec, "first_error", len(steps)) if rec.get("first_error") is not None else None
         return Trajectory(rows.get(i, rec, "question"), steps, label, rec.get("reference_answer"),
-                          rec.get("source", f"{Path(path).name}:{i}"), rec.get("generator", ""), rec.get("round"))
+                          rec.get("source", f"{Path(path).name}:{i}"), rec.get("generator", ""), rec.get("round"),
+                          rec.get("meta") or {})
 
     return _finish(rows, rows.parse(parse))
 

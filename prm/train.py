@@ -65,6 +65,9 @@ def make_revealer(cfg: PRMTrainConfig, pool: list[Trajectory], out: Path):
             raise ValueError("judge=oracle needs a labelled pool; use judge=rule or judge=llm for an unlabelled one")
         judge = make_judge(cfg.judge, records=[{"question": t.question, "steps": t.steps,
                                                 "first_error": t.first_error} for t in pool])
+    elif cfg.judge.name == "rule_outcome":   # the pool's verified answers (rl.search pools: meta.correct)
+        judge = make_judge(cfg.judge, records=[{"question": t.question, "steps": t.steps,
+                                                "correct": t.meta.get("correct")} for t in pool])
     else:
         judge = make_judge(cfg.judge)
     ledger_path = cfg.ledger or str(out / "ledger.sqlite")

@@ -41,7 +41,7 @@ def build(cfg: OnlineConfig):
     from prm.models import resolve_path
     from rl.loop import OnlineLoop
     from rl.policy import PolicyTrainer
-    from rl.rollout import make_rollout
+    from rl.engines import make_rollout
     from rl.tasks import TaskStream, make_task
 
     out_dir = Path(cfg.trainer.out_dir)

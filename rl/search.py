@@ -22,6 +22,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,11 @@ from prm.answers import AnswerChecker
 from prm.config import ConfigError, PRMConfig, validate
 from prm.data import Problem
 from prm.run import seed_everything
+from prm.steps import STEP_SEPARATOR
 from rl.config import PolicyConfig, RolloutBackendName, RolloutConfig, TaskConfig
+from rl.sample_pool import PoolSampleConfig, write_pool
 from rl.search_methods import (METHODS, SCORE_FREE_SELECTORS, SELECTORS, Continuation, ScoreSpec,
                                SearchOutcome, SearchProblem, SearchSettings, prefix_cost)
-
-STEP_STOP = "\n\n"
 
 
 @dataclass
@@ -58,6 +59,11 @@ class ScorerConfig:
     prefix_cache_gb: float = 4.0
 
 
+class SearchJob(StrEnum):
+    search = "search"    # the selected methods over the task, records and a report
+    pool = "pool"        # an unlabelled PRM pool from the policy's own samples (rl.sample_pool)
+
+
 @dataclass
 class SearchConfig:
     # the component groups of rl.online: the policy (model, dtype), how it generates (rollout), the task
@@ -73,6 +79,8 @@ class SearchConfig:
     out_dir: str = "outputs/search"
     fallback_last_number: bool | None = None  # renamed: task.fallback_last_number (the task's, as in rl.online)
     dataset: dict[str, Any] = field(default_factory=dict)   # renamed: task (rl.online's task group)
+    job: SearchJob = SearchJob.search
+    pool: PoolSampleConfig = field(default_factory=PoolSampleConfig)   # job=pool (rl.sample_pool)
     plot: bool = True
     progress: bool = True                     # a tqdm bar per run (generation rounds)
     resume: bool = True                       # skip a (method, n, beta, seed) run whose record file is complete
@@ -117,7 +125,7 @@ class RolloutPolicy:
         groups = self.backend.generate(
             contexts, n, self.cfg.step_max_new_tokens if one_step else self.cfg.max_new_tokens,
             temperature=0.0 if greedy else self.cfg.temperature, top_p=self.cfg.top_p,
-            stop=[STEP_STOP] if one_step else None)
+            stop=[STEP_SEPARATOR] if one_step else None)
         self.seconds += time.perf_counter() - start
         if self.bar is not None:
             self.bar.update(1)
@@ -130,7 +138,7 @@ class RolloutPolicy:
         step, not an unanswered final one (treating it as final retired many beams without an answer)."""
         if not one_step:
             return Continuation(c.text, len(c.token_ids), step_end=False)
-        cut = c.text.find(STEP_STOP)
+        cut = c.text.find(STEP_SEPARATOR)
         if cut >= 0:
             return Continuation(c.text[:cut], len(c.token_ids), step_end=True)
         return Continuation(c.text, len(c.token_ids), step_end=c.finish_reason == "length")
@@ -167,7 +175,7 @@ def load_prm(cfg: PRMConfig):
 
 def make_backend(policy: PolicyConfig, rollout: RolloutConfig, seed: int):
     from prm.models import load_model, resolve_path
-    from rl.rollout import make_rollout
+    from rl.engines import make_rollout
 
     model, tok = load_model(policy.model, policy.dtype)
     model.to(rollout.device).eval()
@@ -374,7 +382,11 @@ def main(cfg: DictConfig) -> None:
 
     exit_on_sigterm()   # a killed run shuts its vLLM engine down; complete records are kept (resume)
     # A plain container: a key force-added on the command line ('+policy.x=1') must fail too.
-    search(validate(OmegaConf.to_container(cfg, resolve=True), SearchConfig))
+    config = validate(OmegaConf.to_container(cfg, resolve=True), SearchConfig)
+    if config.job == SearchJob.pool:
+        write_pool(config)
+    else:
+        search(config)
 
 
 if __name__ == "__main__":   # the guard matters: the vLLM engine starts worker processes with spawn
