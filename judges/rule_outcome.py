@@ -16,36 +16,38 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from judges.base import Cost, Judge, Verdict, item_key, register_judge
+from judges.base import Cost, Verdict, item_key, register_judge
 from judges.config import RuleOutcomeJudgeConfig
 from judges.oracle import load_records
-from judges.rule import RULES_VERSION, false_equation
+from judges.rule import RULES_VERSION, RuleJudge
+
+
+def verified(record: Mapping[str, Any], where: str) -> tuple[str, bool]:
+    """(item key, whether its final answer verified) of one record."""
+    question, steps = record.get("question", record.get("problem")), record.get("steps")
+    correct = record.get("correct", (record.get("meta") or {}).get("correct"))
+    if not isinstance(question, str) or not isinstance(steps, list):
+        raise ValueError(f"{where}: 'question' (a string) and 'steps' (a list) are required")
+    if not isinstance(correct, bool):
+        raise ValueError(f"{where}: 'correct' (or 'meta.correct') must be true or false, got {correct!r}")
+    return item_key(question, steps), correct
 
 
 @register_judge("rule_outcome")
-class RuleOutcomeJudge(Judge):
+class RuleOutcomeJudge(RuleJudge):
     config_class = RuleOutcomeJudgeConfig
 
     def __init__(self, records: Iterable[Mapping[str, Any]]):
-        self._correct: dict[str, bool] = {}
-        for i, record in enumerate(records):
-            question, steps = record.get("question", record.get("problem")), record.get("steps")
-            correct = record.get("correct", (record.get("meta") or {}).get("correct"))
-            if not isinstance(question, str) or not isinstance(steps, list):
-                raise ValueError(f"record {i}: 'question' (a string) and 'steps' (a list) are required")
-            if not isinstance(correct, bool):
-                raise ValueError(f"record {i}: 'correct' (or 'meta.correct') must be true or false, got {correct!r}")
-            self._correct[item_key(question, steps)] = correct
+        self._correct = dict(verified(r, f"record {i}") for i, r in enumerate(records))
 
     @property
     def identity(self) -> str:
         return f"rule_outcome:{RULES_VERSION}"
 
     def judge(self, question: str, steps: list[str]) -> Verdict:
-        for i, step in enumerate(steps):
-            problem = false_equation(step)
-            if problem is not None:
-                return Verdict(i, raw=f"step {i}: {problem}", cost=Cost(calls=1))
+        verdict = super().judge(question, steps)     # the first false equation, if any
+        if verdict.first_error != -1:
+            return verdict
         key = item_key(question, steps)
         if key not in self._correct:
             raise KeyError(f"rule_outcome has no verified answer for this item (question starts {question[:60]!r})")
