@@ -6,7 +6,7 @@ engine or judge is built.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -88,8 +88,8 @@ def validate_judge_config(cfg: Any) -> JudgeConfig:
     naming the bad key."""
     if isinstance(cfg, str):
         cfg = {"name": cfg}
-    if isinstance(cfg, JudgeConfig):
-        cfg = OmegaConf.structured(cfg)
+    if isinstance(cfg, JudgeConfig):   # maybe another kind's class: re-read as plain keys
+        cfg = asdict(cfg)
     elif not isinstance(cfg, (dict, DictConfig)):
         raise TypeError(f"a judge config must be a name, dict, DictConfig or JudgeConfig, not {type(cfg).__name__}")
     schema = judge_schema(cfg.get("name") or "rule")
