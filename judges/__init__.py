@@ -3,10 +3,10 @@
 Depends on nothing in prm or rl; they depend on it.
 """
 from judges.base import JUDGES, Cost, Item, Judge, Verdict, item_key, make_judge, register_judge
-from judges.chat_client import (JudgeAuthError, JudgeEndpointError, JudgeError, JudgeRequestError,
-                                JudgeUnavailableError)
+from judges.chat_client import (JudgeAuthError, JudgeBudgetStop, JudgeEndpointError, JudgeError,
+                                JudgeRequestError, JudgeUnavailableError)
 from judges.config import (JudgeConfig, JudgeEvalConfig, LLMJudgeConfig, OracleJudgeConfig, RuleJudgeConfig,
-                            validate_judge_config)
+                            RuleOutcomeJudgeConfig, validate_judge_config)
 from judges.ledger import LabelLedger
 from judges.llm import LLMJudge
 from judges.metrics import processbench_f1
@@ -16,8 +16,8 @@ from judges.rule_outcome import RuleOutcomeJudge
 
 __all__ = [
     "JUDGES", "Cost", "Item", "Judge", "Verdict", "item_key", "make_judge", "register_judge",
-    "JudgeError", "JudgeAuthError", "JudgeEndpointError", "JudgeRequestError", "JudgeUnavailableError",
-    "JudgeConfig", "JudgeEvalConfig", "LLMJudgeConfig", "OracleJudgeConfig", "RuleJudgeConfig",
-    "validate_judge_config", "LabelLedger", "LLMJudge", "OracleJudge", "RuleJudge",
-    "processbench_f1", "RuleOutcomeJudge",
+    "JudgeError", "JudgeAuthError", "JudgeBudgetStop", "JudgeEndpointError", "JudgeRequestError", "JudgeUnavailableError",
+    "JudgeConfig", "JudgeEvalConfig", "LLMJudgeConfig", "OracleJudgeConfig", "RuleJudgeConfig", "RuleOutcomeJudgeConfig",
+    "validate_judge_config", "LabelLedger", "LLMJudge", "OracleJudge", "RuleJudge", "RuleOutcomeJudge",
+    "processbench_f1",
 ]

@@ -21,11 +21,14 @@ class JudgeConfig:
     ledger_path: Optional[str] = None  # None: the caller's ledger (judges.eval: its `ledger`)
     max_labels: Optional[int] = None  # judge calls paid, invalid ones included
     max_total_tokens: Optional[int] = None  # prompt + completion tokens over all calls
+    ledger_lease_s: float = 120.0  # a reservation not renewed for this long (its process died) expires
 
     def __post_init__(self) -> None:
         for key in ("max_labels", "max_total_tokens"):
             if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ValueError(f"invalid judge config: judge.{key} must be >= 0 or null, got {getattr(self, key)}")
+        if self.ledger_lease_s <= 0:
+            raise ValueError(f"invalid judge config: judge.ledger_lease_s must be > 0, got {self.ledger_lease_s}")
 
 
 @dataclass
@@ -58,17 +61,19 @@ class LLMJudgeConfig(JudgeConfig):
     temperature: float = 0.5  # paper (QwQ-32B judge)
     top_p: float = 0.95
     max_tokens: int = 4096  # per call: the completion cap sent to the endpoint
-    timeout_s: float = 120.0  # per request (socket connect / each read)
-    max_retries: int = 4  # on 429, 5xx, timeouts, dropped connections
+    timeout_s: float = 120.0  # connect and each socket read: a silent server fails after this
+    deadline_s: float = 600.0  # one request in total, body included: a server dripping bytes fails after this
+    max_retries: int = 4  # on 429, 5xx, timeouts, dropped connections, unreadable 200 bodies
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0  # also caps a server's Retry-After
-    max_concurrency: int = 8  # requests in flight at once
+    max_concurrency: int = 64  # requests in flight at once (a served model batches them)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         problems = [f"judge.{key} must be {rule}, got {getattr(self, key)}" for key, rule, ok in (
             ("max_concurrency", ">= 1", self.max_concurrency >= 1), ("max_retries", ">= 0", self.max_retries >= 0),
-            ("timeout_s", "> 0", self.timeout_s > 0), ("max_tokens", ">= 1", self.max_tokens >= 1)) if not ok]
+            ("timeout_s", "> 0", self.timeout_s > 0), ("deadline_s", "> 0", self.deadline_s > 0),
+            ("max_tokens", ">= 1", self.max_tokens >= 1)) if not ok]
         if problems:
             raise ValueError("invalid judge config: " + "; ".join(problems))
 

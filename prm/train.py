@@ -57,9 +57,14 @@ def load_training_pool(cfg: PRMTrainConfig, prm) -> list[Trajectory]:
 
 
 def make_revealer(cfg: PRMTrainConfig, pool: list[Trajectory], out: Path):
-    """A function picked-trajectories -> first-error labels, paid through the ledger."""
+    """A function picked-trajectories -> first-error labels, paid through the ledger. The ledger is opened
+    the way every labelling command opens it (LabelLedger.from_config): path and budgets from the judge
+    config (judge.ledger_path, judge.max_labels, judge.max_total_tokens)."""
     from judges.base import make_judge
     from judges.ledger import LabelLedger
+    if cfg.ledger and cfg.judge.ledger_path and Path(cfg.ledger) != Path(cfg.judge.ledger_path):
+        raise ValueError(f"two ledgers configured: ledger={cfg.ledger!r} and judge.ledger_path="
+                         f"{cfg.judge.ledger_path!r}; set one")
     if cfg.judge.name == "oracle":
         if any(t.first_error is None for t in pool):
             raise ValueError("judge=oracle needs a labelled pool; use judge=rule or judge=llm for an unlabelled one")
@@ -70,13 +75,14 @@ def make_revealer(cfg: PRMTrainConfig, pool: list[Trajectory], out: Path):
                                                 "correct": t.meta.get("correct")} for t in pool])
     else:
         judge = make_judge(cfg.judge)
-    ledger_path = cfg.ledger or str(out / "ledger.sqlite")
-    ledger = LabelLedger(ledger_path)
+    ledger = LabelLedger.from_config(cfg.judge, default_path=cfg.ledger or out / "ledger.sqlite")
 
     def reveal(picked: list[Trajectory]) -> list[int | None]:
         verdicts = ledger.label(judge, [(t.question, t.steps) for t in picked])
+        reveal.refused += sum(v is None for v in verdicts)  # the judge budget ran out: not labels used
         return [None if v is None else v.first_error for v in verdicts]
-    return reveal, ledger_path
+    reveal.refused = 0
+    return reveal, str(ledger.path)
 
 
 def _rng(cfg: PRMTrainConfig, rank: int, *parts: int) -> np.random.Generator:
@@ -138,7 +144,7 @@ class PoolTrainer:
         resume_from = resume_dir(self.cfg.trainer.resume, self.ckpt, "latest")
         if resume_from is None:
             return
-        self.state = self.learner.load_checkpoint(resume_from)
+        self.state = self.learner.load_checkpoint(resume_from, fall_back=self.cfg.trainer.resume == "auto")
         torch.set_rng_state(self.state["rng_torch"])
         random.setstate(self.state["rng_python"])
         if self.rank == 0:
@@ -168,7 +174,8 @@ class PoolTrainer:
         allowed = math.ceil((self.my_budget - self.state["labels_used"]) * len(batch) / remaining_items)
         allowed = max(0, min(allowed, len(batch)))
         m = self.learner.update(batch, Selection(self.mode, allowed, _rng(self.cfg, self.rank, u)), reveal=self.reveal)
-        self.state["labels_used"] += m["selected"]
+        refused, self.reveal.refused = self.reveal.refused, 0   # the judge budget ran out: not labels used
+        self.state["labels_used"] += m["selected"] - refused
         self.state["acquired"] += [(i, k) for i, k in zip(idx, self.learner.last_labels) if k is not None]
         return {**m, "phase": "stream"}
 

@@ -39,9 +39,9 @@ def build(cfg: OnlineConfig):
     from judges.ledger import LabelLedger
     from prm.answers import AnswerChecker
     from prm.models import resolve_path
+    from rl.engines import make_rollout
     from rl.loop import OnlineLoop
     from rl.policy import PolicyTrainer
-    from rl.engines import make_rollout
     from rl.tasks import TaskStream, make_task
 
     out_dir = Path(cfg.trainer.out_dir)
@@ -61,7 +61,7 @@ def build(cfg: OnlineConfig):
         from prm.update import PRMLearner
         learner = PRMLearner(EnsemblePRM.from_config(cfg.prm), cfg.trainer)
     judge = make_judge(cfg.judge)
-    ledger = LabelLedger(ledger_path(cfg), cfg.judge.max_labels, cfg.judge.max_total_tokens)
+    ledger = LabelLedger.from_config(cfg.judge, default_path=ledger_path(cfg))
     stream = TaskStream(task.problems, cfg.task.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker())
     return loop, out_dir
@@ -71,8 +71,8 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     """Run (or resume) `cfg.rounds` rounds; `stop_after` ends the process's work early (tests: a kill)."""
     from tqdm import tqdm
 
-    from rl.checkpoint import load_round, resolve_resume, save_round
     from prm.run import MetricsLog
+    from rl.checkpoint import load_round, resolve_resume, save_round
     from rl.report import phase_line, plot_rounds, summary_table
 
     loop, out_dir = build(cfg)
