@@ -4,7 +4,8 @@ The PRM that guides search should have seen the policy's own steps. This samples
 problem with the policy, prompt, step split and sampling settings `rl.search` uses, skipping problems of
 a held-out slice (`pool.exclude_*`, default: the search evaluation slice, test problems 0-19), and writes
 prmloop JSONL trajectories without labels; meta.correct keeps whether the final answer verified. Then
-`python -m prm.train pool=jsonl pool.path=<out> judge=rule` (or judge=rule_outcome) labels and trains.
+`python -m prm.train pool=jsonl pool.path=outputs/search/arithmetic/pool.jsonl judge=rule` (or
+judge=rule_outcome) labels and trains.
 """
 from __future__ import annotations
 
