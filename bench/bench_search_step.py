@@ -26,7 +26,7 @@ SETTINGS = [  # (label, backend, dtype, extra environment)
 
 def one(backend: str, dtype: str, problems: int, n: int) -> dict:
     from rl.config import PolicyConfig, RolloutConfig, TaskConfig
-    from rl.search import load_task, make_backend
+    from rl.search_policy import load_task, make_backend
 
     tasks, task = load_task(TaskConfig(name="gsm8k", split="test", limit=problems))
     policy, tok = make_backend(PolicyConfig(dtype=dtype), RolloutConfig(backend=backend, batch_size=64), seed=0)

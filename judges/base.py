@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, TypeVar
 
-from judges.config import JudgeConfig
+from judges.config import JUDGE_SCHEMAS, JudgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,7 @@ def register_judge(name: str) -> Callable[[type[Judge]], type[Judge]]:
         if name in JUDGES and JUDGES[name] is not cls:
             raise ValueError(f"judge name {name!r} is already registered to {JUDGES[name].__name__}")
         JUDGES[name] = cls
+        JUDGE_SCHEMAS.setdefault(name, cls.config_class)
         return cls
     return add
 

@@ -78,14 +78,15 @@ class LLMJudgeConfig(JudgeConfig):
             raise ValueError("invalid judge config: " + "; ".join(problems))
 
 
-def judge_schema(name: str) -> type[JudgeConfig]:
-    """The schema of judge kind `name` (the registered class's `config_class`)."""
-    import judges  # noqa: F401  (registers the built-in judges)
-    from judges.base import JUDGES
+# kind -> schema; judges.base.register_judge adds a new kind's `config_class`
+JUDGE_SCHEMAS: dict[str, type[JudgeConfig]] = {"rule": RuleJudgeConfig, "oracle": OracleJudgeConfig,
+                                               "rule_outcome": RuleOutcomeJudgeConfig, "llm": LLMJudgeConfig}
 
-    if name not in JUDGES:
-        raise KeyError(f"unknown judge {name!r} (judge.name); registered judges: {sorted(JUDGES)}")
-    return JUDGES[name].config_class
+
+def judge_schema(name: str) -> type[JudgeConfig]:
+    if name not in JUDGE_SCHEMAS:
+        raise KeyError(f"unknown judge {name!r} (judge.name); registered judges: {sorted(JUDGE_SCHEMAS)}")
+    return JUDGE_SCHEMAS[name]
 
 
 def validate_judge_config(cfg: Any) -> JudgeConfig:

@@ -18,6 +18,7 @@ from prm.answers import AnswerChecker
 from prm.data import Trajectory
 from prm.steps import split_steps
 from rl.search_methods import Solution, attach_answer
+from rl.search_policy import RolloutPolicy, load_task, make_backend, seed_run
 
 
 @dataclass
@@ -31,8 +32,6 @@ class PoolSampleConfig:
 
 
 def write_pool(cfg) -> Path:
-    from rl.search import RolloutPolicy, _seed_everything, load_task, make_backend
-
     p = cfg.pool
     problems, task = load_task(cfg.task)
     held_task = replace(cfg.task, offset=p.exclude_offset, limit=p.exclude_limit, split="test", seed=p.exclude_seed)
@@ -41,7 +40,7 @@ def write_pool(cfg) -> Path:
     print(f"[pool] {len(kept)} problems ({len(problems) - len(kept)} overlap the held-out slice and are skipped), "
           f"{p.n} samples each", flush=True)
     backend, tok = make_backend(cfg.policy, cfg.rollout, p.seed)
-    _seed_everything(p.seed, "pool", p.n)
+    seed_run(p.seed, "pool", p.n)
     start = time.perf_counter()
     groups = RolloutPolicy(backend, cfg.rollout)([task.prompt(tok, q.question) for q in kept], p.n, one_step=False)
     seconds = time.perf_counter() - start
