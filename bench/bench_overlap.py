@@ -37,7 +37,7 @@ def config(args, out_dir: str, url: str, schedule: str) -> OnlineConfig:
         policy=PolicyConfig(model="tiny-random-llama", dtype="fp32", train_mode="full", lr=1e-3),
         rollout=RolloutConfig(n=args.n, max_new_tokens=args.max_new_tokens, batch_size=32),
         algo=AlgoConfig(filter_groups=False, mini_batch_size=16, micro_batch_size=8),
-        data=TaskConfig(prompts_per_round=args.prompts, size=200),
+        task=TaskConfig(prompts_per_round=args.prompts, size=200),
         select=SelectConfig(mode="all"),
         prm=PRMConfig(backbone="tiny-random-llama", dtype="fp32", num_heads=4, batch_size=8, head_lr=1e-2,
                       train_mode="full", update_steps=args.prm_steps),

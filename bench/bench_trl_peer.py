@@ -11,7 +11,7 @@ by the same judges.metrics.processbench_f1 at tau = 0.5.
         otherwise (lr 1e-5 linear, step_separator "\\n", raw prompt, every step labelled). Step score
         = softmax(logits)[1] at the separator token after each step, exactly as TRL tokenizes.
   ours  prm.train.train() in `full` mode (configs/prm/smollm2_full.yaml values: lr 1e-5, head_lr 1e-3,
-        pos_weight 0.25, K = 32), mode=full, epochs=1, DeepSpeed ZeRO-0 (the CLI default), then
+        pos_weight 0.25, K = 32), select.mode=all, epochs=1, DeepSpeed ZeRO-0 (the CLI default), then
         EnsemblePRM.score on the same items.
 --layouts runs one process of ours per prm.batch_layout (padded | bucketed | packed).
 All processes run AT THE SAME TIME, one thread each, so the shared machine's load hits both alike.
@@ -19,7 +19,7 @@ Throughput = trajectories / training-loop seconds (TRL: its train_runtime; ours:
 time; train()'s whole wall, with DeepSpeed set-up and the final checkpoint and model writes, is printed beside).
 
     python bench/bench_trl_peer.py --n 64 --eval-limit 40
-    python bench/bench_trl_peer.py --n 128 --eval-limit 0 --layouts padded,bucketed   # issue 16
+    PYTHONPATH=. python bench/bench_trl_peer.py --n 64 --eval-limit 0 --layouts padded,bucketed   # issue 16
 
 Padding fraction = pad tokens / token slots the backbone computes, over the batches each side trained on
 (TRL: counted in its collator during training; ours: prm.batching on the same stream of batches).
@@ -98,8 +98,7 @@ def ours(args, out: Path) -> None:
     """Child (main venv): prm.train full mode on the same slice, then score the eval items."""
     import torch
     torch.set_num_threads(args.threads)
-    from prm.config import DataConfig, EvalConfig, PRMConfig, PRMTrainConfig, TrainerConfig
-    from prm.data import Trajectory
+    from prm.config import PoolConfig, EvalConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode, TrainerConfig
     from prm.eval import load_processbench_sample
     from prm.train import train
     pool = load_slice(args)
@@ -108,8 +107,8 @@ def ours(args, out: Path) -> None:
                    pos_weight=0.25, batch_layout=args.layout)
     run_dir = out / f"ours_{args.layout}_run"
     shutil.rmtree(run_dir, ignore_errors=True)   # metrics.jsonl appends: start clean
-    cfg = PRMTrainConfig(prm=pc, data=DataConfig(), judge="oracle", mode="full", epochs=1, run_eval=False,
-                         trainer=TrainerConfig(out_dir=str(run_dir), resume="never", save_every=10 ** 9,
+    cfg = PRMTrainConfig(prm=pc, pool=PoolConfig(), judge="oracle", select=PoolSelectConfig(SelectMode.all), epochs=1,
+                         run_eval=False, trainer=TrainerConfig(out_dir=str(run_dir), resume="never", save_every=10 ** 9,
                                                progress=False), eval=EvalConfig(subsets=[]))
     from prm.model import EnsemblePRM
     prm = EnsemblePRM(pc)

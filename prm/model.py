@@ -1,4 +1,4 @@
-"""EnsemblePRM: one causal-LM backbone + K independent MLP heads scored at step separators (DESIGN.md §2).
+"""EnsemblePRM: one causal-LM backbone + K independent MLP heads scored at step separators (docs/method.md, Ensemble PRM).
 
 Batches prm.batching: padded, length-bucketed or packed (cfg.batch_layout, training only; scoring sorts
         by length and pads, which wastes little): same features, loss and gradients, fewer pad tokens.

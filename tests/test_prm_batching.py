@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prm import batching
-from prm.config import ConfigError, PRMConfig, TrainerConfig
+from prm.config import ConfigError, PRMConfig, TrainerConfig, validate
 from prm.data import Trajectory
 from prm.model import EnsemblePRM
 from prm.selection import prm_loss, step_labels
@@ -111,4 +111,6 @@ def test_learner_updates_agree_across_layouts(layout):
 
 def test_unknown_layout_is_a_config_error():
     with pytest.raises(ConfigError, match="batch_layout"):
-        PRMConfig(batch_layout="ragged")
+        validate({"batch_layout": "ragged"}, PRMConfig)
+    with pytest.raises(ValueError, match="ragged"):
+        batching.build([([1, 2], [1])], 0, "ragged")

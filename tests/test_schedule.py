@@ -97,9 +97,11 @@ def test_the_back_half_runs_beside_the_policy_update(tmp_path, monkeypatch):
     assert [d.index for d in done] == [1, 2]
 
 
-@pytest.mark.parametrize("prm_update,world,expected", [("after", "1", "overlap"), ("none", "1", "overlap"),
-                                                       ("before", "1", "serial"), ("after", "2", "serial")])
+@pytest.mark.parametrize("prm_update,world,expected", [
+    ("pre_update_rewards", "1", "overlap"), ("none", "1", "overlap"),
+    ("post_update_rewards", "1", "serial"), ("pre_update_rewards", "2", "serial")])
 def test_overlap_only_where_valid(tmp_path, monkeypatch, prm_update, world, expected):
     monkeypatch.setenv("WORLD_SIZE", world)
-    assert effective_schedule(tiny_config(tmp_path, prm_update=prm_update, schedule="overlap")) == expected
-    assert effective_schedule(tiny_config(tmp_path, prm_update=prm_update, schedule="serial")) == "serial"
+    mode = "none" if prm_update == "none" else "uncertain"   # a frozen PRM pays no judge
+    assert effective_schedule(tiny_config(tmp_path, prm_update=prm_update, mode=mode, schedule="overlap")) == expected
+    assert effective_schedule(tiny_config(tmp_path, prm_update=prm_update, mode=mode, schedule="serial")) == "serial"
