@@ -100,7 +100,7 @@ def test_learner_updates_agree_across_layouts(layout):
         torch.manual_seed(0)
         learner = PRMLearner(EnsemblePRM(PRMConfig(**TINY, batch_layout=layout, update_steps=2)),
                              TrainerConfig(deepspeed=False))
-        metrics = [learner.update(TRAJS, select=False) for _ in range(2)]
+        metrics = [learner.update(TRAJS, [True] * len(TRAJS)) for _ in range(2)]
         states[layout] = (metrics, {k: v.clone() for k, v in learner.prm.state_dict().items()})
     (m_pad, w_pad), (m_pack, w_pack) = states["padded"], states[layout]
     for a, b in zip(m_pad, m_pack):
