@@ -28,7 +28,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from chain_stats import fmt, mean_ci, paired  # noqa: E402
 
 from prm.chain import ChainSpec, chain_problems, parse_question  # noqa: E402
-from prm.config import DataConfig, PRMConfig, PRMTrainConfig, TrainerConfig  # noqa: E402
+from prm.config import PoolConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode, TrainerConfig  # noqa: E402
 from prm.data import Trajectory  # noqa: E402
 from prm.quality import scorer_quality  # noqa: E402
 from prm.steps import split_steps  # noqa: E402
@@ -41,7 +41,8 @@ def prm_config(args, seed: int = 0) -> PRMConfig:
 
 
 def sample(model, tok, problems, n: int, temperature: float) -> list[tuple]:
-    from rl.rollout import format_prompt, make_rollout
+    from rl.engines import make_rollout
+    from rl.rollout import format_prompt
     rollout = make_rollout("hf", model=model, tokenizer=tok, batch_size=64)
     prompts = [format_prompt(tok, p.question) for p in problems]
     groups = rollout.generate(prompts, n, 110, temperature if temperature > 0 else 1.0) if temperature > 0 else \
@@ -186,7 +187,9 @@ def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, 
     pc = prm_config(args, seed)
     prm = EnsemblePRM.heads_only(pc, next(iter(cache.store.values())).shape[-1])
     run_dir = out / "runs" / f"{mode}_{budget}_{seed}"
-    cfg = PRMTrainConfig(prm=pc, data=DataConfig(), judge="oracle", mode=mode, budget=budget, epochs=args.epochs,
+    select = PoolSelectConfig({"active": SelectMode.uncertain, "random": SelectMode.random, "full": SelectMode.all}[mode],
+                              budget)
+    cfg = PRMTrainConfig(prm=pc, pool=PoolConfig(), judge="oracle", select=select, epochs=args.epochs,
                          trainer=TrainerConfig(out_dir=str(run_dir), seed=seed, resume="never", save_every=10 ** 9,
                                                progress=False, deepspeed=False), run_eval=False)
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from judges.base import Cost, Judge, Verdict, register_judge
+from judges.config import ChainJudgeConfig
 from judges.rule import RuleJudge
 
 STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (-?\d+)")
@@ -62,6 +63,7 @@ def first_error(start: int, ops: list[tuple[str, int]], steps: list[str]) -> tup
 @register_judge("chain")
 class ChainJudge(Judge):
     identity = "chain:v1"
+    config_class = ChainJudgeConfig
 
     def judge(self, question: str, steps: list[str]) -> Verdict:
         parsed = parse_chain(question)

@@ -72,7 +72,7 @@ class LabelReplay:
         new = self.refresh()
         losses, seen = [], 0
         for batch in self.batches(new):
-            losses.append(learner.update(batch, select=False)["loss"])
+            losses.append(learner.update(batch, [True] * len(batch))["loss"])
             seen += len(batch)
         out = {"prm/replay_size": len(self.buffer), "prm/replay_new": len(new), "prm/trained": seen}
         if losses:

@@ -1,25 +1,35 @@
-"""One online round (DESIGN.md section 4), phase by phase:
+"""One online round (docs/method.md, the online round), phase by phase:
 
-    generate -> verify -> score -> select -> judge -> prm_update -> advantage -> policy_update -> weight_sync
+    generate -> verify -> score -> select -> judge -> prm_update [-> rescore] -> advantage -> policy_update
+    -> weight_sync
 
-`OnlineLoop.round()` is the whole algorithm on one screen; the helpers below it do the bookkeeping.
+`rescore` runs only with prm_update=post_update_rewards (process rewards from the updated PRM).
+
+`OnlineLoop.round()` is the whole algorithm on one screen, in four halves (begin, rank, learn_prm,
+learn_policy) that rl.schedule may overlap across rounds; the helpers below do the bookkeeping.
 """
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from judges.base import Cost
 from prm.data import Trajectory
-from prm.selection import select_uncertain, uncertainty_priority
+from prm.config import SelectMode
+from prm.selection import select_trajectories, select_uncertain
 from prm.steps import first_below, labels_from_first_error, split_steps
 from rl.algos import compute_advantages, keep_mask, outcome_source, step_end_tokens
+from rl.config import PRMUpdate
 from rl.policy import Sample
 from rl.report import PhaseTimer, std_histogram
 from rl.rollout import Completion, assert_single_version
+
+
+PHASES = ("generate", "verify", "score", "select", "judge", "prm_update", "rescore", "advantage", "policy_update",
+          "weight_sync", "wait_prm")  # the serial order (timing/* keys come in it); wait_prm: rl.schedule's overlap
 
 
 @dataclass
@@ -37,46 +47,90 @@ class Rollout:
     first_error: int | None = None       # the judge's verdict (None = not judged / invalid)
 
 
+@dataclass
+class RoundWork:
+    """A round in flight: what its phases produced so far and their busy seconds (two timers: the back
+    half, judge -> prm_update, may run in another thread)."""
+    index: int
+    timer: PhaseTimer
+    back_timer: PhaseTimer
+    rollouts: list[Rollout] = field(default_factory=list)
+    chosen: list[bool] = field(default_factory=list)
+    cost: Cost = field(default_factory=Cost)
+    metrics: dict = field(default_factory=dict)         # written by the foreground halves
+    back_metrics: dict = field(default_factory=dict)    # written by learn_prm
+
+
 class OnlineLoop:
     def __init__(self, cfg, task, stream, policy, rollout, learner, judge, ledger, checker):
         self.cfg, self.task, self.stream, self.policy, self.rollout = cfg, task, stream, policy, rollout
         self.learner, self.judge, self.ledger, self.checker = learner, judge, ledger, checker
         self.tok = policy.tokenizer
-        self.on_phase = None  # callback(phase name) when a phase starts (progress display)
+        self.on_phase = None  # callback(round index, phase name) when a foreground phase starts (progress display)
         self.replay = None    # prm.replay.LabelReplay: train on every paid label (set by rl.online.build)
 
     def round(self, index: int) -> tuple[dict, list[float]]:
-        cfg, t = self.cfg, PhaseTimer(self.on_phase)
-        problems = self.stream.next_batch(cfg.data.prompts_per_round)
-        with t("generate"):
-            rollouts = self.generate(problems)
-        with t("verify"):
-            passed = self.checker.score_solutions([r.reference for r in rollouts], [r.completion.text for r in rollouts],
-                                                  cfg.data.fallback_last_number)
-            for r, ok in zip(rollouts, passed):
+        """One round, serially. rl.schedule runs the same four halves, where valid with judge -> prm_update
+        of round k in a worker thread beside round k's policy update and round k+1's generation."""
+        work = self.begin(index)      # generate -> verify
+        self.rank(work)               # score -> select
+        self.learn_prm(work)          # judge -> prm_update
+        self.learn_policy(work)       # [rescore ->] advantage -> policy_update -> weight_sync
+        return self.report(work)
+
+    def begin(self, index: int) -> RoundWork:
+        show = None if self.on_phase is None else (lambda phase: self.on_phase(index, phase))
+        work = RoundWork(index, PhaseTimer(show), PhaseTimer())
+        problems = self.stream.next_batch(self.cfg.task.prompts_per_round)
+        with work.timer("generate"):
+            work.rollouts = self.generate(problems)
+        with work.timer("verify"):
+            passed = self.checker.score_solutions([r.reference for r in work.rollouts],
+                                                  [r.completion.text for r in work.rollouts],
+                                                  self.cfg.task.fallback_last_number)
+            for r, ok in zip(work.rollouts, passed):
                 r.passed = ok
-        with t("score"):
-            self.score(rollouts)
-        with t("select"):
-            chosen = self.select(rollouts, index)
-        with t("judge"):
-            judged, cost = self.judge_selected(rollouts, chosen)
-        with t("prm_update"):
-            prm_metrics = self.update_prm(rollouts, judged)
-        with t("advantage"):
-            samples, adv_metrics = self.advantages(rollouts)
-        with t("policy_update"):
-            policy_metrics = self.update_policy(samples, index)
-        with t("weight_sync"):
+        return work
+
+    def rank(self, work: RoundWork) -> None:
+        with work.timer("score"):
+            self.score(work.rollouts)
+        with work.timer("select"):
+            work.chosen = self.select(work.rollouts, work.index)
+
+    def learn_prm(self, work: RoundWork) -> None:
+        """The back half: touches the judge, the ledger and the PRM only (never the policy, the rollout
+        engine or the global RNG streams), so a schedule may run it in a worker thread."""
+        with work.back_timer("judge"):
+            judged, work.cost = self.judge_selected(work.rollouts, work.chosen)
+        with work.back_timer("prm_update"):
+            work.back_metrics.update(self.update_prm(judged))
+        work.back_metrics["judge/labels"] = len(judged)
+
+    def learn_policy(self, work: RoundWork) -> None:
+        if self.cfg.prm_update == PRMUpdate.post_update_rewards and "prm/agreement" in work.back_metrics:
+            with work.timer("rescore"):   # the policy's process rewards come from the updated PRM
+                self.score(work.rollouts)
+        with work.timer("advantage"):
+            samples, adv_metrics = self.advantages(work.rollouts)
+        with work.timer("policy_update"):
+            policy_metrics = self.update_policy(samples, work.index)
+        with work.timer("weight_sync"):
             sync_metrics = self.sync()
+        work.metrics.update({**adv_metrics, **{f"policy/{k}": v for k, v in policy_metrics.items()}, **sync_metrics})
+
+    def report(self, work: RoundWork, wall: float | None = None) -> tuple[dict, list[float]]:
+        """The round's metrics. timing/<phase>: busy seconds of each phase, whichever thread ran it;
+        timing/round: the round's wall time (serial: the sum of the phases)."""
+        rollouts, chosen, cost = work.rollouts, work.chosen, work.cost
         stds = [s for r in rollouts for s in (r.std or [])]
-        metrics = {"round": index, **self.rollout_metrics(rollouts), **adv_metrics, **prm_metrics,
+        busy = {**work.timer.seconds, **work.back_timer.seconds}
+        timing = {k: busy[k] for k in sorted(busy, key=lambda k: PHASES.index(k[7:]) if k[7:] in PHASES else len(PHASES))}
+        metrics = {"round": work.index, **self.rollout_metrics(rollouts), **work.metrics, **work.back_metrics,
                    "select/candidates": len(rollouts), "select/selected": sum(chosen),
                    "select/fraction": sum(chosen) / len(rollouts), "judge/calls": cost.calls,
-                   "judge/tokens": cost.tokens, "judge/seconds": cost.seconds, "judge/labels": len(judged),
-                   **{f"policy/{k}": v for k, v in policy_metrics.items()}, **sync_metrics,
-                   **std_histogram(stds), **t.seconds}
-        metrics["timing/round"] = sum(v for k, v in t.seconds.items())
+                   "judge/tokens": cost.tokens, "judge/seconds": cost.seconds, **std_histogram(stds), **timing}
+        metrics["timing/round"] = sum(timing.values()) if wall is None else wall
         return metrics, stds
 
     # ------------------------------------------------------------------ phases
@@ -98,25 +152,18 @@ class OnlineLoop:
             r.mean, r.std = list(s.mean), list(s.std)
 
     def select(self, rollouts: list[Rollout], index: int) -> list[bool]:
-        """uncertain: Eq. 5; all: judge everything; none: judge nothing; random: as many as Eq. 5 picks.
+        """prm.selection.select_trajectories; random draws as many as Eq. 5 picks (equal budget).
         A per-round budget keeps the most uncertain (random mode: a random subset)."""
         mode, budget = self.cfg.select.mode, self.cfg.select.budget_per_round
-        if self.learner is None or mode in ("all", "none"):
-            chosen = [True] * len(rollouts) if mode != "none" else [False] * len(rollouts)
-            priority = torch.zeros(len(rollouts))
-        else:
-            mu, sigma, mask = self._padded(rollouts)
-            uncertain = select_uncertain(mu, sigma, mask, self.cfg.prm.delta_pred, self.cfg.prm.delta_std).tolist()
-            priority = uncertainty_priority(mu, sigma, mask)
-            chosen = uncertain
-            if mode == "random":  # equal budget: the count Eq. 5 picks, drawn uniformly
-                rng = random.Random(f"{self.cfg.trainer.seed}:select:{index}")
-                picked = set(rng.sample(range(len(rollouts)), sum(uncertain)))
-                chosen, priority = [i in picked for i in range(len(rollouts))], torch.rand(len(rollouts))
-        if budget is not None and sum(chosen) > budget:
-            ranked = sorted((i for i, c in enumerate(chosen) if c), key=lambda i: -float(priority[i]))[:budget]
-            chosen = [i in set(ranked) for i in range(len(rollouts))]
-        return chosen
+        if self.learner is None:
+            mode = SelectMode.all if mode == SelectMode.all else SelectMode.none
+        mu, sigma, mask = self._padded(rollouts)
+        if mode == SelectMode.random:
+            picks = int(select_uncertain(mu, sigma, mask, self.cfg.prm.delta_pred, self.cfg.prm.delta_std).sum())
+            budget = picks if budget is None else min(budget, picks)
+        rng = np.random.default_rng([self.cfg.trainer.seed, index])
+        return select_trajectories(mode, mu, sigma, mask, budget, rng, self.cfg.prm.delta_pred,
+                                   self.cfg.prm.delta_std).tolist()
 
     def judge_selected(self, rollouts: list[Rollout], chosen: list[bool]) -> tuple[list[Rollout], Cost]:
         """Labels go through the ledger (persisted before they are returned; repeats cost nothing)."""
@@ -129,25 +176,24 @@ class OnlineLoop:
             r.first_error = v.first_error if v is not None else None
         return [r for r in picked if r.first_error is not None], cost
 
-    def update_prm(self, rollouts: list[Rollout], judged: list[Rollout]) -> dict:
-        """PRM accuracy on judged data before/after the update; `before` re-scores for the rewards."""
+    def update_prm(self, judged: list[Rollout]) -> dict:
+        """The PRM learns from this round's judged rollouts (with replay: from every paid label so far);
+        its step accuracy on them before/after."""
         if self.learner is None or (not judged and self.replay is None):
             return {}
         out = {"prm/agreement": sum(first_below(r.mean, self.cfg.prm.threshold) == r.first_error for r in judged) / len(judged),
                "prm/acc_before": self._step_accuracy(judged, [r.mean for r in judged])} if judged else {}
-        if self.cfg.prm_update == "none":
+        if self.cfg.prm_update == PRMUpdate.none:
             return out
         if self.replay is not None:  # this round's labels were committed to the ledger: replay reads them
             out.update(self.replay.train(self.learner))
         else:
             trajectories = [Trajectory(r.question, r.steps, r.first_error, r.reference) for r in judged]
-            update = self.learner.update(trajectories, select=False)
+            update = self.learner.update(trajectories, [True] * len(trajectories))
             out.update({"prm/loss": update["loss"], "prm/trained": update.get("labelled", len(judged))})
         if judged:
             after = self.learner.score([r.question for r in judged], [r.steps for r in judged])
             out["prm/acc_after"] = self._step_accuracy(judged, [s.mean for s in after])
-        if self.cfg.prm_update == "before":  # rewards come from the updated PRM
-            self.score(rollouts)
         return out
 
     def advantages(self, rollouts: list[Rollout]) -> tuple[list[Sample], dict]:
@@ -215,10 +261,12 @@ class OnlineLoop:
                 "policy_version": rollouts[0].completion.policy_version}  # the version that generated them
 
     def _padded(self, rollouts: list[Rollout]):
-        width = max([len(r.mean) for r in rollouts] + [1])
+        width = max([len(r.mean or []) for r in rollouts] + [1])
         mu, sigma = torch.ones(len(rollouts), width), torch.zeros(len(rollouts), width)
         mask = torch.zeros(len(rollouts), width, dtype=torch.bool)
         for b, r in enumerate(rollouts):
+            if r.mean is None:   # no PRM in this run
+                continue
             k = len(r.mean)
             mu[b, :k], sigma[b, :k], mask[b, :k] = torch.tensor(r.mean), torch.tensor(r.std), True
         return mu, sigma, mask

@@ -1,9 +1,9 @@
-"""`python -m rl.online`: online RL with the ensemble PRM in the loop (DESIGN.md section 4).
+"""`python -m rl.online`: online RL with the ensemble PRM in the loop (docs/method.md, the online round).
 
     python -m rl.online                                     # CPU default: SmolLM2 + arithmetic + rule judge
     python -m rl.online select.mode=all                     # judge-all baseline
     python -m rl.online select.mode=random                  # random selection at Eq. 5's budget
-    python -m rl.online prm_update=none                     # frozen PRM
+    python -m rl.online prm_update=none select.mode=none    # frozen PRM, no judge
     python -m rl.online algo.reward=outcome select.mode=none prm_update=none   # outcome-only RL
     python -m rl.online --config-name online_gsm8k          # GSM8K with the llm judge
 Resume: rerun with the same trainer.out_dir (trainer.resume=auto picks the latest round checkpoint).
@@ -12,27 +12,24 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from pathlib import Path
 
 import hydra
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prm.config import validate
-from rl.config import OnlineConfig, check_choices
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+from prm.config import SelectMode, validate
+from prm.run import anchored, seed_everything
+from rl.config import OnlineConfig, PRMUpdate, RewardSource
 
 
 def needs_prm(cfg: OnlineConfig) -> bool:
-    return cfg.algo.reward != "outcome" or cfg.select.mode in ("uncertain", "random") or cfg.prm_update != "none"
+    return (cfg.algo.reward != RewardSource.outcome or cfg.select.mode in (SelectMode.uncertain, SelectMode.random)
+            or cfg.prm_update != PRMUpdate.none)
+
+
+def ledger_path(cfg: OnlineConfig) -> str:
+    return cfg.judge.ledger_path or str(Path(cfg.trainer.out_dir) / "labels.sqlite")
 
 
 def build(cfg: OnlineConfig):
@@ -42,19 +39,18 @@ def build(cfg: OnlineConfig):
     import judges.oracle  # noqa: F401
     import judges.rule  # noqa: F401
     from judges.base import make_judge
-    from judges.config import validate_judge_config
     from judges.ledger import LabelLedger
     from prm.answers import AnswerChecker
     from prm.models import resolve_path
+    from rl.engines import make_rollout
     from rl.loop import OnlineLoop
     from rl.policy import PolicyTrainer
-    from rl.rollout import make_rollout
     from rl.tasks import TaskStream, make_task
 
     out_dir = Path(cfg.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed)
-    task = make_task(cfg.data)
+    task = make_task(cfg.task)
     policy = PolicyTrainer(cfg.policy, cfg.algo, cfg.trainer)
     policy.temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
     r = cfg.rollout
@@ -67,10 +63,9 @@ def build(cfg: OnlineConfig):
         from prm.model import EnsemblePRM
         from prm.update import PRMLearner
         learner = PRMLearner(EnsemblePRM.from_config(cfg.prm), cfg.trainer)
-    judge_cfg = validate_judge_config(dict(cfg.judge))
-    judge = make_judge(judge_cfg)
-    ledger = LabelLedger.from_config(judge_cfg, default_path=out_dir / "labels.sqlite")
-    stream = TaskStream(task.problems, cfg.data.seed)
+    judge = make_judge(cfg.judge)
+    ledger = LabelLedger.from_config(cfg.judge, default_path=ledger_path(cfg))
+    stream = TaskStream(task.problems, cfg.task.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker())
     if learner is not None and cfg.replay.enabled:
         from prm.replay import LabelReplay
@@ -96,7 +91,7 @@ def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
     if path.is_file():
         return load_trajectories_jsonl(path)
     r = cfg.rollout
-    problems = make_task(replace(cfg.data, seed=cfg.data.seed + 10_007)).problems
+    problems = make_task(replace(cfg.task, seed=cfg.task.seed + 10_007)).problems
     n_prompts = -(-cfg.replay.heldout_size // r.n)
     prompts = [loop.task.prompt(loop.tok, p.question) for p in problems[:n_prompts]]
     groups = loop.rollout.generate(prompts, r.n, r.max_new_tokens, r.temperature, r.top_p, list(r.stop) or None)
@@ -116,10 +111,11 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     """Run (or resume) `cfg.rounds` rounds; `stop_after` ends the process's work early (tests: a kill)."""
     from tqdm import tqdm
 
+    from prm.run import MetricsLog
     from rl.checkpoint import load_round, resolve_resume, save_round
-    from rl.report import MetricsLog, phase_line, plot_rounds, summary_table
+    from rl.report import phase_line, plot_rounds, summary_table
+    from rl.schedule import effective_schedule, run_rounds
 
-    check_choices(cfg)
     loop, out_dir = build(cfg)
     OmegaConf.save(OmegaConf.structured(cfg), out_dir / "config.yaml")
     history: list[dict] = []
@@ -133,22 +129,26 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
         loop.rollout.sync_weights(None if loop.rollout_shares_policy() else loop.policy.weights_for_sync(),
                                   loop.policy.version)
         print(f"[rl.online] resumed from {resume_from} (round {state['round']}, data position {loop.stream.position})")
-    log = MetricsLog(out_dir, history)
+    log = MetricsLog(out_dir, "round", history)
     last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
-    bar = tqdm(range(start_round, last + 1), desc="rounds", disable=not cfg.trainer.progress, dynamic_ncols=True)
-    for index in bar:
-        loop.on_phase = lambda phase, i=index: bar.set_description(f"round {i}/{cfg.rounds}: {phase}")
-        metrics, stds = loop.round(index)
+    bar = tqdm(total=last - start_round + 1, desc="rounds", disable=not cfg.trainer.progress, dynamic_ncols=True)
+    loop.on_phase = lambda index, phase: bar.set_description(f"round {index}/{cfg.rounds}: {phase}")
+    schedule = effective_schedule(cfg)
+    if schedule != cfg.schedule:
+        print(f"[rl.online] schedule={cfg.schedule} needs prm_update=pre_update_rewards|none and one process: running serially")
+    for done in run_rounds(loop, range(start_round, last + 1), schedule):
+        index, metrics, stds = done.index, done.metrics, done.stds
+        bar.update(1)
         with_timer = time.perf_counter()
         if cfg.trainer.save_every and index % cfg.trainer.save_every == 0:
             save_round(out_dir, index, loop.policy, loop.learner,
-                       {"data_position": loop.stream.position, "history": history + [metrics],
-                        "ledger": str(loop.ledger.path),
+                       {"data_position": done.data_position, "history": history + [metrics],
+                        "ledger": str(loop.ledger.path), "rng": done.rng,
                         **({"replay": loop.replay.state_dict()} if loop.replay is not None else {})},
                        cfg.keep_checkpoints)
         metrics["timing/checkpoint"] = time.perf_counter() - with_timer
         history.append(metrics)
-        log.write(metrics, stds)
+        log.write(metrics, {"prm/ensemble_std": stds})
         bar.set_postfix(passed=f"{metrics['pass_rate']:.2f}", judged=metrics["judge/calls"])
         tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}  judge calls {metrics['judge/calls']}  | "
                    f"{phase_line(metrics)}")
@@ -160,11 +160,11 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
 
 
 def finish(cfg, history, out_dir, summary_table, plot_rounds) -> None:
-    summary_table(history, f"prmloop online: {cfg.data.name}, select={cfg.select.mode}, reward={cfg.algo.reward}, "
+    summary_table(history, f"prmloop online: {cfg.task.name}, select={cfg.select.mode}, reward={cfg.algo.reward}, "
                            f"prm_update={cfg.prm_update}")
     plot = plot_rounds(history, out_dir / "rounds.png") if cfg.plot else None
     print(f"outputs: {out_dir.resolve()}\n  metrics  {out_dir / 'metrics.jsonl'}\n  tensorboard  {out_dir / 'tb'}\n"
-          f"  checkpoints  {out_dir / 'checkpoints'}\n  judge ledger  {cfg.judge.get('ledger_path') or out_dir / 'labels.sqlite'}"
+          f"  checkpoints  {out_dir / 'checkpoints'}\n  judge ledger  {ledger_path(cfg)}"
           + (f"\n  plot  {plot}" if plot else ""))
 
 
@@ -174,8 +174,7 @@ def main(raw: DictConfig) -> None:
 
     exit_on_sigterm()   # a killed run shuts its vLLM engine down; checkpoints + ledger make it resumable
     cfg = validate(raw, OnlineConfig)
-    if not os.path.isabs(cfg.trainer.out_dir):  # hydra may change the working dir: anchor to where we started
-        cfg.trainer.out_dir = os.path.join(hydra.utils.get_original_cwd(), cfg.trainer.out_dir)
+    cfg.trainer.out_dir = anchored(cfg.trainer.out_dir)
     run(cfg)
 
 

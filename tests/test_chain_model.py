@@ -54,7 +54,8 @@ def test_hf_rollout_and_prm_load_it_by_name(by_name):
     from prm.config import PRMConfig
     from prm.model import EnsemblePRM
     from prm.models import load_model
-    from rl.rollout import format_prompt, make_rollout
+    from rl.engines import make_rollout
+    from rl.rollout import format_prompt
 
     model, tok = load_model(NAME, "fp32")
     rollout = make_rollout("hf", model=model, tokenizer=tok, batch_size=4)

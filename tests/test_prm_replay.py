@@ -31,8 +31,8 @@ class RecordingLearner:
     def __init__(self):
         self.batches = []
 
-    def update(self, trajectories, select=True):
-        assert select is False
+    def update(self, trajectories, mask):
+        assert list(mask) == [True] * len(trajectories)
         self.batches.append([(t.question, t.first_error) for t in trajectories])
         return {"loss": 0.5}
 
