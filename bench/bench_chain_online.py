@@ -43,7 +43,7 @@ def run_all(args, extra: list[str]) -> None:
             if done.is_file() and len(done.read_text().splitlines()) >= args.rounds:
                 continue
             cmd = [sys.executable, "-m", "rl.online", "--config-name", "online_chain", f"rounds={args.rounds}",
-                   f"trainer.seed={seed}", f"data.seed={seed}", f"trainer.out_dir={out.resolve()}",
+                   f"trainer.seed={seed}", f"task.seed={seed}", f"trainer.out_dir={out.resolve()}",
                    "trainer.progress=false", "plot=false", "trainer.save_every=4", "keep_checkpoints=1",
                    *ARMS[arm], *budget(args, arm), *extra]
             print("$", " ".join(cmd), flush=True)
