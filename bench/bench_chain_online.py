@@ -8,7 +8,7 @@ Each (arm, seed) is one `python -m rl.online --config-name online_chain` process
 a killed bench continues). Every PRM arm trains on the replay of all its paid labels and logs step
 AUROC (pooled, within problem) and first-error F1 on the same fixed held-out judged set (the initial
 policy's samples on other problems; identical across arms of one seed). The report gives mean ± 95 % CI
-over seeds, paired differences against `uncertain`, and bench/chain_online.png.
+over seeds, paired differences against the first arm, and the plot (--plot).
 """
 from __future__ import annotations
 
@@ -92,12 +92,13 @@ def report(args) -> str:
                                                            for k in keys) + " |")
     lines += ["", "| paired difference (per seed) | labels paid | pass, last rounds | AUROC last round | AUROC within |",
               "|---|---|---|---|---|"]
+    ref = args.arms[0]  # paired differences against the first arm named
     for arm in summary:
-        if arm == "uncertain" or "uncertain" not in summary:
+        if arm == ref or ref not in summary:
             continue
-        d = {k: paired({s: v[k] for s, v in summary["uncertain"].items()}, {s: v[k] for s, v in summary[arm].items()})
+        d = {k: paired({s: v[k] for s, v in summary[ref].items()}, {s: v[k] for s, v in summary[arm].items()})
              for k in ("labels", "pass_last", "auroc", "auroc_within")}
-        lines.append(f"| uncertain - {arm} | {fmt(d['labels'], 0)} | {fmt(d['pass_last'])} | {fmt(d['auroc'])} | "
+        lines.append(f"| {ref} - {arm} | {fmt(d['labels'], 0)} | {fmt(d['pass_last'])} | {fmt(d['auroc'])} | "
                      f"{fmt(d['auroc_within'])} |")
     table = "\n".join(lines)
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
