@@ -265,9 +265,11 @@ def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproble
         seconds = {"total": time.perf_counter() - start, "policy": policy.seconds, "prm": scorer.seconds}
         per_problem = [choices(method, o, n, mcfg.selectors, specs) for o in outcomes]
         flat = [(p, row) for p, rows in zip(problems, per_problem) for row in rows]
-        verdicts = checker.check_many([p.reference_answer for p, _ in flat], [r["answer"] for _, r in flat])
-        for (_, row), ok in zip(flat, verdicts):
-            row["correct"] = ok
+        verdicts = checker.verify_many([p.reference_answer for p, _ in flat], [r["answer"] for _, r in flat])
+        for (_, row), verdict in zip(flat, verdicts):
+            row["correct"] = verdict == "correct"
+            if verdict == "unverified":  # math-verify timed out: not counted correct, but said so
+                row["unverified"] = True
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with tmp.open("w") as fh:
@@ -283,7 +285,8 @@ def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproble
         tokens = sum(o.cost.generated_tokens for o in outcomes) / len(outcomes)
         print(f"[search] seed {seed} {method} n={n}: {seconds['total']:.0f}s (policy {seconds['policy']:.0f}s, "
               f"prm {seconds['prm']:.0f}s), {tokens:.0f} tokens/problem; correct/{len(problems)}: "
-              + ", ".join(f"{k} {v}" for k, v in acc.items()), flush=True)
+              + ", ".join(f"{k} {v}" for k, v in acc.items())
+              + (f"; unverified answers: {verdicts.count('unverified')}" if "unverified" in verdicts else ""), flush=True)
 
 
 def record(prob: Problem, outcome: SearchOutcome, rows: list[dict], method: str, n: int, betas: list[float],
