@@ -7,7 +7,7 @@ Input   chat template, question as the user turn, assistant turn `step1 <sep> st
 Heads   K MLPs H -> 128 -> 128 -> 1 (ReLU) stored as batched weights [K, in, out]; they run only on
         the gathered separator hidden states, so K = 32 costs about what K = 1 does.
 Output  per head logit z[e, i]; p = sigmoid(z); step reward = mean_e p, uncertainty = std_e p
-        (population std: K = 1 gives exactly 0).
+        (unbiased, N - 1, as ActivePRM; K = 1 gives exactly 0).
 Modes   full (everything trains), lora (peft adapters on the backbone), frozen (backbone frozen;
         features can be cached by prm.features and the heads train alone).
 Device  cfg.device (cpu | cuda | cuda:N) holds the backbone and heads; collate builds on CPU and hands
@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from prm.config import PRMConfig
 from prm.models import load_model
+from prm.selection import head_mean_std
 
 
 @dataclass
@@ -317,6 +318,6 @@ RUN_SETTINGS = ("delta_pred", "delta_std", "reg_lambda", "lr", "head_lr", "weigh
 
 
 def _to_scores(logits: torch.Tensor) -> StepScores:
-    """logits [K, n] -> StepScores (population std over heads: exactly 0 for K = 1)."""
-    p = torch.sigmoid(logits.float())
-    return StepScores(p.mean(0).tolist(), p.std(0, correction=0).tolist())
+    """logits [K, n] -> StepScores (unbiased std over heads: exactly 0 for K = 1)."""
+    mean, std = head_mean_std(torch.sigmoid(logits.float()))
+    return StepScores(mean.tolist(), std.tolist())

@@ -2,7 +2,8 @@
 
 Shapes: B trajectories, S step slots (padded), K heads. `step_mask [B, S]` marks real steps.
 
-Eq. 5, per trajectory: mu_i = mean_e p, sigma_i = std_e p. i* = first step with mu_i < 0.5 (the
+Eq. 5, per trajectory: mu_i = mean_e p, sigma_i = std_e p (unbiased, N - 1, as ActivePRM's trainer's
+torch.std; K = 1 gives exactly 0). i* = first step with mu_i < 0.5 (the
 first predicted error; all steps if none). Over steps i <= i* only:
     aleatoric  some step has max(mu_i, 1 - mu_i) < delta_pred
     epistemic  some step has sigma_i > delta_std
@@ -21,10 +22,16 @@ import torch
 import torch.nn.functional as F
 
 
+def head_mean_std(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """p [K, ...] -> mean and unbiased std over heads (dim 0). K = 1: std exactly 0, not torch's nan."""
+    if p.shape[0] == 1:
+        return p[0], torch.zeros_like(p[0])
+    return p.mean(0), p.std(0, correction=1)
+
+
 def ensemble_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [K, B, S] -> (mu, sigma) [B, S]: mean and population std of sigmoid over heads."""
-    p = torch.sigmoid(logits.detach().float())
-    return p.mean(0), p.std(0, correction=0)
+    """logits [K, B, S] -> (mu, sigma) [B, S]: mean and unbiased std of sigmoid over heads."""
+    return head_mean_std(torch.sigmoid(logits.detach().float()))
 
 
 def considered_steps(mu: torch.Tensor, step_mask: torch.Tensor) -> torch.Tensor:
