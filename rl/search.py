@@ -62,6 +62,8 @@ class MethodConfig:
     max_iterations: int = 10                  # step rounds (beam, dvts)
     selectors: list[str] = field(default_factory=lambda: ["vanilla", "weighted", "majority"])
     ns: list[int] | None = None               # beam, dvts: the n to run (None: the top-level ns)
+    filter_duplicates: bool = False           # beam: drop unfinished beams repeating an earlier one (search-and-learn)
+    sort_completed: bool = False              # beam: keep the n best finished beams, not the first n (search-and-learn)
 
 
 @dataclass
@@ -251,7 +253,8 @@ def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproble
             continue
         specs = [ScoreSpec(cfg.scorer.aggregate, b) for b in run_betas]
         settings = SearchSettings(n=n, beam_width=mcfg.beam_width, max_iterations=mcfg.max_iterations,
-                                  spec=specs[0], fallback_last_number=cfg.fallback_last_number)
+                                  spec=specs[0], fallback_last_number=cfg.fallback_last_number,
+                                  filter_duplicates=mcfg.filter_duplicates, sort_completed=mcfg.sort_completed)
         _seed_everything(seed, method, n)
         policy.seconds = 0.0
         scorer.start_run(step_wise)
