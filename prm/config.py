@@ -118,6 +118,8 @@ class EvalConfig:
     tune_on: str | None = None                # pick tau on this ProcessBench subset, apply it to all
     prmbench: bool = False
     prmbench_limit: int | None = None
+    prmbench_path: str | None = None          # a PRMBench JSONL file or folder of them (None: the bundled subset)
+    skip_bad_rows: bool = False               # PRMBench: count and name rows that cannot be scored instead of failing
     batch_size: int = 8
 
 

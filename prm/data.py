@@ -1,4 +1,4 @@
-"""The data model (DESIGN.md section 1) and loaders for every dataset prmloop reads.
+"""The data model and loaders for every dataset prmloop reads.
 
 Problem     a question with an optional reference answer.
 Trajectory  a question plus its solution steps and, when labelled, the first-error index
@@ -20,10 +20,12 @@ PROCESSBENCH_SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
 
 
 class DataError(ValueError):
-    def __init__(self, file: str | Path, row: int | None, field_: str | None, problem: str):
-        where = f"{file}" + (f", row {row}" if row is not None else "") + (f", field '{field_}'" if field_ else "")
+    """`row` is a 0-based record index, or with unit="line" a 1-based line of a JSONL file."""
+
+    def __init__(self, file: str | Path, row: int | None, field_: str | None, problem: str, unit: str = "row"):
+        where = f"{file}" + (f", {unit} {row}" if row is not None else "") + (f", field '{field_}'" if field_ else "")
         super().__init__(f"{where}: {problem}")
-        self.file, self.row, self.field = str(file), row, field_
+        self.file, self.row, self.field, self.problem = str(file), row, field_, problem
 
 
 @dataclass
@@ -59,6 +61,10 @@ class _Rows:
     path: Path
     skip_bad_rows: bool = False
     skipped: list[str] = field(default_factory=list)
+    unit: str = "row"     # "line": JSONL rows are numbered by their 1-based line
+
+    def error(self, i: int | None, name: str | None, problem: str) -> DataError:
+        return DataError(self.path, i, name, problem, self.unit)
 
     def records(self) -> Iterator[tuple[int, Any]]:
         if not self.path.is_file():
@@ -76,17 +82,18 @@ class _Rows:
             for i, line in enumerate(fh):
                 if not line.strip():
                     continue
+                at = i + 1 if self.unit == "line" else i
                 try:
-                    yield i, json.loads(line)
+                    yield at, json.loads(line)
                 except json.JSONDecodeError as e:
-                    self.bad(DataError(self.path, i, None, f"invalid JSON ({e.msg})"))
+                    self.bad(self.error(at, None, f"invalid JSON ({e.msg})"))
 
     def parse(self, fn: Callable[[int, dict], Any]) -> list:
         out = []
         for i, rec in self.records():
             try:
                 if not isinstance(rec, dict):
-                    raise DataError(self.path, i, None, "row is not a JSON object")
+                    raise self.error(i, None, "row is not a JSON object")
                 out.append(fn(i, rec))
             except DataError as e:
                 self.bad(e)
@@ -99,21 +106,21 @@ class _Rows:
 
     def get(self, i: int, rec: dict, name: str, kind: type | tuple = str) -> Any:
         if name not in rec or rec[name] is None:
-            raise DataError(self.path, i, name, "missing")
+            raise self.error(i, name, "missing")
         value = rec[name]
         if not isinstance(value, kind):
-            raise DataError(self.path, i, name, f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+            raise self.error(i, name, f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
         if isinstance(value, str) and not value.strip():
-            raise DataError(self.path, i, name, "empty")
+            raise self.error(i, name, "empty")
         return value
 
     def steps(self, i: int, rec: dict, name: str) -> list[str]:
         steps = self.get(i, rec, name, list)
         if not steps:
-            raise DataError(self.path, i, name, "no steps")
+            raise self.error(i, name, "no steps")
         for j, s in enumerate(steps):
             if not isinstance(s, str) or not s.strip():
-                raise DataError(self.path, i, name, f"step {j} is empty or not a string")
+                raise self.error(i, name, f"step {j} is empty or not a string")
         return steps
 
     def first_error(self, i: int, rec: dict, name: str, n_steps: int) -> int:
@@ -121,7 +128,7 @@ class _Rows:
         if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value < n_steps:
-            raise DataError(self.path, i, name, f"label {value!r} out of range [-1, {n_steps - 1}]")
+            raise self.error(i, name, f"label {value!r} out of range [-1, {n_steps - 1}]")
         return value
 
 
@@ -242,27 +249,13 @@ def load_math_shepherd(path: str | Path, skip_bad_rows: bool = False) -> list[Tr
     return _finish(rows, rows.parse(parse))
 
 
-def load_prmbench(root: str | Path | None = None, skip_bad_rows: bool = False,
+def load_prmbench(path: str | Path | None = None, root: str | Path | None = None, skip_bad_rows: bool = False,
                   limit: int | None = None) -> list[Trajectory]:
-    """PRMBench: the modified process; meta['error_steps'] holds the 0-based erroneous steps."""
-    rows = _Rows(data_root(root) / "prmbench" / "subset400.jsonl", skip_bad_rows)
+    """PRMBench items as the official harness reads them (prm.prmbench.read_prmbench; counts in its report)."""
+    from prm.prmbench import read_prmbench
 
-    def parse(i: int, rec: dict) -> Trajectory:
-        steps = rows.steps(i, rec, "modified_process")
-        errors = rows.get(i, rec, "error_steps", list)
-        if not all(isinstance(e, int) and not isinstance(e, bool) for e in errors):
-            raise DataError(rows.path, i, "error_steps", f"expected 1-based step numbers, got {errors!r}")
-        # 11 rows of the released subset name steps past the end of the process: those indices
-        # point at nothing and are dropped; a row left with none of its errors is bad.
-        err0 = sorted(e - 1 for e in errors if 1 <= e <= len(steps))
-        if errors and not err0:
-            raise DataError(rows.path, i, "error_steps", f"{errors} all outside the {len(steps)} steps")
-        return Trajectory(rows.get(i, rec, "question"), steps, err0[0] if err0 else -1,
-                          source=f"prmbench:{rec.get('idx', i)}",
-                          meta={"error_steps": err0, "classification": rec.get("classification", ""),
-                                "dropped_error_steps": len(errors) - len(err0)})
-
-    return _finish(rows, rows.parse(parse))[:limit]
+    items, _ = read_prmbench(path or data_root(root) / "prmbench", skip_bad_rows)
+    return items[:limit]
 
 
 # ---------------------------------------------------------------- PRM800K step rows -> trajectories
