@@ -72,7 +72,7 @@ def _parse_row(rows: _Rows, line: int, rec: dict) -> list[Trajectory]:
     where = {"file": rows.path.name, "line": line, "idx": idx}
     items = [Trajectory(rows.get(line, rec, "modified_question"), steps, err0[0] if err0 else -1,
                         source=f"prmbench:{category}:{idx}",
-                        meta={"classification": category, "error_steps": err0,
+                        meta={"classification": category, "error_steps": err0, "question": rec.get("question"),
                               "dropped_error_steps": len(errors) - len([e for e in errors if 1 <= e <= len(steps)]),
                               **where})]
     if category == "redundency":
