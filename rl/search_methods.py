@@ -324,13 +324,10 @@ def _unique_steps(beams: list[_Beam]) -> list[_Beam]:
 
 def beam_search(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: SearchSettings
                 ) -> list[SearchOutcome]:
-    """search-and-learn's beam search. Every iteration exactly n beams each sample one step: the
-    surviving beams are repeated in turn to fill n slots (each of n/M survivors gets M children; a lone
-    survivor gets all n). The PRM scores the new prefixes; finished beams leave the pool; the top n/M
-    unfinished ones (optionally after dropping duplicates) survive. Stops when no beam is left or after
-    max_iterations (the last runs every beam to its end); without sort_completed it stops as soon as n
-    have finished, since later ones could not enter the result. Returns n finished beams: the first n
-    (or the n best with sort_completed), repeated in turn if fewer finished (as search-and-learn does)."""
+    """search-and-learn's beam search (docs/method.md): every iteration exactly n beams sample one step
+    each (the survivors repeated in turn to fill n slots); finished beams leave the pool; the top n/M
+    unfinished (optionally de-duplicated) survive. Returns the first n to finish (or the n best, with
+    sort_completed), repeated in turn if fewer finished; without sort_completed it stops at n finished."""
     m = min(cfg.beam_width, cfg.n)
     keep = max(cfg.n // m, 1)
     costs = [Cost() for _ in problems]
@@ -364,11 +361,9 @@ def beam_search(problems: list[SearchProblem], policy: Policy, score: ScoreFn, c
 
 def dvts(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: SearchSettings
          ) -> list[SearchOutcome]:
-    """Diverse verifier tree search (search-and-learn): n/M independent subtrees per problem; each
-    samples M candidate next steps from its own prefix and greedily continues from the best. When a
-    subtree ends, its last M candidates (the chosen one and its siblings) are its results, so a problem
-    gets n candidates in all and every selector votes over all n. Subtrees share nothing but the
-    batched policy/PRM calls."""
+    """Diverse verifier tree search (search-and-learn): n/M independent subtrees per problem, each
+    continuing from the best of M candidate next steps; a subtree's last M candidates are its results
+    (n per problem, all voted on). Subtrees share nothing but the batched policy/PRM calls."""
     m = min(cfg.beam_width, cfg.n)
     n_subtrees = max(cfg.n // m, 1)
     costs = [Cost() for _ in problems]
