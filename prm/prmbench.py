@@ -173,11 +173,12 @@ def prmbench_results(items: list[Trajectory], scores: list[list[float] | None]) 
             overall.merge(c)
     categories = {name: c.summary(name in NO_ERROR_CATEGORIES) for name, c in sorted(per.items()) if name != CORRECT}
     scored = [v["score"] for v in categories.values()]
+    judged = overall.items + overall.invalid
     return {"overall": overall.summary(False), "categories": categories,
             "correct": per[CORRECT].summary(True) if CORRECT in per else None,
             "category_mean": sum(scored) / len(scored) if scored else float("nan"),
             "invalid_verdicts": overall.invalid,
-            "validity_rate": (overall.items / (overall.items + overall.invalid)) if overall.items + overall.invalid else float("nan")}
+            "validity_rate": overall.items / judged if judged else float("nan")}
 
 
 def report_dict(report: PRMBenchReport) -> dict:

@@ -50,8 +50,8 @@ class OnlineLoop:
         with t("generate"):
             rollouts = self.generate(problems)
         with t("verify"):
-            verdicts = self.checker.verify_solutions([r.reference for r in rollouts], [r.completion.text for r in rollouts],
-                                                     cfg.data.fallback_last_number)
+            verdicts = self.checker.verify_solutions([r.reference for r in rollouts],
+                                                     [r.completion.text for r in rollouts], cfg.data.fallback_last_number)
             for r, verdict in zip(rollouts, verdicts):
                 r.passed = verdict == "correct"  # "unverified" (math-verify timed out) earns no reward but is counted
         with t("score"):
@@ -70,7 +70,8 @@ class OnlineLoop:
             sync_metrics = self.sync()
         stds = [s for r in rollouts for s in (r.std or [])]
         metrics = {"round": index, **self.rollout_metrics(rollouts), **adv_metrics, **prm_metrics,
-                   "verify/unverified": verdicts.count("unverified"), "select/candidates": len(rollouts), "select/selected": sum(chosen),
+                   "verify/unverified": verdicts.count("unverified"),
+                   "select/candidates": len(rollouts), "select/selected": sum(chosen),
                    "select/fraction": sum(chosen) / len(rollouts), "judge/calls": cost.calls,
                    "judge/tokens": cost.tokens, "judge/seconds": cost.seconds, "judge/labels": len(judged),
                    **{f"policy/{k}": v for k, v in policy_metrics.items()}, **sync_metrics,

@@ -286,10 +286,11 @@ def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproble
                 if r["n"] == n:
                     acc[r["label"]] += r["correct"]
         tokens = sum(o.cost.generated_tokens for o in outcomes) / len(outcomes)
+        unverified = f"; unverified answers: {verdicts.count('unverified')}" if "unverified" in verdicts else ""
         print(f"[search] seed {seed} {method} n={n}: {seconds['total']:.0f}s (policy {seconds['policy']:.0f}s, "
               f"prm {seconds['prm']:.0f}s), {tokens:.0f} tokens/problem; correct/{len(problems)}: "
               + ", ".join(f"{k} {v}" for k, v in acc.items())
-              + (f"; unverified answers: {verdicts.count('unverified')}" if "unverified" in verdicts else ""), flush=True)
+              + unverified, flush=True)
 
 
 def record(prob: Problem, outcome: SearchOutcome, rows: list[dict], method: str, n: int, betas: list[float],
