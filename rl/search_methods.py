@@ -318,8 +318,8 @@ def _refill(beams: list[_Beam], n: int) -> list[_Beam]:
 
 
 def _unique_steps(beams: list[_Beam]) -> list[_Beam]:
-    seen: set[tuple[str, ...]] = set()
-    return [b for b in beams if not (tuple(b.steps) in seen or seen.add(tuple(b.steps)))]
+    first = {tuple(b.steps): b for b in reversed(beams)}   # the earliest beam of each step list
+    return [b for b in beams if first[tuple(b.steps)] is b]
 
 
 def beam_search(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: SearchSettings
@@ -328,8 +328,7 @@ def beam_search(problems: list[SearchProblem], policy: Policy, score: ScoreFn, c
     each (the survivors repeated in turn to fill n slots); finished beams leave the pool; the top n/M
     unfinished (optionally de-duplicated) survive. Returns the first n to finish (or the n best, with
     sort_completed), repeated in turn if fewer finished; without sort_completed it stops at n finished."""
-    m = min(cfg.beam_width, cfg.n)
-    keep = max(cfg.n // m, 1)
+    keep = max(cfg.n // min(cfg.beam_width, cfg.n), 1)
     costs = [Cost() for _ in problems]
     scorer = CountingScorer(score, costs)
     active = [[_Beam([])] for _ in problems]           # the root: its n copies give the first n beams
@@ -384,6 +383,8 @@ def dvts(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: Sea
         for j, u in enumerate(live):
             last[u] = children[j]
             heads[u] = _rank(children[j], cfg.spec)[0]
+            # search-and-learn also ends a subtree once its text holds a boxed answer
+            heads[u].finished = heads[u].finished or "boxed{" in heads[u].solution.text
             costs[units[u][0]].add(unit_costs[j])
         for p in range(len(problems)):
             mine = [u for u in live if units[u][0] == p]

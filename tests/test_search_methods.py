@@ -274,6 +274,20 @@ def test_dvts_returns_n_candidates_and_votes_over_all_of_them():
     assert sols[SELECTORS["weighted"](sols, spec)].answer == "2"      # 12 x 0.6 = 7.2 > 4 x 0.9 = 3.6
 
 
+def test_dvts_subtree_ends_at_a_boxed_answer():
+    # search-and-learn prunes a DVTS subtree whose text contains "boxed{", even mid-solution
+    class Boxed(TreePolicy):
+        def __call__(self, contexts, n, one_step, greedy=False):
+            out = super().__call__(contexts, n, one_step, greedy)
+            first = len(self.calls) == 1   # only subtree 0's first step writes a boxed answer
+            return [[Continuation(c.text + (" so \\boxed{5}" if first and i == 0 else ""), c.n_tokens, c.step_end)
+                     for c in conts] for i, conts in enumerate(out)]
+    policy = Boxed(value=lambda d, draw, k: 0.5)
+    out = dvts([PROBLEM], policy, tagged_scorer(), SearchSettings(n=4, beam_width=2, max_iterations=3))
+    assert [len(ctxs) for ctxs, _, _ in policy.calls] == [2, 1, 1]   # subtree 0 stopped after its boxed step
+    assert [len(s.steps) for s in out[0].solutions] == [1, 1, 3, 3]
+
+
 def test_dvts_result_per_subtree_matches_running_it_alone():
     value = lambda depth, draw, k: round(0.05 + ((depth * 5 + draw * 3 + k * 7) % 19) / 20, 2)  # noqa: E731
     together = dvts([PROBLEM], TreePolicy(value), tagged_scorer(), SearchSettings(n=4, beam_width=2, max_iterations=3))
