@@ -60,7 +60,7 @@ class StepMathEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         self.steps.append(clean_step(str(action)) or "(empty)")
         reward = float(self.scorer(self.problem.question, list(self.steps))[-1]) if self.scorer else 0.0
-        answer = extract_answer(self.steps[-1])
+        answer = extract_answer(self.steps[-1], max_chars=None)  # the checker cuts it against the gold
         terminated = answer is not None
         truncated = not terminated and len(self.steps) >= self.max_steps
         info = {"step_reward": reward, "answer": answer}

@@ -109,7 +109,7 @@ def canonical_answer(answer: str | None) -> str | None:
 
 
 def attach_answer(solution: Solution, fallback_last_number: bool = False) -> Solution:
-    solution.answer = extract_answer(solution.text, fallback_last_number) if solution.steps else None
+    solution.answer = extract_answer(solution.text, fallback_last_number, max_chars=None) if solution.steps else None
     solution.key = canonical_answer(solution.answer)
     return solution
 
