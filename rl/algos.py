@@ -10,8 +10,8 @@ sample's group (the n completions of one prompt) or the whole batch:
     rloo          baseline each value: r - mean(values of the *other* samples of the group), then the
                   return-to-go
     reinforce_pp  OpenRLHF's REINFORCE++: the return-to-go of the raw values first, then whitening over
-                  all action tokens of the batch (token-weighted mean, population variance,
-                  1 / sqrt(max(var, 1e-8))); groups are not used
+                  all action tokens of the batch that enters the loss (token-weighted mean, population
+                  variance, 1 / sqrt(max(var, 1e-8))); groups are not used
 
 The return-to-go of token t is the sum of the values placed at or after t (for the outcome that is the
 one value everywhere — DeepSeekMath's process supervision for the process source). The sources'
@@ -24,7 +24,9 @@ from typing import Callable
 import torch
 
 Baseline = Callable[[list[torch.Tensor], list[int]], list[torch.Tensor]]
-Estimator = Callable[[list[torch.Tensor], list[list[int]], list[int], list[int]], list[torch.Tensor]]
+# (values, positions, groups, lengths, in_batch) -> per-token advantages; in_batch marks the samples that
+# enter the loss (the batch REINFORCE++ whitens over); group baselines do not need it
+Estimator = Callable[[list[torch.Tensor], list[list[int]], list[int], list[int], list[bool]], list[torch.Tensor]]
 EPS = 1e-6
 MIN_VAR = 1e-8  # OpenRLHF's clamp before rsqrt: a batch of equal returns gets advantage 0, not nan
 
@@ -70,10 +72,12 @@ def returns_to_go(values: torch.Tensor, positions: list[int], length: int) -> to
     return rewards.flip(0).cumsum(0).flip(0)
 
 
-def whiten_tokens(returns: list[torch.Tensor]) -> list[torch.Tensor]:
+def whiten_tokens(returns: list[torch.Tensor], in_batch: list[bool] | None = None) -> list[torch.Tensor]:
     """(x - mean) / sqrt(var) over every token of the batch: each token weighs the same, so a long
-    completion counts more than a short one; population variance (OpenRLHF's masked mean of squares)."""
-    pooled = torch.cat(list(returns) + [torch.zeros(0)])
+    completion counts more than a short one; population variance (OpenRLHF's masked mean of squares).
+    Samples outside the batch (filtered out of the loss) are shifted alike but do not set the statistics."""
+    in_batch = [True] * len(returns) if in_batch is None else in_batch
+    pooled = torch.cat([r for r, k in zip(returns, in_batch) if k] + [torch.zeros(0)])
     if pooled.numel() == 0:
         return list(returns)
     mean = pooled.mean()
@@ -82,14 +86,14 @@ def whiten_tokens(returns: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _baseline_then_returns(baseline: Baseline) -> Estimator:
-    def estimate(values, positions, groups, lengths):
+    def estimate(values, positions, groups, lengths, in_batch):
         return [returns_to_go(v, p, n) for v, p, n in zip(baseline(values, groups), positions, lengths)]
     return estimate
 
 
 def reinforce_pp(values: list[torch.Tensor], positions: list[list[int]], groups: list[int],
-                 lengths: list[int]) -> list[torch.Tensor]:
-    return whiten_tokens([returns_to_go(v, p, n) for v, p, n in zip(values, positions, lengths)])
+                 lengths: list[int], in_batch: list[bool] | None = None) -> list[torch.Tensor]:
+    return whiten_tokens([returns_to_go(v, p, n) for v, p, n in zip(values, positions, lengths)], in_batch)
 
 
 ESTIMATORS: dict[str, Estimator] = {"grpo": _baseline_then_returns(grpo), "rloo": _baseline_then_returns(rloo),
@@ -97,9 +101,12 @@ ESTIMATORS: dict[str, Estimator] = {"grpo": _baseline_then_returns(grpo), "rloo"
 
 
 def compute_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[int]]]], weights: dict[str, float],
-                       groups: list[int], lengths: list[int], estimator: str) -> list[torch.Tensor]:
+                       groups: list[int], lengths: list[int], estimator: str,
+                       in_batch: list[bool] | None = None) -> list[torch.Tensor]:
     """sources: name -> (values per sample, token positions per sample). Returns per-token advantages.
-    Each source is normalised on its own (a 0/1 outcome and a [0,1] step score live on different scales)."""
+    Each source is normalised on its own (a 0/1 outcome and a [0,1] step score live on different scales).
+    in_batch: the samples that enter the loss (keep_mask); REINFORCE++ whitens over their tokens only."""
+    in_batch = [True] * len(lengths) if in_batch is None else list(in_batch)
     if estimator not in ESTIMATORS:
         raise KeyError(f"unknown advantage estimator {estimator!r}; registered: {sorted(ESTIMATORS)}")
     total = [torch.zeros(n) for n in lengths]
@@ -108,7 +115,7 @@ def compute_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[in
         if weight == 0.0:
             continue
         values = [torch.as_tensor(v, dtype=torch.float32) for v in values]
-        for i, adv in enumerate(ESTIMATORS[estimator](values, positions, groups, lengths)):
+        for i, adv in enumerate(ESTIMATORS[estimator](values, positions, groups, lengths, in_batch)):
             total[i] += weight * adv
     return total
 

@@ -161,9 +161,9 @@ class OnlineLoop:
                 values.append(torch.tensor(r.mean[:k]))
                 positions.append(ends[:k])
             sources["process"] = (values, positions)
-        adv = compute_advantages(sources, weights, groups, lengths, a.advantage)
         keep = keep_mask(groups, [r.passed for r in rollouts], [r.completion.finish_reason == "length" for r in rollouts],
                          a.filter_groups, a.filter_truncated)
+        adv = compute_advantages(sources, weights, groups, lengths, a.advantage, keep)  # REINFORCE++ whitens the kept
         prompt_ids = {}
         samples = []
         for r, advantage, k in zip(rollouts, adv, keep):

@@ -53,6 +53,17 @@ def test_reinforce_pp_returns_first_then_token_whitening():
     close(reinforce_pp([T([1.]), T([1.])], [[0], [1]], [0, 1], [1, 2]), [[0.], [0., 0.]])
 
 
+def test_reinforce_pp_whitens_over_the_samples_that_enter_the_loss():
+    """Filtered samples (e.g. a group with pass rate 1) do not set the batch statistics: OpenRLHF filters
+    before it whitens. Kept tokens 1,1 | 0: mean 2/3, population var 2/9."""
+    lengths = [2, 1, 4]
+    sources = {"outcome": outcome_source([1.0, 0.0, 1.0], lengths)}
+    adv = compute_advantages(sources, {"outcome": 1.0}, [0, 0, 1], lengths, "reinforce_pp", [True, True, False])
+    s = math.sqrt(2 / 9)
+    close(adv[:2], [[(1 / 3) / s] * 2, [(-2 / 3) / s]])
+    assert abs(float(torch.cat(adv[:2]).mean())) < 1e-6
+
+
 def test_zero_length_completion_does_not_raise():
     lengths = [0, 3, 2]
     sources = {"outcome": outcome_source([1.0, 0.0, 1.0], lengths),
