@@ -24,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prm.data import DataError, Trajectory, _Rows
+from judges.rows import DataError, Rows, Where
+from prm.data import Trajectory
 
 CORRECT = "correct"
 NO_ERROR_CATEGORIES = ("multi_solutions", CORRECT)   # scored by the F1 of valid steps alone
@@ -53,14 +54,14 @@ def _jsonl_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _error_steps(rows: _Rows, line: int, rec: dict) -> list[int]:
+def _error_steps(rows: Rows, line: Where, rec: dict) -> list[int]:
     errors = rows.get(line, rec, "error_steps", list)
     if not all(isinstance(e, int) and not isinstance(e, bool) for e in errors):
         raise rows.error(line, "error_steps", f"expected 1-based step numbers, got {errors!r}")
     return errors
 
 
-def _parse_row(rows: _Rows, line: int, rec: dict) -> list[Trajectory]:
+def _parse_row(rows: Rows, line: Where, rec: dict) -> list[Trajectory]:
     """The row's item (and its `correct` item for a redundency row); DataError if it cannot be scored."""
     category = rows.get(line, rec, "classification")
     idx = rec.get("idx")
@@ -69,7 +70,7 @@ def _parse_row(rows: _Rows, line: int, rec: dict) -> list[Trajectory]:
     steps = rows.steps(line, rec, "modified_process")
     errors = _error_steps(rows, line, rec)
     err0 = sorted({e - 1 for e in errors if 1 <= e <= len(steps)})
-    where = {"file": rows.path.name, "line": line, "idx": idx}
+    where = {"file": rows.path.name, "line": line.line, "idx": idx}
     items = [Trajectory(rows.get(line, rec, "modified_question"), steps, err0[0] if err0 else -1,
                         source=f"prmbench:{category}:{idx}",
                         meta={"classification": category, "error_steps": err0, "question": rec.get("question"),
@@ -88,7 +89,7 @@ def read_prmbench(path: str | Path, skip_bad_rows: bool = False) -> tuple[list[T
     seen: set[tuple[str, str]] = set()
     for file in _jsonl_files(Path(path)):
         report.files.append(str(file))
-        rows = _Rows(file, skip_bad_rows, unit="line")
+        rows = Rows(file, skip_bad_rows)
         for line, rec in rows.records():
             report.rows += 1
             try:
@@ -102,7 +103,7 @@ def read_prmbench(path: str | Path, skip_bad_rows: bool = False) -> tuple[list[T
                 key = (item.meta["classification"], str(item.meta["idx"]))
                 if key in seen:
                     if item.meta["classification"] != CORRECT:   # a correct item repeats with its idx by design
-                        report.duplicate_rows.append(f"{file}, line {line}: duplicate ({key[0]}, {key[1]})")
+                        report.duplicate_rows.append(f"{file}, line {line.line}: duplicate ({key[0]}, {key[1]})")
                     continue
                 seen.add(key)
                 items.append(item)
