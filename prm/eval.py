@@ -1,4 +1,4 @@
-"""`python -m prm.eval`: ProcessBench and PRMBench for any step scorer (docs/method.md, "Evaluation").
+"""`python -m prm.eval`: ProcessBench and PRMBench for any step scorer (docs/method.md, Metrics).
 
 A scorer maps (questions, steps) to one score in [0, 1] per step. Built-in scorers: a trained PRM
 (`prm.path=<dir saved by prm.train>`, or a fresh one for a baseline), or a judge (`judge.name=rule`

@@ -1,4 +1,4 @@
-"""Reward-guided search (docs/method.md, "Search"): greedy, best-of-N, beam search, DVTS.
+"""Reward-guided search (docs/method.md, Search): greedy, best-of-N, beam search, DVTS.
 
 Every method runs on a batch of problems at once -- one policy call and one PRM call per iteration
 across all problems keeps the backends' batches large -- while each problem (and each DVTS subtree)
