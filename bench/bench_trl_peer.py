@@ -11,7 +11,7 @@ by the same judges.metrics.processbench_f1 at tau = 0.5.
         otherwise (lr 1e-5 linear, step_separator "\\n", raw prompt, every step labelled). Step score
         = softmax(logits)[1] at the separator token after each step, exactly as TRL tokenizes.
   ours  prm.train.train() in `full` mode (configs/prm/smollm2_full.yaml values: lr 1e-5, head_lr 1e-3,
-        pos_weight 0.25, K = 32), mode=full, epochs=1, DeepSpeed ZeRO-0 (the CLI default), then
+        pos_weight 0.25, K = 32), select.mode=all, epochs=1, DeepSpeed ZeRO-0 (the CLI default), then
         EnsemblePRM.score on the same items.
 Both processes run AT THE SAME TIME, one thread each, so the shared machine's load hits both alike.
 Throughput = trajectories / training-loop seconds (TRL: its train_runtime; ours: wall time of train()).
@@ -82,7 +82,7 @@ def ours(args, out: Path) -> None:
     """Child (main venv): prm.train full mode on the same slice, then score the eval items."""
     import torch
     torch.set_num_threads(args.threads)
-    from prm.config import DataConfig, EvalConfig, PRMConfig, PRMTrainConfig, TrainerConfig
+    from prm.config import PoolConfig, EvalConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode, TrainerConfig
     from prm.data import Trajectory
     from prm.eval import load_processbench_sample
     from prm.train import train
@@ -90,7 +90,7 @@ def ours(args, out: Path) -> None:
     pc = PRMConfig(backbone="smollm2-135m-instruct", dtype="fp32", num_heads=32, train_mode=args.mode,
                    max_length=384, lr=1e-5 if args.mode == "full" else 1e-4, head_lr=1e-3, batch_size=4,
                    pos_weight=0.25)
-    cfg = PRMTrainConfig(prm=pc, data=DataConfig(), judge="oracle", mode="full", epochs=1, run_eval=False,
+    cfg = PRMTrainConfig(prm=pc, pool=PoolConfig(), judge="oracle", select=PoolSelectConfig(SelectMode.all), epochs=1, run_eval=False,
                          trainer=TrainerConfig(out_dir=str(out / "ours_run"), resume="never", save_every=10 ** 9,
                                                progress=False), eval=EvalConfig(subsets=[]))
     from prm.model import EnsemblePRM

@@ -1,4 +1,4 @@
-"""EnsemblePRM: one causal-LM backbone + K independent MLP heads scored at step separators (DESIGN.md §2).
+"""EnsemblePRM: one causal-LM backbone + K independent MLP heads scored at step separators (docs/method.md, Ensemble PRM).
 
 Input   chat template, question as the user turn, assistant turn `step1 <sep> step2 <sep> ... stepN <sep>`.
         The separator `<extra_0>` is added to the tokenizer when missing (embedding initialised from the

@@ -1,22 +1,27 @@
-"""One online round (DESIGN.md section 4), phase by phase:
+"""One online round (docs/method.md, the online round), phase by phase:
 
-    generate -> verify -> score -> select -> judge -> prm_update -> advantage -> policy_update -> weight_sync
+    generate -> verify -> score -> select -> judge -> prm_update [-> rescore] -> advantage -> policy_update
+    -> weight_sync
+
+`rescore` runs only with prm_update=post_update_rewards (process rewards from the updated PRM).
 
 `OnlineLoop.round()` is the whole algorithm on one screen; the helpers below it do the bookkeeping.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from judges.base import Cost
 from prm.data import Trajectory
-from prm.selection import select_uncertain, uncertainty_priority
+from prm.config import SelectMode
+from prm.selection import select_trajectories, select_uncertain
 from prm.steps import first_below, labels_from_first_error, split_steps
 from rl.algos import compute_advantages, keep_mask, outcome_source, step_end_tokens
+from rl.config import PRMUpdate
 from rl.policy import Sample
 from rl.report import PhaseTimer, std_histogram
 from rl.rollout import Completion, assert_single_version
@@ -46,12 +51,12 @@ class OnlineLoop:
 
     def round(self, index: int) -> tuple[dict, list[float]]:
         cfg, t = self.cfg, PhaseTimer(self.on_phase)
-        problems = self.stream.next_batch(cfg.data.prompts_per_round)
+        problems = self.stream.next_batch(cfg.task.prompts_per_round)
         with t("generate"):
             rollouts = self.generate(problems)
         with t("verify"):
             verdicts = self.checker.verify_solutions([r.reference for r in rollouts],
-                                                     [r.completion.text for r in rollouts], cfg.data.fallback_last_number)
+                                                     [r.completion.text for r in rollouts], cfg.task.fallback_last_number)
             for r, verdict in zip(rollouts, verdicts):
                 r.passed = verdict == "correct"  # "unverified" (math-verify timed out) earns no reward but is counted
         with t("score"):
@@ -61,7 +66,10 @@ class OnlineLoop:
         with t("judge"):
             judged, cost = self.judge_selected(rollouts, chosen)
         with t("prm_update"):
-            prm_metrics = self.update_prm(rollouts, judged)
+            prm_metrics = self.update_prm(judged)
+        if cfg.prm_update == PRMUpdate.post_update_rewards and prm_metrics:
+            with t("rescore"):   # the policy's process rewards come from the updated PRM
+                self.score(rollouts)
         with t("advantage"):
             samples, adv_metrics = self.advantages(rollouts)
         with t("policy_update"):
@@ -98,25 +106,18 @@ class OnlineLoop:
             r.mean, r.std = list(s.mean), list(s.std)
 
     def select(self, rollouts: list[Rollout], index: int) -> list[bool]:
-        """uncertain: Eq. 5; all: judge everything; none: judge nothing; random: as many as Eq. 5 picks.
+        """prm.selection.select_trajectories; random draws as many as Eq. 5 picks (equal budget).
         A per-round budget keeps the most uncertain (random mode: a random subset)."""
         mode, budget = self.cfg.select.mode, self.cfg.select.budget_per_round
-        if self.learner is None or mode in ("all", "none"):
-            chosen = [True] * len(rollouts) if mode != "none" else [False] * len(rollouts)
-            priority = torch.zeros(len(rollouts))
-        else:
-            mu, sigma, mask = self._padded(rollouts)
-            uncertain = select_uncertain(mu, sigma, mask, self.cfg.prm.delta_pred, self.cfg.prm.delta_std).tolist()
-            priority = uncertainty_priority(mu, sigma, mask)
-            chosen = uncertain
-            if mode == "random":  # equal budget: the count Eq. 5 picks, drawn uniformly
-                rng = random.Random(f"{self.cfg.trainer.seed}:select:{index}")
-                picked = set(rng.sample(range(len(rollouts)), sum(uncertain)))
-                chosen, priority = [i in picked for i in range(len(rollouts))], torch.rand(len(rollouts))
-        if budget is not None and sum(chosen) > budget:
-            ranked = sorted((i for i, c in enumerate(chosen) if c), key=lambda i: -float(priority[i]))[:budget]
-            chosen = [i in set(ranked) for i in range(len(rollouts))]
-        return chosen
+        if self.learner is None:
+            mode = SelectMode.all if mode == SelectMode.all else SelectMode.none
+        mu, sigma, mask = self._padded(rollouts)
+        if mode == SelectMode.random:
+            picks = int(select_uncertain(mu, sigma, mask, self.cfg.prm.delta_pred, self.cfg.prm.delta_std).sum())
+            budget = picks if budget is None else min(budget, picks)
+        rng = np.random.default_rng([self.cfg.trainer.seed, index])
+        return select_trajectories(mode, mu, sigma, mask, budget, rng, self.cfg.prm.delta_pred,
+                                   self.cfg.prm.delta_std).tolist()
 
     def judge_selected(self, rollouts: list[Rollout], chosen: list[bool]) -> tuple[list[Rollout], Cost]:
         """Labels go through the ledger (persisted before they are returned; repeats cost nothing)."""
@@ -129,21 +130,19 @@ class OnlineLoop:
             r.first_error = v.first_error if v is not None else None
         return [r for r in picked if r.first_error is not None], cost
 
-    def update_prm(self, rollouts: list[Rollout], judged: list[Rollout]) -> dict:
-        """PRM accuracy on judged data before/after the update; `before` re-scores for the rewards."""
+    def update_prm(self, judged: list[Rollout]) -> dict:
+        """The PRM learns from this round's judged rollouts; its step accuracy on them before/after."""
         if self.learner is None or not judged:
             return {}
         out = {"prm/agreement": sum(first_below(r.mean, self.cfg.prm.threshold) == r.first_error for r in judged) / len(judged),
                "prm/acc_before": self._step_accuracy(judged, [r.mean for r in judged])}
-        if self.cfg.prm_update == "none":
+        if self.cfg.prm_update == PRMUpdate.none:
             return out
         trajectories = [Trajectory(r.question, r.steps, r.first_error, r.reference) for r in judged]
-        update = self.learner.update(trajectories, select=False)
+        update = self.learner.update(trajectories, [True] * len(trajectories))
         out.update({"prm/loss": update["loss"], "prm/trained": update.get("labelled", len(judged))})
         after = self.learner.score([r.question for r in judged], [r.steps for r in judged])
         out["prm/acc_after"] = self._step_accuracy(judged, [s.mean for s in after])
-        if self.cfg.prm_update == "before":  # rewards come from the updated PRM
-            self.score(rollouts)
         return out
 
     def advantages(self, rollouts: list[Rollout]) -> tuple[list[Sample], dict]:
@@ -211,10 +210,12 @@ class OnlineLoop:
                 "policy_version": rollouts[0].completion.policy_version}  # the version that generated them
 
     def _padded(self, rollouts: list[Rollout]):
-        width = max([len(r.mean) for r in rollouts] + [1])
+        width = max([len(r.mean or []) for r in rollouts] + [1])
         mu, sigma = torch.ones(len(rollouts), width), torch.zeros(len(rollouts), width)
         mask = torch.zeros(len(rollouts), width, dtype=torch.bool)
         for b, r in enumerate(rollouts):
+            if r.mean is None:   # no PRM in this run
+                continue
             k = len(r.mean)
             mu[b, :k], sigma[b, :k], mask[b, :k] = torch.tensor(r.mean), torch.tensor(r.std), True
         return mu, sigma, mask

@@ -41,7 +41,7 @@ class PolicyTrainer:
             from peft import LoraConfig, get_peft_model
             model = get_peft_model(model, LoraConfig(r=policy_cfg.lora_r, lora_alpha=policy_cfg.lora_alpha,
                                                      lora_dropout=0.0, target_modules=list(policy_cfg.lora_targets)))
-            # LoRA params in the model dtype: pure bf16 steps are ~2x faster on this CPU (ENVIRONMENT.md)
+            # LoRA params in the model dtype: one dtype through every step (no mixed-dtype casts)
         elif policy_cfg.train_mode == "full":
             if algo_cfg.kl_coef > 0:
                 self.reference = copy.deepcopy(model).eval().requires_grad_(False)

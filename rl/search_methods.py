@@ -22,9 +22,8 @@ from fractions import Fraction
 from typing import Callable, Protocol, Sequence
 
 from prm.answers import extract_answer
-from prm.steps import clean_step, join_steps, split_steps
+from prm.steps import STEP_SEPARATOR, clean_step, join_steps, split_steps
 
-STEP_SEPARATOR = "\n\n"
 
 
 @dataclass

@@ -4,7 +4,7 @@ The engine loads the policy once from an HF directory; after each policy update 
 weights (LoRA merged) are pushed in place with `collective_rpc` -> `model.load_weights`, then the
 prefix cache is reset (cached KV blocks were computed by the old weights). Scripts that create it
 need the `if __name__ == "__main__":` guard (the engine core starts with spawn).
-CPU recipe (ENVIRONMENT.md): gpu_memory_utilization=0.3 (share of RAM), VLLM_CPU_KVCACHE_SPACE=2,
+CPU recipe: gpu_memory_utilization=0.3 (share of RAM), VLLM_CPU_KVCACHE_SPACE=2,
 enforce_eager; the sampling seed is engine-level only (a per-request seed crashes vllm-cpu 0.32).
 """
 from __future__ import annotations
