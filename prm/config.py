@@ -67,6 +67,13 @@ class PRMTrainMode(StrEnum):
     frozen = "frozen"         # heads only, on cached separator features
 
 
+class BatchLayout(StrEnum):
+    """Token layout of the PRM's training batches (prm.batching): same loss and gradients, less padding."""
+    padded = "padded"       # right-padded to the longest
+    bucketed = "bucketed"   # sorted sub-batches, <= 10 % pad each: no attention across sequences (CPU)
+    packed = "packed"       # rows of sequences end to end, block-diagonal attention (GPU, flash-attention varlen)
+
+
 class PRMJob(StrEnum):
     train = "train"           # select, label, train over the pool (then evaluate)
     filter = "filter"         # score the pool with a trained PRM, write its Eq. 5-uncertain part
@@ -92,6 +99,11 @@ class PRMConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     batch_size: int = 8
+    # Training batches' token layout (prm.batching), same loss and gradients: padded | bucketed (sorted
+    # sub-batches; the default: no quadratic attention over a packed row, fastest on a CPU) | packed (rows of
+    # sequences end to end, block-diagonal attention from restarting position ids; for GPUs)
+    batch_layout: BatchLayout = BatchLayout.bucketed
+    pack_tokens: int = 2048                   # bucketed/packed: at most this many tokens per sub-batch / row
     # Optimizer steps per PRMLearner.update call, all on that call's selected, labelled batch (selection
     # and labels from the first pass, paid once): the online loop gets few labels a round, so reusing
     # them lets its PRM learn faster. Not replays of older labels (that is prm.train's epochs).

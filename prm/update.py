@@ -17,7 +17,8 @@
                       labels (None = invalid: not trained on). Default: read t.first_error. This is
                       how the pool trainer only pays for labels it selects.
         Metrics: n, selected, labelled, loss, bce, reg, acc_before (step accuracy on the labelled
-        steps; all from the first, pre-update pass), lr, seconds.  `learner.last_selected` holds the mask and
+        steps; all from the first, pre-update pass), lr, pad_fraction (pad share of the backbone's
+        tokens, prm.batch_layout), seconds.  `learner.last_selected` holds the mask and
         `learner.last_labels` the revealed labels of the last call.
     learner.state_dict() / load_state_dict(sd)          # model + optimizer + scheduler + step (ZeRO 0)
     learner.save_checkpoint(dir, client_state) / load_checkpoint(dir) -> client_state   # any ZeRO stage
@@ -130,7 +131,7 @@ class PRMLearner:
                 step_mask[b, : len(f)] = True
             return PRMBatch(step_mask, features=torch.cat(feats) if feats else None).to(self.prm.device)
         encoded = [self.prm.encode(t.question, t.steps, self.cfg.max_length) for t in trajectories]
-        return self.prm.collate(encoded)
+        return self.prm.collate(encoded, layout=self.cfg.batch_layout)
 
     # ------------------------------------------------------------------ the update
     def update(self, trajectories: list[Trajectory], mask: Sequence[bool] | Selection,
@@ -169,7 +170,8 @@ class PRMLearner:
         return {"n": len(trajectories), "selected": int(chosen.sum()),
                 "labelled": sum(k is not None for k in first_errors), "loss": float(loss.detach()), **parts,
                 "acc_before": float(correct.sum()) / n_lab if n_lab else float("nan"),
-                "lr": self.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - start}
+                "lr": self.optimizer.param_groups[-1]["lr"], "pad_fraction": batch.pad_fraction,
+                "seconds": time.perf_counter() - start}
 
     def _optimizer_step(self, loss: torch.Tensor) -> None:
         if self.engine is not None:

@@ -97,7 +97,9 @@ def save_round(out_dir: str | Path, round_index: int, policy, learner, state: di
     policy.save(tmp / "policy")
     if learner is not None:
         learner.save_checkpoint(tmp / "prm")
-    save_state({**state, "round": round_index, "rng": rng_state()}, tmp / "state.pt")
+    # state["rng"], when given, is the RNG state of the round's end (rl.schedule: taken before the next
+    # round's generation began); else the state now
+    save_state({"rng": rng_state(), **state, "round": round_index}, tmp / "state.pt")
     write_manifest(tmp, round=round_index)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

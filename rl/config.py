@@ -46,6 +46,11 @@ class PRMUpdate(StrEnum):
     post_update_rewards = "post_update_rewards"  # the PRM learns, then re-scores: rewards from the updated PRM
 
 
+class Schedule(StrEnum):
+    overlap = "overlap"   # judge + PRM update of round k beside its policy update and round k+1's generation
+    serial = "serial"
+
+
 @dataclass
 class PolicyConfig:
     model: str = "smollm2-135m-instruct"
@@ -134,6 +139,9 @@ class SelectConfig:
 class OnlineConfig:
     rounds: int = 4
     prm_update: PRMUpdate = PRMUpdate.pre_update_rewards
+    # overlap: judge + PRM update of round k run beside its policy update and round k+1's generation (same
+    # results; serial where prm_update=post_update_rewards or several processes; rl/schedule.py) | serial
+    schedule: Schedule = Schedule.overlap
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)

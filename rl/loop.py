@@ -5,11 +5,12 @@
 
 `rescore` runs only with prm_update=post_update_rewards (process rewards from the updated PRM).
 
-`OnlineLoop.round()` is the whole algorithm on one screen; the helpers below it do the bookkeeping.
+`OnlineLoop.round()` is the whole algorithm on one screen, in four halves (begin, rank, learn_prm,
+learn_policy) that rl.schedule may overlap across rounds; the helpers below do the bookkeeping.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,10 @@ from rl.report import PhaseTimer, std_histogram
 from rl.rollout import Completion, assert_single_version
 
 
+PHASES = ("generate", "verify", "score", "select", "judge", "prm_update", "rescore", "advantage", "policy_update",
+          "weight_sync", "wait_prm")  # the serial order (timing/* keys come in it); wait_prm: rl.schedule's overlap
+
+
 @dataclass
 class Rollout:
     """One completion and everything the round learns about it."""
@@ -42,49 +47,90 @@ class Rollout:
     first_error: int | None = None       # the judge's verdict (None = not judged / invalid)
 
 
+@dataclass
+class RoundWork:
+    """A round in flight: what its phases produced so far and their busy seconds (two timers: the back
+    half, judge -> prm_update, may run in another thread)."""
+    index: int
+    timer: PhaseTimer
+    back_timer: PhaseTimer
+    rollouts: list[Rollout] = field(default_factory=list)
+    chosen: list[bool] = field(default_factory=list)
+    cost: Cost = field(default_factory=Cost)
+    metrics: dict = field(default_factory=dict)         # written by the foreground halves
+    back_metrics: dict = field(default_factory=dict)    # written by learn_prm
+
+
 class OnlineLoop:
     def __init__(self, cfg, task, stream, policy, rollout, learner, judge, ledger, checker):
         self.cfg, self.task, self.stream, self.policy, self.rollout = cfg, task, stream, policy, rollout
         self.learner, self.judge, self.ledger, self.checker = learner, judge, ledger, checker
         self.tok = policy.tokenizer
-        self.on_phase = None  # callback(phase name) when a phase starts (progress display)
+        self.on_phase = None  # callback(round index, phase name) when a foreground phase starts (progress display)
 
     def round(self, index: int) -> tuple[dict, list[float]]:
-        cfg, t = self.cfg, PhaseTimer(self.on_phase)
-        problems = self.stream.next_batch(cfg.task.prompts_per_round)
-        with t("generate"):
-            rollouts = self.generate(problems)
-        with t("verify"):
-            verdicts = self.checker.verify_solutions([r.reference for r in rollouts],
-                                                     [r.completion.text for r in rollouts], cfg.task.fallback_last_number)
-            for r, verdict in zip(rollouts, verdicts):
+        """One round, serially. rl.schedule runs the same four halves, where valid with judge -> prm_update
+        of round k in a worker thread beside round k's policy update and round k+1's generation."""
+        work = self.begin(index)      # generate -> verify
+        self.rank(work)               # score -> select
+        self.learn_prm(work)          # judge -> prm_update
+        self.learn_policy(work)       # [rescore ->] advantage -> policy_update -> weight_sync
+        return self.report(work)
+
+    def begin(self, index: int) -> RoundWork:
+        show = None if self.on_phase is None else (lambda phase: self.on_phase(index, phase))
+        work = RoundWork(index, PhaseTimer(show), PhaseTimer())
+        problems = self.stream.next_batch(self.cfg.task.prompts_per_round)
+        with work.timer("generate"):
+            work.rollouts = self.generate(problems)
+        with work.timer("verify"):
+            verdicts = self.checker.verify_solutions([r.reference for r in work.rollouts],
+                                                     [r.completion.text for r in work.rollouts],
+                                                     self.cfg.task.fallback_last_number)
+            for r, verdict in zip(work.rollouts, verdicts):
                 r.passed = verdict == "correct"  # "unverified" (math-verify timed out) earns no reward but is counted
-        with t("score"):
-            self.score(rollouts)
-        with t("select"):
-            chosen = self.select(rollouts, index)
-        with t("judge"):
-            judged, cost = self.judge_selected(rollouts, chosen)
-        with t("prm_update"):
-            prm_metrics = self.update_prm(judged)
-        if cfg.prm_update == PRMUpdate.post_update_rewards and prm_metrics:
-            with t("rescore"):   # the policy's process rewards come from the updated PRM
-                self.score(rollouts)
-        with t("advantage"):
-            samples, adv_metrics = self.advantages(rollouts)
-        with t("policy_update"):
-            policy_metrics = self.update_policy(samples, index)
-        with t("weight_sync"):
+            work.metrics["verify/unverified"] = verdicts.count("unverified")
+        return work
+
+    def rank(self, work: RoundWork) -> None:
+        with work.timer("score"):
+            self.score(work.rollouts)
+        with work.timer("select"):
+            work.chosen = self.select(work.rollouts, work.index)
+
+    def learn_prm(self, work: RoundWork) -> None:
+        """The back half: touches the judge, the ledger and the PRM only (never the policy, the rollout
+        engine or the global RNG streams), so a schedule may run it in a worker thread."""
+        with work.back_timer("judge"):
+            judged, work.cost = self.judge_selected(work.rollouts, work.chosen)
+        with work.back_timer("prm_update"):
+            work.back_metrics.update(self.update_prm(judged))
+        work.back_metrics["judge/labels"] = len(judged)
+
+    def learn_policy(self, work: RoundWork) -> None:
+        if self.cfg.prm_update == PRMUpdate.post_update_rewards and "prm/agreement" in work.back_metrics:
+            with work.timer("rescore"):   # the policy's process rewards come from the updated PRM
+                self.score(work.rollouts)
+        with work.timer("advantage"):
+            samples, adv_metrics = self.advantages(work.rollouts)
+        with work.timer("policy_update"):
+            policy_metrics = self.update_policy(samples, work.index)
+        with work.timer("weight_sync"):
             sync_metrics = self.sync()
+        work.metrics.update({**adv_metrics, **{f"policy/{k}": v for k, v in policy_metrics.items()}, **sync_metrics})
+
+    def report(self, work: RoundWork, wall: float | None = None) -> tuple[dict, list[float]]:
+        """The round's metrics. timing/<phase>: busy seconds of each phase, whichever thread ran it;
+        timing/round: the round's wall time (serial: the sum of the phases)."""
+        rollouts, chosen, cost = work.rollouts, work.chosen, work.cost
         stds = [s for r in rollouts for s in (r.std or [])]
-        metrics = {"round": index, **self.rollout_metrics(rollouts), **adv_metrics, **prm_metrics,
-                   "verify/unverified": verdicts.count("unverified"),
+        busy = {**work.timer.seconds, **work.back_timer.seconds}
+        timing = {k: busy[k] for k in sorted(busy, key=lambda k: PHASES.index(k[7:]) if k[7:] in PHASES else len(PHASES))}
+        metrics = {"round": work.index, **self.rollout_metrics(rollouts), **work.metrics, **work.back_metrics,
                    "select/candidates": len(rollouts), "select/selected": sum(chosen),
                    "select/fraction": sum(chosen) / len(rollouts), "judge/calls": cost.calls,
-                   "judge/tokens": cost.tokens, "judge/seconds": cost.seconds, "judge/labels": len(judged),
-                   **{f"policy/{k}": v for k, v in policy_metrics.items()}, **sync_metrics,
-                   **std_histogram(stds), **t.seconds}
-        metrics["timing/round"] = sum(v for k, v in t.seconds.items())
+                   "judge/tokens": cost.tokens, "judge/seconds": cost.seconds, **std_histogram(stds), **timing}
+        metrics["timing/round"] = sum(timing.values()) if wall is None else wall
         return metrics, stds
 
     # ------------------------------------------------------------------ phases

@@ -74,6 +74,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     from prm.run import MetricsLog
     from rl.checkpoint import load_round, resolve_resume, save_round
     from rl.report import phase_line, plot_rounds, summary_table
+    from rl.schedule import effective_schedule, run_rounds
 
     loop, out_dir = build(cfg)
     OmegaConf.save(OmegaConf.structured(cfg), out_dir / "config.yaml")
@@ -88,15 +89,19 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
         print(f"[rl.online] resumed from {resume_from} (round {state['round']}, data position {loop.stream.position})")
     log = MetricsLog(out_dir, "round", history)
     last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
-    bar = tqdm(range(start_round, last + 1), desc="rounds", disable=not cfg.trainer.progress, dynamic_ncols=True)
-    for index in bar:
-        loop.on_phase = lambda phase, i=index: bar.set_description(f"round {i}/{cfg.rounds}: {phase}")
-        metrics, stds = loop.round(index)
+    bar = tqdm(total=last - start_round + 1, desc="rounds", disable=not cfg.trainer.progress, dynamic_ncols=True)
+    loop.on_phase = lambda index, phase: bar.set_description(f"round {index}/{cfg.rounds}: {phase}")
+    schedule = effective_schedule(cfg)
+    if schedule != cfg.schedule:
+        print(f"[rl.online] schedule={cfg.schedule} needs prm_update=pre_update_rewards|none and one process: running serially")
+    for done in run_rounds(loop, range(start_round, last + 1), schedule):
+        index, metrics, stds = done.index, done.metrics, done.stds
+        bar.update(1)
         with_timer = time.perf_counter()
         if cfg.trainer.save_every and index % cfg.trainer.save_every == 0:
             save_round(out_dir, index, loop.policy, loop.learner,
-                       {"data_position": loop.stream.position, "history": history + [metrics],
-                        "ledger": str(loop.ledger.path)}, cfg.keep_checkpoints)
+                       {"data_position": done.data_position, "history": history + [metrics],
+                        "ledger": str(loop.ledger.path), "rng": done.rng}, cfg.keep_checkpoints)
         metrics["timing/checkpoint"] = time.perf_counter() - with_timer
         history.append(metrics)
         log.write(metrics, {"prm/ensemble_std": stds})

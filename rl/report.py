@@ -55,9 +55,10 @@ def summary_table(history: list[dict], title: str) -> None:
 
 
 def phase_line(metrics: dict) -> str:
-    """The round's phases in execution order with their seconds: the one-screen view of a round."""
+    """The round's phases (busy seconds, in the serial order) and its wall time: the one-screen view of a round."""
     phases = [k for k in metrics if k.startswith("timing/") and k != "timing/round"]
-    return "  ".join(f"{k[7:]} {metrics[k]:.1f}s" for k in phases)
+    line = "  ".join(f"{k[7:]} {metrics[k]:.1f}s" for k in phases)
+    return line + (f"  | round wall {metrics['timing/round']:.1f}s" if "timing/round" in metrics else "")
 
 
 def plot_rounds(history: list[dict], path: Path) -> Path | None:
