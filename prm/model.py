@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from prm.config import PRMConfig
+from prm.config import PRMConfig, resolve_device
 from prm.models import load_model
 
 
@@ -114,7 +114,7 @@ class EnsemblePRM(nn.Module):
         self.hidden_size = lm.config.hidden_size
         self.heads = EnsembleHeads(cfg.num_heads, self.hidden_size, cfg.head_hidden, seed=cfg.seed)
         self._prompt_cache: dict[str, list[int]] = {}
-        self.to(cfg.device)  # heads are built on CPU from a CPU generator: same init on every device
+        self.to(resolve_device(cfg.device))  # heads are built on CPU from a CPU generator: same init on every device
 
     @classmethod
     def heads_only(cls, cfg: PRMConfig, hidden_size: int) -> "EnsemblePRM":
@@ -127,7 +127,7 @@ class EnsemblePRM(nn.Module):
         prm.hidden_size = hidden_size
         prm.heads = EnsembleHeads(cfg.num_heads, hidden_size, cfg.head_hidden, seed=cfg.seed)
         prm._prompt_cache = {}
-        return prm.to(cfg.device)
+        return prm.to(resolve_device(cfg.device))
 
     @property
     def device(self) -> torch.device:

