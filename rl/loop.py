@@ -236,7 +236,8 @@ class OnlineLoop:
         metrics = self.policy.update(samples, generator, self.ranks, lengths)
         # each rank's loss-like terms are its share of the global token mean: they add up over ranks
         summed = self.ranks.gather({k: v for k, v in metrics.items() if k not in ("optimizer_steps", "grad_norm")})
-        return metrics | {k: sum(part[k] for part in summed) for k in summed[0]}
+        keys = {k for part in summed for k in part}   # a rank that only ran stand-in passes has none
+        return metrics | {k: sum(part.get(k, 0.0) for part in summed) for k in sorted(keys)}
 
     def sync(self) -> dict:
         """Push weights to the engine, then prove it: engine vs trainer log-probs on a fixed text."""
