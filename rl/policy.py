@@ -49,8 +49,10 @@ class PolicyTrainer:
         self.reference = None
         if policy_cfg.train_mode == "lora":
             from peft import LoraConfig, get_peft_model
-            model = get_peft_model(model, LoraConfig(r=policy_cfg.lora_r, lora_alpha=policy_cfg.lora_alpha,
-                                                     lora_dropout=0.0, target_modules=list(policy_cfg.lora_targets)))
+            with torch.random.fork_rng(devices=[]):   # the adapters' init from the run seed, on every rank
+                torch.manual_seed(trainer.seed)
+                model = get_peft_model(model, LoraConfig(r=policy_cfg.lora_r, lora_alpha=policy_cfg.lora_alpha,
+                                                         lora_dropout=0.0, target_modules=list(policy_cfg.lora_targets)))
             # LoRA params in the model dtype: pure bf16 steps are ~2x faster on this CPU (ENVIRONMENT.md)
         elif policy_cfg.train_mode == "full":
             if algo_cfg.kl_coef > 0:

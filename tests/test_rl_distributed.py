@@ -168,3 +168,17 @@ def test_kill_9_in_round_2_and_resume_on_2_ranks_equals_the_uninterrupted_run(ru
         assert a["policy"] == b["policy"] and a["prm"] == b["prm"] and a["questions"] == b["questions"]
     a, b = probe(out, 0, ROUNDS)["metrics"], probe(ref, 0, ROUNDS)["metrics"]
     assert a["prm/loss"] == b["prm/loss"] and a["policy/loss"] == b["policy/loss"]
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_zero3_sync_delivers_full_tensors_equal_to_the_unsharded_model(tmp_path, mode):
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")},
+           "OMP_NUM_THREADS": "1", "PROBE_DIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "tests.zero3_sync_probe", mode]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    r0, r1 = (json.loads((tmp_path / f"zero3_{mode}_rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["shapes"] == r1["shapes"] == r0["expected_shapes"]      # gathered: no partition placeholders
+    assert r0["sum"] == r1["sum"] and not r0["missing"]
+    assert r0["max_diff"] < 1e-5 < r0["moved"]                        # the sharded step == the unsharded one
