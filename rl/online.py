@@ -74,6 +74,11 @@ def build(cfg: OnlineConfig):
                            enforce_eager=r.enforce_eager, tensor_parallel_size=r.tensor_parallel_size, sleep=r.sleep,
                            colocate=colocate, sync_bucket_mb=r.sync_bucket_mb)
     learner = None
+    if needs_prm(cfg) and cfg.trainer.deepspeed and cfg.trainer.zero_stage == 3:
+        # ZeRO-3 gathers parameters in every forward, collectively: the PRM's per-rank re-scoring of its own
+        # judged items makes unequal forward counts (a hang). The policy's ZeRO-3 is policy.zero_stage.
+        raise ValueError("trainer.zero_stage=3 (the PRM's stage) is not supported by rl.online: use "
+                         "policy.zero_stage=3 for the policy and trainer.zero_stage<=2 for the PRM")
     if needs_prm(cfg):
         from prm.model import EnsemblePRM
         from prm.update import PRMLearner
