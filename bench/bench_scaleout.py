@@ -58,7 +58,7 @@ def main() -> None:
     print(f"{'phase':<16}{'1 rank s':>10}{'2 ranks s':>11}{'2/1':>7}")
     for phase in table[1]:
         a, b = table[1][phase], table[2].get(phase, float("nan"))
-        print(f"{phase:<16}{a:>10.2f}{b:>11.2f}{b / a if a else float('nan'):>7.2f}")
+        print(f"{phase:<16}{a:>10.2f}{b:>11.2f}{b / a if a else float('nan'):>9.2f}")
     Path(args.out).write_text(json.dumps({"args": vars(args), "seconds_by_phase": table}, indent=1))
 
 

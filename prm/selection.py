@@ -91,7 +91,8 @@ def prm_loss(logits: torch.Tensor, penalty: torch.Tensor, labels: torch.Tensor, 
     weight = bce_weights(labels, labelled, step_mask, selected, pos_weight).to(logits.device)
     targets = labels.to(logits.device).expand_as(logits)
     bce = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
-    denom = weight.sum() * num_heads if total_weight is None else torch.tensor(float(total_weight), device=logits.device)
+    denom = (weight.sum() * num_heads if total_weight is None
+             else torch.tensor(float(total_weight), device=logits.device))
     bce_term = scale * (bce * weight).sum() / denom.clamp_min(1e-12)
     lam = reg_lambda if num_heads > 1 else 0.0
     loss = bce_term + lam * penalty

@@ -108,7 +108,8 @@ class PRMLearner:
                          "zero_optimization": {"stage": self.trainer.zero_stage}, "gradient_clipping": 1.0,
                          "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9}
             self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-                args=deepspeed_args(str(prm.device)), model=prm, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+                args=deepspeed_args(str(prm.device)), model=prm, optimizer=optimizer, lr_scheduler=scheduler,
+                config=ds_config)
         else:
             self.optimizer, self.scheduler = optimizer, scheduler
 

@@ -166,7 +166,8 @@ class OnlineLoop:
         before = [x for part in self.ranks.gather([self._labelled(r, r.mean) for r in judged]) for x in part]
         if not before:  # no rank has a label (a global decision: every rank returns here)
             return {}
-        out = {"prm/agreement": sum(first_below(mean, self.cfg.prm.threshold) == k for k, _, mean in before) / len(before),
+        agree = sum(first_below(mean, self.cfg.prm.threshold) == k for k, _, mean in before)
+        out = {"prm/agreement": agree / len(before),
                "prm/acc_before": self._step_accuracy(before)}
         if self.cfg.prm_update == "none":
             return out

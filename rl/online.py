@@ -115,7 +115,8 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
         loop.rollout.sync_weights(None if loop.rollout_shares_policy() else loop.policy.weights_for_sync(),
                                   loop.policy.version)
         if main_rank:
-            print(f"[rl.online] resumed from {resume_from} (round {state['round']}, data position {loop.stream.position})")
+            print(f"[rl.online] resumed from {resume_from} (round {state['round']}, "
+                  f"data position {loop.stream.position})")
     log = MetricsLog(out_dir, history) if main_rank else None   # rank 0 writes the (already global) metrics
     last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
     bar = tqdm(range(start_round, last + 1), desc="rounds", disable=not (cfg.trainer.progress and main_rank),
