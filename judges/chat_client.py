@@ -1,25 +1,33 @@
-"""A minimal client for OpenAI-compatible /v1/chat/completions over stdlib http.client.
+"""An async client for OpenAI-compatible /v1/chat/completions (httpx, keep-alive connections).
 
 Faults are handled here so the llm judge stays about judging:
-- per-request socket timeout; retries with exponential backoff and jitter on 429, 5xx, timeouts
-  and dropped or refused connections (a server's Retry-After is honoured, capped);
-- at most max_concurrency requests in flight (a semaphore, whatever the callers' thread count);
+- two clocks per request: `timeout_s` bounds connecting and each socket read (a silent server),
+  `deadline_s` bounds the whole request, body included (a server dripping bytes);
+- retries with exponential backoff and jitter on 429, 5xx, timeouts, dropped or refused connections
+  and 200s whose body is unusable (a server's Retry-After is honoured, capped);
+- at most max_concurrency requests in flight over at most that many kept-alive connections;
+- every attempt is reported (`Attempt`) so a caller can bill it, usable body or not; a caller's
+  `before_retry` hook sees each failed attempt first and may stop further requests (budget);
 - clear errors that are not retried for a wrong endpoint (404) and a refused key (401/403);
-- the API key is read from the environment at call time and never stored, logged or shown.
+- the API key is read from the environment at start-up and at each call, stripped, checked to be a
+  valid header value, and never stored, logged or shown: exception texts from the HTTP stack (which
+  may quote request headers) are never passed on, only their type names.
 """
 from __future__ import annotations
 
+import asyncio
 import email.utils
-import http.client
 import json
 import logging
+import math
 import os
 import random
-import socket
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 from urllib.parse import urlsplit
+
+import httpx
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +35,11 @@ RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
 class JudgeError(RuntimeError):
-    """A judge could not produce a verdict."""
+    """A judge could not produce a verdict. `attempts`: requests made and not yet billed by a hook."""
+
+    def __init__(self, message: str, attempts: list["Attempt"] | None = None):
+        super().__init__(message)
+        self.attempts = list(attempts or [])
 
 
 class JudgeEndpointError(JudgeError):
@@ -35,7 +47,7 @@ class JudgeEndpointError(JudgeError):
 
 
 class JudgeAuthError(JudgeError):
-    """The endpoint refused the key (or its absence)."""
+    """The endpoint refused the key (or its absence), or the key is not a valid header value."""
 
 
 class JudgeRequestError(JudgeError):
@@ -46,55 +58,137 @@ class JudgeUnavailableError(JudgeError):
     """Still failing (429 / 5xx / timeouts / dropped connections) after every retry."""
 
 
+class JudgeBudgetStop(JudgeError):
+    """The caller's before_retry hook refused another attempt (its budget would not cover it)."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One request as a provider may bill it."""
+
+    sent: bool  # the request left this machine (a refused connection sends nothing)
+    status: int | None  # None: no HTTP status (timeout, dropped, cut mid-body)
+    usage: tuple[int, int] | None  # validated (prompt, completion) tokens; None = not reported or unusable
+    seconds: float
+    reason: str = "ok"
+
+    @property
+    def maybe_generated(self) -> bool:
+        """Whether the server may have generated (and billed) tokens we have no count for."""
+        return self.sent and (self.status is None or self.status == 200)
+
+
 @dataclass(frozen=True)
 class Reply:
-    body: dict
-    attempts: int  # requests made, retries included
+    body: dict | None  # the JSON object of a 200; None when every 200 had an unusable body
+    text: str  # the raw body of the last 200
+    attempts: list[Attempt] = field(default_factory=list)  # not yet billed through before_retry
+    total_attempts: int = 1
+
+
+BeforeRetry = Callable[[Attempt], Awaitable[bool]]
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None):
-        super().__init__(reason)
-        self.reason, self.retry_after = reason, retry_after
+    def __init__(self, attempt: Attempt, retry_after: float | None = None, text: str | None = None):
+        super().__init__(attempt.reason)
+        self.attempt, self.retry_after, self.text = attempt, retry_after, text
+
+
+def read_api_key(env_name: str) -> str | None:
+    """The key in $env_name, stripped; None when unset or blank. Raises JudgeAuthError (naming the
+    variable, never the value) when it holds characters an HTTP header cannot carry."""
+    key = (os.environ.get(env_name) or "").strip()
+    if not key:
+        return None
+    bad = next((i for i, ch in enumerate(key) if not 0x21 <= ord(ch) <= 0x7E), None)
+    if bad is not None:
+        raise JudgeAuthError(f"${env_name} holds a character that cannot go in an HTTP header (at position "
+                             f"{bad} of {len(key)}, after stripping surrounding whitespace): check how it was set")
+    return key
 
 
 class ChatClient:
-    def __init__(self, base_url: str, api_key_env: str, timeout_s: float = 120.0, max_retries: int = 4,
-                 backoff_base_s: float = 1.0, backoff_max_s: float = 30.0, max_concurrency: int = 8):
+    def __init__(self, base_url: str, api_key_env: str, timeout_s: float = 120.0, deadline_s: float = 600.0,
+                 max_retries: int = 4, backoff_base_s: float = 1.0, backoff_max_s: float = 30.0,
+                 max_concurrency: int = 64):
         parts = urlsplit(base_url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"judge base_url must look like http://host:port/v1, got {base_url!r}")
         self.url = f"{base_url.rstrip('/')}/chat/completions"
-        self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
-        self._path = f"{parts.path}/chat/completions"
         self.api_key_env = api_key_env
-        self.timeout_s, self.max_retries = timeout_s, max_retries
+        read_api_key(api_key_env)  # fail at start-up, not at the first paid call
+        self.timeout_s, self.deadline_s, self.max_retries = timeout_s, deadline_s, max_retries
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
-        self._in_flight = threading.BoundedSemaphore(max_concurrency)
+        self.max_concurrency = max_concurrency
+        self._http: httpx.AsyncClient | None = None
+        self._in_flight: asyncio.Semaphore | None = None
+        self._sessions = 0
 
     def __repr__(self) -> str:
         return f"ChatClient(url={self.url!r}, api_key_env={self.api_key_env!r})"
 
-    def complete(self, payload: dict) -> Reply:
-        """POST the payload; return the parsed JSON body of a 200 reply."""
-        key = os.environ.get(self.api_key_env) or None  # read per call; never kept on self
+    # ---- a session: one pool of kept-alive connections for a batch ---------------------------
+    async def __aenter__(self) -> "ChatClient":
+        if self._sessions == 0:
+            limits = httpx.Limits(max_connections=self.max_concurrency,
+                                  max_keepalive_connections=self.max_concurrency)
+            timeout = httpx.Timeout(self.timeout_s, pool=None)  # the semaphore queues, not the pool
+            self._http = httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False)
+            self._in_flight = asyncio.Semaphore(self.max_concurrency)
+        self._sessions += 1
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._sessions -= 1
+        if self._sessions == 0 and self._http is not None:
+            http, self._http, self._in_flight = self._http, None, None
+            await http.aclose()
+
+    # ---- requests -----------------------------------------------------------------------------
+    async def acomplete(self, payload: dict, before_retry: BeforeRetry | None = None) -> Reply:
+        """POST the payload with retries; the parsed JSON of a 200 (or its raw text if unusable)."""
+        if self._http is None:
+            async with self:
+                return await self.acomplete(payload, before_retry)
         body = json.dumps(payload).encode("utf-8")
-        last, last_retry_after = "", None
+        unbilled: list[Attempt] = []
+        last: _Retryable | None = None
         for attempt in range(self.max_retries + 1):
             if attempt:
-                time.sleep(self._backoff(attempt, last_retry_after))
+                if before_retry is not None:
+                    billed, unbilled = unbilled, []
+                    for a in billed:
+                        if not await before_retry(a):
+                            raise JudgeBudgetStop(f"judge budget does not cover a retry to {self.url}")
+                await asyncio.sleep(self._backoff(attempt, last.retry_after if last else None))
+            key = read_api_key(self.api_key_env)  # per call; never kept on self
             try:
-                with self._in_flight:
-                    return Reply(self._post(body, key), attempt + 1)
+                async with self._in_flight:  # type: ignore[union-attr]
+                    status, text, retry_after, sent_s = await self._post(body, key)
             except _Retryable as exc:
-                last, last_retry_after = exc.reason, exc.retry_after
-                log.warning("judge request to %s failed (%s); attempt %d of %d", self.url, _redact(last, key),
-                            attempt + 1, self.max_retries + 1)
-        if last.startswith("connection refused"):
-            raise JudgeEndpointError(f"nothing answers at judge endpoint {self.url} ({last}, "
-                                     f"{self.max_retries + 1} attempts): is the server running?")
+                unbilled.append(exc.attempt)
+                last = exc
+            else:
+                try:
+                    parsed, usage = self._check(status, text, retry_after, key, sent_s, unbilled)
+                except _Retryable as exc:
+                    unbilled.append(exc.attempt)
+                    last = exc
+                else:
+                    unbilled.append(Attempt(True, status, usage, sent_s))
+                    return Reply(parsed, text, unbilled, attempt + 1)
+            log.warning("judge request to %s failed (%s); attempt %d of %d", self.url, _redact(last.attempt.reason, key),
+                        attempt + 1, self.max_retries + 1)
+        assert last is not None
+        if last.text is not None:  # a paid 200 we could not read: the caller records it as invalid
+            return Reply(None, last.text, unbilled, self.max_retries + 1)
+        if last.attempt.reason.startswith("connection refused"):
+            raise JudgeEndpointError(f"nothing answers at judge endpoint {self.url} ({last.attempt.reason}, "
+                                     f"{self.max_retries + 1} attempts): is the server running?", unbilled)
         raise JudgeUnavailableError(_redact(f"judge endpoint {self.url} still failing after "
-                                            f"{self.max_retries + 1} attempts; last: {last}", key))
+                                            f"{self.max_retries + 1} attempts; last: {last.attempt.reason}", key),
+                                    unbilled)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -102,48 +196,74 @@ class ChatClient:
         delay = self.backoff_base_s * 2 ** (attempt - 1)
         return min(delay * (0.5 + random.random()), self.backoff_max_s)  # jitter: spread the herd
 
-    def _post(self, body: bytes, key: str | None) -> dict:
-        conn_cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-        conn = conn_cls(self._host, self._port, timeout=self.timeout_s)
+    async def _post(self, body: bytes, key: str | None) -> tuple[int, str, float | None, float]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        try:
-            conn.request("POST", self._path, body=body, headers=headers)
-            resp = conn.getresponse()
-            status, text = resp.status, resp.read().decode("utf-8", errors="replace")
-            retry_after = _retry_after(resp.getheader("Retry-After"))
-        except ConnectionRefusedError:
-            raise _Retryable("connection refused") from None
-        except (socket.timeout, TimeoutError):
-            raise _Retryable(f"no reply within timeout_s={self.timeout_s}") from None
-        except (ConnectionError, http.client.HTTPException) as exc:  # reset, closed early, garbled
-            raise _Retryable(f"connection dropped ({type(exc).__name__})") from None
-        except (socket.gaierror, OSError) as exc:
-            raise JudgeEndpointError(f"cannot reach judge endpoint {self.url}: {exc}") from None
-        finally:
-            conn.close()
-        return self._check(status, text, retry_after, key)
+        start = time.monotonic()
+        sent = True
 
-    def _check(self, status: int, text: str, retry_after: float | None, key: str | None) -> dict:
+        def fail(reason: str) -> _Retryable:
+            return _Retryable(Attempt(sent, None, None, time.monotonic() - start, reason))
+        try:
+            async with asyncio.timeout(self.deadline_s):  # the whole request, body included
+                resp = await self._http.post(self.url, content=body, headers=headers)  # type: ignore[union-attr]
+                return resp.status_code, resp.text, _retry_after(resp.headers.get("Retry-After")), \
+                    time.monotonic() - start
+        # Only type names from here on: httpx/h11 messages may quote the request, headers included.
+        except TimeoutError:
+            raise fail(f"no complete reply within deadline_s={self.deadline_s}") from None
+        except httpx.ConnectError:  # refused or unreachable: nothing was sent, nothing billed
+            sent = False
+            raise fail("connection refused or unreachable") from None
+        except httpx.TimeoutException:
+            raise fail(f"no data within timeout_s={self.timeout_s}") from None
+        except (httpx.TransportError, httpx.DecodingError) as exc:  # reset, closed early, cut mid-body
+            raise fail(f"connection dropped ({type(exc).__name__})") from None
+        except Exception as exc:  # noqa: BLE001 (anything else: name the type, never the text)
+            raise JudgeError(f"judge request to {self.url} failed: {type(exc).__name__}") from None
+
+    def _check(self, status: int, text: str, retry_after: float | None, key: str | None, seconds: float,
+               unbilled: list[Attempt]) -> tuple[dict, tuple[int, int] | None]:
         excerpt = _redact(text[:300], key)
+
+        def attempt(reason: str, usage: tuple[int, int] | None = None) -> Attempt:
+            return Attempt(True, status, usage, seconds, reason)
         if status in (401, 403):
             how = f"the key in ${self.api_key_env}" if key else f"no key (${self.api_key_env} is not set)"
-            raise JudgeAuthError(f"judge endpoint {self.url} refused {how}: HTTP {status}")
+            raise JudgeAuthError(f"judge endpoint {self.url} refused {how}: HTTP {status}",
+                                 [*unbilled, attempt(f"HTTP {status}")])
         if status == 404:
             raise JudgeEndpointError(f"judge endpoint {self.url} does not exist (HTTP 404; check base_url "
-                                     f"and model): {excerpt}")
+                                     f"and model): {excerpt}", [*unbilled, attempt("HTTP 404")])
         if status in RETRY_STATUSES:
-            raise _Retryable(f"HTTP {status}: {excerpt}", retry_after)
+            raise _Retryable(attempt(f"HTTP {status}: {excerpt}"), retry_after)
         if status != 200:
-            raise JudgeRequestError(f"judge endpoint {self.url} rejected the request: HTTP {status}: {excerpt}")
+            raise JudgeRequestError(f"judge endpoint {self.url} rejected the request: HTTP {status}: {excerpt}",
+                                    [*unbilled, attempt(f"HTTP {status}")])
         try:
             body = json.loads(text)
-        except json.JSONDecodeError:
-            raise _Retryable(f"HTTP 200 with a body that is not JSON: {excerpt}") from None
-        if not isinstance(body, dict) or not body.get("choices"):
-            raise _Retryable(f"HTTP 200 without choices: {excerpt}")
-        return body
+        except (json.JSONDecodeError, RecursionError):
+            raise _Retryable(attempt(f"HTTP 200 with a body that is not JSON: {excerpt}"), text=text) from None
+        if not isinstance(body, dict) or "choices" not in body:
+            raise _Retryable(attempt(f"HTTP 200 without choices: {excerpt}", usage_of(body)), text=text)
+        return body, usage_of(body)
+
+
+def usage_of(body: object) -> tuple[int, int] | None:
+    """(prompt_tokens, completion_tokens) when the body reports both as non-negative whole numbers."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    counts = []
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if not math.isfinite(value) or value < 0 or value != int(value):
+            return None
+        counts.append(int(value))
+    return counts[0], counts[1]
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -151,7 +271,8 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return float(value)
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None
     except ValueError:
         pass
     try:

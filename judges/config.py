@@ -19,11 +19,12 @@ class JudgeConfig:
     temperature: float = 0.5  # paper (QwQ-32B judge)
     top_p: float = 0.95
     max_tokens: int = 4096  # per call: the completion cap sent to the endpoint
-    timeout_s: float = 120.0  # per request (socket connect / each read)
-    max_retries: int = 4  # on 429, 5xx, timeouts, dropped connections
+    timeout_s: float = 120.0  # connect and each socket read: a silent server fails after this
+    deadline_s: float = 600.0  # one request in total, body included: a server dripping bytes fails after this
+    max_retries: int = 4  # on 429, 5xx, timeouts, dropped connections, unreadable 200 bodies
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0  # also caps a server's Retry-After
-    max_concurrency: int = 8  # requests in flight at once
+    max_concurrency: int = 64  # requests in flight at once (a served model batches them)
 
     # oracle: labelled records (JSON list or JSONL: question/problem, steps, first_error/label);
     # when null, the caller passes records= (e.g. judges.eval passes the benchmark items)
@@ -33,6 +34,7 @@ class JudgeConfig:
     ledger_path: Optional[str] = None
     max_labels: Optional[int] = None  # judge calls paid, invalid ones included
     max_total_tokens: Optional[int] = None  # prompt + completion tokens over all calls
+    ledger_lease_s: float = 120.0  # a reservation not renewed for this long (its process died) expires
 
 
 def validate_judge_config(cfg: Any) -> JudgeConfig:
@@ -57,8 +59,9 @@ def _check_ranges(c: JudgeConfig) -> None:
         problems.append(f"max_concurrency must be >= 1, got {c.max_concurrency}")
     if c.max_retries < 0:
         problems.append(f"max_retries must be >= 0, got {c.max_retries}")
-    if c.timeout_s <= 0:
-        problems.append(f"timeout_s must be > 0, got {c.timeout_s}")
+    for key in ("timeout_s", "deadline_s", "ledger_lease_s"):
+        if getattr(c, key) <= 0:
+            problems.append(f"{key} must be > 0, got {getattr(c, key)}")
     if c.max_tokens < 1:
         problems.append(f"max_tokens must be >= 1, got {c.max_tokens}")
     for key in ("max_labels", "max_total_tokens"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,38 +21,23 @@ from judges.base import Cost, Judge, make_judge
 from judges.config import validate_judge_config
 from judges.ledger import LabelLedger
 from judges.metrics import processbench_f1
+from judges.rows import load_processbench_rows
 
 log = logging.getLogger(__name__)
 
 SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
 
 
-def load_processbench(path: str | Path, limit: int | None = None) -> list[dict]:
-    """ProcessBench rows (id, problem, steps, label), checked: a bad row names file, row and field."""
+def load_processbench(path: str | Path, limit: int | None = None, skip_bad_rows: bool = False) -> list[dict]:
+    """ProcessBench rows (id, problem, steps, label), every one checked (a bad row names file, 1-based line
+    and field), then `limit` of them evenly spaced."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no ProcessBench file at {path} (set data_root)")
-    rows = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected a JSON list of items")
+    rows, _ = load_processbench_rows(path, skip_bad_rows)
     if limit is not None and limit < len(rows):
         # evenly spaced, not the first N: the files are sorted, and the first N may be all one class
         rows = [rows[i * len(rows) // limit] for i in range(limit)]
-    for i, row in enumerate(rows):
-        def bad(field: str, why: str) -> ValueError:
-            return ValueError(f"{path}: row {i}: field '{field}' {why}")
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: row {i}: not an object")
-        if not isinstance(row.get("id"), str):
-            raise bad("id", "must be a string")
-        if not isinstance(row.get("problem"), str):
-            raise bad("problem", "must be a string")
-        steps = row.get("steps")
-        if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
-            raise bad("steps", "must be a non-empty list of strings")
-        label = row.get("label")
-        if isinstance(label, bool) or not isinstance(label, int) or not -1 <= label < len(steps):
-            raise bad("label", f"must be an int in [-1, {len(steps)}), got {label!r}")
     return rows
 
 
@@ -85,7 +71,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     records = [r for rows in data.values() for r in rows]  # what an oracle may reveal
     judge = make_judge(judge_cfg, records=records)
     ledger_path = to_absolute_path(judge_cfg.ledger_path or cfg.ledger)
-    with LabelLedger(ledger_path, max_labels=judge_cfg.max_labels, max_tokens=judge_cfg.max_total_tokens) as ledger:
+    with LabelLedger.from_config(replace(judge_cfg, ledger_path=ledger_path)) as ledger:
         results = {s: evaluate_subset(judge, ledger, rows, s) for s, rows in data.items()}
         stats = ledger.stats().get(judge.identity, {})
     f1s = [r["f1"] for r in results.values()]

@@ -1,83 +1,72 @@
 """The label ledger: every paid label, in SQLite, before anyone uses it.
 
 One row per judged trajectory, keyed by (judge identity, sha256 of question + steps). A repeat is
-answered from the ledger at no cost. Budgets (labels, tokens) are enforced by reserving before
-paying, in a BEGIN IMMEDIATE transaction that counts committed and reserved spend, so concurrent
-threads or processes sharing the file can never overspend. Each label is committed the moment it
-arrives, so a process killed mid-batch loses nothing it paid for; on restart, reservations left by
-dead processes are released.
+answered from the ledger at no cost. What it guarantees, for threads and processes on one host
+sharing the file:
+- an item is requested at most once while a live reservation holds it: a second caller waits for the
+  holder and reads its committed label; a reservation is a lease, renewed while its holder runs, so
+  one left by a dead process (any host) expires, and on this host is released at once;
+- every attempt a provider may bill is charged (calls, tokens, seconds), usable body or not, and the
+  budgets (labels, tokens) are the sum of charges plus the bounds live reservations hold; an
+  attempt is made only once its bound is reserved, so spend passes the cap only when a server
+  reports more than the bound, and then no further request is admitted;
+- items are admitted in input order, and an item that fits only if in-flight calls end below their
+  bounds waits for them: a budget labels the same items at any number of requests in flight;
+- each label is committed the moment it arrives (a killed process loses only calls in flight).
 
 When the budget runs out, label() returns None for the items it did not pay for (never a silent
 over-spend; a warning says how many).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import os
-import socket
-import sqlite3
-import threading
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from judges.base import Cost, Item, Judge, Verdict, item_key, run_bounded
+from judges.base import Cost, Item, Judge, Verdict, item_key, run_sync
+from judges.chat_client import JudgeBudgetStop, JudgeError
+from judges.ledger_db import LedgerDB
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS labels (
-    id INTEGER PRIMARY KEY,
-    judge TEXT NOT NULL,               -- judge identity (never a secret)
-    item_hash TEXT NOT NULL,           -- sha256 of canonical JSON [question, steps]
-    question TEXT NOT NULL,
-    steps TEXT NOT NULL,               -- JSON list of strings
-    first_error INTEGER,               -- NULL = invalid verdict (paid, never trained on)
-    raw TEXT NOT NULL,                 -- the judge's raw output
-    calls INTEGER NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    seconds REAL NOT NULL,             -- the judge's own time (retries included)
-    wall_s REAL NOT NULL,              -- reservation to commit, as the ledger saw it
-    created_at TEXT NOT NULL,          -- UTC ISO 8601
-    UNIQUE (judge, item_hash)
-);
-CREATE TABLE IF NOT EXISTS reservations (
-    id INTEGER PRIMARY KEY,
-    judge TEXT NOT NULL,
-    item_hash TEXT NOT NULL,
-    tokens INTEGER NOT NULL,           -- upper bound of the call's tokens
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    created_at REAL NOT NULL
-);
-"""
+POLL_S = 0.2  # how often a waiting caller looks at the file again (other processes do not notify)
+
+
+@dataclass
+class _Batch:
+    results: dict[str, Verdict | None] = field(default_factory=dict)
+    held: set[int] = field(default_factory=set)  # our live reservations (their leases are renewed)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    error: BaseException | None = None
+    last_dead_check: float = 0.0
 
 
 class LabelLedger:
-    def __init__(self, path: str | Path, max_labels: int | None = None, max_tokens: int | None = None):
+    def __init__(self, path: str | Path, max_labels: int | None = None, max_tokens: int | None = None,
+                 lease_s: float = 120.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.max_labels, self.max_tokens = max_labels, max_tokens
-        self._lock = threading.Lock()  # one connection, shared by the judge's worker threads
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: a commit survives a process crash
-        self._db.executescript(_SCHEMA)
-        self._release_dead_reservations()
+        self.max_labels, self.max_tokens, self.lease_s = max_labels, max_tokens, lease_s
+        self._db = LedgerDB(self.path)
+        released = self._db.release_dead()
+        if released:
+            log.info("released %d reservations left by dead processes in %s", released, self.path)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "LabelLedger":
-        """From a judge config (ledger_path, max_labels, max_total_tokens)."""
-        if not cfg.ledger_path:
+    def from_config(cls, cfg: Any, default_path: str | Path | None = None) -> "LabelLedger":
+        """From a judge config (ledger_path, max_labels, max_total_tokens, ledger_lease_s): the one way
+        every labelling command opens its ledger. `default_path` when ledger_path is null."""
+        path = cfg.ledger_path or default_path
+        if not path:
             raise ValueError("the judge config has no ledger_path")
-        return cls(cfg.ledger_path, max_labels=cfg.max_labels, max_tokens=cfg.max_total_tokens)
+        return cls(path, max_labels=cfg.max_labels, max_tokens=cfg.max_total_tokens, lease_s=cfg.ledger_lease_s)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def __enter__(self) -> "LabelLedger":
         return self
@@ -90,21 +79,22 @@ class LabelLedger:
 
     # ---- labelling ----------------------------------------------------------------------------
     def label(self, judge: Judge, items: Iterable[Item]) -> list[Verdict | None]:
-        """A verdict per item: from the ledger when known, else paid for (concurrently) and committed
-        before it is returned. None = not labelled because the budget is exhausted."""
+        """A verdict per item: from the ledger when known, else paid for (judge.max_concurrency requests
+        in flight) and committed before it is returned. None = not labelled: the budget is exhausted."""
+        return run_sync(self.alabel(judge, items))
+
+    async def alabel(self, judge: Judge, items: Iterable[Item]) -> list[Verdict | None]:
         items = [(q, list(steps)) for q, steps in items]
         keys = [item_key(q, steps) for q, steps in items]
-        known = self._lookup(judge.identity, keys)
+        known = self._db.lookup(judge.identity, keys)
         to_pay: dict[str, Item] = {}
         for key, item in zip(keys, items):
             if key not in known:
                 to_pay.setdefault(key, item)  # a repeat inside the batch is paid once
-        pay_keys = list(to_pay)
-        paid: dict[str, Verdict | None] = {}
-        tasks = [(judge, key, *to_pay[key]) for key in pay_keys]
-        for i, verdict in run_bounded(lambda task: self._pay_one(*task), tasks, judge.max_concurrency):
-            paid[pay_keys[i]] = verdict
-        results = [known.get(key) or paid.get(key) for key in keys]
+        batch = _Batch()
+        if to_pay:
+            await self._pay_all(judge, to_pay, batch)
+        results = [known[key] if key in known else batch.results.get(key) for key in keys]
         unpaid = sum(v is None for v in results)
         if unpaid:
             log.warning("judge budget exhausted (%s): %d of %d items not labelled", self._budget_text(),
@@ -113,132 +103,159 @@ class LabelLedger:
 
     def get(self, judge_identity: str, question: str, steps: list[str]) -> Verdict | None:
         key = item_key(question, steps)
-        return self._lookup(judge_identity, [key]).get(key)
+        return self._db.lookup(judge_identity, [key]).get(key)
 
-    def _pay_one(self, judge: Judge, key: str, question: str, steps: list[str]) -> Verdict | None:
-        bound = judge.token_bound(question, steps)
-        reservation = self._reserve(judge.identity, key, bound)
-        if reservation is None or isinstance(reservation, Verdict):
-            return reservation  # budget exhausted / committed meanwhile by another process
-        start = time.monotonic()
+    async def _pay_all(self, judge: Judge, to_pay: dict[str, Item], batch: _Batch) -> None:
+        slots = asyncio.Semaphore(max(1, judge.max_concurrency))
+        tasks: list[asyncio.Task] = []
+        async with judge.session():
+            renewer = asyncio.create_task(self._renew_leases(batch))
+            try:
+                for key, (question, steps) in to_pay.items():  # admitted in input order, one at a time
+                    await slots.acquire()
+                    if batch.error is not None:
+                        slots.release()
+                        break
+                    bound = judge.token_bound(question, steps)
+                    kind, payload = await self._admit(judge.identity, key, bound, batch)
+                    if kind == "reserved":
+                        tasks.append(asyncio.create_task(
+                            self._pay(judge, key, question, steps, bound, payload, slots, batch)))
+                        continue
+                    slots.release()
+                    if kind == "held":  # another caller is paying for it: read its label when it lands
+                        tasks.append(asyncio.create_task(
+                            self._await_holder(judge, key, question, steps, bound, slots, batch)))
+                    else:
+                        batch.results[key] = payload  # a label committed meanwhile, or None (over budget)
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                renewer.cancel()
+        if batch.error is not None:
+            raise batch.error
+
+    async def _admit(self, identity: str, key: str, bound: int, batch: _Batch) -> tuple[str, Any]:
+        """Reserve, waiting while the item fits only if calls in flight end below their bounds."""
+        while True:
+            batch.changed.clear()
+            kind, payload = await asyncio.to_thread(self._db.reserve, identity, key, bound, self.max_labels,
+                                                    self.max_tokens, self.lease_s)
+            if kind != "wait":
+                if kind == "reserved":
+                    batch.held.add(payload)
+                return kind, payload
+            await self._wait_for_change(batch)
+
+    async def _wait_for_change(self, batch: _Batch) -> None:
+        if time.monotonic() - batch.last_dead_check > 1.0:
+            batch.last_dead_check = time.monotonic()
+            await asyncio.to_thread(self._db.release_dead)
         try:
-            verdict = judge.judge(question, steps)
-        except BaseException:
-            self._release(reservation)
+            await asyncio.wait_for(batch.changed.wait(), POLL_S)
+        except TimeoutError:
+            pass
+
+    async def _await_holder(self, judge: Judge, key: str, question: str, steps: list[str], bound: int,
+                            slots: asyncio.Semaphore, batch: _Batch) -> None:
+        while batch.error is None:
+            kind, verdict = await asyncio.to_thread(self._db.holder, judge.identity, key)
+            if kind == "label":
+                batch.results[key] = verdict
+                return
+            if kind == "held":
+                await self._wait_for_change(batch)
+                continue
+            await slots.acquire()  # the holder went away without a label: pay for it ourselves
+            kind, payload = await self._admit(judge.identity, key, bound, batch)
+            if kind == "reserved":
+                await self._pay(judge, key, question, steps, bound, payload, slots, batch)
+                return
+            slots.release()
+            if kind != "held":
+                batch.results[key] = payload
+                return
+
+    async def _pay(self, judge: Judge, key: str, question: str, steps: list[str], bound: int, reservation: int,
+                   slots: asyncio.Semaphore, batch: _Batch) -> None:
+        identity, start, billed = judge.identity, time.monotonic(), Cost()
+
+        async def before_retry(cost: Cost) -> bool:
+            nonlocal billed
+            billed += cost
+            return await asyncio.to_thread(self._db.charge_attempt, reservation, identity, key, cost,
+                                           self.max_tokens)
+        try:
+            try:
+                verdict = await judge.ajudge(question, steps, before_retry)
+            except JudgeBudgetStop:
+                await asyncio.to_thread(self._db.release, reservation)
+                batch.results[key] = None
+                return
+            except JudgeError as exc:  # bill what it cost, then fail the batch
+                cost = getattr(exc, "cost", None) or Cost()
+                await asyncio.to_thread(self._db.charge_and_release, reservation, identity, key, cost,
+                                        type(exc).__name__)
+                raise
+            except BaseException:
+                self._db.release(reservation)
+                raise
+            total = billed + verdict.cost
+            if bound and verdict.cost.tokens > bound:
+                log.warning("judge %s reported %d tokens for one call, more than its bound of %d: no further "
+                            "request is admitted once spend passes the budget", identity, verdict.cost.tokens, bound)
+            fresh = await asyncio.to_thread(self._db.commit, reservation, identity, key, question, steps, verdict,
+                                            total, time.monotonic() - start)
+            if not fresh:
+                log.warning("item %s… was committed by another caller while ours was in flight (its lease had "
+                            "lapsed): paid twice, both charges recorded", key[:12])
+            batch.results[key] = replace(verdict, cost=total)
+        except asyncio.CancelledError:
             raise
-        if bound and verdict.cost.tokens > bound:
-            log.warning("judge %s used %d tokens, more than the %d reserved", judge.identity,
-                        verdict.cost.tokens, bound)
-        self._commit(reservation, judge.identity, key, question, steps, verdict, time.monotonic() - start)
-        return verdict
+        except BaseException as exc:  # noqa: BLE001 (the first error stops admission; raised after the drain)
+            if batch.error is None:
+                batch.error = exc
+        finally:
+            batch.held.discard(reservation)
+            slots.release()
+            batch.changed.set()
+
+    async def _renew_leases(self, batch: _Batch) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 4)
+            await asyncio.to_thread(self._db.renew, sorted(batch.held), self.lease_s)
 
     # ---- budget -------------------------------------------------------------------------------
     def spent(self) -> dict[str, int]:
-        """Committed and reserved spend: labels and tokens."""
-        with self._lock:
-            return self._spent()
+        """Charged plus reserved spend: labels and tokens (and calls charged)."""
+        return self._db.spent()
 
     def remaining(self) -> dict[str, int | None]:
         s = self.spent()
         return {"labels": None if self.max_labels is None else max(0, self.max_labels - s["labels"]),
                 "tokens": None if self.max_tokens is None else max(0, self.max_tokens - s["tokens"])}
 
-    def _spent(self) -> dict[str, int]:
-        labels, tokens = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM labels").fetchone()
-        r_labels, r_tokens = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM reservations").fetchone()
-        return {"labels": labels + r_labels, "tokens": tokens + r_tokens}
-
     def _budget_text(self) -> str:
         return f"max_labels={self.max_labels}, max_tokens={self.max_tokens}"
 
-    def _reserve(self, judge_identity: str, key: str, tokens: int) -> int | Verdict | None:
-        """Reserve one label and `tokens` tokens: the reservation id, None if over budget, or the
-        verdict if the item was committed since we looked."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")  # the write lock: no other process counts meanwhile
-            try:
-                row = self._db.execute("SELECT first_error, raw FROM labels WHERE judge = ? AND item_hash = ?",
-                                       (judge_identity, key)).fetchone()
-                if row is not None:
-                    self._db.execute("COMMIT")
-                    return Verdict(row[0], raw=row[1], cost=Cost(), from_ledger=True)
-                spent = self._spent()
-                if ((self.max_labels is not None and spent["labels"] + 1 > self.max_labels)
-                        or (self.max_tokens is not None and spent["tokens"] + tokens > self.max_tokens)):
-                    self._db.execute("COMMIT")
-                    return None
-                cur = self._db.execute(
-                    "INSERT INTO reservations (judge, item_hash, tokens, host, pid, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (judge_identity, key, tokens, socket.gethostname(), os.getpid(), time.time()))
-                self._db.execute("COMMIT")
-                return cur.lastrowid
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-
-    def _release(self, reservation: int) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
-
-    def _commit(self, reservation: int, judge_identity: str, key: str, question: str, steps: list[str],
-                verdict: Verdict, wall_s: float) -> None:
-        c = verdict.cost
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO labels (judge, item_hash, question, steps, first_error, raw, calls,"
-                    " prompt_tokens, completion_tokens, seconds, wall_s, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (judge_identity, key, question, json.dumps(steps, ensure_ascii=False), verdict.first_error,
-                     verdict.raw, c.calls, c.prompt_tokens, c.completion_tokens, c.seconds, wall_s,
-                     datetime.now(timezone.utc).isoformat(timespec="milliseconds")))
-                self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-
-    def _release_dead_reservations(self) -> None:
-        """Reservations of processes on this host that are gone (killed mid-call) are not spend."""
-        host = socket.gethostname()
-        with self._lock:
-            rows = self._db.execute("SELECT id, pid FROM reservations WHERE host = ?", (host,)).fetchall()
-            dead = [(rid,) for rid, pid in rows if not _pid_alive(pid)]
-            if dead:
-                self._db.executemany("DELETE FROM reservations WHERE id = ?", dead)
-                log.info("released %d reservations left by dead processes in %s", len(dead), self.path)
-
-    def _lookup(self, judge_identity: str, keys: list[str]) -> dict[str, Verdict]:
-        found: dict[str, Verdict] = {}
-        unique = list(dict.fromkeys(keys))
-        with self._lock:
-            for start in range(0, len(unique), 500):  # stay under SQLite's bound-parameter limit
-                chunk = unique[start:start + 500]
-                rows = self._db.execute(
-                    f"SELECT item_hash, first_error, raw FROM labels WHERE judge = ? AND item_hash IN "
-                    f"({','.join('?' * len(chunk))})", (judge_identity, *chunk)).fetchall()
-                for key, first_error, raw in rows:
-                    found[key] = Verdict(first_error, raw=raw, cost=Cost(), from_ledger=True)
-        return found
-
     # ---- reading it back ----------------------------------------------------------------------
     def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+        return self._db.query("SELECT COUNT(*) FROM labels")[0][0]
 
     def stats(self) -> dict[str, dict[str, float]]:
-        """Per judge identity: labels (paid, invalid included), invalid, tokens, seconds."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT judge, COUNT(*), SUM(first_error IS NULL), SUM(calls), SUM(prompt_tokens),"
-                " SUM(completion_tokens), SUM(seconds) FROM labels GROUP BY judge ORDER BY judge").fetchall()
-        return {judge: {"labels": n, "invalid": invalid, "calls": calls, "prompt_tokens": p,
-                        "completion_tokens": c, "tokens": p + c, "seconds": s}
-                for judge, n, invalid, calls, p, c, s in rows}
+        """Per judge identity: labels (paid, invalid included), invalid, calls and tokens charged (failed
+        attempts included), seconds."""
+        rows = self._db.query(
+            "SELECT judge, COUNT(*), SUM(first_error IS NULL), SUM(seconds) FROM labels GROUP BY judge ORDER BY judge")
+        charged = {judge: (calls, p, c) for judge, calls, p, c in self._db.query(
+            "SELECT judge, SUM(calls), SUM(prompt_tokens), SUM(completion_tokens) FROM charges GROUP BY judge")}
+        out = {}
+        for judge, n, invalid, s in rows:
+            calls, p, c = charged.get(judge, (0, 0, 0))
+            out[judge] = {"labels": n, "invalid": invalid, "calls": calls, "prompt_tokens": p,
+                          "completion_tokens": c, "tokens": p + c, "seconds": s}
+        return out
 
     def export_jsonl(self, path: str | Path, judge_identity: str | None = None) -> int:
         """Write valid labels as trajectories (question, steps, first_error, source); return the count."""
@@ -248,25 +265,10 @@ class LabelLedger:
         params: tuple = ()
         if judge_identity is not None:
             query, params = query + " AND judge = ?", (judge_identity,)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY id", params).fetchall()
+        rows = self._db.query(query + " ORDER BY id", params)
         with path.open("w", encoding="utf-8") as f:
             for judge, question, steps, first_error in rows:
                 record = {"question": question, "steps": json.loads(steps), "first_error": first_error,
                           "source": f"ledger:{judge}"}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
         return len(rows)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed but unreaped child is a zombie: dead for our purposes
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True

@@ -4,11 +4,11 @@ Every reveal is a paid label (cost.calls = 1), so a budget counts labels reveale
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from judges.base import Cost, Judge, Verdict, item_key, register_judge
+from judges.rows import Rows, Where
 
 
 @register_judge("oracle")
@@ -16,7 +16,7 @@ class OracleJudge(Judge):
     def __init__(self, records: Iterable[Mapping[str, Any]]):
         self._labels: dict[str, int] = {}
         for i, record in enumerate(records):
-            question, steps, first_error = _parse_record(record, where=f"record {i}")
+            question, steps, first_error = _parse_record(record, where=f"record {i + 1} (1-based)")
             self._labels[item_key(question, steps)] = first_error
 
     @property
@@ -43,13 +43,17 @@ class OracleJudge(Judge):
         return cls(context["records"])
 
 
-def load_records(path: str | Path) -> list[dict]:
-    """Labelled records from a JSON list or a JSONL file."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    return json.loads(text)
+def load_records(path: str | Path, skip_bad_rows: bool = False) -> list[dict]:
+    """Labelled records from a JSON list or a JSONL file; a bad one names file, 1-based line and field."""
+    rows = Rows(Path(path), skip_bad_rows)
+
+    def parse(at: Where, rec: dict) -> dict:
+        q_name = "question" if "question" in rec else "problem"
+        label_name = "first_error" if "first_error" in rec else "label"
+        steps = rows.steps(at, rec, "steps")
+        return {"question": rows.get(at, rec, q_name), "steps": steps,
+                "first_error": rows.first_error(at, rec, label_name, len(steps))}
+    return rows.parse(parse)
 
 
 def _parse_record(record: Mapping[str, Any], where: str) -> tuple[str, list[str], int]:

@@ -154,7 +154,7 @@ class PRMTrainConfig:
     budget: float = 1.0                       # <= 1: fraction of the pool; > 1: number of labels
     epochs: int = 1                           # passes: the stream, then epochs-1 replays of the acquired labels
     feature_cache: str | None = None          # frozen mode: safetensors file of separator features (reused)
-    ledger: str | None = None                 # None -> <out_dir>/ledger.sqlite
+    ledger: str | None = None                 # None -> judge.ledger_path, else <out_dir>/ledger.sqlite
     filter_out: str | None = None             # mode=filter: JSONL of the uncertain part (None -> <out_dir>/uncertain.jsonl)
     stop_after_batches: int | None = None     # stop (with a checkpoint) after this many updates: tests, time limits
     run_eval: bool = True

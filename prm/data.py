@@ -4,26 +4,21 @@ Problem     a question with an optional reference answer.
 Trajectory  a question plus its solution steps and, when labelled, the first-error index
             (0-based; -1 = all steps correct; None = unlabelled).
 
-Every loader raises DataError naming file, row and field on malformed input; with
-skip_bad_rows=True it counts bad rows instead (see `last_skipped`) and carries on.
+Every loader raises DataError naming file, 1-based line (a table's row) and field on malformed input
+(not UTF-8, not JSON, a field missing or wrong); with skip_bad_rows=True it counts bad rows instead
+(see `last_skipped`) and carries on.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+
+from judges.rows import DataError, Rows, Where, load_processbench_rows
 
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 PROCESSBENCH_SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
-
-
-class DataError(ValueError):
-    def __init__(self, file: str | Path, row: int | None, field_: str | None, problem: str):
-        where = f"{file}" + (f", row {row}" if row is not None else "") + (f", field '{field_}'" if field_ else "")
-        super().__init__(f"{where}: {problem}")
-        self.file, self.row, self.field = str(file), row, field_
 
 
 @dataclass
@@ -53,76 +48,7 @@ def data_root(root: str | Path | None = None) -> Path:
 
 
 # ---------------------------------------------------------------- row reading + validation
-@dataclass
-class _Rows:
-    """Iterate (row_index, record) of a JSON/JSONL file, turning broken rows into DataErrors."""
-    path: Path
-    skip_bad_rows: bool = False
-    skipped: list[str] = field(default_factory=list)
-
-    def records(self) -> Iterator[tuple[int, Any]]:
-        if not self.path.is_file():
-            raise DataError(self.path, None, None, "file not found")
-        if self.path.suffix == ".json":
-            try:
-                rows = json.loads(self.path.read_text())
-            except json.JSONDecodeError as e:
-                raise DataError(self.path, None, None, f"invalid JSON ({e})") from e
-            if not isinstance(rows, list):
-                raise DataError(self.path, None, None, "expected a JSON list of records")
-            yield from enumerate(rows)
-            return
-        with self.path.open() as fh:
-            for i, line in enumerate(fh):
-                if not line.strip():
-                    continue
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as e:
-                    self.bad(DataError(self.path, i, None, f"invalid JSON ({e.msg})"))
-
-    def parse(self, fn: Callable[[int, dict], Any]) -> list:
-        out = []
-        for i, rec in self.records():
-            try:
-                if not isinstance(rec, dict):
-                    raise DataError(self.path, i, None, "row is not a JSON object")
-                out.append(fn(i, rec))
-            except DataError as e:
-                self.bad(e)
-        return out
-
-    def bad(self, err: DataError) -> None:
-        if not self.skip_bad_rows:
-            raise err
-        self.skipped.append(str(err))
-
-    def get(self, i: int, rec: dict, name: str, kind: type | tuple = str) -> Any:
-        if name not in rec or rec[name] is None:
-            raise DataError(self.path, i, name, "missing")
-        value = rec[name]
-        if not isinstance(value, kind):
-            raise DataError(self.path, i, name, f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
-        if isinstance(value, str) and not value.strip():
-            raise DataError(self.path, i, name, "empty")
-        return value
-
-    def steps(self, i: int, rec: dict, name: str) -> list[str]:
-        steps = self.get(i, rec, name, list)
-        if not steps:
-            raise DataError(self.path, i, name, "no steps")
-        for j, s in enumerate(steps):
-            if not isinstance(s, str) or not s.strip():
-                raise DataError(self.path, i, name, f"step {j} is empty or not a string")
-        return steps
-
-    def first_error(self, i: int, rec: dict, name: str, n_steps: int) -> int:
-        value = rec.get(name)
-        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value < n_steps:
-            raise DataError(self.path, i, name, f"label {value!r} out of range [-1, {n_steps - 1}]")
-        return value
+_Rows = Rows  # judges.rows: file, 1-based line and field in every error; skip_bad_rows
 
 
 last_skipped: list[str] = []  # messages of rows skipped by the most recent loader call
@@ -172,15 +98,12 @@ def load_processbench(subset: str, root: str | Path | None = None, skip_bad_rows
                       limit: int | None = None) -> list[Trajectory]:
     if subset not in PROCESSBENCH_SUBSETS:
         raise ValueError(f"ProcessBench subset '{subset}' unknown; use one of {PROCESSBENCH_SUBSETS}")
-    rows = _Rows(data_root(root) / "processbench" / f"{subset}.json", skip_bad_rows)
-
-    def parse(i: int, rec: dict) -> Trajectory:
-        steps = rows.steps(i, rec, "steps")
-        return Trajectory(rows.get(i, rec, "problem"), steps, rows.first_error(i, rec, "label", len(steps)),
-                          source=f"processbench/{subset}:{rec.get('id', i)}", generator=rec.get("generator", ""),
-                          meta={"final_answer_correct": rec.get("final_answer_correct")})
-
-    return _finish(rows, rows.parse(parse))[:limit]
+    path = data_root(root) / "processbench" / f"{subset}.json"
+    records, skipped = load_processbench_rows(path, skip_bad_rows)  # the loader judges.eval uses too
+    items = [Trajectory(r["problem"], r["steps"], r["label"], source=f"processbench/{subset}:{r['id']}",
+                        generator=r["generator"], meta={"final_answer_correct": r["final_answer_correct"]})
+             for r in records]
+    return _finish(_Rows(path, skip_bad_rows, skipped), items)[:limit]
 
 
 def load_trajectories_jsonl(path: str | Path, skip_bad_rows: bool = False) -> list[Trajectory]:
@@ -291,7 +214,8 @@ def load_prm800k(split: str = "train", root: str | Path | None = None, neutral_a
     table = pq.read_table(path, columns=["instruction", "responses", "next_response", "answer", "rating"])
     rows = _Rows(path, skip_bad_rows)
     chains: list[tuple[int, str, tuple[str, ...], float | None, str | None]] = []
-    for i, rec in enumerate(table.to_pylist()):
+    for n, rec in enumerate(table.to_pylist()):
+        i = Where(n + 1, unit="row")  # 1-based table row
         try:
             question = rows.get(i, rec, "instruction")
             step = rows.get(i, rec, "next_response")

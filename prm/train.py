@@ -57,24 +57,31 @@ def load_training_pool(cfg: PRMTrainConfig, prm) -> list[Trajectory]:
 
 
 def make_revealer(cfg: PRMTrainConfig, pool: list[Trajectory], out: Path):
-    """A function picked-trajectories -> first-error labels, paid through the ledger."""
+    """A function picked-trajectories -> first-error labels, paid through the ledger. The ledger is opened
+    the way every labelling command opens it (LabelLedger.from_config): path and budgets from the judge
+    config (judge.ledger_path, judge.max_labels, judge.max_total_tokens)."""
     from judges.base import make_judge
+    from judges.config import validate_judge_config
     from judges.ledger import LabelLedger
-    judge_cfg = {"name": cfg.judge} if isinstance(cfg.judge, str) else dict(cfg.judge)
-    if judge_cfg.get("name") == "oracle":
+    judge_cfg = validate_judge_config({"name": cfg.judge} if isinstance(cfg.judge, str) else dict(cfg.judge))
+    if cfg.ledger and judge_cfg.ledger_path and Path(cfg.ledger) != Path(judge_cfg.ledger_path):
+        raise ValueError(f"two ledgers configured: ledger={cfg.ledger!r} and judge.ledger_path="
+                         f"{judge_cfg.ledger_path!r}; set one")
+    if judge_cfg.name == "oracle":
         if any(t.first_error is None for t in pool):
             raise ValueError("judge=oracle needs a labelled pool; use judge=rule or judge=llm for an unlabelled one")
         judge = make_judge(judge_cfg, records=[{"question": t.question, "steps": t.steps,
                                                 "first_error": t.first_error} for t in pool])
     else:
         judge = make_judge(judge_cfg)
-    ledger_path = cfg.ledger or str(out / "ledger.sqlite")
-    ledger = LabelLedger(ledger_path)
+    ledger = LabelLedger.from_config(judge_cfg, default_path=cfg.ledger or out / "ledger.sqlite")
 
     def reveal(picked: list[Trajectory]) -> list[int | None]:
         verdicts = ledger.label(judge, [(t.question, t.steps) for t in picked])
+        reveal.refused += sum(v is None for v in verdicts)  # the judge budget ran out: not labels used
         return [None if v is None else v.first_error for v in verdicts]
-    return reveal, ledger_path
+    reveal.refused = 0
+    return reveal, str(ledger.path)
 
 
 class Logger:
@@ -163,7 +170,7 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
     ckpt = out / "ckpt"
     resume_from = {"auto": ckpt, "never": None}.get(cfg.trainer.resume, Path(cfg.trainer.resume))
     if resume_from is not None and (Path(resume_from) / "latest").is_file():
-        state = learner.load_checkpoint(resume_from)
+        state = learner.load_checkpoint(resume_from, fall_back=cfg.trainer.resume == "auto")
         torch.set_rng_state(state["rng_torch"])
         random.setstate(state["rng_python"])
         if rank == 0:
@@ -202,7 +209,8 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
                 m = learner.update(batch, select=[i in pick for i in range(len(batch))], reveal=reveal)
             else:
                 m = learner.update(batch, select=False, reveal=reveal)
-            state["labels_used"] += m["selected"]
+            refused, reveal.refused = reveal.refused, 0
+            state["labels_used"] += m["selected"] - refused
             state["acquired"] += [(i, k) for i, k in zip(idx, learner.last_labels) if k is not None]
             m["phase"] = "stream"
         else:  # ---- replays of the acquired labels (epochs > 1)

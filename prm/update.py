@@ -34,12 +34,15 @@ import importlib
 import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from prm.checkpoint_io import (CheckpointError, deepspeed_weights_only, load_state, load_weights, save_state,
+                               save_weights, verify, write_manifest)
 from prm.config import TrainerConfig
 from prm.data import Trajectory
 from prm.features import FeatureCache
@@ -110,6 +113,7 @@ class PRMLearner:
             self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
                 args=deepspeed_args(str(prm.device)), model=prm, optimizer=optimizer, lr_scheduler=scheduler,
                 config=ds_config)
+            deepspeed_weights_only(self.engine)  # its own loader would run pickles
         else:
             self.optimizer, self.scheduler = optimizer, scheduler
 
@@ -229,32 +233,68 @@ class PRMLearner:
 
         Crash-safe: a process killed mid-save leaves the previous checkpoint loadable. DeepSpeed writes
         each save under a new tag and moves `latest` only once the tag is complete; the plain path
-        writes a temporary file and renames it over the old one."""
+        writes a new step directory (weights as safetensors, the rest read back with weights_only=True,
+        a checksum manifest last) and then points `latest` at it. `client_state`: tensors and plain
+        containers only (numpy arrays as lists)."""
         path = Path(path)
         state = {"client": dict(client_state or {}), "global_step": self.global_step}
+        tag = f"step{self.global_step}"
         if self.engine is not None:
-            tag = f"step{self.global_step}"
             self.engine.save_checkpoint(str(path), tag=tag, client_state=state, exclude_frozen_parameters=True)
-            if int(os.environ.get("RANK", "0")) == 0:
-                for old in path.glob("step*"):
-                    if old.is_dir() and old.name != tag:
-                        shutil.rmtree(old, ignore_errors=True)
+            if int(os.environ.get("RANK", "0")) == 0:  # save_checkpoint ends with a barrier: every rank wrote
+                write_manifest(path / tag, global_step=self.global_step)
         elif int(os.environ.get("RANK", "0")) == 0:
-            path.mkdir(parents=True, exist_ok=True)
-            tmp = path / "learner.pt.tmp"
-            torch.save({**self.state_dict(), "client_state": state}, tmp)
-            os.replace(tmp, path / "learner.pt")
-            (path / "latest").write_text("learner.pt")
+            tmp = path / f".{tag}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            sd = self.state_dict()
+            save_weights(sd.pop("model"), tmp / "model.safetensors")
+            save_state({**sd, "client_state": state}, tmp / "learner.pt")
+            write_manifest(tmp, global_step=self.global_step)
+            shutil.rmtree(path / tag, ignore_errors=True)
+            tmp.rename(path / tag)
+            (path / "latest.tmp").write_text(tag)
+            os.replace(path / "latest.tmp", path / "latest")
+        if int(os.environ.get("RANK", "0")) == 0:  # this save and the one before it (a fallback)
+            for old in _step_dirs(path)[2:]:
+                shutil.rmtree(path / old, ignore_errors=True)
 
-    def load_checkpoint(self, path: str | Path) -> dict:
+    def load_checkpoint(self, path: str | Path, fall_back: bool = False) -> dict:
+        """Load the `latest` save; every file is checked against its manifest first. A damaged one is an
+        error naming the file, or with fall_back=True (trainer.resume=auto) the previous intact save is
+        loaded instead, with a loud warning."""
         path = Path(path)
+        latest = (path / "latest").read_text().strip()
+        for tag in [latest, *(t for t in _step_dirs(path) if t != latest)] if fall_back else [latest]:
+            try:
+                verify(path / tag, "PRM checkpoint")  # names a damaged file before anything is read
+            except CheckpointError as exc:
+                if not fall_back:
+                    raise
+                print(f"WARNING: {exc}; trainer.resume=auto falls back to an older save", file=sys.stderr, flush=True)
+                continue
+            if tag != latest:
+                print(f"WARNING: resuming from {path / tag}, not the newest save (see above)", file=sys.stderr,
+                      flush=True)
+            return self._load_tag(path, tag)
+        raise CheckpointError(f"PRM checkpoint {path}: no intact save left to resume from")
+
+    def _load_tag(self, path: Path, tag: str) -> dict:
+        directory = path / tag
         if self.engine is not None:
-            _, state = self.engine.load_checkpoint(str(path), load_module_strict=False)  # tag from `latest`
+            _, state = self.engine.load_checkpoint(str(path), tag=tag, load_module_strict=False)
         else:
             # to CPU whatever device saved it: load_state_dict copies onto the live device, and the client
             # state (RNG states) must stay CPU tensors
-            sd = torch.load(path / "learner.pt", weights_only=False, map_location="cpu")
+            sd = load_state(directory / "learner.pt")
+            sd["model"] = load_weights(directory / "model.safetensors")
             self.load_state_dict(sd)
             state = sd["client_state"]
         self.global_step = state["global_step"]
         return state["client"]
+
+
+def _step_dirs(path: Path) -> list[str]:
+    """Names of the step<N> save directories under path, newest first."""
+    found = [p.name for p in path.glob("step*") if p.is_dir() and p.name[4:].isdigit()]
+    return sorted(found, key=lambda name: int(name[4:]), reverse=True)

@@ -1,11 +1,15 @@
 """Round checkpoints: everything needed to continue a run exactly.
 
     <out_dir>/checkpoints/round_0003/
-        policy/      policy weights + optimizer (DeepSpeed checkpoint, or policy.pt)
-        prm/         PRM trainable weights + optimizer (PRMLearner.save_checkpoint)
-        state.pt     round counter, data position, RNG states (python, numpy, torch), metrics history,
-                     ledger path (rank 0's)
-        rng_rank1.pt ... each further rank's RNG states (N ranks resume with the same N)
+        policy/        policy weights + optimizer (DeepSpeed checkpoint, or model.safetensors + policy.pt)
+        prm/           PRM trainable weights + optimizer (PRMLearner.save_checkpoint)
+        state.pt       round counter, data position, RNG states (python, numpy, torch), metrics history,
+                       ledger path (rank 0's; tensors and plain containers: loaded with weights_only=True)
+        rng_rank1.pt   ... each further rank's RNG states (N ranks resume with the same N)
+        manifest.json  sha256 of every file above, written last
+Nothing in a checkpoint executes code on load (prm/checkpoint_io.py). Every file is checked against
+the manifest before loading: a damaged checkpoint is named with its round and file; with
+trainer.resume=auto the newest intact one is used instead, with a loud warning saying so.
 The judge ledger is an SQLite file outside the checkpoint (<out_dir>/labels.sqlite): every label is
 committed there before use, so a round killed half-way and replayed after resume finds the labels it
 already paid for and asks the judge nothing twice.
@@ -15,24 +19,32 @@ and renames the directory, every rank writes its DeepSpeed shards in between (ba
 """
 from __future__ import annotations
 
+import logging
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from prm.checkpoint_io import CheckpointError, load_state, numpy_rng_plain, numpy_rng_state, save_state, verify, \
+    write_manifest
+
+log = logging.getLogger(__name__)
+
 _ROUND_DIR = re.compile(r"round_(\d+)$")
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    return {"python": random.getstate(), "numpy": numpy_rng_plain(np.random.get_state()),
+            "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(numpy_rng_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
 
 
@@ -40,21 +52,41 @@ def checkpoint_root(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
+def _rounds(out_dir: str | Path) -> list[Path]:
+    """Round directories, newest first."""
+    found = [p for p in checkpoint_root(out_dir).glob("round_*") if p.is_dir() and _ROUND_DIR.search(p.name)]
+    return sorted(found, key=lambda p: int(_ROUND_DIR.search(p.name).group(1)), reverse=True)
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    root = checkpoint_root(out_dir)
-    found = [p for p in root.glob("round_*") if _ROUND_DIR.search(p.name) and (p / "state.pt").is_file()]
-    return max(found, key=lambda p: int(_ROUND_DIR.search(p.name).group(1)), default=None)
+    """The newest intact round; a damaged newer one is skipped with a loud warning naming it."""
+    for path in _rounds(out_dir):
+        try:
+            verify(path, f"round {int(_ROUND_DIR.search(path.name).group(1))} checkpoint")
+        except CheckpointError as exc:
+            message = f"WARNING: {exc}; trainer.resume=auto falls back to an older checkpoint"
+            log.warning(message)
+            print(message, file=sys.stderr, flush=True)
+            continue
+        return path
+    return None
 
 
 def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
-    """trainer.resume: auto (latest under out_dir, if any) | never | <checkpoint dir>."""
+    """trainer.resume: auto (newest intact round under out_dir, if any) | never | <checkpoint dir>."""
     if resume == "never":
         return None
     if resume == "auto":
-        return latest_checkpoint(out_dir)
+        found = latest_checkpoint(out_dir)
+        if found is not None and _rounds(out_dir)[0] != found:
+            message = f"WARNING: resuming from {found.name}, not the newest round (see above)"
+            log.warning(message)
+            print(message, file=sys.stderr, flush=True)
+        return found
     path = Path(resume)
     if not (path / "state.pt").is_file():
         raise FileNotFoundError(f"trainer.resume={resume!r}: no state.pt there (a round_NNNN dir is expected)")
+    verify(path, "checkpoint")  # an explicit choice that is damaged is an error, not a fallback
     return path
 
 
@@ -74,10 +106,11 @@ def save_round(out_dir: str | Path, round_index: int, policy, learner, state: di
     if learner is not None:
         learner.save_checkpoint(tmp / "prm")
     if rank > 0:
-        torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+        save_state(rng_state(), tmp / f"rng_rank{rank}.pt")
     barrier()
-    if rank == 0:
-        torch.save({**state, "round": round_index, "rng": rng_state(), "world": world}, tmp / "state.pt")
+    if rank == 0:   # every rank's files are in: state, manifest (last), rename
+        save_state({**state, "round": round_index, "rng": rng_state(), "world": world}, tmp / "state.pt")
+        write_manifest(tmp, round=round_index)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         rounds = sorted((p for p in root.glob("round_*") if _ROUND_DIR.search(p.name)), key=lambda p: p.name)
@@ -90,12 +123,13 @@ def save_round(out_dir: str | Path, round_index: int, policy, learner, state: di
 def load_round(path: Path, policy, learner, ranks=None) -> dict:
     """Restore weights and optimizers in place; return the saved state (this rank's RNG restored too)."""
     rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
-    state = torch.load(path / "state.pt", weights_only=False)
+    verify(path, "checkpoint")
+    state = load_state(path / "state.pt")
     if state.get("world", 1) != world:
         raise ValueError(f"{path} was saved by {state.get('world', 1)} rank(s); resume it with as many "
                          f"(this run has {world}): DeepSpeed shards and per-rank RNG states are per rank")
     policy.load(path / "policy")
     if learner is not None:
         learner.load_checkpoint(path / "prm")
-    set_rng_state(state["rng"] if rank == 0 else torch.load(path / f"rng_rank{rank}.pt", weights_only=False))
+    set_rng_state(state["rng"] if rank == 0 else load_state(path / f"rng_rank{rank}.pt"))
     return state

@@ -43,6 +43,7 @@ def build(cfg: OnlineConfig):
     import judges.oracle  # noqa: F401
     import judges.rule  # noqa: F401
     from judges.base import make_judge
+    from judges.config import validate_judge_config
     from judges.ledger import LabelLedger
     from prm.answers import AnswerChecker
     from prm.models import resolve_path
@@ -83,12 +84,11 @@ def build(cfg: OnlineConfig):
         from prm.model import EnsemblePRM
         from prm.update import PRMLearner
         learner = PRMLearner(EnsemblePRM.from_config(cfg.prm), cfg.trainer)
-    judge_cfg = dict(cfg.judge)
-    ledger_path = judge_cfg.pop("ledger_path", None) or str(out_dir / "labels.sqlite")
+    judge_cfg = validate_judge_config(dict(cfg.judge))
     judge = ledger = None
     if ranks.is_main:  # rank 0 owns the judge client and the ledger: a label is paid once, whatever N
         judge = make_judge(judge_cfg)
-        ledger = LabelLedger(ledger_path, judge_cfg.get("max_labels"), judge_cfg.get("max_total_tokens"))
+        ledger = LabelLedger.from_config(judge_cfg, default_path=out_dir / "labels.sqlite")
     stream = TaskStream(task.problems, cfg.data.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker(), ranks)
     return loop, out_dir

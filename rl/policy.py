@@ -24,6 +24,7 @@ from typing import Iterator
 
 import torch
 
+from prm.checkpoint_io import deepspeed_weights_only, load_state, load_weights, save_state, save_weights
 from prm.config import TrainerConfig
 from prm.models import load_model
 from rl.algos import ppo_clip_loss
@@ -78,6 +79,7 @@ class PolicyTrainer:
                          "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9}
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
                 args=deepspeed_args(str(self.device)), model=model, optimizer=optimizer, config=ds_config)
+            deepspeed_weights_only(self.engine)  # its own loader would run pickles
         else:
             self.optimizer = optimizer
         self.version = 0  # bumped by every update; rollouts carry the version they were sampled from
@@ -252,16 +254,16 @@ class PolicyTrainer:
         if self.engine is not None:
             self.engine.save_checkpoint(str(path), tag="policy", client_state={"version": self.version},
                                         exclude_frozen_parameters=self.cfg.train_mode == "lora")
-        else:
-            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "version": self.version}, path / "policy.pt")
+        else:  # weights as safetensors; optimizer state and version read back with weights_only=True
+            save_weights(self.model.state_dict(), path / "model.safetensors")
+            save_state({"optimizer": self.optimizer.state_dict(), "version": self.version}, path / "policy.pt")
 
     def load(self, path: Path) -> None:
         if self.engine is not None:
             _, state = self.engine.load_checkpoint(str(path), tag="policy", load_module_strict=False)
             self.version = state["version"]
         else:
-            state = torch.load(path / "policy.pt", weights_only=False)
-            self.model.load_state_dict(state["model"])
+            self.model.load_state_dict(load_weights(path / "model.safetensors"))
+            state = load_state(path / "policy.pt")
             self.optimizer.load_state_dict(state["optimizer"])
             self.version = state["version"]

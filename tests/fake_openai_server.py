@@ -24,6 +24,8 @@ class Reply:
     prompt_tokens: int = 100
     completion_tokens: int = 10
     reasoning: str | None = None  # a reasoning server's separate reasoning_content
+    drip_s: float = 0.0  # send the body one byte at a time, this long apart (a stalling server)
+    cut: bool = False  # announce the full Content-Length, send half the body, close (cut mid-body)
 
 
 @dataclass
@@ -45,6 +47,7 @@ class FakeOpenAIServer:
     def __init__(self, script: Script | list[Reply] | None = None):
         self.requests: list[Request] = []
         self.max_in_flight = 0
+        self.connections: set[tuple] = set()  # client (host, port) pairs: kept-alive ones repeat
         self._in_flight = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -64,6 +67,7 @@ class FakeOpenAIServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with server._lock:
+                    server.connections.add(self.client_address)
                     request = Request(len(server.requests), self.path, dict(self.headers), body)
                     server.requests.append(request)
                     server._in_flight += 1
@@ -76,12 +80,12 @@ class FakeOpenAIServer:
                         self.close_connection = True
                         return
                     text = reply.body if reply.body is not None else json.dumps(_completion(reply, body))
-                    self._send(reply.status, text, reply.headers)
+                    self._send(reply.status, text, reply.headers, reply)
                 finally:
                     with server._lock:
                         server._in_flight -= 1
 
-            def _send(self, status: int, text: str, headers: dict) -> None:
+            def _send(self, status: int, text: str, headers: dict, reply: Reply | None = None) -> None:
                 data = text.encode("utf-8")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -90,11 +94,22 @@ class FakeOpenAIServer:
                     self.send_header(k, str(v))
                 self.end_headers()
                 try:
-                    self.wfile.write(data)
+                    if reply is not None and reply.cut:
+                        self.wfile.write(data[:len(data) // 2])
+                        self.wfile.flush()
+                        self.close_connection = True
+                    elif reply is not None and reply.drip_s:
+                        for i in range(len(data)):
+                            self.wfile.write(data[i:i + 1])
+                            self.wfile.flush()
+                            if server._stopping.wait(reply.drip_s):
+                                break
+                    else:
+                        self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout): fine
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
@@ -123,6 +138,10 @@ class FakeOpenAIServer:
         self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # many clients connect at once (requests in flight); the default 5 drops SYNs
 
 
 def _completion(reply: Reply, request_body: dict) -> dict:

@@ -55,7 +55,7 @@ def test_prm800k_broken_rating_names_row_and_field(tmp_path):
     table = table.set_column(table.schema.get_field_index("rating"), "rating", pa.array(ratings))
     path = tmp_path / "prm800k" / "phase1_test.stepwise-critic.parquet"
     pq.write_table(table, path)
-    with pytest.raises(DataError, match=r"row 7, field 'rating'"):
+    with pytest.raises(DataError, match=r"row 8, field 'rating'"):
         data.load_prm800k("test", root=tmp_path)
     assert len(data.load_prm800k("test", root=tmp_path, skip_bad_rows=True)) > 0
     assert len(data.last_skipped) == 1
@@ -88,7 +88,8 @@ def test_processbench_broken_copies(tmp_path, mutate, row, field_):
     root = _broken_processbench(tmp_path, mutate)
     with pytest.raises(DataError) as err:
         data.load_processbench("gsm8k", root=root)
-    assert "gsm8k.json" in str(err.value) and f"row {row}" in str(err.value) and f"'{field_}'" in str(err.value)
+    assert "gsm8k.json, line 1 " in str(err.value) and f"(item {row + 1})" in str(err.value)  # 1-based
+    assert f"'{field_}'" in str(err.value)
     assert len(data.load_processbench("gsm8k", root=root, skip_bad_rows=True)) == 9
 
 
@@ -98,11 +99,11 @@ def test_invalid_json_line_is_named(tmp_path):
     lines[2] = lines[2][:40]
     lines[3] = json.dumps({"question": "q", "answer": "no final line"})
     (tmp_path / "gsm8k" / "test.jsonl").write_text("\n".join(lines))
-    with pytest.raises(DataError, match=r"test.jsonl, row 2: invalid JSON"):
+    with pytest.raises(DataError, match=r"test.jsonl, line 3: invalid JSON"):
         data.load_gsm8k(root=tmp_path)
     got = data.load_gsm8k(root=tmp_path, skip_bad_rows=True)
     assert len(got) == 3 and len(data.last_skipped) == 2
-    assert "row 3, field 'answer'" in data.last_skipped[1]
+    assert "line 4, field 'answer'" in data.last_skipped[1]
 
 
 def test_missing_file_is_named(tmp_path):
@@ -124,7 +125,7 @@ def test_math_shepherd_broken_label(tmp_path):
     rec["label"] = rec["label"].replace(" +\n", " ?\n", 1)
     path = tmp_path / "shep.jsonl"
     path.write_text(json.dumps(rec) + "\n")
-    with pytest.raises(DataError, match=r"row 0, field 'label'"):
+    with pytest.raises(DataError, match=r"line 1, field 'label'"):
         data.load_math_shepherd(path)
 
 
@@ -134,7 +135,7 @@ def test_trl_format_roundtrip_and_errors(tmp_path):
             {"prompt": "bad", "completions": ["x"], "labels": [True, False]}]
     path = tmp_path / "trl.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    with pytest.raises(DataError, match=r"row 2, field 'labels'"):
+    with pytest.raises(DataError, match=r"line 3, field 'labels'"):
         data.load_trl_prm(path)
     got = data.load_trl_prm(path, skip_bad_rows=True)
     assert [t.first_error for t in got] == [-1, 0]
@@ -148,3 +149,41 @@ def test_own_jsonl_format_roundtrip(tmp_path):
     assert [(t.question, t.steps, t.first_error) for t in back] == [(t.question, t.steps, t.first_error) for t in trajs]
     shutil.copy(path, tmp_path / "u.jsonl")
     assert data.load_pool("jsonl", str(tmp_path / "u.jsonl"))[0].steps == trajs[0].steps
+
+
+def test_non_utf8_bytes_name_file_and_line_and_honour_skip(tmp_path):
+    (tmp_path / "gsm8k").mkdir()
+    lines = [json.dumps({"question": f"q{i}", "answer": f"work\n#### {i}"}).encode() for i in range(4)]
+    lines[1] = lines[1].replace(b"q1", b"q\xff\xfe1")
+    (tmp_path / "gsm8k" / "test.jsonl").write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=r"test.jsonl, line 2: not UTF-8 \(byte 0xff"):
+        data.load_gsm8k(root=tmp_path)
+    assert [p.question for p in data.load_gsm8k(root=tmp_path, skip_bad_rows=True)] == ["q0", "q2", "q3"]
+
+
+def _pretty_processbench(tmp_path, rows, cut: int | None = None):
+    (tmp_path / "processbench").mkdir(exist_ok=True)
+    text = json.dumps(rows, indent=2)
+    (tmp_path / "processbench" / "gsm8k.json").write_text(text[:cut] if cut else text)
+    return text
+
+
+def test_processbench_json_list_names_the_line_each_item_starts_on(tmp_path):
+    rows = json.loads((data.DEFAULT_DATA_ROOT / "processbench" / "gsm8k.json").read_text())[:4]
+    rows[2].pop("label")
+    text = _pretty_processbench(tmp_path, rows)
+    line = text[:text.index(json.dumps(rows[2]["id"]))].count("\n")  # the item's "{" is the line before its id
+    with pytest.raises(DataError, match=rf"gsm8k.json, line {line} \(item 3\), field 'label': missing"):
+        data.load_processbench("gsm8k", root=tmp_path)
+    assert len(data.load_processbench("gsm8k", root=tmp_path, skip_bad_rows=True)) == 3
+
+
+def test_truncated_processbench_names_file_and_line_in_both_loaders(tmp_path):
+    from judges.eval import load_processbench as judges_loader
+    rows = json.loads((data.DEFAULT_DATA_ROOT / "processbench" / "gsm8k.json").read_text())[:4]
+    text = _pretty_processbench(tmp_path, rows, cut=-200)
+    last_line = text[:-200].count("\n") + 1
+    for load in (lambda: data.load_processbench("gsm8k", root=tmp_path),
+                 lambda: judges_loader(tmp_path / "processbench" / "gsm8k.json", limit=2)):
+        with pytest.raises(DataError, match=rf"gsm8k.json, line {last_line}: invalid JSON .*item 4"):
+            load()

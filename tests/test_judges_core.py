@@ -72,7 +72,7 @@ def test_oracle_reveals_labels_as_paid_calls():
     assert oracle.judge_batch([("q2", ["c"]), ("q1", ["a", "b"])])[0].first_error == -1
     with pytest.raises(KeyError, match="no label for this item"):
         oracle.judge("q1", ["a", "changed"])
-    with pytest.raises(ValueError, match="record 0"):
+    with pytest.raises(ValueError, match=r"record 1 \(1-based\)"):
         OracleJudge([{"question": "q", "steps": ["a"], "first_error": 3}])
 
 
@@ -229,3 +229,30 @@ def test_ledger_from_config(tmp_path):
     cfg = JudgeConfig(ledger_path=str(tmp_path / "x" / "l.sqlite"), max_labels=5, max_total_tokens=9)
     with LabelLedger.from_config(cfg) as ledger:
         assert (ledger.max_labels, ledger.max_tokens) == (5, 9) and ledger.path.exists()
+
+
+def test_a_sync_judge_allowing_concurrency_runs_that_many_calls_at_once_under_the_ledger(tmp_path):
+    class Slow(Judge):
+        max_concurrency = 3
+
+        def __init__(self):
+            self.running = self.peak = 0
+            self.lock = threading.Lock()
+
+        @property
+        def identity(self):
+            return "slow"
+
+        def judge(self, question, steps):
+            with self.lock:
+                self.running += 1
+                self.peak = max(self.peak, self.running)
+            time.sleep(0.1)
+            with self.lock:
+                self.running -= 1
+            return Verdict(-1, cost=Cost(calls=1))
+
+    judge = Slow()
+    with LabelLedger(tmp_path / "l.sqlite") as ledger:
+        assert all(v.first_error == -1 for v in ledger.label(judge, [(f"q{i}", ["a"]) for i in range(9)]))
+    assert judge.peak == 3

@@ -73,11 +73,12 @@ def test_bad_judge_config_fails_at_start(tmp_path):
     ({"id": "a", "problem": "p", "steps": ["s"], "label": 1}, "label"),
     ({"id": "a", "problem": "p", "steps": "s", "label": 0}, "steps"),
     ({"id": "a", "steps": ["s"], "label": 0}, "problem"),
-    ({"problem": "p", "steps": ["s"], "label": 0}, "id"),
+    ({"id": 5, "problem": "p", "steps": ["s"], "label": 0}, "id"),
+    ({"id": "a", "problem": "p", "steps": ["s"]}, "label"),
 ])
 def test_malformed_row_names_file_row_and_field(tmp_path, row, field):
     path = write_data(tmp_path, ITEMS[:2] + [row]) / "processbench" / "gsm8k.json"
-    with pytest.raises(ValueError, match=rf"gsm8k.json: row 2: field '{field}'"):
+    with pytest.raises(ValueError, match=rf"gsm8k.json, line \d+ \(item 3\), field '{field}'"):
         load_processbench(path)
 
 

@@ -42,6 +42,20 @@ def test_budget_is_the_number_of_labels_revealed(tmp_path, mode, budget, expecte
     assert summary["labels_used"] == expected == ledger_rows(tmp_path / "run")
 
 
+def test_judge_ledger_path_and_budget_are_honoured(tmp_path):
+    # the judge config's ledger settings, as every labelling command reads them (issue: 10 paid for max_labels=2)
+    ledger = tmp_path / "shared" / "labels.sqlite"
+    summary = train(config(tmp_path, mode="full", budget=1.0,
+                           judge={"name": "oracle", "ledger_path": str(ledger), "max_labels": 2}))
+    assert summary["labels_used"] == 2
+    assert not (tmp_path / "run" / "ledger.sqlite").exists()
+    with sqlite3.connect(ledger) as db:
+        assert db.execute("select count(*) from labels").fetchone()[0] == 2
+    with pytest.raises(ValueError, match="two ledgers"):
+        train(config(tmp_path, "other", ledger=str(tmp_path / "x.sqlite"), judge={"name": "oracle",
+                                                                              "ledger_path": str(ledger)}))
+
+
 def test_active_never_exceeds_budget_and_pays_only_selected(tmp_path):
     summary = train(config(tmp_path, mode="active", budget=0.25, **{"prm.delta_pred": 0.99}))
     assert 0 < summary["labels_used"] <= 6

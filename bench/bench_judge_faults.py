@@ -1,0 +1,177 @@
+"""Reliability of the llm judge + ledger under injected faults (bench/RESULTS.md, "Reliability under faults").
+
+One row per fault, each against the scripted OpenAI-compatible server of the tests (real HTTP on
+127.0.0.1), 20 items, 8 requests in flight, a budget of exactly 20 labels (the last rows: a token cap):
+
+    python bench/bench_judge_faults.py
+
+requests made      requests the server received
+labels committed   rows in the ledger
+labels lost        items the server answered with a readable label that the ledger does not hold
+labels paid twice  items the server answered with a readable label more than once
+budget overshoot   spend past the cap (labels, or tokens for the token-cap rows)
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from judges import JudgeError, LabelLedger, LLMJudge  # noqa: E402
+from tests.fake_openai_server import FakeOpenAIServer, Reply  # noqa: E402
+
+N, CONCURRENCY = 20, 8
+WORKER = """
+import json, sys
+from judges import LabelLedger, LLMJudge
+judge = LLMJudge(sys.argv[1], model="critic", max_concurrency=8, timeout_s=30, max_retries=2,
+                 backoff_base_s=0.05, backoff_max_s=0.2, max_tokens=64)
+items = [(f"item-{i}", ["a", "b", "c"]) for i in range(int(sys.argv[3]))]
+with LabelLedger(sys.argv[2], max_labels=int(sys.argv[4])) as ledger:
+    print(json.dumps([v is not None for v in ledger.label(judge, items)]))
+"""
+
+
+def item_of(req) -> int:
+    return int(req.prompt.split("item-")[1].split()[0])
+
+
+def good(req, **kw) -> Reply:
+    return Reply(f"\\boxed{{{item_of(req) % 3 - 1}}}", **kw)
+
+
+def odd_body(req) -> str:
+    shapes = [{"choices": [{"message": {"content": [{"type": "text", "text": "\\boxed{0}"}]}}],
+               "usage": {"prompt_tokens": "12", "completion_tokens": 3}},
+              {"choices": ["\\boxed{0}"], "usage": "n/a"},
+              {"choices": [{"message": {"content": "\\boxed{-1}"}}], "usage": {"prompt_tokens": -499_900}}]
+    return json.dumps(shapes[item_of(req) % 3])
+
+
+FAULTS = {  # name -> (script(req, first_attempt) -> Reply, label cap, token cap)
+    "none": (lambda req, first: good(req), N, None),
+    "HTTP 500 on each first attempt": (lambda req, first: Reply(status=500, body="{}") if first else good(req), N, None),
+    "HTTP 429 + Retry-After 0.2 s": (lambda req, first: Reply(status=429, body="{}", headers={"Retry-After": "0.2"})
+                                     if first else good(req), N, None),
+    "connection dropped, no reply": (lambda req, first: Reply(drop=True) if first else good(req), N, None),
+    "no reply within timeout_s": (lambda req, first: Reply(delay_s=2) if first else good(req), N, None),
+    "200, body not JSON": (lambda req, first: Reply(body="<html>busy</html>") if first else good(req), N, None),
+    "200, body cut mid-way": (lambda req, first: good(req, cut=True) if first else good(req), N, None),
+    "200, odd JSON shapes": (lambda req, first: Reply(body=odd_body(req)), N, None),
+    "server drips 1 byte / 0.2 s": (lambda req, first: good(req, drip_s=0.2) if first else good(req), N, None),
+    "usage 400,080 tokens (cap 20,000)": (lambda req, first: good(req, prompt_tokens=400_000, completion_tokens=80),
+                                          None, 20_000),
+    "usage negative (cap 20,000)": (lambda req, first: good(req, prompt_tokens=-499_900), None, 20_000),
+}
+OUT_OF_PROCESS = ["two processes, one ledger", "kill -9 mid-batch, restart"]
+
+
+class Recorder:
+    """Wraps a fault script: counts attempts per item and readable labels the server sent."""
+
+    def __init__(self, script):
+        self.script, self.lock = script, threading.Lock()
+        self.attempts, self.labels_sent = Counter(), Counter()
+
+    def __call__(self, req) -> Reply:
+        i = item_of(req)
+        with self.lock:
+            first = self.attempts[i] == 0
+            self.attempts[i] += 1
+        reply = self.script(req, first)
+        readable = (reply.status == 200 and not (reply.drop or reply.cut or reply.drip_s or reply.delay_s)
+                    and (reply.body is None or '"\\\\boxed' in reply.body))
+        if readable:
+            with self.lock:
+                self.labels_sent[i] += 1
+        return reply
+
+
+def row(name: str, recorder: Recorder, requests: int, db: Path, label_cap, token_cap) -> dict:
+    with sqlite3.connect(db) as conn:
+        committed = {q for (q,) in conn.execute("SELECT question FROM labels")}
+        labels, tokens = conn.execute("SELECT COALESCE(SUM(label), 0), COALESCE(SUM(prompt_tokens + "
+                                      "completion_tokens), 0) FROM charges").fetchone()
+    held = {int(q.split("-")[1]) for q in committed}
+    over = (max(0, labels - label_cap) if label_cap is not None else 0,
+            max(0, tokens - token_cap) if token_cap is not None else 0)
+    return {"fault": name, "requests": requests, "committed": len(committed),
+            "lost": sum(1 for i in recorder.labels_sent if i not in held),
+            "twice": sum(1 for n in recorder.labels_sent.values() if n > 1),
+            "overshoot": f"{over[0]} labels" if label_cap is not None else f"{over[1]} tokens"}
+
+
+def in_process(name: str, tmp: Path) -> dict:
+    script, label_cap, token_cap = FAULTS[name]
+    recorder, db = Recorder(script), tmp / f"{abs(hash(name))}.sqlite"
+    judge_kw = dict(model="critic", max_concurrency=CONCURRENCY, timeout_s=0.5, deadline_s=1.5, max_retries=2,
+                    backoff_base_s=0.05, backoff_max_s=0.2, max_tokens=64)
+    with FakeOpenAIServer(recorder) as server:
+        judge = LLMJudge(server.base_url, **judge_kw)
+        with LabelLedger(db, max_labels=label_cap, max_tokens=token_cap) as ledger:
+            try:
+                ledger.label(judge, [(f"item-{i}", ["a", "b", "c"]) for i in range(N)])
+            except JudgeError as exc:
+                print(f"  {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return row(name, recorder, len(server.requests), db, label_cap, token_cap)
+
+
+def worker(url: str, db: Path, cap: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", WORKER, url, str(db), str(N), str(cap)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def two_processes(tmp: Path) -> dict:
+    recorder, db = Recorder(lambda req, first: good(req, delay_s=0.1)), tmp / "two.sqlite"
+    with FakeOpenAIServer(recorder) as server:
+        procs = [worker(server.base_url, db, N // 2 + 5) for _ in range(2)]
+        for proc in procs:
+            proc.communicate(timeout=300)
+        return row(OUT_OF_PROCESS[0] + f" (cap {N // 2 + 5})", recorder, len(server.requests), db, N // 2 + 5, None)
+
+
+def kill_and_restart(tmp: Path) -> dict:
+    slow = {"on": True}
+    recorder = Recorder(lambda req, first: good(req, delay_s=30 if slow["on"] and req.index >= 6 else 0))
+    db = tmp / "kill.sqlite"
+    with FakeOpenAIServer(recorder) as server:
+        proc = worker(server.base_url, db, N)
+        while len(server.requests) < 6 + CONCURRENCY:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        slow["on"] = False  # replies held back for the killed process never went out: not labels sent
+        worker(server.base_url, db, N).communicate(timeout=300)
+        return row(OUT_OF_PROCESS[1], recorder, len(server.requests), db, N, None)
+
+
+def main() -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in FAULTS:
+            rows.append(in_process(name, Path(tmp)))
+            print(f"  {name}: done", file=sys.stderr, flush=True)
+        rows.append(two_processes(Path(tmp)))
+        rows.append(kill_and_restart(Path(tmp)))
+    print(f"{N} items, {CONCURRENCY} requests in flight, max_retries=2, timeout_s=0.5, deadline_s=1.5\n")
+    print("| fault injected | requests made | labels committed | labels lost | labels paid twice | budget overshoot |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['fault']} | {r['requests']} | {r['committed']} | {r['lost']} | {r['twice']} | {r['overshoot']} |")
+
+
+if __name__ == "__main__":
+    main()

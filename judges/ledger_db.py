@@ -1,0 +1,268 @@
+"""The ledger's SQLite file: schema, migrations and the transactions the ledger runs.
+
+Spend is the sum of `charges` (one row per billed attempt, whether or not it gave a verdict) plus
+the bounds held by live `reservations`. Every budget decision runs inside BEGIN IMMEDIATE (SQLite's
+write lock), so all threads and processes sharing the file decide on the same numbers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from judges.base import Cost, Verdict
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS labels (
+    id INTEGER PRIMARY KEY,
+    judge TEXT NOT NULL,               -- judge identity (never a secret)
+    item_hash TEXT NOT NULL,           -- sha256 of canonical JSON [question, steps]
+    question TEXT NOT NULL,
+    steps TEXT NOT NULL,               -- JSON list of strings
+    first_error INTEGER,               -- NULL = invalid verdict (paid, never trained on)
+    raw TEXT NOT NULL,                 -- the judge's raw output
+    calls INTEGER NOT NULL,            -- this label's cost over all its attempts (retries included)
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    seconds REAL NOT NULL,             -- the judge's own time (retries included)
+    wall_s REAL NOT NULL,              -- reservation to commit, as the ledger saw it
+    created_at TEXT NOT NULL,          -- UTC ISO 8601
+    UNIQUE (judge, item_hash)
+);
+CREATE TABLE IF NOT EXISTS charges (   -- every billed attempt: the budget is their sum
+    id INTEGER PRIMARY KEY,
+    judge TEXT NOT NULL,
+    item_hash TEXT NOT NULL,
+    label INTEGER NOT NULL,            -- 1: the attempt whose verdict was committed (counts as a label)
+    calls INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    reason TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    id INTEGER PRIMARY KEY,
+    judge TEXT NOT NULL,
+    item_hash TEXT NOT NULL,
+    tokens INTEGER NOT NULL,           -- upper bound of the next attempt's tokens
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL DEFAULT 0 -- lease: renewed while the holder lives, released once past
+);
+"""
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class LedgerDB:
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()  # one connection, shared by the loop and its helper threads
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: a commit survives a process crash
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._migrate()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        had_labels = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='labels'").fetchone() is not None
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(reservations)")}
+        if "expires_at" not in columns:
+            self._db.execute("ALTER TABLE reservations ADD COLUMN expires_at REAL NOT NULL DEFAULT 0")
+        if version < SCHEMA_VERSION and had_labels:  # a version-1 file: its spend was the labels' cost
+            self._db.execute(
+                "INSERT INTO charges (judge, item_hash, label, calls, prompt_tokens, completion_tokens, seconds,"
+                " reason, created_at) SELECT judge, item_hash, 1, calls, prompt_tokens, completion_tokens, seconds,"
+                " 'migrated', created_at FROM labels")
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _transaction(self, fn):
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # the write lock: no other process counts meanwhile
+            try:
+                result = fn()
+                self._db.execute("COMMIT")
+                return result
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # ---- spend --------------------------------------------------------------------------------
+    def _committed(self) -> tuple[int, int, int]:
+        return self._db.execute(
+            "SELECT COALESCE(SUM(label), 0), COALESCE(SUM(prompt_tokens + completion_tokens), 0),"
+            " COALESCE(SUM(calls), 0) FROM charges").fetchone()
+
+    def _reserved(self) -> tuple[int, int]:
+        return self._db.execute("SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM reservations").fetchone()
+
+    def spent(self) -> dict[str, int]:
+        with self._lock:
+            labels, tokens, calls = self._committed()
+            r_labels, r_tokens = self._reserved()
+        return {"labels": labels + r_labels, "tokens": tokens + r_tokens, "calls": calls,
+                "committed_labels": labels, "committed_tokens": tokens}
+
+    # ---- reservations -------------------------------------------------------------------------
+    def reserve(self, judge: str, key: str, tokens: int, max_labels: int | None, max_tokens: int | None,
+                lease_s: float) -> tuple[str, object]:
+        """One of: ("label", Verdict) committed already; ("held", None) another live reservation holds
+        the item; ("over", None) committed spend alone leaves no room; ("wait", None) room only if live
+        reservations end below their bounds; ("reserved", id)."""
+        def run() -> tuple[str, object]:
+            now = time.time()
+            self._db.execute("DELETE FROM reservations WHERE expires_at < ?", (now,))
+            row = self._db.execute("SELECT first_error, raw FROM labels WHERE judge = ? AND item_hash = ?",
+                                   (judge, key)).fetchone()
+            if row is not None:
+                return "label", Verdict(row[0], raw=row[1], cost=Cost(), from_ledger=True)
+            if self._db.execute("SELECT 1 FROM reservations WHERE judge = ? AND item_hash = ?",
+                                (judge, key)).fetchone():
+                return "held", None
+            labels, spent_tokens, _ = self._committed()
+            r_labels, r_tokens = self._reserved()
+            if ((max_labels is not None and labels + 1 > max_labels)
+                    or (max_tokens is not None and spent_tokens + tokens > max_tokens)):
+                return "over", None
+            if ((max_labels is not None and labels + r_labels + 1 > max_labels)
+                    or (max_tokens is not None and spent_tokens + r_tokens + tokens > max_tokens)):
+                return "wait", None
+            cur = self._db.execute(
+                "INSERT INTO reservations (judge, item_hash, tokens, host, pid, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (judge, key, tokens, socket.gethostname(), os.getpid(), now, now + lease_s))
+            return "reserved", cur.lastrowid
+        return self._transaction(run)
+
+    def holder(self, judge: str, key: str) -> tuple[str, Verdict | None]:
+        """("label", verdict) | ("held", None) by a live reservation | ("free", None)."""
+        with self._lock:
+            row = self._db.execute("SELECT first_error, raw FROM labels WHERE judge = ? AND item_hash = ?",
+                                   (judge, key)).fetchone()
+            if row is not None:
+                return "label", Verdict(row[0], raw=row[1], cost=Cost(), from_ledger=True)
+            live = self._db.execute("SELECT 1 FROM reservations WHERE judge = ? AND item_hash = ? AND expires_at >= ?",
+                                    (judge, key, time.time())).fetchone()
+        return ("held" if live else "free"), None
+
+    def renew(self, reservations: list[int], lease_s: float) -> None:
+        if reservations:
+            with self._lock:
+                self._db.executemany("UPDATE reservations SET expires_at = ? WHERE id = ?",
+                                     [(time.time() + lease_s, rid) for rid in reservations])
+
+    def release(self, reservation: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
+
+    def release_dead(self) -> int:
+        """Reservations of processes on this host that are gone (killed mid-call) are not spend."""
+        host = socket.gethostname()
+        with self._lock:
+            rows = self._db.execute("SELECT id, pid FROM reservations WHERE host = ?", (host,)).fetchall()
+            dead = [(rid,) for rid, pid in rows if not _pid_alive(pid)]
+            if dead:
+                self._db.executemany("DELETE FROM reservations WHERE id = ?", dead)
+        return len(dead)
+
+    # ---- charges and labels -------------------------------------------------------------------
+    def _charge(self, judge: str, key: str, cost: Cost, label: bool, reason: str) -> None:
+        self._db.execute(
+            "INSERT INTO charges (judge, item_hash, label, calls, prompt_tokens, completion_tokens, seconds,"
+            " reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (judge, key, int(label), cost.calls, cost.prompt_tokens, cost.completion_tokens, cost.seconds,
+             reason, _now_iso()))
+
+    def charge_attempt(self, reservation: int, judge: str, key: str, cost: Cost, max_tokens: int | None) -> bool:
+        """Bill a failed attempt; True if the budget still covers the retry the reservation stands for."""
+        def run() -> bool:
+            if cost.calls or cost.tokens:
+                self._charge(judge, key, cost, False, "retried")
+            if not self._db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation,)).fetchone():
+                return False  # our lease lapsed: another caller may hold the item now
+            if max_tokens is None:
+                return True
+            _, spent_tokens, _ = self._committed()
+            return spent_tokens + self._reserved()[1] <= max_tokens
+        return self._transaction(run)
+
+    def charge_and_release(self, reservation: int, judge: str, key: str, cost: Cost, reason: str) -> None:
+        def run() -> None:
+            if cost.calls or cost.tokens:
+                self._charge(judge, key, cost, False, reason)
+            self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
+        self._transaction(run)
+
+    def commit(self, reservation: int, judge: str, key: str, question: str, steps: list[str], verdict: Verdict,
+               total: Cost, wall_s: float) -> bool:
+        """Bill the final attempt and store the verdict; False if the item was committed already."""
+        def run() -> bool:
+            self._charge(judge, key, verdict.cost, True, "label")
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO labels (judge, item_hash, question, steps, first_error, raw, calls,"
+                " prompt_tokens, completion_tokens, seconds, wall_s, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (judge, key, question, json.dumps(steps, ensure_ascii=False), verdict.first_error, verdict.raw,
+                 total.calls, total.prompt_tokens, total.completion_tokens, total.seconds, wall_s, _now_iso()))
+            self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
+            return cur.rowcount == 1
+        return self._transaction(run)
+
+    def lookup(self, judge: str, keys: list[str]) -> dict[str, Verdict]:
+        found: dict[str, Verdict] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._lock:
+            for start in range(0, len(unique), 500):  # stay under SQLite's bound-parameter limit
+                chunk = unique[start:start + 500]
+                rows = self._db.execute(
+                    f"SELECT item_hash, first_error, raw FROM labels WHERE judge = ? AND item_hash IN "
+                    f"({','.join('?' * len(chunk))})", (judge, *chunk)).fetchall()
+                for key, first_error, raw in rows:
+                    found[key] = Verdict(first_error, raw=raw, cost=Cost(), from_ledger=True)
+        return found
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed but unreaped child is a zombie: dead for our purposes
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

@@ -1,0 +1,178 @@
+"""Reading JSON / JSONL records with errors that name file, 1-based line and field, and the one
+ProcessBench loader (prm's datasets and judges.eval both read it through here; judges imports nothing
+from prm, so the shared part lives on this side).
+
+A bad record (not UTF-8, not JSON, a field missing or of the wrong type) raises DataError, or with
+skip_bad_rows=True is counted in `skipped` and passed over. A .json file holding a list gives each
+item's line as the line its value starts on, with the 1-based item number beside it.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+class DataError(ValueError):
+    def __init__(self, file: str | Path, line: "int | Where | None", field_: str | None, problem: str,
+                 item: int | None = None):
+        unit = "line"
+        if isinstance(line, Where):
+            line, item, unit = line.line, line.item, line.unit
+        where = str(file)
+        if line is not None:
+            where += f", {unit} {line}" + (f" (item {item})" if item is not None else "")
+        if field_:
+            where += f", field '{field_}'"
+        super().__init__(f"{where}: {problem}")
+        self.file, self.line, self.field, self.item = str(file), line, field_, item
+
+    @property
+    def row(self) -> int | None:  # older name
+        return self.line
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a record is: its 1-based line (or table row), and its 1-based item number in a JSON list.
+    Formats as its 0-based position, the number record ids are built from."""
+    line: int
+    item: int | None = None
+    unit: str = "line"  # "row" for tables (parquet)
+
+    @property
+    def index(self) -> int:
+        return (self.item if self.item is not None else self.line) - 1
+
+    def __str__(self) -> str:
+        return str(self.index)
+
+    __format__ = lambda self, spec: format(self.index, spec)  # noqa: E731
+
+
+@dataclass
+class Rows:
+    """Iterate (Where, record) of a JSON/JSONL file, turning broken rows into DataErrors."""
+    path: Path
+    skip_bad_rows: bool = False
+    skipped: list[str] = field(default_factory=list)
+
+    def error(self, at: Where | None, name: str | None, problem: str) -> DataError:
+        return DataError(self.path, at.line if at else None, name, problem, at.item if at else None)
+
+    def records(self) -> Iterator[tuple[Where, Any]]:
+        if not self.path.is_file():
+            raise DataError(self.path, None, None, "file not found")
+        data = self.path.read_bytes()
+        if self.path.suffix == ".json":
+            yield from self._json_list(data)
+            return
+        for n, raw in enumerate(data.split(b"\n"), start=1):
+            if not raw.strip():
+                continue
+            at = Where(n)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                self.bad(self.error(at, None, f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"))
+                continue
+            try:
+                yield at, json.loads(text)
+            except json.JSONDecodeError as e:
+                self.bad(self.error(at, None, f"invalid JSON ({e.msg} at column {e.colno})"))
+
+    def _json_list(self, data: bytes) -> Iterator[tuple[Where, Any]]:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:  # a broken byte breaks the whole document: not skippable
+            line = data[:e.start].count(b"\n") + 1
+            raise DataError(self.path, line, None, f"not UTF-8 (byte 0x{data[e.start]:02x})") from None
+        decoder, pos = json.JSONDecoder(), _skip_ws(text, 0)
+        if text[pos:pos + 1] != "[":
+            raise DataError(self.path, text.count("\n", 0, pos) + 1, None, "expected a JSON list of records")
+        pos, item = _skip_ws(text, pos + 1), 0
+        while text[pos:pos + 1] != "]":
+            item += 1
+            at = Where(text.count("\n", 0, pos) + 1, item)
+            try:
+                value, pos = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as e:
+                raise DataError(self.path, e.lineno, None, f"invalid JSON ({e.msg} at column {e.colno}, in item "
+                                f"{item}; the rest of the file cannot be read)") from None
+            yield at, value
+            pos = _skip_ws(text, pos)
+            if text[pos:pos + 1] == ",":
+                pos = _skip_ws(text, pos + 1)
+            elif text[pos:pos + 1] != "]":
+                line = text.count("\n", 0, pos) + 1
+                raise DataError(self.path, line, None, "invalid JSON (expected ',' or ']'; truncated file?)")
+
+    def parse(self, fn: Callable[[Where, dict], Any]) -> list:
+        out = []
+        for at, rec in self.records():
+            try:
+                if not isinstance(rec, dict):
+                    raise self.error(at, None, "row is not a JSON object")
+                out.append(fn(at, rec))
+            except DataError as e:
+                self.bad(e)
+        return out
+
+    def bad(self, err: DataError) -> None:
+        if not self.skip_bad_rows:
+            raise err
+        self.skipped.append(str(err))
+
+    def get(self, at: Where, rec: dict, name: str, kind: type | tuple = str) -> Any:
+        if name not in rec or rec[name] is None:
+            raise self.error(at, name, "missing")
+        value = rec[name]
+        if not isinstance(value, kind):
+            raise self.error(at, name, f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+        if isinstance(value, str) and not value.strip():
+            raise self.error(at, name, "empty")
+        return value
+
+    def steps(self, at: Where, rec: dict, name: str) -> list[str]:
+        steps = self.get(at, rec, name, list)
+        if not steps:
+            raise self.error(at, name, "no steps")
+        for j, s in enumerate(steps):
+            if not isinstance(s, str) or not s.strip():
+                raise self.error(at, name, f"step {j} (0-based) is empty or not a string")
+        return steps
+
+    def first_error(self, at: Where, rec: dict, name: str, n_steps: int) -> int:
+        if name not in rec or rec[name] is None:
+            raise self.error(at, name, "missing (a first-error index: -1 = all steps correct)")
+        value = rec[name]
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value < n_steps:
+            raise self.error(at, name, f"label {value!r} out of range [-1, {n_steps - 1}] (0-based step index)")
+        return value
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def load_processbench_rows(path: str | Path, skip_bad_rows: bool = False) -> tuple[list[dict], list[str]]:
+    """Validated ProcessBench rows {id, problem, steps, label, generator, final_answer_correct, line};
+    and the messages of rows skipped. `id` defaults to '<file stem>-<item>' when a row has none."""
+    rows = Rows(Path(path), skip_bad_rows)
+
+    def parse(at: Where, rec: dict) -> dict:
+        steps = rows.steps(at, rec, "steps")
+        row_id = rec.get("id", f"{Path(path).stem}-{at.item}")
+        if not isinstance(row_id, str):
+            raise rows.error(at, "id", f"expected str, got {type(row_id).__name__}")
+        return {"id": row_id, "problem": rows.get(at, rec, "problem"), "steps": steps,
+                "label": rows.first_error(at, rec, "label", len(steps)), "generator": rec.get("generator", ""),
+                "final_answer_correct": rec.get("final_answer_correct"), "line": at.line}
+
+    return rows.parse(parse), rows.skipped
