@@ -68,6 +68,9 @@ def build(cfg: OnlineConfig):
     r = cfg.rollout
     model_dir = None if cfg.rollout.backend == "hf" else resolve_path(cfg.policy.model)
     colocate = r.colocate if r.colocate is not None else (ranks.world > 1 and policy.device.type == "cuda")
+    if colocate and r.tensor_parallel_size > 1:  # a TP group would have to submit identical prompts (not done)
+        raise ValueError("rollout.colocate with rollout.tensor_parallel_size > 1 is not supported: colocated "
+                         "engines are one per rank (tensor_parallel_size=1); tensor parallelism is for one process")
     rollout = make_rollout(r.backend, model=policy.module, tokenizer=policy.tokenizer, model_dir=model_dir,
                            batch_size=r.batch_size, seed=ranks.seed(cfg.trainer.seed, 0),
                            gpu_memory_utilization=r.gpu_memory_utilization, kv_cache_gb=r.kv_cache_gb,
