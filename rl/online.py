@@ -77,6 +77,8 @@ def build(cfg: OnlineConfig):
                            max_model_len=r.max_model_len, dtype=r.dtype or cfg.policy.dtype,
                            enforce_eager=r.enforce_eager, tensor_parallel_size=r.tensor_parallel_size, sleep=r.sleep,
                            colocate=colocate, sync_bucket_mb=r.sync_bucket_mb)
+    if colocate:  # every rank's engine up before any rank goes on (TRL: DeepSpeed hangs otherwise)
+        ranks.barrier()
     learner = None
     if needs_prm(cfg) and cfg.trainer.deepspeed and cfg.trainer.zero_stage == 3:
         # ZeRO-3 gathers parameters in every forward, collectively: the PRM's per-rank re-scoring of its own
