@@ -54,11 +54,11 @@ def check_device(device: str, key: str = "prm.device") -> None:
         return
     import torch  # only here: configs are composed (and tested) without paying for torch
     if not torch.cuda.is_available():
-        raise ConfigError(f"prm.device={device!r} but torch.cuda.is_available() is False (torch {torch.__version__}, "
-                          f"CUDA build {torch.version.cuda}); use prm.device=cpu or install a CUDA build of torch")
+        raise ConfigError(f"{key}={device!r} but torch.cuda.is_available() is False (torch {torch.__version__}, "
+                          f"CUDA build {torch.version.cuda}); use {key}=cpu or install a CUDA build of torch")
     index = int(device.partition(":")[2] or 0)
     if index >= torch.cuda.device_count():
-        raise ConfigError(f"prm.device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        raise ConfigError(f"{key}={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
 
 
 @dataclass

@@ -10,8 +10,8 @@ Output  per head logit z[e, i]; p = sigmoid(z); step reward = mean_e p, uncertai
         (population std: K = 1 gives exactly 0).
 Modes   full (everything trains), lora (peft adapters on the backbone), frozen (backbone frozen;
         features can be cached by prm.features and the heads train alone).
-Device  cfg.device (cpu | cuda | cuda:N) holds the backbone and heads; collate builds on CPU and hands
-        the batch over on the model's device; scores come back as CPU floats. A saved PRM loads on any
+Device  cfg.device (auto = cuda:LOCAL_RANK with a GPU, else cpu | cpu | cuda | cuda:N) holds the
+        backbone and heads; collate builds on CPU and hands the batch over on the model's device; scores come back as CPU floats. A saved PRM loads on any
         device (`load(path, device=...)`: the heads are read to CPU and copied over).
 save()  `prm.json` (config) + `heads.safetensors` (heads and their frozen initial copy) + the backbone:
         full -> `backbone/` (save_pretrained, with the tokenizer); lora -> `adapter/` (peft) on top of
@@ -282,7 +282,7 @@ class EnsemblePRM(nn.Module):
         fine-tune only the heads of a fully trained PRM). heads_only=True skips the backbone (frozen-mode
         PRMs: score/train on cached features only). The saved device is not reused: placement belongs
         to the machine that loads (a PRM trained on a GPU loads on a CPU-only one)."""
-        path = Path(path)
+        path, device = Path(path), resolve_device(device)
         meta = json.loads((path / "prm.json").read_text())
         known = {f.name for f in fields(PRMConfig)}
         cfg = PRMConfig(**{**{k: v for k, v in meta["config"].items() if k in known}, "device": device})
