@@ -12,7 +12,8 @@ Modes   full (everything trains), lora (peft adapters on the backbone), frozen (
         features can be cached by prm.features and the heads train alone).
 Device  cfg.device (auto = cuda:LOCAL_RANK with a GPU, else cpu | cpu | cuda | cuda:N) holds the
         backbone and heads; collate builds on CPU and hands the batch over on the model's device; scores
-        come back as CPU floats. A saved PRM loads on any device (`load(path, device=...)`: the heads are read to CPU and copied over).
+        come back as CPU floats. A saved PRM loads on any device (`load(path, device=...)`: the heads are
+        read to CPU and copied over).
 save()  `prm.json` (config) + `heads.safetensors` (heads and their frozen initial copy) + the backbone:
         full -> `backbone/` (save_pretrained, with the tokenizer); lora -> `adapter/` (peft) on top of
         the named backbone; frozen -> the backbone name only: rebuilding it (and the separator row,
