@@ -15,6 +15,7 @@ process supervision for the process source), and the sources are summed with wei
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -55,11 +56,21 @@ def rloo(values: list[torch.Tensor], groups: list[int]) -> list[torch.Tensor]:
     return out
 
 
-def reinforce_pp(values: list[torch.Tensor], groups: list[int]) -> list[torch.Tensor]:
+def reinforce_pp(values: list[torch.Tensor], groups: list[int],
+                 reduce: Callable[[list[float]], list[float]] | None = None) -> list[torch.Tensor]:
+    """Whitening over the whole batch. `reduce` (data parallel): [sum, sum of squares, count] of this
+    rank's values -> the same over all ranks, so every rank whitens with the global mean and std."""
     pooled = torch.cat(list(values) + [torch.zeros(0)])
-    if pooled.numel() == 0:
+    if reduce is None:
+        if pooled.numel() == 0:
+            return list(values)
+        mean, std = pooled.mean(), _std(pooled)
+        return [(v - mean) / (std + EPS) for v in values]
+    total, squares, n = reduce([float(pooled.double().sum()), float((pooled.double() ** 2).sum()), pooled.numel()])
+    if n == 0:
         return list(values)
-    mean, std = pooled.mean(), _std(pooled)
+    mean = total / n
+    std = math.sqrt(max(squares - n * mean * mean, 0.0) / (n - 1)) if n > 1 else 0.0   # unbiased, as _std
     return [(v - mean) / (std + EPS) for v in values]
 
 
@@ -76,9 +87,11 @@ def returns_to_go(values: torch.Tensor, positions: list[int], length: int) -> to
 
 
 def compute_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[int]]]], weights: dict[str, float],
-                       groups: list[int], lengths: list[int], estimator: str) -> list[torch.Tensor]:
+                       groups: list[int], lengths: list[int], estimator: str,
+                       reduce: Callable[[list[float]], list[float]] | None = None) -> list[torch.Tensor]:
     """sources: name -> (values per sample, token positions per sample). Returns per-token advantages.
-    Each source gets its own baseline (a 0/1 outcome and a [0,1] step score live on different scales)."""
+    Each source gets its own baseline (a 0/1 outcome and a [0,1] step score live on different scales).
+    `reduce`: the batch-wide statistics of reinforce_pp summed over ranks (GRPO/RLOO are per group)."""
     if estimator not in ESTIMATORS:
         raise KeyError(f"unknown advantage estimator {estimator!r}; registered: {sorted(ESTIMATORS)}")
     total = [torch.zeros(n) for n in lengths]
@@ -86,7 +99,9 @@ def compute_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[in
         weight = weights.get(name, 0.0)
         if weight == 0.0:
             continue
-        baselined = ESTIMATORS[estimator]([torch.as_tensor(v, dtype=torch.float32) for v in values], groups)
+        tensors = [torch.as_tensor(v, dtype=torch.float32) for v in values]
+        baselined = (reinforce_pp(tensors, groups, reduce) if estimator == "reinforce_pp" and reduce is not None
+                     else ESTIMATORS[estimator](tensors, groups))
         for i, (v, pos) in enumerate(zip(baselined, positions)):
             total[i] += weight * returns_to_go(v, pos, lengths[i])
     return total

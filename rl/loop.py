@@ -206,7 +206,8 @@ class OnlineLoop:
                 values.append(torch.tensor(r.mean[:k]))
                 positions.append(ends[:k])
             sources["process"] = (values, positions)
-        adv = compute_advantages(sources, weights, groups, lengths, a.advantage)
+        reduce = None if self.ranks.world == 1 else (lambda stats: [sum(x) for x in zip(*self.ranks.gather(stats))])
+        adv = compute_advantages(sources, weights, groups, lengths, a.advantage, reduce)
         keep = keep_mask(groups, [r.passed for r in rollouts], [r.completion.finish_reason == "length" for r in rollouts],
                          a.filter_groups, a.filter_truncated)
         prompt_ids = {}
