@@ -1,4 +1,4 @@
-"""Ensemble cost (DESIGN.md §7): scoring time and peak memory of K = 32 vs K = 1 on the same items.
+"""Ensemble cost (K = 32 must cost about K = 1): scoring time and peak memory of K = 32 vs K = 1 on the same items.
 
 Each K runs in its OWN subprocess (so its peak RSS is its own: `resource.getrusage(RUSAGE_SELF).ru_maxrss`,
 which sees torch's allocator, unlike tracemalloc). The two children run at the same time, one thread

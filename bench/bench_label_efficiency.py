@@ -1,4 +1,4 @@
-"""Label efficiency of active selection (DESIGN.md §7): active vs random vs full at equal label budgets.
+"""Label efficiency of active selection (docs/method.md, Eq. 5): active vs random vs full at equal label budgets.
 
 Frozen SmolLM2-135M backbone: separator features of the pool and of the ProcessBench items are
 computed ONCE (stage `features`, cached in <out>/features.safetensors); every run then builds a
@@ -30,7 +30,10 @@ from pathlib import Path
 
 import torch
 
-from prm.config import EvalConfig, PRMConfig, PRMTrainConfig, DataConfig, TrainerConfig
+from prm.config import PoolConfig, EvalConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode, TrainerConfig
+
+# this bench's row names (kept in its runs.jsonl) -> prm.train's select.mode
+SELECT_MODE = {"active": SelectMode.uncertain, "random": SelectMode.random, "full": SelectMode.all}
 from prm.data import Trajectory, load_prm800k
 from prm.eval import load_processbench_sample
 from prm.features import FeatureCache
@@ -94,7 +97,8 @@ def one_run(args, out: Path, pool, tune, evals, cache, mode: str, budget: float,
     pc = replace(prm_config(args), seed=seed, pos_weight=o["pos_weight"], head_lr=o["head_lr"])
     prm = EnsemblePRM.heads_only(pc, cache_dim(cache))
     run_dir = out / tag / f"{mode}_{budget}_{seed}_{o['epochs']}_{o['pos_weight']}_{o['head_lr']}"
-    cfg = PRMTrainConfig(prm=pc, data=DataConfig(), judge="oracle", mode=mode, budget=budget, epochs=o["epochs"],
+    select = PoolSelectConfig(SELECT_MODE[mode], budget)
+    cfg = PRMTrainConfig(prm=pc, pool=PoolConfig(), judge="oracle", select=select, epochs=o["epochs"],
                          trainer=TrainerConfig(out_dir=str(run_dir), seed=seed, resume="never", save_every=10 ** 9,
                                                progress=False, deepspeed=False), run_eval=False)
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 MODES = {
-    "selection": ["select.mode=uncertain", "algo.reward=both", "prm_update=after"],
-    "judge_all": ["select.mode=all", "algo.reward=both", "prm_update=after"],
-    "random": ["select.mode=random", "algo.reward=both", "prm_update=after"],
+    "selection": ["select.mode=uncertain", "algo.reward=both", "prm_update=pre_update_rewards"],
+    "judge_all": ["select.mode=all", "algo.reward=both", "prm_update=pre_update_rewards"],
+    "random": ["select.mode=random", "algo.reward=both", "prm_update=pre_update_rewards"],
     "outcome_only": ["select.mode=none", "algo.reward=outcome", "prm_update=none"],
 }
 # Small settings so 30+ rounds x seeds x modes fit the shared 2-core machine.

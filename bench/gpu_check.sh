@@ -34,7 +34,7 @@ DEV=${DEV:-cuda}
 DTYPE=$([ "$DEV" = cuda ] && echo bf16 || echo fp32)
 [ "$DEV" = cuda ] && step cuda "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
 
-ONLINE=(policy=tiny prm=tiny rounds=2 data.prompts_per_round=4 rollout.n=4 rollout.max_new_tokens=32
+ONLINE=(policy=tiny prm=tiny rounds=2 task.prompts_per_round=4 rollout.n=4 rollout.max_new_tokens=32
         algo.filter_groups=false select.mode=all policy.dtype=$DTYPE prm.dtype=$DTYPE plot=false trainer.progress=false)
 step online_$DEV "$PY" -m rl.online "${ONLINE[@]}" policy.device=$DEV prm.device=$DEV \
   trainer.out_dir="$OUT/online" hydra.run.dir="$OUT/online/hydra"
@@ -59,8 +59,8 @@ with open(sys.argv[1], "w") as fh:
         steps = [f"{a} + {b} = {a + b + wrong}", f"The answer is {a + b + wrong}."]
         fh.write(json.dumps({"question": f"What is {a} + {b}?", "steps": steps, "first_error": 0 if wrong else -1}) + "\n")
 EOF
-step prm_train_$DEV "$PY" -m prm.train prm=tiny prm.device=$DEV data=jsonl data.path="$OUT/pool.jsonl" \
-  mode=full epochs=1 run_eval=false trainer.progress=false trainer.out_dir="$OUT/prm" hydra.run.dir="$OUT/prm/hydra"
+step prm_train_$DEV "$PY" -m prm.train prm=tiny prm.device=$DEV pool=jsonl pool.path="$OUT/pool.jsonl" \
+  select.mode=all epochs=1 run_eval=false trainer.progress=false trainer.out_dir="$OUT/prm" hydra.run.dir="$OUT/prm/hydra"
 step prm_saved "$PY" -c "import json; s = json.load(open('$OUT/prm/summary.json')); assert s['updates'] > 0, s; print(s)"
 
 echo; echo "prmloop GPU check ($OUT):"; printf '%s\n' "${RESULTS[@]}"

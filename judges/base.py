@@ -16,6 +16,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, TypeVar
 
+from judges.config import JUDGE_SCHEMAS, JudgeConfig
+
 log = logging.getLogger(__name__)
 
 Item = tuple[str, list[str]]  # (question, steps)
@@ -72,6 +74,7 @@ class Judge(ABC):
     """
 
     max_concurrency: int = 1  # network judges raise this; judge_batch runs that many at once
+    config_class: type = JudgeConfig  # this kind's config schema (judges.config)
 
     @property
     @abstractmethod
@@ -188,6 +191,7 @@ def register_judge(name: str) -> Callable[[type[Judge]], type[Judge]]:
         if name in JUDGES and JUDGES[name] is not cls:
             raise ValueError(f"judge name {name!r} is already registered to {JUDGES[name].__name__}")
         JUDGES[name] = cls
+        JUDGE_SCHEMAS.setdefault(name, cls.config_class)
         return cls
     return add
 
@@ -195,8 +199,8 @@ def register_judge(name: str) -> Callable[[type[Judge]], type[Judge]]:
 def make_judge(cfg: Any, **context: Any) -> Judge:
     """Build a judge from a config (dict, DictConfig or JudgeConfig) whose `name` picks the kind.
 
-    The config is validated against judges.config.JudgeConfig first: unknown or ill-typed keys fail
-    here, at start-up, not deep inside a run.
+    The config is validated against its kind's schema (judges.config) first: unknown or ill-typed keys
+    fail here, at start-up, not deep inside a run.
     """
     from judges.config import validate_judge_config
 

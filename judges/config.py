@@ -1,18 +1,60 @@
-"""The judge config schema. Every judge config is merged onto it, so a typo fails at start-up."""
+"""Judge config schemas, one per kind, and the schema of `python -m judges.eval`.
+
+Every judge config is merged onto its kind's schema (picked by `name`), so a typo, a key another kind
+owns (`judge=rule judge.base_url=...`) or an out-of-range value fails at start-up, before any model,
+engine or judge is built.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
 @dataclass
 class JudgeConfig:
+    """What every judge has: its kind and its ledger/budget (one ledger file = one budget; None = unlimited)."""
     name: str = "rule"  # a key of judges.JUDGES: oracle | rule | llm
+    ledger_path: Optional[str] = None  # None: the caller's ledger (judges.eval: its `ledger`)
+    max_labels: Optional[int] = None  # judge calls paid, invalid ones included
+    max_total_tokens: Optional[int] = None  # prompt + completion tokens over all calls
+    ledger_lease_s: float = 120.0  # a reservation not renewed for this long (its process died) expires
 
-    # llm: any OpenAI-compatible /v1/chat/completions endpoint
+    def __post_init__(self) -> None:
+        for key in ("max_labels", "max_total_tokens"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise ValueError(f"invalid judge config: judge.{key} must be >= 0 or null, got {getattr(self, key)}")
+        if self.ledger_lease_s <= 0:
+            raise ValueError(f"invalid judge config: judge.ledger_lease_s must be > 0, got {self.ledger_lease_s}")
+
+
+@dataclass
+class RuleJudgeConfig(JudgeConfig):
+    name: str = "rule"
+
+
+@dataclass
+class OracleJudgeConfig(JudgeConfig):
+    name: str = "oracle"
+    # labelled records (JSON list or JSONL: question/problem, steps, first_error/label); when null, the
+    # caller passes records= (judges.eval passes the benchmark items, prm.train the pool)
+    records_path: Optional[str] = None
+
+
+@dataclass
+class RuleOutcomeJudgeConfig(JudgeConfig):
+    name: str = "rule_outcome"
+    # records with question, steps and correct (or meta.correct); null: the caller's (prm.train: the pool)
+    records_path: Optional[str] = None
+
+
+@dataclass
+class LLMJudgeConfig(JudgeConfig):
+    """Any OpenAI-compatible /v1/chat/completions endpoint."""
+    name: str = "llm"
     base_url: str = "http://127.0.0.1:8000/v1"
     model: str = "default"
     api_key_env: str = "PRMLOOP_JUDGE_API_KEY"  # the NAME of the env var; the key itself is never in a config
@@ -26,46 +68,59 @@ class JudgeConfig:
     backoff_max_s: float = 30.0  # also caps a server's Retry-After
     max_concurrency: int = 64  # requests in flight at once (a served model batches them)
 
-    # oracle: labelled records (JSON list or JSONL: question/problem, steps, first_error/label);
-    # when null, the caller passes records= (e.g. judges.eval passes the benchmark items)
-    records_path: Optional[str] = None
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems = [f"judge.{key} must be {rule}, got {getattr(self, key)}" for key, rule, ok in (
+            ("max_concurrency", ">= 1", self.max_concurrency >= 1), ("max_retries", ">= 0", self.max_retries >= 0),
+            ("timeout_s", "> 0", self.timeout_s > 0), ("deadline_s", "> 0", self.deadline_s > 0),
+            ("max_tokens", ">= 1", self.max_tokens >= 1)) if not ok]
+        if problems:
+            raise ValueError("invalid judge config: " + "; ".join(problems))
 
-    # ledger and budget (one ledger file = one budget; None = unlimited)
-    ledger_path: Optional[str] = None
-    max_labels: Optional[int] = None  # judge calls paid, invalid ones included
-    max_total_tokens: Optional[int] = None  # prompt + completion tokens over all calls
-    ledger_lease_s: float = 120.0  # a reservation not renewed for this long (its process died) expires
+
+# kind -> schema; judges.base.register_judge adds a new kind's `config_class`
+JUDGE_SCHEMAS: dict[str, type[JudgeConfig]] = {"rule": RuleJudgeConfig, "oracle": OracleJudgeConfig,
+                                               "rule_outcome": RuleOutcomeJudgeConfig, "llm": LLMJudgeConfig}
+
+
+def judge_schema(name: str) -> type[JudgeConfig]:
+    if name not in JUDGE_SCHEMAS:
+        raise KeyError(f"unknown judge {name!r} (judge.name); registered judges: {sorted(JUDGE_SCHEMAS)}")
+    return JUDGE_SCHEMAS[name]
 
 
 def validate_judge_config(cfg: Any) -> JudgeConfig:
-    """Merge cfg (dict / DictConfig / JudgeConfig) onto the schema; raise ValueError naming the bad key."""
-    if isinstance(cfg, JudgeConfig):
-        cfg = OmegaConf.structured(cfg)
+    """Merge cfg (a kind name, dict, DictConfig or JudgeConfig) onto its kind's schema; raise ValueError
+    naming the bad key."""
+    if isinstance(cfg, str):
+        cfg = {"name": cfg}
+    if isinstance(cfg, JudgeConfig):   # maybe another kind's class: re-read as plain keys
+        cfg = asdict(cfg)
     elif not isinstance(cfg, (dict, DictConfig)):
-        raise TypeError(f"a judge config must be a dict, DictConfig or JudgeConfig, not {type(cfg).__name__}")
+        raise TypeError(f"a judge config must be a name, dict, DictConfig or JudgeConfig, not {type(cfg).__name__}")
+    schema = judge_schema(cfg.get("name") or "rule")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(JudgeConfig), cfg)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise ValueError(f"invalid judge config: {exc}".strip()) from None
+        raise ValueError(f"invalid judge config for judge.name={schema.name}: {exc}".strip()) from None
     assert isinstance(config, JudgeConfig)
-    _check_ranges(config)
     return config
 
 
-def _check_ranges(c: JudgeConfig) -> None:
-    problems = []
-    if c.max_concurrency < 1:
-        problems.append(f"max_concurrency must be >= 1, got {c.max_concurrency}")
-    if c.max_retries < 0:
-        problems.append(f"max_retries must be >= 0, got {c.max_retries}")
-    for key in ("timeout_s", "deadline_s", "ledger_lease_s"):
-        if getattr(c, key) <= 0:
-            problems.append(f"{key} must be > 0, got {getattr(c, key)}")
-    if c.max_tokens < 1:
-        problems.append(f"max_tokens must be >= 1, got {c.max_tokens}")
-    for key in ("max_labels", "max_total_tokens"):
-        if getattr(c, key) is not None and getattr(c, key) < 0:
-            problems.append(f"{key} must be >= 0 or null, got {getattr(c, key)}")
-    if problems:
-        raise ValueError("invalid judge config: " + "; ".join(problems))
+@dataclass
+class JudgeEvalConfig:
+    """`python -m judges.eval`: a judge's ProcessBench F1, every label through the ledger."""
+    judge: Any = field(default_factory=lambda: {"name": "rule"})  # validated by validate_judge_config
+    data_root: str = "../shared/data"  # relative to the directory you run from (the repo root), or absolute
+    subsets: list[str] = field(default_factory=lambda: ["gsm8k"])
+    limit: Optional[int] = None  # N items of each subset, evenly spaced (both classes)
+    ledger: str = "outputs/judge_eval/ledger.sqlite"  # labels persist: a rerun pays nothing twice
+    out_dir: str = "outputs/judge_eval"
+
+    def __post_init__(self) -> None:
+        self.judge = validate_judge_config(self.judge)
+
+
+# The base of configs/judge_eval.yaml (first in its defaults list): every key overridable without `+`.
+ConfigStore.instance().store(name="judge_eval_schema", node=JudgeEvalConfig)

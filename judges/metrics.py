@@ -1,4 +1,4 @@
-"""ProcessBench F1 (DESIGN.md section 6)."""
+"""ProcessBench F1 (docs/method.md, Metrics)."""
 from __future__ import annotations
 
 import math

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from judges.base import Cost, Judge, Verdict, item_key, register_judge
+from judges.config import OracleJudgeConfig
 from judges.rows import Rows, Where
 
 
 @register_judge("oracle")
 class OracleJudge(Judge):
+    config_class = OracleJudgeConfig
     def __init__(self, records: Iterable[Mapping[str, Any]]):
         self._labels: dict[str, int] = {}
         for i, record in enumerate(records):

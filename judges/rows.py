@@ -161,10 +161,12 @@ def _skip_ws(text: str, pos: int) -> int:
     return pos
 
 
-def load_processbench_rows(path: str | Path, skip_bad_rows: bool = False) -> tuple[list[dict], list[str]]:
+def load_processbench_rows(path: str | Path, skip_bad_rows: bool = False,
+                           rows: Rows | None = None) -> tuple[list[dict], list[str]]:
     """Validated ProcessBench rows {id, problem, steps, label, generator, final_answer_correct, line};
-    and the messages of rows skipped. `id` defaults to '<file stem>-<item>' when a row has none."""
-    rows = Rows(Path(path), skip_bad_rows)
+    and the messages of rows skipped. `id` defaults to '<file stem>-<item>' when a row has none.
+    `rows`: another reader of the same records (prm.data reads hub / parquet sources)."""
+    rows = rows if rows is not None else Rows(Path(path), skip_bad_rows)
 
     def parse(at: Where, rec: dict) -> dict:
         steps = rows.steps(at, rec, "steps")

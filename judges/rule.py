@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from judges.arith import ArithError, Tok, evaluate, rounds_to
 from judges.base import Cost, Judge, Verdict, register_judge
+from judges.config import RuleJudgeConfig
 from judges.rule_text import (ANNOTATION, CLEAN_PUNCT, LABEL_WORDS, OPERATOR_WORDS, VALUE_END, Lex, lex,
                               normalize, rewrite)
 
@@ -215,6 +216,7 @@ def _fmt(v: Fraction) -> str:
 
 @register_judge("rule")
 class RuleJudge(Judge):
+    config_class = RuleJudgeConfig
     @property
     def identity(self) -> str:
         return f"rule:{RULES_VERSION}"

@@ -35,7 +35,7 @@ def extract_answer(text: str, fallback_last_number: bool = False) -> str | None:
     """The final answer of a solution: \\boxed{}, else an 'answer is X' line, else '#### X'.
 
     The last number of the text is used only when asked: small models repeat expressions from the
-    question, and scoring those as answers inflates accuracy (ENVIRONMENT.md measured 19 of 58).
+    question, and scoring those as answers inflates accuracy.
     """
     found = last_boxed(text)
     if found is None:

@@ -1,4 +1,4 @@
-"""Dataclass schemas for the hydra config groups `prm`, `data` (PRM pools) and `trainer`.
+"""Dataclass schemas for the hydra config groups `prm`, `pool` (trajectories to label or score) and `trainer`.
 
 Every entry point merges its composed config into its schema with `validate`, so an unknown key or
 an ill-typed value fails at start-up with a message naming the key, before any model is loaded.
@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from judges.config import validate_judge_config
 
 T = TypeVar("T")
 
@@ -27,6 +30,8 @@ def validate(cfg: DictConfig | dict, schema: type[T]) -> T:
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         raise ConfigError(f"invalid config for {schema.__name__}: {err}") from None
+    except (KeyError, ValueError) as err:   # a schema's own rule (__post_init__), named by its keys
+        raise ConfigError(err.args[0] if err.args else str(err)) from None
 
 
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -61,13 +66,40 @@ def check_device(device: str, key: str = "prm.device") -> None:
         raise ConfigError(f"{key}={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
 
 
+class SelectMode(StrEnum):
+    """Which trajectories go to the judge (prm.selection.select; docs/method.md, Eq. 5). One vocabulary
+    for prm.train and rl.online (prm.train's old mode=active|random|full: uncertain|random|all)."""
+    uncertain = "uncertain"   # Eq. 5, most uncertain first when a budget caps it
+    random = "random"         # uniformly at random (a baseline at equal budget)
+    all = "all"               # every trajectory
+    none = "none"             # nothing judged
+
+
+class PRMTrainMode(StrEnum):
+    full = "full"
+    lora = "lora"
+    frozen = "frozen"         # heads only, on cached separator features
+
+
+class BatchLayout(StrEnum):
+    """Token layout of the PRM's training batches (prm.batching): same loss and gradients, less padding."""
+    padded = "padded"       # right-padded to the longest
+    bucketed = "bucketed"   # sorted sub-batches, <= 10 % pad each: no attention across sequences (CPU)
+    packed = "packed"       # rows of sequences end to end, block-diagonal attention (GPU, flash-attention varlen)
+
+
+class PRMJob(StrEnum):
+    train = "train"           # select, label, train over the pool (then evaluate)
+    filter = "filter"         # score the pool with a trained PRM, write its Eq. 5-uncertain part
+
+
 @dataclass
 class PRMConfig:
     backbone: str = "smollm2-135m-instruct"   # a built-in name (prm.models), a local dir or an HF id
     dtype: str = "fp32"                       # bf16 only where the CPU has AVX512-BF16/AMX (else 3x slower)
     num_heads: int = 32                       # K; the paper's ensemble size
     head_hidden: int = 128
-    train_mode: str = "frozen"                # full | lora | frozen (heads only, cached features)
+    train_mode: PRMTrainMode = PRMTrainMode.frozen
     lora_r: int = 16
     lora_alpha: int = 32
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -81,6 +113,11 @@ class PRMConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     batch_size: int = 8
+    # Training batches' token layout (prm.batching), same loss and gradients: padded | bucketed (sorted
+    # sub-batches; the default: no quadratic attention over a packed row, fastest on a CPU) | packed (rows of
+    # sequences end to end, block-diagonal attention from restarting position ids; for GPUs)
+    batch_layout: BatchLayout = BatchLayout.bucketed
+    pack_tokens: int = 2048                   # bucketed/packed: at most this many tokens per sub-batch / row
     # Optimizer steps per PRMLearner.update call, all on that call's selected, labelled batch (selection
     # and labels from the first pass, paid once): the online loop gets few labels a round, so reusing
     # them lets its PRM learn faster. Not replays of older labels (that is prm.train's epochs).
@@ -98,11 +135,11 @@ class PRMConfig:
 
 
 @dataclass
-class DataConfig:
+class PoolConfig:
     name: str = "prm800k"
     data_root: str | None = None              # None -> ../shared/data next to the repo
-    pool: str = "prm800k"                     # prm800k | processbench/<subset> | jsonl | trl | math_shepherd
-    path: str | None = None                   # file for jsonl/trl/math_shepherd pools
+    kind: str = "prm800k"                     # prm800k | processbench/<subset> | jsonl | trl | math_shepherd
+    path: str | None = None                   # file for jsonl/trl/math_shepherd; processbench: a file or hf:<hub id>
     neutral_as: str = "correct"               # PRM800K rating 0: 'correct' (usual) or 'error'
     limit: int | None = None
     max_tokens: int | None = 512              # drop pool items longer than this (tokens)
@@ -116,16 +153,15 @@ class TrainerConfig:
     seed: int = 0
     zero_stage: int = 0                       # DeepSpeed ZeRO stage; 0 = plain data parallel
     deepspeed: bool = True
-    log_every: int = 1
     save_every: int = 1                       # rounds (online) or batches (PRM training)
     resume: str = "auto"                      # auto | never | <checkpoint dir>
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class EvalConfig:
     subsets: list[str] = field(default_factory=lambda: ["gsm8k", "math"])  # ProcessBench; ["all"] = the four
+    processbench_source: str | None = None    # None: <data_root>/processbench; hf:Qwen/ProcessBench = the hub
     limit: int | None = None                  # items per subset
     threshold: float = 0.5                    # tau when not tuned
     tune_on: str | None = None                # pick tau on this ProcessBench subset, apply it to all
@@ -137,27 +173,55 @@ class EvalConfig:
 @dataclass
 class PRMEvalConfig:
     prm: PRMConfig = field(default_factory=PRMConfig)
-    judge: dict[str, Any] | None = None       # evaluate a judge instead of a PRM (judges.config.JudgeConfig)
+    judge: Any = None                         # evaluate a judge instead of a PRM (judges.config schema of its kind)
     eval: EvalConfig = field(default_factory=EvalConfig)
     data_root: str | None = None
     out_dir: str | None = "outputs/prm_eval"
+
+    def __post_init__(self):
+        if self.judge is not None:
+            self.judge = validate_judge_config(self.judge)
+
+
+@dataclass
+class PoolSelectConfig:
+    mode: SelectMode = SelectMode.uncertain
+    budget: float = 1.0                       # <= 1: fraction of the pool; > 1: number of labels
+
+    def __post_init__(self):
+        if self.mode == SelectMode.none:
+            raise ConfigError("select.mode=none trains on nothing; prm.train takes select.mode=uncertain|random|all")
+        if self.budget <= 0:
+            raise ConfigError(f"select.budget must be > 0, got {self.budget}")
+
+
+RENAMED = {"mode": "select.mode (active -> uncertain, full -> all, random -> random) or job=filter",
+           "budget": "select.budget"}
 
 
 @dataclass
 class PRMTrainConfig:
     prm: PRMConfig = field(default_factory=PRMConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    judge: Any = "oracle"                     # a judge name or a judges.config.JudgeConfig dict; oracle = pool labels
+    judge: Any = "oracle"                     # a judge name or its schema's dict (judges.config); oracle = pool labels
     eval: EvalConfig = field(default_factory=EvalConfig)
-    mode: str = "active"                      # active | random | full | filter
-    budget: float = 1.0                       # <= 1: fraction of the pool; > 1: number of labels
+    job: PRMJob = PRMJob.train
+    select: PoolSelectConfig = field(default_factory=PoolSelectConfig)
     epochs: int = 1                           # passes: the stream, then epochs-1 replays of the acquired labels
     feature_cache: str | None = None          # frozen mode: safetensors file of separator features (reused)
     ledger: str | None = None                 # None -> judge.ledger_path, else <out_dir>/ledger.sqlite
     filter_out: str | None = None             # mode=filter: JSONL of the uncertain part (None -> <out_dir>/uncertain.jsonl)
     stop_after_batches: int | None = None     # stop (with a checkpoint) after this many updates: tests, time limits
     run_eval: bool = True
+    mode: str | None = None                   # renamed (RENAMED): a value here fails with the new key
+    budget: float | None = None               # renamed: select.budget
+
+    def __post_init__(self):
+        for old, new in RENAMED.items():
+            if getattr(self, old) is not None:
+                raise ConfigError(f"{old}={getattr(self, old)} was renamed: use {new}")
+        self.judge = validate_judge_config(self.judge)
 
 
 # The schemas are the base of their top-level configs (first in each defaults list), so hydra composes

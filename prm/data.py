@@ -1,4 +1,4 @@
-"""The data model (DESIGN.md section 1) and loaders for every dataset prmloop reads.
+"""The data model (docs/method.md, Data model and steps) and loaders for every dataset prmloop reads.
 
 Problem     a question with an optional reference answer.
 Trajectory  a question plus its solution steps and, when labelled, the first-error index
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from judges.rows import DataError, Rows, Where, load_processbench_rows
 
@@ -50,6 +50,44 @@ def data_root(root: str | Path | None = None) -> Path:
 # ---------------------------------------------------------------- row reading + validation
 _Rows = Rows  # judges.rows: file, 1-based line and field in every error; skip_bad_rows
 
+HUB_PREFIX = "hf:"
+# The public datasets behind the loaders, as `source` values (a hub is not reachable from this project's
+# machines; the same rows are under data_root): GSM8K "hf:openai/gsm8k:main", MATH-500
+# "hf:HuggingFaceH4/MATH-500", ProcessBench "hf:Qwen/ProcessBench" (split = the subset).
+
+
+def hub_rows(source: str, split: str) -> list[dict]:
+    """The rows of `source` through HF `datasets`: `hf:<hub id>[:<config>]` (one split of a hub dataset)
+    or a local .parquet file."""
+    import datasets
+
+    if source.startswith(HUB_PREFIX):
+        name, _, config = source[len(HUB_PREFIX):].partition(":")
+        return list(datasets.load_dataset(name, config or None, split=split))
+    return list(datasets.load_dataset("parquet", data_files=source, split="train"))
+
+
+@dataclass
+class HubRows(Rows):
+    """Rows of a HF `datasets` source (hub_rows), checked like a file's; errors name the 1-based row."""
+    split: str = "train"
+
+    def records(self) -> Iterator[tuple[Where, Any]]:
+        if not str(self.path).startswith(HUB_PREFIX) and not self.path.is_file():
+            raise DataError(self.path, None, None, "file not found")
+        for n, rec in enumerate(hub_rows(str(self.path), self.split), start=1):
+            yield Where(n, unit="row"), rec
+
+
+def rows_of(source: str | Path | None, default: Path, split: str = "train", skip_bad_rows: bool = False) -> Rows:
+    """`source`: None = the `default` file under data_root; `hf:<id>[:<config>]` or a .parquet file =
+    through HF datasets; any other path = that JSON/JSONL file."""
+    if source is None:
+        return Rows(default, skip_bad_rows)
+    if str(source).startswith(HUB_PREFIX) or str(source).endswith(".parquet"):
+        return HubRows(Path(source), skip_bad_rows, split=split)
+    return Rows(Path(source), skip_bad_rows)
+
 
 last_skipped: list[str] = []  # messages of rows skipped by the most recent loader call
 
@@ -71,8 +109,8 @@ def gsm8k_answer(solution: str) -> str:
 
 
 def load_gsm8k(split: str = "test", root: str | Path | None = None, skip_bad_rows: bool = False,
-               limit: int | None = None) -> list[Problem]:
-    rows = _Rows(data_root(root) / "gsm8k" / f"{split}.jsonl", skip_bad_rows)
+               limit: int | None = None, source: str | None = None) -> list[Problem]:
+    rows = rows_of(source, data_root(root) / "gsm8k" / f"{split}.jsonl", split, skip_bad_rows)
 
     def parse(i: int, rec: dict) -> Problem:
         solution = rows.get(i, rec, "answer")
@@ -86,8 +124,8 @@ def load_gsm8k(split: str = "test", root: str | Path | None = None, skip_bad_row
 
 
 def load_math500(root: str | Path | None = None, skip_bad_rows: bool = False,
-                 limit: int | None = None) -> list[Problem]:
-    rows = _Rows(data_root(root) / "math500" / "test.jsonl", skip_bad_rows)
+                 limit: int | None = None, source: str | None = None) -> list[Problem]:
+    rows = rows_of(source, data_root(root) / "math500" / "test.jsonl", "test", skip_bad_rows)
     parse = lambda i, rec: Problem(rows.get(i, rec, "problem"), rows.get(i, rec, "answer"),
                                    f"math500:{rec.get('unique_id', i)}")
     return _finish(rows, rows.parse(parse))[:limit]
@@ -95,11 +133,14 @@ def load_math500(root: str | Path | None = None, skip_bad_rows: bool = False,
 
 # ---------------------------------------------------------------- labelled trajectories
 def load_processbench(subset: str, root: str | Path | None = None, skip_bad_rows: bool = False,
-                      limit: int | None = None) -> list[Trajectory]:
+                      limit: int | None = None, source: str | None = None) -> list[Trajectory]:
+    """`source`: None = <data_root>/processbench/<subset>.json; `hf:Qwen/ProcessBench` = the hub's split
+    `subset`; a file = that file."""
     if subset not in PROCESSBENCH_SUBSETS:
         raise ValueError(f"ProcessBench subset '{subset}' unknown; use one of {PROCESSBENCH_SUBSETS}")
-    path = data_root(root) / "processbench" / f"{subset}.json"
-    records, skipped = load_processbench_rows(path, skip_bad_rows)  # the loader judges.eval uses too
+    rows = rows_of(source, data_root(root) / "processbench" / f"{subset}.json", subset, skip_bad_rows)
+    path = rows.path
+    records, skipped = load_processbench_rows(path, skip_bad_rows, rows)  # the loader judges.eval uses too
     items = [Trajectory(r["problem"], r["steps"], r["label"], source=f"processbench/{subset}:{r['id']}",
                         generator=r["generator"], meta={"final_answer_correct": r["final_answer_correct"]})
              for r in records]
@@ -108,13 +149,14 @@ def load_processbench(subset: str, root: str | Path | None = None, skip_bad_rows
 
 def load_trajectories_jsonl(path: str | Path, skip_bad_rows: bool = False) -> list[Trajectory]:
     """prmloop's own format (what the judge ledger exports): question, steps, first_error, ..."""
-    rows = _Rows(Path(path), skip_bad_rows)
+    rows = rows_of(str(path), Path(path), "train", skip_bad_rows)
 
     def parse(i: int, rec: dict) -> Trajectory:
         steps = rows.steps(i, rec, "steps")
         label = rows.first_error(i, rec, "first_error", len(steps)) if rec.get("first_error") is not None else None
         return Trajectory(rows.get(i, rec, "question"), steps, label, rec.get("reference_answer"),
-                          rec.get("source", f"{Path(path).name}:{i}"), rec.get("generator", ""), rec.get("round"))
+                          rec.get("source", f"{Path(path).name}:{i}"), rec.get("generator", ""), rec.get("round"),
+                          rec.get("meta") or {})
 
     return _finish(rows, rows.parse(parse))
 
@@ -243,11 +285,12 @@ def load_prm800k(split: str = "train", root: str | Path | None = None, neutral_a
 
 
 def load_pool(kind: str, path: str | None = None, root: str | Path | None = None, **kw) -> list[Trajectory]:
-    """Registry-style access used by configs: kind = prm800k | processbench/<subset> | jsonl | trl | math_shepherd."""
+    """Registry-style access used by configs: kind = prm800k | processbench/<subset> | jsonl | trl | math_shepherd.
+    `path`: the file of a jsonl/trl/math_shepherd pool; for processbench a `source` (a file or hf:<hub id>)."""
     if kind == "prm800k":
         return load_prm800k(root=root, **kw)
     if kind.startswith("processbench/"):
-        return load_processbench(kind.split("/", 1)[1], root=root, **kw)
+        return load_processbench(kind.split("/", 1)[1], root=root, source=path, **kw)
     loaders = {"jsonl": load_trajectories_jsonl, "trl": load_trl_prm, "math_shepherd": load_math_shepherd}
     if kind not in loaders or not path:
         raise ValueError(f"pool kind '{kind}' unknown or needs a path; kinds: prm800k, processbench/<subset>, "

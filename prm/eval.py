@@ -1,4 +1,4 @@
-"""`python -m prm.eval`: ProcessBench and PRMBench for any step scorer (DESIGN.md §6).
+"""`python -m prm.eval`: ProcessBench and PRMBench for any step scorer (docs/method.md, Metrics).
 
 A scorer maps (questions, steps) to one score in [0, 1] per step. Built-in scorers: a trained PRM
 (`prm.path=<dir saved by prm.train>`, or a fresh one for a baseline), or a judge (`judge.name=rule`
@@ -82,13 +82,13 @@ def spread_sample(items: list, limit: int | None) -> list:
     return [items[i * len(items) // limit] for i in range(limit)]
 
 
-def load_processbench_sample(name: str, limit: int | None, root: str | None = None):
-    return spread_sample(load_processbench(name, root=root), limit)
+def load_processbench_sample(name: str, limit: int | None, root: str | None = None, source: str | None = None):
+    return spread_sample(load_processbench(name, root=root, source=source), limit)
 
 
 def evaluate_processbench(scorer: StepScorer, ecfg: EvalConfig, root: str | None = None,
                           progress: Callable | None = None) -> dict:
-    data = {name: load_processbench_sample(name, ecfg.limit, root) for name in ecfg.subsets}
+    data = {name: load_processbench_sample(name, ecfg.limit, root, ecfg.processbench_source) for name in ecfg.subsets}
     scores = {}
     for name, items in data.items():
         scores[name] = scorer([t.question for t in items], [t.steps for t in items])
@@ -97,7 +97,7 @@ def evaluate_processbench(scorer: StepScorer, ecfg: EvalConfig, root: str | None
     tau, tuned_on = ecfg.threshold, None
     if ecfg.tune_on:
         if ecfg.tune_on not in data:
-            tuning = load_processbench_sample(ecfg.tune_on, ecfg.limit, root)
+            tuning = load_processbench_sample(ecfg.tune_on, ecfg.limit, root, ecfg.processbench_source)
             data[ecfg.tune_on] = tuning
             scores[ecfg.tune_on] = scorer([t.question for t in tuning], [t.steps for t in tuning])
         tau, tuned_on = tune_threshold(scores[ecfg.tune_on], [t.first_error for t in data[ecfg.tune_on]]), ecfg.tune_on

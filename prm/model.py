@@ -1,5 +1,7 @@
-"""EnsemblePRM: one causal-LM backbone + K independent MLP heads scored at step separators (DESIGN.md §2).
+"""EnsemblePRM: one causal-LM backbone + K independent MLP heads scored at step separators (docs/method.md, Ensemble PRM).
 
+Batches prm.batching: padded, length-bucketed or packed (cfg.batch_layout, training only; scoring sorts
+        by length and pads, which wastes little): same features, loss and gradients, fewer pad tokens.
 Input   chat template, question as the user turn, assistant turn `step1 <sep> step2 <sep> ... stepN <sep>`.
         The separator `<extra_0>` is added to the tokenizer when missing (embedding initialised from the
         blank-line token). Step positions are recorded while the ids are built, so a separator that
@@ -34,6 +36,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from prm import batching
+from prm.batching import PRMBatch  # noqa: F401  (re-exported: prm.model.PRMBatch)
 from prm.config import PRMConfig, resolve_device
 from prm.models import load_model
 
@@ -43,23 +47,6 @@ class StepScores:
     """Scores of one trajectory: per step the ensemble mean (the step reward) and std (uncertainty)."""
     mean: list[float]
     std: list[float]
-
-
-@dataclass
-class PRMBatch:
-    """A padded batch. Either token inputs (input_ids, attention_mask) with the separator positions
-    (rows, positions: one entry per scored step, flat), or precomputed separator features [N, H]."""
-    step_mask: torch.Tensor                    # [B, S] bool: which (trajectory, step) slots are real
-    input_ids: torch.Tensor | None = None      # [B, T]
-    attention_mask: torch.Tensor | None = None
-    rows: torch.Tensor | None = None           # [N] batch row of each scored step
-    positions: torch.Tensor | None = None      # [N] token position of its separator
-    features: torch.Tensor | None = None       # [N, H] cached separator hidden states
-
-    def to(self, device: torch.device | str) -> "PRMBatch":
-        """The same batch with every tensor on `device`."""
-        return PRMBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
-                           for f in fields(self)})
 
 
 class EnsembleHeads(nn.Module):
@@ -185,29 +172,23 @@ class EnsemblePRM(nn.Module):
             positions.append(len(ids) - 1)
         return ids, positions
 
-    def collate(self, encoded: list[tuple[list[int], list[int]]], n_steps: list[int] | None = None) -> PRMBatch:
-        """Right-pad token inputs; step_mask width = max number of steps (n_steps, default scored ones)."""
-        n_steps = n_steps or [len(p) for _, p in encoded]
-        width, length = max(n_steps + [1]), max(len(ids) for ids, _ in encoded)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(encoded), length), pad, dtype=torch.long)
-        attention = torch.zeros((len(encoded), length), dtype=torch.long)
-        step_mask = torch.zeros((len(encoded), width), dtype=torch.bool)
-        rows, positions = [], []
-        for b, (ids, pos) in enumerate(encoded):
-            input_ids[b, : len(ids)] = torch.tensor(ids)
-            attention[b, : len(ids)] = 1
-            step_mask[b, : len(pos)] = True
-            rows += [b] * len(pos)
-            positions += pos
-        return PRMBatch(step_mask, input_ids, attention, torch.tensor(rows, dtype=torch.long),
-                        torch.tensor(positions, dtype=torch.long)).to(self.device)
+    def collate(self, encoded: list[tuple[list[int], list[int]]], n_steps: list[int] | None = None,
+                layout: str = "padded") -> PRMBatch:
+        """Token batch in `layout` (padded | bucketed | packed, prm.batching) on the model's device;
+        step_mask width = max number of steps (n_steps, default scored ones)."""
+        return batching.build(encoded, self.tokenizer.pad_token_id, layout, self.cfg.pack_tokens,
+                              n_steps).to(self.device)
 
     # ------------------------------------------------------------------ forward
     def separator_features(self, batch: PRMBatch) -> torch.Tensor:
         """Backbone pass, then gather the last hidden state at the separators: [N, H]."""
         self._need_backbone("separator_features")
-        hidden = self.body(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        if batch.parts is not None:  # bucketed: sub-batch by sub-batch, then back in batch order
+            return torch.cat([self.separator_features(part) for part in batch.parts])[batch.order]
+        # use_cache=False: no KV cache to build, and transformers only reads packed rows' position ids
+        # (the block-diagonal mask) when there is neither a 2D mask nor a cache
+        hidden = self.body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids, use_cache=False).last_hidden_state
         return hidden[batch.rows, batch.positions]
 
     def forward(self, batch: PRMBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,7 +295,7 @@ class EnsemblePRM(nn.Module):
 
 # PRMConfig fields that belong to the run, not to the saved model (EnsemblePRM.from_config)
 RUN_SETTINGS = ("delta_pred", "delta_std", "reg_lambda", "lr", "head_lr", "weight_decay", "warmup_steps",
-                "batch_size", "update_steps", "pos_weight", "threshold", "seed")
+                "batch_size", "update_steps", "pos_weight", "threshold", "seed", "batch_layout", "pack_tokens")
 
 
 def _to_scores(logits: torch.Tensor) -> StepScores:

@@ -17,8 +17,13 @@ to "everything is correct"); the mean is weighted, i.e. divided by the total wei
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from prm.config import SelectMode
 
 
 def ensemble_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +57,48 @@ def uncertainty_priority(mu: torch.Tensor, sigma: torch.Tensor, step_mask: torch
     max_sigma = torch.where(considered, sigma, torch.zeros_like(sigma)).amax(dim=1)
     min_conf = torch.where(considered, torch.maximum(mu, 1 - mu), torch.ones_like(mu)).amin(dim=1)
     return max_sigma + (1 - min_conf)
+
+
+@dataclass
+class Selection:
+    """A selection decided on the scores of the pass that trains (PRMLearner.update)."""
+    mode: SelectMode
+    budget: int | None = None                 # at most this many trajectories (None: no cap)
+    rng: np.random.Generator | None = None    # random mode's draw
+
+
+def select_trajectories(mode: SelectMode, mu: torch.Tensor, sigma: torch.Tensor, step_mask: torch.Tensor,
+                        budget: int | None = None, rng: np.random.Generator | None = None,
+                        delta_pred: float = 0.9, delta_std: float = 0.01) -> torch.Tensor:
+    """The one selection of prm.train and rl.online: [B] bool, True = send to the judge.
+
+    uncertain  Eq. 5; over `budget`, the most uncertain first (uncertainty_priority)
+    random     min(budget, B) trajectories drawn uniformly with `rng` (the caller sizes the budget, e.g.
+               as many as Eq. 5 picks)
+    all        every trajectory; over `budget`, the first ones
+    none       nothing
+    """
+    count = mu.shape[0]
+    cap = count if budget is None else max(0, min(budget, count))
+    chosen = torch.zeros(count, dtype=torch.bool)
+    if mode == SelectMode.none or cap == 0:
+        return chosen
+    if mode == SelectMode.random:
+        if rng is None:
+            raise ValueError("select mode random needs an rng")
+        chosen[torch.as_tensor(rng.choice(count, size=cap, replace=False), dtype=torch.long)] = True
+        return chosen
+    if mode == SelectMode.all:
+        chosen[:cap] = True
+        return chosen
+    if mode != SelectMode.uncertain:
+        raise ValueError(f"unknown select mode {mode!r}; one of {[m.value for m in SelectMode]}")
+    uncertain = select_uncertain(mu, sigma, step_mask, delta_pred, delta_std).cpu()
+    if int(uncertain.sum()) <= cap:
+        return uncertain
+    priority = uncertainty_priority(mu, sigma, step_mask).cpu().masked_fill(~uncertain, -1.0)
+    chosen[torch.sort(priority, descending=True, stable=True).indices[:cap]] = True
+    return chosen
 
 
 def step_labels(first_errors: list[int | None], width: int) -> tuple[torch.Tensor, torch.Tensor]:

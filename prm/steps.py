@@ -1,4 +1,4 @@
-"""Steps and labels: one vocabulary for every part of prmloop (DESIGN.md section 1).
+"""Steps and labels: one vocabulary for every part of prmloop (docs/method.md, Data model and steps).
 
 first_error k (0-based; -1 = every step correct)  <->  per-step labels [1]*k + [0] (steps after k cut off).
 """
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+STEP_SEPARATOR = "\n\n"   # how steps are written and joined (a blank line); splitting also takes blank lines with spaces
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\\$(])")
 
@@ -33,7 +34,7 @@ def clean_step(step: str) -> str:
 
 
 def join_steps(steps: list[str]) -> str:
-    return "\n\n".join(steps)
+    return STEP_SEPARATOR.join(steps)
 
 
 def labels_from_first_error(first_error: int, n_steps: int) -> list[int]:

@@ -5,20 +5,20 @@
         with a heads-only PRM, EnsemblePRM.heads_only, every item must already be in it: no backbone).
     learner.score(questions: list[str], steps: list[list[str]], batch_size: int | None = None)
         -> list[StepScores]            # .mean / .std per step, no grad (cached features in frozen mode)
-    learner.update(trajectories: list[Trajectory], select: bool | list[bool] = True,
-                   reveal: Callable[[list[Trajectory]], list[int | None]] | None = None,
-                   max_select: int | None = None) -> dict[str, float]
+    learner.update(trajectories: list[Trajectory], mask: Sequence[bool] | Selection,
+                   reveal: Callable[[list[Trajectory]], list[int | None]] | None = None) -> dict[str, float]
         One forward pass over the given trajectories serves both selection and the loss, then one
         optimizer step (all ranks step together, even when nothing was selected: regulariser only);
         prm.update_steps > 1 adds forward/step passes on the same selected, labelled batch.
-        select=True   Eq. 5 picks the uncertain trajectories (capped at max_select, most uncertain first);
-        select=False  every labelled trajectory is trained on;
-        select=[...]  an explicit mask (e.g. the random baseline).
+        mask          which trajectories are labelled and trained on: a list of bools, or a
+                      prm.selection.Selection (mode, budget, rng) decided on this pass's scores with
+                      prm.selection.select_trajectories (Eq. 5 thresholds from prm.delta_pred/delta_std).
         reveal        called once with the selected trajectories and returns their first-error
                       labels (None = invalid: not trained on). Default: read t.first_error. This is
                       how the pool trainer only pays for labels it selects.
         Metrics: n, selected, labelled, loss, bce, reg, acc_before (step accuracy on the labelled
-        steps; all from the first, pre-update pass), lr, seconds.  `learner.last_selected` holds the mask and
+        steps; all from the first, pre-update pass), lr, pad_fraction (pad share of the backbone's
+        tokens, prm.batch_layout), seconds.  `learner.last_selected` holds the mask and
         `learner.last_labels` the revealed labels of the last call.
     learner.state_dict() / load_state_dict(sd)          # model + optimizer + scheduler + step (ZeRO 0)
     learner.save_checkpoint(dir, client_state) / load_checkpoint(dir) -> client_state   # any ZeRO stage
@@ -37,7 +37,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -47,8 +47,8 @@ from prm.config import TrainerConfig
 from prm.data import Trajectory
 from prm.features import FeatureCache
 from prm.model import EnsemblePRM, PRMBatch, StepScores
-from prm.selection import (bce_weights, ensemble_stats, prm_loss, select_uncertain, step_labels,
-                           uncertainty_priority)
+from prm.selection import (Selection, bce_weights, ensemble_stats, prm_loss, select_trajectories,
+                           step_labels)
 
 
 def _free_port() -> str:
@@ -142,12 +142,11 @@ class PRMLearner:
                 step_mask[b, : len(f)] = True
             return PRMBatch(step_mask, features=torch.cat(feats) if feats else None).to(self.prm.device)
         encoded = [self.prm.encode(t.question, t.steps, self.cfg.max_length) for t in trajectories]
-        return self.prm.collate(encoded)
+        return self.prm.collate(encoded, layout=self.cfg.batch_layout)
 
     # ------------------------------------------------------------------ the update
-    def update(self, trajectories: list[Trajectory], select: bool | list[bool] = True,
+    def update(self, trajectories: list[Trajectory], mask: Sequence[bool] | Selection,
                reveal: Callable[[list[Trajectory]], list[int | None]] | None = None,
-               max_select: int | None = None,
                reduce_weight: Callable[[float], tuple[float, int]] | None = None) -> dict[str, float]:
         """(See the module doc.) `reduce_weight` (data parallel): local BCE weight -> (the sum over
         ranks, the number of ranks), a collective every rank calls once per update."""
@@ -157,36 +156,32 @@ class PRMLearner:
         batch = self._batch(trajectories)
         logits, penalty = model(batch)
         mu, sigma = ensemble_stats(logits)
-        mask = batch.step_mask
-        if select is True:
-            chosen = select_uncertain(mu, sigma, mask, self.cfg.delta_pred, self.cfg.delta_std)
-            if max_select is not None and int(chosen.sum()) > max_select:
-                priority = uncertainty_priority(mu, sigma, mask).masked_fill(~chosen, -1.0)
-                keep = torch.topk(priority, max_select).indices
-                chosen = torch.zeros_like(chosen)
-                chosen[keep] = True
-        elif select is False:
-            chosen = torch.tensor([t.first_error is not None or reveal is not None for t in trajectories])
+        step_mask = batch.step_mask
+        if isinstance(mask, Selection):
+            chosen = select_trajectories(mask.mode, mu, sigma, step_mask, mask.budget, mask.rng,
+                                         self.cfg.delta_pred, self.cfg.delta_std)
         else:
-            chosen = torch.as_tensor(list(select), dtype=torch.bool)
-        chosen = chosen.to(mask.device)
+            if len(mask) != len(trajectories):
+                raise ValueError(f"mask has {len(mask)} entries for {len(trajectories)} trajectories")
+            chosen = torch.as_tensor(list(mask), dtype=torch.bool)
+        chosen = chosen.to(step_mask.device)
         picked = [t for t, c in zip(trajectories, chosen.tolist()) if c]
         revealed = reveal(picked) if (reveal is not None and picked) else [t.first_error for t in picked]
         it = iter(revealed)
         first_errors = [next(it) if c else None for c in chosen.tolist()]
-        labels, labelled = (x.to(mask.device) for x in step_labels(first_errors, mask.shape[1]))
-        labelled &= mask  # truncated trajectories: no label beyond the last scored step
+        labels, labelled = (x.to(step_mask.device) for x in step_labels(first_errors, step_mask.shape[1]))
+        labelled &= step_mask  # truncated trajectories: no label beyond the last scored step
         norm = {}
         if reduce_weight is not None:
-            local = float(bce_weights(labels, labelled, mask, chosen, self.cfg.pos_weight).sum()) * logits.shape[0]
+            local = float(bce_weights(labels, labelled, step_mask, chosen, self.cfg.pos_weight).sum()) * logits.shape[0]
             total, world = reduce_weight(local)
             norm = {"total_weight": total, "scale": float(world)}
-        loss, parts = prm_loss(logits, penalty, labels, labelled, mask, chosen, self.cfg.reg_lambda,
+        loss, parts = prm_loss(logits, penalty, labels, labelled, step_mask, chosen, self.cfg.reg_lambda,
                                self.cfg.pos_weight, **norm)
         self._optimizer_step(loss)
         for _ in range(self.cfg.update_steps - 1):  # same batch, selection and labels: no new judge calls
             again, penalty = model(batch)
-            self._optimizer_step(prm_loss(again, penalty, labels, labelled, mask, chosen, self.cfg.reg_lambda,
+            self._optimizer_step(prm_loss(again, penalty, labels, labelled, step_mask, chosen, self.cfg.reg_lambda,
                                           self.cfg.pos_weight, **norm)[0])
         self.last_selected, self.last_labels = chosen.tolist(), first_errors
         correct = ((mu >= self.cfg.threshold).float() == labels) & labelled
@@ -194,7 +189,8 @@ class PRMLearner:
         return {"n": len(trajectories), "selected": int(chosen.sum()),
                 "labelled": sum(k is not None for k in first_errors), "loss": float(loss.detach()), **parts,
                 "acc_before": float(correct.sum()) / n_lab if n_lab else float("nan"),
-                "lr": self.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - start}
+                "lr": self.optimizer.param_groups[-1]["lr"], "pad_fraction": batch.pad_fraction,
+                "seconds": time.perf_counter() - start}
 
     def _optimizer_step(self, loss: torch.Tensor) -> None:
         if self.engine is not None:

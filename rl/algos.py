@@ -1,4 +1,4 @@
-"""Advantages and the policy loss (DESIGN.md section 4, steps 7-8).
+"""Advantages and the policy loss (docs/method.md, Advantages).
 
 Rewards are *sparse token rewards*: a reward source puts values at chosen token positions of each
 completion — outcome: one value at the last token; process: each step's PRM reward at that step's

@@ -105,11 +105,13 @@ def save_round(out_dir: str | Path, round_index: int, policy, learner, state: di
     policy.save(tmp / "policy")
     if learner is not None:
         learner.save_checkpoint(tmp / "prm")
+    # state["rng"], when given, is the RNG state of the round's end (rl.schedule: taken before the next
+    # round's generation began); else the state now. Each rank keeps its own.
     if rank > 0:
-        save_state(rng_state(), tmp / f"rng_rank{rank}.pt")
+        save_state(state.get("rng") or rng_state(), tmp / f"rng_rank{rank}.pt")
     barrier()
     if rank == 0:   # every rank's files are in: state, manifest (last), rename
-        save_state({**state, "round": round_index, "rng": rng_state(), "world": world}, tmp / "state.pt")
+        save_state({"rng": rng_state(), **state, "round": round_index, "world": world}, tmp / "state.pt")
         write_manifest(tmp, round=round_index)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

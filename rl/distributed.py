@@ -65,7 +65,7 @@ class Ranks:
 
     def shard_bounds(self, total: int) -> tuple[int, int]:
         if total % self.world:
-            raise ValueError(f"data.prompts_per_round={total} is not a multiple of the {self.world} ranks: "
+            raise ValueError(f"task.prompts_per_round={total} is not a multiple of the {self.world} ranks: "
                              f"every rank must get the same number of prompts (GRPO groups are never split)")
         size = total // self.world
         return self.rank * size, (self.rank + 1) * size

@@ -1,31 +1,41 @@
-"""One online round (DESIGN.md section 4), phase by phase:
+"""One online round (docs/method.md, the online round), phase by phase:
 
-    generate -> verify -> score -> select -> judge -> prm_update -> advantage -> policy_update -> weight_sync
+    generate -> verify -> score -> select -> judge -> prm_update [-> rescore] -> advantage -> policy_update
+    -> weight_sync
 
-`OnlineLoop.round()` is the whole algorithm on one screen; the helpers below it do the bookkeeping.
+`rescore` runs only with prm_update=post_update_rewards (process rewards from the updated PRM).
+
+`OnlineLoop.round()` is the whole algorithm on one screen, in four halves (begin, rank, learn_prm,
+learn_policy) that rl.schedule may overlap across rounds; the helpers below do the bookkeeping.
 Data parallel (rl/distributed.py, the same code for 1 and N ranks): every rank draws the round's global
 batch and keeps its contiguous share of prompts (whole GRPO groups); generate, verify, score and
-advantages are local; selection (Eq. 5 per item, the judge budget over the gathered priorities), the
-judge (rank 0 labels every rank's picks once through its ledger, then broadcasts the verdicts), the PRM
-and policy updates (same steps on every rank, gradients all-reduced) and the metrics are global.
+advantages are local; selection (Eq. 5 per item, the judge budget over the gathered items), the judge
+(rank 0 labels every rank's picks once through its ledger, then broadcasts the verdicts), the PRM and
+policy updates (same steps on every rank, gradients all-reduced) and the metrics are global.
 """
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from judges.base import Cost
 from prm.data import Trajectory
-from prm.selection import select_uncertain, uncertainty_priority
+from prm.config import SelectMode
+from prm.selection import select_trajectories, select_uncertain
 from prm.steps import first_below, labels_from_first_error, split_steps
 from rl.algos import compute_advantages, keep_mask, outcome_source, step_end_tokens
+from rl.config import PRMUpdate
 from rl.distributed import Ranks, hash_seed
 from rl.policy import Sample
 from rl.report import PhaseTimer, std_histogram
 from rl.rollout import Completion, assert_single_version
+
+
+PHASES = ("generate", "verify", "score", "select", "judge", "prm_update", "rescore", "advantage", "policy_update",
+          "weight_sync", "wait_prm")  # the serial order (timing/* keys come in it); wait_prm: rl.schedule's overlap
 
 
 @dataclass
@@ -43,53 +53,97 @@ class Rollout:
     first_error: int | None = None       # the judge's verdict (None = not judged / invalid)
 
 
+@dataclass
+class RoundWork:
+    """A round in flight: what its phases produced so far and their busy seconds (two timers: the back
+    half, judge -> prm_update, may run in another thread)."""
+    index: int
+    timer: PhaseTimer
+    back_timer: PhaseTimer
+    rollouts: list[Rollout] = field(default_factory=list)
+    chosen: list[bool] = field(default_factory=list)
+    cost: Cost = field(default_factory=Cost)
+    metrics: dict = field(default_factory=dict)         # written by the foreground halves
+    back_metrics: dict = field(default_factory=dict)    # written by learn_prm
+
+
 class OnlineLoop:
     def __init__(self, cfg, task, stream, policy, rollout, learner, judge, ledger, checker, ranks: Ranks | None = None):
         self.cfg, self.task, self.stream, self.policy, self.rollout = cfg, task, stream, policy, rollout
         self.learner, self.judge, self.ledger, self.checker = learner, judge, ledger, checker  # judge, ledger: rank 0
         self.ranks = ranks or Ranks()
         self.tok = policy.tokenizer
-        self.on_phase = None  # callback(phase name) when a phase starts (progress display)
+        self.on_phase = None  # callback(round index, phase name) when a foreground phase starts (progress display)
 
     def round(self, index: int) -> tuple[dict, list[float]]:
-        cfg, t = self.cfg, PhaseTimer(self.on_phase)
-        problems = self.stream.next_batch(cfg.data.prompts_per_round)   # the global batch, on every rank
+        """One round, serially. rl.schedule runs the same four halves, where valid with judge -> prm_update
+        of round k in a worker thread beside round k's policy update and round k+1's generation."""
+        work = self.begin(index)      # generate -> verify
+        self.rank(work)               # score -> select
+        self.learn_prm(work)          # judge -> prm_update
+        self.learn_policy(work)       # [rescore ->] advantage -> policy_update -> weight_sync
+        return self.report(work)
+
+    def begin(self, index: int) -> RoundWork:
+        show = None if self.on_phase is None else (lambda phase: self.on_phase(index, phase))
+        work = RoundWork(index, PhaseTimer(show), PhaseTimer())
+        problems = self.stream.next_batch(self.cfg.task.prompts_per_round)   # the global batch, on every rank
         first, last = self.ranks.shard_bounds(len(problems))
-        with t("generate"):
-            rollouts = self.generate(problems[first:last], index, first)
-        with t("verify"):
-            passed = self.checker.score_solutions([r.reference for r in rollouts], [r.completion.text for r in rollouts],
-                                                  cfg.data.fallback_last_number)
-            for r, ok in zip(rollouts, passed):
+        with work.timer("generate"):
+            work.rollouts = self.generate(problems[first:last], index, first)
+        with work.timer("verify"):
+            passed = self.checker.score_solutions([r.reference for r in work.rollouts],
+                                                  [r.completion.text for r in work.rollouts],
+                                                  self.cfg.task.fallback_last_number)
+            for r, ok in zip(work.rollouts, passed):
                 r.passed = ok
-        with t("score"):
-            self.score(rollouts)
-        with t("select"):
-            chosen = self.select(rollouts, index)
-        with t("judge"):
-            judged, cost = self.judge_selected(rollouts, chosen)
-        with t("prm_update"):
-            prm_metrics = self.update_prm(rollouts, judged)
-        with t("advantage"):
-            samples, adv_metrics = self.advantages(rollouts)
-        with t("policy_update"):
-            policy_metrics = self.update_policy(samples, index)
-        with t("weight_sync"):
+        return work
+
+    def rank(self, work: RoundWork) -> None:
+        with work.timer("score"):
+            self.score(work.rollouts)
+        with work.timer("select"):
+            work.chosen = self.select(work.rollouts, work.index)
+
+    def learn_prm(self, work: RoundWork) -> None:
+        """The back half: touches the judge, the ledger and the PRM only (never the policy, the rollout
+        engine or the global RNG streams), so a schedule may run it in a worker thread."""
+        with work.back_timer("judge"):
+            judged, work.cost = self.judge_selected(work.rollouts, work.chosen)
+        with work.back_timer("prm_update"):
+            work.back_metrics.update(self.update_prm(judged, work.rollouts))
+        work.back_metrics["judge/labels"] = len(judged)   # this rank's; report() sums over ranks
+
+    def learn_policy(self, work: RoundWork) -> None:
+        if self.cfg.prm_update == PRMUpdate.post_update_rewards and "prm/agreement" in work.back_metrics:
+            with work.timer("rescore"):   # the policy's process rewards come from the updated PRM
+                self.score(work.rollouts)
+        with work.timer("advantage"):
+            samples, adv_metrics = self.advantages(work.rollouts)
+        with work.timer("policy_update"):
+            policy_metrics = self.update_policy(samples, work.index)
+        with work.timer("weight_sync"):
             sync_metrics = self.sync()
-        everyone = self.ranks.gather({"rollouts": [self._record(r) for r in rollouts], "chosen": sum(chosen),
-                                      "judged": len(judged), "seconds": t.seconds})
+        work.metrics.update({**adv_metrics, **{f"policy/{k}": v for k, v in policy_metrics.items()}, **sync_metrics})
+
+    def report(self, work: RoundWork, wall: float | None = None) -> tuple[dict, list[float]]:
+        """The round's metrics. timing/<phase>: busy seconds of each phase, whichever thread ran it;
+        timing/round: the round's wall time (serial: the sum of the phases)."""
+        cost = work.cost
+        mine = {**work.timer.seconds, **work.back_timer.seconds}
+        everyone = self.ranks.gather({"rollouts": [self._record(r) for r in work.rollouts], "chosen": sum(work.chosen),
+                                      "judged": work.back_metrics.get("judge/labels", 0), "seconds": mine})
         records = [x for part in everyone for x in part["rollouts"]]
         stds = [s for x in records for s in x["std"]]
         selected = sum(part["chosen"] for part in everyone)
-        seconds = {k: max(part["seconds"][k] for part in everyone) for k in t.seconds}  # the slowest rank's
-        metrics = {"round": index, **self.rollout_metrics(records), **adv_metrics, **prm_metrics,
+        busy = {k: max(part["seconds"].get(k, 0.0) for part in everyone) for k in mine}  # the slowest rank's
+        timing = {k: busy[k] for k in sorted(busy, key=lambda k: PHASES.index(k[7:]) if k[7:] in PHASES else len(PHASES))}
+        metrics = {"round": work.index, **self.rollout_metrics(records), **work.metrics, **work.back_metrics,
+                   "judge/labels": sum(part["judged"] for part in everyone),
                    "select/candidates": len(records), "select/selected": selected,
                    "select/fraction": selected / len(records), "judge/calls": cost.calls,
-                   "judge/tokens": cost.tokens, "judge/seconds": cost.seconds,
-                   "judge/labels": sum(part["judged"] for part in everyone),
-                   **{f"policy/{k}": v for k, v in policy_metrics.items()}, **sync_metrics,
-                   **std_histogram(stds), **seconds}
-        metrics["timing/round"] = sum(v for k, v in seconds.items())
+                   "judge/tokens": cost.tokens, "judge/seconds": cost.seconds, **std_histogram(stds), **timing}
+        metrics["timing/round"] = sum(timing.values()) if wall is None else wall
         return metrics, stds
 
     # ------------------------------------------------------------------ phases
@@ -116,28 +170,21 @@ class OnlineLoop:
             r.mean, r.std = list(s.mean), list(s.std)
 
     def select(self, rollouts: list[Rollout], index: int) -> list[bool]:
-        """uncertain: Eq. 5; all: judge everything; none: judge nothing; random: as many as Eq. 5 picks.
-        A per-round budget keeps the most uncertain (random mode: a random subset). Eq. 5 is per item;
-        the count, the random draw and the budget are decided over every rank's items (gathered in rank
-        order, the order one rank would have), and each rank keeps its own slice of the decision."""
+        """prm.selection.select_trajectories; random draws as many as Eq. 5 picks (equal budget).
+        A per-round budget keeps the most uncertain (random mode: a random subset). Decided over every
+        rank's items (gathered in rank order, the order one rank would have); each rank keeps its slice."""
         mode, budget = self.cfg.select.mode, self.cfg.select.budget_per_round
-        if self.learner is None or mode in ("all", "none"):
-            local, priority = [mode != "none"] * len(rollouts), [0.0] * len(rollouts)
-        else:
-            mu, sigma, mask = self._padded(rollouts)
-            local = select_uncertain(mu, sigma, mask, self.cfg.prm.delta_pred, self.cfg.prm.delta_std).tolist()
-            priority = uncertainty_priority(mu, sigma, mask).tolist()
-        parts = self.ranks.gather((local, priority))
-        chosen = [c for part, _ in parts for c in part]
-        priority = [p for _, part in parts for p in part]
-        if mode == "random" and self.learner is not None:  # equal budget: the count Eq. 5 picks, drawn uniformly
-            rng = random.Random(f"{self.cfg.trainer.seed}:select:{index}")
-            picked = set(rng.sample(range(len(chosen)), sum(chosen)))
-            chosen, priority = [i in picked for i in range(len(chosen))], [rng.random() for _ in chosen]
-        if budget is not None and sum(chosen) > budget:
-            ranked = set(sorted((i for i, c in enumerate(chosen) if c), key=lambda i: -priority[i])[:budget])
-            chosen = [i in ranked for i in range(len(chosen))]
-        offset = sum(len(part) for part, _ in parts[:self.ranks.rank])
+        if self.learner is None:
+            mode = SelectMode.all if mode == SelectMode.all else SelectMode.none
+        parts = self.ranks.gather([(r.mean, r.std) for r in rollouts])
+        offset = sum(len(part) for part in parts[:self.ranks.rank])
+        mu, sigma, mask = self._padded_scores([x for part in parts for x in part])
+        if mode == SelectMode.random:
+            picks = int(select_uncertain(mu, sigma, mask, self.cfg.prm.delta_pred, self.cfg.prm.delta_std).sum())
+            budget = picks if budget is None else min(budget, picks)
+        rng = np.random.default_rng([self.cfg.trainer.seed, index])
+        chosen = select_trajectories(mode, mu, sigma, mask, budget, rng, self.cfg.prm.delta_pred,
+                                     self.cfg.prm.delta_std).tolist()
         return chosen[offset:offset + len(rollouts)]
 
     def judge_selected(self, rollouts: list[Rollout], chosen: list[bool]) -> tuple[list[Rollout], Cost]:
@@ -157,35 +204,32 @@ class OnlineLoop:
             r.first_error = v.first_error if v is not None else None
         return [r for r in picked if r.first_error is not None], cost
 
-    def update_prm(self, rollouts: list[Rollout], judged: list[Rollout]) -> dict:
-        """PRM accuracy on judged data before/after the update; `before` re-scores for the rewards.
-        Every rank steps (a rank without labels trains on a zero BCE term: the regulariser only), with
-        the BCE normalised over all ranks' labels, so N ranks take the step one rank would."""
+    def update_prm(self, judged: list[Rollout], rollouts: list[Rollout] | None = None) -> dict:
+        """The PRM learns from this round's judged rollouts; its step accuracy on them before/after.
+        Every rank steps (a rank without labels trains on a zero BCE term, with one of its `rollouts`
+        as an unselected stand-in), the BCE normalised over all ranks' labels: N ranks take the step
+        one rank would."""
         if self.learner is None:
             return {}
         before = [x for part in self.ranks.gather([self._labelled(r, r.mean) for r in judged]) for x in part]
         if not before:  # no rank has a label (a global decision: every rank returns here)
             return {}
         agree = sum(first_below(mean, self.cfg.prm.threshold) == k for k, _, mean in before)
-        out = {"prm/agreement": agree / len(before),
-               "prm/acc_before": self._step_accuracy(before)}
-        if self.cfg.prm_update == "none":
+        out = {"prm/agreement": agree / len(before), "prm/acc_before": self._step_accuracy(before)}
+        if self.cfg.prm_update == PRMUpdate.none:
             return out
         trajectories = [Trajectory(r.question, r.steps, r.first_error, r.reference) for r in judged]
-        if not trajectories:  # nothing of ours to learn from: an unselected stand-in keeps the step collective
-            r = rollouts[0]
-            trajectories, select = [Trajectory(r.question, r.steps, None, r.reference)], [False]
-        else:
-            select = False
-        update = self.learner.update(trajectories, select=select, reduce_weight=self._sum_over_ranks)
+        mask = [True] * len(trajectories)
+        if not trajectories:  # nothing of ours to learn from: a stand-in keeps the step collective
+            r = (rollouts or [])[0]
+            trajectories, mask = [Trajectory(r.question, r.steps, None, r.reference)], [False]
+        update = self.learner.update(trajectories, mask, reduce_weight=self._sum_over_ranks)
         losses = self.ranks.gather((update["loss"], update.get("labelled", 0)))
         out.update({"prm/loss": sum(x for x, _ in losses) / len(losses), "prm/trained": sum(n for _, n in losses)})
         after = self.learner.score([r.question for r in judged], [r.steps for r in judged]) if judged else []
         after = [x for part in self.ranks.gather([self._labelled(r, s.mean) for r, s in zip(judged, after)])
                  for x in part]
         out["prm/acc_after"] = self._step_accuracy(after)
-        if self.cfg.prm_update == "before":  # rewards come from the updated PRM
-            self.score(rollouts)
         return out
 
     def _sum_over_ranks(self, value: float) -> tuple[float, int]:
@@ -220,7 +264,7 @@ class OnlineLoop:
         parts = self.ranks.gather((len(samples), float(flat.abs().sum()), flat.numel()))
         tokens = sum(n for _, _, n in parts)
         return samples, {"algo/kept": sum(k for k, _, _ in parts),
-                         "algo/adv_abs_mean": sum(a for _, a, _ in parts) / tokens if tokens else 0.0}
+                         "algo/adv_abs_mean": sum(x for _, x, _ in parts) / tokens if tokens else 0.0}
 
     def update_policy(self, samples: list[Sample], index: int) -> dict:
         """Every rank runs the same global minibatch plan (rl.distributed.minibatch_plan); when no rank
@@ -276,12 +320,19 @@ class OnlineLoop:
                 "policy_version": records[0]["version"]}  # the version that generated them
 
     def _padded(self, rollouts: list[Rollout]):
-        width = max([len(r.mean) for r in rollouts] + [1])
-        mu, sigma = torch.ones(len(rollouts), width), torch.zeros(len(rollouts), width)
-        mask = torch.zeros(len(rollouts), width, dtype=torch.bool)
-        for b, r in enumerate(rollouts):
-            k = len(r.mean)
-            mu[b, :k], sigma[b, :k], mask[b, :k] = torch.tensor(r.mean), torch.tensor(r.std), True
+        return self._padded_scores([(r.mean, r.std) for r in rollouts])
+
+    @staticmethod
+    def _padded_scores(scores: list[tuple[list[float] | None, list[float] | None]]):
+        """(mean, std) per trajectory -> padded mu, sigma, step mask; None = no PRM in this run."""
+        width = max([len(mean or []) for mean, _ in scores] + [1])
+        mu, sigma = torch.ones(len(scores), width), torch.zeros(len(scores), width)
+        mask = torch.zeros(len(scores), width, dtype=torch.bool)
+        for b, (mean, std) in enumerate(scores):
+            if mean is None:
+                continue
+            k = len(mean)
+            mu[b, :k], sigma[b, :k], mask[b, :k] = torch.tensor(mean), torch.tensor(std), True
         return mu, sigma, mask
 
     @staticmethod

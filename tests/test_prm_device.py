@@ -6,10 +6,13 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from prm.config import ConfigError, PRMConfig, PRMTrainConfig, TrainerConfig, validate
+from prm.config import ConfigError, PRMConfig, PRMTrainConfig, SelectMode, TrainerConfig, validate
 from prm.data import Trajectory
 from prm.model import EnsemblePRM, PRMBatch
+from prm.selection import Selection
 from prm.update import PRMLearner
+
+EVERY = Selection(SelectMode.all)   # every (labelled) trajectory trained on
 from rl.config import OnlineConfig
 
 TINY = dict(backbone="tiny-random-llama", dtype="fp32", num_heads=4)
@@ -74,7 +77,7 @@ def test_every_batch_reaching_the_model_was_moved_to_its_device(monkeypatch, mod
         original = getattr(prm, name)
         monkeypatch.setattr(prm, name, lambda batch, f=original: seen.append(placed_on(batch)) or f(batch))
     trajs = [Trajectory(q, s, first_error=-1) for q, s in zip(QS, SS)]
-    learner.update(trajs, select=False)
+    learner.update(trajs, EVERY)
     scores = learner.score(QS, SS)
     prm.score(QS, SS)
     assert len(seen) >= 3 and seen == [prm.device] * len(seen)
@@ -103,7 +106,7 @@ def test_learner_checkpoint_is_read_to_cpu_then_copied(monkeypatch, tmp_path):
     """map_location='cpu': a learner.pt written on a GPU must load on a CPU-only machine (and its RNG
     client state must stay a CPU tensor on a GPU one)."""
     learner = PRMLearner(EnsemblePRM(PRMConfig(**TINY)), TrainerConfig(deepspeed=False))
-    learner.update([Trajectory(q, s, first_error=0) for q, s in zip(QS, SS)], select=False)
+    learner.update([Trajectory(q, s, first_error=0) for q, s in zip(QS, SS)], EVERY)
     learner.save_checkpoint(tmp_path / "ckpt", {"rng_torch": torch.get_rng_state()})
     calls, original_load = [], torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw.get("map_location")) or original_load(*a, **kw))

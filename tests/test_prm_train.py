@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def config(tmp_path, name="run", **kw) -> PRMTrainConfig:
     base = {"prm": {"backbone": "tiny-random-llama", "dtype": "fp32", "num_heads": 4, "train_mode": "frozen",
                     "head_lr": 1e-2, "batch_size": 6},
-            "data": {"pool": "processbench/gsm8k", "limit": 24, "max_tokens": 1024},
+            "pool": {"kind": "processbench/gsm8k", "limit": 24, "max_tokens": 1024},
             "trainer": {"out_dir": str(tmp_path / name), "progress": False, "save_every": 1, "resume": "auto"},
             "run_eval": False, "epochs": 1}
     for key, value in kw.items():
@@ -36,16 +36,16 @@ def ledger_rows(out) -> int:
         return db.execute("select count(*) from labels").fetchone()[0]
 
 
-@pytest.mark.parametrize("mode,budget,expected", [("random", 0.5, 12), ("full", 0.25, 24), ("random", 5, 5)])
+@pytest.mark.parametrize("mode,budget,expected", [("random", 0.5, 12), ("all", 0.25, 24), ("random", 5, 5)])
 def test_budget_is_the_number_of_labels_revealed(tmp_path, mode, budget, expected):
-    summary = train(config(tmp_path, mode=mode, budget=budget))
+    summary = train(config(tmp_path, **{"select.mode": mode, "select.budget": budget}))
     assert summary["labels_used"] == expected == ledger_rows(tmp_path / "run")
 
 
 def test_judge_ledger_path_and_budget_are_honoured(tmp_path):
     # the judge config's ledger settings, as every labelling command reads them (issue: 10 paid for max_labels=2)
     ledger = tmp_path / "shared" / "labels.sqlite"
-    summary = train(config(tmp_path, mode="full", budget=1.0,
+    summary = train(config(tmp_path, **{"select.mode": "all", "select.budget": 1.0},
                            judge={"name": "oracle", "ledger_path": str(ledger), "max_labels": 2}))
     assert summary["labels_used"] == 2
     assert not (tmp_path / "run" / "ledger.sqlite").exists()
@@ -57,7 +57,7 @@ def test_judge_ledger_path_and_budget_are_honoured(tmp_path):
 
 
 def test_active_never_exceeds_budget_and_pays_only_selected(tmp_path):
-    summary = train(config(tmp_path, mode="active", budget=0.25, **{"prm.delta_pred": 0.99}))
+    summary = train(config(tmp_path, **{"select.mode": "uncertain", "select.budget": 0.25, "prm.delta_pred": 0.99}))
     assert 0 < summary["labels_used"] <= 6
     assert ledger_rows(tmp_path / "run") == summary["labels_used"]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -65,7 +65,7 @@ def test_active_never_exceeds_budget_and_pays_only_selected(tmp_path):
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
-    kw = {"mode": "active", "budget": 0.5, "epochs": 3, "prm.delta_pred": 0.99}
+    kw = {"select.mode": "uncertain", "select.budget": 0.5, "epochs": 3, "prm.delta_pred": 0.99}
     whole = train(config(tmp_path, "whole", **kw))
     stopped = train(config(tmp_path, "split", stop_after_batches=5, **kw))
     assert stopped["stopped_at"] == 5
@@ -79,9 +79,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
 
 
 def test_filter_writes_the_uncertain_part(tmp_path):
-    train(config(tmp_path, "trained", mode="full"))
+    train(config(tmp_path, "trained", **{"select.mode": "all"}))
     out = tmp_path / "uncertain.jsonl"
-    summary = train(config(tmp_path, "filter", mode="filter", filter_out=str(out),
+    summary = train(config(tmp_path, "filter", job="filter", filter_out=str(out),
                            **{"prm.path": str(tmp_path / "trained" / "prm"), "prm.delta_std": 0.0}))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert summary["uncertain"] == len(rows) > 0 and {"question", "steps", "prm_mean", "prm_std"} <= set(rows[0])
@@ -95,8 +95,8 @@ def test_two_ranks_with_torchrun_gloo(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-           "-m", "prm.train", "prm=tiny", "data=processbench", "data.limit=20", "trainer.progress=false",
-           f"trainer.out_dir={out}", "mode=random", "budget=0.5", "run_eval=false", "epochs=2"]
+           "-m", "prm.train", "prm=tiny", "pool=processbench", "pool.limit=20", "trainer.progress=false",
+           f"trainer.out_dir={out}", "select.mode=random", "select.budget=0.5", "run_eval=false", "epochs=2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
@@ -113,8 +113,8 @@ def test_sigkilled_run_resumes_to_the_same_heads(tmp_path):
     import time
 
     def command(out):
-        return [sys.executable, "-m", "prm.train", "prm=tiny", "data=processbench", "data.limit=24",
-                "prm.batch_size=4", "mode=active", "budget=0.5", "epochs=4", "prm.delta_pred=0.99",
+        return [sys.executable, "-m", "prm.train", "prm=tiny", "pool=processbench", "pool.limit=24",
+                "prm.batch_size=4", "select.mode=uncertain", "select.budget=0.5", "epochs=4", "prm.delta_pred=0.99",
                 "run_eval=false", "trainer.progress=false", "trainer.save_every=1", "trainer.deepspeed=false",
                 f"trainer.out_dir={out}", f"hydra.run.dir={out}/hydra"]
 

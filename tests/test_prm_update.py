@@ -2,10 +2,13 @@
 import pytest
 import torch
 
-from prm.config import PRMConfig, TrainerConfig
+from prm.config import PRMConfig, SelectMode, TrainerConfig
 from prm.data import Trajectory
 from prm.model import EnsemblePRM
+from prm.selection import Selection
 from prm.update import PRMLearner
+
+EVERY = Selection(SelectMode.all)   # every (labelled) trajectory trained on
 
 
 def trajs(n=8):
@@ -21,9 +24,9 @@ def learner(mode="frozen", deepspeed=True, **kw):
 @pytest.mark.parametrize("mode", ["frozen", "full", "lora"])
 def test_update_reduces_loss_through_deepspeed(mode):
     lr = learner(mode)
-    first = lr.update(trajs(), select=False)
+    first = lr.update(trajs(), EVERY)
     for _ in range(15):
-        last = lr.update(trajs(), select=False)
+        last = lr.update(trajs(), EVERY)
     assert first["selected"] == 8 and first["labelled"] == 8
     assert last["bce"] < first["bce"]
 
@@ -36,14 +39,14 @@ def test_reveal_called_only_for_selected_and_cap_respected():
         seen.extend(picked)
         return [0] * len(picked)
     items = [Trajectory(t.question, t.steps) for t in trajs()]  # unlabelled
-    m = lr.update(items, select=True, reveal=reveal, max_select=3)
+    m = lr.update(items, Selection(SelectMode.uncertain, budget=3), reveal=reveal)
     assert m["selected"] == 3 and len(seen) == 3 and m["labelled"] == 3
     assert sum(lr.last_selected) == 3 and [k for k in lr.last_labels if k is not None] == [0, 0, 0]
 
 
 def test_explicit_mask_and_invalid_labels():
     lr = learner()
-    m = lr.update(trajs(4), select=[True, False, True, False], reveal=lambda picked: [None, 1])
+    m = lr.update(trajs(4), [True, False, True, False], reveal=lambda picked: [None, 1])
     assert lr.last_selected == [True, False, True, False]
     assert lr.last_labels == [None, None, 1, None] and m["labelled"] == 1
 
@@ -51,7 +54,7 @@ def test_explicit_mask_and_invalid_labels():
 def test_nothing_selected_gives_finite_loss_and_no_change():
     lr = learner(delta_pred=0.0, delta_std=10.0)   # nothing can be uncertain
     before = {k: v.clone() for k, v in lr.prm.heads.state_dict().items()}
-    m = lr.update(trajs(), select=True)
+    m = lr.update(trajs(), Selection(SelectMode.uncertain))
     assert m["selected"] == 0 and m["loss"] == 0.0
     for k, v in lr.prm.heads.state_dict().items():
         assert torch.equal(v, before[k])
@@ -62,20 +65,20 @@ def test_frozen_mode_reuses_cached_features():
     calls = []
     original = lr.prm.separator_features
     lr.prm.separator_features = lambda batch: calls.append(1) or original(batch)
-    lr.update(trajs(), select=False)
+    lr.update(trajs(), EVERY)
     n = len(calls)
-    lr.update(trajs(), select=False)
+    lr.update(trajs(), EVERY)
     lr.score([t.question for t in trajs()], [t.steps for t in trajs()])
     assert n >= 1 and len(calls) == n and len(lr.cache) == 8
 
 
 def test_state_dict_roundtrip_continues_identically():
     a = learner(deepspeed=False)
-    a.update(trajs(), select=False)
+    a.update(trajs(), EVERY)
     sd = a.state_dict()
     b = learner(deepspeed=False)
     b.load_state_dict(sd)
-    ma, mb = a.update(trajs(), select=False), b.update(trajs(), select=False)
+    ma, mb = a.update(trajs(), EVERY), b.update(trajs(), EVERY)
     assert ma["loss"] == mb["loss"]
     for (k, v), (_, w) in zip(a.prm.heads.state_dict().items(), b.prm.heads.state_dict().items()):
         assert torch.equal(v, w), k
@@ -83,11 +86,11 @@ def test_state_dict_roundtrip_continues_identically():
 
 def test_deepspeed_checkpoint_roundtrip(tmp_path):
     a = learner(mode="full")
-    a.update(trajs(), select=False)
+    a.update(trajs(), EVERY)
     a.save_checkpoint(tmp_path / "ck", {"position": 7})
     b = learner(mode="full")
     assert b.load_checkpoint(tmp_path / "ck") == {"position": 7} and b.global_step == 1
-    ma, mb = a.update(trajs(), select=False), b.update(trajs(), select=False)
+    ma, mb = a.update(trajs(), EVERY), b.update(trajs(), EVERY)
     assert ma["loss"] == pytest.approx(mb["loss"], rel=1e-6)
 
 
@@ -103,7 +106,7 @@ def test_heads_only_learner_matches_backbone_learner_on_cached_features(tmp_path
     assert not light.prm.has_backbone
     light.prm.heads.load_state_dict(full.prm.heads.state_dict())
     for _ in range(3):
-        m_full, m_light = full.update(items, select=False), light.update(items, select=False)
+        m_full, m_light = full.update(items, EVERY), light.update(items, EVERY)
         assert m_full["loss"] == pytest.approx(m_light["loss"], rel=1e-5)
     qs, ss = [t.question for t in items], [t.steps for t in items]
     a, b = full.score(qs, ss), light.score(qs, ss)
@@ -127,7 +130,7 @@ def test_update_steps_reuses_the_labelled_batch(deepspeed):
     def reveal(picked):
         reveals.append(len(picked))
         return [t.first_error for t in trajs()]
-    first = [lr.update(trajs(), select=False, reveal=reveal) for lr in (one, three)]
+    first = [lr.update(trajs(), EVERY, reveal=reveal) for lr in (one, three)]
     assert first[0]["bce"] == first[1]["bce"] and reveals == [8, 8]
     assert (one.global_step, three.global_step) == (1, 3)
     if deepspeed:
@@ -135,7 +138,7 @@ def test_update_steps_reuses_the_labelled_batch(deepspeed):
     else:
         w1 = [float(lr.optimizer.state[lr.prm.heads.w1]["step"]) for lr in (one, three)]
         assert w1 == [1.0, 3.0]
-    after = [lr.update(trajs(), select=False)["bce"] for lr in (one, three)]  # this call's pre-step loss
+    after = [lr.update(trajs(), EVERY)["bce"] for lr in (one, three)]  # this call's pre-step loss
     assert after[1] < after[0] < first[0]["bce"]
 
 

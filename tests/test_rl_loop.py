@@ -16,7 +16,7 @@ def tiny_config(out_dir, rounds=2, **kw) -> OnlineConfig:
         policy=PolicyConfig(model="tiny-random-llama", dtype="fp32", train_mode="full", lr=1e-3),
         rollout=RolloutConfig(n=4, max_new_tokens=10, batch_size=16),
         algo=AlgoConfig(filter_groups=False, mini_batch_size=8, micro_batch_size=4),
-        data=TaskConfig(prompts_per_round=3, size=40),
+        task=TaskConfig(prompts_per_round=3, size=40),
         select=SelectConfig(mode=kw.pop("mode", "uncertain")),
         prm=PRMConfig(backbone="tiny-random-llama", dtype="fp32", num_heads=4, batch_size=8, head_lr=1e-2),
         trainer=TrainerConfig(out_dir=str(out_dir), resume="auto", progress=False, seed=3), **kw)

@@ -15,9 +15,9 @@ from rl.search import MethodConfig, SearchConfig, bon_sizes, search
 def _compose(tmp_path, *overrides):
     with initialize_config_module("configs", version_base=None):
         raw = compose("search", overrides=[
-            "policy.model=tiny-random-llama", "policy.backend=hf", "policy.dtype=fp32", "policy.max_new_tokens=12",
-            "policy.step_max_new_tokens=6", "prm.backbone=tiny-random-llama", "prm.dtype=fp32", "prm.num_heads=4",
-            "dataset.limit=2", "ns=[4]", "seeds=[0]", "method.beam.max_iterations=2",
+            "policy.model=tiny-random-llama", "rollout.backend=hf", "policy.dtype=fp32", "rollout.max_new_tokens=12",
+            "rollout.step_max_new_tokens=6", "prm.backbone=tiny-random-llama", "prm.dtype=fp32", "prm.num_heads=4",
+            "task.limit=2", "ns=[4]", "seeds=[0]", "method.beam.max_iterations=2",
             "method.dvts.max_iterations=2", "method.beam.beam_width=2", "method.dvts.beam_width=2",
             f"out_dir={tmp_path}", *overrides])
     return OmegaConf.to_container(raw, resolve=True)
@@ -73,7 +73,8 @@ def test_search_end_to_end_tiny_model(tmp_path, capsys):
 def test_rollout_policy_reads_step_ends_eos_and_length_caps():
     from types import SimpleNamespace as C
 
-    from rl.search import PolicyConfig, RolloutPolicy
+    from rl.config import RolloutConfig
+    from rl.search import RolloutPolicy
 
     class Backend:
         def generate(self, prompts, n, max_new_tokens, temperature, top_p, stop):
@@ -82,7 +83,7 @@ def test_rollout_policy_reads_step_ends_eos_and_length_caps():
                      C(text="The answer is 3.", token_ids=[1] * 4, finish_reason="stop"),
                      C(text="a very long st", token_ids=[1] * 6, finish_reason="length")]]
 
-    policy = RolloutPolicy(Backend(), PolicyConfig(step_max_new_tokens=6, max_new_tokens=12))
+    policy = RolloutPolicy(Backend(), RolloutConfig(step_max_new_tokens=6, max_new_tokens=12))
     step, eos, capped = policy(["p"], 3, one_step=True)[0]
     assert (step.text, step.step_end, step.n_tokens) == ("1 + 2 = 3", True, 5)
     assert not eos.step_end                       # EOS: the solution is over
@@ -136,7 +137,7 @@ def test_killed_run_resumes_to_the_uninterrupted_records(tmp_path):
 
     for name in records:
         assert content(cut, name) == content(full, name), name
-    search(_cfg(cut, "scorer.betas=[0.0]", "policy.max_new_tokens=10"))
+    search(_cfg(cut, "scorer.betas=[0.0]", "rollout.max_new_tokens=10"))
     assert kept.stat().st_mtime != 1                                               # new settings: recomputed
 
 
@@ -155,7 +156,7 @@ def test_step_wise_search_with_prefix_cache_equals_full_passes(tmp_path, monkeyp
     monkeypatch.setattr(prefix_cache, "PrefixCachedScorer", spy)
     cached, full = tmp_path / "cached", tmp_path / "full"
     overrides = ["method=[beam,dvts]", "scorer.betas=[0.0]", "method.beam.max_iterations=3",
-                 "method.dvts.max_iterations=3", "policy.max_new_tokens=18"]
+                 "method.dvts.max_iterations=3", "rollout.max_new_tokens=18"]
     search(_cfg(cached, *overrides))
     assert len(made) == 2 and sum(s.tokens_reused for s in made) > 0      # one per run, and it reused
     search(_cfg(full, *overrides, "scorer.prefix_cache_gb=0"))

@@ -1,0 +1,74 @@
+"""The policy side of rl.search (and of its pool sampler, rl.sample_pool): the task's problems and
+prompts, an rl.engines backend as the search methods' Policy, and per-run seeding."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from prm.run import seed_everything
+from prm.steps import STEP_SEPARATOR
+from rl.config import PolicyConfig, RolloutConfig, TaskConfig
+from rl.search_methods import Continuation
+
+
+def load_task(cfg: TaskConfig):
+    """The online loop's task (rl.tasks.make_task, the same prompts and few-shot turns): problems
+    [offset, offset + limit) and the task."""
+    from rl.tasks import make_task
+
+    end = None if cfg.limit is None else cfg.offset + cfg.limit
+    task = make_task(replace(cfg, size=max(cfg.size, end or 0), limit=end))
+    return task.problems[cfg.offset:end], task
+
+
+class RolloutPolicy:
+    """An rl.rollout backend as the search methods' Policy. In one-step mode generation stops at the
+    first blank line; the backend keeps the stop string in the text, which is how step_end is read."""
+
+    def __init__(self, backend, cfg: RolloutConfig):
+        self.backend, self.cfg = backend, cfg
+        self.seconds = 0.0
+        self.bar = None      # a progress bar per run (run_method): one tick per generation round
+
+    def __call__(self, contexts: list[str], n: int, one_step: bool, greedy: bool = False
+                 ) -> list[list[Continuation]]:
+        start = time.perf_counter()
+        groups = self.backend.generate(
+            contexts, n, self.cfg.step_max_new_tokens if one_step else self.cfg.max_new_tokens,
+            temperature=0.0 if greedy else self.cfg.temperature, top_p=self.cfg.top_p,
+            stop=[STEP_SEPARATOR] if one_step else None)
+        self.seconds += time.perf_counter() - start
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(policy_s=f"{self.seconds:.0f}", refresh=False)
+        return [[self._continuation(c, one_step) for c in group] for group in groups]
+
+    @staticmethod
+    def _continuation(c, one_step: bool) -> Continuation:
+        """In one-step mode only EOS ends the solution: a step cut by step_max_new_tokens is a (long)
+        step, not an unanswered final one (treating it as final retired many beams without an answer)."""
+        if not one_step:
+            return Continuation(c.text, len(c.token_ids), step_end=False)
+        cut = c.text.find(STEP_SEPARATOR)
+        if cut >= 0:
+            return Continuation(c.text[:cut], len(c.token_ids), step_end=True)
+        return Continuation(c.text, len(c.token_ids), step_end=c.finish_reason == "length")
+
+
+def make_backend(policy: PolicyConfig, rollout: RolloutConfig, seed: int):
+    from prm.models import load_model, resolve_path
+    from rl.engines import make_rollout
+
+    model, tok = load_model(policy.model, policy.dtype)
+    model.to(rollout.device).eval()
+    model_dir = None if rollout.backend == "hf" else resolve_path(policy.model)
+    return make_rollout(rollout.backend, model=model, tokenizer=tok, model_dir=model_dir, seed=seed,
+                        batch_size=rollout.batch_size, dtype=rollout.dtype or policy.dtype,
+                        gpu_memory_utilization=rollout.gpu_memory_utilization, kv_cache_gb=rollout.kv_cache_gb,
+                        max_model_len=rollout.max_model_len), tok
+
+
+def seed_run(seed: int, method: str, n: int) -> None:
+    # Per (seed, method, n), so a run's samples do not depend on which methods ran before it (HF backend;
+    # the vLLM engine is seeded once per seed at start-up, see make_backend).
+    seed_everything(seed * 1_000_003 + sum(map(ord, method)) * 1009 + n)

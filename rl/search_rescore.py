@@ -1,0 +1,61 @@
+"""Best-of-N under another PRM on the very same samples (`bench/rescore_bon.py` drives it).
+
+Best-of-N selection depends only on the samples and their step scores, so two PRMs compare on one
+sample set at no generation cost (beam search and DVTS cannot: the PRM steers what is generated).
+The source records are only read: new records, in rl.search's format, go under `dst` with the new
+step scores, choices and correctness, `prm` and `rescored_from` set, and a stamp of their own.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from prm.steps import split_steps
+from rl.search import choices, write_records
+from rl.search_methods import Cost, ScoreSpec, SearchOutcome, Solution, canonical_answer
+
+KEPT = ("source", "question", "reference", "method", "n", "betas", "aggregate", "seed", "trace", "cost",
+        "batch_seconds")
+
+
+def rescore_best_of_n(src: Path, dst: Path, prm, prm_name: str, checker) -> list[Path]:
+    """Every best-of-N record file under src/records, re-scored with `prm` into dst/records (greedy
+    records, which need no PRM, are copied). Returns the files written."""
+    written = []
+    for path in sorted(Path(src, "records").glob("*.jsonl")):
+        recs = [json.loads(line) for line in path.open()]
+        out = Path(dst, "records", path.name)
+        if recs and recs[0]["method"] == "greedy":   # the floor needs no PRM
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, out)
+        elif recs and recs[0]["method"] == "best_of_n":
+            write_records(out, rescored(recs, prm, prm_name, checker, path))
+            print(f"[rescore] {path.name}: {sum(len(r['solutions']) for r in recs)} samples re-scored", flush=True)
+        else:
+            continue
+        written.append(out)
+    return written
+
+
+def rescored(recs: list[dict], prm, prm_name: str, checker, path: Path) -> list[dict]:
+    sols = [[Solution(split_steps(s["text"], fallback=False), s["tokens"], answer=s["answer"],
+                      key=canonical_answer(s["answer"])) for s in r["solutions"]] for r in recs]
+    flat = [(r["question"], s) for r, group in zip(recs, sols) for s in group if s.steps]
+    for (_, sol), sc in zip(flat, prm.score([q for q, _ in flat], [s.steps for _, s in flat])):
+        sol.mean, sol.std = list(sc.mean), list(sc.std)
+    specs = [ScoreSpec(recs[0]["aggregate"], b) for b in recs[0]["betas"]]
+    selectors = sorted({row["label"].split("/")[1].split(" ")[0] for row in recs[0]["results"]})
+    lines = []
+    for rec, group in zip(recs, sols):
+        rows = choices("best_of_n", SearchOutcome(group, Cost()), rec["n"], selectors, specs)
+        verdicts = checker.check_many([rec["reference"]] * len(rows), [r["answer"] for r in rows])
+        spent = {(r["label"], r["n"]): r["cost"] for r in rec["results"]}   # generation cost: the samples'
+        for row, ok in zip(rows, verdicts):
+            row["correct"], row["cost"] = ok, spent[(row["label"], row["n"])]
+        stamp = hashlib.sha256(f"{rec.get('stamp')}|{prm_name}".encode()).hexdigest()[:16]
+        lines.append({**{k: rec[k] for k in KEPT if k in rec}, "results": rows, "prm": prm_name,
+                      "solutions": [{**s, "mean": g.mean, "std": g.std} for s, g in zip(rec["solutions"], group)],
+                      "rescored_from": str(path), "stamp": stamp})
+    return lines

@@ -1,0 +1,46 @@
+"""Library features that were bench scripts: `rl.search job=pool` samples a PRM pool from the search
+policy; the `rule_outcome` judge labels it through the ledger from the rule judge plus the verified answer."""
+import json
+import sqlite3
+
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from judges.base import make_judge
+from judges.ledger import LabelLedger
+from prm.config import validate
+from prm.data import load_trajectories_jsonl
+from rl.search import SearchConfig, main
+
+STEPS_FALSE = ["2 + 3 = 6", "The answer is 6."]
+STEPS_TRUE = ["2 + 3 = 5", "The answer is 5."]
+
+
+def test_rule_outcome_verdicts_by_hand_and_through_the_ledger(tmp_path):
+    records = [{"question": "q1", "steps": STEPS_FALSE, "meta": {"correct": False}},   # false equation at step 0
+               {"question": "q2", "steps": STEPS_TRUE, "meta": {"correct": False}},    # no false equation, wrong answer
+               {"question": "q3", "steps": STEPS_TRUE, "correct": True}]               # right
+    judge = make_judge({"name": "rule_outcome"}, records=records)
+    items = [(r["question"], r["steps"]) for r in records]
+    with LabelLedger(str(tmp_path / "l.sqlite")) as ledger:
+        verdicts = ledger.label(judge, items)
+        assert [v.first_error for v in verdicts] == [0, 1, -1]
+        assert [v.from_ledger for v in ledger.label(judge, items)] == [True, True, True]   # never paid twice
+    with sqlite3.connect(tmp_path / "l.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 3
+
+
+def test_search_job_pool_writes_an_unlabelled_pool_with_verified_answers(tmp_path):
+    out = tmp_path / "pool.jsonl"
+    overrides = ["job=pool", f"pool.out={out}", "pool.n=2", "pool.exclude_limit=1", "task.limit=3",
+                 "policy.model=tiny-random-llama", "policy.dtype=fp32", "rollout=hf", "rollout.max_new_tokens=8",
+                 "prm.backbone=tiny-random-llama", f"out_dir={tmp_path}"]
+    with initialize_config_module("configs", version_base=None):
+        cfg = compose("search", overrides=overrides)
+    assert validate(OmegaConf.to_container(cfg, resolve=True), SearchConfig).job == "pool"
+    main(cfg)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    pool = load_trajectories_jsonl(out)
+    # 3 test problems, the first is the held-out slice's (same seed, offset 0, limit 1): 2 problems x 2 samples
+    assert len({r["question"] for r in rows}) <= 2 and all(t.first_error is None for t in pool)
+    assert all(isinstance(t.meta["correct"], bool) for t in pool) and len(pool) == len(rows) > 0
