@@ -319,9 +319,6 @@ class OnlineLoop:
                 "rollout/steps_mean": sum(x["steps"] for x in records) / n,
                 "policy_version": records[0]["version"]}  # the version that generated them
 
-    def _padded(self, rollouts: list[Rollout]):
-        return self._padded_scores([(r.mean, r.std) for r in rollouts])
-
     @staticmethod
     def _padded_scores(scores: list[tuple[list[float] | None, list[float] | None]]):
         """(mean, std) per trajectory -> padded mu, sigma, step mask; None = no PRM in this run."""
