@@ -123,21 +123,31 @@ def step_labels(first_errors: list[int | None], width: int) -> tuple[torch.Tenso
     return labels, labelled
 
 
+def bce_weights(labels: torch.Tensor, labelled: torch.Tensor, step_mask: torch.Tensor, selected: torch.Tensor,
+                pos_weight: float = 1.0) -> torch.Tensor:
+    """[B, S] weight of each step's BCE term in Eq. 4 (0 where not selected, labelled and real)."""
+    mask = (labelled & step_mask & selected[:, None]).float()
+    return mask * torch.where(labels > 0.5, torch.full_like(labels, pos_weight), torch.ones_like(labels))
+
+
 def prm_loss(logits: torch.Tensor, penalty: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor,
              step_mask: torch.Tensor, selected: torch.Tensor, reg_lambda: float = 0.5,
-             pos_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+             pos_weight: float = 1.0, total_weight: float | None = None,
+             scale: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 4. logits [K, B, S]; labels/labelled/step_mask [B, S]; selected [B] bool.
 
+    Data parallel: `total_weight` is the BCE normaliser over every rank's batch (heads included) and
+    `scale` the number of ranks, so the ranks' averaged gradients are those of one Eq. 4 over the union.
     Never NaN: with nothing selected (or nothing labelled) the BCE term is an exact 0 that still
     belongs to the graph, so every rank of a data-parallel run can call backward."""
     num_heads = logits.shape[0]
     mask = (labelled & step_mask & selected[:, None]).float()
-    weight = mask * torch.where(labels > 0.5, torch.full_like(labels, pos_weight), torch.ones_like(labels))
-    weight = weight.to(logits.device)
+    weight = bce_weights(labels, labelled, step_mask, selected, pos_weight).to(logits.device)
     targets = labels.to(logits.device).expand_as(logits)
     bce = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
-    total_weight = weight.sum() * num_heads
-    bce_term = (bce * weight).sum() / total_weight.clamp_min(1e-12)
+    denom = (weight.sum() * num_heads if total_weight is None
+             else torch.tensor(float(total_weight), device=logits.device))
+    bce_term = scale * (bce * weight).sum() / denom.clamp_min(1e-12)
     lam = reg_lambda if num_heads > 1 else 0.0
     loss = bce_term + lam * penalty
     return loss, {"bce": float(bce_term.detach()), "reg": float(penalty.detach()), "labelled_steps": float(mask.sum())}

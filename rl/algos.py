@@ -19,14 +19,16 @@ advantages are summed with weights (PRIME: equal), each source normalised on its
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
 Baseline = Callable[[list[torch.Tensor], list[int]], list[torch.Tensor]]
-# (values, positions, groups, lengths, in_batch) -> per-token advantages; in_batch marks the samples that
-# enter the loss (the batch REINFORCE++ whitens over); group baselines do not need it
-Estimator = Callable[[list[torch.Tensor], list[list[int]], list[int], list[int], list[bool]], list[torch.Tensor]]
+# (values, positions, groups, lengths, in_batch, reduce) -> per-token advantages; in_batch marks the samples
+# that enter the loss and reduce sums statistics over data-parallel ranks (both: the batch REINFORCE++
+# whitens over); group baselines need neither
+Estimator = Callable[..., list[torch.Tensor]]
 EPS = 1e-6
 MIN_VAR = 1e-8  # OpenRLHF's clamp before rsqrt: a batch of equal returns gets advantage 0, not nan
 
@@ -72,28 +74,34 @@ def returns_to_go(values: torch.Tensor, positions: list[int], length: int) -> to
     return rewards.flip(0).cumsum(0).flip(0)
 
 
-def whiten_tokens(returns: list[torch.Tensor], in_batch: list[bool] | None = None) -> list[torch.Tensor]:
+def whiten_tokens(returns: list[torch.Tensor], in_batch: list[bool] | None = None,
+                  reduce: Callable[[list[float]], list[float]] | None = None) -> list[torch.Tensor]:
     """(x - mean) / sqrt(var) over every token of the batch: each token weighs the same, so a long
     completion counts more than a short one; population variance (OpenRLHF's masked mean of squares).
-    Samples outside the batch (filtered out of the loss) are shifted alike but do not set the statistics."""
+    Samples outside the batch (filtered out of the loss) are shifted alike but do not set the statistics.
+    `reduce` (data parallel): [sum, sum of squares, count] of this rank's tokens -> the same over all
+    ranks, so every rank whitens with the global statistics."""
     in_batch = [True] * len(returns) if in_batch is None else in_batch
-    pooled = torch.cat([r for r, k in zip(returns, in_batch) if k] + [torch.zeros(0)])
-    if pooled.numel() == 0:
+    pooled = torch.cat([r for r, k in zip(returns, in_batch) if k] + [torch.zeros(0)]).double()
+    stats = [float(pooled.sum()), float((pooled ** 2).sum()), pooled.numel()]
+    total, squares, n = reduce(stats) if reduce is not None else stats
+    if n == 0:
         return list(returns)
-    mean = pooled.mean()
-    rstd = ((pooled - mean).pow(2).mean()).clamp(min=MIN_VAR).rsqrt()
+    mean = total / n
+    rstd = 1.0 / math.sqrt(max(squares / n - mean * mean, MIN_VAR))
     return [(r - mean) * rstd for r in returns]
 
 
 def _baseline_then_returns(baseline: Baseline) -> Estimator:
-    def estimate(values, positions, groups, lengths, in_batch):
+    def estimate(values, positions, groups, lengths, in_batch=None, reduce=None):
         return [returns_to_go(v, p, n) for v, p, n in zip(baseline(values, groups), positions, lengths)]
     return estimate
 
 
-def reinforce_pp(values: list[torch.Tensor], positions: list[list[int]], groups: list[int],
-                 lengths: list[int], in_batch: list[bool] | None = None) -> list[torch.Tensor]:
-    return whiten_tokens([returns_to_go(v, p, n) for v, p, n in zip(values, positions, lengths)], in_batch)
+def reinforce_pp(values: list[torch.Tensor], positions: list[list[int]], groups: list[int], lengths: list[int],
+                 in_batch: list[bool] | None = None,
+                 reduce: Callable[[list[float]], list[float]] | None = None) -> list[torch.Tensor]:
+    return whiten_tokens([returns_to_go(v, p, n) for v, p, n in zip(values, positions, lengths)], in_batch, reduce)
 
 
 ESTIMATORS: dict[str, Estimator] = {"grpo": _baseline_then_returns(grpo), "rloo": _baseline_then_returns(rloo),
@@ -102,10 +110,12 @@ ESTIMATORS: dict[str, Estimator] = {"grpo": _baseline_then_returns(grpo), "rloo"
 
 def compute_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[int]]]], weights: dict[str, float],
                        groups: list[int], lengths: list[int], estimator: str,
-                       in_batch: list[bool] | None = None) -> list[torch.Tensor]:
+                       in_batch: list[bool] | None = None,
+                       reduce: Callable[[list[float]], list[float]] | None = None) -> list[torch.Tensor]:
     """sources: name -> (values per sample, token positions per sample). Returns per-token advantages.
     Each source is normalised on its own (a 0/1 outcome and a [0,1] step score live on different scales).
-    in_batch: the samples that enter the loss (keep_mask); REINFORCE++ whitens over their tokens only."""
+    in_batch: the samples that enter the loss (keep_mask); REINFORCE++ whitens over their tokens only.
+    `reduce` (data parallel): REINFORCE++'s batch statistics summed over ranks (GRPO/RLOO are per group)."""
     in_batch = [True] * len(lengths) if in_batch is None else list(in_batch)
     if estimator not in ESTIMATORS:
         raise KeyError(f"unknown advantage estimator {estimator!r}; registered: {sorted(ESTIMATORS)}")
@@ -115,7 +125,7 @@ def compute_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[in
         if weight == 0.0:
             continue
         values = [torch.as_tensor(v, dtype=torch.float32) for v in values]
-        for i, adv in enumerate(ESTIMATORS[estimator](values, positions, groups, lengths, in_batch)):
+        for i, adv in enumerate(ESTIMATORS[estimator](values, positions, groups, lengths, in_batch, reduce)):
             total[i] += weight * adv
     return total
 

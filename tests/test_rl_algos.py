@@ -64,6 +64,21 @@ def test_reinforce_pp_whitens_over_the_samples_that_enter_the_loss():
     assert abs(float(torch.cat(adv[:2]).mean())) < 1e-6
 
 
+def test_reinforce_pp_data_parallel_reduce_equals_one_batch():
+    """Two ranks whiten with the summed [sum, sum of squares, count]: the same advantages as one batch."""
+    lengths, outcomes = [3, 1, 2, 4], [1.0, 0.0, 1.0, 0.0]
+    whole = compute_advantages({"outcome": outcome_source(outcomes, lengths)}, {"outcome": 1.0}, [0, 0, 1, 1],
+                               lengths, "reinforce_pp")
+    def rank_stats(ls, os):
+        toks = torch.cat([torch.full((n,), o, dtype=torch.float64) for n, o in zip(ls, os)])
+        return [float(toks.sum()), float((toks ** 2).sum()), toks.numel()]
+    other = rank_stats(lengths[2:], outcomes[2:])
+    reduce = lambda stats: [a + b for a, b in zip(stats, other)]  # noqa: E731
+    rank0 = compute_advantages({"outcome": outcome_source(outcomes[:2], lengths[:2])}, {"outcome": 1.0}, [0, 0],
+                               lengths[:2], "reinforce_pp", None, reduce)
+    close(rank0, whole[:2])
+
+
 def test_zero_length_completion_does_not_raise():
     lengths = [0, 3, 2]
     sources = {"outcome": outcome_source([1.0, 0.0, 1.0], lengths),
