@@ -104,6 +104,10 @@ class PRMConfig:
     lora_alpha: int = 32
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     sep_token: str = "<extra_0>"              # added to the tokenizer when missing
+    # The system turn of the PRM's input (saved with the PRM: it is part of what the model reads).
+    # None = the chat template's own default (SmolLM2's adds a ~29-token system prompt); "" = an empty
+    # system turn, e.g. to feed the same tokens as trainers that use no chat template (TRL's PRMTrainer).
+    system_prompt: str | None = None
     max_length: int = 512
     delta_pred: float = 0.9                   # Eq. 5 aleatoric threshold
     delta_std: float = 0.01                   # Eq. 5 epistemic threshold

@@ -152,8 +152,9 @@ class EnsemblePRM(nn.Module):
 
     def _prompt_ids(self, question: str) -> list[int]:
         if question not in self._prompt_cache:
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                                      add_generation_prompt=True)
+            system = [] if self.cfg.system_prompt is None else [{"role": "system", "content": self.cfg.system_prompt}]
+            text = self.tokenizer.apply_chat_template(system + [{"role": "user", "content": question}],
+                                                      tokenize=False, add_generation_prompt=True)
             self._prompt_cache[question] = self.tokenizer(text, add_special_tokens=False).input_ids
             if len(self._prompt_cache) > 4096:
                 self._prompt_cache.pop(next(iter(self._prompt_cache)))
