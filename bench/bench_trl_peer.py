@@ -20,6 +20,7 @@ time; train()'s whole wall, with DeepSpeed set-up and the final checkpoint and m
 
     python bench/bench_trl_peer.py --n 64 --eval-limit 40
     PYTHONPATH=. python bench/bench_trl_peer.py --n 64 --eval-limit 0 --layouts padded,bucketed   # issue 16
+    python bench/bench_trl_peer.py --n 32 --eval-limit 0 --layouts bucketed,bucketed+nosys          # same tokens as TRL
 
 Padding fraction = pad tokens / token slots the backbone computes, over the batches each side trained on
 (TRL: counted in its collator during training; ours: prm.batching on the same stream of batches).
@@ -102,10 +103,13 @@ def ours(args, out: Path) -> None:
     from prm.eval import load_processbench_sample
     from prm.train import train
     pool = load_slice(args)
-    pc = PRMConfig(backbone="smollm2-135m-instruct", dtype="fp32", num_heads=32, train_mode=args.mode,
+    name = args.layout                             # "bucketed" or "bucketed+nosys" (prm.system_prompt="")
+    layout, _, variant = name.partition("+")
+    pc = PRMConfig(system_prompt="" if variant == "nosys" else None,
+                   backbone="smollm2-135m-instruct", dtype="fp32", num_heads=32, train_mode=args.mode,
                    max_length=384, lr=1e-5 if args.mode == "full" else 1e-4, head_lr=1e-3, batch_size=4,
-                   pos_weight=0.25, batch_layout=args.layout)
-    run_dir = out / f"ours_{args.layout}_run"
+                   pos_weight=0.25, batch_layout=layout)
+    run_dir = out / f"ours_{name}_run"
     shutil.rmtree(run_dir, ignore_errors=True)   # metrics.jsonl appends: start clean
     cfg = PRMTrainConfig(prm=pc, pool=PoolConfig(), judge="oracle", select=PoolSelectConfig(SelectMode.all), epochs=1,
                          run_eval=False, trainer=TrainerConfig(out_dir=str(run_dir), resume="never", save_every=10 ** 9,
@@ -121,10 +125,10 @@ def ours(args, out: Path) -> None:
     # the padding of the batches trained on: mode=full streams the slice in order, batch_size at a time
     from prm import batching
     enc = [prm.encode(t.question, t.steps, pc.max_length) for t in pool]
-    batches = [batching.build(enc[i: i + pc.batch_size], 0, args.layout, pc.pack_tokens)
+    batches = [batching.build(enc[i: i + pc.batch_size], 0, layout, pc.pack_tokens)
                for i in range(0, len(enc), pc.batch_size)]
     real, total = sum(b.real_tokens for b in batches), sum(b.total_tokens for b in batches)
-    (out / f"ours_{args.layout}.json").write_text(json.dumps({
+    (out / f"ours_{name}.json").write_text(json.dumps({
         "train_wall": wall, "update_seconds": sum(r["seconds"] for r in rows), "steps": summary["updates"],
         "scores": scores, "loss": [r["loss"] for r in rows], "real_tokens": real, "pad_fraction": 1 - real / total,
         "pad_fraction_logged": [r["pad_fraction"] for r in rows]}))
@@ -167,7 +171,8 @@ def main() -> None:
     ap.add_argument("--trl-python", default="/work/trl_venv/bin/python")
     ap.add_argument("--model-dir", default=str(Path.home() / ".cache/prmloop/models/smollm2-135m-instruct"))
     ap.add_argument("--mode", default="full", choices=["full", "lora"])
-    ap.add_argument("--layouts", default="padded,bucketed", help="our sides, one process each (prm.batch_layout)")
+    ap.add_argument("--layouts", default="padded,bucketed", help="our sides, one process each: prm.batch_layout, "
+                    "with '+nosys' for prm.system_prompt='' (no default system turn, as TRL's raw prompt)")
     ap.add_argument("--layout", default="bucketed", help=argparse.SUPPRESS)
     ap.add_argument("--cut-after-error", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--threads", type=int, default=1)

@@ -34,22 +34,36 @@ def validate(cfg: DictConfig | dict, schema: type[T]) -> T:
         raise ConfigError(err.args[0] if err.args else str(err)) from None
 
 
-DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-def check_device(device: str) -> None:
+def resolve_device(device: str | None) -> str:
+    """`auto` (or None): cuda:LOCAL_RANK when a GPU is visible, else cpu. `cuda` under a launcher
+    (torchrun / deepspeed set WORLD_SIZE) is this rank's GPU, cuda:LOCAL_RANK. Else as written."""
+    import os
+
+    import torch
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device in (None, "auto"):
+        return f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return f"cuda:{local}" if "WORLD_SIZE" in os.environ else "cuda:0"
+    return device
+
+
+def check_device(device: str, key: str = "prm.device") -> None:
     """Fail at start-up, not at the first batch, when `device` is malformed or not usable here."""
     if not DEVICE_RE.fullmatch(device):
-        raise ConfigError(f"prm.device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if device == "cpu":
+        raise ConfigError(f"{key} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device in ("cpu", "auto"):
         return
     import torch  # only here: configs are composed (and tested) without paying for torch
     if not torch.cuda.is_available():
-        raise ConfigError(f"prm.device={device!r} but torch.cuda.is_available() is False (torch {torch.__version__}, "
-                          f"CUDA build {torch.version.cuda}); use prm.device=cpu or install a CUDA build of torch")
+        raise ConfigError(f"{key}={device!r} but torch.cuda.is_available() is False (torch {torch.__version__}, "
+                          f"CUDA build {torch.version.cuda}); use {key}=cpu or install a CUDA build of torch")
     index = int(device.partition(":")[2] or 0)
     if index >= torch.cuda.device_count():
-        raise ConfigError(f"prm.device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        raise ConfigError(f"{key}={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
 
 
 class SelectMode(StrEnum):
@@ -90,6 +104,10 @@ class PRMConfig:
     lora_alpha: int = 32
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     sep_token: str = "<extra_0>"              # added to the tokenizer when missing
+    # The system turn of the PRM's input (saved with the PRM: it is part of what the model reads).
+    # None = the chat template's own default (SmolLM2's adds a ~29-token system prompt); "" = an empty
+    # system turn, e.g. to feed the same tokens as trainers that use no chat template (TRL's PRMTrainer).
+    system_prompt: str | None = None
     max_length: int = 512
     delta_pred: float = 0.9                   # Eq. 5 aleatoric threshold
     delta_std: float = 0.01                   # Eq. 5 epistemic threshold
@@ -112,7 +130,7 @@ class PRMConfig:
     threshold: float = 0.5                    # tau: step predicted correct if score >= tau
     path: str | None = None                   # load a saved PRM dir instead of a fresh one
     seed: int = 0
-    device: str = "cpu"                       # cpu | cuda | cuda:N: model, heads and every batch; scores return on CPU
+    device: str = "auto"                      # auto (cuda:LOCAL_RANK if a GPU, else cpu) | cpu | cuda | cuda:N
 
     def __post_init__(self):
         check_device(self.device)
@@ -153,7 +171,6 @@ class PoolConfig:
 class TrainerConfig:
     out_dir: str = "outputs/run"
     seed: int = 0
-    device: str = "cpu"
     zero_stage: int = 0                       # DeepSpeed ZeRO stage; 0 = plain data parallel
     deepspeed: bool = True
     save_every: int = 1                       # rounds (online) or batches (PRM training)
@@ -170,6 +187,8 @@ class EvalConfig:
     tune_on: str | None = None                # pick tau on this ProcessBench subset, apply it to all
     prmbench: bool = False
     prmbench_limit: int | None = None
+    prmbench_path: str | None = None          # a PRMBench JSONL file or folder of them (None: the bundled subset)
+    skip_bad_rows: bool = False               # PRMBench: count and name rows that cannot be scored instead of failing
     batch_size: int = 8
 
 

@@ -207,27 +207,13 @@ def load_math_shepherd(path: str | Path, skip_bad_rows: bool = False) -> list[Tr
     return _finish(rows, rows.parse(parse))
 
 
-def load_prmbench(root: str | Path | None = None, skip_bad_rows: bool = False,
+def load_prmbench(path: str | Path | None = None, root: str | Path | None = None, skip_bad_rows: bool = False,
                   limit: int | None = None) -> list[Trajectory]:
-    """PRMBench: the modified process; meta['error_steps'] holds the 0-based erroneous steps."""
-    rows = _Rows(data_root(root) / "prmbench" / "subset400.jsonl", skip_bad_rows)
+    """PRMBench items as the official harness reads them (prm.prmbench.read_prmbench; counts in its report)."""
+    from prm.prmbench import read_prmbench
 
-    def parse(i: int, rec: dict) -> Trajectory:
-        steps = rows.steps(i, rec, "modified_process")
-        errors = rows.get(i, rec, "error_steps", list)
-        if not all(isinstance(e, int) and not isinstance(e, bool) for e in errors):
-            raise DataError(rows.path, i, "error_steps", f"expected 1-based step numbers, got {errors!r}")
-        # 11 rows of the released subset name steps past the end of the process: those indices
-        # point at nothing and are dropped; a row left with none of its errors is bad.
-        err0 = sorted(e - 1 for e in errors if 1 <= e <= len(steps))
-        if errors and not err0:
-            raise DataError(rows.path, i, "error_steps", f"{errors} all outside the {len(steps)} steps")
-        return Trajectory(rows.get(i, rec, "question"), steps, err0[0] if err0 else -1,
-                          source=f"prmbench:{rec.get('idx', i)}",
-                          meta={"error_steps": err0, "classification": rec.get("classification", ""),
-                                "dropped_error_steps": len(errors) - len(err0)})
-
-    return _finish(rows, rows.parse(parse))[:limit]
+    items, _ = read_prmbench(path or data_root(root) / "prmbench", skip_bad_rows)
+    return items[:limit]
 
 
 # ---------------------------------------------------------------- PRM800K step rows -> trajectories

@@ -1,16 +1,19 @@
 """`python -m prm.eval`: ProcessBench and PRMBench for any step scorer (docs/method.md, Metrics).
 
 A scorer maps (questions, steps) to one score in [0, 1] per step. Built-in scorers: a trained PRM
-(`prm.path=<dir saved by prm.train>`, or a fresh one for a baseline), or a judge (`judge.name=rule`
+(`prm.path=<dir saved by prm.train>`, or a fresh one for a baseline), or a judge (`judge=rule`
 ...; steps before its first_error score 1, that step 0, the rest 1; an invalid verdict gives None
-instead of scores: a wrong prediction on ProcessBench whatever the label, every step "erroneous" on PRMBench).
+instead of scores: a wrong prediction on ProcessBench whatever the label; on PRMBench the item is
+dropped and counted, as the official harness does).
 
 ProcessBench: pred = first step with score < tau, else -1; per subset acc_error / acc_correct / F1
 (judges.metrics.processbench_f1) and the plain mean of the subset F1s. tau is `eval.threshold`, or,
 with `eval.tune_on=<subset>`, the F1-best tau on that subset, applied to every subset (the tuning
 subset is flagged in the table; the mean is also given without it).
-PRMBench: a step is predicted valid if its score > 0.5; score = 0.5 * F1(valid steps) +
-0.5 * F1(erroneous steps) over all steps pooled; also per `classification` category.
+PRMBench: prm.prmbench (the official mr_eval scoring: modified_question + modified_process, per
+category 0.5 F1(valid) + 0.5 F1(erroneous), multi_solutions F1(valid) alone, the `correct` category
+outside the overall). `eval.prmbench_path` reads a file or a folder of JSONL files (the full release);
+`eval.skip_bad_rows=true` counts and names rows that cannot be scored instead of stopping at the first.
 Writes <out_dir>/eval.json and eval.md, prints the table.
 """
 from __future__ import annotations
@@ -25,7 +28,8 @@ from omegaconf import DictConfig
 
 from judges.metrics import processbench_f1
 from prm.config import EvalConfig, PRMEvalConfig, validate
-from prm.data import PROCESSBENCH_SUBSETS, load_prmbench, load_processbench
+from prm.data import PROCESSBENCH_SUBSETS, data_root, load_processbench
+from prm.prmbench import prmbench_results, read_prmbench, report_dict
 from prm.steps import first_below
 
 
@@ -111,32 +115,13 @@ def evaluate_processbench(scorer: StepScorer, ecfg: EvalConfig, root: str | None
 
 
 # ------------------------------------------------------------------ PRMBench
-def binary_f1(pred: list[bool], gold: list[bool]) -> float:
-    tp = sum(p and g for p, g in zip(pred, gold))
-    fp = sum(p and not g for p, g in zip(pred, gold))
-    fn = sum(g and not p for p, g in zip(pred, gold))
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-
-
-def prmbench_score(pred_valid: list[bool], gold_valid: list[bool]) -> float:
-    """0.5 * F1 of the 'valid' class + 0.5 * F1 of the 'erroneous' class, over pooled steps."""
-    return 0.5 * binary_f1(pred_valid, gold_valid) + 0.5 * binary_f1(
-        [not p for p in pred_valid], [not g for g in gold_valid])
-
-
-def evaluate_prmbench(scorer: StepScorer, limit: int | None = None, root: str | None = None) -> dict:
-    items = spread_sample(load_prmbench(root=root), limit)
+def evaluate_prmbench(scorer: StepScorer, limit: int | None = None, root: str | None = None,
+                      path: str | None = None, skip_bad_rows: bool = False) -> dict:
+    """Official PRMBench numbers (prm.prmbench) plus what loading dropped or skipped (`data`)."""
+    items, report = read_prmbench(path or data_root(root) / "prmbench", skip_bad_rows)
+    items = spread_sample(items, limit)
     scores = scorer([t.question for t in items], [t.steps for t in items])
-    pooled: dict[str, tuple[list[bool], list[bool]]] = {"all": ([], [])}
-    for t, s in zip(items, scores):
-        errors = set(t.meta["error_steps"])
-        gold = [i not in errors for i in range(len(t.steps))]
-        pred = [False] * len(gold) if s is None else [v > 0.5 for v in s]
-        for key in ("all", t.meta.get("classification") or "unknown"):
-            pooled.setdefault(key, ([], []))
-            pooled[key][0].extend(pred)
-            pooled[key][1].extend(gold)
-    return {key: {"score": prmbench_score(p, g), "steps": len(p)} for key, (p, g) in sorted(pooled.items())}
+    return {**prmbench_results(items, scores), "data": report_dict(report)}
 
 
 # ------------------------------------------------------------------ reporting
@@ -155,8 +140,16 @@ def markdown_table(results: dict, name: str = "") -> str:
             lines.append(f"| mean without {pb['tuned_on']} | | | | {pb['mean_f1_held_out']:.3f} |")
     bench = results.get("prmbench")
     if bench:
-        lines += ["", f"PRMBench {name}", "", "| classification | steps | score |", "|---|---|---|"]
-        lines += [f"| {k} | {v['steps']} | {v['score']:.3f} |" for k, v in bench.items()]
+        d = bench["data"]
+        lines += ["", f"PRMBench {name} ({d['items']} items from {d['rows']} rows in {d['files']} files; "
+                  f"skipped rows {d['skipped_rows']}, duplicate rows {d['duplicate_rows']}, out-of-range error "
+                  f"steps dropped {d['dropped_error_steps']}; invalid verdicts {bench['invalid_verdicts']})", "",
+                  "| category | items | steps | F1 (valid) | F1 (erroneous) | score |", "|---|---|---|---|---|---|"]
+        rows = [("overall", bench["overall"])] + list(bench["categories"].items())
+        rows += [("correct (outside the overall)", bench["correct"])] if bench["correct"] else []
+        lines += [f"| {k} | {v['items']} | {v['steps']} | {v['f1']:.3f} | {v['negative_f1']:.3f} | {v['score']:.3f} |"
+                  for k, v in rows]
+        lines.append(f"| mean over categories | | | | | {bench['category_mean']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -164,7 +157,8 @@ def evaluate(scorer: StepScorer, ecfg: EvalConfig, root: str | None, out_dir: st
              name: str = "") -> dict:
     results = {"processbench": evaluate_processbench(scorer, ecfg, root) if ecfg.subsets else None}
     if ecfg.prmbench:
-        results["prmbench"] = evaluate_prmbench(scorer, ecfg.prmbench_limit, root)
+        results["prmbench"] = evaluate_prmbench(scorer, ecfg.prmbench_limit, root, ecfg.prmbench_path,
+                                                ecfg.skip_bad_rows)
     table = markdown_table(results, name)
     print(table)
     if out_dir:

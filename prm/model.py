@@ -9,12 +9,13 @@ Input   chat template, question as the user turn, assistant turn `step1 <sep> st
 Heads   K MLPs H -> 128 -> 128 -> 1 (ReLU) stored as batched weights [K, in, out]; they run only on
         the gathered separator hidden states, so K = 32 costs about what K = 1 does.
 Output  per head logit z[e, i]; p = sigmoid(z); step reward = mean_e p, uncertainty = std_e p
-        (population std: K = 1 gives exactly 0).
+        (unbiased, N - 1, as ActivePRM; K = 1 gives exactly 0).
 Modes   full (everything trains), lora (peft adapters on the backbone), frozen (backbone frozen;
         features can be cached by prm.features and the heads train alone).
-Device  cfg.device (cpu | cuda | cuda:N) holds the backbone and heads; collate builds on CPU and hands
-        the batch over on the model's device; scores come back as CPU floats. A saved PRM loads on any
-        device (`load(path, device=...)`: the heads are read to CPU and copied over).
+Device  cfg.device (auto = cuda:LOCAL_RANK with a GPU, else cpu | cpu | cuda | cuda:N) holds the
+        backbone and heads; collate builds on CPU and hands the batch over on the model's device; scores
+        come back as CPU floats. A saved PRM loads on any device (`load(path, device=...)`: the heads are
+        read to CPU and copied over).
 save()  `prm.json` (config) + `heads.safetensors` (heads and their frozen initial copy) + the backbone:
         full -> `backbone/` (save_pretrained, with the tokenizer); lora -> `adapter/` (peft) on top of
         the named backbone; frozen -> the backbone name only: rebuilding it (and the separator row,
@@ -37,8 +38,9 @@ from safetensors.torch import load_file, save_file
 
 from prm import batching
 from prm.batching import PRMBatch  # noqa: F401  (re-exported: prm.model.PRMBatch)
-from prm.config import PRMConfig
+from prm.config import PRMConfig, resolve_device
 from prm.models import load_model
+from prm.selection import head_mean_std
 
 
 @dataclass
@@ -101,7 +103,7 @@ class EnsemblePRM(nn.Module):
         self.hidden_size = lm.config.hidden_size
         self.heads = EnsembleHeads(cfg.num_heads, self.hidden_size, cfg.head_hidden, seed=cfg.seed)
         self._prompt_cache: dict[str, list[int]] = {}
-        self.to(cfg.device)  # heads are built on CPU from a CPU generator: same init on every device
+        self.to(resolve_device(cfg.device))  # heads are built on CPU from a CPU generator: same init on every device
 
     @classmethod
     def heads_only(cls, cfg: PRMConfig, hidden_size: int) -> "EnsemblePRM":
@@ -114,7 +116,7 @@ class EnsemblePRM(nn.Module):
         prm.hidden_size = hidden_size
         prm.heads = EnsembleHeads(cfg.num_heads, hidden_size, cfg.head_hidden, seed=cfg.seed)
         prm._prompt_cache = {}
-        return prm.to(cfg.device)
+        return prm.to(resolve_device(cfg.device))
 
     @property
     def device(self) -> torch.device:
@@ -150,8 +152,9 @@ class EnsemblePRM(nn.Module):
 
     def _prompt_ids(self, question: str) -> list[int]:
         if question not in self._prompt_cache:
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                                      add_generation_prompt=True)
+            system = [] if self.cfg.system_prompt is None else [{"role": "system", "content": self.cfg.system_prompt}]
+            text = self.tokenizer.apply_chat_template(system + [{"role": "user", "content": question}],
+                                                      tokenize=False, add_generation_prompt=True)
             self._prompt_cache[question] = self.tokenizer(text, add_special_tokens=False).input_ids
             if len(self._prompt_cache) > 4096:
                 self._prompt_cache.pop(next(iter(self._prompt_cache)))
@@ -263,7 +266,7 @@ class EnsemblePRM(nn.Module):
         fine-tune only the heads of a fully trained PRM). heads_only=True skips the backbone (frozen-mode
         PRMs: score/train on cached features only). The saved device is not reused: placement belongs
         to the machine that loads (a PRM trained on a GPU loads on a CPU-only one)."""
-        path = Path(path)
+        path, device = Path(path), resolve_device(device)
         meta = json.loads((path / "prm.json").read_text())
         known = {f.name for f in fields(PRMConfig)}
         cfg = PRMConfig(**{**{k: v for k, v in meta["config"].items() if k in known}, "device": device})
@@ -298,6 +301,6 @@ RUN_SETTINGS = ("delta_pred", "delta_std", "reg_lambda", "lr", "head_lr", "weigh
 
 
 def _to_scores(logits: torch.Tensor) -> StepScores:
-    """logits [K, n] -> StepScores (population std over heads: exactly 0 for K = 1)."""
-    p = torch.sigmoid(logits.float())
-    return StepScores(p.mean(0).tolist(), p.std(0, correction=0).tolist())
+    """logits [K, n] -> StepScores (unbiased std over heads: exactly 0 for K = 1)."""
+    mean, std = head_mean_std(torch.sigmoid(logits.float()))
+    return StepScores(mean.tolist(), std.tolist())

@@ -2,7 +2,8 @@
 
 Shapes: B trajectories, S step slots (padded), K heads. `step_mask [B, S]` marks real steps.
 
-Eq. 5, per trajectory: mu_i = mean_e p, sigma_i = std_e p. i* = first step with mu_i < 0.5 (the
+Eq. 5, per trajectory: mu_i = mean_e p, sigma_i = std_e p (unbiased, N - 1, as ActivePRM's trainer's
+torch.std; K = 1 gives exactly 0). i* = first step with mu_i < 0.5 (the
 first predicted error; all steps if none). Over steps i <= i* only:
     aleatoric  some step has max(mu_i, 1 - mu_i) < delta_pred
     epistemic  some step has sigma_i > delta_std
@@ -26,10 +27,16 @@ import torch.nn.functional as F
 from prm.config import SelectMode
 
 
+def head_mean_std(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """p [K, ...] -> mean and unbiased std over heads (dim 0). K = 1: std exactly 0, not torch's nan."""
+    if p.shape[0] == 1:
+        return p[0], torch.zeros_like(p[0])
+    return p.mean(0), p.std(0, correction=1)
+
+
 def ensemble_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [K, B, S] -> (mu, sigma) [B, S]: mean and population std of sigmoid over heads."""
-    p = torch.sigmoid(logits.detach().float())
-    return p.mean(0), p.std(0, correction=0)
+    """logits [K, B, S] -> (mu, sigma) [B, S]: mean and unbiased std of sigmoid over heads."""
+    return head_mean_std(torch.sigmoid(logits.detach().float()))
 
 
 def considered_steps(mu: torch.Tensor, step_mask: torch.Tensor) -> torch.Tensor:
@@ -116,21 +123,31 @@ def step_labels(first_errors: list[int | None], width: int) -> tuple[torch.Tenso
     return labels, labelled
 
 
+def bce_weights(labels: torch.Tensor, labelled: torch.Tensor, step_mask: torch.Tensor, selected: torch.Tensor,
+                pos_weight: float = 1.0) -> torch.Tensor:
+    """[B, S] weight of each step's BCE term in Eq. 4 (0 where not selected, labelled and real)."""
+    mask = (labelled & step_mask & selected[:, None]).float()
+    return mask * torch.where(labels > 0.5, torch.full_like(labels, pos_weight), torch.ones_like(labels))
+
+
 def prm_loss(logits: torch.Tensor, penalty: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor,
              step_mask: torch.Tensor, selected: torch.Tensor, reg_lambda: float = 0.5,
-             pos_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+             pos_weight: float = 1.0, total_weight: float | None = None,
+             scale: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 4. logits [K, B, S]; labels/labelled/step_mask [B, S]; selected [B] bool.
 
+    Data parallel: `total_weight` is the BCE normaliser over every rank's batch (heads included) and
+    `scale` the number of ranks, so the ranks' averaged gradients are those of one Eq. 4 over the union.
     Never NaN: with nothing selected (or nothing labelled) the BCE term is an exact 0 that still
     belongs to the graph, so every rank of a data-parallel run can call backward."""
     num_heads = logits.shape[0]
     mask = (labelled & step_mask & selected[:, None]).float()
-    weight = mask * torch.where(labels > 0.5, torch.full_like(labels, pos_weight), torch.ones_like(labels))
-    weight = weight.to(logits.device)
+    weight = bce_weights(labels, labelled, step_mask, selected, pos_weight).to(logits.device)
     targets = labels.to(logits.device).expand_as(logits)
     bce = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
-    total_weight = weight.sum() * num_heads
-    bce_term = (bce * weight).sum() / total_weight.clamp_min(1e-12)
+    denom = (weight.sum() * num_heads if total_weight is None
+             else torch.tensor(float(total_weight), device=logits.device))
+    bce_term = scale * (bce * weight).sum() / denom.clamp_min(1e-12)
     lam = reg_lambda if num_heads > 1 else 0.0
     loss = bce_term + lam * penalty
     return loss, {"bce": float(bce_term.detach()), "reg": float(penalty.detach()), "labelled_steps": float(mask.sum())}

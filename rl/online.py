@@ -7,6 +7,8 @@
     python -m rl.online algo.reward=outcome select.mode=none prm_update=none   # outcome-only RL
     python -m rl.online --config-name online_gsm8k          # GSM8K with the llm judge
 Resume: rerun with the same trainer.out_dir (trainer.resume=auto picks the latest round checkpoint).
+Data parallel, the same command under a launcher (task.prompts_per_round is the global batch):
+    torchrun --nproc_per_node 2 -m rl.online ...            # or: deepspeed --num_gpus 8 --module rl.online ...
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from prm.config import SelectMode, validate
 from prm.run import anchored, seed_everything
 from rl.config import OnlineConfig, PRMUpdate, RewardSource
+from rl.distributed import Ranks, accept_local_rank_argument
 
 
 def needs_prm(cfg: OnlineConfig) -> bool:
@@ -47,27 +50,53 @@ def build(cfg: OnlineConfig):
     from rl.policy import PolicyTrainer
     from rl.tasks import TaskStream, make_task
 
+    ranks = Ranks.from_env()
+    if ranks.world > 1 and not cfg.trainer.deepspeed:
+        raise ValueError(f"WORLD_SIZE={ranks.world}: data-parallel rl.online all-reduces through DeepSpeed; "
+                         "set trainer.deepspeed=true")
+    ranks.shard_bounds(cfg.task.prompts_per_round)   # fail now, not at round 1, when it does not divide
     out_dir = Path(cfg.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed)
     task = make_task(cfg.task)
     policy = PolicyTrainer(cfg.policy, cfg.algo, cfg.trainer)
+    if cfg.rollout.backend == "hf" and policy.zero_stage == 3:
+        raise ValueError("policy ZeRO-3 partitions the weights the HF rollout generates with: use rollout=vllm")
     policy.temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
     r = cfg.rollout
     model_dir = None if cfg.rollout.backend == "hf" else resolve_path(cfg.policy.model)
+    colocate = r.colocate if r.colocate is not None else (ranks.world > 1 and policy.device.type == "cuda")
+    if colocate and r.tensor_parallel_size > 1:  # a TP group would have to submit identical prompts (not done)
+        raise ValueError("rollout.colocate with rollout.tensor_parallel_size > 1 is not supported: colocated "
+                         "engines are one per rank (tensor_parallel_size=1); tensor parallelism is for one process")
     rollout = make_rollout(r.backend, model=policy.module, tokenizer=policy.tokenizer, model_dir=model_dir,
-                           batch_size=r.batch_size, seed=cfg.trainer.seed, gpu_memory_utilization=r.gpu_memory_utilization,
-                           kv_cache_gb=r.kv_cache_gb, max_model_len=r.max_model_len, dtype=r.dtype or cfg.policy.dtype)
+                           batch_size=r.batch_size, seed=ranks.seed(cfg.trainer.seed, 0),
+                           gpu_memory_utilization=r.gpu_memory_utilization, kv_cache_gb=r.kv_cache_gb,
+                           max_model_len=r.max_model_len, dtype=r.dtype or cfg.policy.dtype,
+                           enforce_eager=r.enforce_eager, tensor_parallel_size=r.tensor_parallel_size, sleep=r.sleep,
+                           colocate=colocate, sync_bucket_mb=r.sync_bucket_mb)
+    if colocate:  # every rank's engine up before any rank goes on (TRL: DeepSpeed hangs otherwise)
+        ranks.barrier()
     learner = None
+    if needs_prm(cfg) and cfg.trainer.deepspeed and cfg.trainer.zero_stage == 3:
+        # ZeRO-3 gathers parameters in every forward, collectively: the PRM's per-rank re-scoring of its own
+        # judged items makes unequal forward counts (a hang). The policy's ZeRO-3 is policy.zero_stage.
+        raise ValueError("trainer.zero_stage=3 (the PRM's stage) is not supported by rl.online: use "
+                         "policy.zero_stage=3 for the policy and trainer.zero_stage<=2 for the PRM")
     if needs_prm(cfg):
         from prm.model import EnsemblePRM
         from prm.update import PRMLearner
         learner = PRMLearner(EnsemblePRM.from_config(cfg.prm), cfg.trainer)
-    judge = make_judge(cfg.judge)
-    ledger = LabelLedger.from_config(cfg.judge, default_path=ledger_path(cfg))
+    judge = ledger = None
+    if ranks.is_main:  # rank 0 owns the judge client and the ledger: a label is paid once, whatever N
+        judge = make_judge(cfg.judge)
+        ledger = LabelLedger.from_config(cfg.judge, default_path=ledger_path(cfg))
     stream = TaskStream(task.problems, cfg.task.seed)
-    loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker())
+    loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker(), ranks)
     if learner is not None and cfg.replay.enabled:
+        if ranks.world > 1:
+            raise ValueError("replay.enabled=true runs in one process (the ledger lives on rank 0); "
+                             "use replay.enabled=false with several ranks")
         from prm.replay import LabelReplay
         loop.replay = LabelReplay(ledger, judge.identity, cfg.replay, cfg.trainer.seed,
                                   heldout_set(loop, cfg, out_dir), cfg.prm.threshold)
@@ -117,24 +146,29 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     from rl.schedule import effective_schedule, run_rounds
 
     loop, out_dir = build(cfg)
-    OmegaConf.save(OmegaConf.structured(cfg), out_dir / "config.yaml")
+    main_rank = loop.ranks.is_main
+    if main_rank:
+        OmegaConf.save(OmegaConf.structured(cfg), out_dir / "config.yaml")
     history: list[dict] = []
     start_round = 1
     resume_from = resolve_resume(cfg.trainer.resume, out_dir)
     if resume_from is not None:
-        state = load_round(resume_from, loop.policy, loop.learner)
+        state = load_round(resume_from, loop.policy, loop.learner, loop.ranks)
         loop.stream.position, history, start_round = state["data_position"], state["history"], state["round"] + 1
         if loop.replay is not None and "replay" in state:
             loop.replay.load_state_dict(state["replay"])
         loop.rollout.sync_weights(None if loop.rollout_shares_policy() else loop.policy.weights_for_sync(),
                                   loop.policy.version)
-        print(f"[rl.online] resumed from {resume_from} (round {state['round']}, data position {loop.stream.position})")
-    log = MetricsLog(out_dir, "round", history)
+        if main_rank:
+            print(f"[rl.online] resumed from {resume_from} (round {state['round']}, "
+                  f"data position {loop.stream.position})")
+    log = MetricsLog(out_dir, "round", history) if main_rank else None   # rank 0 writes the (global) metrics
     last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
-    bar = tqdm(total=last - start_round + 1, desc="rounds", disable=not cfg.trainer.progress, dynamic_ncols=True)
+    bar = tqdm(total=last - start_round + 1, desc="rounds", disable=not (cfg.trainer.progress and main_rank),
+               dynamic_ncols=True)
     loop.on_phase = lambda index, phase: bar.set_description(f"round {index}/{cfg.rounds}: {phase}")
     schedule = effective_schedule(cfg)
-    if schedule != cfg.schedule:
+    if schedule != cfg.schedule and main_rank:
         print(f"[rl.online] schedule={cfg.schedule} needs prm_update=pre_update_rewards|none and one process: running serially")
     for done in run_rounds(loop, range(start_round, last + 1), schedule):
         index, metrics, stds = done.index, done.metrics, done.stds
@@ -143,17 +177,19 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
         if cfg.trainer.save_every and index % cfg.trainer.save_every == 0:
             save_round(out_dir, index, loop.policy, loop.learner,
                        {"data_position": done.data_position, "history": history + [metrics],
-                        "ledger": str(loop.ledger.path), "rng": done.rng,
+                        "ledger": str(loop.ledger.path) if loop.ledger else None, "rng": done.rng,
                         **({"replay": loop.replay.state_dict()} if loop.replay is not None else {})},
-                       cfg.keep_checkpoints)
+                       cfg.keep_checkpoints, loop.ranks)
         metrics["timing/checkpoint"] = time.perf_counter() - with_timer
         history.append(metrics)
-        log.write(metrics, {"prm/ensemble_std": stds})
-        bar.set_postfix(passed=f"{metrics['pass_rate']:.2f}", judged=metrics["judge/calls"])
-        tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}  judge calls {metrics['judge/calls']}  | "
-                   f"{phase_line(metrics)}")
-    log.close()
-    if stop_after is None or last == cfg.rounds:
+        if main_rank:
+            log.write(metrics, {"prm/ensemble_std": stds})
+            bar.set_postfix(passed=f"{metrics['pass_rate']:.2f}", judged=metrics["judge/calls"])
+            tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}  judge calls {metrics['judge/calls']}  | "
+                       f"{phase_line(metrics)}")
+    if main_rank:
+        log.close()
+    if main_rank and (stop_after is None or last == cfg.rounds):
         finish(cfg, history, out_dir, summary_table, plot_rounds)
     loop.checker.close()
     return history
@@ -179,4 +215,5 @@ def main(raw: DictConfig) -> None:
 
 
 if __name__ == "__main__":  # the spawn guard vLLM needs
+    accept_local_rank_argument()   # the deepspeed launcher's --local_rank=N, before hydra parses argv
     main()

@@ -3,10 +3,16 @@
     trainer = PolicyTrainer(cfg.policy, cfg.algo, cfg.trainer)
     logp = trainer.logprobs(samples)                # no grad: old (and reference) log-probs
     metrics = trainer.update(samples)               # PPO-clip epochs over minibatches
-    trainer.weights_for_sync()                      # full HF-named tensors (LoRA merged) for vLLM
+    trainer.weights_for_sync()                      # HF-named full tensors, one at a time (LoRA merged)
 A `Sample` is one completion with its prompt tokens, per-token advantages and old log-probs.
 The reference policy for the KL term is the base model: LoRA gets it for free (adapter disabled);
 full fine-tuning keeps a frozen copy only when kl_coef > 0.
+Device: policy.device (auto = cuda:LOCAL_RANK with a GPU, else cpu) holds the model, the reference
+copy and every batch the trainer builds (ids, masks, advantages, old/reference log-probs).
+Data parallel (rl/distributed.py): `update(samples, generator, ranks, lengths)` runs the global
+minibatch plan, so every rank takes the same optimizer steps and the same number of forward/backward
+passes (zero-loss passes where it has no share); the loss is a token mean over the whole minibatch
+across ranks, so N ranks compute the gradient one rank would on the union of their samples.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import copy
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -21,6 +28,8 @@ from prm.checkpoint_io import deepspeed_weights_only, load_state, load_weights, 
 from prm.config import TrainerConfig
 from prm.models import load_model
 from rl.algos import ppo_clip_loss
+from prm.update import deepspeed_args
+from rl.distributed import Ranks, minibatch_plan, resolve_device
 
 
 @dataclass
@@ -36,15 +45,20 @@ class PolicyTrainer:
     def __init__(self, policy_cfg, algo_cfg, trainer: TrainerConfig):
         self.cfg, self.algo, self.trainer = policy_cfg, algo_cfg, trainer
         model, self.tokenizer = load_model(policy_cfg.model, policy_cfg.dtype, seed=trainer.seed)
+        self.device = torch.device(resolve_device(policy_cfg.device))
+        model.to(self.device)
         self.reference = None
         if policy_cfg.train_mode == "lora":
             from peft import LoraConfig, get_peft_model
-            model = get_peft_model(model, LoraConfig(r=policy_cfg.lora_r, lora_alpha=policy_cfg.lora_alpha,
-                                                     lora_dropout=0.0, target_modules=list(policy_cfg.lora_targets)))
+            with torch.random.fork_rng(devices=[]):   # the adapters' init from the run seed, on every rank
+                torch.manual_seed(trainer.seed)
+                lora = LoraConfig(r=policy_cfg.lora_r, lora_alpha=policy_cfg.lora_alpha, lora_dropout=0.0,
+                                  target_modules=list(policy_cfg.lora_targets))
+                model = get_peft_model(model, lora)
             # LoRA params in the model dtype: one dtype through every step (no mixed-dtype casts)
         elif policy_cfg.train_mode == "full":
             if algo_cfg.kl_coef > 0:
-                self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+                self.reference = copy.deepcopy(model).eval().requires_grad_(False)  # on self.device
         else:
             raise ValueError(f"policy.train_mode must be lora or full, got {policy_cfg.train_mode!r}")
         if policy_cfg.gradient_checkpointing:
@@ -53,16 +67,18 @@ class PolicyTrainer:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=policy_cfg.lr, weight_decay=policy_cfg.weight_decay)
         self.engine = None
+        self.zero_stage = trainer.zero_stage if policy_cfg.zero_stage is None else policy_cfg.zero_stage
         if trainer.deepspeed:
             import deepspeed
 
             from prm.update import init_distributed
             init_distributed()
             ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-                         "zero_optimization": {"stage": trainer.zero_stage}, "gradient_clipping": policy_cfg.grad_clip,
+                         "zero_optimization": {"stage": self.zero_stage}, "gradient_clipping": policy_cfg.grad_clip,
                          "bf16": {"enabled": policy_cfg.dtype in ("bf16", "bfloat16")},
                          "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9}
-            self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                args=deepspeed_args(str(self.device)), model=model, optimizer=optimizer, config=ds_config)
             deepspeed_weights_only(self.engine)  # its own loader would run pickles
         else:
             self.optimizer = optimizer
@@ -83,16 +99,16 @@ class PolicyTrainer:
         pad = self.tokenizer.pad_token_id
         seqs = [s.prompt_ids + s.completion_ids for s in samples]
         width, length = max(map(len, seqs)), max(len(s.completion_ids) for s in samples)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long, device=self.device)
         attn = torch.zeros_like(ids)
         for b, seq in enumerate(seqs):
-            ids[b, width - len(seq):], attn[b, width - len(seq):] = torch.tensor(seq), 1
+            ids[b, width - len(seq):], attn[b, width - len(seq):] = torch.tensor(seq, device=self.device), 1
         positions = (attn.cumsum(1) - 1).clamp(min=0)  # as generate numbers them: padding does not shift
         logits = model(input_ids=ids, attention_mask=attn, position_ids=positions,
                        logits_to_keep=length + 1).logits[:, :-1].float() / temperature
         targets = ids[:, width - length:]
         token_logp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)  # [B, length]
-        mask = torch.zeros(len(samples), length)
+        mask = torch.zeros(len(samples), length, device=self.device)
         rows = []
         for b, s in enumerate(samples):  # row b's completion is its last n tokens: shift it to the left edge
             n = len(s.completion_ids)
@@ -101,16 +117,23 @@ class PolicyTrainer:
         return torch.stack(rows), mask
 
     @torch.no_grad()
-    def logprobs(self, samples: list[Sample], reference: bool = False, temperature: float | None = None) -> list[torch.Tensor]:
+    def logprobs(self, samples: list[Sample], reference: bool = False, temperature: float | None = None,
+                 passes: int = 0) -> list[torch.Tensor]:
+        """Per-sample log-probs (no grad), in micro-batches. `passes`: under ZeRO-3 every forward gathers
+        parameters collectively, so a rank with fewer micro-batches than others pads with stand-in passes."""
         was_training = self.model.training
         self.model.eval()
         out = []
         ctx = self.model.disable_adapter() if (reference and self.reference is None) else contextlib.nullcontext()
         model = self.reference if (reference and self.reference is not None) else self.model
+        micro = self.algo.micro_batch_size
+        chunks = [samples[i:i + micro] for i in range(0, len(samples), micro)]
+        if self.zero_stage == 3:
+            chunks += [[]] * (passes - len(chunks))
         with ctx:
-            for start in range(0, len(samples), self.algo.micro_batch_size):
-                chunk = samples[start:start + self.algo.micro_batch_size]
-                logp, _ = self._forward_logprobs(model, chunk, temperature or self.temperature)
+            for chunk in chunks:
+                stand_in = [Sample([self.tokenizer.eos_token_id or 0], [self.tokenizer.eos_token_id or 0])]
+                logp, _ = self._forward_logprobs(model, chunk or stand_in, temperature or self.temperature)
                 out += [logp[b, :len(s.completion_ids)] for b, s in enumerate(chunk)]
         self.model.train(was_training)
         return out
@@ -121,44 +144,49 @@ class PolicyTrainer:
         return self.logprobs([Sample(ids, list(completion_ids))], temperature=1.0)[0].tolist()  # raw, like the engine
 
     # ------------------------------------------------------------------ PPO update
-    def update(self, samples: list[Sample], generator: torch.Generator | None = None) -> dict[str, float]:
-        """ppo_epochs passes; each shuffles the samples into minibatches (one optimizer step each),
-        split into micro-batches whose losses sum to the minibatch's token-level mean."""
+    def update(self, samples: list[Sample], generator: torch.Generator | None = None, ranks: Ranks | None = None,
+               lengths: list[list[int]] | None = None) -> dict[str, float]:
+        """ppo_epochs passes over the global minibatch plan (rl.distributed.minibatch_plan: the shuffle
+        one process would make of every rank's samples), one optimizer step per minibatch on every
+        rank; each minibatch is split into micro-batches whose losses sum to its token-level mean.
+        `lengths` (every rank's completion lengths) comes from the caller's gather; one rank: ours."""
+        ranks = ranks or Ranks()
+        lengths = lengths if lengths is not None else [[len(s.completion_ids) for s in samples]]
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        plan = minibatch_plan(lengths, self.algo.mini_batch_size, self.algo.micro_batch_size, self.algo.ppo_epochs,
+                              generator)
         self.model.train()
         totals: dict[str, float] = {}
-        steps = 0
-        for _ in range(self.algo.ppo_epochs):
-            order = torch.randperm(len(samples), generator=generator).tolist()
-            for start in range(0, len(order), self.algo.mini_batch_size):
-                mini = [samples[i] for i in order[start:start + self.algo.mini_batch_size]]
-                metrics = self._step(mini)
-                for k, v in metrics.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                steps += 1
-        self.version += 1
-        return {k: v / max(steps, 1) for k, v in totals.items()} | {"optimizer_steps": steps}
+        for mini in plan:
+            mine = [samples[i] for i in mini["per_rank"][ranks.rank]]
+            metrics = self._step(mine, mini["tokens"], mini["micro_steps"], ranks.world)
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v
+        if plan:
+            self.version += 1
+        return {k: v / max(len(plan), 1) for k, v in totals.items()} | {"optimizer_steps": len(plan)}
 
-    def _step(self, mini: list[Sample]) -> dict[str, float]:
-        num_tokens = sum(len(s.completion_ids) for s in mini)
+    def _step(self, mine: list[Sample], num_tokens: int, micro_steps: int, world: int) -> dict[str, float]:
+        """One optimizer step. `mine` is this rank's part of the minibatch (maybe empty), `num_tokens`
+        the whole minibatch's token count. DeepSpeed averages gradients over ranks, so each rank's loss
+        is scaled by `world`: the average of the ranks' sums is then the global token mean."""
         micro = self.algo.micro_batch_size
-        chunks = [mini[i:i + micro] for i in range(0, len(mini), micro)]
+        chunks = [mine[i:i + micro] for i in range(0, len(mine), micro)]
+        chunks += [[]] * (micro_steps - len(chunks))  # zero-loss passes: the collectives line up
         model = self.engine if self.engine is not None else self.model
         sums: dict[str, float] = {}
         if self.engine is None:
             self.optimizer.zero_grad(set_to_none=True)
         for c, chunk in enumerate(chunks):
-            logp, mask = self._forward_logprobs(model, chunk, self.temperature)
-            pad = lambda name: torch.nn.utils.rnn.pad_sequence([getattr(s, name) for s in chunk], batch_first=True)  # noqa: E731
-            ref = pad("ref_logprobs") if chunk[0].ref_logprobs is not None else None
-            loss, metrics = ppo_clip_loss(logp, pad("old_logprobs"), pad("advantages"), mask, self.algo.clip_eps,
-                                          ref, self.algo.kl_coef, num_tokens)
+            loss, metrics = self._chunk_loss(model, chunk, num_tokens)
+            loss = loss * world
             if self.engine is not None:  # accumulate over micro-batches, step once per minibatch
                 self.engine.set_gradient_accumulation_boundary(c == len(chunks) - 1)
                 self.engine.backward(loss)
                 self.engine.step()
             else:
                 loss.backward()
-            sums["loss"] = sums.get("loss", 0.0) + loss.item()
+            sums["loss"] = sums.get("loss", 0.0) + loss.item() / world
             for k, v in metrics.items():  # each is already divided by the minibatch token count
                 sums[k] = sums.get(k, 0.0) + v
         if self.engine is None:
@@ -167,27 +195,59 @@ class PolicyTrainer:
             self.optimizer.step()
         return sums
 
+    def _chunk_loss(self, model, chunk: list[Sample], num_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if not chunk:  # a forward through the whole model whose loss is an exact 0 in the graph
+            dummy = Sample([self.tokenizer.eos_token_id or 0], [self.tokenizer.eos_token_id or 0])
+            logp, _ = self._forward_logprobs(model, [dummy], self.temperature)
+            return logp.sum() * 0.0, {}
+        logp, mask = self._forward_logprobs(model, chunk, self.temperature)
+        pad = lambda name: torch.nn.utils.rnn.pad_sequence(  # noqa: E731
+            [getattr(s, name).to(self.device) for s in chunk], batch_first=True)
+        ref = pad("ref_logprobs") if chunk[0].ref_logprobs is not None else None
+        return ppo_clip_loss(logp, pad("old_logprobs"), pad("advantages"), mask, self.algo.clip_eps,
+                             ref, self.algo.kl_coef, num_tokens)
+
     # ------------------------------------------------------------------ sync + checkpoints
     @torch.no_grad()
-    def weights_for_sync(self) -> list[tuple[str, torch.Tensor]]:
-        """Full weights with the base model's HF names (what vLLM's load_weights expects); LoRA is
-        merged into a copy of each adapted weight, so the trainer's own weights stay untouched."""
+    def weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The full weights with the base model's HF names (what vLLM's load_weights expects), one
+        tensor at a time: under ZeRO-3 each parameter is gathered only while it is handed over, and a
+        LoRA-adapted weight is merged into a temporary of that one matrix (base + B A). Peak extra
+        memory is one weight, never a copy of the model. Every rank must iterate it (the gathers are
+        collectives). A yielded tensor is valid until the next one is requested: consumers copy it."""
         if self.cfg.train_mode != "lora":
-            return [(n, p.detach().clone()) for n, p in self.model.state_dict().items()]
+            yield from self._plain_weights(self.model)
+            return
         base = self.model.get_base_model()
-        out = []
         for name, module in base.named_modules():
             if hasattr(module, "base_layer") and hasattr(module, "get_delta_weight"):
-                weight = module.base_layer.weight.detach().clone()
-                for adapter in module.active_adapters:
-                    weight += module.get_delta_weight(adapter).to(weight.dtype)
-                out.append((f"{name}.weight", weight))
-        adapted = {n for n, _ in out}
-        for name, tensor in base.state_dict().items():
-            clean = name.replace(".base_layer", "")
-            if "lora_" not in name and clean not in adapted:
-                out.append((clean, tensor.detach().clone()))
-        return out
+                params = [p for p in module.parameters()]
+                with self._gathered(params):
+                    weight = module.base_layer.weight.detach().clone()
+                    for adapter in module.active_adapters:
+                        weight += module.get_delta_weight(adapter).to(weight.dtype)
+                yield f"{name}.weight", weight
+                if getattr(module.base_layer, "bias", None) is not None:
+                    with self._gathered([module.base_layer.bias]):
+                        yield f"{name}.bias", module.base_layer.bias.detach()
+        yield from ((n, t) for n, t in self._plain_weights(base) if "lora_" not in n and ".base_layer." not in n)
+
+    def _plain_weights(self, model) -> Iterator[tuple[str, torch.Tensor]]:
+        """Parameters (tied ones under each name, as a state_dict has them) and persistent buffers."""
+        keys = set(model.state_dict().keys())
+        for name, param in model.named_parameters(remove_duplicate=False):
+            with self._gathered([param]):
+                yield name, param.detach()
+        for name, buffer in model.named_buffers():
+            if name in keys:   # persistent only: rotary tables are recomputed by the engine
+                yield name, buffer
+
+    def _gathered(self, params):
+        """Under ZeRO-3 the full tensors of `params` for the duration of the block (a collective)."""
+        if self.engine is not None and self.zero_stage == 3:
+            import deepspeed
+            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        return contextlib.nullcontext()
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,8 @@ from typing import Callable, Iterable
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from rl.distributed import hash_seed
+
 
 @dataclass
 class Completion:
@@ -92,6 +94,12 @@ class RolloutBackend(ABC):
     @abstractmethod
     def _load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
 
+    def sleep(self) -> None:
+        """Free the engine's memory between generate and train (vLLM sleep mode); a no-op elsewhere."""
+
+    def wake(self, *tags: str) -> None:
+        """Undo `sleep` for `tags` (weights, kv_cache); a no-op elsewhere."""
+
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]] | None, version: int) -> float:
         """Push the trainer's full (LoRA-merged) weights into the engine; return the seconds it took.
 
@@ -144,10 +152,12 @@ class _InverseCDFSample(LogitsProcessor):
     `generate` runs greedy. Why: torch.multinomial over SmolLM2's 49k vocabulary costs ~85 ms per step
     for 40 rows on one CPU core, about a 135M model's whole decode step; one uniform per row against the
     cumulative distribution is the same draw for ~3 ms (bench/RESULTS.md, rollout). Uses the global torch
-    RNG, so seeding and checkpointed RNG state reproduce a run as before."""
+    RNG, so seeding and checkpointed RNG state reproduce a run as before; or, given per-row generators
+(`generate(..., seeds=...)`), one stream per completion, so what a prompt samples does not depend on
+which other prompts share its batch or its rank (data parallelism changes speed, not the data)."""
 
-    def __init__(self, temperature: float, top_p: float):
-        self.temperature, self.top_p = temperature, top_p
+    def __init__(self, temperature: float, top_p: float, generators: list[torch.Generator] | None = None):
+        self.temperature, self.top_p, self.generators = temperature, top_p, generators
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         probs = (scores.float() / self.temperature).softmax(-1)
@@ -156,7 +166,11 @@ class _InverseCDFSample(LogitsProcessor):
             probs, order = probs.sort(-1, descending=True)
             probs = probs * (probs.cumsum(-1) - probs < self.top_p)
         cdf = probs.cumsum(-1)
-        u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]
+        if self.generators is None:
+            u = torch.rand(cdf.shape[0], 1, device=cdf.device)
+        else:  # row r's t-th draw is its own stream's t-th: a row samples the same whatever its batch
+            u = torch.cat([torch.rand(1, 1, generator=g) for g in self.generators]).to(cdf.device)
+        u = u * cdf[:, -1:]
         pick = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)
         if order is not None:
             pick = order.gather(-1, pick)
@@ -183,9 +197,13 @@ class HFRollout(RolloutBackend):
         return token_logprobs(self.model, self.tokenizer, prompt, completion_ids)
 
     @torch.no_grad()
-    def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, stop=None):
+    def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, stop=None, seeds=None):
+        """`seeds` (one per prompt, optional): completion j of prompt i samples from its own generator
+        seeded (seeds[i], j); without it the global torch RNG is used."""
         tok, model = self.tokenizer, self.model
         flat = [p for p in prompts for _ in range(n)]  # group members are adjacent
+        gens = None if seeds is None else [torch.Generator().manual_seed(hash_seed(seed, j)) for seed in seeds
+                                           for j in range(n)]
         out: list[Completion] = []
         was_training = model.training
         model.eval()
@@ -193,17 +211,18 @@ class HFRollout(RolloutBackend):
         try:
             for start in range(0, len(flat), self.batch_size):
                 out += self._generate_batch(flat[start:start + self.batch_size], max_new_tokens,
-                                            temperature, top_p, stop)
+                                            temperature, top_p, stop,
+                                            None if gens is None else gens[start:start + self.batch_size])
         finally:
             model.train(was_training)
         return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
 
-    def _generate_batch(self, prompts, max_new_tokens, temperature, top_p, stop):
+    def _generate_batch(self, prompts, max_new_tokens, temperature, top_p, stop, generators=None):
         tok = self.tokenizer
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(next(self.model.parameters()).device) for k, v in enc.items()}
         recorder = _RecordLogprobs()
-        processors = [recorder] if temperature <= 0 else [recorder, _InverseCDFSample(temperature, top_p)]
+        processors = [recorder] if temperature <= 0 else [recorder, _InverseCDFSample(temperature, top_p, generators)]
         seqs = self.model.generate(   # greedy decoding of the sampler's pick (see _InverseCDFSample)
             **enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
             stop_strings=stop or None, tokenizer=tok if stop else None, use_cache=True,

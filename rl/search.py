@@ -47,6 +47,8 @@ class MethodConfig:
     max_iterations: int = 10                  # step rounds (beam, dvts)
     selectors: list[str] = field(default_factory=lambda: ["vanilla", "weighted", "majority"])
     ns: list[int] | None = None               # beam, dvts: the n to run (None: the top-level ns)
+    filter_duplicates: bool = False           # beam: drop unfinished beams repeating an earlier one (search-and-learn)
+    sort_completed: bool = False              # beam: keep the n best finished beams, not the first n (search-and-learn)
 
 
 @dataclass
@@ -198,19 +200,22 @@ def run_method(run: SearchRun, method: str, mcfg: MethodConfig) -> None:
         outcomes, seconds = search_once(run, method, mcfg, n, specs[0], step_wise)
         per_problem = [choices(method, o, n, mcfg.selectors, specs) for o in outcomes]
         flat = [(p, row) for p, rows in zip(run.problems, per_problem) for row in rows]
-        verdicts = run.checker.check_many([p.reference_answer for p, _ in flat], [r["answer"] for _, r in flat])
-        for (_, row), ok in zip(flat, verdicts):
-            row["correct"] = ok
+        verdicts = run.checker.verify_many([p.reference_answer for p, _ in flat], [r["answer"] for _, r in flat])
+        for (_, row), verdict in zip(flat, verdicts):
+            row["correct"] = verdict == "correct"
+            if verdict == "unverified":  # math-verify timed out: not counted correct, but said so
+                row["unverified"] = True
         lines = [{**record(prob, outcome, rows, method, n, betas, run.seed, run.cfg, seconds), "stamp": stamp}
                  for prob, outcome, rows in zip(run.problems, outcomes, per_problem)]
         write_records(path, lines)
-        print_run(run, method, n, outcomes, per_problem, seconds)
+        print_run(run, method, n, outcomes, per_problem, seconds, verdicts.count("unverified"))
 
 
 def search_once(run: SearchRun, method: str, mcfg: MethodConfig, n: int, spec: ScoreSpec, step_wise: bool):
     """One method at one n over every problem, seeded on its own; the outcomes and the seconds it took."""
     settings = SearchSettings(n=n, beam_width=mcfg.beam_width, max_iterations=mcfg.max_iterations,
-                              spec=spec, fallback_last_number=run.cfg.task.fallback_last_number)
+                              spec=spec, fallback_last_number=run.cfg.task.fallback_last_number,
+                              filter_duplicates=mcfg.filter_duplicates, sort_completed=mcfg.sort_completed)
     seed_run(run.seed, method, n)
     run.policy.seconds = 0.0
     run.scorer.start_run(step_wise)
@@ -232,7 +237,8 @@ def write_records(path: Path, lines: list[dict]) -> None:
     tmp.replace(path)   # atomic: a killed run leaves no half-written record that looks complete
 
 
-def print_run(run: SearchRun, method: str, n: int, outcomes, per_problem: list[list[dict]], seconds: dict) -> None:
+def print_run(run: SearchRun, method: str, n: int, outcomes, per_problem: list[list[dict]], seconds: dict,
+              unverified: int = 0) -> None:
     acc = {r["label"]: 0 for r in per_problem[0] if r["n"] == n}
     for rows in per_problem:
         for r in rows:
@@ -241,7 +247,8 @@ def print_run(run: SearchRun, method: str, n: int, outcomes, per_problem: list[l
     tokens = sum(o.cost.generated_tokens for o in outcomes) / len(outcomes)
     print(f"[search] seed {run.seed} {method} n={n}: {seconds['total']:.0f}s (policy {seconds['policy']:.0f}s, "
           f"prm {seconds['prm']:.0f}s), {tokens:.0f} tokens/problem; correct/{len(run.problems)}: "
-          + ", ".join(f"{k} {v}" for k, v in acc.items()), flush=True)
+          + ", ".join(f"{k} {v}" for k, v in acc.items()) + (f"; unverified answers: {unverified}" if unverified else ""),
+          flush=True)
 
 
 def record(prob: Problem, outcome: SearchOutcome, rows: list[dict], method: str, n: int, betas: list[float],

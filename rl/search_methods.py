@@ -108,7 +108,7 @@ def canonical_answer(answer: str | None) -> str | None:
 
 
 def attach_answer(solution: Solution, fallback_last_number: bool = False) -> Solution:
-    solution.answer = extract_answer(solution.text, fallback_last_number) if solution.steps else None
+    solution.answer = extract_answer(solution.text, fallback_last_number, max_chars=None) if solution.steps else None
     solution.key = canonical_answer(solution.answer)
     return solution
 
@@ -225,6 +225,8 @@ class SearchSettings:
     max_iterations: int = 10          # step rounds (beam, dvts); the last one runs each beam to its end
     spec: ScoreSpec = field(default_factory=ScoreSpec)
     fallback_last_number: bool = False
+    filter_duplicates: bool = False   # beam: drop unfinished beams whose steps repeat an earlier one's
+    sort_completed: bool = False      # beam: return the n best-scored finished beams, not the first n
 
 
 def _sample_full(policy: Policy, problems: list[SearchProblem], n: int, greedy: bool, costs: list[Cost]
@@ -309,48 +311,64 @@ def _rank(beams: list[_Beam], spec: ScoreSpec) -> list[_Beam]:
     return [beams[i] for i in order]
 
 
+def _refill(beams: list[_Beam], n: int) -> list[_Beam]:
+    """The survivors repeated in turn until there are exactly n (search-and-learn: (beams * r)[:n])."""
+    return [beams[i % len(beams)] for i in range(n)] if beams else []
+
+
+def _unique_steps(beams: list[_Beam]) -> list[_Beam]:
+    first = {tuple(b.steps): b for b in reversed(beams)}   # the earliest beam of each step list
+    return [b for b in beams if first[tuple(b.steps)] is b]
+
+
 def beam_search(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: SearchSettings
                 ) -> list[SearchOutcome]:
-    """n beams. Each iteration samples one step per beam; the PRM scores the new prefixes; finished
-    beams leave the pool; the top n/M unfinished ones survive and each is re-expanded to M children.
-    Stops when n beams have finished, none is left, or after max_iterations (the last runs to the end).
-    Returns the finished beams, best first (at most n)."""
-    m = min(cfg.beam_width, cfg.n)
-    keep = max(cfg.n // m, 1)
+    """search-and-learn's beam search (docs/method.md): every iteration exactly n beams sample one step
+    each (the survivors repeated in turn to fill n slots); finished beams leave the pool; the top n/M
+    unfinished (optionally de-duplicated) survive. Returns the first n to finish (or the n best, with
+    sort_completed), repeated in turn if fewer finished; without sort_completed it stops at n finished."""
+    keep = max(cfg.n // min(cfg.beam_width, cfg.n), 1)
     costs = [Cost() for _ in problems]
     scorer = CountingScorer(score, costs)
-    active = [[_Beam([])] for _ in problems]           # the root, expanded to n children first
+    active = [[_Beam([])] for _ in problems]           # the root: its n copies give the first n beams
     done: list[list[_Beam]] = [[] for _ in problems]
     traces: list[list[dict]] = [[] for _ in problems]
     for it in range(cfg.max_iterations):
         live = [p for p in range(len(problems)) if active[p]]
         if not live:
             break
-        children = _expand(problems, policy, scorer, costs, active, cfg.n if it == 0 else m,
-                           it == cfg.max_iterations - 1,
-                           cfg.fallback_last_number)
+        children = _expand(problems, policy, scorer, costs, [_refill(a, cfg.n) for a in active], 1,
+                           it == cfg.max_iterations - 1, cfg.fallback_last_number)
         for p in live:
             finished = [c for c in children[p] if c.finished]
             done[p].extend(finished)
-            survivors = _rank([c for c in children[p] if not c.finished], cfg.spec)[:keep]
-            active[p] = [] if len(done[p]) >= cfg.n else survivors
+            unfinished = [c for c in children[p] if not c.finished]
+            if cfg.filter_duplicates:
+                unfinished = _unique_steps(unfinished)
+            top = {id(b) for b in _rank(unfinished, cfg.spec)[:keep]}
+            survivors = [b for b in unfinished if id(b) in top]   # generation order, as they are refilled
+            active[p] = [] if len(done[p]) >= cfg.n and not cfg.sort_completed else survivors
             traces[p].append({"iteration": it, "expanded": len(children[p]), "finished": len(finished),
                               "kept": len(active[p])})
-    return [SearchOutcome([b.solution for b in _rank(d, cfg.spec)[:cfg.n]], c, t)
-            for d, c, t in zip(done, costs, traces)]
+    results = []
+    for d, c, t in zip(done, costs, traces):
+        chosen = (_rank(d, cfg.spec) if cfg.sort_completed else d)[:cfg.n]
+        results.append(SearchOutcome([b.solution for b in _refill(chosen, cfg.n)], c, t))
+    return results
 
 
 def dvts(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: SearchSettings
          ) -> list[SearchOutcome]:
-    """Diverse verifier tree search: n/M independent subtrees per problem; each samples M candidate
-    next steps from its own prefix and greedily keeps the best. One solution per subtree.
-    Subtrees share nothing but the batched policy/PRM calls."""
+    """Diverse verifier tree search (search-and-learn): n/M independent subtrees per problem, each
+    continuing from the best of M candidate next steps; a subtree's last M candidates are its results
+    (n per problem, all voted on). Subtrees share nothing but the batched policy/PRM calls."""
     m = min(cfg.beam_width, cfg.n)
     n_subtrees = max(cfg.n // m, 1)
     costs = [Cost() for _ in problems]
     # Flatten (problem, subtree) into units so the batched expansion keeps them apart.
     units = [(p, t) for p in range(len(problems)) for t in range(n_subtrees)]
     heads = [_Beam([]) for _ in units]
+    last: list[list[_Beam]] = [[] for _ in units]      # each unit's latest M candidates
     traces: list[list[dict]] = [[] for _ in problems]
     for it in range(cfg.max_iterations):
         live = [u for u, h in enumerate(heads) if not h.finished]
@@ -362,7 +380,10 @@ def dvts(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: Sea
                            [[heads[u]] for u in live], m, it == cfg.max_iterations - 1,
                            cfg.fallback_last_number)
         for j, u in enumerate(live):
+            last[u] = children[j]
             heads[u] = _rank(children[j], cfg.spec)[0]
+            # search-and-learn also ends a subtree once its text holds a boxed answer
+            heads[u].finished = heads[u].finished or "boxed{" in heads[u].solution.text
             costs[units[u][0]].add(unit_costs[j])
         for p in range(len(problems)):
             mine = [u for u in live if units[u][0] == p]
@@ -371,7 +392,7 @@ def dvts(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: Sea
                                   "finished": sum(heads[u].finished for u in mine), "kept": len(mine)})
     for p in range(len(problems)):   # policy calls: the subtrees of one problem share each round
         costs[p].policy_calls = len(traces[p])
-    return [SearchOutcome([heads[u].solution for u in range(len(units)) if units[u][0] == p],
+    return [SearchOutcome([c.solution for u in range(len(units)) if units[u][0] == p for c in last[u]],
                           costs[p], traces[p]) for p in range(len(problems))]
 
 

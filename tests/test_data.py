@@ -63,7 +63,7 @@ def test_prm800k_broken_rating_names_row_and_field(tmp_path):
 
 def test_prmbench_loader():
     items = data.load_prmbench()
-    assert len(items) == 394
+    assert len(items) == 394 + 48   # every row, plus a `correct` item per redundency row (its original process)
     for t in items:
         errs = t.meta["error_steps"]
         assert errs == sorted(errs) and all(0 <= e < len(t.steps) for e in errs)

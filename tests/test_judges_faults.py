@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sqlite3
-from contextlib import contextmanager
 
 import pytest
 
 from judges import JudgeAuthError, JudgeUnavailableError, LabelLedger, LLMJudge
+from tests.guards import no_hang
 from tests.fake_openai_server import FakeOpenAIServer, Reply
 
 STEPS = ["2 + 2 = 4", "4 * 3 = 12", "So the answer is 12."]
@@ -21,20 +20,6 @@ def llm(server, **kw) -> LLMJudge:
     defaults = dict(model="critic", max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05, timeout_s=5,
                     max_tokens=32, api_key_env="PRMLOOP_TEST_JUDGE_KEY")
     return LLMJudge(server.base_url, **{**defaults, **kw})
-
-
-@contextmanager
-def hang_guard(seconds: int):
-    """Fail (instead of hanging the suite) if the block runs past `seconds`: not a timing assert."""
-    def fire(*_):
-        raise AssertionError(f"still running after {seconds} s")
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def charges(db) -> list[tuple]:
@@ -130,14 +115,14 @@ def test_unreadable_200_after_every_retry_is_an_invalid_verdict_with_its_cost(tm
 # ---- deadlines ----------------------------------------------------------------------------------
 def test_a_dripping_server_is_bounded_by_the_deadline():
     # one byte every 0.2 s keeps every socket read under timeout_s; only the total deadline ends it
-    with FakeOpenAIServer([Reply(drip_s=0.2)]) as server, hang_guard(30):
+    with FakeOpenAIServer([Reply(drip_s=0.2)]) as server, no_hang("judge call", 30):
         with pytest.raises(JudgeUnavailableError, match="deadline_s=1.0"):
             llm(server, timeout_s=5, deadline_s=1.0, max_retries=1).judge("q", STEPS)
         assert len(server.requests) == 2
 
 
 def test_read_timeout_and_deadline_are_separate_settings():
-    with FakeOpenAIServer([Reply(delay_s=3)]) as server, hang_guard(30):
+    with FakeOpenAIServer([Reply(delay_s=3)]) as server, no_hang("judge call", 30):
         with pytest.raises(JudgeUnavailableError, match="timeout_s=0.3"):
             llm(server, timeout_s=0.3, deadline_s=60, max_retries=0).judge("q", STEPS)
 
@@ -201,7 +186,7 @@ def test_a_reservation_left_by_another_host_expires_by_lease(tmp_path):
             conn.execute("INSERT INTO reservations (judge, item_hash, tokens, host, pid, created_at, expires_at)"
                          " VALUES (?, ?, 0, 'elsewhere', 1, ?, ?)",
                          (judge.identity, item_key("q", STEPS), time.time(), time.time() + 0.6))
-        with hang_guard(30):
+        with no_hang("judge call", 30):
             [verdict] = ledger.label(judge, [("q", STEPS)])
         assert verdict.first_error == -1 and len(server.requests) == 1 and ledger.spent()["labels"] == 1
 

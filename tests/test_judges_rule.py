@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import random
-import signal
-from contextlib import contextmanager
 from fractions import Fraction
 
 import pytest
@@ -11,6 +9,7 @@ import pytest
 from judges import RuleJudge
 from judges.arith import ArithError, Tok, evaluate, number
 from judges.rule import false_equation
+from tests.guards import no_hang
 
 JUDGE = RuleJudge()
 
@@ -98,22 +97,6 @@ def test_no_false_positive_on_text(step):
 
 def test_step_without_equation_is_correct():
     assert first_error("First, read the problem.", "Next, add them: 2 + 2 = 4.") == -1
-
-
-@contextmanager
-def no_hang(what: str, seconds: int = 20):
-    """A hang guard, not a speed measure (unguarded, 9^9^9^9 never returns): SIGALRM turns a hang into
-    a failure. The guarded checks take milliseconds; 20 s leaves room for a loaded CI box."""
-    def hung(*_):
-        raise TimeoutError(f"no answer within {seconds} s on {what[:40]!r}")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.parametrize("step", [

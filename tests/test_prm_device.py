@@ -21,7 +21,7 @@ QS, SS = ["What is 2+2?", "q"], [["2+2=4", "So 4"], ["x", "y", "z"]]
 
 @pytest.mark.parametrize("bad", ["gpu", "CPU", "cuda:", "cuda:x", "cuda0", "cuda:-1", "mps", ""])
 def test_malformed_device_rejected(bad):
-    with pytest.raises(ConfigError, match="prm.device must be 'cpu', 'cuda' or 'cuda:N'"):
+    with pytest.raises(ConfigError, match="prm.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
         PRMConfig(device=bad)
 
 

@@ -6,7 +6,7 @@ import pytest
 from judges.base import Judge, Verdict
 from prm.config import EvalConfig
 from prm.eval import (evaluate_prmbench, evaluate_processbench, judge_scorer, markdown_table, processbench_preds,
-                      prmbench_score, tune_threshold)
+                      tune_threshold)
 from judges.metrics import processbench_f1
 
 
@@ -24,13 +24,6 @@ def test_processbench_f1_hand_case():
     assert processbench_f1(processbench_preds(scores, 0.3), labels)["f1"] == pytest.approx(2 / 3)
     tau = tune_threshold(scores, labels)
     assert 0.2 < tau <= 0.4 and processbench_f1(processbench_preds(scores, tau), labels)["f1"] == pytest.approx(2 / 3)
-
-
-def test_prmbench_score_hand_case():
-    pred = [True, True, False, True]
-    gold = [True, False, False, True]
-    # valid class: tp 2, fp 1, fn 0 -> F1 0.8; erroneous class: tp 1, fp 0, fn 1 -> F1 2/3
-    assert prmbench_score(pred, gold) == pytest.approx(0.5 * 0.8 + 0.5 * 2 / 3)
 
 
 def oracle_from_labels(items):
@@ -68,8 +61,9 @@ def test_perfect_scorer_on_prmbench():
 
     def score(qs, ss):
         return [[0.0 if i in table[(q, tuple(s))] else 1.0 for i in range(len(s))] for q, s in zip(qs, ss)]
-    res = evaluate_prmbench(score, limit=30)
-    assert res["all"]["score"] == 1.0 and len(res) > 2   # 'all' plus per-classification rows
+    res = evaluate_prmbench(score, limit=60)
+    assert res["overall"]["score"] == 1.0 and len(res["categories"]) > 2
+    assert "PRMBench" in markdown_table({"prmbench": res})
 
 
 class FixedJudge(Judge):

@@ -142,3 +142,17 @@ def test_save_load_identical_scores(tmp_path, mode):
     after = loaded.score(qs, ss)
     for a, b in zip(before, after):
         assert a.mean == b.mean and a.std == b.std
+
+
+def test_system_prompt_setting_shapes_the_input_and_is_saved(tmp_path):
+    """prm.system_prompt=None keeps the template's default system turn; "" replaces it by an empty one
+    (fewer tokens, no default text); the choice travels with the saved PRM."""
+    default, empty = make_prm(), make_prm(system_prompt="")
+    q = "What is 2 + 3?"
+    d_text = default.tokenizer.decode(default._prompt_ids(q))
+    e_text = empty.tokenizer.decode(empty._prompt_ids(q))
+    assert "You are a helpful" in d_text and "You are a helpful" not in e_text
+    assert q in e_text and len(empty._prompt_ids(q)) < len(default._prompt_ids(q))
+    empty.save(tmp_path / "p")
+    again = EnsemblePRM.load(tmp_path / "p")
+    assert again.cfg.system_prompt == "" and again._prompt_ids(q) == empty._prompt_ids(q)

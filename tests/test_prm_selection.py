@@ -97,3 +97,19 @@ def test_pos_weight_downweights_correct_steps():
     l_even, _ = prm_loss(logits_neg, torch.tensor(0.0), labels, labelled, mask, sel, pos_weight=1.0)
     l_bal, _ = prm_loss(logits_neg, torch.tensor(0.0), labels, labelled, mask, sel, pos_weight=0.1)
     assert float(l_bal) > float(l_even)
+
+
+def test_ensemble_std_is_unbiased_and_k1_is_zero():
+    """sigma = torch.std over heads (N - 1) as ActivePRM's trainer: heads .9 and .7 -> sqrt(.02 / 1)."""
+    from prm.model import _to_scores
+    from prm.selection import ensemble_stats
+    logits = torch.logit(t([[[0.9, 0.5]], [[0.7, 0.5]]]))  # [K=2, B=1, S=2]
+    mu, sigma = ensemble_stats(logits)
+    assert torch.allclose(mu, t([[0.8, 0.5]]), atol=1e-6)
+    assert torch.allclose(sigma, t([[0.02 ** 0.5, 0.0]]), atol=1e-6)  # population would give 0.1
+    # the unbiased std decides Eq. 5 here: 0.1414 > 0.12 > 0.1
+    assert select_uncertain(t([[0.95]]), sigma[:, :1], torch.ones(1, 1, dtype=torch.bool), 0.9, 0.12).tolist() == [True]
+    scores = _to_scores(logits[:, 0, :])  # the scoring path uses the same std
+    assert scores.std == pytest.approx([0.02 ** 0.5, 0.0], abs=1e-6)
+    mu1, sigma1 = ensemble_stats(logits[:1])  # K = 1: exactly 0, never nan
+    assert sigma1.tolist() == [[0.0, 0.0]] and _to_scores(logits[:1, 0, :]).std == [0.0, 0.0]

@@ -34,10 +34,61 @@ def test_rloo_leave_one_out():
     close(out, [[.2 - 1, .4 - 1], [1 - .3]])
 
 
-def test_reinforce_pp_global_normalisation():
-    vals = [T([1.]), T([0.]), T([0.]), T([0.])]
-    out = reinforce_pp(vals, [0, 0, 1, 1])  # groups ignored: mean .25, std .5
-    close(out, [[1.5], [-.5], [-.5], [-.5]])
+def test_reinforce_pp_returns_first_then_token_whitening():
+    """OpenRLHF: returns on the raw rewards, then (x - token mean) / population std over every token."""
+    lengths, groups = [3, 1, 2], [0, 0, 1]
+    sources = {"outcome": outcome_source([1.0, 0.0, 1.0], lengths)}
+    adv = compute_advantages(sources, {"outcome": 1.0}, groups, lengths, "reinforce_pp")
+    # tokens 1,1,1 | 0 | 1,1: mean 5/6, population var 5/36 -> 1 -> 1/sqrt(5), 0 -> -sqrt(5)
+    a, b = 1 / math.sqrt(5), -math.sqrt(5)
+    close(adv, [[a, a, a], [b], [a, a]])
+    assert abs(float(torch.cat(adv).mean())) < 1e-6  # token-mean advantage 0 with unequal lengths
+    # process values: returns [1.5, 1.5, 1, 1] and [.2, .2]; token mean .9, population var 1.72 / 6
+    sources = {"process": ([T([.5, 1.]), T([.2])], [[1, 3], [1]])}
+    adv = compute_advantages(sources, {"process": 2.0}, [0, 0], [4, 2], "reinforce_pp")
+    s = math.sqrt(1.72 / 6)
+    close(adv, [[2 * .6 / s, 2 * .6 / s, 2 * .1 / s, 2 * .1 / s], [-2 * .7 / s, -2 * .7 / s]])
+    assert abs(float(torch.cat(adv).mean())) < 1e-6
+    # equal returns everywhere: advantage 0, not nan
+    close(reinforce_pp([T([1.]), T([1.])], [[0], [1]], [0, 1], [1, 2]), [[0.], [0., 0.]])
+
+
+def test_reinforce_pp_whitens_over_the_samples_that_enter_the_loss():
+    """Filtered samples (e.g. a group with pass rate 1) do not set the batch statistics: OpenRLHF filters
+    before it whitens. Kept tokens 1,1 | 0: mean 2/3, population var 2/9."""
+    lengths = [2, 1, 4]
+    sources = {"outcome": outcome_source([1.0, 0.0, 1.0], lengths)}
+    adv = compute_advantages(sources, {"outcome": 1.0}, [0, 0, 1], lengths, "reinforce_pp", [True, True, False])
+    s = math.sqrt(2 / 9)
+    close(adv[:2], [[(1 / 3) / s] * 2, [(-2 / 3) / s]])
+    assert abs(float(torch.cat(adv[:2]).mean())) < 1e-6
+
+
+def test_reinforce_pp_data_parallel_reduce_equals_one_batch():
+    """Two ranks whiten with the summed [sum, sum of squares, count]: the same advantages as one batch."""
+    lengths, outcomes = [3, 1, 2, 4], [1.0, 0.0, 1.0, 0.0]
+    whole = compute_advantages({"outcome": outcome_source(outcomes, lengths)}, {"outcome": 1.0}, [0, 0, 1, 1],
+                               lengths, "reinforce_pp")
+    def rank_stats(ls, os):
+        toks = torch.cat([torch.full((n,), o, dtype=torch.float64) for n, o in zip(ls, os)])
+        return [float(toks.sum()), float((toks ** 2).sum()), toks.numel()]
+    other = rank_stats(lengths[2:], outcomes[2:])
+    reduce = lambda stats: [a + b for a, b in zip(stats, other)]  # noqa: E731
+    rank0 = compute_advantages({"outcome": outcome_source(outcomes[:2], lengths[:2])}, {"outcome": 1.0}, [0, 0],
+                               lengths[:2], "reinforce_pp", None, reduce)
+    close(rank0, whole[:2])
+
+
+def test_zero_length_completion_does_not_raise():
+    lengths = [0, 3, 2]
+    sources = {"outcome": outcome_source([1.0, 0.0, 1.0], lengths),
+               "process": ([T([]), T([.5]), T([.4])], [[], [2], [1]])}
+    for estimator in ("grpo", "rloo", "reinforce_pp"):
+        adv = compute_advantages(sources, {"outcome": 1.0, "process": 1.0}, [0, 0, 0], lengths, estimator)
+        assert [a.numel() for a in adv] == lengths and all(torch.isfinite(a).all() for a in adv)
+    # the empty completion takes no part in the token statistics: the other five tokens still average 0
+    adv = compute_advantages({"outcome": sources["outcome"]}, {"outcome": 1.0}, [0, 0, 0], lengths, "reinforce_pp")
+    assert abs(float(torch.cat(adv).mean())) < 1e-6
 
 
 def test_returns_to_go_places_values_at_positions():

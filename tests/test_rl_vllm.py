@@ -31,7 +31,10 @@ def test_weight_sync_changes_output_and_skipped_sync_is_caught(tiny_dir):
     from rl.vllm_rollout import VLLMRollout
 
     path, model, tok = tiny_dir
-    engine = VLLMRollout(str(path), tok, seed=0, max_model_len=256, kv_cache_gb=1)
+    engine = VLLMRollout(str(path), tok, seed=0, max_model_len=256, kv_cache_gb=1, sync_bucket_mb=1)
+    pushed = []
+    push = engine._push
+    engine._push = lambda bucket: (pushed.append([n for n, _ in bucket]), push(bucket))  # count the buckets
     prompt = format_prompt(tok, "What is 2 + 3?", "Answer briefly.")
     trainer = lambda p, ids: token_logprobs(model, tok, p, ids)  # noqa: E731
     tolerance = 0.05
@@ -48,8 +51,10 @@ def test_weight_sync_changes_output_and_skipped_sync_is_caught(tiny_dir):
     with pytest.raises(ParityError, match="disagree"):
         engine.parity_check(trainer, prompt, "2 + 3 = 5. The answer is 5.", tolerance)
 
-    seconds = engine.sync_weights(model.state_dict().items(), version=1)
+    streamed = ((name, tensor) for name, tensor in model.state_dict().items())  # a stream, not a list
+    seconds = engine.sync_weights(streamed, version=1)
     assert seconds >= 0 and engine.version == 1
+    assert len(pushed) > 1 and sum(map(len, pushed)) == len(model.state_dict())  # bounded buckets, every tensor
     assert engine.parity_check(trainer, prompt, "2 + 3 = 5. The answer is 5.", tolerance) <= tolerance
     after = engine.generate([prompt], n=1, max_new_tokens=16, temperature=0.0)[0][0]
     assert after.policy_version == 1

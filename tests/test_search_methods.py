@@ -158,42 +158,88 @@ def test_greedy_is_one_unscored_greedy_sample():
 
 
 # ---------------------------------------------------------------- beam search
-def test_beam_keeps_n_over_m_and_reexpands_each_to_m():
+def test_beam_keeps_n_over_m_and_refills_each_to_m():
     policy = TreePolicy(value=lambda d, draw, k: round(0.1 + 0.05 * ((draw * 7 + k * 3) % 17), 2))
     out = beam_search([PROBLEM], policy, tagged_scorer(), SearchSettings(n=8, beam_width=2, max_iterations=4))
     shapes = [(len(ctxs), n, one_step) for ctxs, n, one_step in policy.calls]
-    assert shapes == [(1, 8, True), (4, 2, True), (4, 2, True), (4, 2, False)]
+    assert shapes == [(8, 1, True), (8, 1, True), (8, 1, True), (8, 1, False)]   # exactly n every iteration
     assert [t["kept"] for t in out[0].trace] == [4, 4, 4, 0]
+    for ctxs, _, _ in policy.calls[1:]:   # 4 survivors, each repeated M = 2 times, in turn
+        assert ctxs[:4] == ctxs[4:] and len(set(ctxs)) == 4
     assert len(out[0].solutions) == 8 and all(len(s.steps) == 4 for s in out[0].solutions)
-    scores = [ScoreSpec().solution_score(s) for s in out[0].solutions]
+
+
+def test_beam_keeps_n_beams_alive_when_one_parent_survives():
+    # n = 8, M = 2: after step 1 only one beam is unfinished; search-and-learn gives it all 8 slots
+    # (a fixed M children per survivor would shrink the search to 2 beams).
+    policy = TreePolicy(value=lambda d, draw, k: 0.5, finishes=lambda d, draw, k: d >= 1 or draw != 0)
+    out = beam_search([PROBLEM], policy, tagged_scorer(), SearchSettings(n=8, beam_width=2, max_iterations=3))
+    assert out[0].trace[0] == {"iteration": 0, "expanded": 8, "finished": 7, "kept": 1}
+    second = policy.calls[1][0]
+    assert len(second) == 8 and len(set(second)) == 1 and "d0.0.0" in second[0]
+    assert out[0].trace[1]["expanded"] == 8
+    # 7 finished after step 1, all 8 at step 2: the first 8 to finish are the result, the search stops
+    assert len(out[0].solutions) == 8 and [len(s.steps) for s in out[0].solutions] == [1] * 7 + [2]
+    assert len(policy.calls) == 2
+
+
+def test_beam_returns_the_first_n_finished_or_the_best_n_and_pads_to_n():
+    values = [0.2, 0.9, 0.4, 0.3]
+    policy = TreePolicy(value=lambda d, draw, k: values[draw] if d == 0 else 0.1 * (draw % 7),
+                        finishes=lambda d, draw, k: d == 1)
+    first = beam_search([PROBLEM], policy, tagged_scorer(), SearchSettings(n=4, beam_width=2, max_iterations=3))
+    assert len(first[0].solutions) == 4 and first[0].trace[-1]["iteration"] == 1
+    policy = TreePolicy(value=lambda d, draw, k: values[draw] if d == 0 else 0.1 * (draw % 7),
+                        finishes=lambda d, draw, k: d == 1)
+    best = beam_search([PROBLEM], policy, tagged_scorer(),
+                       SearchSettings(n=4, beam_width=2, max_iterations=3, sort_completed=True))
+    scores = [ScoreSpec().solution_score(s) for s in best[0].solutions]
     assert scores == sorted(scores, reverse=True)
+    # fewer than n finished: the finished ones repeated in turn (search-and-learn pads to n)
+    policy = TreePolicy(value=lambda d, draw, k: 0.5, finishes=lambda d, draw, k: draw == 0)
+    out = beam_search([PROBLEM], policy, tagged_scorer(), SearchSettings(n=4, beam_width=2, max_iterations=1))
+    assert len(out[0].solutions) == 4
+
+
+def test_beam_filter_duplicates_drops_repeated_prefixes():
+    # Every beam writes the same first step: with filtering one of them survives (and gets all n
+    # slots); without, the top n/M = 2 identical copies survive.
+    class SameStep(TreePolicy):
+        def __call__(self, contexts, n, one_step, greedy=False):
+            self.calls.append((list(contexts), n, one_step))
+            return [[Continuation("[0.5] same", 3, step_end=True) for _ in range(n)] for _ in contexts]
+    for flag, kept in ((False, 2), (True, 1)):
+        out = beam_search([PROBLEM], SameStep(None), tagged_scorer(),
+                          SearchSettings(n=4, beam_width=2, max_iterations=2, filter_duplicates=flag))
+        assert out[0].trace[0]["kept"] == kept
 
 
 def _ranking_tree(depth, draw, k):
     if depth == 0:
-        return [0.9, 0.2, 0.6, 0.5][k]            # keep c0 (0.9) and c2 (0.6); c0 is expanded first
+        return [0.9, 0.2, 0.6, 0.5][draw]          # keep c0 (0.9) and c2 (0.6); c0 is expanded first
     if depth == 1:
-        return {1: [0.7, 0.65], 2: [0.8, 0.75]}[draw][k]
+        return {4: 0.7, 5: 0.8, 6: 0.65, 7: 0.75}[draw]
     return 0.5
 
 
-@pytest.mark.parametrize("aggregate,parent", [("last", "d0.0.2"), ("min", "d0.0.0"), ("prod", "d0.0.0")])
+@pytest.mark.parametrize("aggregate,parent", [("last", "d0.2.0"), ("min", "d0.0.0"), ("prod", "d0.0.0")])
 def test_beam_ranks_prefixes_by_the_configured_aggregate(aggregate, parent):
-    # After step 2, 'last' prefers c2's children (0.8, 0.75); 'min' and 'prod' prefer c0's (0.9 then 0.7).
+    # After step 2, 'last' prefers c2's children (0.8, 0.75); 'min' and 'prod' prefer c0's (0.9 then 0.7/0.65).
     policy = TreePolicy(_ranking_tree)
     beam_search([PROBLEM], policy, tagged_scorer(),
                 SearchSettings(n=4, beam_width=2, max_iterations=3, spec=ScoreSpec(aggregate)))
-    assert [c[len(PROMPT):].split("\n\n")[0] for c in policy.calls[1][0]] == ["[0.9] d0.0.0", "[0.6] d0.0.2"]
+    second = [c[len(PROMPT):].split("\n\n")[0] for c in policy.calls[1][0]]
+    assert second == ["[0.9] d0.0.0", "[0.6] d0.2.0"] * 2
     third = policy.calls[2][0]
-    assert len(third) == 2 and all(parent in c for c in third)
+    assert len(third) == 4 and all(parent in c for c in third)
 
 
 def test_finished_beams_leave_the_pool():
-    policy = TreePolicy(value=lambda d, draw, k: [0.95, 0.9, 0.4, 0.3][k] if d == 0 else 0.5,
-                        finishes=lambda d, draw, k: d == 0 and k == 0)
+    policy = TreePolicy(value=lambda d, draw, k: [0.95, 0.9, 0.4, 0.3][draw] if d == 0 else 0.5,
+                        finishes=lambda d, draw, k: d == 0 and draw == 0)
     out = beam_search([PROBLEM], policy, tagged_scorer(), SearchSettings(n=4, beam_width=2, max_iterations=2))
     assert out[0].trace[0] == {"iteration": 0, "expanded": 4, "finished": 1, "kept": 2}
-    assert len(policy.calls[1][0]) == 2 and not any("d0.0.0" in c for c in policy.calls[1][0])
+    assert len(policy.calls[1][0]) == 4 and not any("d0.0.0" in c for c in policy.calls[1][0])
     assert len(out[0].solutions) == 4 and out[0].solutions[0].steps == ["[0.95] d0.0.0 The answer is 5"]
 
 
@@ -206,12 +252,40 @@ def test_dvts_subtrees_keep_their_own_best_and_share_no_state():
     policy = TreePolicy(value)
     out = dvts([PROBLEM], policy, tagged_scorer(), SearchSettings(n=4, beam_width=2, max_iterations=3))
     firsts = [s.steps[0] for s in out[0].solutions]
-    assert firsts == ["[0.9] d0.0.0", "[0.2] d0.1.1"]
+    assert firsts == ["[0.9] d0.0.0"] * 2 + ["[0.2] d0.1.1"] * 2   # each subtree's last M candidates
     for ctxs, _, _ in policy.calls[1:]:                # each subtree extends only its own prefix
-        assert [c[len(PROMPT):].split("\n\n")[0] for c in ctxs] == firsts
+        assert [c[len(PROMPT):].split("\n\n")[0] for c in ctxs] == firsts[::2]
     shapes = [(len(ctxs), n) for ctxs, n, _ in policy.calls]
     assert shapes == [(2, 2), (2, 2), (2, 2)]
-    assert out[0].solutions[0].steps is not out[0].solutions[1].steps
+    assert out[0].solutions[0].steps is not out[0].solutions[2].steps
+
+
+def test_dvts_returns_n_candidates_and_votes_over_all_of_them():
+    # n = 16, M = 4: 4 subtrees x their last 4 candidates. Each final expansion has one high-scored
+    # answer "1" and three lower-scored "2"s: the best of each subtree says 1, most candidates say 2.
+    policy = TreePolicy(value=lambda d, draw, k: 0.9 if k == 0 else 0.6,
+                        answer=lambda d, draw, k: "1" if k == 0 else "2")
+    out = dvts([PROBLEM], policy, tagged_scorer(), SearchSettings(n=16, beam_width=4, max_iterations=2))
+    sols = out[0].solutions
+    assert len(sols) == 16 and [s.answer for s in sols] == ["1", "2", "2", "2"] * 4
+    spec = ScoreSpec()
+    assert sols[SELECTORS["vanilla"](sols, spec)].answer == "1"
+    assert sols[SELECTORS["majority"](sols, spec)].answer == "2"      # 12 votes to 4
+    assert sols[SELECTORS["weighted"](sols, spec)].answer == "2"      # 12 x 0.6 = 7.2 > 4 x 0.9 = 3.6
+
+
+def test_dvts_subtree_ends_at_a_boxed_answer():
+    # search-and-learn prunes a DVTS subtree whose text contains "boxed{", even mid-solution
+    class Boxed(TreePolicy):
+        def __call__(self, contexts, n, one_step, greedy=False):
+            out = super().__call__(contexts, n, one_step, greedy)
+            first = len(self.calls) == 1   # only subtree 0's first step writes a boxed answer
+            return [[Continuation(c.text + (" so \\boxed{5}" if first and i == 0 else ""), c.n_tokens, c.step_end)
+                     for c in conts] for i, conts in enumerate(out)]
+    policy = Boxed(value=lambda d, draw, k: 0.5)
+    out = dvts([PROBLEM], policy, tagged_scorer(), SearchSettings(n=4, beam_width=2, max_iterations=3))
+    assert [len(ctxs) for ctxs, _, _ in policy.calls] == [2, 1, 1]   # subtree 0 stopped after its boxed step
+    assert [len(s.steps) for s in out[0].solutions] == [1, 1, 3, 3]
 
 
 def test_dvts_result_per_subtree_matches_running_it_alone():
@@ -220,13 +294,14 @@ def test_dvts_result_per_subtree_matches_running_it_alone():
     # Alone, subtree 0 sees the draws it saw in the batch (draw ids shift by one per subtree and depth).
     alone = dvts([PROBLEM], TreePolicy(lambda d, draw, k: value(d, 2 * draw, k)), tagged_scorer(),
                  SearchSettings(n=2, beam_width=2, max_iterations=3))
-    assert [s.split("] ")[0] for s in together[0].solutions[0].steps] == [s.split("] ")[0] for s in alone[0].solutions[0].steps]
+    for a, b in zip(together[0].solutions[:2], alone[0].solutions):
+        assert [s.split("] ")[0] for s in a.steps] == [s.split("] ")[0] for s in b.steps]
 
 
 def test_dvts_finished_subtree_stops_while_others_go_on():
     policy = TreePolicy(value=lambda d, draw, k: 0.5, finishes=lambda d, draw, k: draw == 0)
     out = dvts([PROBLEM], policy, tagged_scorer(), SearchSettings(n=4, beam_width=2, max_iterations=3))
-    assert [len(s.steps) for s in out[0].solutions] == [1, 3]
+    assert [len(s.steps) for s in out[0].solutions] == [1, 1, 3, 3]
     assert [len(ctxs) for ctxs, _, _ in policy.calls] == [2, 1, 1]
     assert out[0].cost.generated_tokens == 3 * 2 * 4 and out[0].cost.policy_calls == 3
 

