@@ -5,7 +5,7 @@ Built-in names:
                          converted once to a cached bf16 safetensors dir (with tokenizer + chat template).
   tiny-random-llama      a 2-layer random-init Llama (hidden 64) with SmolLM2's real tokenizer: unit tests.
   chain-tiny             a ~1M-parameter Llama trained from scratch on the chain task (prm.chain_model), built
-                         once (a few CPU-minutes, deterministic from its seed) and cached: the CPU testbed policy.
+                         once (10-20 CPU-minutes, deterministic from its seed) and cached: the CPU testbed policy.
 Anything else is passed to `from_pretrained` (a local dir, or an HF id where a hub or cache exists).
 """
 from __future__ import annotations
