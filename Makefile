@@ -30,7 +30,7 @@ $(STAMP)/vllm: $(STAMP)/base
 vllm: $(STAMP)/vllm
 
 # Converts the GGUF once into a cached bf16 safetensors dir and trains the chain-tiny testbed policy
-# (minutes on one core), both cached under ~/.cache/prmloop/models.
+# (10-20 min on one core), both cached under ~/.cache/prmloop/models.
 $(STAMP)/model: $(STAMP)/base
 	$(PY) -m prm.models smollm2-135m-instruct chain-tiny
 	touch $@
