@@ -7,7 +7,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export DS_BUILD_OPS := 0
 ARGS ?=
 
-.PHONY: setup vllm provision run test test-fast clean
+.PHONY: setup vllm provision chain-tiny run test test-fast clean
 
 setup: $(STAMP)/base $(STAMP)/model
 
@@ -29,11 +29,15 @@ $(STAMP)/vllm: $(STAMP)/base
 
 vllm: $(STAMP)/vllm
 
-# Converts the GGUF once into a cached bf16 safetensors dir and trains the chain-tiny testbed policy
-# (10-20 min on one core), both cached under ~/.cache/prmloop/models.
+# Converts the GGUF once into a cached bf16 safetensors dir (~/.cache/prmloop/models).
 $(STAMP)/model: $(STAMP)/base
-	$(PY) -m prm.models smollm2-135m-instruct chain-tiny
+	$(PY) -m prm.models smollm2-135m-instruct
 	touch $@
+
+# The chain testbed's policy, trained from scratch once and cached beside SmolLM2 (prm/chain_model.py;
+# minutes of CPU, so not part of setup: the testbed configs also build it on first use).
+chain-tiny: $(STAMP)/base
+	$(PY) -m prm.models chain-tiny
 
 provision: $(STAMP)/model
 
