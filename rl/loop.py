@@ -39,8 +39,9 @@ PHASES = ("generate", "verify", "score", "select", "judge", "prm_update", "resco
 
 
 @dataclass
-class Rollout:
-    """One completion and everything the round learns about it."""
+class Attempt:
+    """One attempt at a problem: a completion and everything the round learns about it (its verdict,
+    PRM step scores, the judge's first error)."""
     group: int
     question: str
     reference: str | None
@@ -60,7 +61,7 @@ class RoundWork:
     index: int
     timer: PhaseTimer
     back_timer: PhaseTimer
-    rollouts: list[Rollout] = field(default_factory=list)
+    rollouts: list[Attempt] = field(default_factory=list)
     chosen: list[bool] = field(default_factory=list)
     cost: Cost = field(default_factory=Cost)
     metrics: dict = field(default_factory=dict)         # written by the foreground halves
@@ -149,7 +150,7 @@ class OnlineLoop:
         return metrics, stds
 
     # ------------------------------------------------------------------ phases
-    def generate(self, problems, index: int = 0, first: int = 0) -> list[Rollout]:
+    def generate(self, problems, index: int = 0, first: int = 0) -> list[Attempt]:
         """`first`: the global index of problems[0]. Group g samples from seeds derived from (run seed,
         round, g), so it draws the same completions on whichever rank, in whichever batch, it lands."""
         r = self.cfg.rollout
@@ -161,17 +162,17 @@ class OnlineLoop:
         version = assert_single_version(groups)  # a group's baseline is only valid on-policy
         if version != self.policy.version:
             raise AssertionError(f"rollouts from policy version {version}, trainer is at {self.policy.version}")
-        return [Rollout(first + g, p.question, p.reference_answer, prompt, c, split_steps(c.text) or [c.text.strip() or "(empty)"])
+        return [Attempt(first + g, p.question, p.reference_answer, prompt, c, split_steps(c.text) or [c.text.strip() or "(empty)"])
                 for g, (p, prompt, group) in enumerate(zip(problems, prompts, groups)) for c in group]
 
-    def score(self, rollouts: list[Rollout]) -> None:
+    def score(self, rollouts: list[Attempt]) -> None:
         if self.learner is None:
             return
         scores = self.learner.score([r.question for r in rollouts], [r.steps for r in rollouts])
         for r, s in zip(rollouts, scores):
             r.mean, r.std = list(s.mean), list(s.std)
 
-    def select(self, rollouts: list[Rollout], index: int) -> list[bool]:
+    def select(self, rollouts: list[Attempt], index: int) -> list[bool]:
         """prm.selection.select_trajectories; random draws as many as Eq. 5 picks (equal budget).
         A per-round budget keeps the most uncertain (random mode: a random subset). Decided over every
         rank's items (gathered in rank order, the order one rank would have); each rank keeps its slice."""
@@ -189,7 +190,7 @@ class OnlineLoop:
                                      self.cfg.prm.delta_std).tolist()
         return chosen[offset:offset + len(rollouts)]
 
-    def judge_selected(self, rollouts: list[Rollout], chosen: list[bool]) -> tuple[list[Rollout], Cost]:
+    def judge_selected(self, rollouts: list[Attempt], chosen: list[bool]) -> tuple[list[Attempt], Cost]:
         """Labels go through the ledger (persisted before they are returned; repeats cost nothing).
         Rank 0 owns the judge and the ledger: it labels every rank's picks in one call (an item picked
         on two ranks is paid once) and broadcasts the verdicts; the cost is the round's, on every rank."""
@@ -206,7 +207,7 @@ class OnlineLoop:
             r.first_error = v.first_error if v is not None else None
         return [r for r in picked if r.first_error is not None], cost
 
-    def update_prm(self, judged: list[Rollout], rollouts: list[Rollout] | None = None) -> dict:
+    def update_prm(self, judged: list[Attempt], rollouts: list[Attempt] | None = None) -> dict:
         """The PRM learns from this round's judged rollouts; its step accuracy on them before/after.
         Every rank steps (a rank without labels trains on a zero BCE term, with one of its `rollouts`
         as an unselected stand-in), the BCE normalised over all ranks' labels: N ranks take the step
@@ -236,7 +237,7 @@ class OnlineLoop:
         out["prm/acc_after"] = self._step_accuracy(after)
         return out
 
-    def _update_prm_replay(self, judged: list[Rollout]) -> dict:
+    def _update_prm_replay(self, judged: list[Attempt]) -> dict:
         """prm.replay: the PRM trains on every paid label so far (this round's read back from the ledger,
         where they were committed) and logs its quality on the fixed held-out judged set."""
         out = {}
@@ -255,7 +256,7 @@ class OnlineLoop:
     def _sum_over_ranks(self, value: float) -> tuple[float, int]:
         return sum(self.ranks.gather(value)), self.ranks.world
 
-    def advantages(self, rollouts: list[Rollout]) -> tuple[list[Sample], dict]:
+    def advantages(self, rollouts: list[Attempt]) -> tuple[list[Sample], dict]:
         a = self.cfg.algo
         lengths = [len(r.completion.token_ids) for r in rollouts]
         groups = [r.group for r in rollouts]
@@ -322,7 +323,7 @@ class OnlineLoop:
         return getattr(self.rollout, "model", None) is self.policy.module
 
     @staticmethod
-    def _record(r: Rollout) -> dict:
+    def _record(r: Attempt) -> dict:
         """What the round's metrics need of a rollout (gathered from every rank to compute them)."""
         return {"passed": r.passed, "mean": r.mean or [], "std": r.std or [], "tokens": len(r.completion.token_ids),
                 "truncated": r.completion.finish_reason == "length", "steps": len(r.steps),
@@ -353,7 +354,7 @@ class OnlineLoop:
         return mu, sigma, mask
 
     @staticmethod
-    def _labelled(r: Rollout, mean: list[float]) -> tuple[int, int, list[float]]:
+    def _labelled(r: Attempt, mean: list[float]) -> tuple[int, int, list[float]]:
         """(first error, number of steps, PRM step means): what the PRM accuracy metrics need."""
         return r.first_error, len(r.steps), list(mean)
 

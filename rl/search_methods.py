@@ -50,13 +50,14 @@ class SearchProblem:
 
 
 @dataclass
-class Cost:
+class SearchCompute:
+    """Compute one problem's search spent (the equal-compute axis of the summary); a judge's bill is judges.Cost."""
     generated_tokens: int = 0
     prm_passes: int = 0               # sequences through the PRM (identical ones in one call counted once)
     scored_steps: int = 0             # separator positions read across those passes
     policy_calls: int = 0             # generation rounds this problem took part in
 
-    def add(self, other: "Cost") -> None:
+    def add(self, other: "SearchCompute") -> None:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -78,7 +79,7 @@ class Solution:
 @dataclass
 class SearchOutcome:
     solutions: list[Solution]
-    cost: Cost
+    cost: SearchCompute
     trace: list[dict] = field(default_factory=list)   # per-iteration beam counts (beam, dvts)
 
 
@@ -189,7 +190,7 @@ class CountingScorer:
     """Calls the PRM for many problems at once; charges each problem for its own sequences.
     Identical (question, steps) sequences in one call run once (beam siblings often coincide)."""
 
-    def __init__(self, score: ScoreFn, costs: list[Cost]):
+    def __init__(self, score: ScoreFn, costs: list[SearchCompute]):
         self.score, self.costs = score, costs
 
     def __call__(self, owners: list[int], questions: list[str], solutions: list[Solution]) -> None:
@@ -229,7 +230,7 @@ class SearchSettings:
     sort_completed: bool = False      # beam: return the n best-scored finished beams, not the first n
 
 
-def _sample_full(policy: Policy, problems: list[SearchProblem], n: int, greedy: bool, costs: list[Cost]
+def _sample_full(policy: Policy, problems: list[SearchProblem], n: int, greedy: bool, costs: list[SearchCompute]
                  ) -> list[list[Solution]]:
     outs = policy([p.prompt for p in problems], n, one_step=False, greedy=greedy)
     result = []
@@ -244,7 +245,7 @@ def _sample_full(policy: Policy, problems: list[SearchProblem], n: int, greedy: 
 def greedy(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: SearchSettings
            ) -> list[SearchOutcome]:
     """One greedy solution per problem: the floor every search method should beat. Not scored."""
-    costs = [Cost() for _ in problems]
+    costs = [SearchCompute() for _ in problems]
     sols = _sample_full(policy, problems, 1, True, costs)
     return [SearchOutcome([attach_answer(s[0], cfg.fallback_last_number)], c) for s, c in zip(sols, costs)]
 
@@ -253,7 +254,7 @@ def best_of_n(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg
               ) -> list[SearchOutcome]:
     """n independent samples per problem, each scored once. Results for n' < n are read off the
     first n' samples (see prefix_cost), so every n' comes from the same sample set."""
-    costs = [Cost() for _ in problems]
+    costs = [SearchCompute() for _ in problems]
     per_problem = _sample_full(policy, problems, cfg.n, False, costs)
     owners = [i for i, sols in enumerate(per_problem) for _ in sols]
     flat = [s for sols in per_problem for s in sols]
@@ -262,10 +263,10 @@ def best_of_n(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg
             for sols, c in zip(per_problem, costs)]
 
 
-def prefix_cost(solutions: list[Solution]) -> Cost:
+def prefix_cost(solutions: list[Solution]) -> SearchCompute:
     """What best-of-N spends on these samples alone (a prefix of the full run)."""
     unique = {tuple(s.steps) for s in solutions if s.steps}
-    return Cost(generated_tokens=sum(s.n_tokens for s in solutions), prm_passes=len(unique),
+    return SearchCompute(generated_tokens=sum(s.n_tokens for s in solutions), prm_passes=len(unique),
                 scored_steps=sum(len(u) for u in unique), policy_calls=1)
 
 
@@ -328,7 +329,7 @@ def beam_search(problems: list[SearchProblem], policy: Policy, score: ScoreFn, c
     unfinished (optionally de-duplicated) survive. Returns the first n to finish (or the n best, with
     sort_completed), repeated in turn if fewer finished; without sort_completed it stops at n finished."""
     keep = max(cfg.n // min(cfg.beam_width, cfg.n), 1)
-    costs = [Cost() for _ in problems]
+    costs = [SearchCompute() for _ in problems]
     scorer = CountingScorer(score, costs)
     active = [[_Beam([])] for _ in problems]           # the root: its n copies give the first n beams
     done: list[list[_Beam]] = [[] for _ in problems]
@@ -364,7 +365,7 @@ def dvts(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: Sea
     (n per problem, all voted on). Subtrees share nothing but the batched policy/PRM calls."""
     m = min(cfg.beam_width, cfg.n)
     n_subtrees = max(cfg.n // m, 1)
-    costs = [Cost() for _ in problems]
+    costs = [SearchCompute() for _ in problems]
     # Flatten (problem, subtree) into units so the batched expansion keeps them apart.
     units = [(p, t) for p in range(len(problems)) for t in range(n_subtrees)]
     heads = [_Beam([]) for _ in units]
@@ -375,7 +376,7 @@ def dvts(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: Sea
         if not live:
             break
         unit_problems = [problems[units[u][0]] for u in live]
-        unit_costs = [Cost() for _ in live]
+        unit_costs = [SearchCompute() for _ in live]
         children = _expand(unit_problems, policy, CountingScorer(score, unit_costs), unit_costs,
                            [[heads[u]] for u in live], m, it == cfg.max_iterations - 1,
                            cfg.fallback_last_number)

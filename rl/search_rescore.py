@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prm.steps import split_steps
 from rl.search import choices, write_records
-from rl.search_methods import Cost, ScoreSpec, SearchOutcome, Solution, canonical_answer
+from rl.search_methods import SearchCompute, ScoreSpec, SearchOutcome, Solution, canonical_answer
 
 KEPT = ("source", "question", "reference", "method", "n", "betas", "aggregate", "seed", "trace", "cost",
         "batch_seconds")
@@ -49,7 +49,7 @@ def rescored(recs: list[dict], prm, prm_name: str, checker, path: Path) -> list[
     selectors = sorted({row["label"].split("/")[1].split(" ")[0] for row in recs[0]["results"]})
     lines = []
     for rec, group in zip(recs, sols):
-        rows = choices("best_of_n", SearchOutcome(group, Cost()), rec["n"], selectors, specs)
+        rows = choices("best_of_n", SearchOutcome(group, SearchCompute()), rec["n"], selectors, specs)
         verdicts = checker.check_many([rec["reference"]] * len(rows), [r["answer"] for r in rows])
         spent = {(r["label"], r["n"]): r["cost"] for r in rec["results"]}   # generation cost: the samples'
         for row, ok in zip(rows, verdicts):
