@@ -48,8 +48,11 @@ def test_cpu_scores_unchanged():
     prm = EnsemblePRM(PRMConfig(**TINY, device="cpu"))
     assert prm.device == torch.device("cpu")
     got = prm.score(QS, SS)
+    # stds pinned as the population std over the K = 4 heads; the ensemble std is now the unbiased one
+    # (N - 1, as ActivePRM's torch.std): the population std times sqrt(K / (K - 1))
     expected = [([0.498002, 0.498779], [0.007485, 0.007882]),
                 ([0.499059, 0.499334, 0.498953], [0.008206, 0.00855, 0.008422])]
+    expected = [(mean, [v * (4 / 3) ** 0.5 for v in std]) for mean, std in expected]
     for s, (mean, std) in zip(got, expected):
         assert all(isinstance(v, float) for v in s.mean + s.std)
         torch.testing.assert_close(torch.tensor(s.mean), torch.tensor(mean), rtol=0, atol=2e-6)

@@ -97,19 +97,3 @@ def test_forward_logprobs_asks_for_the_device_of_every_tensor_it_creates(trainer
     trainer._forward_logprobs(trainer.model, [Sample([1, 2, 3], [4, 5]), Sample([1], [6, 7, 8])])
     assert {n for n, _ in calls} == {"full", "zeros", "tensor"}
     assert all(device == trainer.device for _, device in calls), calls
-
-
-def test_reinforce_pp_whitens_with_the_statistics_of_all_ranks():
-    """Two halves whitened with the summed [sum, sum of squares, count] equal the whole batch whitened
-    at once (mean 2.0 and unbiased std sqrt(2.5) of 0..4, by hand): what a rank's share must get."""
-    from rl.algos import reinforce_pp
-    values = [torch.tensor([0.0, 1.0]), torch.tensor([2.0]), torch.tensor([3.0, 4.0])]
-    halves = [values[:2], values[2:]]
-    stats = [[float(sum(v.sum() for v in h)), float(sum((v ** 2).sum() for v in h)), sum(v.numel() for v in h)]
-             for h in halves]
-    total = [sum(x) for x in zip(*stats)]
-    split = reinforce_pp(halves[0], [0, 1], lambda _: total) + reinforce_pp(halves[1], [2], lambda _: total)
-    expected = [(v - 2.0) / 2.5 ** 0.5 for v in values]
-    for got, want in zip(split, expected):
-        assert torch.allclose(got, want, atol=1e-6)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(reinforce_pp(values, [0, 1, 2]), expected))
