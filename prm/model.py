@@ -66,11 +66,13 @@ class EnsembleHeads(nn.Module):
             self.register_buffer(f"{name}_init", p.detach().clone())
         self.num_heads = num_heads
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [N, H] -> logits [K, N]."""
+    def forward(self, x: torch.Tensor, with_penalty: bool = False):
+        """x [N, H] -> logits [K, N]; with_penalty: (logits, anchor_penalty()), the penalty taken here
+        because ZeRO-3 holds this module's gathered weights only during its own forward."""
         h = torch.relu(torch.einsum("nh,khd->knd", x, self.w1) + self.b1)
         h = torch.relu(torch.bmm(h, self.w2) + self.b2)
-        return (torch.bmm(h, self.w3) + self.b3).squeeze(-1)
+        logits = (torch.bmm(h, self.w3) + self.b3).squeeze(-1)
+        return (logits, self.anchor_penalty()) if with_penalty else logits
 
     def anchor_penalty(self) -> torch.Tensor:
         """mean((phi - phi_init)^2) over every head parameter, pooled."""
@@ -196,13 +198,13 @@ class EnsemblePRM(nn.Module):
     def forward(self, batch: PRMBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head logits [K, B, S] (zero at padding slots) and the anchor penalty (a scalar).
 
-        The penalty is computed here, inside forward, so it also works where ZeRO-3 only gathers the
-        parameters during a forward pass."""
+        The penalty is computed inside the heads' forward, so it also works where ZeRO-3 only gathers
+        a module's parameters during that module's forward."""
         feats = batch.features if batch.features is not None else self.separator_features(batch)
-        flat = self.heads(feats.float())                                  # heads run in fp32
+        flat, penalty = self.heads(feats.float(), with_penalty=True)     # heads run in fp32
         logits = flat.new_zeros((self.heads.num_heads, *batch.step_mask.shape))
         logits[:, batch.step_mask] = flat
-        return logits, self.heads.anchor_penalty()
+        return logits, penalty
 
     @torch.no_grad()
     def score(self, questions: list[str], steps: list[list[str]], batch_size: int | None = None,

@@ -117,6 +117,12 @@ class PRMLearner:
         else:
             self.optimizer, self.scheduler = optimizer, scheduler
 
+    @property
+    def collective_forwards(self) -> bool:
+        """ZeRO-3 gathers the partitioned parameters inside every forward, a collective: each rank must
+        then run the same PRM forwards (callers score the same items on every rank)."""
+        return self.engine is not None and self.trainer.zero_stage == 3
+
     # ------------------------------------------------------------------ scoring
     def features(self, trajectories_or_questions, steps=None, progress: bool = False) -> list[torch.Tensor]:
         qs, ss = self._split(trajectories_or_questions, steps)

@@ -168,9 +168,28 @@ class OnlineLoop:
     def score(self, rollouts: list[Attempt]) -> None:
         if self.learner is None:
             return
-        scores = self.learner.score([r.question for r in rollouts], [r.steps for r in rollouts])
-        for r, s in zip(rollouts, scores):
+        for r, s in zip(rollouts, self._score(rollouts)):
             r.mean, r.std = list(s.mean), list(s.std)
+
+    def _score(self, rollouts: list[Attempt]) -> list:
+        """The PRM's scores of `rollouts`. Under a ZeRO-3 PRM every forward is a collective: each rank
+        scores every rank's items (gathered, the same batches everywhere) and keeps its own slice."""
+        items = [(r.question, r.steps) for r in rollouts]
+        if not (self.learner.collective_forwards and self.ranks.world > 1):
+            return self.learner.score([q for q, _ in items], [s for _, s in items]) if items else []
+        parts = self.ranks.gather(items)
+        everyone = [x for part in parts for x in part]
+        offset = sum(len(part) for part in parts[:self.ranks.rank])
+        scores = self.learner.score([q for q, _ in everyone], [s for _, s in everyone]) if everyone else []
+        return scores[offset:offset + len(items)]
+
+    def _prefill_features(self, trajectories: list[Trajectory]) -> None:
+        """Frozen PRM under ZeRO-3: the update's backbone features, computed for every rank's items on
+        every rank, so the update itself runs no backbone forward (which a rank alone would run)."""
+        if self.learner.cache is None or not (self.learner.collective_forwards and self.ranks.world > 1):
+            return
+        everyone = [t for part in self.ranks.gather(trajectories) for t in part]
+        self.learner.features(everyone)
 
     def select(self, rollouts: list[Attempt], index: int) -> list[bool]:
         """prm.selection.select_trajectories; random draws as many as Eq. 5 picks (equal budget).
@@ -228,12 +247,12 @@ class OnlineLoop:
         if not trajectories:  # nothing of ours to learn from: a stand-in keeps the step collective
             r = (rollouts or [])[0]
             trajectories, mask = [Trajectory(r.question, r.steps, None, r.reference)], [False]
+        self._prefill_features(trajectories)
         update = self.learner.update(trajectories, mask, reduce_weight=self._sum_over_ranks)
         losses = self.ranks.gather((update["loss"], update.get("labelled", 0)))
         out.update({"prm/loss": sum(x for x, _ in losses) / len(losses), "prm/trained": sum(n for _, n in losses)})
-        after = self.learner.score([r.question for r in judged], [r.steps for r in judged]) if judged else []
-        after = [x for part in self.ranks.gather([self._labelled(r, s.mean) for r, s in zip(judged, after)])
-                 for x in part]
+        after = self._score(judged)
+        after = [x for part in self.ranks.gather([self._labelled(r, s.mean) for r, s in zip(judged, after)]) for x in part]
         out["prm/acc_after"] = self._step_accuracy(after)
         return out
 

@@ -78,11 +78,6 @@ def build(cfg: OnlineConfig):
     if colocate:  # every rank's engine up before any rank goes on (TRL: DeepSpeed hangs otherwise)
         ranks.barrier()
     learner = None
-    if needs_prm(cfg) and cfg.trainer.deepspeed and cfg.trainer.zero_stage == 3:
-        # ZeRO-3 gathers parameters in every forward, collectively: the PRM's per-rank re-scoring of its own
-        # judged items makes unequal forward counts (a hang). The policy's ZeRO-3 is policy.zero_stage.
-        raise ValueError("trainer.zero_stage=3 (the PRM's stage) is not supported by rl.online: use "
-                         "policy.zero_stage=3 for the policy and trainer.zero_stage<=2 for the PRM")
     if needs_prm(cfg):
         from prm.model import EnsemblePRM
         from prm.update import PRMLearner
@@ -169,7 +164,8 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     loop.on_phase = lambda index, phase: bar.set_description(f"round {index}/{cfg.rounds}: {phase}")
     schedule = effective_schedule(cfg)
     if schedule != cfg.schedule and main_rank:
-        print(f"[rl.online] schedule={cfg.schedule} needs prm_update=pre_update_rewards|none and one process: running serially")
+        print(f"[rl.online] schedule={cfg.schedule} needs prm_update=pre_update_rewards|none, one process and "
+              "trainer.zero_stage<=2 (the PRM's): running serially")
     for done in run_rounds(loop, range(start_round, last + 1), schedule):
         index, metrics, stds = done.index, done.metrics, done.stds
         bar.update(1)

@@ -3,13 +3,15 @@ tests/test_rl_distributed.py; takes the same hydra overrides as the command).
 
 After every round each rank writes $PROBE_DIR/rank{r}_round{i}.json: the questions it generated for
 (one entry per completion), its policy and PRM weight digests and the round's metrics; rank 0 also
-saves the flat policy weights and PRM heads ($PROBE_DIR/weights_round{i}.pt) for cross-run comparison.
+saves the flat policy weights and PRM heads ($PROBE_DIR/weights_round{i}.pt) for cross-run comparison,
+every rank its own copy ($PROBE_DIR/weights_rank{r}_round{i}.pt); ZeRO-3 weights are gathered first.
 Faults on request (env):
     PROBE_STARVE_RANK=r   rank r keeps no sample for the policy and no label in round 1
     PROBE_HANG_ROUND=i    in round i, after judging, touch $PROBE_DIR/hung and sleep (the test kill -9s it)
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -76,11 +78,22 @@ def report(self, work, wall=None):
     metrics, stds = original_report(self, work, wall)
     policy = [p for _, p in sorted(self.policy.module.named_parameters())]
     heads = [p for _, p in sorted(self.learner.prm.heads.named_parameters())] if self.learner else []
-    record = {"questions": seen[index], "policy": digest(policy), "prm": digest(heads), "metrics": metrics}
+    with gathered(policy + heads):   # ZeRO-3: the full tensors (a collective: every rank reports)
+        record = {"questions": seen[index], "policy": digest(policy), "prm": digest(heads), "metrics": metrics,
+                  "prm_partitioned": any(hasattr(p, "ds_id") for p in heads)}
+        weights = {"policy": flat(policy), "prm": flat(heads) if heads else None}
     (OUT / f"rank{RANK}_round{index}.json").write_text(json.dumps(record))
+    torch.save(weights, OUT / f"weights_rank{RANK}_round{index}.pt")
     if RANK == 0:
-        torch.save({"policy": flat(policy), "prm": flat(heads) if heads else None}, OUT / f"weights_round{index}.pt")
+        torch.save(weights, OUT / f"weights_round{index}.pt")
     return metrics, stds
+
+
+def gathered(params):
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+    return deepspeed.zero.GatheredParameters([p for p in params if hasattr(p, "ds_id")])
 
 
 original_generate = OnlineLoop.generate

@@ -3,7 +3,7 @@
 One 2-rank run and one 1-rank run of the same global batch (module fixtures) serve several tests:
 disjoint whole groups per rank, identical weights on both ranks after every round, judge requests equal
 to the unique selected items, and 2 ranks == 1 rank. Further runs: a rank that keeps nothing (hang guard:
-the subprocess timeout), kill -9 in round 2 + resume. Evidence comes from tests/dp_probe.py.
+the subprocess timeout), kill -9 in round 2 + resume, the PRM at ZeRO-3 == at stage 0. Evidence comes from tests/dp_probe.py.
 """
 from __future__ import annotations
 
@@ -184,3 +184,35 @@ def test_zero3_sync_delivers_full_tensors_equal_to_the_unsharded_model(tmp_path,
     assert r0["shapes"] == r1["shapes"] == r0["expected_shapes"]      # gathered: no partition placeholders
     assert r0["sum"] == r1["sum"] and not r0["missing"]
     assert r0["max_diff"] < 1e-5 < r0["moved"]                        # the sharded step == the unsharded one
+
+
+# The PRM at ZeRO-3 vs stage 0 (policy at stage 0 in both), 2 ranks each: every PRM forward gathers the
+# partitioned weights collectively, so each rank scores every rank's items (rl/loop.py, _score). A judge
+# budget of 3 items splits unequally over the ranks, so their own re-scoring after the update would be
+# unequal forward counts (a hang: the subprocess timeout). Same data, seeds and labels; what may differ is
+# float summation order (the gradient reduce-scatter): measured equal bit for bit on this CPU; allowed
+# LOSS_TOL / WEIGHT_TOL as for 2 ranks vs 1.
+def test_zero3_prm_on_2_ranks_runs_2_rounds_and_equals_the_stage_0_run(tmp_path):
+    out = {}
+    for stage in (3, 0):
+        with FakeOpenAIServer(verdict) as server:
+            launch(2, tmp_path / f"z{stage}", server, f"trainer.zero_stage={stage}", "policy.zero_stage=0",
+                   "select.budget_per_round=3")
+            out[stage] = tmp_path / f"z{stage}"
+    for i in range(1, ROUNDS + 1):
+        r0, r1 = probe(out[3], 0, i), probe(out[3], 1, i)
+        assert r0["prm_partitioned"] and r1["prm_partitioned"]          # the PRM really ran at ZeRO-3
+        assert not probe(out[0], 0, i)["prm_partitioned"]
+        w0, w1 = (torch.load(out[3] / "probe" / f"weights_rank{r}_round{i}.pt") for r in (0, 1))
+        assert torch.equal(w0["prm"], w1["prm"]) and r0["prm"] == r1["prm"] and r0["policy"] == r1["policy"]
+        a, b = r0["metrics"], probe(out[0], 0, i)["metrics"]
+        assert a["judge/labels"] == 3
+        for key in ("pass_rate", "select/selected", "judge/labels", "prm/trained"):
+            assert a.get(key) == b.get(key), key
+        for key in ("prm/loss", "prm/acc_before", "prm/acc_after", "policy/loss", "reward/process"):
+            assert a[key] == pytest.approx(b[key], abs=LOSS_TOL), key
+        wb = torch.load(out[0] / "probe" / f"weights_round{i}.pt")
+        for part in ("policy", "prm"):
+            assert (w0[part] - wb[part]).abs().max() <= WEIGHT_TOL, part
+    first = torch.load(out[3] / "probe" / "weights_rank0_round1.pt")["prm"]
+    assert (w0["prm"] - first).abs().max() > 1e-4                       # the PRM moved in round 2
