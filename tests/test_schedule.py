@@ -105,3 +105,12 @@ def test_overlap_only_where_valid(tmp_path, monkeypatch, prm_update, world, expe
     mode = "none" if prm_update == "none" else "uncertain"   # a frozen PRM pays no judge
     assert effective_schedule(tiny_config(tmp_path, prm_update=prm_update, mode=mode, schedule="overlap")) == expected
     assert effective_schedule(tiny_config(tmp_path, prm_update=prm_update, mode=mode, schedule="serial")) == "serial"
+
+
+def test_a_zero3_prm_runs_serially(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    cfg = tiny_config(tmp_path, prm_update="pre_update_rewards", schedule="overlap")
+    cfg.trainer.deepspeed, cfg.trainer.zero_stage = True, 3   # gathers/frees weights per forward: one thread
+    assert effective_schedule(cfg) == "serial"
+    cfg.trainer.zero_stage = 2
+    assert effective_schedule(cfg) == "overlap"
