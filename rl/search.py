@@ -6,7 +6,7 @@ the search over all problems at once and writes, under `trainer.out_dir`:
   records/<method>-n<N>-beta<B>-seed<S>.jsonl   one line per problem: solutions with step scores,
                                                 the chosen answer per selector and n, correct, cost
   summary.md, search.png                       accuracy vs n (and vs generated tokens) per method,
-                                                rebuilt from every record file in out_dir
+                                                rebuilt from every record file in trainer.out_dir
 A killed or extended run resumes: a record file that is complete and was written under the same
 settings (run_stamp) is kept, not recomputed (`trainer.resume=never` recomputes everything). On the HF backend
 every run is seeded on its own, so the kept and the new records equal an uninterrupted run's.
