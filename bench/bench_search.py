@@ -60,7 +60,7 @@ def command(name: str, prm: str | None, backend: str, extra: list[str], seeds: s
         common = _override(common, "scorer.betas", betas)
     if seeds:   # e.g. one seed per call where a machine limits the length of one command
         setting = _override(setting, "seeds", seeds)
-    args = [*common, *setting, f"rollout.backend={backend}", f"out_dir=outputs/bench_search/{name}"]
+    args = [*common, *setting, f"rollout.backend={backend}", f"trainer.out_dir=outputs/bench_search/{name}"]
     if prm:
         args.append(f"prm.path={prm}")
     return dict(ENV.get(name, {})), ["python", "-m", "rl.search", *args, *extra]

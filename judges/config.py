@@ -114,6 +114,20 @@ def validate_judge_config(cfg: Any) -> JudgeConfig:
 
 
 @dataclass
+class OutDirConfig:
+    """The `trainer` node of a command that trains nothing (prm.eval, judges.eval; rl.search adds resume):
+    every command spells its output dir `trainer.out_dir`, as rl.online and prm.train do."""
+    out_dir: str = "outputs/run"
+
+
+def reject_moved_keys(cfg: Any, moved: dict[str, str]) -> None:
+    """Fail on a key given at its old place (a value other than None), naming the key that replaced it."""
+    for old, new in moved.items():
+        if getattr(cfg, old) is not None:
+            raise ValueError(f"{old}={getattr(cfg, old)} was renamed: use {new}")
+
+
+@dataclass
 class JudgeEvalConfig:
     """`python -m judges.eval`: a judge's ProcessBench F1, every label through the ledger."""
     judge: Any = field(default_factory=lambda: {"name": "rule"})  # validated by validate_judge_config
@@ -121,9 +135,11 @@ class JudgeEvalConfig:
     subsets: list[str] = field(default_factory=lambda: ["gsm8k"])
     limit: Optional[int] = None  # N items of each subset, evenly spaced (both classes)
     ledger: str = "outputs/judge_eval/ledger.sqlite"  # labels persist: a rerun pays nothing twice
-    out_dir: str = "outputs/judge_eval"
+    trainer: OutDirConfig = field(default_factory=lambda: OutDirConfig("outputs/judge_eval"))
+    out_dir: Optional[str] = None  # renamed: trainer.out_dir (one spelling in every command)
 
     def __post_init__(self) -> None:
+        reject_moved_keys(self, {"out_dir": "trainer.out_dir"})
         self.judge = validate_judge_config(self.judge)
 
 

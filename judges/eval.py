@@ -1,7 +1,7 @@
 """Measure a judge on ProcessBench: python -m judges.eval judge=rule subsets=[gsm8k,math]
 
 Every label goes through the ledger, so a rerun (or a resumed run) pays nothing twice.
-Prints per-subset F1 and their mean, and writes <out_dir>/<judge name>.json.
+Prints per-subset F1 and their mean, and writes <trainer.out_dir>/<judge name>.json.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               "ledger": ledger_path, "ledger_stats": stats,
               "judge_config": OmegaConf.to_container(OmegaConf.structured(judge_cfg))}
     _print(report)
-    out = Path(to_absolute_path(cfg.out_dir)) / f"{judge_cfg.name}.json"
+    out = Path(to_absolute_path(cfg.trainer.out_dir)) / f"{judge_cfg.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")

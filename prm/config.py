@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from judges.config import validate_judge_config
+from judges.config import OutDirConfig, reject_moved_keys, validate_judge_config
 
 T = TypeVar("T")
 
@@ -198,9 +198,11 @@ class PRMEvalConfig:
     judge: Any = None                         # evaluate a judge instead of a PRM (judges.config schema of its kind)
     eval: EvalConfig = field(default_factory=EvalConfig)
     data_root: str | None = None
-    out_dir: str | None = "outputs/prm_eval"
+    trainer: OutDirConfig = field(default_factory=lambda: OutDirConfig("outputs/prm_eval"))   # trainer.out_dir
+    out_dir: str | None = None                # renamed: trainer.out_dir (one spelling in every command)
 
     def __post_init__(self):
+        reject_moved_keys(self, {"out_dir": "trainer.out_dir"})
         if self.judge is not None:
             self.judge = validate_judge_config(self.judge)
 
@@ -218,7 +220,7 @@ class PoolSelectConfig:
 
 
 RENAMED = {"mode": "select.mode (active -> uncertain, full -> all, random -> random) or job=filter",
-           "budget": "select.budget"}
+           "budget": "select.budget", "out_dir": "trainer.out_dir", "resume": "trainer.resume"}
 
 
 @dataclass
@@ -238,6 +240,8 @@ class PRMTrainConfig:
     run_eval: bool = True
     mode: str | None = None                   # renamed (RENAMED): a value here fails with the new key
     budget: float | None = None               # renamed: select.budget
+    out_dir: str | None = None                # not a key: every command's output dir is trainer.out_dir
+    resume: str | None = None                 # not a key: trainer.resume
 
     def __post_init__(self):
         for old, new in RENAMED.items():

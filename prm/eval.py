@@ -14,7 +14,7 @@ PRMBench: prm.prmbench (the official mr_eval scoring: modified_question + modifi
 category 0.5 F1(valid) + 0.5 F1(erroneous), multi_solutions F1(valid) alone, the `correct` category
 outside the overall). `eval.prmbench_path` reads a file or a folder of JSONL files (the full release);
 `eval.skip_bad_rows=true` counts and names rows that cannot be scored instead of stopping at the first.
-Writes <out_dir>/eval.json and eval.md, prints the table.
+Writes <trainer.out_dir>/eval.json and eval.md, prints the table.
 """
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def main(dcfg: DictConfig) -> None:
     if cfg.eval.subsets == ["all"]:
         cfg.eval.subsets = list(PROCESSBENCH_SUBSETS)
     scorer, name = build_scorer(cfg)
-    evaluate(scorer, cfg.eval, cfg.data_root, cfg.out_dir, name)
+    evaluate(scorer, cfg.eval, cfg.data_root, cfg.trainer.out_dir, name)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from judges.config import validate_judge_config
+from judges.config import reject_moved_keys, validate_judge_config
 from prm.config import ConfigError, PRMConfig, ReplayConfig, SelectMode, TrainerConfig, check_device
 
 
@@ -167,8 +167,11 @@ class OnlineConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     plot: bool = True
     keep_checkpoints: int = 2                # newest round checkpoints kept on disk
+    out_dir: str | None = None               # not a key: every command's output dir is trainer.out_dir
+    resume: str | None = None                # not a key: trainer.resume
 
     def __post_init__(self):
+        reject_moved_keys(self, {"out_dir": "trainer.out_dir", "resume": "trainer.resume"})
         self.judge = validate_judge_config(self.judge)
         check_rules(self)
 

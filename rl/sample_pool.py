@@ -23,7 +23,7 @@ from rl.search_policy import RolloutPolicy, load_task, make_backend, seed_run
 
 @dataclass
 class PoolSampleConfig:
-    out: str | None = None                   # the JSONL to write (None: <out_dir>/pool.jsonl)
+    out: str | None = None                   # the JSONL to write (None: <trainer.out_dir>/pool.jsonl)
     n: int = 8                               # samples per problem
     seed: int = 0                            # sampling seed
     exclude_offset: int = 0                  # the held-out slice (test split) whose questions are skipped
@@ -53,7 +53,7 @@ def write_pool(cfg) -> Path:
         correct = checker.check_many([q.reference_answer for q, _, _ in samples], [s.answer for _, _, s in samples])
     finally:
         checker.close()
-    out = Path(p.out or Path(cfg.out_dir) / "pool.jsonl")
+    out = Path(p.out or Path(cfg.trainer.out_dir) / "pool.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as fh:
         for (q, k, sol), ok in zip(samples, correct):

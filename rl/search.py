@@ -2,13 +2,13 @@
 
 One invocation loads the policy (HF or vLLM backend) and the PRM once, then for every seed and every
 selected method (config group `method`, one or several: `method=[greedy,best_of_n,beam,dvts]`) runs
-the search over all problems at once and writes, under `out_dir`:
+the search over all problems at once and writes, under `trainer.out_dir`:
   records/<method>-n<N>-beta<B>-seed<S>.jsonl   one line per problem: solutions with step scores,
                                                 the chosen answer per selector and n, correct, cost
   summary.md, search.png                       accuracy vs n (and vs generated tokens) per method,
-                                                rebuilt from every record file in out_dir
+                                                rebuilt from every record file in trainer.out_dir
 A killed or extended run resumes: a record file that is complete and was written under the same
-settings (run_stamp) is kept, not recomputed (`resume=false` recomputes everything). On the HF backend
+settings (run_stamp) is kept, not recomputed (`trainer.resume=never` recomputes everything). On the HF backend
 every run is seeded on its own, so the kept and the new records equal an uninterrupted run's.
 Best-of-N samples max(ns) once per seed; every n' <= max(ns) (powers of two, and max(ns)) is read off
 its first n' samples. Beam search and DVTS run once per n in ns (n >= 2) and per beta in scorer.betas;
@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from prm.answers import AnswerChecker
+from judges.config import OutDirConfig, reject_moved_keys
 from prm.config import ConfigError, PRMConfig, validate
 from prm.data import Problem
 from rl.config import PolicyConfig, RolloutBackendName, RolloutConfig, TaskConfig
@@ -66,6 +67,17 @@ class SearchJob(StrEnum):
 
 
 @dataclass
+class SearchTrainerConfig(OutDirConfig):
+    """rl.search's `trainer` node: the output dir and resume, spelt as in rl.online and prm.train."""
+    out_dir: str = "outputs/search"
+    resume: str = "auto"                      # auto: keep a (method, n, beta, seed) record file that is complete; never
+
+    def __post_init__(self):
+        if self.resume not in ("auto", "never"):
+            raise ConfigError(f"trainer.resume must be auto or never for rl.search, got {self.resume!r}")
+
+
+@dataclass
 class SearchConfig:
     # the component groups of rl.online: the policy (model, dtype), how it generates (rollout), the task
     # (the same problems, prompts and few-shot turns; search's defaults: the test split, 20 problems)
@@ -77,16 +89,18 @@ class SearchConfig:
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    out_dir: str = "outputs/search"
+    trainer: SearchTrainerConfig = field(default_factory=SearchTrainerConfig)   # trainer.out_dir, trainer.resume
+    out_dir: str | None = None                # renamed: trainer.out_dir (one spelling in every command)
+    resume: bool | None = None                # renamed: trainer.resume=auto|never
     fallback_last_number: bool | None = None  # renamed: task.fallback_last_number (the task's, as in rl.online)
     dataset: dict[str, Any] = field(default_factory=dict)   # renamed: task (rl.online's task group)
     job: SearchJob = SearchJob.search
     pool: PoolSampleConfig = field(default_factory=PoolSampleConfig)   # job=pool (rl.sample_pool)
     plot: bool = True
     progress: bool = True                     # a tqdm bar per run (generation rounds)
-    resume: bool = True                       # skip a (method, n, beta, seed) run whose record file is complete
 
     def __post_init__(self):
+        reject_moved_keys(self, {"out_dir": "trainer.out_dir", "resume": "trainer.resume=auto|never"})
         if self.fallback_last_number is not None:
             raise ConfigError("fallback_last_number was renamed: use task.fallback_last_number")
         if self.dataset:
@@ -193,7 +207,7 @@ def run_method(run: SearchRun, method: str, mcfg: MethodConfig) -> None:
         name = f"{method}-n{n}-beta{betas[0]:g}-seed{run.seed}" if step_wise else f"{method}-n{n}-seed{run.seed}"
         path = run.out_dir / "records" / f"{name}.jsonl"
         stamp = run_stamp(run.cfg, mcfg, betas)
-        if run.cfg.resume and _complete(path, stamp, len(run.problems)):
+        if run.cfg.trainer.resume == "auto" and _complete(path, stamp, len(run.problems)):
             print(f"[search] seed {run.seed} {method} n={n}: done before, record kept ({path.name})", flush=True)
             continue
         specs = [ScoreSpec(run.cfg.scorer.aggregate, b) for b in betas]
@@ -292,7 +306,7 @@ def search(cfg: SearchConfig) -> Path:
     if unknown:
         raise KeyError(f"methods {sorted(unknown)} unknown; registered: {sorted(METHODS)}")
     ScoreSpec(cfg.scorer.aggregate)   # fail on a bad aggregate before loading anything
-    out_dir = Path(cfg.out_dir)
+    out_dir = Path(cfg.trainer.out_dir)
     problems, task = load_task(cfg.task)
     prm = load_prm(cfg.prm)
     scorer = TimedScorer(prm, cfg.scorer.prefix_cache_gb)

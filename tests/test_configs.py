@@ -1,6 +1,7 @@
 """Every shipped config composes from the installed `configs` package and fits its schema;
 unknown or ill-typed keys fail at start-up with the key named."""
 import re
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -124,3 +125,39 @@ def test_schema_only_keys_need_no_plus():
     assert _compose("prm_train", ["prm.lora_r=3"]).prm.lora_r == 3
     assert _compose("judge_eval", ["limit=3"]).limit == 3
     assert _compose("prm_eval", ["+judge.name=rule"]).judge.name == "rule"   # the older documented form
+
+
+ONE_SPELLING = {"online": ["trainer.out_dir=o", "trainer.resume=never", "trainer.seed=3"],
+                "prm_train": ["trainer.out_dir=o", "trainer.resume=never", "trainer.seed=3"],
+                "search": ["trainer.out_dir=o", "trainer.resume=never"],
+                "prm_eval": ["trainer.out_dir=o"], "judge_eval": ["trainer.out_dir=o"]}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_SPELLING))
+def test_every_command_takes_trainer_out_dir_and_resume(name):
+    """The five commands spell the output dir (and resume, seed where they have them) as trainer.*."""
+    cfg = validate(OmegaConf.to_container(_compose(name, ONE_SPELLING[name]), resolve=True), TOP_LEVEL[name])
+    assert cfg.trainer.out_dir == "o"
+    for override in ONE_SPELLING[name][1:]:
+        key, value = override.removeprefix("trainer.").split("=")
+        assert str(getattr(cfg.trainer, key)) == value
+    raw = OmegaConf.to_container(OmegaConf.load(Path(rl.online.__file__).parent.parent / "configs" / f"{name}.yaml"))
+    hydra_dir = raw["hydra"]["run"]["dir"]
+    assert hydra_dir.startswith("${trainer.out_dir}/hydra")
+
+
+@pytest.mark.parametrize("name,old,new", [("search", "out_dir=o", "trainer.out_dir"),
+                                          ("search", "resume=false", "trainer.resume=auto|never"),
+                                          ("prm_eval", "out_dir=o", "trainer.out_dir"),
+                                          ("judge_eval", "out_dir=o", "trainer.out_dir")])
+def test_old_top_level_out_dir_and_resume_fail_naming_the_new_key(name, old, new):
+    with pytest.raises(ConfigError, match=re.escape(f"{old.split('=')[0]}=") + ".*was renamed: use " + re.escape(new)):
+        validate(OmegaConf.to_container(_compose(name, [old]), resolve=True), TOP_LEVEL[name])
+    for other in ("online", "prm_train"):   # never had them at the top level: the same message
+        with pytest.raises(ConfigError, match="was renamed: use trainer." + old.split("=")[0]):
+            validate(OmegaConf.to_container(_compose(other, [old]), resolve=True), TOP_LEVEL[other])
+
+
+def test_search_resume_takes_auto_or_never():
+    with pytest.raises(ConfigError, match="trainer.resume must be auto or never"):
+        validate(OmegaConf.to_container(_compose("search", ["trainer.resume=false"]), resolve=True), SearchConfig)

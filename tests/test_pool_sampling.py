@@ -34,7 +34,7 @@ def test_search_job_pool_writes_an_unlabelled_pool_with_verified_answers(tmp_pat
     out = tmp_path / "pool.jsonl"
     overrides = ["job=pool", f"pool.out={out}", "pool.n=2", "pool.exclude_limit=1", "task.limit=3",
                  "policy.model=tiny-random-llama", "policy.dtype=fp32", "rollout=hf", "rollout.max_new_tokens=8",
-                 "prm.backbone=tiny-random-llama", f"out_dir={tmp_path}"]
+                 "prm.backbone=tiny-random-llama", f"trainer.out_dir={tmp_path}"]
     with initialize_config_module("configs", version_base=None):
         cfg = compose("search", overrides=overrides)
     assert validate(OmegaConf.to_container(cfg, resolve=True), SearchConfig).job == "pool"

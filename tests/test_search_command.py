@@ -19,7 +19,7 @@ def _compose(tmp_path, *overrides):
             "rollout.step_max_new_tokens=6", "prm.backbone=tiny-random-llama", "prm.dtype=fp32", "prm.num_heads=4",
             "task.limit=2", "ns=[4]", "seeds=[0]", "method.beam.max_iterations=2",
             "method.dvts.max_iterations=2", "method.beam.beam_width=2", "method.dvts.beam_width=2",
-            f"out_dir={tmp_path}", *overrides])
+            f"trainer.out_dir={tmp_path}", *overrides])
     return OmegaConf.to_container(raw, resolve=True)
 
 

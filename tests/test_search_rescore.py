@@ -16,7 +16,7 @@ def _cfg(out_dir):
         raw = compose("search", overrides=[
             "method=[greedy,best_of_n]", "scorer.betas=[0.0]", "policy.model=tiny-random-llama", "rollout=hf",
             "policy.dtype=fp32", "rollout.max_new_tokens=12", "prm.backbone=tiny-random-llama", "prm.dtype=fp32",
-            "prm.num_heads=4", "task.limit=2", "ns=[4]", "seeds=[0]", f"out_dir={out_dir}", "plot=false"])
+            "prm.num_heads=4", "task.limit=2", "ns=[4]", "seeds=[0]", f"trainer.out_dir={out_dir}", "plot=false"])
     return validate(OmegaConf.to_container(raw, resolve=True), SearchConfig)
 
 
