@@ -23,7 +23,7 @@ MODES = {
     "outcome_only": ["select.mode=none", "algo.reward=outcome", "prm_update=none"],
 }
 # Small settings so 30+ rounds x seeds x modes fit the shared 2-core machine.
-SMALL = ["data.prompts_per_round=3", "rollout.n=4", "rollout.max_new_tokens=24", "algo.mini_batch_size=12",
+SMALL = ["task.prompts_per_round=3", "rollout.n=4", "rollout.max_new_tokens=24", "algo.mini_batch_size=12",
          "algo.micro_batch_size=12", "policy.lr=1e-5", "trainer.save_every=10", "trainer.progress=false", "plot=false",
          "keep_checkpoints=1"]
 
@@ -36,7 +36,7 @@ def run_all(args, extra: list[str]) -> None:
             if done.is_file() and len(done.read_text().splitlines()) >= args.rounds:
                 continue
             cmd = [sys.executable, "-m", "rl.online", f"rounds={args.rounds}", f"trainer.seed={seed}",
-                   f"data.seed={seed}", f"trainer.out_dir={out}", *SMALL, *MODES[mode], *extra]
+                   f"task.seed={seed}", f"trainer.out_dir={out}", *SMALL, *MODES[mode], *extra]
             print("$", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
 
