@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from chain_stats import fmt, mean_ci, paired  # noqa: E402
+from online_grid import load, run_dir, run_grid  # noqa: E402
 
 ARMS = {
     "uncertain": ["select.mode=uncertain"],
@@ -36,23 +36,10 @@ def budget(args, arm: str) -> list[str]:
 
 
 def run_all(args, extra: list[str]) -> None:
-    for seed in args.seeds:
-        for arm in args.arms:
-            out = Path(args.out) / f"{arm}_s{seed}"
-            done = out / "metrics.jsonl"
-            if done.is_file() and len(done.read_text().splitlines()) >= args.rounds:
-                continue
-            cmd = [sys.executable, "-m", "rl.online", "--config-name", "online_chain", f"rounds={args.rounds}",
-                   f"trainer.seed={seed}", f"task.seed={seed}", f"trainer.out_dir={out.resolve()}",
-                   "trainer.progress=false", "plot=false", "trainer.save_every=4", "keep_checkpoints=1",
-                   *ARMS[arm], *budget(args, arm), *extra]
-            print("$", " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True, cwd=REPO)
-
-
-def load(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    run_grid(args.out, args.seeds, args.arms, args.rounds, lambda arm, seed, out: [
+        "--config-name", "online_chain", f"rounds={args.rounds}", f"trainer.seed={seed}", f"task.seed={seed}",
+        f"trainer.out_dir={out.resolve()}", "trainer.progress=false", "plot=false", "trainer.save_every=4",
+        "keep_checkpoints=1", *ARMS[arm], *budget(args, arm), *extra], cwd=REPO)
 
 
 def curves(args) -> dict:
@@ -60,7 +47,7 @@ def curves(args) -> dict:
     out = {}
     for arm in args.arms:
         for seed in args.seeds:
-            rows = load(Path(args.out) / f"{arm}_s{seed}")[: args.rounds]
+            rows = load(run_dir(args.out, arm, seed))[: args.rounds]
             if len(rows) < args.rounds:
                 continue
             c = {k: [r.get(k, float("nan")) for r in rows] for k in

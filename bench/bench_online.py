@@ -10,11 +10,13 @@ killed bench continues where it stopped). The report compares pass rate and judg
 """
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from online_grid import load, run_dir, run_grid  # noqa: E402
 
 MODES = {
     "selection": ["select.mode=uncertain", "algo.reward=both", "prm_update=pre_update_rewards"],
@@ -29,28 +31,16 @@ SMALL = ["task.prompts_per_round=3", "rollout.n=4", "rollout.max_new_tokens=24",
 
 
 def run_all(args, extra: list[str]) -> None:
-    for seed in args.seeds:
-        for mode in args.modes:
-            out = Path(args.out) / f"{mode}_s{seed}"
-            done = out / "metrics.jsonl"
-            if done.is_file() and len(done.read_text().splitlines()) >= args.rounds:
-                continue
-            cmd = [sys.executable, "-m", "rl.online", f"rounds={args.rounds}", f"trainer.seed={seed}",
-                   f"task.seed={seed}", f"trainer.out_dir={out}", *SMALL, *MODES[mode], *extra]
-            print("$", " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True)
-
-
-def load(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    run_grid(args.out, args.seeds, args.modes, args.rounds, lambda mode, seed, out: [
+        f"rounds={args.rounds}", f"trainer.seed={seed}", f"task.seed={seed}", f"trainer.out_dir={out}", *SMALL,
+        *MODES[mode], *extra])
 
 
 def report(args) -> dict:
     root = Path(args.out)
     summary, curves = {}, {}
     for mode in args.modes:
-        runs = [load(root / f"{mode}_s{seed}") for seed in args.seeds]
+        runs = [load(run_dir(root, mode, seed)) for seed in args.seeds]
         runs = [r for r in runs if r]
         if not runs:
             continue
