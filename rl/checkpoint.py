@@ -122,10 +122,12 @@ def save_round(out_dir: str | Path, round_index: int, policy, learner, state: di
     return final
 
 
-def load_round(path: Path, policy, learner, ranks=None) -> dict:
-    """Restore weights and optimizers in place; return the saved state (this rank's RNG restored too)."""
+def load_round(path: Path, policy, learner, ranks=None, verified: bool = False) -> dict:
+    """Restore weights and optimizers in place; return the saved state (this rank's RNG restored too).
+    verified=True: `path` came from resolve_resume, which has checked its manifest already."""
     rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
-    verify(path, "checkpoint")
+    if not verified:
+        verify(path, "checkpoint")
     state = load_state(path / "state.pt")
     if state.get("world", 1) != world:
         raise ValueError(f"{path} was saved by {state.get('world', 1)} rank(s); resume it with as many "

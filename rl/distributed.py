@@ -43,11 +43,6 @@ def accept_local_rank_argument(argv: list[str] | None = None) -> None:
             i += 1
 
 
-def launched() -> bool:
-    """True under torchrun / the deepspeed launcher (they set WORLD_SIZE), even with one rank."""
-    return "WORLD_SIZE" in os.environ
-
-
 @dataclass
 class Ranks:
     rank: int = 0

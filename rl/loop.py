@@ -38,6 +38,11 @@ PHASES = ("generate", "verify", "score", "select", "judge", "prm_update", "resco
           "weight_sync", "wait_prm")  # the serial order (timing/* keys come in it); wait_prm: rl.schedule's overlap
 
 
+def attempt_steps(text: str) -> list[str]:
+    """A completion's steps; one that splits into none is one step (its text, or "(empty)")."""
+    return split_steps(text) or [text.strip() or "(empty)"]
+
+
 @dataclass
 class Attempt:
     """One attempt at a problem: a completion and everything the round learns about it (its verdict,
@@ -77,14 +82,15 @@ class OnlineLoop:
         self.on_phase = None  # callback(round index, phase name) when a foreground phase starts (progress display)
         self.replay = None    # prm.replay.LabelReplay: train on every paid label (set by rl.online.build)
 
-    def round(self, index: int) -> tuple[dict, list[float]]:
-        """One round, serially. rl.schedule runs the same four halves, where valid with judge -> prm_update
-        of round k in a worker thread beside round k's policy update and round k+1's generation."""
+    def round(self, index: int) -> RoundWork:
+        """One round, serially (rl.schedule's serial schedule; `report` turns it into metrics). The overlap
+        schedule runs the same four halves with judge -> prm_update of round k in a worker thread beside
+        round k's policy update and round k+1's generation."""
         work = self.begin(index)      # generate -> verify
         self.rank(work)               # score -> select
         self.learn_prm(work)          # judge -> prm_update
         self.learn_policy(work)       # [rescore ->] advantage -> policy_update -> weight_sync
-        return self.report(work)
+        return work
 
     def begin(self, index: int) -> RoundWork:
         show = None if self.on_phase is None else (lambda phase: self.on_phase(index, phase))
@@ -162,7 +168,7 @@ class OnlineLoop:
         version = assert_single_version(groups)  # a group's baseline is only valid on-policy
         if version != self.policy.version:
             raise AssertionError(f"rollouts from policy version {version}, trainer is at {self.policy.version}")
-        return [Attempt(first + g, p.question, p.reference_answer, prompt, c, split_steps(c.text) or [c.text.strip() or "(empty)"])
+        return [Attempt(first + g, p.question, p.reference_answer, prompt, c, attempt_steps(c.text))
                 for g, (p, prompt, group) in enumerate(zip(problems, prompts, groups)) for c in group]
 
     def score(self, rollouts: list[Attempt]) -> None:
@@ -238,8 +244,7 @@ class OnlineLoop:
         before = [x for part in self.ranks.gather([self._labelled(r, r.mean) for r in judged]) for x in part]
         if not before:  # no rank has a label (a global decision: every rank returns here)
             return {}
-        agree = sum(first_below(mean, self.cfg.prm.threshold) == k for k, _, mean in before)
-        out = {"prm/agreement": agree / len(before), "prm/acc_before": self._step_accuracy(before)}
+        out = self._before_update(before)
         if self.cfg.prm_update == PRMUpdate.none:
             return out
         trajectories = [Trajectory(r.question, r.steps, r.first_error, r.reference) for r in judged]
@@ -261,16 +266,19 @@ class OnlineLoop:
         where they were committed) and logs its quality on the fixed held-out judged set."""
         out = {}
         if judged:
-            before = [self._labelled(r, r.mean) for r in judged]
-            out = {"prm/agreement": sum(first_below(m, self.cfg.prm.threshold) == k for k, _, m in before) / len(before),
-                   "prm/acc_before": self._step_accuracy(before)}
+            out = self._before_update([self._labelled(r, r.mean) for r in judged])
         if self.cfg.prm_update == PRMUpdate.none:
             return out
         out.update(self.replay.train(self.learner))
         if judged:
-            after = self.learner.score([r.question for r in judged], [r.steps for r in judged])
+            after = self._score(judged)
             out["prm/acc_after"] = self._step_accuracy([self._labelled(r, a.mean) for r, a in zip(judged, after)])
         return out
+
+    def _before_update(self, before: list[tuple[int, int, list[float]]]) -> dict:
+        """Judge-PRM agreement on the first error, and step accuracy, of the scores the round acted on."""
+        agree = sum(first_below(mean, self.cfg.prm.threshold) == k for k, _, mean in before)
+        return {"prm/agreement": agree / len(before), "prm/acc_before": self._step_accuracy(before)}
 
     def _sum_over_ranks(self, value: float) -> tuple[float, int]:
         return sum(self.ranks.gather(value)), self.ranks.world

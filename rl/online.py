@@ -106,7 +106,7 @@ def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
 
     from judges.ledger import LabelLedger
     from prm.data import Trajectory, load_trajectories_jsonl
-    from prm.steps import split_steps
+    from rl.loop import attempt_steps
     from rl.tasks import make_task
 
     path = out_dir / "heldout.jsonl"
@@ -119,7 +119,7 @@ def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
     n_prompts = -(-cfg.replay.heldout_size // r.n)
     prompts = [loop.task.prompt(loop.tok, p.question) for p in problems[:n_prompts]]
     groups = loop.rollout.generate(prompts, r.n, r.max_new_tokens, r.temperature, r.top_p, list(r.stop) or None)
-    items = [(p.question, split_steps(c.text) or [c.text.strip() or "(empty)"])
+    items = [(p.question, attempt_steps(c.text))
              for p, group in zip(problems, groups) for c in group][:cfg.replay.heldout_size]
     with LabelLedger(out_dir / "heldout.sqlite") as ledger:
         verdicts = ledger.label(loop.judge, items)
@@ -148,7 +148,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     start_round = 1
     resume_from = resolve_resume(cfg.trainer.resume, out_dir)
     if resume_from is not None:
-        state = load_round(resume_from, loop.policy, loop.learner, loop.ranks)
+        state = load_round(resume_from, loop.policy, loop.learner, loop.ranks, verified=True)
         loop.stream.position, history, start_round = state["data_position"], state["history"], state["round"] + 1
         if loop.replay is not None and "replay" in state:
             loop.replay.load_state_dict(state["replay"])

@@ -132,8 +132,7 @@ class PolicyTrainer:
             chunks += [[]] * (passes - len(chunks))
         with ctx:
             for chunk in chunks:
-                stand_in = [Sample([self.tokenizer.eos_token_id or 0], [self.tokenizer.eos_token_id or 0])]
-                logp, _ = self._forward_logprobs(model, chunk or stand_in, temperature or self.temperature)
+                logp, _ = self._forward_logprobs(model, chunk or [self._stand_in()], temperature or self.temperature)
                 out += [logp[b, :len(s.completion_ids)] for b, s in enumerate(chunk)]
         self.model.train(was_training)
         return out
@@ -195,10 +194,14 @@ class PolicyTrainer:
             self.optimizer.step()
         return sums
 
+    def _stand_in(self) -> Sample:
+        """A one-token sample for a rank with nothing to process: keeps its collective forwards in step."""
+        eos = self.tokenizer.eos_token_id or 0
+        return Sample([eos], [eos])
+
     def _chunk_loss(self, model, chunk: list[Sample], num_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
         if not chunk:  # a forward through the whole model whose loss is an exact 0 in the graph
-            dummy = Sample([self.tokenizer.eos_token_id or 0], [self.tokenizer.eos_token_id or 0])
-            logp, _ = self._forward_logprobs(model, [dummy], self.temperature)
+            logp, _ = self._forward_logprobs(model, [self._stand_in()], self.temperature)
             return logp.sum() * 0.0, {}
         logp, mask = self._forward_logprobs(model, chunk, self.temperature)
         pad = lambda name: torch.nn.utils.rnn.pad_sequence(  # noqa: E731

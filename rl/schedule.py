@@ -57,10 +57,7 @@ def run_rounds(loop, indices: Iterable[int], schedule: str) -> Iterator[Finished
     if schedule == "serial":
         for index in indices:
             start = time.perf_counter()
-            work = loop.begin(index)
-            loop.rank(work)
-            loop.learn_prm(work)
-            loop.learn_policy(work)
+            work = loop.round(index)
             yield _finished(loop, work, time.perf_counter() - start, loop.stream.position, rng_state())
         return
     # one worker: round k's back half always ends before round k+1's starts (it is joined in between)
