@@ -14,11 +14,12 @@ judge.records_path or the caller's records (prm.train passes its pool).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from judges.base import Cost, Verdict, item_key, register_judge
 from judges.config import RuleOutcomeJudgeConfig
-from judges.oracle import load_records
+from judges.rows import Rows
 from judges.rule import RULES_VERSION, RuleJudge
 
 
@@ -31,6 +32,20 @@ def verified(record: Mapping[str, Any], where: str) -> tuple[str, bool]:
     if not isinstance(correct, bool):
         raise ValueError(f"{where}: 'correct' (or 'meta.correct') must be true or false, got {correct!r}")
     return item_key(question, steps), correct
+
+
+def load_verified_records(path: str) -> list[dict]:
+    """judge.records_path: question, steps and correct (or meta.correct) per record; a bad one names file,
+    1-based line and field. (The oracle's loader keeps only labelled fields: it would drop `correct`.)"""
+    rows = Rows(Path(path))
+
+    def parse(at, rec: dict) -> dict:
+        q_name = "question" if "question" in rec else "problem"
+        correct = rec.get("correct", (rec.get("meta") or {}).get("correct"))
+        if not isinstance(correct, bool):
+            raise rows.error(at, "correct", f"must be true or false (or meta.correct), got {correct!r}")
+        return {"question": rows.get(at, rec, q_name), "steps": rows.steps(at, rec, "steps"), "correct": correct}
+    return rows.parse(parse)
 
 
 @register_judge("rule_outcome")
@@ -58,7 +73,7 @@ class RuleOutcomeJudge(RuleJudge):
     @classmethod
     def from_config(cls, cfg: Any, **context: Any) -> "RuleOutcomeJudge":
         if cfg.records_path:
-            return cls(load_records(cfg.records_path))
+            return cls(load_verified_records(cfg.records_path))
         if context.get("records") is None:
             raise ValueError("the rule_outcome judge needs records with the verified answers: set "
                              "judge.records_path or pass records=")

@@ -3,6 +3,7 @@ policy; the `rule_outcome` judge labels it through the ledger from the rule judg
 import json
 import sqlite3
 
+import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -28,6 +29,18 @@ def test_rule_outcome_verdicts_by_hand_and_through_the_ledger(tmp_path):
         assert [v.from_ledger for v in ledger.label(judge, items)] == [True, True, True]   # never paid twice
     with sqlite3.connect(tmp_path / "l.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 3
+
+
+def test_rule_outcome_reads_judge_records_path(tmp_path):
+    """judge.records_path keeps each record's verified answer; a record without one names file, line, field."""
+    path = tmp_path / "pool.jsonl"
+    path.write_text(json.dumps({"question": "q2", "steps": STEPS_TRUE, "meta": {"correct": False}}) + "\n"
+                    + json.dumps({"question": "q3", "steps": STEPS_TRUE, "correct": True}) + "\n")
+    judge = make_judge({"name": "rule_outcome", "records_path": str(path)})
+    assert [judge.judge(q, STEPS_TRUE).first_error for q in ("q2", "q3")] == [1, -1]
+    path.write_text(json.dumps({"question": "q4", "steps": STEPS_TRUE}) + "\n")
+    with pytest.raises(ValueError, match=r"line 1.*correct"):
+        make_judge({"name": "rule_outcome", "records_path": str(path)})
 
 
 def test_search_job_pool_writes_an_unlabelled_pool_with_verified_answers(tmp_path):
