@@ -43,8 +43,11 @@ class LLMJudge(Judge):
         return f"LLMJudge({self.identity!r}, url={self.client.url!r}, api_key_env={self.client.api_key_env!r})"
 
     def token_bound(self, question: str, steps: list[str]) -> int:
+        return self._bound(critic_prompt(question, steps))
+
+    def _bound(self, prompt: str) -> int:
         # A byte-level BPE token covers at least one byte, so the prompt's UTF-8 length bounds its tokens.
-        return len(critic_prompt(question, steps).encode("utf-8")) + TEMPLATE_TOKEN_ALLOWANCE + self.max_tokens
+        return len(prompt.encode("utf-8")) + TEMPLATE_TOKEN_ALLOWANCE + self.max_tokens
 
     def attempt_cost(self, attempt: Attempt, bound: int) -> Cost:
         """What a provider may bill for one attempt: the reported usage when it is valid; the call's
@@ -68,10 +71,11 @@ class LLMJudge(Judge):
         """One verdict. Attempts that fail are passed to `before_retry` as costs (the ledger bills them and
         may refuse a retry); the verdict's cost is what `before_retry` has not seen. Raises JudgeError
         (its `cost`: attempts not yet billed) when no 200 came back."""
-        bound = self.token_bound(question, steps)
+        prompt = critic_prompt(question, steps)
+        bound = self._bound(prompt)
         payload = {
             "model": self.model,
-            "messages": [{"role": "user", "content": critic_prompt(question, steps)}],
+            "messages": [{"role": "user", "content": prompt}],
             "temperature": self.temperature,
             "top_p": self.top_p,
             "max_tokens": self.max_tokens,

@@ -23,10 +23,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from judges.chain import parse_chain
+from judges.chain import ANSWER, parse_chain
+from judges.chain import apply as exact_apply
 from prm.data import Problem, Trajectory
 
-ANSWER_LINE = "The answer is {}."
 CHAIN_SYSTEM_PROMPT = None  # the tiny policy is trained without one: the chat template's user turn is all
 
 
@@ -62,15 +62,11 @@ class ChainStep:
 
 
 def apply(a: int, op: str, b: int) -> int:
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    if a % b:
+    """The judge's arithmetic (judges.chain.apply); a division that is not exact is a generator bug."""
+    value = exact_apply(a, op, b)
+    if value is None:
         raise ValueError(f"{a} / {b} is not exact")
-    return a // b
+    return value
 
 
 def _operand(rng: random.Random, value: int, op: str, spec: ChainSpec) -> int | None:
@@ -165,7 +161,7 @@ def solution_steps(question: str, error_at: int | None = None, rng: random.Rando
         result = wrong_result(rng or random.Random(0), step, value_max) if k == error_at else right
         steps.append(step.text(result))
         value = result
-    steps.append(ANSWER_LINE.format(value))
+    steps.append(ANSWER.format(value))
     return steps
 
 
