@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,16 +20,12 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
+sys.path.insert(0, str(ROOT))
+from tests.fake_openai_server import free_port  # noqa: E402
 
 
 def run(ranks: int, args, out: Path) -> list[dict]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", free_port(),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(free_port()),
            "-m", "rl.online", "policy=tiny", "prm=tiny", f"rounds={args.rounds}", f"rollout.n={args.n}",
            f"rollout.max_new_tokens={args.max_new_tokens}", f"task.prompts_per_round={args.prompts}",
            "algo.filter_groups=false", "select.mode=all", "trainer.progress=false", "plot=false",
