@@ -3,11 +3,13 @@
     python bench/bench_chain_pool.py --stage pool       # chain-tiny samples (T = 1) on train/test chains, rule-judged
     python bench/bench_chain_pool.py --stage runs       # active vs random vs full at budgets, seeds; + baselines
     python bench/bench_chain_pool.py --stage report     # table (mean ± 95 % CI, paired active - random), plot
-    python bench/bench_chain_pool.py --stage runs --self-features    # lever: + the policy's step confidence
+    python bench/bench_chain_pool.py --stage runs --step-features hidden_logprob   # lever: + the step's log-probs
+    python bench/bench_chain_pool.py --stage runs --train-mode full --budgets 0.3   # lever: fine-tuned backbone
 
 The PRM is K = 32 heads on the policy's own frozen hidden states at each step separator (EnsemblePRM with
-backbone chain-tiny, features computed once), trained by prm.train.train() (the CLI's stream/selection/
-budget code). Step AUROC (pooled and within problem) and first-error F1 on held-out problems; tau is tuned
+backbone chain-tiny, features computed once; prm.step_features=hidden_logprob adds the backbone's log min /
+log mean token probability of the step; --train-mode full fine-tunes the backbone too), trained by
+prm.train.train() (the CLI's stream/selection/budget code). Step AUROC (pooled and within problem) and first-error F1 on held-out problems; tau is tuned
 on the pool's held-out tail. The free baseline: the policy's per-step confidence (prm.confidence).
 """
 from __future__ import annotations
@@ -35,9 +37,10 @@ from prm.steps import split_steps  # noqa: E402
 
 
 def prm_config(args, seed: int = 0) -> PRMConfig:
-    return PRMConfig(backbone="chain-tiny", dtype="fp32", num_heads=32, head_hidden=64, train_mode="frozen",
-                     max_length=256, batch_size=args.batch_size, head_lr=args.head_lr, pos_weight=1.0, seed=seed,
-                     delta_pred=args.delta_pred, delta_std=args.delta_std)
+    return PRMConfig(backbone="chain-tiny", dtype="fp32", num_heads=32, head_hidden=64, train_mode=args.train_mode,
+                     step_features=args.step_features, lr=args.lr, max_length=256, batch_size=args.batch_size,
+                     head_lr=args.head_lr, pos_weight=1.0, seed=seed, delta_pred=args.delta_pred,
+                     delta_std=args.delta_std)
 
 
 def sample(model, tok, problems, n: int, temperature: float) -> list[tuple]:
@@ -86,37 +89,15 @@ def load(out: Path, name: str) -> list[Trajectory]:
 def features(args, out: Path, items):
     from prm.features import FeatureCache
     from prm.model import EnsemblePRM
-    path = out / "features.safetensors"
+    if args.train_mode != "frozen":
+        return None  # the backbone trains: no features to cache
+    path = out / ("features.safetensors" if args.step_features == "hidden" else f"features_{args.step_features}.safetensors")
     if path.is_file():
-        cache = FeatureCache.load(path)
-    else:
-        prm = EnsemblePRM(prm_config(args))
-        cache = FeatureCache(256, dtype=torch.float32)
-        cache.compute(prm, [t.question for t in items], [t.steps for t in items], 64)
-        cache.save(path)
-    return with_self_confidence(cache, items) if args.self_features else cache
-
-
-def with_self_confidence(cache, items):
-    """The lever "a policy that judges itself": each step's feature = the separator hidden state plus the
-    policy's own log min and log mean token probability of the step (prm.confidence)."""
-    from judges.base import item_key
-    from prm.confidence import PolicyConfidence
-    from prm.models import load_model
-    model, tok = load_model("chain-tiny", "fp32")
-    qs, ss = [t.question for t in items], [t.steps for t in items]
-    lo = PolicyConfidence(model, tok, "min", batch_size=64)(qs, ss)
-    mean = PolicyConfidence(model, tok, "mean", batch_size=64)(qs, ss)
-    done = set()
-    for t, a, b in zip(items, lo, mean):
-        key = item_key(t.question, t.steps)
-        key = key if key in cache.store else f"{key}:{cache.max_length}"
-        if key in done:  # the same sample drawn twice: one stored feature
-            continue
-        done.add(key)
-        f = cache.store[key]
-        extra = torch.tensor([a, b]).T.clamp_min(1e-9).log()[: len(f)].to(f.dtype)
-        cache.store[key] = torch.cat([f, extra], -1)
+        return FeatureCache.load(path)
+    prm = EnsemblePRM(prm_config(args))
+    cache = FeatureCache(256, dtype=torch.float32)
+    cache.compute(prm, [t.question for t in items], [t.steps for t in items], 64)
+    cache.save(path)
     return cache
 
 
@@ -185,7 +166,8 @@ def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, 
     from prm.model import EnsemblePRM
     from prm.train import train
     pc = prm_config(args, seed)
-    prm = EnsemblePRM.heads_only(pc, next(iter(cache.store.values())).shape[-1])
+    prm = EnsemblePRM(pc) if cache is None else EnsemblePRM.heads_only(pc, next(iter(cache.store.values())).shape[-1]
+                                                                      - (2 if args.step_features != "hidden" else 0))
     run_dir = out / "runs" / f"{mode}_{budget}_{seed}"
     select = PoolSelectConfig({"active": SelectMode.uncertain, "random": SelectMode.random, "full": SelectMode.all}[mode],
                               budget)
@@ -199,7 +181,7 @@ def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, 
     shutil.rmtree(run_dir, ignore_errors=True)
 
     def scores(items):
-        feats = [cache.get(t.question, t.steps) for t in items]
+        feats = [cache.get(t.question, t.steps) for t in items] if cache is not None else None
         return [s.mean for s in prm.score([t.question for t in items], [t.steps for t in items], features=feats)]
     tau = tuned(tune, scores(tune))
     test_scores = scores(test)
@@ -208,7 +190,8 @@ def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, 
 
 
 def tag(args) -> str:
-    return "_self" if args.self_features else ""
+    return ("" if args.step_features == "hidden" else f"_{args.step_features}") + \
+        ("" if args.train_mode == "frozen" else f"_{args.train_mode}")
 
 
 def stage_runs(args, out: Path) -> None:
@@ -240,7 +223,24 @@ def policy_table(out: Path) -> str:
             lines.append(f"| {ops} | {sum(t.meta['passed'] for t in s) / len(s):.2f} (n={len(s)}) | "
                          f"{sum(t.meta['passed'] for t in g) / max(len(g), 1):.2f} (n={len(g)}) | "
                          f"{sum(t.first_error != -1 for t in s) / len(s):.2f} |")
+    wrong = [t for t in test if t.first_error >= 0]
+    kinds = [error_kind(t) for t in wrong]
+    lines += ["", f"First errors of the {len(wrong)} erroneous held-out samples: "
+              + ", ".join(f"{k} {kinds.count(k)}" for k in ("misconception", "slip", "other"))]
     return "\n".join(lines)
+
+
+def error_kind(t: Trajectory) -> str:
+    """misconception (x * 7 / x * 8 written one table row low), slip (another false equation), other."""
+    import judges.chain as jc
+    from prm.chain import ChainStep, misconceived
+    m = jc.STEP.fullmatch(t.steps[t.first_error].strip())
+    if m is None:
+        return "other"
+    step, written = ChainStep(int(m[1]), m[2], int(m[3])), int(m[4])
+    if misconceived(step) == written:
+        return "misconception"
+    return "slip" if jc.apply(step.a, step.op, step.b) != written else "other"
 
 
 def stage_report(args, out: Path) -> None:
@@ -281,10 +281,10 @@ def stage_report(args, out: Path) -> None:
     table = "\n".join(lines)
     (out / f"table{tag(args)}.md").write_text(table + "\n")
     print(table)
-    plot(by, base, args.budgets, Path(args.plot))
+    plot(by, base, args.budgets, Path(args.plot), f"{args.train_mode} backbone, {args.step_features} features")
 
 
-def plot(by, base, budgets, path: Path) -> None:
+def plot(by, base, budgets, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -300,7 +300,7 @@ def plot(by, base, budgets, path: Path) -> None:
         ax.set_xlabel("labels (% of pool)")
         ax.set_ylabel(f"step {metric.replace('_', ' ')}")
         ax.legend(fontsize=8)
-    fig.suptitle("chain testbed: frozen heads on chain-tiny's hidden states (95 % CI over seeds)")
+    fig.suptitle(f"chain testbed: PRM heads on chain-tiny ({title}; 95 % CI over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -322,8 +322,10 @@ def main() -> None:
     ap.add_argument("--delta-pred", type=float, default=0.9)
     ap.add_argument("--delta-std", type=float, default=0.01)
     ap.add_argument("--plot", default="bench/chain_label_efficiency.png")
-    ap.add_argument("--self-features", action="store_true",
-                    help="heads see the policy's own step confidence next to its hidden state (runs_self.jsonl)")
+    ap.add_argument("--step-features", choices=["hidden", "hidden_logprob"], default="hidden",
+                    help="prm.step_features: hidden_logprob adds the step's log min / mean token probability")
+    ap.add_argument("--train-mode", choices=["frozen", "full"], default="frozen", help="prm.train_mode")
+    ap.add_argument("--lr", type=float, default=1e-3, help="backbone lr (--train-mode full)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)

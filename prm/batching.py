@@ -42,6 +42,7 @@ class PRMBatch:
     parts: list["PRMBatch"] | None = None      # bucketed: sub-batches run one after another
     order: torch.Tensor | None = None          # bucketed: concatenated parts' features -> batch order
     real_tokens: int = 0                       # non-pad tokens (for pad_fraction)
+    starts: torch.Tensor | None = None         # [N] token position where each scored step's text begins
 
     def to(self, device: torch.device | str) -> "PRMBatch":
         """The same batch with every tensor on `device`."""
@@ -75,21 +76,29 @@ def step_mask_of(encoded: list[Encoded], n_steps: list[int] | None) -> torch.Ten
     return mask
 
 
-def padded(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor) -> PRMBatch:
+def step_starts(first: int, pos: list[int]) -> list[int]:
+    """Where each step's tokens begin: `first` (the prompt's length) for step 0, after the previous separator."""
+    return [first] + [p + 1 for p in pos[:-1]] if pos else []
+
+
+def padded(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, firsts: list[int] | None = None) -> PRMBatch:
     length = max(len(ids) for ids, _ in encoded)
     input_ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
     attention = torch.zeros((len(encoded), length), dtype=torch.long)
-    rows, positions = [], []
+    rows, positions, starts = [], [], []
     for b, (ids, pos) in enumerate(encoded):
         input_ids[b, : len(ids)] = torch.tensor(ids)
         attention[b, : len(ids)] = 1
         rows += [b] * len(pos)
         positions += pos
+        starts += step_starts(firsts[b], pos) if firsts is not None else []
     return PRMBatch(step_mask, input_ids, attention, torch.tensor(rows, dtype=torch.long),
-                    torch.tensor(positions, dtype=torch.long), real_tokens=sum(len(ids) for ids, _ in encoded))
+                    torch.tensor(positions, dtype=torch.long), real_tokens=sum(len(ids) for ids, _ in encoded),
+                    starts=torch.tensor(starts, dtype=torch.long) if firsts is not None else None)
 
 
-def bucketed(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, max_tokens: int) -> PRMBatch:
+def bucketed(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, max_tokens: int,
+             firsts: list[int] | None = None) -> PRMBatch:
     """Sorted by length, cut wherever one more sequence would pad the sub-batch past max_tokens."""
     by_length = sorted(range(len(encoded)), key=lambda b: len(encoded[b][0]))
     groups: list[list[int]] = []
@@ -100,7 +109,8 @@ def bucketed(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, max_t
             groups[-1].append(b)
         else:
             groups.append([b])
-    parts = [padded([encoded[b] for b in g], pad_id, step_mask[g]) for g in groups]
+    parts = [padded([encoded[b] for b in g], pad_id, step_mask[g], None if firsts is None else [firsts[b] for b in g])
+             for g in groups]
     # flat step k of the concatenated parts belongs to trajectory groups..., step ...: invert to batch order
     starts = torch.cumsum(torch.tensor([0] + [len(p) for _, p in encoded]), 0).tolist()
     concat = [starts[b] + s for g in groups for b in g for s in range(len(encoded[b][1]))]
@@ -109,7 +119,8 @@ def bucketed(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, max_t
     return PRMBatch(step_mask, parts=parts, order=order, real_tokens=sum(len(ids) for ids, _ in encoded))
 
 
-def packed(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, max_tokens: int) -> PRMBatch:
+def packed(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, max_tokens: int,
+           firsts: list[int] | None = None) -> PRMBatch:
     """First-fit decreasing into rows of <= max_tokens (a longer sequence gets a row of its own)."""
     row_of, offset_of, fill = [0] * len(encoded), [0] * len(encoded), []
     for b in sorted(range(len(encoded)), key=lambda b: -len(encoded[b][0])):
@@ -124,26 +135,28 @@ def packed(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, max_tok
     position_ids = torch.zeros((len(fill), length), dtype=torch.long)
     for r, used in enumerate(fill):  # the pad tail: a sequence of its own (positions restart at 0)
         position_ids[r, used:] = torch.arange(length - used)
-    rows, positions = [], []
+    rows, positions, starts = [], [], []
     for b, (ids, pos) in enumerate(encoded):
         r, o = row_of[b], offset_of[b]
         input_ids[r, o: o + len(ids)] = torch.tensor(ids)
         position_ids[r, o: o + len(ids)] = torch.arange(len(ids))
         rows += [r] * len(pos)
         positions += [o + p for p in pos]
+        starts += [o + t for t in step_starts(firsts[b], pos)] if firsts is not None else []
     return PRMBatch(step_mask, input_ids, None, torch.tensor(rows, dtype=torch.long),
                     torch.tensor(positions, dtype=torch.long), position_ids=position_ids,
-                    real_tokens=sum(len(ids) for ids, _ in encoded))
+                    real_tokens=sum(len(ids) for ids, _ in encoded),
+                    starts=torch.tensor(starts, dtype=torch.long) if firsts is not None else None)
 
 
 def build(encoded: list[Encoded], pad_id: int, layout: str = "padded", max_tokens: int = 2048,
-          n_steps: list[int] | None = None) -> PRMBatch:
-    """The batch of `encoded` in `layout` (on CPU)."""
+          n_steps: list[int] | None = None, firsts: list[int] | None = None) -> PRMBatch:
+    """The batch of `encoded` in `layout` (on CPU); `firsts` (each item's prompt length) adds step starts."""
     mask = step_mask_of(encoded, n_steps)
     if layout == "padded":
-        return padded(encoded, pad_id, mask)
+        return padded(encoded, pad_id, mask, firsts)
     if layout == "bucketed":
-        return bucketed(encoded, pad_id, mask, max_tokens)
+        return bucketed(encoded, pad_id, mask, max_tokens, firsts)
     if layout == "packed":
-        return packed(encoded, pad_id, mask, max_tokens)
+        return packed(encoded, pad_id, mask, max_tokens, firsts)
     raise ValueError(f"prm.batch_layout must be one of {LAYOUTS}, got '{layout}'")

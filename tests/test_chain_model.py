@@ -42,7 +42,7 @@ def test_loads_by_name_with_chat_template_and_digit_tokens(by_name):
     from prm.models import load_model
     model, tok = load_model(NAME, "fp32")
     assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 2e6 and model.config.num_hidden_layers == 4
-    assert tok.eos_token == tok.pad_token == "<|im_end|>" and "<extra_0>" in tok.get_vocab()
+    assert tok.eos_token == tok.pad_token == "<|im_end|>" and "<extra_0>" not in tok.get_vocab()
     text = tok.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}], tokenize=False,
                                    add_generation_prompt=True)
     assert text == "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n"
@@ -63,7 +63,12 @@ def test_hf_rollout_and_prm_load_it_by_name(by_name):
     groups = rollout.generate([prompt], n=2, max_new_tokens=12, temperature=1.0)
     assert len(groups[0]) == 2 and all(0 < len(c.token_ids) <= 12 for c in groups[0])
     prm = EnsemblePRM(PRMConfig(backbone=NAME, num_heads=2, head_hidden=8, train_mode="frozen"))
-    assert len(prm.tokenizer) == model.config.vocab_size  # the separator was already in the vocabulary
+    # the separator is the PRM's own token, starting as the blank-line token the policy was trained on
+    # (an untrained row in the policy's vocabulary left the heads reading noise)
+    sep, blank = prm.sep_id, tok("\n\n", add_special_tokens=False).input_ids
+    assert len(prm.tokenizer) == model.config.vocab_size + 1 and len(blank) == 1
+    emb = prm.body.get_input_embeddings().weight
+    assert torch.equal(emb[sep], emb[blank[0]]) and torch.equal(emb[:-1], model.get_input_embeddings().weight)
     scores = prm.score(["What is 3 + 4?"], [["3 + 4 = 7", "The answer is 7."]])
     assert len(scores[0].mean) == 2
 
