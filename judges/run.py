@@ -1,7 +1,7 @@
 """What every command does around its work: seed, find where to resume, log metrics, anchor out_dir.
 
-Used by rl.online, rl.search, prm.train and prm.eval (judges.eval, below prm in the layering, resumes
-through its ledger and writes one report).
+Used by all five commands (rl.online, rl.search, prm.train, prm.eval, judges.eval). It lives in judges,
+the bottom layer, because it needs nothing from prm or rl and judges.eval may import neither.
 """
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import random
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def seed_everything(seed: int) -> None:
+    import torch  # here: judges itself needs no torch, only the commands that train do
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
