@@ -73,6 +73,11 @@ def test_every_command_is_documented_somewhere():
 
 @pytest.mark.parametrize("where,module,words", LINES, ids=[f"{w} {m} {' '.join(a)}" for w, m, a in LINES])
 def test_documented_command_composes_and_validates(where, module, words):
+    compose_and_validate(module, words)
+
+
+def compose_and_validate(module: str, words: list[str]) -> None:
+    """Compose `python -m <module> <words>` as hydra would and validate it against the command's schema."""
     config_name, schema = COMMANDS[module]
     names = [w.split("=", 1)[1] for w in words if w.startswith("--config-name=")]
     args = [w for w in words if not w.startswith(("--config-name=", "hydra."))]
