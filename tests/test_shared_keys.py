@@ -104,7 +104,7 @@ def test_data_root_reaches_prm_train_pool_and_prm_eval(tmp_path, monkeypatch):
     assert sorted(t.question for t in load_training_pool(cfg, FakePRM())) == ["p0", "p1"]
 
     roots = []
-    monkeypatch.setattr(prm.eval, "build_scorer", lambda cfg: (None, "fake"))
+    monkeypatch.setattr(prm.eval, "build_scorer", lambda cfg, stack: (None, "fake"))
     monkeypatch.setattr(prm.eval, "evaluate", lambda scorer, ecfg, root, out_dir, name: roots.append(root))
     with initialize_config_module(config_module="configs", version_base=None):
         prm.eval.main(compose("prm_eval", overrides=[f"data_root={tmp_path}"]))
@@ -133,3 +133,28 @@ def test_judges_eval_uses_the_run_conventions(tmp_path):
     run(cfg)   # a rerun rewrites its one line (the report is this run's) and pays nothing
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["gsm8k/paid_calls"] == 0 and lines[0]["gsm8k/from_ledger"] == 2
+
+
+def test_prm_eval_labels_a_judge_through_judge_ledger_path(tmp_path):
+    """prm.eval judge=...: every label persisted in the ledger judge.ledger_path names, never paid twice."""
+    import sqlite3
+
+    import prm.eval
+
+    rows = [{"id": "a", "generator": "x", "problem": "p", "steps": ["2 + 2 = 5"], "label": 0},
+            {"id": "b", "generator": "x", "problem": "q", "steps": ["1 + 1 = 2"], "label": -1}]
+    (tmp_path / "processbench").mkdir()
+    (tmp_path / "processbench" / "gsm8k.json").write_text(json.dumps(rows))
+    ledger = tmp_path / "l" / "labels.sqlite"
+    overrides = ["judge=rule", f"judge.ledger_path={ledger}", f"data_root={tmp_path}", "eval.subsets=[gsm8k]",
+                 "eval.prmbench=false", f"trainer.out_dir={tmp_path}/out"]
+    with initialize_config_module(config_module="configs", version_base=None):
+        cfg = compose("prm_eval", overrides=overrides)
+    prm.eval.main(cfg)
+    with sqlite3.connect(ledger) as db:
+        assert db.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 2
+    results = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert results["processbench"]["subsets"]["gsm8k"]["f1"] == 1.0
+    prm.eval.main(cfg)   # answered from the ledger: no second charge
+    with sqlite3.connect(ledger) as db:
+        assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == 2
