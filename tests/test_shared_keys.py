@@ -158,3 +158,26 @@ def test_prm_eval_labels_a_judge_through_judge_ledger_path(tmp_path):
     prm.eval.main(cfg)   # answered from the ledger: no second charge
     with sqlite3.connect(ledger) as db:
         assert db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == 2
+
+
+def test_search_builds_its_vllm_backend_with_every_engine_setting(monkeypatch):
+    """rl.search (and its pool sampler) build the backend as rl.online does: every rollout.* setting the
+    vLLM engine takes arrives there (a setting rl.online passes and search dropped was a bug)."""
+    import inspect
+
+    import prm.models
+    import rl.engines
+    from rl.config import PolicyConfig, RolloutConfig
+    from rl.search_policy import make_backend
+    from rl.vllm_rollout import VLLMRollout
+
+    seen = {}
+    monkeypatch.setattr(prm.models, "resolve_path", lambda name: f"/models/{name}")
+    monkeypatch.setattr(rl.engines, "make_rollout", lambda name, **kwargs: seen.update(kwargs, name=name))
+    rollout = RolloutConfig(backend="vllm", batch_size=5, gpu_memory_utilization=0.5, kv_cache_gb=3, max_model_len=77,
+                            dtype="fp16", enforce_eager=False, tensor_parallel_size=2, sleep=True, sync_bucket_mb=64)
+    make_backend(PolicyConfig(model="tiny-random-llama", dtype="fp32"), rollout, seed=3)
+    engine_keys = set(inspect.signature(VLLMRollout.__init__).parameters) & set(vars(rollout)) - {"colocate"}
+    assert engine_keys >= {"enforce_eager", "tensor_parallel_size", "sleep", "sync_bucket_mb", "max_model_len"}
+    assert {k: seen[k] for k in engine_keys} == {k: getattr(rollout, k) for k in engine_keys}
+    assert (seen["name"], seen["model_dir"], seen["seed"], seen["colocate"]) == ("vllm", "/models/tiny-random-llama", 3, False)
