@@ -1,7 +1,9 @@
 """What every command does around its work: seed, find where to resume, log metrics, anchor out_dir.
 
-Used by all five commands (rl.online, rl.search, prm.train, prm.eval, judges.eval). It lives in judges,
-the bottom layer, because it needs nothing from prm or rl and judges.eval may import neither.
+Seeding from trainer.seed: rl.online, prm.train, judges.eval (rl.search seeds each run from its seeds);
+metrics.jsonl + TensorBoard under trainer.out_dir: rl.online, prm.train, judges.eval; resume_dir:
+prm.train; anchored paths: rl.online, prm.eval, judges.eval. It lives in judges, the bottom layer,
+because it needs nothing from prm or rl and judges.eval may import neither.
 """
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ import hydra
 from omegaconf import DictConfig
 
 from judges.metrics import processbench_f1
+from judges.run import anchored
 from prm.config import EvalConfig, PRMEvalConfig, validate
 from prm.data import PROCESSBENCH_SUBSETS, data_root, load_processbench
 from prm.prmbench import prmbench_results, read_prmbench, report_dict
@@ -188,9 +189,11 @@ def main(dcfg: DictConfig) -> None:
     cfg = validate(dcfg, PRMEvalConfig)
     if cfg.eval.subsets == ["all"]:
         cfg.eval.subsets = list(PROCESSBENCH_SUBSETS)
+    cfg.trainer.out_dir = anchored(cfg.trainer.out_dir)
+    root = anchored(cfg.data_root) if cfg.data_root else None
     with contextlib.ExitStack() as stack:
         scorer, name = build_scorer(cfg, stack)
-        evaluate(scorer, cfg.eval, cfg.data_root, cfg.trainer.out_dir, name)
+        evaluate(scorer, cfg.eval, root, cfg.trainer.out_dir, name)
 
 
 if __name__ == "__main__":
