@@ -35,6 +35,7 @@ SETTINGS = {
     # fp32 is 2x bf16 without AVX512-BF16), its threads on every core (the PRM and vLLM take turns).
     "gsm8k_cpu": ["task=gsm8k", "task.offset=0", "task.limit=10", "seeds=[0,1]",
                   "rollout.max_new_tokens=320", "rollout.step_max_new_tokens=96", "policy.dtype=fp32",
+                  "rollout.dtype=fp32",   # the engine's dtype (the vllm group's is bf16): fp32, as measured
                   "method.beam.max_iterations=8", "method.dvts.max_iterations=8"],
 }
 ENV = {"gsm8k_cpu": {"VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}}

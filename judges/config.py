@@ -7,18 +7,36 @@ engine or judge is built.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def validate(cfg: DictConfig | dict, schema: type[T]) -> T:
+    """Merge `cfg` into `schema` (struct mode: unknown keys and wrong types are errors); return the object.
+    Every command validates its composed config this way, before any model, engine or judge is built."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid config for {schema.__name__}: {err}") from None
+    except (KeyError, ValueError) as err:   # a schema's own rule (__post_init__), named by its keys
+        raise ConfigError(err.args[0] if err.args else str(err)) from None
 
 
 @dataclass
 class JudgeConfig:
     """What every judge has: its kind and its ledger/budget (one ledger file = one budget; None = unlimited)."""
     name: str = "rule"  # a key of judges.JUDGES: oracle | rule | chain | rule_outcome | llm
-    ledger_path: Optional[str] = None  # None: the caller's ledger (judges.eval: its `ledger`)
+    ledger_path: Optional[str] = None  # None: the command's default, under trainer.out_dir
     max_labels: Optional[int] = None  # judge calls paid, invalid ones included
     max_total_tokens: Optional[int] = None  # prompt + completion tokens over all calls
     ledger_lease_s: float = 120.0  # a reservation not renewed for this long (its process died) expires
@@ -120,26 +138,35 @@ class OutDirConfig:
     out_dir: str = "outputs/run"
 
 
-def reject_moved_keys(cfg: Any, moved: dict[str, str]) -> None:
-    """Fail on a key given at its old place (a value other than None), naming the key that replaced it."""
+def reject_moved_keys(cfg: Any, moved: dict[str, str], prefix: str = "") -> None:
+    """Fail on a key given at its old place (a value other than None), naming the key that replaced it.
+    `prefix`: the node's own key path (`task.`), so the message names the old key in full."""
     for old, new in moved.items():
         if getattr(cfg, old) is not None:
-            raise ValueError(f"{old}={getattr(cfg, old)} was renamed: use {new}")
+            raise ValueError(f"{prefix}{old}={getattr(cfg, old)} was renamed: use {new}")
+
+
+@dataclass
+class JudgeEvalTrainerConfig(OutDirConfig):
+    """judges.eval's `trainer` node: the output dir and seed, spelt as in the other commands."""
+    out_dir: str = "outputs/judge_eval"
+    seed: int = 0  # seeds the retry jitter of an LLM judge's client, as trainer.seed seeds every command
 
 
 @dataclass
 class JudgeEvalConfig:
-    """`python -m judges.eval`: a judge's ProcessBench F1, every label through the ledger."""
+    """`python -m judges.eval`: a judge's ProcessBench F1, every label through the ledger
+    (judge.ledger_path; null: <trainer.out_dir>/ledger.sqlite)."""
     judge: Any = field(default_factory=lambda: {"name": "rule"})  # validated by validate_judge_config
-    data_root: str = "../shared/data"  # relative to the directory you run from (the repo root), or absolute
+    data_root: Optional[str] = None  # null: ../shared/data next to the repo; else relative to where you run
     subsets: list[str] = field(default_factory=lambda: ["gsm8k"])
     limit: Optional[int] = None  # N items of each subset, evenly spaced (both classes)
-    ledger: str = "outputs/judge_eval/ledger.sqlite"  # labels persist: a rerun pays nothing twice
-    trainer: OutDirConfig = field(default_factory=lambda: OutDirConfig("outputs/judge_eval"))
+    trainer: JudgeEvalTrainerConfig = field(default_factory=JudgeEvalTrainerConfig)
     out_dir: Optional[str] = None  # renamed: trainer.out_dir (one spelling in every command)
+    ledger: Optional[str] = None  # renamed: judge.ledger_path (one spelling in every command)
 
     def __post_init__(self) -> None:
-        reject_moved_keys(self, {"out_dir": "trainer.out_dir"})
+        reject_moved_keys(self, {"out_dir": "trainer.out_dir", "ledger": "judge.ledger_path"})
         self.judge = validate_judge_config(self.judge)
 
 

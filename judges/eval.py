@@ -1,7 +1,9 @@
 """Measure a judge on ProcessBench: python -m judges.eval judge=rule subsets=[gsm8k,math]
 
-Every label goes through the ledger, so a rerun (or a resumed run) pays nothing twice.
-Prints per-subset F1 and their mean, and writes <trainer.out_dir>/<judge name>.json.
+Every label goes through the ledger (judge.ledger_path; null: <trainer.out_dir>/ledger.sqlite), so a
+rerun (or a resumed run) pays nothing twice. Like every command (judges.run): seeded from trainer.seed,
+outputs under trainer.out_dir: <judge name>.json (the report), metrics.jsonl and tb/ (one step per run:
+each subset's scores and the mean F1).
 """
 from __future__ import annotations
 
@@ -13,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from judges.base import Cost, Judge, make_judge
-from judges.config import validate_judge_config
+from judges.config import JudgeEvalConfig, validate
 from judges.ledger import LabelLedger
 from judges.metrics import processbench_f1
-from judges.rows import load_processbench_rows
+from judges.rows import data_root, load_processbench_rows
+from judges.run import MetricsLog, anchored, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +63,20 @@ def evaluate_subset(judge: Judge, ledger: LabelLedger, rows: list[dict], name: s
             "completion_tokens": paid.completion_tokens, "judge_seconds": round(paid.seconds, 3)}
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    judge_cfg = validate_judge_config(cfg.judge)  # fails here, before any work, on a bad key
-    data_root = Path(to_absolute_path(cfg.data_root))
+def run(dcfg: DictConfig | dict) -> dict[str, Any]:
+    cfg = validate(dcfg, JudgeEvalConfig)  # fails here, before any work, on a bad or renamed key
+    judge_cfg = cfg.judge
     unknown = [s for s in cfg.subsets if s not in SUBSETS]
     if unknown:
         raise ValueError(f"unknown subsets {unknown}; choose from {list(SUBSETS)}")
-    data = {s: load_processbench(data_root / "processbench" / f"{s}.json", cfg.limit) for s in cfg.subsets}
+    seed_everything(cfg.trainer.seed)
+    out_dir = Path(anchored(cfg.trainer.out_dir))
+    root = data_root(anchored(cfg.data_root) if cfg.data_root else None)
+    data = {s: load_processbench(root / "processbench" / f"{s}.json", cfg.limit) for s in cfg.subsets}
     records = [r for rows in data.values() for r in rows]  # what an oracle may reveal
     judge = make_judge(judge_cfg, records=records)
-    ledger_path = to_absolute_path(judge_cfg.ledger_path or cfg.ledger)
+    ledger_path = anchored(judge_cfg.ledger_path) if judge_cfg.ledger_path else str(out_dir / "ledger.sqlite")
+    out_dir.mkdir(parents=True, exist_ok=True)
     with LabelLedger.from_config(replace(judge_cfg, ledger_path=ledger_path)) as ledger:
         results = {s: evaluate_subset(judge, ledger, rows, s) for s, rows in data.items()}
         stats = ledger.stats().get(judge.identity, {})
@@ -80,11 +86,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               "ledger": ledger_path, "ledger_stats": stats,
               "judge_config": OmegaConf.to_container(OmegaConf.structured(judge_cfg))}
     _print(report)
-    out = Path(to_absolute_path(cfg.trainer.out_dir)) / f"{judge_cfg.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{judge_cfg.name}.json"
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    log_metrics(out_dir, report)
     print(f"wrote {out}")
     return report
+
+
+def log_metrics(out_dir: Path, report: dict[str, Any]) -> None:
+    """The run's scores as the other commands log theirs (judges.run.MetricsLog): one line, step 0, in
+    metrics.jsonl (rewritten: the report is this run's) and the same scalars in TensorBoard."""
+    metrics = {"step": 0, "judge": report["judge"], "mean_f1": report["mean_f1"]}
+    for name, r in report["subsets"].items():
+        metrics.update({f"{name}/{key}": r[key] for key in ("f1", "acc_error", "acc_correct", "n", "invalid",
+                                                            "paid_calls", "from_ledger")})
+    log = MetricsLog(out_dir, "step", history=[])
+    log.write(metrics)
+    log.close()
 
 
 def _print(report: dict[str, Any]) -> None:

@@ -131,6 +131,16 @@ class LedgerDB:
         return {"labels": labels + r_labels, "tokens": tokens + r_tokens, "calls": calls,
                 "committed_labels": labels, "committed_tokens": tokens}
 
+    # ---- the two statements several transactions share (callers hold the lock) --------------------
+    def _label(self, judge: str, key: str) -> Verdict | None:
+        """The committed verdict of (judge, item), as a free answer from the ledger; None if there is none."""
+        row = self._db.execute("SELECT first_error, raw FROM labels WHERE judge = ? AND item_hash = ?",
+                               (judge, key)).fetchone()
+        return None if row is None else _stored(*row)
+
+    def _drop_reservation(self, reservation: int) -> None:
+        self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
+
     # ---- reservations -------------------------------------------------------------------------
     def reserve(self, judge: str, key: str, tokens: int, max_labels: int | None, max_tokens: int | None,
                 lease_s: float) -> tuple[str, object]:
@@ -140,10 +150,9 @@ class LedgerDB:
         def run() -> tuple[str, object]:
             now = time.time()
             self._db.execute("DELETE FROM reservations WHERE expires_at < ?", (now,))
-            row = self._db.execute("SELECT first_error, raw FROM labels WHERE judge = ? AND item_hash = ?",
-                                   (judge, key)).fetchone()
-            if row is not None:
-                return "label", Verdict(row[0], raw=row[1], cost=Cost(), from_ledger=True)
+            verdict = self._label(judge, key)
+            if verdict is not None:
+                return "label", verdict
             if self._db.execute("SELECT 1 FROM reservations WHERE judge = ? AND item_hash = ?",
                                 (judge, key)).fetchone():
                 return "held", None
@@ -165,10 +174,9 @@ class LedgerDB:
     def holder(self, judge: str, key: str) -> tuple[str, Verdict | None]:
         """("label", verdict) | ("held", None) by a live reservation | ("free", None)."""
         with self._lock:
-            row = self._db.execute("SELECT first_error, raw FROM labels WHERE judge = ? AND item_hash = ?",
-                                   (judge, key)).fetchone()
-            if row is not None:
-                return "label", Verdict(row[0], raw=row[1], cost=Cost(), from_ledger=True)
+            verdict = self._label(judge, key)
+            if verdict is not None:
+                return "label", verdict
             live = self._db.execute("SELECT 1 FROM reservations WHERE judge = ? AND item_hash = ? AND expires_at >= ?",
                                     (judge, key, time.time())).fetchone()
         return ("held" if live else "free"), None
@@ -181,16 +189,16 @@ class LedgerDB:
 
     def release(self, reservation: int) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
+            self._drop_reservation(reservation)
 
     def release_dead(self) -> int:
         """Reservations of processes on this host that are gone (killed mid-call) are not spend."""
         host = socket.gethostname()
         with self._lock:
             rows = self._db.execute("SELECT id, pid FROM reservations WHERE host = ?", (host,)).fetchall()
-            dead = [(rid,) for rid, pid in rows if not _pid_alive(pid)]
-            if dead:
-                self._db.executemany("DELETE FROM reservations WHERE id = ?", dead)
+            dead = [rid for rid, pid in rows if not _pid_alive(pid)]
+            for rid in dead:
+                self._drop_reservation(rid)
         return len(dead)
 
     # ---- charges and labels -------------------------------------------------------------------
@@ -218,7 +226,7 @@ class LedgerDB:
         def run() -> None:
             if cost.calls or cost.tokens:
                 self._charge(judge, key, cost, False, reason)
-            self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
+            self._drop_reservation(reservation)
         self._transaction(run)
 
     def commit(self, reservation: int, judge: str, key: str, question: str, steps: list[str], verdict: Verdict,
@@ -232,7 +240,7 @@ class LedgerDB:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (judge, key, question, json.dumps(steps, ensure_ascii=False), verdict.first_error, verdict.raw,
                  total.calls, total.prompt_tokens, total.completion_tokens, total.seconds, wall_s, _now_iso()))
-            self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
+            self._drop_reservation(reservation)
             return cur.rowcount == 1
         return self._transaction(run)
 
@@ -246,12 +254,17 @@ class LedgerDB:
                     f"SELECT item_hash, first_error, raw FROM labels WHERE judge = ? AND item_hash IN "
                     f"({','.join('?' * len(chunk))})", (judge, *chunk)).fetchall()
                 for key, first_error, raw in rows:
-                    found[key] = Verdict(first_error, raw=raw, cost=Cost(), from_ledger=True)
+                    found[key] = _stored(first_error, raw)
         return found
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
+
+
+def _stored(first_error: int | None, raw: str) -> Verdict:
+    """A committed label as the ledger answers it: free (the cost was paid when it was stored)."""
+    return Verdict(first_error, raw=raw, cost=Cost(), from_ledger=True)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+# Every command's `data_root` (null: this folder, ../shared/data next to the repository)
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def data_root(root: str | Path | None = None) -> Path:
+    return Path(root) if root else DEFAULT_DATA_ROOT
+
 
 class DataError(ValueError):
     def __init__(self, file: str | Path, line: "int | Where | None", field_: str | None, problem: str,

@@ -8,30 +8,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from judges.config import OutDirConfig, reject_moved_keys, validate_judge_config
-
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def validate(cfg: DictConfig | dict, schema: type[T]) -> T:
-    """Merge `cfg` into `schema` (struct mode: unknown keys and wrong types are errors); return the object."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"invalid config for {schema.__name__}: {err}") from None
-    except (KeyError, ValueError) as err:   # a schema's own rule (__post_init__), named by its keys
-        raise ConfigError(err.args[0] if err.args else str(err)) from None
+# ConfigError and validate live in judges.config (the bottom layer, so judges.eval validates the same way)
+from judges.config import ConfigError, OutDirConfig, reject_moved_keys, validate, validate_judge_config  # noqa: F401
 
 
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -167,7 +149,6 @@ class ReplayConfig:
 @dataclass
 class PoolConfig:
     name: str = "prm800k"
-    data_root: str | None = None              # None -> ../shared/data next to the repo
     kind: str = "prm800k"                     # prm800k | processbench/<subset> | jsonl | trl | math_shepherd
     path: str | None = None                   # file for jsonl/trl/math_shepherd; processbench: a file or hf:<hub id>
     neutral_as: str = "correct"               # PRM800K rating 0: 'correct' (usual) or 'error'
@@ -175,6 +156,10 @@ class PoolConfig:
     max_tokens: int | None = 512              # drop pool items longer than this (tokens)
     skip_bad_rows: bool = False
     shuffle_seed: int = 0
+    data_root: str | None = None              # renamed: the top-level data_root (one spelling in every command)
+
+    def __post_init__(self):
+        reject_moved_keys(self, {"data_root": "data_root (the top-level key, as in every command)"}, "pool.")
 
 
 @dataclass
@@ -207,7 +192,7 @@ class PRMEvalConfig:
     prm: PRMConfig = field(default_factory=PRMConfig)
     judge: Any = None                         # evaluate a judge instead of a PRM (judges.config schema of its kind)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    data_root: str | None = None
+    data_root: str | None = None              # null: ../shared/data next to the repo
     trainer: OutDirConfig = field(default_factory=lambda: OutDirConfig("outputs/prm_eval"))   # trainer.out_dir
     out_dir: str | None = None                # renamed: trainer.out_dir (one spelling in every command)
 
@@ -230,7 +215,8 @@ class PoolSelectConfig:
 
 
 RENAMED = {"mode": "select.mode (active -> uncertain, full -> all, random -> random) or job=filter",
-           "budget": "select.budget", "out_dir": "trainer.out_dir", "resume": "trainer.resume"}
+           "budget": "select.budget", "out_dir": "trainer.out_dir", "resume": "trainer.resume",
+           "ledger": "judge.ledger_path"}
 
 
 @dataclass
@@ -244,7 +230,7 @@ class PRMTrainConfig:
     select: PoolSelectConfig = field(default_factory=PoolSelectConfig)
     epochs: int = 1                           # passes: the stream, then epochs-1 replays of the acquired labels
     feature_cache: str | None = None          # frozen mode: safetensors file of separator features (reused)
-    ledger: str | None = None                 # None -> judge.ledger_path, else <out_dir>/ledger.sqlite
+    data_root: str | None = None              # the pool's and the evaluation's files; null: ../shared/data
     filter_out: str | None = None             # mode=filter: JSONL of the uncertain part (None -> <out_dir>/uncertain.jsonl)
     stop_after_batches: int | None = None     # stop (with a checkpoint) after this many updates: tests, time limits
     run_eval: bool = True
@@ -252,11 +238,10 @@ class PRMTrainConfig:
     budget: float | None = None               # renamed: select.budget
     out_dir: str | None = None                # not a key: every command's output dir is trainer.out_dir
     resume: str | None = None                 # not a key: trainer.resume
+    ledger: str | None = None                 # renamed: judge.ledger_path (null: <trainer.out_dir>/ledger.sqlite)
 
     def __post_init__(self):
-        for old, new in RENAMED.items():
-            if getattr(self, old) is not None:
-                raise ConfigError(f"{old}={getattr(self, old)} was renamed: use {new}")
+        reject_moved_keys(self, RENAMED)
         self.judge = validate_judge_config(self.judge)
 
 

@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from judges.rows import DataError, Rows, Where, load_processbench_rows
+from judges.rows import DEFAULT_DATA_ROOT, DataError, Rows, Where, data_root, load_processbench_rows  # noqa: F401
 
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 PROCESSBENCH_SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
 
 
@@ -41,10 +40,6 @@ class Trajectory:
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v not in (None, "", {})}
-
-
-def data_root(root: str | Path | None = None) -> Path:
-    return Path(root) if root else DEFAULT_DATA_ROOT
 
 
 # ---------------------------------------------------------------- row reading + validation

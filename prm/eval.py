@@ -2,7 +2,7 @@
 
 A scorer maps (questions, steps) to one score in [0, 1] per step. Built-in scorers: a trained PRM
 (`prm.path=<dir saved by prm.train>`, or a fresh one for a baseline), or a judge (`judge=rule`
-...; steps before its first_error score 1, that step 0, the rest 1; an invalid verdict gives None
+...; its labels through the ledger `judge.ledger_path`, null: <trainer.out_dir>/ledger.sqlite; steps before its first_error score 1, that step 0, the rest 1; an invalid verdict gives None
 instead of scores: a wrong prediction on ProcessBench whatever the label; on PRMBench the item is
 dropped and counted, as the official harness does).
 
@@ -18,6 +18,7 @@ Writes <trainer.out_dir>/eval.json and eval.md, prints the table.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -27,6 +28,7 @@ import hydra
 from omegaconf import DictConfig
 
 from judges.metrics import processbench_f1
+from judges.run import anchored
 from prm.config import EvalConfig, PRMEvalConfig, validate
 from prm.data import PROCESSBENCH_SUBSETS, data_root, load_processbench
 from prm.prmbench import prmbench_results, read_prmbench, report_dict
@@ -169,11 +171,14 @@ def evaluate(scorer: StepScorer, ecfg: EvalConfig, root: str | None, out_dir: st
     return results
 
 
-def build_scorer(cfg: PRMEvalConfig) -> tuple[StepScorer, str]:
+def build_scorer(cfg: PRMEvalConfig, stack: contextlib.ExitStack) -> tuple[StepScorer, str]:
     if cfg.judge:
         from judges.base import make_judge
+        from judges.ledger import LabelLedger
         judge = make_judge(cfg.judge)
-        return judge_scorer(judge), f"judge {judge.identity}"
+        # a judge's labels go through its ledger as in every command: persisted before use, never paid twice
+        ledger = stack.enter_context(LabelLedger.from_config(cfg.judge, Path(cfg.trainer.out_dir) / "ledger.sqlite"))
+        return judge_scorer(judge, ledger), f"judge {judge.identity}"
     from prm.model import EnsemblePRM
     prm = EnsemblePRM.from_config(cfg.prm)
     return prm_scorer(prm, cfg.eval.batch_size), f"PRM {cfg.prm.path or cfg.prm.backbone + ' (untrained heads)'}"
@@ -184,8 +189,11 @@ def main(dcfg: DictConfig) -> None:
     cfg = validate(dcfg, PRMEvalConfig)
     if cfg.eval.subsets == ["all"]:
         cfg.eval.subsets = list(PROCESSBENCH_SUBSETS)
-    scorer, name = build_scorer(cfg)
-    evaluate(scorer, cfg.eval, cfg.data_root, cfg.trainer.out_dir, name)
+    cfg.trainer.out_dir = anchored(cfg.trainer.out_dir)
+    root = anchored(cfg.data_root) if cfg.data_root else None
+    with contextlib.ExitStack() as stack:
+        scorer, name = build_scorer(cfg, stack)
+        evaluate(scorer, cfg.eval, root, cfg.trainer.out_dir, name)
 
 
 if __name__ == "__main__":

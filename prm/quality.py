@@ -61,14 +61,20 @@ def step_auroc_within(questions, first_errors, scores) -> float:
     return wins / n if n else math.nan
 
 
+def first_error_scores(first_errors, scores, threshold: float) -> dict[str, float]:
+    """ProcessBench's acc_error, acc_correct and F1 of "first step scored below tau" (the one code path of
+    first_error_f1 and scorer_quality)."""
+    return processbench_f1([first_below(list(s), threshold) for s in scores], list(first_errors))
+
+
 def first_error_f1(first_errors, scores, threshold: float) -> float:
-    return processbench_f1([first_below(list(s), threshold) for s in scores], list(first_errors))["f1"]
+    return first_error_scores(first_errors, scores, threshold)["f1"]
 
 
 def scorer_quality(questions, first_errors, scores, threshold: float = 0.5, prefix: str = "") -> dict[str, float]:
     """AUROCs, first-error F1 and its accuracy on the erroneous items alone (the exact first wrong step
     named; defined even when a set has no all-correct item, where F1 is NaN)."""
-    pb = processbench_f1([first_below(list(s), threshold) for s in scores], list(first_errors))
+    pb = first_error_scores(first_errors, scores, threshold)
     return {f"{prefix}auroc": step_auroc(first_errors, scores),
             f"{prefix}auroc_within": step_auroc_within(questions, first_errors, scores),
             f"{prefix}f1": pb["f1"], f"{prefix}acc_error": pb["acc_error"]}

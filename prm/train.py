@@ -31,9 +31,9 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from judges.run import MetricsLog, resume_dir, seed_everything
 from prm.config import PRMJob, PRMTrainConfig, SelectMode, validate
 from prm.data import Trajectory, load_pool
-from prm.run import MetricsLog, resume_dir, seed_everything
 from prm.selection import Selection
 
 
@@ -45,7 +45,7 @@ def load_training_pool(cfg: PRMTrainConfig, prm) -> list[Trajectory]:
     """Shuffled pool, items longer than data.max_tokens dropped, first data.limit kept."""
     d = cfg.pool
     kw = {"neutral_as": d.neutral_as} if d.kind == "prm800k" else {}
-    pool = load_pool(d.kind, d.path, root=d.data_root, skip_bad_rows=d.skip_bad_rows, **kw)
+    pool = load_pool(d.kind, d.path, root=cfg.data_root, skip_bad_rows=d.skip_bad_rows, **kw)
     random.Random(d.shuffle_seed).shuffle(pool)
     kept = []
     for t in pool:
@@ -62,9 +62,6 @@ def make_revealer(cfg: PRMTrainConfig, pool: list[Trajectory], out: Path):
     config (judge.ledger_path, judge.max_labels, judge.max_total_tokens)."""
     from judges.base import make_judge
     from judges.ledger import LabelLedger
-    if cfg.ledger and cfg.judge.ledger_path and Path(cfg.ledger) != Path(cfg.judge.ledger_path):
-        raise ValueError(f"two ledgers configured: ledger={cfg.ledger!r} and judge.ledger_path="
-                         f"{cfg.judge.ledger_path!r}; set one")
     if cfg.judge.name == "oracle":
         if any(t.first_error is None for t in pool):
             raise ValueError("judge=oracle needs a labelled pool; use judge=rule or judge=llm for an unlabelled one")
@@ -75,7 +72,7 @@ def make_revealer(cfg: PRMTrainConfig, pool: list[Trajectory], out: Path):
                                                 "correct": t.meta.get("correct")} for t in pool])
     else:
         judge = make_judge(cfg.judge)
-    ledger = LabelLedger.from_config(cfg.judge, default_path=cfg.ledger or out / "ledger.sqlite")
+    ledger = LabelLedger.from_config(cfg.judge, default_path=out / "ledger.sqlite")
 
     def reveal(picked: list[Trajectory]) -> list[int | None]:
         verdicts = ledger.label(judge, [(t.question, t.steps) for t in picked])
@@ -200,7 +197,7 @@ class PoolTrainer:
         if rank == 0:
             self.prm.save(out / "prm")
             if cfg.run_eval:
-                summary["eval"] = evaluate(prm_scorer(self.learner, cfg.eval.batch_size), cfg.eval, cfg.pool.data_root,
+                summary["eval"] = evaluate(prm_scorer(self.learner, cfg.eval.batch_size), cfg.eval, cfg.data_root,
                                            out, f"({self.mode}, {labels_used} labels)")
                 if self.learner.cache is not None and cfg.feature_cache and self.external_cache is None:
                     self.learner.cache.save(cfg.feature_cache)

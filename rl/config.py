@@ -131,11 +131,14 @@ class TaskConfig:
     value_max: int = 99
     # datasets
     split: str = "train"
-    data_root: str | None = None             # None: ../shared/data next to the repo
     source: str | None = None                # None: the task's file under data_root; hf:<hub id>[:<config>] or a file
     offset: int = 0                          # rl.search: problems [offset, offset + limit)
     limit: int | None = None
     fallback_last_number: bool = False       # answer = last number when no answer line (off: inflates)
+    data_root: str | None = None             # renamed: the top-level data_root (one spelling in every command)
+
+    def __post_init__(self):
+        reject_moved_keys(self, {"data_root": "data_root (the top-level key, as in every command)"}, "task.")
 
 
 @dataclass
@@ -165,6 +168,7 @@ class OnlineConfig:
     prm: PRMConfig = field(default_factory=PRMConfig)
     judge: Any = field(default_factory=lambda: {"name": "rule"})  # the schema of its kind (judges.config)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data_root: str | None = None             # the task's files (gsm8k, math500); null: ../shared/data next to the repo
     plot: bool = True
     keep_checkpoints: int = 2                # newest round checkpoints kept on disk
     out_dir: str | None = None               # not a key: every command's output dir is trainer.out_dir

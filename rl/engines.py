@@ -20,3 +20,17 @@ def make_rollout(name: str, **kwargs) -> RolloutBackend:
     if name not in ROLLOUTS:
         raise KeyError(f"unknown rollout backend {name!r}; registered: {sorted(ROLLOUTS)}")
     return ROLLOUTS[name](**kwargs)
+
+
+def rollout_from_config(r, policy, model, tokenizer, seed: int, colocate: bool = False) -> RolloutBackend:
+    """The backend of the `rollout` group `r` (rl.config.RolloutConfig) for the `policy` group's model: every
+    engine setting passed, the one builder of rl.online, rl.search and its pool sampler."""
+    from prm.models import resolve_path
+
+    model_dir = None if r.backend == "hf" else resolve_path(policy.model)
+    return make_rollout(r.backend, model=model, tokenizer=tokenizer, model_dir=model_dir, seed=seed,
+                        batch_size=r.batch_size, dtype=r.dtype or policy.dtype,
+                        gpu_memory_utilization=r.gpu_memory_utilization, kv_cache_gb=r.kv_cache_gb,
+                        max_model_len=r.max_model_len, enforce_eager=r.enforce_eager,
+                        tensor_parallel_size=r.tensor_parallel_size, sleep=r.sleep, colocate=colocate,
+                        sync_bucket_mb=r.sync_bucket_mb)

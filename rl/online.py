@@ -20,8 +20,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from judges.run import anchored, seed_everything
 from prm.config import SelectMode, validate
-from prm.run import anchored, seed_everything
 from rl.config import OnlineConfig, PRMUpdate, RewardSource
 from rl.distributed import Ranks, accept_local_rank_argument
 
@@ -44,8 +44,7 @@ def build(cfg: OnlineConfig):
     from judges.base import make_judge
     from judges.ledger import LabelLedger
     from prm.answers import AnswerChecker
-    from prm.models import resolve_path
-    from rl.engines import make_rollout
+    from rl.engines import rollout_from_config
     from rl.loop import OnlineLoop
     from rl.policy import PolicyTrainer
     from rl.tasks import TaskStream, make_task
@@ -58,23 +57,18 @@ def build(cfg: OnlineConfig):
     out_dir = Path(cfg.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed)
-    task = make_task(cfg.task)
+    task = make_task(cfg.task, cfg.data_root)
     policy = PolicyTrainer(cfg.policy, cfg.algo, cfg.trainer)
     if cfg.rollout.backend == "hf" and policy.zero_stage == 3:
         raise ValueError("policy ZeRO-3 partitions the weights the HF rollout generates with: use rollout=vllm")
     policy.temperature = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
     r = cfg.rollout
-    model_dir = None if cfg.rollout.backend == "hf" else resolve_path(cfg.policy.model)
     colocate = r.colocate if r.colocate is not None else (ranks.world > 1 and policy.device.type == "cuda")
     if colocate and r.tensor_parallel_size > 1:  # a TP group would have to submit identical prompts (not done)
         raise ValueError("rollout.colocate with rollout.tensor_parallel_size > 1 is not supported: colocated "
                          "engines are one per rank (tensor_parallel_size=1); tensor parallelism is for one process")
-    rollout = make_rollout(r.backend, model=policy.module, tokenizer=policy.tokenizer, model_dir=model_dir,
-                           batch_size=r.batch_size, seed=ranks.seed(cfg.trainer.seed, 0),
-                           gpu_memory_utilization=r.gpu_memory_utilization, kv_cache_gb=r.kv_cache_gb,
-                           max_model_len=r.max_model_len, dtype=r.dtype or cfg.policy.dtype,
-                           enforce_eager=r.enforce_eager, tensor_parallel_size=r.tensor_parallel_size, sleep=r.sleep,
-                           colocate=colocate, sync_bucket_mb=r.sync_bucket_mb)
+    rollout = rollout_from_config(r, cfg.policy, policy.module, policy.tokenizer, ranks.seed(cfg.trainer.seed, 0),
+                                  colocate)
     if colocate:  # every rank's engine up before any rank goes on (TRL: DeepSpeed hangs otherwise)
         ranks.barrier()
     learner = None
@@ -115,7 +109,7 @@ def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
     if path.is_file():
         return load_trajectories_jsonl(path)
     r = cfg.rollout
-    problems = make_task(replace(cfg.task, seed=cfg.task.seed + 10_007)).problems
+    problems = make_task(replace(cfg.task, seed=cfg.task.seed + 10_007), cfg.data_root).problems
     n_prompts = -(-cfg.replay.heldout_size // r.n)
     prompts = [loop.task.prompt(loop.tok, p.question) for p in problems[:n_prompts]]
     groups = loop.rollout.generate(prompts, r.n, r.max_new_tokens, r.temperature, r.top_p, list(r.stop) or None)
@@ -135,7 +129,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     """Run (or resume) `cfg.rounds` rounds; `stop_after` ends the process's work early (tests: a kill)."""
     from tqdm import tqdm
 
-    from prm.run import MetricsLog
+    from judges.run import MetricsLog
     from rl.checkpoint import load_round, resolve_resume, save_round
     from rl.report import phase_line, plot_rounds, summary_table
     from rl.schedule import effective_schedule, run_rounds

@@ -33,9 +33,9 @@ class PoolSampleConfig:
 
 def write_pool(cfg) -> Path:
     p = cfg.pool
-    problems, task = load_task(cfg.task)
+    problems, task = load_task(cfg.task, cfg.data_root)
     held_task = replace(cfg.task, offset=p.exclude_offset, limit=p.exclude_limit, split="test", seed=p.exclude_seed)
-    held = {q.question for q in load_task(held_task)[0]}
+    held = {q.question for q in load_task(held_task, cfg.data_root)[0]}
     kept = [q for q in problems if q.question not in held]
     print(f"[pool] {len(kept)} problems ({len(problems) - len(kept)} overlap the held-out slice and are skipped), "
           f"{p.n} samples each", flush=True)

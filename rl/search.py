@@ -90,6 +90,7 @@ class SearchConfig:
     ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     trainer: SearchTrainerConfig = field(default_factory=SearchTrainerConfig)   # trainer.out_dir, trainer.resume
+    data_root: str | None = None              # the task's files (gsm8k, math500); null: ../shared/data next to the repo
     out_dir: str | None = None                # renamed: trainer.out_dir (one spelling in every command)
     resume: bool | None = None                # renamed: trainer.resume=auto|never
     fallback_last_number: bool | None = None  # renamed: task.fallback_last_number (the task's, as in rl.online)
@@ -308,7 +309,7 @@ def search(cfg: SearchConfig) -> Path:
         raise KeyError(f"methods {sorted(unknown)} unknown; registered: {sorted(METHODS)}")
     ScoreSpec(cfg.scorer.aggregate)   # fail on a bad aggregate before loading anything
     out_dir = Path(cfg.trainer.out_dir)
-    problems, task = load_task(cfg.task)
+    problems, task = load_task(cfg.task, cfg.data_root)
     prm = load_prm(cfg.prm)
     scorer = TimedScorer(prm, cfg.scorer.prefix_cache_gb)
     checker = AnswerChecker()

@@ -5,19 +5,19 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from prm.run import seed_everything
+from judges.run import seed_everything
 from prm.steps import STEP_SEPARATOR
 from rl.config import PolicyConfig, RolloutConfig, TaskConfig
 from rl.search_methods import Continuation
 
 
-def load_task(cfg: TaskConfig):
+def load_task(cfg: TaskConfig, data_root: str | None = None):
     """The online loop's task (rl.tasks.make_task, the same prompts and few-shot turns): problems
     [offset, offset + limit) and the task."""
     from rl.tasks import make_task
 
     end = None if cfg.limit is None else cfg.offset + cfg.limit
-    task = make_task(replace(cfg, size=max(cfg.size, end or 0), limit=end))
+    task = make_task(replace(cfg, size=max(cfg.size, end or 0), limit=end), data_root)
     return task.problems[cfg.offset:end], task
 
 
@@ -56,16 +56,13 @@ class RolloutPolicy:
 
 
 def make_backend(policy: PolicyConfig, rollout: RolloutConfig, seed: int):
-    from prm.models import load_model, resolve_path
-    from rl.engines import make_rollout
+    """The policy loaded on rollout.device and its backend, built as rl.online builds its own."""
+    from prm.models import load_model
+    from rl.engines import rollout_from_config
 
     model, tok = load_model(policy.model, policy.dtype)
     model.to(rollout.device).eval()
-    model_dir = None if rollout.backend == "hf" else resolve_path(policy.model)
-    return make_rollout(rollout.backend, model=model, tokenizer=tok, model_dir=model_dir, seed=seed,
-                        batch_size=rollout.batch_size, dtype=rollout.dtype or policy.dtype,
-                        gpu_memory_utilization=rollout.gpu_memory_utilization, kv_cache_gb=rollout.kv_cache_gb,
-                        max_model_len=rollout.max_model_len), tok
+    return rollout_from_config(rollout, policy, model, tok, seed), tok
 
 
 def seed_run(seed: int, method: str, n: int) -> None:

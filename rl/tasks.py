@@ -74,34 +74,36 @@ class Task:
         return format_prompt(tokenizer, question, self.system_prompt, self.few_shot)
 
 
-def _arithmetic(cfg) -> Task:
+def _arithmetic(cfg, root=None) -> Task:
     spec = ArithmeticSpec(cfg.num_ops, cfg.operand_max, cfg.ops, cfg.mul_max)
     return Task("arithmetic", arithmetic_chain(cfg.seed, cfg.size, spec), cfg.system_prompt or ARITHMETIC_SYSTEM_PROMPT,
                 ARITHMETIC_FEW_SHOT if getattr(cfg, "few_shot", True) else [])
 
 
-def _chain(cfg) -> Task:
+def _chain(cfg, root=None) -> Task:
     """The CPU testbed (prm.chain): 3-8 operation chains for the tiny policy `chain-tiny`; no few-shot turns."""
     spec = ChainSpec(cfg.min_ops, cfg.max_ops, cfg.operand_max, cfg.value_max, cfg.ops)
     return Task("chain", chain_problems(cfg.seed, cfg.size, spec), cfg.system_prompt or CHAIN_SYSTEM_PROMPT)
 
 
-def _gsm8k(cfg) -> Task:
-    return Task("gsm8k", load_gsm8k(cfg.split, cfg.data_root, limit=cfg.limit, source=cfg.source), cfg.system_prompt or MATH_SYSTEM_PROMPT)
+def _gsm8k(cfg, root=None) -> Task:
+    return Task("gsm8k", load_gsm8k(cfg.split, root, limit=cfg.limit, source=cfg.source), cfg.system_prompt or MATH_SYSTEM_PROMPT)
 
 
-def _math500(cfg) -> Task:
-    return Task("math500", load_math500(cfg.data_root, limit=cfg.limit, source=cfg.source), cfg.system_prompt or MATH_SYSTEM_PROMPT)
+def _math500(cfg, root=None) -> Task:
+    return Task("math500", load_math500(root, limit=cfg.limit, source=cfg.source), cfg.system_prompt or MATH_SYSTEM_PROMPT)
 
 
 TASKS: dict[str, Callable[..., Task]] = {"arithmetic": _arithmetic, "chain": _chain, "gsm8k": _gsm8k,
                                          "math500": _math500}
 
 
-def make_task(cfg) -> Task:
+def make_task(cfg, data_root: str | None = None) -> Task:
+    """The task `cfg` names; `data_root` (the command's top-level key; None: ../shared/data) holds the
+    datasets' files."""
     if cfg.name not in TASKS:
         raise KeyError(f"unknown task {cfg.name!r}; registered: {sorted(TASKS)}")
-    task = TASKS[cfg.name](cfg)
+    task = TASKS[cfg.name](cfg, data_root)
     if not task.problems:
         raise ValueError(f"task {cfg.name!r} has no problems (limit={getattr(cfg, 'limit', None)})")
     return task

@@ -1,9 +1,10 @@
 """Every command line the repository prints composes for its command and fits its schema.
 
-The lines are parsed out of README.md, docs/*.md, the comments of configs/**/*.yaml and the docstrings
-and comments of the rl/, prm/ and judges/ packages, so a line added there is checked without touching
-this file. A line is `[torchrun ...] python -m <command> <overrides>` or `make run ARGS="<overrides>"`;
-its overrides end at a comment (` #`), a closing backtick or the first word that is no override.
+The lines are parsed out of README.md, docs/*.md, bench/RESULTS.md, the comments of configs/**/*.yaml
+and the docstrings and comments of the rl/, prm/ and judges/ packages, so a line added there is checked
+without touching this file. A line is `[torchrun ...] python -m <command> <overrides>` or
+`make run ARGS="<overrides>"`; a line ending in ` \\` goes on in the next (its indent and comment mark
+dropped); its overrides end at a comment (` #`), a closing backtick or the first word that is no override.
 """
 import re
 import shlex
@@ -28,7 +29,8 @@ MAKE_RE = re.compile(r'make run ARGS="([^"]*)"')
 
 
 def sources() -> list[Path]:
-    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "configs").rglob("*.yaml"))]
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "RESULTS.md",
+             *sorted((ROOT / "configs").rglob("*.yaml"))]
     return files + [p for pkg in ("rl", "prm", "judges") for p in sorted((ROOT / pkg).glob("*.py"))]
 
 
@@ -49,12 +51,27 @@ def overrides(text: str) -> list[str]:
     return words
 
 
+def logical_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based first line, text) with continued lines (` \\` at the end) joined, minus indent and `#`."""
+    out: list[tuple[int, str]] = []
+    carry = None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if path.suffix == ".yaml":
+            line = line.partition("#")[2]   # comments only
+        if carry is not None:
+            start, text = carry
+            line = text + " " + line.strip().lstrip("#").strip()
+            number = start
+        carry = (number, line[:-1].rstrip()) if line.endswith(" \\") else None
+        if carry is None:
+            out.append((number, line))
+    return out + ([carry] if carry else [])
+
+
 def command_lines() -> list[tuple[str, str, list[str]]]:
     found = []
     for path in sources():
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if path.suffix == ".yaml":
-                line = line.partition("#")[2]   # comments only
+        for number, line in logical_lines(path):
             where = f"{path.relative_to(ROOT)}:{number}"
             for match in MODULE_RE.finditer(line):
                 found.append((where, match.group(1), overrides(match.group(2))))
@@ -73,6 +90,11 @@ def test_every_command_is_documented_somewhere():
 
 @pytest.mark.parametrize("where,module,words", LINES, ids=[f"{w} {m} {' '.join(a)}" for w, m, a in LINES])
 def test_documented_command_composes_and_validates(where, module, words):
+    compose_and_validate(module, words)
+
+
+def compose_and_validate(module: str, words: list[str]) -> None:
+    """Compose `python -m <module> <words>` as hydra would and validate it against the command's schema."""
     config_name, schema = COMMANDS[module]
     names = [w.split("=", 1)[1] for w in words if w.startswith("--config-name=")]
     args = [w for w in words if not w.startswith(("--config-name=", "hydra."))]

@@ -130,7 +130,7 @@ def test_schema_only_keys_need_no_plus():
 ONE_SPELLING = {"online": ["trainer.out_dir=o", "trainer.resume=never", "trainer.seed=3"],
                 "prm_train": ["trainer.out_dir=o", "trainer.resume=never", "trainer.seed=3"],
                 "search": ["trainer.out_dir=o", "trainer.resume=never"],
-                "prm_eval": ["trainer.out_dir=o"], "judge_eval": ["trainer.out_dir=o"]}
+                "prm_eval": ["trainer.out_dir=o"], "judge_eval": ["trainer.out_dir=o", "trainer.seed=3"]}
 
 
 @pytest.mark.parametrize("name", sorted(ONE_SPELLING))

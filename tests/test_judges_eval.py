@@ -33,7 +33,7 @@ def write_data(root: Path, rows=ITEMS, subset="gsm8k") -> Path:
 
 def cfg_for(tmp_path, *overrides):
     with initialize_config_module(config_module="configs", version_base=None):
-        return compose("judge_eval", overrides=[f"ledger={tmp_path}/ledger.sqlite", f"trainer.out_dir={tmp_path}/out",
+        return compose("judge_eval", overrides=[f"judge.ledger_path={tmp_path}/ledger.sqlite", f"trainer.out_dir={tmp_path}/out",
                                                 *overrides])
 
 
@@ -91,7 +91,7 @@ def test_limit_takes_both_classes(tmp_path):
 def test_command_line_on_real_processbench(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "judges.eval", "judge=rule", "subsets=[gsm8k,math]", "limit=40",
-                           f"ledger={tmp_path}/l.sqlite", f"trainer.out_dir={tmp_path}/out"],
+                           f"judge.ledger_path={tmp_path}/l.sqlite", f"trainer.out_dir={tmp_path}/out"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mean F1" in proc.stdout

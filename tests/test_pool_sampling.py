@@ -11,7 +11,9 @@ from judges.base import make_judge
 from judges.ledger import LabelLedger
 from prm.config import validate
 from prm.data import load_trajectories_jsonl
+from rl.config import TaskConfig
 from rl.search import SearchConfig, main
+from rl.search_policy import load_task
 
 STEPS_FALSE = ["2 + 3 = 6", "The answer is 6."]
 STEPS_TRUE = ["2 + 3 = 5", "The answer is 5."]
@@ -43,7 +45,7 @@ def test_rule_outcome_reads_judge_records_path(tmp_path):
         make_judge({"name": "rule_outcome", "records_path": str(path)})
 
 
-def test_search_job_pool_writes_an_unlabelled_pool_with_verified_answers(tmp_path):
+def test_search_job_pool_writes_an_unlabelled_pool_with_verified_answers(tmp_path, capsys):
     out = tmp_path / "pool.jsonl"
     overrides = ["job=pool", f"pool.out={out}", "pool.n=2", "pool.exclude_limit=1", "task.limit=3",
                  "policy.model=tiny-random-llama", "policy.dtype=fp32", "rollout=hf", "rollout.max_new_tokens=8",
@@ -54,6 +56,10 @@ def test_search_job_pool_writes_an_unlabelled_pool_with_verified_answers(tmp_pat
     main(cfg)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     pool = load_trajectories_jsonl(out)
-    # 3 test problems, the first is the held-out slice's (same seed, offset 0, limit 1): 2 problems x 2 samples
-    assert len({r["question"] for r in rows}) <= 2 and all(t.first_error is None for t in pool)
-    assert all(isinstance(t.meta["correct"], bool) for t in pool) and len(pool) == len(rows) > 0
+    # 3 test problems (offset 0, limit 3); the held-out slice (same seed, offset 0, limit 1) is the first of
+    # them: exactly 2 problems kept, 2 samples each, and no sample of the held-out problem
+    assert "[pool] 2 problems (1 overlap the held-out slice and are skipped), 2 samples each" in capsys.readouterr().out
+    task = load_task(TaskConfig(name="arithmetic", split="test", limit=3, num_ops=2, ops="+-*"))[0]
+    assert sorted({r["question"] for r in rows}) == sorted(p.question for p in task[1:])
+    assert len(rows) == 4 and [r["source"].rsplit("#", 1)[1] for r in rows] == ["0", "1", "0", "1"]
+    assert all(t.first_error is None for t in pool) and all(isinstance(t.meta["correct"], bool) for t in pool)

@@ -51,9 +51,8 @@ def test_judge_ledger_path_and_budget_are_honoured(tmp_path):
     assert not (tmp_path / "run" / "ledger.sqlite").exists()
     with sqlite3.connect(ledger) as db:
         assert db.execute("select count(*) from labels").fetchone()[0] == 2
-    with pytest.raises(ValueError, match="two ledgers"):
-        train(config(tmp_path, "other", ledger=str(tmp_path / "x.sqlite"), judge={"name": "oracle",
-                                                                              "ledger_path": str(ledger)}))
+    with pytest.raises(ValueError, match="ledger=.* was renamed: use judge.ledger_path"):   # one key, not two
+        config(tmp_path, "other", ledger=str(tmp_path / "x.sqlite"))
 
 
 def test_active_never_exceeds_budget_and_pays_only_selected(tmp_path):

@@ -1,7 +1,9 @@
 """What every command does around its work: seed, find where to resume, log metrics, anchor out_dir.
 
-Used by rl.online, rl.search, prm.train and prm.eval (judges.eval, below prm in the layering, resumes
-through its ledger and writes one report).
+Seeding from trainer.seed: rl.online, prm.train, judges.eval (rl.search seeds each run from its seeds);
+metrics.jsonl + TensorBoard under trainer.out_dir: rl.online, prm.train, judges.eval; resume_dir:
+prm.train; anchored paths: rl.online, prm.eval, judges.eval. It lives in judges, the bottom layer,
+because it needs nothing from prm or rl and judges.eval may import neither.
 """
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ import random
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def seed_everything(seed: int) -> None:
+    import torch  # here: judges itself needs no torch, only the commands that train do
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
