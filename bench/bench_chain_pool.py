@@ -102,7 +102,20 @@ def features(args, out: Path, items):
 
 
 def quality(items, scores, tau):
-    return scorer_quality([t.question for t in items], [t.first_error for t in items], scores, tau)
+    return {**scorer_quality([t.question for t in items], [t.first_error for t in items], scores, tau),
+            **{f"auroc_{kind}": kind_auroc(items, scores, kind) for kind in ("misconception", "slip")}}
+
+
+def kind_auroc(items, scores, kind: str) -> float:
+    """Step AUROC of the error steps of one kind (error_kind) against every correct step: a trajectory
+    whose first error is of another kind keeps only its correct steps before that error."""
+    from prm.quality import step_auroc
+    firsts, kept = [], []
+    for t, s in zip(items, scores):
+        other = t.first_error >= 0 and error_kind(t) != kind
+        firsts.append(-1 if other else t.first_error)
+        kept.append(list(s)[: t.first_error] if other else s)
+    return step_auroc(firsts, kept)
 
 
 def groups(items):
@@ -112,20 +125,36 @@ def groups(items):
     return list(out.values())
 
 
-def best_of_n(items, scores) -> float:
-    """Share of problems whose sample with the highest min-step score passes (ties: the first)."""
-    picks = [max(g, key=lambda i: min(scores[i]) if scores[i] else 0.0) for g in groups(items)]
+def best_of_n(items, scores, n: int | None = None) -> float:
+    """Share of problems whose sample (of the first n) with the highest min-step score passes (ties: the first)."""
+    picks = [max(g[:n], key=lambda i: min(scores[i]) if scores[i] else 0.0) for g in groups(items)]
     return sum(items[i].meta["passed"] for i in picks) / len(picks)
 
 
-def majority(items) -> float:
-    """Share of problems whose most frequent final line (ties: first seen) is the right answer line."""
+def weighted(items, scores, n: int | None = None) -> float:
+    """Weighted best-of-n (search-and-learn): the final answer whose samples' min-step scores sum highest."""
     hits = 0
     for g in groups(items):
-        finals = [items[i].steps[-1] for i in g]
-        top = max(finals, key=finals.count)
-        hits += top == f"The answer is {items[g[0]].reference_answer}."
+        total: dict[str, float] = defaultdict(float)
+        for i in g[:n]:
+            total[items[i].steps[-1]] += min(scores[i]) if scores[i] else 0.0
+        hits += max(total, key=total.get) == f"The answer is {items[g[0]].reference_answer}."
     return hits / len(groups(items))
+
+
+def majority(items, n: int | None = None) -> float:
+    """Share of problems whose most frequent final line of the first n (ties: first seen) is the right answer."""
+    return weighted(items, [[1.0] for _ in items], n)
+
+
+def selection_curves(items, scores) -> dict:
+    """best-of-n and weighted best-of-n at every n in NS up to the samples per problem."""
+    ns = [n for n in NS if n <= len(groups(items)[0])]
+    return {"bon": {str(n): best_of_n(items, scores, n) for n in ns},
+            "wbon": {str(n): weighted(items, scores, n) for n in ns}}
+
+
+NS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def tuned(tune, tune_scores) -> float:
@@ -153,9 +182,13 @@ def baselines(args, out: Path, tune, test) -> dict:
         tau = tuned(tune, conf([t.question for t in tune], [t.steps for t in tune]))
         test_scores = conf([t.question for t in test], [t.steps for t in test])
         rows[f"confidence_{reduce}"] = {**quality(test, test_scores, tau), "tau": tau,
-                                        "best_of_n": best_of_n(test, test_scores)}
+                                        "best_of_n": best_of_n(test, test_scores), **selection_curves(test, test_scores)}
     greedy = load(out, "greedy")
+    ns = [n for n in NS if n <= len(groups(test)[0])]
     rows["selection"] = {"pass_at_1": sum(t.meta["passed"] for t in test) / len(test), "majority": majority(test),
+                         "majority_n": {str(n): majority(test, n) for n in ns},
+                         "oracle_n": {str(n): sum(any(test[i].meta["passed"] for i in g[:n]) for g in groups(test))
+                                      / len(groups(test)) for n in ns},
                          "greedy": sum(t.meta["passed"] for t in greedy) / len(greedy),
                          "oracle_best_of_n": sum(any(test[i].meta["passed"] for i in g) for g in groups(test))
                          / len(groups(test)), "n": len(groups(test)[0])}
@@ -186,7 +219,8 @@ def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, 
     tau = tuned(tune, scores(tune))
     test_scores = scores(test)
     return {"mode": mode, "budget": budget, "seed": seed, "labels": summary["labels_used"], "tau": tau,
-            **quality(test, test_scores, tau), "best_of_n": best_of_n(test, test_scores)}
+            **quality(test, test_scores, tau), "best_of_n": best_of_n(test, test_scores),
+            **selection_curves(test, test_scores)}
 
 
 def tag(args) -> str:
@@ -249,19 +283,21 @@ def stage_report(args, out: Path) -> None:
     for r in rows:
         by[(r["mode"], r["budget"])][r["seed"]] = r
     base = json.loads((out / "baselines.json").read_text())
-    metrics = ("auroc", "auroc_within", "acc_error", "f1")
+    metrics = ("auroc", "auroc_within", "acc_error", "f1", "auroc_misconception", "auroc_slip")
     lines = [policy_table(out), "", "| PRM / scorer | labels | step AUROC | AUROC within problem | first error named "
-             "(erroneous items) | first-error F1 |", "|---|---|---|---|---|---|"]
+             "(erroneous items) | first-error F1 | AUROC, misconception errors | AUROC, slips |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, b in base.items():
         if name == "selection":
             continue
-        lines.append(f"| {name} (free) | 0 | " + " | ".join(f"{b[m]:.3f}" for m in metrics) + " |")
+        lines.append(f"| {name} (free) | 0 | " + " | ".join(f"{b.get(m, float('nan')):.3f}" for m in metrics) + " |")
     for (mode, budget), seeds in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         rs = list(seeds.values())
         lines.append(f"| {mode} {budget:.0%} ({len(rs)} seeds) | {fmt([r['labels'] for r in rs], 0)} | "
-                     + " | ".join(fmt([r[m] for r in rs]) for m in metrics) + " |")
+                     + " | ".join(fmt([r.get(m, float("nan")) for r in rs]) for m in metrics) + " |")
     lines += ["", "| budget | active - random: AUROC | AUROC within | first error named | F1 | seeds active > random "
               "(AUROC) |", "|---|---|---|---|---|---|"]
+    metrics = metrics[:4]
     for budget in args.budgets:
         a, r = by.get(("active", budget), {}), by.get(("random", budget), {})
         diffs = {m: paired({s: x[m] for s, x in a.items()}, {s: x[m] for s, x in r.items()}) for m in metrics}
@@ -278,10 +314,32 @@ def stage_report(args, out: Path) -> None:
               f"| policy confidence (mean) | {base['confidence_mean']['best_of_n']:.3f} |",
               f"| PRM, full pool ({len(full)} seeds), min step score | {fmt(full)} |",
               f"| oracle (any sample right) | {sel['oracle_best_of_n']:.3f} |"]
+    lines += search_table(by, base)
     table = "\n".join(lines)
     (out / f"table{tag(args)}.md").write_text(table + "\n")
     print(table)
     plot(by, base, args.budgets, Path(args.plot), f"{args.train_mode} backbone, {args.step_features} features")
+
+
+def search_table(by, base) -> list[str]:
+    """Problems solved vs n, every selector on the same first n samples of each problem (equal compute:
+    n policy samples; the PRM and the confidence scorer each read every sample once)."""
+    sel = base["selection"]
+    if "majority_n" not in sel:
+        return []
+    ns = list(sel["majority_n"])
+    full = list(by.get(("full", 1.0), {}).values())
+    rows = [("majority vote", {n: f"{sel['majority_n'][n]:.3f}" for n in ns})]
+    for name in ("confidence_min", "confidence_mean"):
+        rows += [(f"{name} (free), best-of-n", {n: f"{base[name]['bon'][n]:.3f}" for n in ns}),
+                 (f"{name} (free), weighted", {n: f"{base[name]['wbon'][n]:.3f}" for n in ns})]
+    if full and "bon" in full[0]:
+        rows += [(f"PRM full pool ({len(full)} seeds), best-of-n", {n: fmt([r["bon"][n] for r in full]) for n in ns}),
+                 (f"PRM full pool ({len(full)} seeds), weighted", {n: fmt([r["wbon"][n] for r in full]) for n in ns})]
+    rows.append(("oracle (any of n right)", {n: f"{sel['oracle_n'][n]:.3f}" for n in ns}))
+    return (["", f"Problems solved vs n (greedy decoding: {sel['greedy']:.3f}):", "",
+             "| selector | " + " | ".join(f"n = {n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+            + [f"| {name} | " + " | ".join(v[n] for n in ns) + " |" for name, v in rows])
 
 
 def plot(by, base, budgets, path: Path, title: str) -> None:
@@ -312,7 +370,7 @@ def main() -> None:
     ap.add_argument("--pool-problems", type=int, default=400)
     ap.add_argument("--test-problems", type=int, default=120)
     ap.add_argument("--n", type=int, default=4, help="samples per pool problem")
-    ap.add_argument("--test-n", type=int, default=8, help="samples per held-out problem (best-of-n)")
+    ap.add_argument("--test-n", type=int, default=32, help="samples per held-out problem (best-of-n)")
     ap.add_argument("--tune-n", type=int, default=300)
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])

@@ -50,7 +50,12 @@ class ChainModelSpec:
     batch_size: int = 16
     lr: float = 3e-3
     error_rate: float = 0.25     # share of SFT solutions with one injected slip: mistakes the policy finds unlikely
-    misconception_rate: float = 0.0  # x * 7 / x * 8 written one table row low at this rate: confident mistakes
+    # Then continued SFT in which x * 7 / x * 8 steps are written one table row low at misconception_rate:
+    # mistakes the policy is sure of. A second phase because the copying skill of phase 1 survives it
+    # (misconceptions from step 0 left operand copying weak: sampled pass 0.05-0.28 at 4-8 operations).
+    misconception_steps: int = 400
+    misconception_lr: float = 1e-3
+    misconception_rate: float = 0.8
     min_ops: int = 3
     max_ops: int = 8
     operand_max: int = 9
@@ -86,11 +91,11 @@ def prompt_text(tok, question: str) -> str:
     return tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
 
 
-def _batch(tok, rng: random.Random, spec: ChainModelSpec) -> dict[str, torch.Tensor]:
+def _batch(tok, rng: random.Random, spec: ChainModelSpec, misconception_rate: float = 0.0) -> dict[str, torch.Tensor]:
     rows, labels = [], []
     for i in range(spec.batch_size):
         p = chain_problem(rng, spec.chain, i)
-        t = sample_solution(rng, p.question, spec.error_rate, spec.value_max, spec.misconception_rate)
+        t = sample_solution(rng, p.question, spec.error_rate, spec.value_max, misconception_rate)
         prompt = tok(prompt_text(tok, p.question), add_special_tokens=False).input_ids
         answer = tok("\n\n".join(t.steps), add_special_tokens=False).input_ids + [tok.eos_token_id]
         rows.append(prompt + answer)
@@ -104,6 +109,22 @@ def _batch(tok, rng: random.Random, spec: ChainModelSpec) -> dict[str, torch.Ten
     return {"input_ids": ids, "labels": lab, "attention_mask": att}
 
 
+def sft(model, tok, spec: ChainModelSpec, opt, sched, steps: int, rng: random.Random, misconception_rate: float,
+        log=print) -> None:
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        loss = model(**_batch(tok, rng, spec, misconception_rate)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps - 1:
+            phase = "misconception " if misconception_rate else ""
+            log(f"[{NAME}] {phase}step {step + 1}/{steps} loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
+
+
 def build_model(spec: ChainModelSpec, tok, log=print) -> LlamaForCausalLM:
     config = LlamaConfig(vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
                          num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
@@ -115,18 +136,12 @@ def build_model(spec: ChainModelSpec, tok, log=print) -> LlamaForCausalLM:
     warmup = max(1, spec.train_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(
         math.pi * min(s, spec.train_steps) / spec.train_steps))))
-    rng = random.Random(f"sft:{spec.seed}")
-    model.train()
-    start = time.perf_counter()
-    for step in range(spec.train_steps):
-        loss = model(**_batch(tok, rng, spec)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % 50 == 0 or step == spec.train_steps - 1:
-            log(f"[{NAME}] step {step + 1}/{spec.train_steps} loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
+    sft(model, tok, spec, opt, sched, spec.train_steps, random.Random(f"sft:{spec.seed}"), 0.0, log)
+    if spec.misconception_steps:
+        steps = spec.misconception_steps
+        opt = torch.optim.AdamW(model.parameters(), lr=spec.misconception_lr, weight_decay=0.01, betas=(0.9, 0.98))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        sft(model, tok, spec, opt, sched, steps, random.Random(f"misconception:{spec.seed}"), spec.misconception_rate, log)
     model.eval()
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from prm.chain_model import NAME, ChainModelSpec, ensure_chain_tiny, is_built
 
-SMALL = ChainModelSpec(train_steps=3, batch_size=4)
+SMALL = ChainModelSpec(train_steps=3, batch_size=4, misconception_steps=2)
 
 
 @pytest.fixture(scope="session")

@@ -20,3 +20,18 @@ def test_replay_run_logs_heldout_quality_and_resumes_exactly(tmp_path):
     for a, b in zip(full, resumed):
         assert_same(a, b)
     assert ledger_rows(tmp_path / "a") == ledger_rows(tmp_path / "b")
+
+
+def test_logprob_step_features_online_resume_exactly(tmp_path):
+    """prm.step_features=hidden_logprob through the whole round (cached features, replay, held-out quality):
+    the heads read H + 2 features and a killed run resumes to the same metrics."""
+    from dataclasses import replace
+
+    def cfg(out):
+        c = replay_config(out, rounds=2)
+        return replace(c, prm=replace(c.prm, step_features="hidden_logprob"))
+    full = run(cfg(tmp_path / "a"))
+    assert len(full) == 2 and full[-1]["prm/trained"] == 8 and "prm/heldout_auroc" in full[-1]
+    run(cfg(tmp_path / "b"), stop_after=1)
+    for a, b in zip(full, run(cfg(tmp_path / "b"))):
+        assert_same(a, b)
