@@ -129,3 +129,19 @@ def test_search_and_online_build_identical_prompts():
     assert search_task.few_shot and search_task.few_shot == online_task.few_shot
     for p in problems:
         assert search_task.prompt(tok, p.question) == online_task.prompt(tok, p.question)
+
+
+def test_search_takes_the_task_groups_settings():
+    """`rl.search task=chain` poses the chain group's problems (operands 1-9, 3-8 operations), the ones
+    `rl.online task=chain` trains on: search.yaml sets no task difficulty of its own."""
+    from rl.search import load_task
+    from rl.tasks import make_task
+
+    with initialize_config_module(config_module="configs", version_base=None):
+        online = compose(config_name="online", overrides=["task=chain"])
+        search = compose(config_name="search", overrides=["task=chain", "task.limit=6"])
+    online = validate(OmegaConf.to_container(online, resolve=True), OnlineConfig)
+    search = validate(OmegaConf.to_container(search, resolve=True), SearchConfig)
+    assert (search.task.operand_max, search.task.min_ops, search.task.max_ops) == (9, 3, 8)
+    problems, _ = load_task(search.task)
+    assert [p.question for p in problems] == [p.question for p in make_task(online.task).problems[:6]]

@@ -1,0 +1,51 @@
+"""bench/bench_chain_pool.py's selectors and per-kind AUROC, pinned on hand-computed cases."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bench")]
+from bench_chain_pool import best_of_n, error_kind, kind_auroc, majority, weighted  # noqa: E402
+
+from prm.data import Trajectory  # noqa: E402
+
+Q = "What is (2 * 7) + 3?"   # 2 * 7 = 14, 14 + 3 = 17
+
+
+def traj(steps, first_error, passed, q=Q, answer="17"):
+    return Trajectory(q, steps, first_error, answer, meta={"passed": passed})
+
+
+RIGHT = ["2 * 7 = 14", "14 + 3 = 17", "The answer is 17."]
+MISCONCEIVED = ["2 * 7 = 12", "12 + 3 = 15", "The answer is 15."]   # x * 7 written as x * 6
+SLIP = ["2 * 7 = 14", "14 + 3 = 18", "The answer is 18."]
+
+
+def test_error_kinds():
+    assert error_kind(traj(MISCONCEIVED, 0, False)) == "misconception"
+    assert error_kind(traj(SLIP, 1, False)) == "slip"
+    assert error_kind(traj(["2 + 7 = 9", "9 + 3 = 12", "The answer is 12."], 0, False)) == "other"
+
+
+def test_selectors_by_hand():
+    items = [traj(MISCONCEIVED, 0, False), traj(MISCONCEIVED, 0, False), traj(RIGHT, -1, True), traj(SLIP, 1, False)]
+    scores = [[0.9, 0.9, 0.9], [0.8, 0.8, 0.8], [0.7, 0.95, 0.9], [0.99, 0.2, 0.9]]
+    # min-step scores 0.9, 0.8, 0.7, 0.2: best-of-4 picks the first (wrong); best-of-1 likewise
+    assert best_of_n(items, scores) == 0.0 and best_of_n(items, scores, 1) == 0.0
+    # weighted: "15" gets 0.9 + 0.8 = 1.7, "17" 0.7, "18" 0.2 -> wrong; majority: "15" twice -> wrong
+    assert weighted(items, scores) == 0.0 and majority(items) == 0.0
+    # the first 3 samples only (15, 15, 17): "15" 1.7 against "17" 0.7
+    assert weighted(items, scores, 3) == 0.0
+    flipped = [[0.3, 0.3, 0.3], [0.3, 0.3, 0.3], [0.7, 0.95, 0.9], [0.99, 0.2, 0.9]]
+    # 15: 0.6, 17: 0.7 -> right; best-of-n: 0.7 is the highest min -> right
+    assert weighted(items, flipped) == 1.0 and best_of_n(items, flipped) == 1.0
+
+
+def test_kind_auroc_by_hand():
+    items = [traj(MISCONCEIVED, 0, False), traj(SLIP, 1, False), traj(RIGHT, -1, True)]
+    scores = [[0.9, 0.5, 0.5], [0.8, 0.1, 0.5], [0.6, 0.95, 0.7]]
+    # correct steps: the slip trajectory's step 0 (0.8) and the right one's three (0.6, 0.95, 0.7)
+    # misconception errors: 0.9 -> beats all four correct steps but 0.95: wins for correct = 1 of 4
+    assert kind_auroc(items, scores, "misconception") == pytest.approx(1 / 4)
+    # slip errors: 0.1, below every correct step; the misconceived trajectory adds no correct step
+    assert kind_auroc(items, scores, "slip") == pytest.approx(1.0)
