@@ -295,12 +295,13 @@ def stage_report(args, out: Path) -> None:
         rs = list(seeds.values())
         lines.append(f"| {mode} {budget:.0%} ({len(rs)} seeds) | {fmt([r['labels'] for r in rs], 0)} | "
                      + " | ".join(fmt([r.get(m, float("nan")) for r in rs]) for m in metrics) + " |")
-    lines += ["", "| budget | active - random: AUROC | AUROC within | first error named | F1 | seeds active > random "
-              "(AUROC) |", "|---|---|---|---|---|---|"]
-    metrics = metrics[:4]
+    lines += ["", "| budget | active - random: AUROC | AUROC within | first error named | F1 | AUROC, misconceptions | "
+              "seeds active > random (AUROC) |", "|---|---|---|---|---|---|---|"]
+    metrics = metrics[:5]
     for budget in args.budgets:
         a, r = by.get(("active", budget), {}), by.get(("random", budget), {})
-        diffs = {m: paired({s: x[m] for s, x in a.items()}, {s: x[m] for s, x in r.items()}) for m in metrics}
+        diffs = {m: paired({s: x.get(m, float("nan")) for s, x in a.items()},
+                           {s: x.get(m, float("nan")) for s, x in r.items()}) for m in metrics}
         wins = sum(d > 0 for d in diffs["auroc"])
         lines.append(f"| {budget:.0%} | " + " | ".join(fmt(diffs[m]) for m in metrics)
                      + f" | {wins}/{len(diffs['auroc'])} |")
@@ -346,13 +347,14 @@ def plot(by, base, budgets, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("auroc", "auroc_within")):
+    metrics = [m for m in ("auroc", "auroc_within", "auroc_misconception") if m in base["confidence_min"]]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4))
+    for ax, metric in zip(axes, metrics):
         for mode, color in (("active", "C0"), ("random", "C1")):
-            ms = [mean_ci([r[metric] for r in by.get((mode, b), {}).values()]) for b in budgets]
+            ms = [mean_ci([r.get(metric, float("nan")) for r in by.get((mode, b), {}).values()]) for b in budgets]
             ax.errorbar([b * 100 for b in budgets], [m for m, _ in ms], yerr=[h for _, h in ms], label=mode,
                         color=color, capsize=3, marker="o")
-        full = mean_ci([r[metric] for r in by.get(("full", 1.0), {}).values()])
+        full = mean_ci([r.get(metric, float("nan")) for r in by.get(("full", 1.0), {}).values()])
         ax.axhline(full[0], color="k", ls="--", label="full pool")
         ax.axhline(base["confidence_min"][metric], color="C2", ls=":", label="policy confidence (min)")
         ax.set_xlabel("labels (% of pool)")
