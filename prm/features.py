@@ -27,6 +27,11 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self.store)
 
+    @property
+    def width(self) -> int | None:
+        """Features per step (the hidden size, + 2 for prm.step_features=hidden_logprob); None when empty."""
+        return next(iter(self.store.values())).shape[-1] if self.store else None
+
     def get(self, question: str, steps: list[str], max_length: int | None = None) -> torch.Tensor | None:
         key = item_key(question, steps)
         return self.store.get(key, self.store.get(f"{key}:{max_length}") if max_length else None)

@@ -131,8 +131,12 @@ class PoolTrainer:
         if cfg.feature_cache and Path(cfg.feature_cache).is_file():
             from prm.features import FeatureCache
             loaded = FeatureCache.load(cfg.feature_cache)
-            if loaded.max_length == learner.cache.max_length:
+            width = learner.prm.heads.w1.shape[1]  # what the heads read (prm.step_features)
+            if loaded.max_length == learner.cache.max_length and loaded.width in (None, width):
                 learner.cache = loaded
+            else:
+                print(f"[prm.train] {cfg.feature_cache} holds features for another max_length or step_features "
+                      f"(width {loaded.width}, the heads read {width}): computing them again")
         learner.features(self.hidden, progress=cfg.trainer.progress and self.rank == 0)
         if cfg.feature_cache and self.world == 1:
             learner.cache.save(cfg.feature_cache)

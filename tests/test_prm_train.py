@@ -42,6 +42,18 @@ def test_budget_is_the_number_of_labels_revealed(tmp_path, mode, budget, expecte
     assert summary["labels_used"] == expected == ledger_rows(tmp_path / "run")
 
 
+def test_feature_cache_of_other_step_features_is_recomputed(tmp_path, capsys):
+    """One feature_cache file, two runs: hidden, then hidden_logprob (2 more columns). The second must not
+    feed H-wide cached features to heads that read H + 2: it says so and computes them again."""
+    cache = str(tmp_path / "features.safetensors")
+    train(config(tmp_path, "a", feature_cache=cache, **{"select.mode": "all"}))
+    summary = train(config(tmp_path, "b", feature_cache=cache, **{"select.mode": "all",
+                                                                  "prm.step_features": "hidden_logprob"}))
+    assert summary["labels_used"] == 24 and "computing them again" in capsys.readouterr().out
+    from prm.features import FeatureCache
+    assert FeatureCache.load(cache).width == 64 + 2  # tiny-random-llama's hidden size + the log-prob columns
+
+
 def test_judge_ledger_path_and_budget_are_honoured(tmp_path):
     # the judge config's ledger settings, as every labelling command reads them (issue: 10 paid for max_labels=2)
     ledger = tmp_path / "shared" / "labels.sqlite"
