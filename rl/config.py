@@ -6,6 +6,8 @@ any model, engine or judge is built. docs/method.md defines what each choice com
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -187,6 +189,11 @@ def check_rules(cfg: OnlineConfig) -> None:
         raise ConfigError(f"select.mode={cfg.select.mode} pays the judge for labels that nothing learns from: "
                           f"prm_update=none freezes the PRM (and algo.reward={cfg.algo.reward}); set select.mode=none, "
                           f"or prm_update=pre_update_rewards|post_update_rewards")
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / deepspeed before anything loads
+    if cfg.replay.enabled and ranks > 1:
+        raise ConfigError(f"replay.enabled=true keeps the replay of paid labels in one process (the ledger lives on "
+                          f"rank 0) but this is rank-parallel (WORLD_SIZE={ranks}): add replay.enabled=false "
+                          f"(each round's PRM update then learns from that round's labels)")
     if not labels_wanted and cfg.prm_update != PRMUpdate.none:
         raise ConfigError(f"prm_update={cfg.prm_update} learns from judge labels but select.mode=none sends nothing "
                           f"to the judge; set prm_update=none or select.mode=uncertain|random|all")

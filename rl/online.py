@@ -82,10 +82,7 @@ def build(cfg: OnlineConfig):
         ledger = LabelLedger.from_config(cfg.judge, default_path=ledger_path(cfg))
     stream = TaskStream(task.problems, cfg.task.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker(), ranks)
-    if learner is not None and cfg.replay.enabled:
-        if ranks.world > 1:
-            raise ValueError("replay.enabled=true runs in one process (the ledger lives on rank 0); "
-                             "use replay.enabled=false with several ranks")
+    if learner is not None and cfg.replay.enabled and cfg.prm_update != PRMUpdate.none:  # a frozen PRM replays nothing
         from prm.replay import LabelReplay
         loop.replay = LabelReplay(ledger, judge.identity, cfg.replay, cfg.trainer.seed,
                                   heldout_set(loop, cfg, out_dir), cfg.prm.threshold)

@@ -90,6 +90,16 @@ def test_online_contradiction_fails_before_any_model_loads(monkeypatch, override
     assert all(key in str(err.value) for key in keys), str(err.value)
 
 
+def test_replay_under_several_ranks_fails_before_any_model_loads(monkeypatch):
+    """The default replays every paid label in one process; under torchrun (WORLD_SIZE > 1) it says so at once."""
+    _no_model_may_load(monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="replay.enabled=false"):
+        rl.online.main(_compose("online", []))
+    validate(OmegaConf.to_container(_compose("online", ["replay.enabled=false"]), resolve=True), OnlineConfig)
+    validate(OmegaConf.to_container(_compose("online_gsm8k", []), resolve=True), OnlineConfig)
+
+
 @pytest.mark.parametrize("name,overrides,message", [
     ("prm_train", ["+mode=active"], "select.mode"), ("prm_train", ["+budget=0.3"], "select.budget"),
     ("prm_train", ["select.mode=none"], "select.mode=none"),

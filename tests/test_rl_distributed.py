@@ -40,7 +40,7 @@ def command(ranks: int, out: Path, judge_url: str, *extra: str) -> list[str]:
                        f"rollout.n={N}", "rollout.max_new_tokens=10", f"rollout.batch_size={N}",
                        "algo.filter_groups=false", "algo.mini_batch_size=8", "algo.micro_batch_size=4",
                        f"task.prompts_per_round={PROMPTS}", "task.size=40", "trainer.seed=3",
-                       "trainer.progress=false", "plot=false", "select.mode=uncertain", "prm.delta_pred=0.99", "schedule=serial",
+                       "trainer.progress=false", "plot=false", "select.mode=uncertain", "prm.delta_pred=0.99", "schedule=serial", "replay.enabled=false",
                        "judge=llm", f"judge.base_url={judge_url}", "judge.max_retries=0",
                        f"trainer.out_dir={out}", f"hydra.run.dir={out}/hydra", *extra]
 
