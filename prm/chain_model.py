@@ -27,7 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from prm.chain import ChainSpec, chain_problem, sample_solution
 
 NAME = "chain-tiny"
-RECIPE_VERSION = 3  # bump when the build below changes what a given spec produces
+RECIPE_VERSION = 2  # bump when the build below changes what a given spec produces
 # eos (= pad) and turn start. Not the PRM's separator: a token SFT never sees keeps its random embedding, and
 # heads reading hidden states at an untrained token learned next to nothing (step AUROC ~0.58 on recipe 1);
 # left out, the PRM adds it and initialises it from the blank-line token (EnsemblePRM._ensure_separator).
@@ -75,11 +75,11 @@ def build_tokenizer(spec: ChainModelSpec) -> PreTrainedTokenizerFast:
         t = sample_solution(rng, p.question, spec.error_rate, spec.value_max, spec.misconception_rate)
         corpus.append(f"user\n{p.question}\nassistant\n" + "\n\n".join(t.steps))
     tok = Tokenizer(models.BPE())
-    # The step separator is its own pre-token: with the byte-level regex alone "\n\n" splits into two tokens
-    # before a digit or a letter but stays one at the end of a text, so a context re-tokenized at a step
-    # boundary (step-wise search, the PRM's separator) read tokens the policy never saw.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n\n", behavior="isolated"),
-                                                 pre_tokenizers.Digits(individual_digits=True),
+    # Known limit: the byte-level regex splits "\n\n" into two tokens before a digit or a letter but keeps
+    # one at the end of a text, so a context re-tokenized at a step boundary (step-wise search) ends in a
+    # token SFT never saw. Making the separator its own pre-token fixes that but, measured, the same 2,000
+    # steps then left operand copying unlearned (pass 0.07-0.55, bench/RESULTS.md): kept as it is.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=SPECIAL, show_progress=False,

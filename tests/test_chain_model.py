@@ -48,11 +48,6 @@ def test_loads_by_name_with_chat_template_and_digit_tokens(by_name):
     assert text == "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n"
     pieces = tok.convert_ids_to_tokens(tok("12 + 30 = 42", add_special_tokens=False).input_ids)
     assert [p for p in pieces if p.strip("Ġ").isdigit()] == ["1", "2", "3", "0", "4", "2"]
-    # a step boundary tokenizes the same at the end of a context as inside a solution (step-wise search
-    # re-tokenizes "prompt + steps + \n\n"), and the separator is one token
-    whole = tok("7 + 5 = 12\n\n12 * 3 = 36\n\nThe answer is 36.", add_special_tokens=False).input_ids
-    parts = [tok(t, add_special_tokens=False).input_ids for t in ("7 + 5 = 12\n\n", "12 * 3 = 36\n\n", "The answer is 36.")]
-    assert whole == parts[0] + parts[1] + parts[2] and len(tok("\n\n", add_special_tokens=False).input_ids) == 1
 
 
 def test_hf_rollout_and_prm_load_it_by_name(by_name):

@@ -41,6 +41,9 @@ def command(ranks: int, out: Path, judge_url: str, *extra: str) -> list[str]:
                        "algo.filter_groups=false", "algo.mini_batch_size=8", "algo.micro_batch_size=4",
                        f"task.prompts_per_round={PROMPTS}", "task.size=40", "trainer.seed=3",
                        "trainer.progress=false", "plot=false", "select.mode=uncertain", "prm.delta_pred=0.99", "schedule=serial", "replay.enabled=false",
+                       # hidden-state features: the log-prob columns (magnitudes up to 20) let the all-reduce's
+                       # summation order move the heads past LOSS_TOL within one Adam step (round 1 matches)
+                       "prm.step_features=hidden",
                        "judge=llm", f"judge.base_url={judge_url}", "judge.max_retries=0",
                        f"trainer.out_dir={out}", f"hydra.run.dir={out}/hydra", *extra]
 
