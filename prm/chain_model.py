@@ -75,9 +75,10 @@ def build_tokenizer(spec: ChainModelSpec) -> PreTrainedTokenizerFast:
         t = sample_solution(rng, p.question, spec.error_rate, spec.value_max, spec.misconception_rate)
         corpus.append(f"user\n{p.question}\nassistant\n" + "\n\n".join(t.steps))
     tok = Tokenizer(models.BPE())
-    # Known limit: the byte-level regex splits "\n\n" into two tokens before a digit or a letter but keeps
-    # one at the end of a text, so a context re-tokenized at a step boundary (step-wise search) ends in a
-    # token SFT never saw. Making the separator its own pre-token fixes that but, measured, the same 2,000
+    # Known limit: "\n\n" is one token after a digit (the Digits split isolates it) but two before "The"
+    # (the byte-level regex), so a context re-tokenized after the last step (step-wise search) ends in the
+    # token that SFT only ever followed with another step: beam search / DVTS on chain-tiny run past the
+    # last operation. Making the separator its own pre-token fixes that but, measured, the same 2,000
     # steps then left operand copying unlearned (pass 0.07-0.55, bench/RESULTS.md): kept as it is.
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
