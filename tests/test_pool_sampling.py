@@ -11,7 +11,6 @@ from judges.base import make_judge
 from judges.ledger import LabelLedger
 from prm.config import validate
 from prm.data import load_trajectories_jsonl
-from rl.config import TaskConfig
 from rl.search import SearchConfig, main
 from rl.search_policy import load_task
 
@@ -52,14 +51,15 @@ def test_search_job_pool_writes_an_unlabelled_pool_with_verified_answers(tmp_pat
                  "prm.backbone=tiny-random-llama", f"trainer.out_dir={tmp_path}"]
     with initialize_config_module("configs", version_base=None):
         cfg = compose("search", overrides=overrides)
-    assert validate(OmegaConf.to_container(cfg, resolve=True), SearchConfig).job == "pool"
+    search = validate(OmegaConf.to_container(cfg, resolve=True), SearchConfig)
+    assert search.job == "pool" and (search.task.name, search.task.split, search.task.limit) == ("arithmetic", "test", 3)
     main(cfg)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     pool = load_trajectories_jsonl(out)
     # 3 test problems (offset 0, limit 3); the held-out slice (same seed, offset 0, limit 1) is the first of
     # them: exactly 2 problems kept, 2 samples each, and no sample of the held-out problem
     assert "[pool] 2 problems (1 overlap the held-out slice and are skipped), 2 samples each" in capsys.readouterr().out
-    task = load_task(TaskConfig(name="arithmetic", split="test", limit=3, num_ops=2, ops="+-*"))[0]
+    task = load_task(search.task)[0]   # the arithmetic group's problems (rl.online's), test split
     assert sorted({r["question"] for r in rows}) == sorted(p.question for p in task[1:])
     assert len(rows) == 4 and [r["source"].rsplit("#", 1)[1] for r in rows] == ["0", "1", "0", "1"]
     assert all(t.first_error is None for t in pool) and all(isinstance(t.meta["correct"], bool) for t in pool)
