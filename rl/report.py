@@ -53,7 +53,9 @@ def summary_table(history: list[dict], title: str) -> None:
             ok = isinstance(value, (int, float)) and np.isfinite(value)
             cells.append(fmt.format(int(value) if fmt == "{:d}" else value) if ok else "-")
         table.add_row(*cells)
-    Console().print(table)
+    import sys
+    # a log file or a pipe: no terminal width to fit, and rich would cut every column to "0.6…"
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def phase_line(metrics: dict) -> str:

@@ -73,3 +73,12 @@ def test_kill_mid_round_resumes_without_repaying_labels(tmp_path, monkeypatch):
     assert resumed[1]["judge/labels"] == reference[1]["judge/labels"]
     assert ledger_rows(out) == ledger_rows(tmp_path / "ref")  # nothing lost, nothing paid twice
     assert resumed[1]["pass_rate"] == reference[1]["pass_rate"]
+
+
+def test_summary_table_is_legible_in_a_log(capsys):
+    """Printed to a pipe or a file (make run > log), every column keeps its digits."""
+    from rl.report import summary_table
+    summary_table([{"round": 1, "pass_rate": 0.6944, "judge/calls": 36, "prm/heldout_auroc": 0.95,
+                    "prm/heldout_f1": 0.746, "timing/round": 65.8}], "title")
+    out = capsys.readouterr().out
+    assert all(cell in out for cell in ("0.694", "36", "0.950", "0.746", "65.8")) and "…" not in out
