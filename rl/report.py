@@ -75,7 +75,8 @@ def plot_rounds(history: list[dict], path: Path) -> Path | None:
     rounds = [m["round"] for m in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for key, label in (("pass_rate", "pass rate (outcome reward)"), ("reward/process", "process reward (PRM)"),
-                       ("prm/heldout_auroc", "PRM step AUROC, held-out set")):
+                       ("prm/heldout_auroc", "PRM step AUROC, held-out set"),
+                       ("prm/heldout_f1", "PRM first-error F1, held-out set")):
         ax1.plot(rounds, [m.get(key, float("nan")) for m in history], marker="o", label=label)
     ax1.set_xlabel("round"), ax1.set_ylabel("reward"), ax1.legend(), ax1.grid(alpha=.3)
     ax2.bar(rounds, [m.get("judge/calls", 0) for m in history], color="tab:red", alpha=.7, label="judge calls")
