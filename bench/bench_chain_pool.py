@@ -196,11 +196,10 @@ def baselines(args, out: Path, tune, test) -> dict:
 
 
 def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, seed: int) -> dict:
-    from prm.model import EnsemblePRM
+    from prm.model import EnsemblePRM, feature_dim
     from prm.train import train
     pc = prm_config(args, seed)
-    prm = EnsemblePRM(pc) if cache is None else EnsemblePRM.heads_only(pc, next(iter(cache.store.values())).shape[-1]
-                                                                      - (2 if args.step_features != "hidden" else 0))
+    prm = EnsemblePRM(pc) if cache is None else EnsemblePRM.heads_only(pc, cache.width - feature_dim(pc, 0))
     run_dir = out / "runs" / f"{mode}_{budget}_{seed}"
     select = PoolSelectConfig({"active": SelectMode.uncertain, "random": SelectMode.random, "full": SelectMode.all}[mode],
                               budget)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from judges.chain import ANSWER, parse_chain
+from judges.chain import ANSWER, first_error, parse_chain
 from judges.chain import apply as exact_apply
 from prm.data import Problem, Trajectory
 
@@ -197,14 +197,4 @@ def sample_solution(rng: random.Random, question: str, error_rate: float, value_
     n_ops = len(parse_question(question)[1])
     error_at = rng.randrange(n_ops) if rng.random() < error_rate else None
     steps = solution_steps(question, error_at, rng, value_max, misconception_rate)
-    return Trajectory(question, steps, first_false(steps), source="chain")
-
-
-def first_false(steps: list[str]) -> int:
-    """Index of the first step whose equation is false (-1 if none): the exact label of a solution that
-    `solution_steps` wrote, since every step copies the question's operation and the previous result."""
-    for k, text in enumerate(steps[:-1]):
-        a, op, b, _, c = text.split()
-        if exact_apply(int(a), op, int(b)) != int(c):
-            return k
-    return -1
+    return Trajectory(question, steps, first_error(*parse_question(question), steps)[0], source="chain")

@@ -43,12 +43,17 @@ class _Item(NamedTuple):
     parent: _Entry | None          # the cached sequence without the last step, if any
 
 
+def supports(prm: EnsemblePRM) -> bool:
+    """The cache keeps separator states only: log-prob step features need each step's tokens again."""
+    return prm.cfg.step_features == "hidden"
+
+
 class PrefixCachedScorer:
     """A drop-in for `prm.score(questions, steps_list)` in step-wise search (see the module doc)."""
 
     def __init__(self, prm: EnsemblePRM, batch_size: int | None = None, max_bytes: float = 4 * 2**30):
         prm._need_backbone("prefix-cached scoring")
-        if prm.cfg.step_features != "hidden":
+        if not supports(prm):
             raise ValueError(f"prefix-cached scoring keeps separator states only; prm.step_features="
                              f"{prm.cfg.step_features} needs the plain scorer (prm.score)")
         self.prm, self.batch_size, self.max_bytes = prm, batch_size or prm.cfg.batch_size, max_bytes

@@ -130,8 +130,9 @@ class PoolTrainer:
             return
         if cfg.feature_cache and Path(cfg.feature_cache).is_file():
             from prm.features import FeatureCache
+            from prm.model import feature_dim
             loaded = FeatureCache.load(cfg.feature_cache)
-            width = learner.prm.heads.w1.shape[1]  # what the heads read (prm.step_features)
+            width = feature_dim(learner.prm.cfg, learner.prm.hidden_size)  # what the heads read (prm.step_features)
             if loaded.max_length == learner.cache.max_length and loaded.width in (None, width):
                 learner.cache = loaded
             else:

@@ -7,7 +7,6 @@ any model, engine or judge is built. docs/method.md defines what each choice com
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any

@@ -1,6 +1,7 @@
 """What a run shows: phase timers, per-round metrics (JSONL + TensorBoard), the end-of-run table and plot."""
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,7 +54,6 @@ def summary_table(history: list[dict], title: str) -> None:
             ok = isinstance(value, (int, float)) and np.isfinite(value)
             cells.append(fmt.format(int(value) if fmt == "{:d}" else value) if ok else "-")
         table.add_row(*cells)
-    import sys
     # a log file or a pipe: no terminal width to fit, and rich would cut every column to "0.6…"
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 

@@ -124,11 +124,10 @@ class TimedScorer:
         self.score = prm.score
 
     def start_run(self, step_wise: bool) -> None:
-        from prm.prefix_cache import PrefixCachedScorer
+        from prm.prefix_cache import PrefixCachedScorer, supports
 
         self.seconds = 0.0
-        # the prefix cache keeps separator states only; log-prob step features need the step's tokens again
-        cached = step_wise and self.prefix_cache_gb > 0 and self.prm.cfg.step_features == "hidden"
+        cached = step_wise and self.prefix_cache_gb > 0 and supports(self.prm)
         self.score = PrefixCachedScorer(self.prm, max_bytes=self.prefix_cache_gb * 2**30) if cached else self.prm.score
 
     def __call__(self, questions, steps_list):

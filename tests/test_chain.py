@@ -67,7 +67,7 @@ def test_judge_labels_are_exact_on_generated_chains_with_injected_errors(ops, na
 
 
 def test_misconception_writes_the_row_below_and_is_labelled_at_its_first_trigger():
-    judge = make_judge({"name": "chain"})
+    judge, rule = make_judge({"name": "chain"}), make_judge({"name": "rule"})
     q = "What is (((2 * 7) + 2) - 6) * 8?"
     # 2 * 7 is written as 2 * 6 = 12; 12 + 2 = 14; 14 - 6 = 8; 8 * 8 as 8 * 7 = 56
     steps = solution_steps(q, misconception_rate=1.0)
@@ -79,12 +79,13 @@ def test_misconception_writes_the_row_below_and_is_labelled_at_its_first_trigger
     rng = random.Random(0)
     for _ in range(200):
         t = sample_solution(rng, q, error_rate=0.5, misconception_rate=0.5)
-        assert judge.judge(q, t.steps).first_error == t.first_error
+        # the label is the chain judge's; the rule judge (equations only) must agree independently
+        assert judge.judge(q, t.steps).first_error == t.first_error == rule.judge(q, t.steps).first_error
     rng, hits, n = random.Random(1), 0, 2000
     for p in chain_problems(3, n, ChainSpec()):
         t = sample_solution(rng, p.question, error_rate=0.0, misconception_rate=0.8)
         hits += t.first_error >= 0
-        assert judge.judge(p.question, t.steps).first_error == t.first_error
+        assert rule.judge(p.question, t.steps).first_error == t.first_error
     assert 0.1 < hits / n < 0.3  # ~0.8 x the share of chains with a x 7 / x 8 step
 
 
