@@ -36,8 +36,9 @@ def sample(model, tok, problems, n: int, greedy: bool = False) -> list[tuple[lis
                                      add_generation_prompt=True) for p in problems for _ in range(n)]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
-        out = model.generate(**enc, do_sample=not greedy, temperature=None if greedy else 1.0, top_p=None, top_k=None if greedy else 0,
-                             max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": 1.0, "top_k": 0}  # T = 1, full
+        out = model.generate(**enc, **sampling, max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
     rows = []
     for i, completion in enumerate(out[:, enc.input_ids.shape[1]:].tolist()):
         ids = completion[:completion.index(tok.eos_token_id) + 1] if tok.eos_token_id in completion else completion
