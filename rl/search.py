@@ -317,8 +317,10 @@ def search(cfg: SearchConfig) -> Path:
         for seed in cfg.seeds:
             backend, tok = make_backend(cfg.policy, cfg.rollout, seed)
             policy = RolloutPolicy(backend, cfg.rollout)
-            sproblems = [SearchProblem(p.question, task.prompt(tok, p.question), p.reference_answer, p.source)
-                         for p in problems]
+            prompts = [task.prompt(tok, p.question) for p in problems]
+            # step-wise search continues from token ids (rl.search_methods): the prompt's as the backend reads it
+            sproblems = [SearchProblem(p.question, text, p.reference_answer, p.source, backend.prompt_ids(text))
+                         for p, text in zip(problems, prompts)]
             run = SearchRun(cfg, problems, sproblems, policy, scorer, checker, out_dir, seed)
             for method in order:
                 run_method(run, method, cfg.method[method])
