@@ -70,7 +70,8 @@ class SearchCompute:
     """Compute one problem's search spent (the equal-compute axis of the summary); a judge's bill is judges.Cost."""
     generated_tokens: int = 0
     prm_passes: int = 0               # sequences through the PRM (identical ones in one call counted once)
-    scored_steps: int = 0             # separator positions read across those passes
+    scored_steps: int = 0             # separator positions (steps) read across the scorer's passes
+    policy_passes: int = 0            # sequences the policy re-read to score them (the confidence scorer)
     policy_calls: int = 0             # generation rounds this problem took part in
 
     def add(self, other: "SearchCompute") -> None:
@@ -203,11 +204,13 @@ SCORE_FREE_SELECTORS = {"majority"}
 
 # ---------------------------------------------------------------- PRM calls with cost accounting
 class CountingScorer:
-    """Calls the PRM for many problems at once; charges each problem for its own sequences.
-    Identical (question, steps) sequences in one call run once (beam siblings often coincide)."""
+    """Calls the scorer for many problems at once; charges each problem for its own sequences.
+    Identical (question, steps) sequences in one call run once (beam siblings often coincide).
+    `passes`: the SearchCompute field a pass is charged to (prm_passes, or policy_passes when the
+    policy scores its own steps)."""
 
-    def __init__(self, score: ScoreFn, costs: list[SearchCompute]):
-        self.score, self.costs = score, costs
+    def __init__(self, score: ScoreFn, costs: list[SearchCompute], passes: str = "prm_passes"):
+        self.score, self.costs, self.passes = score, costs, passes
 
     def __call__(self, owners: list[int], questions: list[str], solutions: list[Solution]) -> None:
         unique: dict[tuple[str, tuple[str, ...]], int] = {}
@@ -219,7 +222,7 @@ class CountingScorer:
             key = (question, tuple(sol.steps))
             if key not in unique:
                 unique[key] = len(unique)
-                self.costs[owner].prm_passes += 1
+                setattr(self.costs[owner], self.passes, getattr(self.costs[owner], self.passes) + 1)
                 self.costs[owner].scored_steps += len(sol.steps)
             slots.append(unique[key])
         if not unique:
@@ -244,6 +247,7 @@ class SearchSettings:
     fallback_last_number: bool = False
     filter_duplicates: bool = False   # beam: drop unfinished beams whose steps repeat an earlier one's
     sort_completed: bool = False      # beam: return the n best-scored finished beams, not the first n
+    scorer_passes: str = "prm_passes" # the SearchCompute field the scorer's passes are charged to
 
 
 def _sample_full(policy: Policy, problems: list[SearchProblem], n: int, greedy: bool, costs: list[SearchCompute]
@@ -274,16 +278,16 @@ def best_of_n(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg
     per_problem = _sample_full(policy, problems, cfg.n, False, costs)
     owners = [i for i, sols in enumerate(per_problem) for _ in sols]
     flat = [s for sols in per_problem for s in sols]
-    CountingScorer(score, costs)(owners, [problems[i].question for i in owners], flat)
+    CountingScorer(score, costs, cfg.scorer_passes)(owners, [problems[i].question for i in owners], flat)
     return [SearchOutcome([attach_answer(s, cfg.fallback_last_number) for s in sols], c)
             for sols, c in zip(per_problem, costs)]
 
 
-def prefix_cost(solutions: list[Solution]) -> SearchCompute:
+def prefix_cost(solutions: list[Solution], passes: str = "prm_passes") -> SearchCompute:
     """What best-of-N spends on these samples alone (a prefix of the full run)."""
     unique = {tuple(s.steps) for s in solutions if s.steps}
-    return SearchCompute(generated_tokens=sum(s.n_tokens for s in solutions), prm_passes=len(unique),
-                scored_steps=sum(len(u) for u in unique), policy_calls=1)
+    return SearchCompute(generated_tokens=sum(s.n_tokens for s in solutions), scored_steps=sum(len(u) for u in unique),
+                         policy_calls=1, **{passes: len(unique)})
 
 
 @dataclass
@@ -352,7 +356,7 @@ def beam_search(problems: list[SearchProblem], policy: Policy, score: ScoreFn, c
     sort_completed), repeated in turn if fewer finished; without sort_completed it stops at n finished."""
     keep = max(cfg.n // min(cfg.beam_width, cfg.n), 1)
     costs = [SearchCompute() for _ in problems]
-    scorer = CountingScorer(score, costs)
+    scorer = CountingScorer(score, costs, cfg.scorer_passes)
     active = [[_Beam([], ids=p.prompt_ids)] for p in problems]   # the root: its n copies give the first n beams
     done: list[list[_Beam]] = [[] for _ in problems]
     traces: list[list[dict]] = [[] for _ in problems]
@@ -399,7 +403,7 @@ def dvts(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: Sea
             break
         unit_problems = [problems[units[u][0]] for u in live]
         unit_costs = [SearchCompute() for _ in live]
-        children = _expand(unit_problems, policy, CountingScorer(score, unit_costs), unit_costs,
+        children = _expand(unit_problems, policy, CountingScorer(score, unit_costs, cfg.scorer_passes), unit_costs,
                            [[heads[u]] for u in live], m, it == cfg.max_iterations - 1,
                            cfg.fallback_last_number)
         for j, u in enumerate(live):
