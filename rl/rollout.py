@@ -90,7 +90,9 @@ class RolloutBackend(ABC):
 
     def prompt_ids(self, prompt: str | list[int]) -> list[int]:
         """A prompt's token ids: text is tokenized without special tokens (the chat template has them)."""
-        return list(prompt) if isinstance(prompt, list) else self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if isinstance(prompt, list):
+            return list(prompt)
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     @abstractmethod
     def engine_logprobs(self, prompt: str, completion_ids: list[int]) -> list[float]:

@@ -2,7 +2,8 @@
 
 Accuracy per (method label, n): the fraction of problems answered correctly, per seed; the table gives
 the mean over seeds and their spread (min-max), and the compute per problem (generated tokens, PRM
-forward passes, the policy's scoring passes under scorer.source=confidence_*, scored steps) averaged over problems and seeds, so methods compare at equal compute.
+forward passes, the policy's scoring passes under scorer.source=confidence_*, scored steps) averaged
+over problems and seeds, so methods compare at equal compute.
 """
 from __future__ import annotations
 

@@ -1,0 +1,164 @@
+"""Issue 14 (d): reward-guided search on the CPU testbed (bench/RESULTS.md), from the records that
+`bench/bench_search.py --only chain --only chain_prm_min --only chain_confidence` wrote.
+
+Per scorer (the PRM with its last / its lowest step score, the policy's own min token probability), method
+(best-of-N, beam, DVTS), selector (majority, vanilla, weighted) and n: accuracy over the problems per seed,
+mean with a 95 % t-interval over seeds, compute per problem (generated tokens, PRM passes, the policy's
+scoring passes), and paired per-seed differences at matched n; a plot against generated tokens.
+
+    python bench/chain_search.py [--root outputs/bench_search] [--out bench/chain_search]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from statistics import fmean
+
+sys.path[:0] = [str(Path(__file__).resolve().parent)]
+from chain_stats import fmt, mean_ci, paired  # noqa: E402
+
+SCORERS = {"chain": "PRM (last step)", "chain_prm_min": "PRM (min step)", "chain_confidence": "confidence (min token)"}
+COST = ("generated_tokens", "prm_passes", "policy_passes")
+
+
+def load(root: Path) -> dict:
+    """{(scorer, label, n): {seed: {"acc": .., cost fields: ..}}} over every record file of each setting."""
+    cells: dict = defaultdict(lambda: defaultdict(list))
+    for setting in SCORERS:
+        for path in sorted((root / setting / "records").glob("*.jsonl")):
+            for line in path.open():
+                rec = json.loads(line)
+                for r in rec["results"]:
+                    cells[(setting, r["label"], r["n"])][rec["seed"]].append(
+                        {"correct": bool(r["correct"]), **{k: r["cost"].get(k, 0) for k in COST}})
+    return {key: {seed: {"acc": fmean(x["correct"] for x in xs), "problems": len(xs),
+                         **{k: fmean(x[k] for x in xs) for k in COST}} for seed, xs in by_seed.items()}
+            for key, by_seed in cells.items()}
+
+
+def acc(cells, setting, label, n) -> dict[int, float]:
+    return {s: v["acc"] for s, v in cells.get((setting, label, n), {}).items()}
+
+
+def rows_of(cells) -> list[tuple[str, str]]:
+    """(setting, label) rows: greedy and best-of-N majority once (they need no scorer), then per scorer."""
+    rows = [("chain", "greedy"), ("chain", "best_of_n/majority")]
+    for setting in SCORERS:
+        for label in ("best_of_n/vanilla", "best_of_n/weighted", "beam/majority", "beam/vanilla", "beam/weighted",
+                      "dvts/majority", "dvts/vanilla", "dvts/weighted"):
+            if any(k[0] == setting and k[1] == label for k in cells):
+                rows.append((setting, label))
+    return rows
+
+
+def accuracy_table(cells, ns) -> list[str]:
+    lines = ["| scorer | method / selector | " + " | ".join(f"n={n}" for n in ns) + " |",
+             "|---|---|" + "---:|" * len(ns)]
+    for setting, label in rows_of(cells):
+        who = "-" if label in ("greedy", "best_of_n/majority") else SCORERS[setting]
+        vals = [fmt(list(acc(cells, setting, label, n).values()), 3) if (setting, label, n) in cells else ""
+                for n in ns]
+        seeds = max(len(cells[k]) for k in cells if k[:2] == (setting, label))
+        lines.append(f"| {who} | {label} ({seeds} seeds) | " + " | ".join(vals) + " |")
+    return lines
+
+
+def compute_table(cells, ns) -> list[str]:
+    lines = ["| scorer | method | " + " | ".join(f"n={n}" for n in ns) + " |", "|---|---|" + "---:|" * len(ns)]
+    for setting in SCORERS:
+        passes = "policy_passes" if setting == "chain_confidence" else "prm_passes"
+        for method in ("best_of_n", "beam", "dvts"):
+            label = f"{method}/weighted"
+            out = []
+            for n in ns:
+                seeds = cells.get((setting, label, n))
+                out.append(f"{fmean(v['generated_tokens'] for v in seeds.values()):.0f} / "
+                           f"{fmean(v[passes] for v in seeds.values()):.1f}" if seeds else "")
+            if any(out):
+                lines.append(f"| {SCORERS[setting]} | {method} | " + " | ".join(out) + " |")
+    return lines
+
+
+def paired_table(cells, ns) -> list[str]:
+    lines = ["| comparison (paired over seeds) | " + " | ".join(f"n={n}" for n in ns) + " |",
+             "|---|" + "---:|" * len(ns)]
+    pairs = []
+    for method in ("best_of_n", "beam", "dvts"):
+        for sel in ("weighted", "vanilla"):
+            for prm in ("chain", "chain_prm_min"):
+                pairs.append((f"{SCORERS[prm]} - confidence, {method}/{sel}", (prm, f"{method}/{sel}"),
+                              ("chain_confidence", f"{method}/{sel}")))
+        for scorer in ("chain", "chain_prm_min", "chain_confidence"):
+            pairs.append((f"{SCORERS[scorer]} {method}/weighted - best-of-N majority",
+                          (scorer, f"{method}/weighted"), ("chain", "best_of_n/majority")))
+    for name, a, b in pairs:
+        vals = []
+        for n in ns:
+            d = paired(acc(cells, *a, n), acc(cells, *b, n))
+            vals.append(f"{fmt(d, 3)} ({sum(x > 0 for x in d)}/{len(d)})" if d else "")
+        if any(vals):
+            lines.append(f"| {name} | " + " | ".join(vals) + " |")
+    return lines
+
+
+def plot(cells, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
+    colors = {"chain": "tab:blue", "chain_prm_min": "tab:green", "chain_confidence": "tab:red"}
+    greedy = mean_ci(list(acc(cells, "chain", "greedy", 1).values()))[0]
+    for ax, method in zip(axes, ("best_of_n", "beam", "dvts")):
+        ax.axhline(100 * greedy, color="black", ls=":", lw=1, label="greedy")
+        series = [("chain", "best_of_n/majority", "gray", "--", "best-of-N majority (no scorer)")]
+        for setting in SCORERS:
+            series += [(setting, f"{method}/weighted", colors[setting], "-", f"{SCORERS[setting]} weighted"),
+                       (setting, f"{method}/vanilla", colors[setting], ":", f"{SCORERS[setting]} vanilla")]
+            if method != "best_of_n":
+                series.append((setting, f"{method}/majority", colors[setting], "-.", f"{SCORERS[setting]} majority"))
+        for setting, label, color, ls, name in series:
+            ns = sorted(n for (s, lab, n) in cells if s == setting and lab == label and n >= 4)
+            if not ns:
+                continue
+            x = [fmean(v["generated_tokens"] for v in cells[(setting, label, n)].values()) for n in ns]
+            m = [mean_ci(list(acc(cells, setting, label, n).values())) for n in ns]
+            ax.errorbar(x, [100 * a for a, _ in m], yerr=[100 * h for _, h in m], color=color, ls=ls, marker="o",
+                        ms=3, capsize=2, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("generated tokens per problem (n = 4 ... 64)")
+        ax.set_title(method)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy % (mean, 95 % CI over seeds)")
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("chain testbed: search with chain-tiny (T = 1), PRM vs the policy's own confidence vs majority")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=Path("outputs/bench_search"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "chain_search")
+    args = ap.parse_args()
+    cells = load(args.root)
+    ns = sorted({k[2] for k in cells})
+    problems = max(v["problems"] for by in cells.values() for v in by.values())
+    text = "\n".join([f"Accuracy (mean ± 95 % CI over seeds; {problems} problems per seed):", "",
+                      *accuracy_table(cells, ns), "",
+                      "Compute per problem, weighted selector: generated tokens / scorer passes (PRM passes; the "
+                      "policy's scoring passes for the confidence scorer):", "", *compute_table(cells, ns), "",
+                      "Paired differences in accuracy at matched n (mean ± 95 % CI over seeds; seeds with a positive "
+                      "difference / seeds):", "", *paired_table(cells, ns), ""])
+    args.out.with_suffix(".md").write_text(text)
+    plot(cells, args.out.with_suffix(".png"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
