@@ -1,5 +1,7 @@
 """Issue 14 (d): reward-guided search on the CPU testbed (bench/RESULTS.md), from the records that
-`bench/bench_search.py --only chain --only chain_prm_min --only chain_confidence` wrote.
+`bench/bench_search.py --only chain_prm_min` (every method) and `--only chain_confidence` / `--only chain`
+(`--methods beam,dvts`) wrote, with best-of-N of the latter two re-scored on chain_prm_min's samples by
+`bench/rescore_bon.py` (same samples, so the scorers compare paired).
 
 Per scorer (the PRM with its last / its lowest step score, the policy's own min token probability), method
 (best-of-N, beam, DVTS), selector (majority, vanilla, weighted) and n: accuracy over the problems per seed,
@@ -20,8 +22,9 @@ from statistics import fmean
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 from chain_stats import fmt, mean_ci, paired  # noqa: E402
 
-SCORERS = {"chain": "PRM (last step)", "chain_prm_min": "PRM (min step)", "chain_confidence": "confidence (min token)"}
-COST = ("generated_tokens", "prm_passes", "policy_passes")
+SCORERS = {"chain_prm_min": "PRM (min step)", "chain": "PRM (last step)", "chain_confidence": "confidence (min token)"}
+BASE = "chain_prm_min"      # greedy and best-of-N majority (no scorer) come from its records
+COST = ("generated_tokens", "passes")
 
 
 def load(root: Path) -> dict:
@@ -33,7 +36,9 @@ def load(root: Path) -> dict:
                 rec = json.loads(line)
                 for r in rec["results"]:
                     cells[(setting, r["label"], r["n"])][rec["seed"]].append(
-                        {"correct": bool(r["correct"]), **{k: r["cost"].get(k, 0) for k in COST}})
+                        {"correct": bool(r["correct"]), "generated_tokens": r["cost"]["generated_tokens"],
+                         # a scorer pass: through the PRM, or the policy re-reading a sequence (confidence)
+                         "passes": r["cost"].get("prm_passes", 0) + r["cost"].get("policy_passes", 0)})
     return {key: {seed: {"acc": fmean(x["correct"] for x in xs), "problems": len(xs),
                          **{k: fmean(x[k] for x in xs) for k in COST}} for seed, xs in by_seed.items()}
             for key, by_seed in cells.items()}
@@ -45,7 +50,7 @@ def acc(cells, setting, label, n) -> dict[int, float]:
 
 def rows_of(cells) -> list[tuple[str, str]]:
     """(setting, label) rows: greedy and best-of-N majority once (they need no scorer), then per scorer."""
-    rows = [("chain", "greedy"), ("chain", "best_of_n/majority")]
+    rows = [(BASE, "greedy"), (BASE, "best_of_n/majority")]
     for setting in SCORERS:
         for label in ("best_of_n/vanilla", "best_of_n/weighted", "beam/majority", "beam/vanilla", "beam/weighted",
                       "dvts/majority", "dvts/vanilla", "dvts/weighted"):
@@ -69,14 +74,13 @@ def accuracy_table(cells, ns) -> list[str]:
 def compute_table(cells, ns) -> list[str]:
     lines = ["| scorer | method | " + " | ".join(f"n={n}" for n in ns) + " |", "|---|---|" + "---:|" * len(ns)]
     for setting in SCORERS:
-        passes = "policy_passes" if setting == "chain_confidence" else "prm_passes"
         for method in ("best_of_n", "beam", "dvts"):
             label = f"{method}/weighted"
             out = []
             for n in ns:
                 seeds = cells.get((setting, label, n))
                 out.append(f"{fmean(v['generated_tokens'] for v in seeds.values()):.0f} / "
-                           f"{fmean(v[passes] for v in seeds.values()):.1f}" if seeds else "")
+                           f"{fmean(v['passes'] for v in seeds.values()):.1f}" if seeds else "")
             if any(out):
                 lines.append(f"| {SCORERS[setting]} | {method} | " + " | ".join(out) + " |")
     return lines
@@ -88,12 +92,12 @@ def paired_table(cells, ns) -> list[str]:
     pairs = []
     for method in ("best_of_n", "beam", "dvts"):
         for sel in ("weighted", "vanilla"):
-            for prm in ("chain", "chain_prm_min"):
+            for prm in ("chain_prm_min", "chain"):
                 pairs.append((f"{SCORERS[prm]} - confidence, {method}/{sel}", (prm, f"{method}/{sel}"),
                               ("chain_confidence", f"{method}/{sel}")))
-        for scorer in ("chain", "chain_prm_min", "chain_confidence"):
+        for scorer in SCORERS:
             pairs.append((f"{SCORERS[scorer]} {method}/weighted - best-of-N majority",
-                          (scorer, f"{method}/weighted"), ("chain", "best_of_n/majority")))
+                          (scorer, f"{method}/weighted"), (BASE, "best_of_n/majority")))
     for name, a, b in pairs:
         vals = []
         for n in ns:
@@ -111,10 +115,10 @@ def plot(cells, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
     colors = {"chain": "tab:blue", "chain_prm_min": "tab:green", "chain_confidence": "tab:red"}
-    greedy = mean_ci(list(acc(cells, "chain", "greedy", 1).values()))[0]
+    greedy = mean_ci(list(acc(cells, BASE, "greedy", 1).values()))[0]
     for ax, method in zip(axes, ("best_of_n", "beam", "dvts")):
         ax.axhline(100 * greedy, color="black", ls=":", lw=1, label="greedy")
-        series = [("chain", "best_of_n/majority", "gray", "--", "best-of-N majority (no scorer)")]
+        series = [(BASE, "best_of_n/majority", "gray", "--", "best-of-N majority (no scorer)")]
         for setting in SCORERS:
             series += [(setting, f"{method}/weighted", colors[setting], "-", f"{SCORERS[setting]} weighted"),
                        (setting, f"{method}/vanilla", colors[setting], ":", f"{SCORERS[setting]} vanilla")]
@@ -152,7 +156,8 @@ def main() -> None:
     text = "\n".join([f"Accuracy (mean ± 95 % CI over seeds; {problems} problems per seed):", "",
                       *accuracy_table(cells, ns), "",
                       "Compute per problem, weighted selector: generated tokens / scorer passes (PRM passes; the "
-                      "policy's scoring passes for the confidence scorer):", "", *compute_table(cells, ns), "",
+                      "policy's passes re-reading its samples for the confidence scorer; both backbones are "
+                      "chain-tiny, so a pass costs the same):", "", *compute_table(cells, ns), "",
                       "Paired differences in accuracy at matched n (mean ± 95 % CI over seeds; seeds with a positive "
                       "difference / seeds):", "", *paired_table(cells, ns), ""])
     args.out.with_suffix(".md").write_text(text)
