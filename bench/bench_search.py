@@ -42,12 +42,13 @@ SETTINGS = {
                   "method.beam.max_iterations=8", "method.dvts.max_iterations=8"],
 }
 # The CPU testbed (issue 14 d): chain-tiny at T = 1 (its sampling temperature), 60 chains of 3-8 operations
-# from generator seed 303 (disjoint from bench_chain_pool's PRM pool, seeds 101 / 202), 5 seeds, N = 4-64;
-# one scorer per setting (their best-of-N samples are the same: seeded per seed, method and n).
+# from generator seed 303 (disjoint from bench_chain_pool's PRM pool, seeds 101 / 202), 5 seeds, best-of-N at
+# N = 1-64, beam / DVTS at N = 4-16; one scorer per setting (their best-of-N samples are the same: seeded per
+# seed, method and n; bench/rescore_bon.py re-scores one sample set instead of sampling it again).
 CHAIN = ["task=chain", "policy=chain_tiny", "policy.dtype=fp32", "task.seed=303", "task.offset=0", "task.limit=60",
          "seeds=[0,1,2,3,4]", "rollout.temperature=1.0", "rollout.max_new_tokens=120",
          "rollout.step_max_new_tokens=24", "rollout.batch_size=1024", "scorer.betas=[0.0]",
-         "ns=[1,2,4,8,16,32,64]", "method.beam.ns=[4,8,16,32]", "method.dvts.ns=[4,8,16,32]",
+         "ns=[1,2,4,8,16,32,64]", "method.beam.ns=[4,8,16]", "method.dvts.ns=[4,8,16]",
          "method.beam.max_iterations=10", "method.dvts.max_iterations=10"]
 SETTINGS.update({
     "chain_prm_min": [*CHAIN, "scorer.source=prm", "scorer.aggregate=min"],
