@@ -47,7 +47,7 @@ SETTINGS = {
 # seed, method and n; bench/rescore_bon.py re-scores one sample set instead of sampling it again).
 CHAIN = ["task=chain", "policy=chain_tiny", "policy.dtype=fp32", "task.seed=303", "task.offset=0", "task.limit=60",
          "seeds=[0,1,2,3,4]", "rollout.temperature=1.0", "rollout.max_new_tokens=120",
-         "rollout.step_max_new_tokens=24", "rollout.batch_size=1024", "scorer.betas=[0.0]",
+         "rollout.step_max_new_tokens=24", "rollout.batch_size=1024", "prm.batch_size=256", "scorer.betas=[0.0]",
          "ns=[1,2,4,8,16,32,64]", "method.beam.ns=[4,8,16]", "method.dvts.ns=[4,8,16]",
          "method.beam.max_iterations=10", "method.dvts.max_iterations=10"]
 SETTINGS.update({

@@ -27,6 +27,16 @@ BASE = "chain_prm_min"      # greedy and best-of-N majority (no scorer) come fro
 COST = ("generated_tokens", "passes")
 
 
+def oracle_rows(rec: dict) -> list[dict]:
+    """best-of-N pass@n': some sample among the first n' carries the reference answer (no selector can do
+    better on these samples): the ceiling of every best-of-N row."""
+    from rl.search_methods import canonical_answer
+
+    ok = [canonical_answer(s["answer"]) == canonical_answer(rec["reference"]) for s in rec["solutions"]]
+    return [{"label": "best_of_n/oracle (pass@n)", "n": r["n"], "correct": any(ok[:r["n"]]), "cost": r["cost"]}
+            for r in rec["results"] if r["label"] == "best_of_n/majority"]
+
+
 def load(root: Path) -> dict:
     """{(scorer, label, n): {seed: {"acc": .., cost fields: ..}}} over every record file of each setting."""
     cells: dict = defaultdict(lambda: defaultdict(list))
@@ -34,6 +44,8 @@ def load(root: Path) -> dict:
         for path in sorted((root / setting / "records").glob("*.jsonl")):
             for line in path.open():
                 rec = json.loads(line)
+                if setting == BASE and rec["method"] == "best_of_n":
+                    rec["results"] = rec["results"] + oracle_rows(rec)
                 for r in rec["results"]:
                     cells[(setting, r["label"], r["n"])][rec["seed"]].append(
                         {"correct": bool(r["correct"]), "generated_tokens": r["cost"]["generated_tokens"],
@@ -50,7 +62,7 @@ def acc(cells, setting, label, n) -> dict[int, float]:
 
 def rows_of(cells) -> list[tuple[str, str]]:
     """(setting, label) rows: greedy and best-of-N majority once (they need no scorer), then per scorer."""
-    rows = [(BASE, "greedy"), (BASE, "best_of_n/majority")]
+    rows = [(BASE, "greedy"), (BASE, "best_of_n/oracle (pass@n)"), (BASE, "best_of_n/majority")]
     for setting in SCORERS:
         for label in ("best_of_n/vanilla", "best_of_n/weighted", "beam/majority", "beam/vanilla", "beam/weighted",
                       "dvts/majority", "dvts/vanilla", "dvts/weighted"):
@@ -63,7 +75,8 @@ def accuracy_table(cells, ns) -> list[str]:
     lines = ["| scorer | method / selector | " + " | ".join(f"n={n}" for n in ns) + " |",
              "|---|---|" + "---:|" * len(ns)]
     for setting, label in rows_of(cells):
-        who = "-" if label in ("greedy", "best_of_n/majority") else SCORERS[setting]
+        who = "-" if setting == BASE and label in ("greedy", "best_of_n/majority", "best_of_n/oracle (pass@n)") \
+            else SCORERS[setting]
         vals = [fmt(list(acc(cells, setting, label, n).values()), 3) if (setting, label, n) in cells else ""
                 for n in ns]
         seeds = max(len(cells[k]) for k in cells if k[:2] == (setting, label))
