@@ -1,7 +1,8 @@
 """Issue 14 (d): reward-guided search on the CPU testbed (bench/RESULTS.md), from the records that
 `bench/bench_search.py --only chain_prm_min` (every method) and `--only chain_confidence` / `--only chain`
 (`--methods beam,dvts`) wrote, with best-of-N of the latter two re-scored on chain_prm_min's samples by
-`bench/rescore_bon.py` (same samples, so the scorers compare paired).
+`bench/rescore_bon.py` (same samples, so the scorers compare paired); best-of-N under the PRM's last step
+is chosen here from chain_prm_min's records (the same PRM scores, another aggregate: no pass needed).
 
 Per scorer (the PRM with its last / its lowest step score, the policy's own min token probability), method
 (best-of-N, beam, DVTS), selector (majority, vanilla, weighted) and n: accuracy over the problems per seed,
@@ -37,6 +38,21 @@ def oracle_rows(rec: dict) -> list[dict]:
             for r in rec["results"] if r["label"] == "best_of_n/majority"]
 
 
+def reselected(rec: dict, aggregate: str) -> list[dict]:
+    """best-of-N rows of the same samples and PRM step scores chosen under another aggregate (no pass needed:
+    the records keep every sample's step scores); correct by canonical answer (chain answers are integers)."""
+    from prm.steps import split_steps
+    from rl.search import choices
+    from rl.search_methods import ScoreSpec, SearchCompute, SearchOutcome, Solution, canonical_answer
+
+    sols = [Solution(split_steps(s["text"], fallback=False), s["tokens"], s["mean"], s["std"], s["answer"],
+                     canonical_answer(s["answer"])) for s in rec["solutions"]]
+    rows = choices("best_of_n", SearchOutcome(sols, SearchCompute()), rec["n"], ["vanilla", "weighted"],
+                   [ScoreSpec(aggregate)])
+    ref = canonical_answer(rec["reference"])
+    return [{**r, "correct": canonical_answer(r["answer"]) == ref} for r in rows]
+
+
 def load(root: Path) -> dict:
     """{(scorer, label, n): {seed: {"acc": .., cost fields: ..}}} over every record file of each setting."""
     cells: dict = defaultdict(lambda: defaultdict(list))
@@ -46,6 +62,14 @@ def load(root: Path) -> dict:
                 rec = json.loads(line)
                 if setting == BASE and rec["method"] == "best_of_n":
                     rec["results"] = rec["results"] + oracle_rows(rec)
+                    for r in reselected(rec, "last"):   # the PRM's last step: same samples, same scores
+                        cells[("chain", r["label"], r["n"])][rec["seed"]].append(
+                            {"correct": r["correct"], "generated_tokens": r["cost"]["generated_tokens"],
+                             "passes": r["cost"]["prm_passes"]})
+                    if "--check" in sys.argv:   # re-selection under the records' own aggregate reproduces them
+                        mine = {(r["label"], r["n"]): r["correct"] for r in reselected(rec, rec["aggregate"])}
+                        assert all(mine[(r["label"], r["n"])] == r["correct"] for r in rec["results"]
+                                   if (r["label"], r["n"]) in mine), rec["question"]
                 for r in rec["results"]:
                     cells[(setting, r["label"], r["n"])][rec["seed"]].append(
                         {"correct": bool(r["correct"]), "generated_tokens": r["cost"]["generated_tokens"],
@@ -162,6 +186,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path("outputs/bench_search"))
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "chain_search")
+    ap.add_argument("--check", action="store_true", help="assert the re-selection reproduces the records")
     args = ap.parse_args()
     cells = load(args.root)
     ns = sorted({k[2] for k in cells})
