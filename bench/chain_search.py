@@ -135,10 +135,14 @@ def paired_table(cells, ns) -> list[str]:
         for scorer in SCORERS:
             pairs.append((f"{SCORERS[scorer]} {method}/weighted - best-of-N majority",
                           (scorer, f"{method}/weighted"), (BASE, "best_of_n/majority")))
+    for scorer in SCORERS:
+        for method in ("best_of_n", "beam", "dvts"):
+            pairs.append((f"{SCORERS[scorer]} {method}/weighted - greedy", (scorer, f"{method}/weighted"),
+                          (BASE, "greedy")))
     for name, a, b in pairs:
         vals = []
         for n in ns:
-            d = paired(acc(cells, *a, n), acc(cells, *b, n))
+            d = paired(acc(cells, *a, n), acc(cells, *b, 1 if b[1] == "greedy" else n))
             vals.append(f"{fmt(d, 3)} ({sum(x > 0 for x in d)}/{len(d)})" if d else "")
         if any(vals):
             lines.append(f"| {name} | " + " | ".join(vals) + " |")
