@@ -98,13 +98,16 @@ def rows_of(cells) -> list[tuple[str, str]]:
 def accuracy_table(cells, ns) -> list[str]:
     lines = ["| scorer | method / selector | " + " | ".join(f"n={n}" for n in ns) + " |",
              "|---|---|" + "---:|" * len(ns)]
+    full = max(len(by) for by in cells.values())
     for setting, label in rows_of(cells):
         who = "-" if setting == BASE and label in ("greedy", "best_of_n/majority", "best_of_n/oracle (pass@n)") \
             else SCORERS[setting]
-        vals = [fmt(list(acc(cells, setting, label, n).values()), 3) if (setting, label, n) in cells else ""
-                for n in ns]
-        seeds = max(len(cells[k]) for k in cells if k[:2] == (setting, label))
-        lines.append(f"| {who} | {label} ({seeds} seeds) | " + " | ".join(vals) + " |")
+        vals = []
+        for n in ns:
+            seeds = acc(cells, setting, label, n)
+            note = f" [{len(seeds)} seeds]" if len(seeds) < full else ""   # a run still short of every seed
+            vals.append(fmt(list(seeds.values()), 3) + note if seeds else "")
+        lines.append(f"| {who} | {label} | " + " | ".join(vals) + " |")
     return lines
 
 
@@ -195,7 +198,9 @@ def main() -> None:
     cells = load(args.root)
     ns = sorted({k[2] for k in cells})
     problems = max(v["problems"] for by in cells.values() for v in by.values())
-    text = "\n".join([f"Accuracy (mean ± 95 % CI over seeds; {problems} problems per seed):", "",
+    full = max(len(by) for by in cells.values())
+    text = "\n".join([f"Accuracy (mean ± 95 % CI over {full} seeds unless a cell says fewer; {problems} problems "
+                       "per seed):", "",
                       *accuracy_table(cells, ns), "",
                       "Compute per problem, weighted selector: generated tokens / scorer passes (PRM passes; the "
                       "policy's passes re-reading its samples for the confidence scorer; both backbones are "
