@@ -177,6 +177,10 @@ def plot(cells, path: Path) -> None:
             ax.errorbar(x, [100 * a for a, _ in m], yerr=[100 * h for _, h in m], color=color, ls=ls, marker="o",
                         ms=3, capsize=2, label=name)
         ax.set_xscale("log")
+        ticks = [240, 480, 960, 1920, 3840]   # n = 4 ... 64 samples of ~60 tokens
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_ylim(0, 100)
         ax.set_xlabel("generated tokens per problem (n = 4 ... 64)")
         ax.set_title(method)
         ax.grid(alpha=0.3)
