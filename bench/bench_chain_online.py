@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def run_all(args, extra: list[str]) -> None:
     run_grid(args.out, args.seeds, args.arms, args.rounds, lambda arm, seed, out: [
         "--config-name", "online_chain", f"rounds={args.rounds}", f"trainer.seed={seed}", f"task.seed={seed}",
         f"trainer.out_dir={out.resolve()}", "trainer.progress=false", "plot=false", "trainer.save_every=4",
-        "keep_checkpoints=1", *ARMS[arm], *budget(args, arm), *extra], cwd=REPO)
+        "keep_checkpoints=1", *ARMS[arm], *budget(args, arm), *extra], cwd=REPO, jobs=args.jobs)
 
 
 def curves(args) -> dict:
@@ -47,7 +48,8 @@ def curves(args) -> dict:
     out = {}
     for arm in args.arms:
         for seed in args.seeds:
-            rows = load(run_dir(args.out, arm, seed))[: args.rounds]
+            logged = load(run_dir(args.out, arm, seed))
+            rows = [r for r in logged if r["round"] >= 1][: args.rounds]
             if len(rows) < args.rounds:
                 continue
             c = {k: [r.get(k, float("nan")) for r in rows] for k in
@@ -57,8 +59,46 @@ def curves(args) -> dict:
                 total += r.get("judge/calls", 0)
                 calls.append(total)
             c["labels"] = calls
+            # the policy on the fixed held-out problems (eval.every): round -> pass rate, round 0 = initial policy
+            c["eval"] = {r["round"]: r["eval/pass"] for r in logged if "eval/pass" in r and r["round"] <= args.rounds}
+            c["eval_greedy"] = {r["round"]: r["eval/pass_greedy"] for r in logged
+                                if "eval/pass_greedy" in r and r["round"] <= args.rounds}
             out.setdefault(arm, {})[seed] = c
     return out
+
+
+def to_target(c: dict, target: float) -> tuple[float, float]:
+    """(first evaluated round whose held-out pass reaches `target`, judge calls paid up to it); NaN if none."""
+    for rnd in sorted(c["eval"]):
+        if c["eval"][rnd] >= target:
+            return float(rnd), float(c["labels"][rnd - 1]) if rnd else 0.0
+    return math.nan, math.nan
+
+
+def eval_table(args, data: dict) -> list[str]:
+    """Held-out pass (the policy on fixed problems) at the start and the end, and the rounds / labels a run
+    took to reach --target; a run that never reaches it counts as NaN (left out of the mean, counted)."""
+    if not any(c["eval"] for seeds in data.values() for c in seeds.values()):
+        return []
+    lines = ["", f"| arm (seeds) | held-out pass, round 0 | held-out pass, round {args.rounds} | greedy, round 0 | "
+                 f"greedy, round {args.rounds} | runs reaching {args.target} | rounds to {args.target} | "
+                 f"labels to {args.target} |", "|---|---|---|---|---|---|---|---|"]
+    ends = {}
+    for arm, seeds in data.items():
+        first = [c["eval"].get(0, math.nan) for c in seeds.values()]
+        end = {s: c["eval"].get(args.rounds, math.nan) for s, c in seeds.items()}
+        ends[arm] = end
+        g0 = [c["eval_greedy"].get(0, math.nan) for c in seeds.values()]
+        g1 = [c["eval_greedy"].get(args.rounds, math.nan) for c in seeds.values()]
+        hit = [to_target(c, args.target) for c in seeds.values()]
+        reached = sum(1 for r, _ in hit if r == r)
+        lines.append(f"| {arm} ({len(seeds)}) | {fmt(first)} | {fmt(list(end.values()))} | {fmt(g0)} | {fmt(g1)} | "
+                     f"{reached}/{len(seeds)} | {fmt([r for r, _ in hit], 1)} | {fmt([n for _, n in hit], 0)} |")
+    ref = args.arms[0]
+    for arm in ends:
+        if arm != ref and ref in ends:
+            lines.append(f"| {ref} - {arm}, paired | | {fmt(paired(ends[ref], ends[arm]))} | | | | | |")
+    return lines
 
 
 def report(args) -> str:
@@ -87,6 +127,7 @@ def report(args) -> str:
              for k in ("labels", "pass_last", "auroc", "auroc_within")}
         lines.append(f"| {ref} - {arm} | {fmt(d['labels'], 0)} | {fmt(d['pass_last'])} | {fmt(d['auroc'])} | "
                      f"{fmt(d['auroc_within'])} |")
+    lines += eval_table(args, data)
     table = "\n".join(lines)
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
     Path(args.out, "table.md").write_text(table + "\n")
@@ -98,7 +139,7 @@ def plot(data, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4))
     panels = (("pass_rate", "pass rate (T = 1)"), ("labels", "judge calls paid (cumulative)"),
               ("prm/heldout_auroc", "held-out step AUROC"), ("select/fraction", "fraction sent to the judge"))
     for ax, (key, title) in zip(axes, panels):
@@ -112,6 +153,14 @@ def plot(data, path: Path) -> None:
             ax.fill_between(xs, [a - b for a, b in zip(m, h)], [a + b for a, b in zip(m, h)], color=f"C{i}", alpha=0.15)
         ax.set_title(title)
         ax.set_xlabel("round")
+    for i, (arm, seeds) in enumerate(data.items()):   # held-out pass: only the evaluated rounds
+        rounds = sorted(set.intersection(*[set(c["eval"]) for c in seeds.values()])) if seeds else []
+        if rounds:
+            ms = [mean_ci([c["eval"][r] for c in seeds.values()]) for r in rounds]
+            m, h = [a for a, _ in ms], [0 if b != b else b for _, b in ms]
+            axes[4].errorbar(rounds, m, yerr=h, marker="o", capsize=3, label=arm, color=f"C{i}")
+    axes[4].set_title("pass rate, held-out problems (policy eval)")
+    axes[4].set_xlabel("round")
     axes[0].legend(fontsize=8)
     fig.suptitle("chain testbed, online (mean and 95 % CI over seeds)")
     fig.tight_layout()
@@ -128,6 +177,8 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=["uncertain", "random", "all"], choices=list(ARMS))
     ap.add_argument("--budget", type=int, default=16, help="judge calls a round for uncertain/random (0: uncapped)")
     ap.add_argument("--last", type=int, default=3, help="rounds averaged for the pass rate at the start/end")
+    ap.add_argument("--target", type=float, default=0.65, help="held-out pass rate (eval.every runs) to reach")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time")
     ap.add_argument("--out", default="outputs/bench_chain_online")
     ap.add_argument("--plot", default="bench/chain_online.png")
     ap.add_argument("--report-only", action="store_true")

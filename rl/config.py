@@ -154,6 +154,21 @@ class SelectConfig:
 
 
 @dataclass
+class PolicyEvalConfig:
+    """The policy's pass rate on fixed held-out problems (rl/evaluate.py): before round 1, every `every` rounds."""
+    every: int = 0                           # 0: off; N: after rounds N, 2N, ... and the last (plus round 0)
+    problems: int = 64                       # held-out problems (another generator seed / eval.split)
+    n: int = 4                               # samples per problem at rollout.temperature
+    greedy: bool = True                      # also greedy decoding, one per problem
+    split: str = "test"                      # datasets (gsm8k, math500): the split evaluated on
+
+    def __post_init__(self):
+        if self.every < 0 or self.problems < 1 or self.n < 1:
+            raise ConfigError(f"eval.every must be >= 0 and eval.problems, eval.n >= 1; got every={self.every}, "
+                              f"problems={self.problems}, n={self.n}")
+
+
+@dataclass
 class OnlineConfig:
     rounds: int = 4
     prm_update: PRMUpdate = PRMUpdate.pre_update_rewards
@@ -166,6 +181,7 @@ class OnlineConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    eval: PolicyEvalConfig = field(default_factory=PolicyEvalConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)
     judge: Any = field(default_factory=lambda: {"name": "rule"})  # the schema of its kind (judges.config)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -128,6 +128,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
 
     from judges.run import MetricsLog
     from rl.checkpoint import load_round, resolve_resume, save_round
+    from rl.evaluate import due, eval_problems, evaluate_policy
     from rl.report import phase_line, plot_rounds, summary_table
     from rl.schedule import effective_schedule, run_rounds
 
@@ -149,6 +150,12 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
             print(f"[rl.online] resumed from {resume_from} (round {state['round']}, "
                   f"data position {loop.stream.position})")
     log = MetricsLog(out_dir, "round", history) if main_rank else None   # rank 0 writes the (global) metrics
+    held_out = eval_problems(cfg, loop.task.problems) if cfg.eval.every else []
+    if held_out and start_round == 1:   # round 0: the initial policy (veRL's validation before training)
+        history.append({"round": 0, **evaluate_policy(loop, held_out, 0)})
+        if main_rank:
+            log.write(history[-1])
+            print(f"round 0: held-out pass {history[-1]['eval/pass']:.3f} (initial policy)")
     last = cfg.rounds if stop_after is None else min(cfg.rounds, stop_after)
     bar = tqdm(total=last - start_round + 1, desc="rounds", disable=not (cfg.trainer.progress and main_rank),
                dynamic_ncols=True)
@@ -160,6 +167,10 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     for done in run_rounds(loop, range(start_round, last + 1), schedule):
         index, metrics, stds = done.index, done.metrics, done.stds
         bar.update(1)
+        if held_out and due(cfg, index):   # the policy after this round's update, before the next one's
+            with_timer = time.perf_counter()
+            metrics.update(evaluate_policy(loop, held_out, index))
+            metrics["timing/evaluate"] = time.perf_counter() - with_timer
         with_timer = time.perf_counter()
         if cfg.trainer.save_every and index % cfg.trainer.save_every == 0:
             save_round(out_dir, index, loop.policy, loop.learner,
@@ -172,7 +183,8 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
         if main_rank:
             log.write(metrics, {"prm/ensemble_std": stds})
             bar.set_postfix(passed=f"{metrics['pass_rate']:.2f}", judged=metrics["judge/calls"])
-            tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}  judge calls {metrics['judge/calls']}  | "
+            held = f"  held-out pass {metrics['eval/pass']:.3f}" if "eval/pass" in metrics else ""
+            tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}{held}  judge calls {metrics['judge/calls']}  | "
                        f"{phase_line(metrics)}")
     if main_rank:
         log.close()

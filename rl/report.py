@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-SUMMARY_COLUMNS = [("round", "round", "{:d}"), ("pass_rate", "pass", "{:.3f}"), ("reward/outcome", "R out", "{:.3f}"),
+SUMMARY_COLUMNS = [("round", "round", "{:d}"), ("pass_rate", "pass", "{:.3f}"), ("eval/pass", "held-out pass", "{:.3f}"), ("reward/outcome", "R out", "{:.3f}"),
                    ("reward/process", "R proc", "{:.3f}"), ("select/fraction", "sel", "{:.2f}"),
                    ("judge/calls", "judge calls", "{:d}"), ("prm/acc_before", "PRM acc", "{:.3f}"),
                    ("prm/acc_after", "after", "{:.3f}"), ("prm/heldout_auroc", "held-out AUROC", "{:.3f}"),
@@ -74,10 +74,13 @@ def plot_rounds(history: list[dict], path: Path) -> Path | None:
 
     rounds = [m["round"] for m in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, label in (("pass_rate", "pass rate (outcome reward)"), ("reward/process", "process reward (PRM)"),
+    for key, label in (("pass_rate", "pass rate (outcome reward)"), ("eval/pass", "pass rate, held-out problems"),
+                       ("reward/process", "process reward (PRM)"),
                        ("prm/heldout_auroc", "PRM step AUROC, held-out set"),
                        ("prm/heldout_f1", "PRM first-error F1, held-out set")):
-        ax1.plot(rounds, [m.get(key, float("nan")) for m in history], marker="o", label=label)
+        points = [(m["round"], m[key]) for m in history if key in m]   # eval/pass: only where evaluated
+        if points:
+            ax1.plot(*zip(*points), marker="o", label=label)
     ax1.set_xlabel("round"), ax1.set_ylabel("reward"), ax1.legend(), ax1.grid(alpha=.3)
     ax2.bar(rounds, [m.get("judge/calls", 0) for m in history], color="tab:red", alpha=.7, label="judge calls")
     ax2.plot(rounds, [m.get("select/candidates", 0) for m in history], color="k", ls="--", label="trajectories")

@@ -40,7 +40,7 @@ def recorded(monkeypatch):
 
 
 def grid_args(tmp_path, module) -> SimpleNamespace:
-    return SimpleNamespace(out=str(tmp_path), seeds=[0, 1], rounds=2, budget=16,
+    return SimpleNamespace(out=str(tmp_path), seeds=[0, 1], rounds=2, budget=16, jobs=1,
                            modes=list(getattr(module, "MODES", [])), arms=list(getattr(module, "ARMS", [])))
 
 

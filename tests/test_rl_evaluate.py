@@ -1,0 +1,106 @@
+"""The policy's held-out pass rate (rl/evaluate.py, setting group `eval`)."""
+from types import SimpleNamespace
+
+import pytest
+
+from prm.answers import AnswerChecker
+from prm.config import ConfigError
+from prm.data import Problem
+from rl.config import PolicyEvalConfig, OnlineConfig, TaskConfig
+from rl.distributed import Ranks
+from rl.evaluate import due, eval_problems, evaluate_policy
+from rl.online import run
+from rl.rollout import Completion
+from tests.test_rl_loop import tiny_config
+
+
+class ScriptedRollout:
+    """Answers each prompt with the scripted texts: sampled (temperature > 0) or greedy; records the calls."""
+
+    def __init__(self, sampled: dict[str, list[str]], greedy: dict[str, str]):
+        self.sampled, self.greedy, self.calls = sampled, greedy, []
+
+    def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, stop=None, seeds=None):
+        self.calls.append((list(prompts), n, temperature, seeds))
+        texts = [self.sampled[p][:n] if temperature > 0 else [self.greedy[p]] for p in prompts]
+        return [[Completion(t, [1], [0.0], "stop", 0) for t in group] for group in texts]
+
+    def sleep(self):
+        pass
+
+
+def fake_loop(rollout, world=1, rank=0, every=1, greedy=True, n=2):
+    cfg = OnlineConfig(eval=PolicyEvalConfig(every=every, n=n, greedy=greedy))
+    task = SimpleNamespace(prompt=lambda tok, q: q)
+    ranks = Ranks(rank=rank, world=world)
+    ranks.gather = lambda obj: [obj] * world   # every rank saw the same counts (a symmetric fake)
+    return SimpleNamespace(cfg=cfg, rollout=rollout, task=task, tok=None, ranks=ranks, checker=AnswerChecker(),
+                           policy=SimpleNamespace(version=7))
+
+
+PROBLEMS = [Problem("What is 2 + 3?", "5"), Problem("What is 4 * 4?", "16"), Problem("What is 9 - 1?", "8")]
+SAMPLED = {"What is 2 + 3?": ["The answer is 5.", "The answer is 6."],
+           "What is 4 * 4?": ["The answer is 16.", "The answer is 16."],
+           "What is 9 - 1?": ["The answer is 7.", "no answer"]}
+GREEDY = {"What is 2 + 3?": "The answer is 5.", "What is 4 * 4?": "The answer is 15.", "What is 9 - 1?": "The answer is 8."}
+
+
+def test_pass_rates_count_verified_answers():
+    loop = fake_loop(ScriptedRollout(SAMPLED, GREEDY))
+    out = evaluate_policy(loop, PROBLEMS, 3)
+    assert out["eval/pass"] == pytest.approx(3 / 6)          # 5, 16, 16 of six samples
+    assert out["eval/pass_greedy"] == pytest.approx(2 / 3)   # 5 and 8 of three greedy answers
+    assert out["eval/policy_version"] == 7 and out["eval/problems"] == 3
+    sampled_call, greedy_call = loop.rollout.calls
+    assert sampled_call[1] == 2 and greedy_call[1:3] == (1, 0.0)
+
+
+def test_seeds_depend_on_the_problem_not_the_round():
+    """Two evaluations (and two arms with one trainer.seed) draw from the same generators."""
+    a, b = ScriptedRollout(SAMPLED, GREEDY), ScriptedRollout(SAMPLED, GREEDY)
+    evaluate_policy(fake_loop(a), PROBLEMS, 1)
+    evaluate_policy(fake_loop(b), PROBLEMS, 20)
+    assert a.calls[0][3] == b.calls[0][3] and len(set(a.calls[0][3])) == 3
+
+
+def test_ranks_evaluate_a_strided_share():
+    rollout = ScriptedRollout(SAMPLED, GREEDY)
+    evaluate_policy(fake_loop(rollout, world=2, rank=1, greedy=False), PROBLEMS, 1)
+    assert rollout.calls[0][0] == ["What is 4 * 4?"]    # rank 1 of 2: problem index 1 only
+
+
+def test_due_rounds():
+    cfg = OnlineConfig(rounds=12, eval=PolicyEvalConfig(every=5))
+    assert [k for k in range(13) if due(cfg, k)] == [0, 5, 10, 12]
+    assert not any(due(OnlineConfig(rounds=3), k) for k in range(4))   # every=0: off
+
+
+def test_eval_problems_are_disjoint_from_training():
+    cfg = OnlineConfig(task=TaskConfig(name="chain", size=50), eval=PolicyEvalConfig(every=1, problems=20))
+    from rl.tasks import make_task
+    train = make_task(cfg.task).problems
+    held = eval_problems(cfg, train)
+    assert len(held) == 20 and not {p.question for p in held} & {p.question for p in train}
+    small = OnlineConfig(task=TaskConfig(name="arithmetic", num_ops=1, operand_max=2, ops="+", size=200),
+                         eval=PolicyEvalConfig(every=1))
+    with pytest.raises(ValueError, match="eval.every"):   # 1 + 1 .. 2 + 2: every problem is a training one
+        eval_problems(small, make_task(small.task).problems)
+
+
+def test_bad_eval_settings_fail_at_validation():
+    with pytest.raises(ConfigError, match="eval.n"):
+        PolicyEvalConfig(every=1, n=0)
+
+
+def test_online_run_logs_round_zero_and_resumes_with_it(tmp_path):
+    def cfg(out):
+        return tiny_config(out, rounds=2, eval=PolicyEvalConfig(every=1, problems=2, n=2))
+
+    full = run(cfg(tmp_path / "a"))
+    assert [m["round"] for m in full] == [0, 1, 2]
+    assert full[0]["eval/policy_version"] == 0 and full[2]["eval/policy_version"] == 2
+    assert all(0.0 <= m["eval/pass"] <= 1.0 for m in full)
+    run(cfg(tmp_path / "b"), stop_after=1)
+    resumed = run(cfg(tmp_path / "b"))
+    assert [m["round"] for m in resumed] == [0, 1, 2]
+    assert resumed[0]["eval/pass"] == full[0]["eval/pass"] and resumed[2]["eval/pass"] == full[2]["eval/pass"]
