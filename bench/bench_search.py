@@ -1,11 +1,14 @@
 """Reward-guided search benchmark (bench/RESULTS.md).
 
-Runs `python -m rl.search` for each named setting with SmolLM2-135M-Instruct as the policy and a PRM
-saved by `python -m prm.train`, one after another (the machine is small), then copies each summary
-and plot next to this file. Every command it runs is printed first, exactly.
+Runs `python -m rl.search` for each named setting with SmolLM2-135M-Instruct as the policy (the chain_*
+settings: the CPU testbed's chain-tiny) and a PRM saved by `python -m prm.train`, one after another (the
+machine is small), then copies each summary and plot next to this file. Every command it runs is printed
+first, exactly. A setting's own overrides (and the extra ones) replace the common ones of the same key.
 
-    python bench/bench_search.py --prm outputs/prm_train/prm                 # all settings
+    python bench/bench_search.py --prm outputs/prm_train/prm                 # the SmolLM2 settings
     python bench/bench_search.py --prm outputs/prm_train/prm --only gsm8k    # one
+    python bench/bench_search.py --backend hf --prm outputs/chain_prm/prm --only chain --only chain_prm_min \
+        --only chain_confidence   # the testbed: PRM (last / min step) and the policy's own confidence
 """
 from __future__ import annotations
 
@@ -38,7 +41,27 @@ SETTINGS = {
                   "rollout.dtype=fp32",   # the engine's dtype (the vllm group's is bf16): fp32, as measured
                   "method.beam.max_iterations=8", "method.dvts.max_iterations=8"],
 }
+# The CPU testbed (issue 14 d): chain-tiny at T = 1 (its sampling temperature), 60 chains of 3-8 operations
+# from generator seed 303 (disjoint from bench_chain_pool's PRM pool, seeds 101 / 202), 5 seeds, best-of-N at
+# N = 1-64, beam / DVTS at N = 4-16; one scorer per setting (their best-of-N samples are the same: seeded per
+# seed, method and n; bench/rescore_bon.py re-scores one sample set instead of sampling it again).
+CHAIN = ["task=chain", "policy=chain_tiny", "policy.dtype=fp32", "task.seed=303", "task.offset=0", "task.limit=60",
+         "seeds=[0,1,2,3,4]", "rollout.temperature=1.0", "rollout.max_new_tokens=120",
+         "rollout.step_max_new_tokens=24", "rollout.batch_size=1024", "prm.batch_size=256", "scorer.betas=[0.0]",
+         "ns=[1,2,4,8,16,32,64]", "method.beam.ns=[4,8,16]", "method.dvts.ns=[4,8,16]",
+         "method.beam.max_iterations=10", "method.dvts.max_iterations=10"]
+SETTINGS.update({
+    "chain_prm_min": [*CHAIN, "scorer.source=prm", "scorer.aggregate=min"],
+    "chain": [*CHAIN, "scorer.source=prm", "scorer.aggregate=last"],
+    "chain_confidence": [*CHAIN, "scorer.source=confidence_min", "scorer.aggregate=min"],
+})
 ENV = {"gsm8k_cpu": {"VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}}
+
+
+def _last_wins(args: list[str]) -> list[str]:
+    """One override per key (hydra refuses two), the last one given: a setting's replace the common ones."""
+    keys = [a.split("=", 1)[0] for a in args]
+    return [a for i, (a, k) in enumerate(zip(args, keys)) if "=" not in a or k not in keys[i + 1:]]
 
 
 def _override(args: list[str], key: str, values: str) -> list[str]:
@@ -64,7 +87,7 @@ def command(name: str, prm: str | None, backend: str, extra: list[str], seeds: s
     args = [*common, *setting, f"rollout.backend={backend}", f"trainer.out_dir=outputs/bench_search/{name}"]
     if prm:
         args.append(f"prm.path={prm}")
-    return dict(ENV.get(name, {})), ["python", "-m", "rl.search", *args, *extra]
+    return dict(ENV.get(name, {})), ["python", "-m", "rl.search", *_last_wins([*args, *extra])]
 
 
 def printable(env: dict[str, str], argv: list[str]) -> str:

@@ -7,11 +7,13 @@ itself finds unlikely) or "mean" (geometric-mean token probability). Scores are 
 more likely correct, so they plug into ProcessBench F1 (first step below tau), best-of-N (aggregate
 the steps) and search like PRM step scores.
 
-    scorer = PolicyConfidence(model, tokenizer, reduce="min", system_prompt=None)
+    scorer = PolicyConfidence(model, tokenizer, reduce="min", system_prompt=None)   # or prompt=fn(question)
     scorer(questions, steps) -> list[list[float]]           # prm.eval.StepScorer
     scorer.score(questions, steps) -> list[StepScores]      # PRMLearner.score's shape (std 0)
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -40,15 +42,20 @@ def token_steps(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) ->
 
 
 class PolicyConfidence:
-    def __init__(self, model, tokenizer, reduce: str = "min", system_prompt: str | None = None, batch_size: int = 16):
+    def __init__(self, model, tokenizer, reduce: str = "min", system_prompt: str | None = None, batch_size: int = 16,
+                 prompt: Callable[[str], str] | None = None):
+        """`prompt`: the chat-formatted text the policy answered (e.g. a task's prompt with its few-shot
+        turns); default: the bare question under `system_prompt`."""
         if reduce not in REDUCE:
             raise ValueError(f"reduce must be one of {REDUCE}, got {reduce!r}")
         if not tokenizer.is_fast:
             raise ValueError("PolicyConfidence needs a fast tokenizer (character offsets)")
         self.model, self.tok, self.reduce = model, tokenizer, reduce
-        self.system_prompt, self.batch_size = system_prompt, batch_size
+        self.system_prompt, self.batch_size, self.prompt = system_prompt, batch_size, prompt
 
     def _prompt(self, question: str) -> str:
+        if self.prompt is not None:
+            return self.prompt(question)
         messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
         messages.append({"role": "user", "content": question})
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

