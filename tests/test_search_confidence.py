@@ -12,7 +12,7 @@ from prm.chain_model import ChainModelSpec, build_tokenizer, prompt_text
 from prm.confidence import PolicyConfidence
 from rl.search_methods import (SELECTORS, Continuation, ScoreSpec, SearchProblem, SearchSettings, beam_search,
                                best_of_n)
-from tests.test_prm_confidence import _hand_logp
+from tests.test_prm_confidence import Bigram, _hand_logp
 from tests.test_search_command import _cfg
 
 Q = "What is (1 + 1) + 2?"
@@ -28,18 +28,6 @@ def tok():
 def _table(v: int) -> list[list[float]]:
     g = torch.Generator().manual_seed(0)
     return (torch.randn(v, v, generator=g) * 3).tolist()   # continuous: no two steps tie
-
-
-class Bigram(torch.nn.Module):
-    """logits at position t depend only on token t: table[token]."""
-
-    def __init__(self, v):
-        super().__init__()
-        self.table = torch.nn.Parameter(torch.tensor(_table(v)))
-
-    def forward(self, input_ids, attention_mask=None):
-        from types import SimpleNamespace
-        return SimpleNamespace(logits=self.table[input_ids])
 
 
 def hand_confidence(tok, text: str, reduce: str = "min") -> list[float]:
@@ -70,7 +58,7 @@ class Samples:
 
 
 def test_best_of_n_under_confidence_picks_the_hand_computed_likeliest(tok):
-    scorer = PolicyConfidence(Bigram(len(tok)), tok, "min", prompt=lambda q: prompt_text(tok, q))
+    scorer = PolicyConfidence(Bigram(len(tok), _table), tok, "min", prompt=lambda q: prompt_text(tok, q))
     settings = SearchSettings(n=4, spec=ScoreSpec("last"), scorer_passes="policy_passes")
     out = best_of_n([SearchProblem(Q, prompt_text(tok, Q), "4")], Samples(SAMPLES), scorer.score, settings)[0]
     hand = [hand_confidence(tok, t) for t in SAMPLES]
@@ -82,7 +70,7 @@ def test_best_of_n_under_confidence_picks_the_hand_computed_likeliest(tok):
 
 
 def test_beam_under_confidence_keeps_the_hand_computed_likeliest_step(tok):
-    scorer = PolicyConfidence(Bigram(len(tok)), tok, "mean", prompt=lambda q: prompt_text(tok, q))
+    scorer = PolicyConfidence(Bigram(len(tok), _table), tok, "mean", prompt=lambda q: prompt_text(tok, q))
     firsts = ["1 + 1 = 2", "2 * 3 = 6", "9 - 4 = 5"]
     texts = [f"{f}\n\nThe answer is 0." for f in firsts]
     settings = SearchSettings(n=3, beam_width=3, max_iterations=2, spec=ScoreSpec("last"),
