@@ -31,7 +31,7 @@ COST = ("generated_tokens", "passes")
 def oracle_rows(rec: dict) -> list[dict]:
     """best-of-N pass@n': some sample among the first n' carries the reference answer (no selector can do
     better on these samples): the ceiling of every best-of-N row."""
-    from rl.search_methods import canonical_answer
+    from rl.search_select import canonical_answer
 
     ok = [canonical_answer(s["answer"]) == canonical_answer(rec["reference"]) for s in rec["solutions"]]
     return [{"label": "best_of_n/oracle (pass@n)", "n": r["n"], "correct": any(ok[:r["n"]]), "cost": r["cost"]}
@@ -43,7 +43,8 @@ def reselected(rec: dict, aggregate: str) -> list[dict]:
     the records keep every sample's step scores); correct by canonical answer (chain answers are integers)."""
     from prm.steps import split_steps
     from rl.search import choices
-    from rl.search_methods import ScoreSpec, SearchCompute, SearchOutcome, Solution, canonical_answer
+    from rl.search_methods import SearchCompute, SearchOutcome
+    from rl.search_select import ScoreSpec, Solution, canonical_answer
 
     sols = [Solution(split_steps(s["text"], fallback=False), s["tokens"], s["mean"], s["std"], s["answer"],
                      canonical_answer(s["answer"])) for s in rec["solutions"]]

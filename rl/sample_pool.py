@@ -17,7 +17,7 @@ from pathlib import Path
 from prm.answers import AnswerChecker
 from prm.data import Trajectory
 from prm.steps import split_steps
-from rl.search_methods import Solution, attach_answer
+from rl.search_select import Solution, attach_answer
 from rl.search_policy import RolloutPolicy, load_task, make_backend, seed_run
 
 

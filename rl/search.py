@@ -37,8 +37,8 @@ from prm.config import ConfigError, PRMConfig, validate
 from prm.data import Problem
 from rl.config import PolicyConfig, RolloutBackendName, RolloutConfig, TaskConfig
 from rl.sample_pool import PoolSampleConfig, write_pool
-from rl.search_methods import (METHODS, SCORE_FREE_SELECTORS, SELECTORS, ScoreSpec,
-                               SearchOutcome, SearchProblem, SearchSettings, prefix_cost)
+from rl.search_methods import METHODS, SearchOutcome, SearchProblem, SearchSettings, prefix_cost
+from rl.search_select import SCORE_FREE_SELECTORS, SELECTORS, ScoreSpec
 from rl.search_policy import RolloutPolicy, load_task, make_backend, seed_run
 
 

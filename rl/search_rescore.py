@@ -14,7 +14,8 @@ from pathlib import Path
 
 from prm.steps import split_steps
 from rl.search import choices, write_records
-from rl.search_methods import SearchCompute, ScoreSpec, SearchOutcome, Solution, canonical_answer
+from rl.search_methods import SearchCompute, SearchOutcome
+from rl.search_select import ScoreSpec, Solution, canonical_answer
 
 KEPT = ("source", "question", "reference", "method", "n", "betas", "aggregate", "seed", "trace", "cost",
         "batch_seconds")

@@ -10,8 +10,8 @@ import torch
 
 from prm.chain_model import ChainModelSpec, build_tokenizer, prompt_text
 from prm.confidence import PolicyConfidence
-from rl.search_methods import (SELECTORS, Continuation, ScoreSpec, SearchProblem, SearchSettings, beam_search,
-                               best_of_n)
+from rl.search_methods import Continuation, SearchProblem, SearchSettings, beam_search, best_of_n
+from rl.search_select import SELECTORS, ScoreSpec
 from tests.test_prm_confidence import Bigram, _hand_logp
 from tests.test_search_command import _cfg
 

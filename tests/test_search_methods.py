@@ -10,8 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from rl.search_methods import (SELECTORS, Continuation, ScoreSpec, SearchProblem, SearchSettings, Solution,
-                               beam_search, best_of_n, canonical_answer, dvts, greedy, prefix_cost)
+from rl.search_methods import (Continuation, SearchProblem, SearchSettings, beam_search, best_of_n, dvts, greedy,
+                               prefix_cost)
+from rl.search_select import SELECTORS, ScoreSpec, Solution, canonical_answer
 
 PROMPT = "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n"
 PROBLEM = SearchProblem("Q", PROMPT, "5")
