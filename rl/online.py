@@ -150,9 +150,9 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
             print(f"[rl.online] resumed from {resume_from} (round {state['round']}, "
                   f"data position {loop.stream.position})")
     log = MetricsLog(out_dir, "round", history) if main_rank else None   # rank 0 writes the (global) metrics
-    held_out = eval_problems(cfg, loop.task.problems) if cfg.eval.every else []
-    if held_out and start_round == 1:   # round 0: the initial policy (veRL's validation before training)
-        history.append({"round": 0, **evaluate_policy(loop, held_out, 0)})
+    eval_set = eval_problems(cfg, loop.task.problems) if cfg.eval.every else []   # the policy's (rl/evaluate.py)
+    if eval_set and start_round == 1:   # round 0: the initial policy (veRL's validation before training)
+        history.append({"round": 0, **evaluate_policy(loop, eval_set, 0)})
         if main_rank:
             log.write(history[-1])
             print(f"round 0: held-out pass {history[-1]['eval/pass']:.3f} (initial policy)")
@@ -167,9 +167,9 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     for done in run_rounds(loop, range(start_round, last + 1), schedule):
         index, metrics, stds = done.index, done.metrics, done.stds
         bar.update(1)
-        if held_out and due(cfg, index):   # the policy after this round's update, before the next one's
+        if eval_set and due(cfg, index):   # the policy after this round's update, before the next one's
             with_timer = time.perf_counter()
-            metrics.update(evaluate_policy(loop, held_out, index))
+            metrics.update(evaluate_policy(loop, eval_set, index))
             metrics["timing/evaluate"] = time.perf_counter() - with_timer
         with_timer = time.perf_counter()
         if cfg.trainer.save_every and index % cfg.trainer.save_every == 0:
