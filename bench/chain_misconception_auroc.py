@@ -13,6 +13,7 @@ import json
 import re
 from pathlib import Path
 
+from prm.quality import pair_auroc
 
 STEP = re.compile(r"^(\d+) ([+\-*]) (\d+) = (\d+)$")
 
@@ -38,9 +39,8 @@ def main() -> None:
         rows = pairs(args.root, setting)
         right = [s for ok, s in rows if ok]
         wrong = [s for ok, s in rows if not ok]
-        wins = sum((r > w) + 0.5 * (r == w) for r in right for w in wrong)
         print(f"{name}: {len(right)} right / {len(wrong)} wrong x7 / x8 steps; "
-              f"AUROC {wins / (len(right) * len(wrong)):.3f}; "
+              f"AUROC {pair_auroc([(int(ok), s) for ok, s in rows]):.3f}; "
               f"mean score right {sum(right) / len(right):.3f}, wrong {sum(wrong) / len(wrong):.3f}")
 
 

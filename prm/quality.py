@@ -45,9 +45,14 @@ def _pair_stats(pairs: list[tuple[int, float]]) -> tuple[float, int]:
     return wins, len(pos) * len(neg)
 
 
-def step_auroc(first_errors, scores) -> float:
-    wins, n = _pair_stats(labelled_steps(first_errors, scores))
+def pair_auroc(pairs: list[tuple[int, float]]) -> float:
+    """P(a label-1 item scores above a label-0 one), ties half; NaN without both labels."""
+    wins, n = _pair_stats(pairs)
     return wins / n if n else math.nan
+
+
+def step_auroc(first_errors, scores) -> float:
+    return pair_auroc(labelled_steps(first_errors, scores))
 
 
 def step_auroc_within(questions, first_errors, scores) -> float:

@@ -35,7 +35,7 @@ def eval_problems(cfg, train_problems) -> list:
     return problems[:cfg.eval.problems]
 
 
-def evaluate_policy(loop, problems: list, round_index: int) -> dict:
+def evaluate_policy(loop, problems: list) -> dict:
     """Pass rates of the current policy on `problems`. Seeds depend on (run seed, problem) only, so every
     evaluation, and every arm of a comparison with the same trainer.seed, draws from the same generators."""
     cfg, r = loop.cfg, loop.cfg.rollout

@@ -31,7 +31,6 @@ from prm.steps import STEP_SEPARATOR, clean_step, join_steps, split_steps
 from rl.search_select import ScoreSpec, Solution, attach_answer
 
 
-
 @dataclass
 class Continuation:
     text: str

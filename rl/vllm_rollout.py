@@ -132,7 +132,7 @@ class VLLMRollout(RolloutBackend):
         from vllm.inputs import TokensPrompt
 
         self.wake("weights", "kv_cache")
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = self.prompt_ids(prompt)
         ids = prompt_ids + list(completion_ids)
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]

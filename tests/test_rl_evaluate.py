@@ -47,7 +47,7 @@ GREEDY = {"What is 2 + 3?": "The answer is 5.", "What is 4 * 4?": "The answer is
 
 def test_pass_rates_count_verified_answers():
     loop = fake_loop(ScriptedRollout(SAMPLED, GREEDY))
-    out = evaluate_policy(loop, PROBLEMS, 3)
+    out = evaluate_policy(loop, PROBLEMS)
     assert out["eval/pass"] == pytest.approx(3 / 6)          # 5, 16, 16 of six samples
     assert out["eval/pass_greedy"] == pytest.approx(2 / 3)   # 5 and 8 of three greedy answers
     assert out["eval/policy_version"] == 7 and out["eval/problems"] == 3
@@ -55,17 +55,17 @@ def test_pass_rates_count_verified_answers():
     assert sampled_call[1] == 2 and greedy_call[1:3] == (1, 0.0)
 
 
-def test_seeds_depend_on_the_problem_not_the_round():
-    """Two evaluations (and two arms with one trainer.seed) draw from the same generators."""
+def test_seeds_depend_only_on_the_run_seed_and_the_problem():
+    """Two evaluations (any rounds, and two arms with one trainer.seed) draw from the same generators."""
     a, b = ScriptedRollout(SAMPLED, GREEDY), ScriptedRollout(SAMPLED, GREEDY)
-    evaluate_policy(fake_loop(a), PROBLEMS, 1)
-    evaluate_policy(fake_loop(b), PROBLEMS, 20)
+    evaluate_policy(fake_loop(a), PROBLEMS)
+    evaluate_policy(fake_loop(b), PROBLEMS)
     assert a.calls[0][3] == b.calls[0][3] and len(set(a.calls[0][3])) == 3
 
 
 def test_ranks_evaluate_a_strided_share():
     rollout = ScriptedRollout(SAMPLED, GREEDY)
-    evaluate_policy(fake_loop(rollout, world=2, rank=1, greedy=False), PROBLEMS, 1)
+    evaluate_policy(fake_loop(rollout, world=2, rank=1, greedy=False), PROBLEMS)
     assert rollout.calls[0][0] == ["What is 4 * 4?"]    # rank 1 of 2: problem index 1 only
 
 
