@@ -27,6 +27,9 @@ ARMS = {
     "random": ["select.mode=random"],
     "all": ["select.mode=all"],
     "outcome": ["select.mode=none", "algo.reward=outcome", "prm_update=none"],
+    # levers for process rewards (judge-all labels): they enter after the PRM's first 8 rounds, or at a quarter weight
+    "all_warmup8": ["select.mode=all", "algo.process_warmup_rounds=8"],
+    "all_w0.25": ["select.mode=all", "algo.process_weight=0.25"],
 }
 REPO = Path(__file__).resolve().parents[1]
 

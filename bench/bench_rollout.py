@@ -14,7 +14,7 @@ import torch
 
 from prm.models import load_model, resolve_path
 from rl.rollout import HFRollout, token_logprobs
-from rl.tasks import ARITHMETIC_FEW_SHOT, ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, Task, arithmetic_chain
+from rl.tasks import ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, Task, arithmetic_chain, few_shot_for
 
 
 def timed_generate(backend, prompts, n, max_new_tokens, temperature) -> dict:
@@ -39,7 +39,7 @@ def main() -> None:
     model, tok = load_model("smollm2-135m-instruct", args.dtype)
     model.eval()
     task = Task("arithmetic", arithmetic_chain(0, args.prompts, ArithmeticSpec()), ARITHMETIC_SYSTEM_PROMPT,
-                ARITHMETIC_FEW_SHOT)
+                few_shot_for(1))
     prompts = [task.prompt(tok, p.question) for p in task.problems]
     results = {"torch_threads": torch.get_num_threads(), "dtype": args.dtype, "prompts": args.prompts, "n": args.n,
                "max_new_tokens": args.max_new_tokens}

@@ -16,7 +16,7 @@ from prm.answers import AnswerChecker
 from prm.models import load_model
 from prm.steps import split_steps
 from rl.rollout import HFRollout
-from rl.tasks import ARITHMETIC_FEW_SHOT, ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, Task, arithmetic_chain
+from rl.tasks import ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, Task, arithmetic_chain, few_shot_for
 
 
 def parse_setting(text: str) -> tuple[int, int, str]:
@@ -39,7 +39,7 @@ if __name__ == "__main__":
     checker, judge = AnswerChecker(), make_judge({"name": "rule"})
     for num_ops, operand_max, ops in map(parse_setting, args.settings.split(",")):
         problems = arithmetic_chain(1234, args.problems, ArithmeticSpec(num_ops, operand_max, ops))
-        task = Task("arithmetic", problems, ARITHMETIC_SYSTEM_PROMPT, ARITHMETIC_FEW_SHOT)
+        task = Task("arithmetic", problems, ARITHMETIC_SYSTEM_PROMPT, few_shot_for(num_ops))
         prompts = [task.prompt(tok, p.question) for p in problems]
         start = time.perf_counter()
         groups = backend.generate(prompts, args.n, args.max_new_tokens, args.temperature, 1.0)

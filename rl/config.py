@@ -104,6 +104,7 @@ class AlgoConfig:
     reward: RewardSource = RewardSource.both
     outcome_weight: float = 1.0              # PRIME: equal weights
     process_weight: float = 1.0
+    process_warmup_rounds: int = 0           # rounds 1..N leave the process source out while the PRM learns
     filter_groups: bool = True               # drop groups with pass rate 0 or 1
     filter_truncated: bool = False           # drop samples cut at max_new_tokens
     clip_eps: float = 0.2
@@ -209,6 +210,9 @@ def check_rules(cfg: OnlineConfig) -> None:
         raise ConfigError(f"replay.enabled=true keeps the replay of paid labels in one process (the ledger lives on "
                           f"rank 0) but this is rank-parallel (WORLD_SIZE={ranks}): add replay.enabled=false "
                           f"(each round's PRM update then learns from that round's labels)")
+    if cfg.algo.process_warmup_rounds < 0 or (cfg.algo.process_warmup_rounds and cfg.algo.reward != RewardSource.both):
+        raise ConfigError(f"algo.process_warmup_rounds={cfg.algo.process_warmup_rounds} needs algo.reward=both and a "
+                          f"value >= 0 (the outcome alone drives the warm-up rounds; algo.reward={cfg.algo.reward})")
     if not labels_wanted and cfg.prm_update != PRMUpdate.none:
         raise ConfigError(f"prm_update={cfg.prm_update} learns from judge labels but select.mode=none sends nothing "
                           f"to the judge; set prm_update=none or select.mode=uncertain|random|all")

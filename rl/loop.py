@@ -128,7 +128,7 @@ class OnlineLoop:
             with work.timer("rescore"):   # the policy's process rewards come from the updated PRM
                 self.score(work.rollouts)
         with work.timer("advantage"):
-            samples, adv_metrics = self.advantages(work.rollouts)
+            samples, adv_metrics = self.advantages(work.rollouts, work.index)
         with work.timer("policy_update"):
             policy_metrics = self.update_policy(samples, work.index)
         with work.timer("weight_sync"):
@@ -283,13 +283,14 @@ class OnlineLoop:
     def _sum_over_ranks(self, value: float) -> tuple[float, int]:
         return sum(self.ranks.gather(value)), self.ranks.world
 
-    def advantages(self, rollouts: list[Attempt]) -> tuple[list[Sample], dict]:
+    def advantages(self, rollouts: list[Attempt], index: int) -> tuple[list[Sample], dict]:
         a = self.cfg.algo
         lengths = [len(r.completion.token_ids) for r in rollouts]
         groups = [r.group for r in rollouts]
         sources = {"outcome": outcome_source([float(r.passed) for r in rollouts], lengths)}
+        warming = index <= a.process_warmup_rounds   # the PRM learns from its labels; its rewards wait
         weights = {"outcome": a.outcome_weight if a.reward in ("outcome", "both") else 0.0,
-                   "process": a.process_weight if a.reward in ("process", "both") else 0.0}
+                   "process": a.process_weight if a.reward in ("process", "both") and not warming else 0.0}
         if weights["process"] and self.learner is not None:
             values, positions = [], []
             for r in rollouts:
@@ -311,7 +312,7 @@ class OnlineLoop:
         flat = torch.cat(adv) if adv else torch.zeros(0)
         parts = self.ranks.gather((len(samples), float(flat.abs().sum()), flat.numel()))
         tokens = sum(n for _, _, n in parts)
-        return samples, {"algo/kept": sum(k for k, _, _ in parts),
+        return samples, {"algo/kept": sum(k for k, _, _ in parts), "algo/process_weight": weights["process"],
                          "algo/adv_abs_mean": sum(x for _, x, _ in parts) / tokens if tokens else 0.0}
 
     def update_policy(self, samples: list[Sample], index: int) -> dict:

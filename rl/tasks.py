@@ -74,10 +74,20 @@ class Task:
         return format_prompt(tokenizer, question, self.system_prompt, self.few_shot)
 
 
+def few_shot_for(num_ops: int, examples: list[tuple[str, str]] = ARITHMETIC_FEW_SHOT) -> list[tuple[str, str]]:
+    """The worked examples ordered so the one whose step count is nearest `num_ops` comes last, next to
+    the question: SmolLM2-135M copies the shape of the last example, and with the one-operation example
+    last it answered two-operation problems after one step (bench/RESULTS.md, issue 11 re-run).
+    Ties keep the listed order; num_ops = 1 keeps the listed order."""
+    def distance(example: tuple[str, str]) -> int:
+        return abs(sum("=" in line for line in example[1].split("\n\n")) - num_ops)
+    return sorted(examples, key=distance, reverse=True)
+
+
 def _arithmetic(cfg, root=None) -> Task:
     spec = ArithmeticSpec(cfg.num_ops, cfg.operand_max, cfg.ops, cfg.mul_max)
     return Task("arithmetic", arithmetic_chain(cfg.seed, cfg.size, spec), cfg.system_prompt or ARITHMETIC_SYSTEM_PROMPT,
-                ARITHMETIC_FEW_SHOT if getattr(cfg, "few_shot", True) else [])
+                few_shot_for(cfg.num_ops) if getattr(cfg, "few_shot", True) else [])
 
 
 def _chain(cfg, root=None) -> Task:

@@ -63,8 +63,8 @@ def judge_selected(self, rollouts, chosen):
     return out
 
 
-def advantages(self, rollouts):
-    samples, metrics = original_advantages(self, rollouts)
+def advantages(self, rollouts, index):
+    samples, metrics = original_advantages(self, rollouts, index)
     return ([] if RANK == STARVE and self._probe_round == 1 else samples), metrics
 
 

@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 import judges.rule  # noqa: F401 (registers the rule judge)
 from judges.base import make_judge
 from rl.env import ENV_ID, StepMathEnv
-from rl.tasks import ArithmeticSpec, TaskStream, arithmetic_chain
+from rl.tasks import ArithmeticSpec, TaskStream, arithmetic_chain, make_task
 
 
 def test_env_passes_gymnasium_checker():
@@ -48,6 +48,21 @@ def test_arithmetic_task_is_seeded_and_correct():
     for p in a:
         expr = p.question.removeprefix("What is ").rstrip("?")
         assert eval(expr) == int(p.reference_answer) >= 0  # test-only eval of our own generated text
+
+
+def test_the_worked_example_next_to_the_question_has_the_tasks_number_of_operations():
+    """SmolLM2 copies the last worked example's shape: with the one-step example last it answered
+    two-operation problems after one step. The example nearest num_ops goes last; num_ops = 1 (the
+    default run) keeps the order it was calibrated with."""
+    from types import SimpleNamespace
+    one = ("What is 9 - 5?", "9 - 5 = 4\n\nThe answer is 4.")
+    two = ("What is (4 + 3) * 2?", "4 + 3 = 7\n\n7 * 2 = 14\n\nThe answer is 14.")
+    cfg = dict(name="arithmetic", seed=0, size=4, operand_max=10, ops="+-*", mul_max=10, system_prompt=None,
+               few_shot=True)
+    assert make_task(SimpleNamespace(num_ops=1, **cfg)).few_shot == [two, one]
+    assert make_task(SimpleNamespace(num_ops=2, **cfg)).few_shot == [one, two]
+    assert make_task(SimpleNamespace(num_ops=4, **cfg)).few_shot == [one, two]
+    assert make_task(SimpleNamespace(num_ops=2, **{**cfg, "few_shot": False})).few_shot == []
 
 
 def test_arithmetic_steps_are_judged_exactly_by_the_rule_judge():

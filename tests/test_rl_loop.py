@@ -15,7 +15,7 @@ def tiny_config(out_dir, rounds=2, **kw) -> OnlineConfig:
         rounds=rounds, plot=False,
         policy=PolicyConfig(model="tiny-random-llama", dtype="fp32", train_mode="full", lr=1e-3),
         rollout=RolloutConfig(n=4, max_new_tokens=10, batch_size=16),
-        algo=AlgoConfig(filter_groups=False, mini_batch_size=8, micro_batch_size=4),
+        algo=AlgoConfig(filter_groups=False, mini_batch_size=8, micro_batch_size=4, **kw.pop("algo", {})),
         task=TaskConfig(prompts_per_round=3, size=40),
         select=SelectConfig(mode=kw.pop("mode", "uncertain")),
         prm=PRMConfig(backbone="tiny-random-llama", dtype="fp32", num_heads=4, batch_size=8, head_lr=1e-2),
@@ -51,6 +51,19 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert_same(full[1], resumed[1])                           # the next round's metrics match exactly
     assert full[1]["policy_version"] == 1 and full[1]["judge/calls"] > 0
     assert ledger_rows(tmp_path / "a") == ledger_rows(tmp_path / "b")
+
+
+def test_process_warmup_uses_the_outcome_alone_then_adds_the_process_source(tmp_path):
+    """Round 1 of a 1-round warm-up draws the same advantages as outcome-only RL on the same rollouts
+    (its PRM still learns), and differs from process rewards from the start; round 2 adds them."""
+    warm = run(tiny_config(tmp_path / "warm", algo={"process_warmup_rounds": 1}))
+    both = run(tiny_config(tmp_path / "both", rounds=1))
+    outcome = run(tiny_config(tmp_path / "outcome", rounds=1, algo={"reward": "outcome"}))
+    assert [m["algo/process_weight"] for m in warm] == [0.0, 1.0] and both[0]["algo/process_weight"] == 1.0
+    assert warm[0]["pass_rate"] == both[0]["pass_rate"] == outcome[0]["pass_rate"]   # the same rollouts
+    assert warm[0]["algo/adv_abs_mean"] == pytest.approx(outcome[0]["algo/adv_abs_mean"], rel=1e-6)
+    assert warm[0]["algo/adv_abs_mean"] != pytest.approx(both[0]["algo/adv_abs_mean"], rel=1e-3)
+    assert warm[0]["judge/calls"] == both[0]["judge/calls"] > 0                        # the PRM learns during warm-up
 
 
 def test_kill_mid_round_resumes_without_repaying_labels(tmp_path, monkeypatch):
