@@ -39,7 +39,7 @@ def main() -> None:
     model, tok = load_model("smollm2-135m-instruct", args.dtype)
     model.eval()
     task = Task("arithmetic", arithmetic_chain(0, args.prompts, ArithmeticSpec()), ARITHMETIC_SYSTEM_PROMPT,
-                few_shot_for(1))
+                few_shot_for(ArithmeticSpec()))
     prompts = [task.prompt(tok, p.question) for p in task.problems]
     results = {"torch_threads": torch.get_num_threads(), "dtype": args.dtype, "prompts": args.prompts, "n": args.n,
                "max_new_tokens": args.max_new_tokens}

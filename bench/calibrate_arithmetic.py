@@ -39,7 +39,7 @@ if __name__ == "__main__":
     checker, judge = AnswerChecker(), make_judge({"name": "rule"})
     for num_ops, operand_max, ops in map(parse_setting, args.settings.split(",")):
         problems = arithmetic_chain(1234, args.problems, ArithmeticSpec(num_ops, operand_max, ops))
-        task = Task("arithmetic", problems, ARITHMETIC_SYSTEM_PROMPT, few_shot_for(num_ops))
+        task = Task("arithmetic", problems, ARITHMETIC_SYSTEM_PROMPT, few_shot_for(ArithmeticSpec(num_ops, operand_max, ops)))
         prompts = [task.prompt(tok, p.question) for p in problems]
         start = time.perf_counter()
         groups = backend.generate(prompts, args.n, args.max_new_tokens, args.temperature, 1.0)

@@ -38,11 +38,12 @@ class ArithmeticSpec:
     mul_max: int = 10         # cap on multiplier operands so products stay small
 
 
-def arithmetic_problem(rng: random.Random, spec: ArithmeticSpec, index: int) -> Problem:
+def _arithmetic_steps(rng: random.Random, spec: ArithmeticSpec) -> tuple[str, int, list[str]]:
     """One chain: start at a, apply num_ops operations left to right; parentheses make the order explicit.
-    Subtraction never goes below zero (the model is weak with negatives, and the task is about steps)."""
+    Subtraction never goes below zero (the model is weak with negatives, and the task is about steps).
+    Returns the expression, its value and the solution's steps ("7 + 5 = 12")."""
     value = rng.randint(1, spec.operand_max)
-    expr = str(value)
+    expr, steps = str(value), []
     for k in range(spec.num_ops):
         op = rng.choice(spec.ops)
         if op == "-" and value < 2:
@@ -54,7 +55,13 @@ def arithmetic_problem(rng: random.Random, spec: ArithmeticSpec, index: int) -> 
         else:
             b = rng.randint(1, spec.operand_max)
         expr = f"({expr} {op} {b})" if k < spec.num_ops - 1 else f"{expr} {op} {b}"
+        steps.append(f"{value} {op} {b} = {OPS[op](value, b)}")
         value = OPS[op](value, b)
+    return expr, value, steps
+
+
+def arithmetic_problem(rng: random.Random, spec: ArithmeticSpec, index: int) -> Problem:
+    expr, value, _ = _arithmetic_steps(rng, spec)
     return Problem(f"What is {expr}?", str(value), f"arithmetic/{spec.num_ops}x{spec.operand_max}:{index}")
 
 
@@ -74,20 +81,26 @@ class Task:
         return format_prompt(tokenizer, question, self.system_prompt, self.few_shot)
 
 
-def few_shot_for(num_ops: int, examples: list[tuple[str, str]] = ARITHMETIC_FEW_SHOT) -> list[tuple[str, str]]:
-    """The worked examples ordered so the one whose step count is nearest `num_ops` comes last, next to
-    the question: SmolLM2-135M copies the shape of the last example, and with the one-operation example
-    last it answered two-operation problems after one step (bench/RESULTS.md, issue 11 re-run).
-    Ties keep the listed order; num_ops = 1 keeps the listed order."""
-    def distance(example: tuple[str, str]) -> int:
-        return abs(sum("=" in line for line in example[1].split("\n\n")) - num_ops)
-    return sorted(examples, key=distance, reverse=True)
+def few_shot_for(spec: ArithmeticSpec, count: int = 2) -> list[tuple[str, str]]:
+    """The worked-example turns for problems of `spec`. One operation: the calibrated pair
+    ARITHMETIC_FEW_SHOT (bench/RESULTS.md, "Task calibration"). More: `count` examples drawn from the task's
+    own generator (a fixed seed, the task's operators), each solved in exactly num_ops steps: with
+    examples of fewer steps SmolLM2 copied their length and answered after one operation (greedy 0/20 on
+    two-operation problems, 7/20 with these; bench/RESULTS.md, issue 11)."""
+    if spec.num_ops == 1:
+        return list(ARITHMETIC_FEW_SHOT)
+    rng = random.Random(f"worked-examples:{spec.num_ops}:{spec.ops}")
+    examples = []
+    for _ in range(count):
+        expr, value, steps = _arithmetic_steps(rng, spec)
+        examples.append((f"What is {expr}?", "\n\n".join(steps + [f"The answer is {value}."])))
+    return examples
 
 
 def _arithmetic(cfg, root=None) -> Task:
     spec = ArithmeticSpec(cfg.num_ops, cfg.operand_max, cfg.ops, cfg.mul_max)
     return Task("arithmetic", arithmetic_chain(cfg.seed, cfg.size, spec), cfg.system_prompt or ARITHMETIC_SYSTEM_PROMPT,
-                few_shot_for(cfg.num_ops) if getattr(cfg, "few_shot", True) else [])
+                few_shot_for(spec) if getattr(cfg, "few_shot", True) else [])
 
 
 def _chain(cfg, root=None) -> Task:

@@ -50,19 +50,27 @@ def test_arithmetic_task_is_seeded_and_correct():
         assert eval(expr) == int(p.reference_answer) >= 0  # test-only eval of our own generated text
 
 
-def test_the_worked_example_next_to_the_question_has_the_tasks_number_of_operations():
-    """SmolLM2 copies the last worked example's shape: with the one-step example last it answered
-    two-operation problems after one step. The example nearest num_ops goes last; num_ops = 1 (the
-    default run) keeps the order it was calibrated with."""
+def test_worked_examples_are_solved_in_the_tasks_number_of_operations():
+    """SmolLM2 copies the examples' length: with a one-step example among them it answered two-operation
+    problems after one step. Beyond one operation the examples come from the task's generator with
+    exactly num_ops correct steps over the task's operators; one operation (the default run) keeps the
+    calibrated pair."""
     from types import SimpleNamespace
-    one = ("What is 9 - 5?", "9 - 5 = 4\n\nThe answer is 4.")
-    two = ("What is (4 + 3) * 2?", "4 + 3 = 7\n\n7 * 2 = 14\n\nThe answer is 14.")
-    cfg = dict(name="arithmetic", seed=0, size=4, operand_max=10, ops="+-*", mul_max=10, system_prompt=None,
-               few_shot=True)
-    assert make_task(SimpleNamespace(num_ops=1, **cfg)).few_shot == [two, one]
-    assert make_task(SimpleNamespace(num_ops=2, **cfg)).few_shot == [one, two]
-    assert make_task(SimpleNamespace(num_ops=4, **cfg)).few_shot == [one, two]
-    assert make_task(SimpleNamespace(num_ops=2, **{**cfg, "few_shot": False})).few_shot == []
+    from rl.tasks import ARITHMETIC_FEW_SHOT, few_shot_for
+    cfg = dict(name="arithmetic", seed=0, size=4, operand_max=10, mul_max=10, system_prompt=None, few_shot=True)
+    assert make_task(SimpleNamespace(num_ops=1, ops="+-", **cfg)).few_shot == ARITHMETIC_FEW_SHOT
+    for num_ops, ops in ((2, "+-*"), (3, "+-"), (5, "*")):
+        shots = make_task(SimpleNamespace(num_ops=num_ops, ops=ops, **cfg)).few_shot
+        assert len(shots) == 2 and shots == few_shot_for(ArithmeticSpec(num_ops, 10, ops))   # deterministic
+        for question, solution in shots:
+            *steps, answer = solution.split("\n\n")
+            assert len(steps) == num_ops and question.count("(") == num_ops - 1
+            assert all(set(step.split(" ")[1]) <= set(ops) for step in steps)
+            for step in steps:   # test-only eval of our own generated text
+                lhs, rhs = step.split(" = ")
+                assert eval(lhs) == int(rhs)
+            assert answer == f"The answer is {eval(question.removeprefix('What is ').rstrip('?'))}."
+    assert make_task(SimpleNamespace(num_ops=2, ops="+-", **{**cfg, "few_shot": False})).few_shot == []
 
 
 def test_arithmetic_steps_are_judged_exactly_by_the_rule_judge():
