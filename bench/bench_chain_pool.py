@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # the repo, then bench/
+from chain_misconception_auroc import product_auroc  # noqa: E402
 from chain_stats import fmt, mean_ci, paired  # noqa: E402
 
 from prm.chain import ChainSpec, chain_problems, parse_question  # noqa: E402
@@ -102,8 +103,11 @@ def features(args, out: Path, items):
 
 
 def quality(items, scores, tau):
+    """+ auroc_product78: right vs wrong "a * 7 = v" / "a * 8 = v" steps, each checked on its own operands
+    (what best-of-N needs to rank the misconception below the right product)."""
     return {**scorer_quality([t.question for t in items], [t.first_error for t in items], scores, tau),
-            **{f"auroc_{kind}": kind_auroc(items, scores, kind) for kind in ("misconception", "slip")}}
+            **{f"auroc_{kind}": kind_auroc(items, scores, kind) for kind in ("misconception", "slip")},
+            "auroc_product78": product_auroc([t.steps for t in items], scores)}
 
 
 def kind_auroc(items, scores, kind: str) -> float:
@@ -224,15 +228,15 @@ def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, 
 
 def tag(args) -> str:
     return ("" if args.step_features == "hidden" else f"_{args.step_features}") + \
-        ("" if args.train_mode == "frozen" else f"_{args.train_mode}")
+        ("" if args.train_mode == "frozen" else f"_{args.train_mode}") + args.tag
 
 
 def stage_runs(args, out: Path) -> None:
     allp, test = load(out, "pool"), load(out, "test")
     pool, tune = allp[: len(allp) - args.tune_n], allp[len(allp) - args.tune_n:]
     cache = features(args, out, allp + test)
-    if not (out / "baselines.json").is_file():
-        (out / "baselines.json").write_text(json.dumps(baselines(args, out, tune, test), indent=1))
+    if not (out / f"baselines{args.tag}.json").is_file():
+        (out / f"baselines{args.tag}.json").write_text(json.dumps(baselines(args, out, tune, test), indent=1))
     with (out / f"runs{tag(args)}.jsonl").open("a") as fh:
         for seed in args.seeds:
             for budget in args.budgets:
@@ -281,11 +285,11 @@ def stage_report(args, out: Path) -> None:
     by = defaultdict(dict)
     for r in rows:
         by[(r["mode"], r["budget"])][r["seed"]] = r
-    base = json.loads((out / "baselines.json").read_text())
-    metrics = ("auroc", "auroc_within", "acc_error", "f1", "auroc_misconception", "auroc_slip")
+    base = json.loads((out / f"baselines{args.tag}.json").read_text())
+    metrics = ("auroc", "auroc_within", "acc_error", "f1", "auroc_misconception", "auroc_slip", "auroc_product78")
     lines = [policy_table(out), "", "| PRM / scorer | labels | step AUROC | AUROC within problem | first error named "
-             "(erroneous items) | first-error F1 | AUROC, misconception errors | AUROC, slips |",
-             "|---|---|---|---|---|---|---|---|"]
+             "(erroneous items) | first-error F1 | AUROC, misconception errors | AUROC, slips | AUROC, right vs wrong "
+             "x 7 / x 8 product |", "|---|---|---|---|---|---|---|---|---|"]
     for name, b in base.items():
         if name == "selection":
             continue
@@ -373,7 +377,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4, help="samples per pool problem")
     ap.add_argument("--test-n", type=int, default=32, help="samples per held-out problem (best-of-n)")
     ap.add_argument("--tune-n", type=int, default=300)
-    ap.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
+    ap.add_argument("--budgets", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.3, 0.5],
+                    help="active/random budgets (none: only the full-pool PRM of each seed)")
+    ap.add_argument("--tag", default="", help="suffix of this run set's files (runs<...><tag>.jsonl, baselines<tag>.json)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=32)

@@ -18,16 +18,28 @@ from prm.quality import pair_auroc
 STEP = re.compile(r"^(\d+) ([+\-*]) (\d+) = (\d+)$")
 
 
+def product_pairs(steps: list[str], scores) -> list[tuple[bool, float]]:
+    """(is the product right, score) for every "a * 7 = v" / "a * 8 = v" step of one solution."""
+    out = []
+    for step, score in zip(steps, scores):
+        m = STEP.match(step.strip())
+        if m and m.group(2) == "*" and m.group(3) in ("7", "8"):
+            out.append((int(m.group(1)) * int(m.group(3)) == int(m.group(4)), score))
+    return out
+
+
+def product_auroc(steps: list[list[str]], scores: list) -> float:
+    """AUROC of a step scorer for a right x 7 / x 8 product against a wrong one, over many solutions."""
+    return pair_auroc([(int(ok), s) for st, sc in zip(steps, scores) for ok, s in product_pairs(st, sc)])
+
+
 def pairs(root: Path, setting: str):
     out = []
     for path in sorted((root / setting / "records").glob("best_of_n-*.jsonl")):
         for line in path.open():
             rec = json.loads(line)
             for s in rec["solutions"]:
-                for step, score in zip(s["text"].split("\n\n"), s["mean"]):
-                    m = STEP.match(step.strip())
-                    if m and m.group(2) == "*" and m.group(3) in ("7", "8"):
-                        out.append((int(m.group(1)) * int(m.group(3)) == int(m.group(4)), score))
+                out += product_pairs(s["text"].split("\n\n"), s["mean"])
     return out
 
 

@@ -49,3 +49,13 @@ def test_kind_auroc_by_hand():
     assert kind_auroc(items, scores, "misconception") == pytest.approx(1 / 4)
     # slip errors: 0.1, below every correct step; the misconceived trajectory adds no correct step
     assert kind_auroc(items, scores, "slip") == pytest.approx(1.0)
+
+
+def test_product_auroc_ranks_right_against_wrong_x7_x8_products_only():
+    """Only "a * 7 = v" / "a * 8 = v" steps count, each checked on its own operands: right products 0.9 and
+    0.3, wrong ones 0.5 and 0.1 -> 3 of 4 pairs ordered right = 0.75 (other steps' scores are ignored)."""
+    from chain_misconception_auroc import product_auroc
+    steps = [RIGHT, MISCONCEIVED, ["4 * 8 = 32", "32 - 1 = 31"], ["4 * 8 = 28", "28 * 2 = 56"]]
+    scores = [[0.9, 0.0, 0.0], [0.5, 1.0, 1.0], [0.3, 1.0], [0.1, 0.0]]
+    assert product_auroc(steps, scores) == pytest.approx(0.75)
+    assert product_auroc(steps, [[1 - x for x in s] for s in scores]) == pytest.approx(0.25)
