@@ -126,7 +126,7 @@ class TaskConfig:
     operand_max: int = 10
     ops: str = "+-"
     mul_max: int = 10
-    few_shot: bool = True                    # worked examples as earlier chat turns (arithmetic)
+    few_shot: bool = True                    # worked examples as earlier chat turns (arithmetic; rl.tasks.few_shot_for)
     # chain (prm.chain; also uses size, operand_max, ops): operations per problem, intermediate value cap
     min_ops: int = 3
     max_ops: int = 8
