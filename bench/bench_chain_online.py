@@ -30,6 +30,8 @@ ARMS = {
     # levers for process rewards (judge-all labels): they enter after the PRM's first 8 rounds, or at a quarter weight
     "all_warmup8": ["select.mode=all", "algo.process_warmup_rounds=8"],
     "all_w0.25": ["select.mode=all", "algo.process_weight=0.25"],
+    # the upper bound: the judge's labels of every sample as step rewards (what a perfect PRM would give)
+    "judge_process": ["select.mode=all", "algo.process_source=judge", "schedule=serial"],
 }
 REPO = Path(__file__).resolve().parents[1]
 

@@ -39,6 +39,11 @@ class RewardSource(StrEnum):
     both = "both"
 
 
+class ProcessSource(StrEnum):
+    prm = "prm"       # the PRM's step scores (the method)
+    judge = "judge"   # the judge's first-error labels: 1 before the first wrong step, 0 from it on (an upper bound)
+
+
 class PRMUpdate(StrEnum):
     """Whether the PRM learns each round, and which PRM the policy's process rewards come from.
     (Renamed from before/after: `after` = pre_update_rewards, `before` = post_update_rewards.)"""
@@ -105,6 +110,7 @@ class AlgoConfig:
     outcome_weight: float = 1.0              # PRIME: equal weights
     process_weight: float = 1.0
     process_warmup_rounds: int = 0           # rounds 1..N leave the process source out while the PRM learns
+    process_source: ProcessSource = ProcessSource.prm
     filter_groups: bool = True               # drop groups with pass rate 0 or 1
     filter_truncated: bool = False           # drop samples cut at max_new_tokens
     clip_eps: float = 0.2
@@ -213,6 +219,11 @@ def check_rules(cfg: OnlineConfig) -> None:
     if cfg.algo.process_warmup_rounds < 0 or (cfg.algo.process_warmup_rounds and cfg.algo.reward != RewardSource.both):
         raise ConfigError(f"algo.process_warmup_rounds={cfg.algo.process_warmup_rounds} needs algo.reward=both and a "
                           f"value >= 0 (the outcome alone drives the warm-up rounds; algo.reward={cfg.algo.reward})")
+    if cfg.algo.process_source == ProcessSource.judge and (cfg.select.mode != SelectMode.all
+                                                            or cfg.schedule != Schedule.serial):
+        raise ConfigError(f"algo.process_source=judge reads every sample's label before the policy update: it needs "
+                          f"select.mode=all and schedule=serial (got select.mode={cfg.select.mode}, "
+                          f"schedule={cfg.schedule})")
     if not labels_wanted and cfg.prm_update != PRMUpdate.none:
         raise ConfigError(f"prm_update={cfg.prm_update} learns from judge labels but select.mode=none sends nothing "
                           f"to the judge; set prm_update=none or select.mode=uncertain|random|all")

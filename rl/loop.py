@@ -27,7 +27,7 @@ from prm.config import SelectMode
 from prm.selection import select_trajectories, select_uncertain
 from prm.steps import first_below, labels_from_first_error, split_steps
 from rl.algos import compute_advantages, keep_mask, outcome_source, step_end_tokens
-from rl.config import PRMUpdate
+from rl.config import PRMUpdate, ProcessSource
 from rl.distributed import Ranks, hash_seed
 from rl.policy import Sample
 from rl.report import PhaseTimer, std_histogram
@@ -57,6 +57,14 @@ class Attempt:
     mean: list[float] | None = None      # PRM step rewards
     std: list[float] | None = None
     first_error: int | None = None       # the judge's verdict (None = not judged / invalid)
+
+
+def judged_step_values(r: Attempt) -> list[float]:
+    """The judge's verdict as step rewards (algo.process_source=judge): 1 before the first wrong step,
+    0 from it on; nothing for a sample without a valid label."""
+    if r.first_error is None:
+        return []
+    return [1.0 if r.first_error == -1 or k < r.first_error else 0.0 for k in range(len(r.steps))]
 
 
 @dataclass
@@ -295,8 +303,9 @@ class OnlineLoop:
             values, positions = [], []
             for r in rollouts:
                 ends = step_end_tokens(self.tok, r.completion.token_ids, r.completion.text, r.steps)
-                k = min(len(ends), len(r.mean))  # the PRM may have truncated a long trajectory
-                values.append(torch.tensor(r.mean[:k]))
+                step_values = r.mean if a.process_source == ProcessSource.prm else judged_step_values(r)
+                k = min(len(ends), len(step_values))  # the PRM may have truncated a long trajectory
+                values.append(torch.tensor(step_values[:k]))
                 positions.append(ends[:k])
             sources["process"] = (values, positions)
         reduce = None if self.ranks.world == 1 else (lambda stats: [sum(x) for x in zip(*self.ranks.gather(stats))])

@@ -83,6 +83,7 @@ def _no_model_may_load(monkeypatch):
     (["judge=llm", "judge.max_concurrency=0"], ["judge.max_concurrency"]),
     (["select.budget_per_round=0"], ["select.budget_per_round"]),
     (["algo.reward=outcome", "algo.process_warmup_rounds=3"], ["algo.process_warmup_rounds", "algo.reward"]),
+    (["algo.process_source=judge"], ["algo.process_source=judge", "select.mode=all", "schedule=serial"]),
 ])
 def test_online_contradiction_fails_before_any_model_loads(monkeypatch, overrides, keys):
     _no_model_may_load(monkeypatch)

@@ -66,6 +66,28 @@ def test_process_warmup_uses_the_outcome_alone_then_adds_the_process_source(tmp_
     assert warm[0]["judge/calls"] == both[0]["judge/calls"] > 0                        # the PRM learns during warm-up
 
 
+def test_judged_step_values():
+    from rl.loop import Attempt, judged_step_values
+    a = Attempt(0, "q", "1", "p", None, ["s1", "s2", "s3", "The answer is 1."])
+    assert judged_step_values(a) == []                              # not judged
+    a.first_error = -1
+    assert judged_step_values(a) == [1.0, 1.0, 1.0, 1.0]
+    a.first_error = 1
+    assert judged_step_values(a) == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_judge_process_source_does_not_depend_on_the_prm(tmp_path):
+    """Two PRMs initialised differently give different process advantages from their scores, and the same
+    ones with algo.process_source=judge (the judge's labels of the same rollouts)."""
+    def adv(name, source, prm_seed):
+        cfg = tiny_config(tmp_path / name, rounds=1, mode="all", schedule="serial",
+                          algo={"reward": "process", "advantage": "rloo", "process_source": source})
+        cfg.prm.seed = prm_seed
+        return run(cfg)[0]["algo/adv_abs_mean"]
+    assert adv("j0", "judge", 0) == pytest.approx(adv("j1", "judge", 1), rel=1e-6)
+    assert adv("p0", "prm", 0) != pytest.approx(adv("p1", "prm", 1), rel=1e-3)
+
+
 def test_kill_mid_round_resumes_without_repaying_labels(tmp_path, monkeypatch):
     out = tmp_path / "run"
     reference = run(tiny_config(tmp_path / "ref", mode="all"))
