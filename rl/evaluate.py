@@ -48,19 +48,20 @@ def evaluate_policy(loop, problems: list) -> dict:
     greedy = (loop.rollout.generate(prompts, 1, r.max_new_tokens, 0.0, 1.0, stop) if cfg.eval.greedy
               else [[] for _ in prompts])
     loop.rollout.sleep()
-    refs, texts, kinds = [], [], []
+    refs, texts, kinds, tokens = [], [], [], []
     for p, group, best in zip(chosen, sampled, greedy):
         for c in group + best:
             refs.append(p.reference_answer)
             texts.append(c.text)
+            tokens.append(len(c.token_ids))
         kinds += ["sampled"] * len(group) + ["greedy"] * len(best)
     verdicts = loop.checker.verify_solutions(refs, texts, cfg.task.fallback_last_number) if texts else []
-    counts = {k: [sum(v == "correct" for v, kk in zip(verdicts, kinds) if kk == k), kinds.count(k)]
-              for k in ("sampled", "greedy")}
+    counts = {k: [sum(v == "correct" for v, kk in zip(verdicts, kinds) if kk == k), kinds.count(k),
+                  sum(t for t, kk in zip(tokens, kinds) if kk == k)] for k in ("sampled", "greedy")}
     totals = loop.ranks.gather(counts)
-    right = {k: sum(part[k][0] for part in totals) for k in counts}
-    total = {k: sum(part[k][1] for part in totals) for k in counts}
+    right, total, length = ({k: sum(part[k][j] for part in totals) for k in counts} for j in range(3))
     out = {"eval/pass": right["sampled"] / max(total["sampled"], 1), "eval/problems": len(problems),
+           "eval/samples": total["sampled"], "eval/tokens": length["sampled"] / max(total["sampled"], 1),
            "eval/policy_version": loop.policy.version}
     if cfg.eval.greedy:
         out["eval/pass_greedy"] = right["greedy"] / max(total["greedy"], 1)

@@ -43,6 +43,7 @@ def command(ranks: int, out: Path, judge_url: str, *extra: str, features: str = 
                        "trainer.progress=false", "plot=false", "select.mode=uncertain", "prm.delta_pred=0.99", "schedule=serial", "replay.enabled=false",
                        # hidden-state features here; the step log-prob columns are pinned below, with RLOO
                        f"prm.step_features={features}",
+                       "eval.every=1", "eval.problems=4", "eval.n=2",   # the policy's held-out pass, sharded by rank
                        "judge=llm", f"judge.base_url={judge_url}", "judge.max_retries=0",
                        f"trainer.out_dir={out}", f"hydra.run.dir={out}/hydra", *extra]
 
@@ -136,6 +137,20 @@ def test_two_ranks_equal_one_rank_with_twice_the_prompts(runs):
             assert (wa[part] - wb[part]).abs().max() <= WEIGHT_TOL, part
     moved = torch.load(runs[2]["dir"] / "probe" / f"weights_round{ROUNDS}.pt")["policy"]
     assert (moved - torch.load(runs[2]["dir"] / "probe" / "weights_round1.pt")["policy"]).abs().max() > 1e-3
+
+
+def test_policy_evaluation_on_two_ranks_equals_one_rank(runs):
+    """rl/evaluate.py: each rank samples a strided share of the held-out problems with per-problem seeds,
+    the counts are summed over ranks; round 0 (before training) and every round agree with one rank."""
+    logged = {k: [json.loads(line) for line in (runs[k]["dir"] / "metrics.jsonl").read_text().splitlines()]
+              for k in (2, 1)}
+    for key in ("eval/pass", "eval/pass_greedy", "eval/problems", "eval/samples", "eval/tokens"):
+        values = [row.get(key) for row in logged[2]]
+        assert values[0] is not None and logged[2][0]["round"] == 0 and len(values) == ROUNDS + 1, key
+        assert values == pytest.approx([row.get(key) for row in logged[1]]), key
+    # each problem sampled once over both ranks (a rank evaluating all of them would make 16, a lost share 4);
+    # the random policy solves none and runs to the token cap, so the pass rates themselves are 0 on both
+    assert [row["eval/samples"] for row in logged[2]] == [4 * 2] * (ROUNDS + 1)
 
 
 def test_step_logprob_features_on_two_ranks_equal_one_rank(tmp_path):

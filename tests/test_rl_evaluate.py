@@ -23,7 +23,8 @@ class ScriptedRollout:
     def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, stop=None, seeds=None):
         self.calls.append((list(prompts), n, temperature, seeds))
         texts = [self.sampled[p][:n] if temperature > 0 else [self.greedy[p]] for p in prompts]
-        return [[Completion(t, [1], [0.0], "stop", 0) for t in group] for group in texts]
+        return [[Completion(t, [1] * len(t.split()), [0.0] * len(t.split()), "stop", 0) for t in group]
+                for group in texts]   # one token a word
 
     def sleep(self):
         pass
@@ -50,7 +51,8 @@ def test_pass_rates_count_verified_answers():
     out = evaluate_policy(loop, PROBLEMS)
     assert out["eval/pass"] == pytest.approx(3 / 6)          # 5, 16, 16 of six samples
     assert out["eval/pass_greedy"] == pytest.approx(2 / 3)   # 5 and 8 of three greedy answers
-    assert out["eval/policy_version"] == 7 and out["eval/problems"] == 3
+    assert out["eval/policy_version"] == 7 and out["eval/problems"] == 3 and out["eval/samples"] == 6
+    assert out["eval/tokens"] == pytest.approx((5 * 4 + 2) / 6)  # sampled only: five 4-word answers, "no answer"
     sampled_call, greedy_call = loop.rollout.calls
     assert sampled_call[1] == 2 and greedy_call[1:3] == (1, 0.0)
 
