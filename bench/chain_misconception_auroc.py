@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
+from judges.chain import STEP, apply
 from prm.quality import pair_auroc
-
-STEP = re.compile(r"^(\d+) ([+\-*]) (\d+) = (\d+)$")
 
 
 def product_pairs(steps: list[str], scores) -> list[tuple[bool, float]]:
     """(is the product right, score) for every "a * 7 = v" / "a * 8 = v" step of one solution."""
     out = []
     for step, score in zip(steps, scores):
-        m = STEP.match(step.strip())
+        m = STEP.fullmatch(step.strip())   # the chain judge's own reading of a step
         if m and m.group(2) == "*" and m.group(3) in ("7", "8"):
-            out.append((int(m.group(1)) * int(m.group(3)) == int(m.group(4)), score))
+            out.append((apply(int(m.group(1)), "*", int(m.group(3))) == int(m.group(4)), score))
     return out
 
 
