@@ -32,6 +32,11 @@ ARMS = {
     "all_w0.25": ["select.mode=all", "algo.process_weight=0.25"],
     # the upper bound: the judge's labels of every sample as step rewards (what a perfect PRM would give)
     "judge_process": ["select.mode=all", "algo.process_source=judge", "schedule=serial"],
+    # sparse outcome (long chains): groups where every sample fails still carry step credit, so keep them
+    "outcome_allgroups": ["select.mode=none", "algo.reward=outcome", "prm_update=none", "algo.filter_groups=false"],
+    "all_allgroups": ["select.mode=all", "algo.filter_groups=false"],
+    "judge_process_allgroups": ["select.mode=all", "algo.process_source=judge", "schedule=serial",
+                                "algo.filter_groups=false"],
 }
 REPO = Path(__file__).resolve().parents[1]
 

@@ -387,7 +387,7 @@ def main() -> None:
     ap.add_argument("--delta-pred", type=float, default=0.9)
     ap.add_argument("--delta-std", type=float, default=0.01)
     ap.add_argument("--plot", default="bench/chain_label_efficiency.png")
-    ap.add_argument("--step-features", choices=["hidden", "hidden_logprob"], default="hidden",
+    ap.add_argument("--step-features", choices=["hidden", "hidden_logprob", "hidden_policy_logprob"], default="hidden",
                     help="prm.step_features: hidden_logprob adds the step's log min / mean token probability")
     ap.add_argument("--train-mode", choices=["frozen", "full"], default="frozen", help="prm.train_mode")
     ap.add_argument("--lr", type=float, default=1e-3, help="backbone lr (--train-mode full)")

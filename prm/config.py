@@ -70,6 +70,11 @@ class StepFeatures(StrEnum):
     # same forward pass): a PRM whose backbone is the policy then sees what the policy found unlikely, and
     # its labels teach it where that likelihood is wrong (docs/method.md, Step features)
     hidden_logprob = "hidden_logprob"
+    # the same two columns read by a frozen copy of the *initial* backbone (prm.backbone as loaded, never
+    # trained or saved) while train_mode full/lora trains the body for the hidden part: a trained backbone
+    # learns errors the policy is sure of, the frozen columns keep the policy's surprise at a slip, which a
+    # backbone trained for classification loses (bench/RESULTS.md). Under train_mode=frozen it is hidden_logprob.
+    hidden_policy_logprob = "hidden_policy_logprob"
 
 
 class BatchLayout(StrEnum):
@@ -95,7 +100,7 @@ class PRMConfig:
     lora_alpha: int = 32
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     sep_token: str = "<extra_0>"              # added to the tokenizer when missing
-    step_features: StepFeatures = StepFeatures.hidden  # hidden | hidden_logprob (+ the step's token log-probs)
+    step_features: StepFeatures = StepFeatures.hidden  # hidden | hidden_logprob | hidden_policy_logprob
     # The system turn of the PRM's input (saved with the PRM: it is part of what the model reads).
     # None = the chat template's own default (SmolLM2's adds a ~29-token system prompt); "" = an empty
     # system turn, e.g. to feed the same tokens as trainers that use no chat template (TRL's PRMTrainer).

@@ -102,14 +102,28 @@ class EnsemblePRM(nn.Module):
         elif cfg.train_mode != "full":
             raise ValueError(f"train_mode must be full, lora or frozen, got '{cfg.train_mode}'")
         self.body = body
-        if cfg.step_features == StepFeatures.hidden_logprob:  # the backbone's own LM head reads the step's tokens
+        self._reference = [None]               # hidden_policy_logprob: the frozen initial backbone (not a submodule)
+        if reads_logprobs(cfg):                # the backbone's own LM head reads the step's tokens
             self.lm_head = lm.get_output_embeddings()
             if cfg.train_mode != "full":
                 self.lm_head.requires_grad_(False)
+            if cfg.step_features == StepFeatures.hidden_policy_logprob and cfg.train_mode != "frozen":
+                self._reference = [self._frozen_reference(cfg, tok)]
         self.hidden_size = lm.config.hidden_size
         self.heads = EnsembleHeads(cfg.num_heads, feature_dim(cfg, self.hidden_size), cfg.head_hidden, seed=cfg.seed)
         self._prompt_cache: dict[str, list[int]] = {}
         self.to(resolve_device(cfg.device))  # heads are built on CPU from a CPU generator: same init on every device
+
+    @classmethod
+    def _frozen_reference(cls, cfg: PRMConfig, tok):
+        """prm.backbone as loaded (also when this PRM resumes from a trained backbone), in eval mode and
+        without gradients; the same separator row as the trained copy started from."""
+        ref, ref_tok = load_model(cfg.backbone, cfg.dtype, seed=cfg.seed)
+        cls._ensure_separator(ref, ref_tok, cfg.sep_token)
+        if ref.get_input_embeddings().weight.shape[0] < len(tok):
+            raise ValueError(f"prm.step_features=hidden_policy_logprob: {cfg.backbone} has a smaller vocabulary "
+                             f"than the PRM's tokenizer ({len(tok)})")
+        return ref.requires_grad_(False).eval()
 
     @classmethod
     def heads_only(cls, cfg: PRMConfig, hidden_size: int) -> "EnsemblePRM":
@@ -190,7 +204,7 @@ class EnsemblePRM(nn.Module):
         step_mask width = max number of steps (n_steps, default scored ones). step_features=hidden_logprob
         needs each item's `questions` (where its steps begin)."""
         firsts = None
-        if self.cfg.step_features == StepFeatures.hidden_logprob:
+        if reads_logprobs(self.cfg):
             if questions is None:
                 raise ValueError("prm.step_features=hidden_logprob: collate needs the items' questions")
             firsts = [self.prompt_length(q) for q in questions]
@@ -208,19 +222,27 @@ class EnsemblePRM(nn.Module):
         hidden = self.body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                            position_ids=batch.position_ids, use_cache=False).last_hidden_state
         feats = hidden[batch.rows, batch.positions]
-        if self.cfg.step_features == StepFeatures.hidden_logprob:
+        if reads_logprobs(self.cfg):
             feats = torch.cat([feats, self.step_logprobs(batch, hidden).to(feats.dtype)], -1)
         return feats
 
     def step_logprobs(self, batch: PRMBatch, hidden: torch.Tensor) -> torch.Tensor:
         """[N, 2]: log min and log mean token probability of each scored step's tokens (from its start to
-        its separator) under the backbone's LM head, on the same forward pass. Row by row: [T, vocab]
-        logits at a time. Clamped at LOGPROB_FLOOR so one impossible token does not dominate the heads."""
+        its separator) under the backbone's LM head, on the same forward pass (hidden_policy_logprob with a
+        trained backbone: under the frozen initial backbone, its own pass without gradients). Row by row:
+        [T, vocab] logits at a time. Clamped at LOGPROB_FLOOR so one impossible token does not dominate the heads."""
         if batch.starts is None:
             raise ValueError("prm.step_features=hidden_logprob needs step starts in the batch (collate(questions=...))")
+        head, ref = self.lm_head, self._reference[0]
+        if ref is not None:
+            with torch.no_grad():
+                ref.to(hidden.device)   # no-op after the first call; not a submodule, so .to(prm) does not move it
+                hidden = ref.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                        position_ids=batch.position_ids, use_cache=False).last_hidden_state
+            head = ref.get_output_embeddings()
         per_token = torch.zeros(batch.input_ids.shape, device=hidden.device)
         for r in range(hidden.shape[0]):  # per_token[r, t] = log p(token t | tokens < t); 0 at t = 0
-            logp = self.lm_head(hidden[r, :-1]).float().log_softmax(-1)
+            logp = head(hidden[r, :-1]).float().log_softmax(-1)
             per_token[r, 1:] = logp.gather(-1, batch.input_ids[r, 1:, None]).squeeze(-1)
         per_token = per_token.clamp_min(LOGPROB_FLOOR)[batch.rows]                     # [N, T]
         t = torch.arange(per_token.shape[1], device=hidden.device)
@@ -340,9 +362,14 @@ RUN_SETTINGS = ("delta_pred", "delta_std", "reg_lambda", "lr", "head_lr", "weigh
 LOGPROB_FLOOR = -20.0  # step_features=hidden_logprob: token log-probs below this count as this
 
 
+def reads_logprobs(cfg: PRMConfig) -> bool:
+    """hidden_logprob and hidden_policy_logprob: the heads also read the step's 2 log-prob columns."""
+    return cfg.step_features != StepFeatures.hidden
+
+
 def feature_dim(cfg: PRMConfig, hidden_size: int) -> int:
-    """Width of one step's feature vector: the hidden state, plus 2 log-prob columns for hidden_logprob."""
-    return hidden_size + (2 if cfg.step_features == StepFeatures.hidden_logprob else 0)
+    """Width of one step's feature vector: the hidden state, plus the 2 log-prob columns where read."""
+    return hidden_size + (2 if reads_logprobs(cfg) else 0)
 
 
 def _to_scores(logits: torch.Tensor) -> StepScores:

@@ -77,3 +77,39 @@ def test_full_mode_trains_through_the_logprob_columns():
     batch = prm.collate([prm.encode(q, s) for q, s in zip(QS, SS)], questions=QS)
     prm.separator_features(batch)[:, -2:].sum().backward()
     assert prm.body.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_policy_logprob_columns_stay_the_initial_backbones_while_the_body_trains(tmp_path):
+    """hidden_policy_logprob + train_mode=full: the hidden part moves with the trained body, the log-prob
+    columns stay those of the untouched backbone (pinned by hand on a fresh frozen copy), take no gradient,
+    and survive save / load of the trained backbone."""
+    prm = EnsemblePRM(PRMConfig(backbone="tiny-random-llama", dtype="fp32", num_heads=3, head_hidden=8,
+                                train_mode="full", step_features=StepFeatures.hidden_policy_logprob, batch_size=2))
+    initial = make()                                   # the same backbone, never trained: hand computation
+    want = torch.tensor([v for q, s in zip(QS, SS) for v in expected(initial, q, s)])
+    with torch.no_grad():                              # "training" moved the body and its LM head
+        for p in prm.body.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = prm.collate([prm.encode(q, s) for q, s in zip(QS, SS)], questions=QS)
+    feats = prm.separator_features(batch)
+    assert torch.allclose(feats[:, -2:], want, atol=1e-4)
+    moved = torch.tensor([v for q, s in zip(QS, SS) for v in expected(prm, q, s)])
+    assert not torch.allclose(moved, want, atol=1e-3)  # hidden_logprob would have read these instead
+    feats[:, -2:].sum().backward()                     # no gradient reaches the trained body from the columns
+    assert all(p.grad is None or not p.grad.any() for p in prm.body.parameters())
+    assert all(not p.requires_grad for p in prm._reference[0].parameters())
+    assert not any(n.startswith("_reference") for n, _ in prm.named_parameters())   # never trained or saved
+    prm.save(tmp_path / "p")
+    again = EnsemblePRM.load(tmp_path / "p")
+    again_feats = again.separator_features(again.collate([again.encode(q, s) for q, s in zip(QS, SS)], questions=QS))
+    assert torch.allclose(again_feats, feats, atol=1e-4)
+
+
+def test_policy_logprob_under_a_frozen_backbone_is_hidden_logprob():
+    prm = EnsemblePRM(PRMConfig(backbone="tiny-random-llama", dtype="fp32", num_heads=3, head_hidden=8,
+                                step_features=StepFeatures.hidden_policy_logprob, batch_size=2))
+    assert prm._reference[0] is None
+    plain = make()
+    a = prm.separator_features(prm.collate([prm.encode(q, s) for q, s in zip(QS, SS)], questions=QS))
+    b = plain.separator_features(plain.collate([plain.encode(q, s) for q, s in zip(QS, SS)], questions=QS))
+    assert torch.allclose(a, b, atol=1e-6)
