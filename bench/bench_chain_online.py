@@ -35,6 +35,9 @@ ARMS = {
     # sparse outcome (long chains): groups where every sample fails still carry step credit, so keep them
     "outcome_allgroups": ["select.mode=none", "algo.reward=outcome", "prm_update=none", "algo.filter_groups=false"],
     "all_allgroups": ["select.mode=all", "algo.filter_groups=false"],
+    # the PRM's backbone trains too, its log-prob columns read from the frozen initial policy (the pool's best scorer)
+    "all_allgroups_trained": ["select.mode=all", "algo.filter_groups=false", "prm.train_mode=full",
+                              "prm.step_features=hidden_policy_logprob", "prm.lr=1e-3"],
     "judge_process_allgroups": ["select.mode=all", "algo.process_source=judge", "schedule=serial",
                                 "algo.filter_groups=false"],
 }
