@@ -17,7 +17,8 @@ from chain_stats import mean_ci  # noqa: E402
 METRICS = {"auroc": "all steps", "auroc_misconception": "misconception errors\nvs correct steps",
            "auroc_slip": "slips vs\ncorrect steps", "auroc_product78": "right vs wrong\nx 7 / x 8 product"}
 PRMS = {"_hidden_logprob": "PRM: frozen backbone,\nhidden + log-probs", "_full": "PRM: trained backbone,\nhidden",
-        "_hidden_logprob_full": "PRM: trained backbone,\nhidden + log-probs"}
+        "_hidden_logprob_full": "PRM: trained backbone,\nhidden + log-probs",
+        "_hidden_policy_logprob_full": "PRM: trained backbone,\nhidden + frozen policy's log-probs"}
 
 
 def main() -> None:
@@ -29,7 +30,11 @@ def main() -> None:
     base = json.loads((args.out / f"baselines{args.tag}.json").read_text())
     bars = {"policy confidence\n(min token, free)": {m: (base["confidence_min"][m], 0.0) for m in METRICS}}
     for suffix, name in PRMS.items():
-        rows = [json.loads(line) for line in (args.out / f"runs{suffix}{args.tag}.jsonl").read_text().splitlines()]
+        path = args.out / f"runs{suffix}{args.tag}.jsonl"
+        if not path.is_file():
+            print(f"[chain_scorer_kinds] no {path}: {name.replace(chr(10), ' ')} left out")
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
         rows = [r for r in rows if r["mode"] == "full"]
         bars[f"{name} ({len(rows)} seeds)"] = {m: mean_ci([r[m] for r in rows]) for m in METRICS}
     for name, v in bars.items():
