@@ -32,15 +32,12 @@ ARMS = {
     "all_w0.25": ["select.mode=all", "algo.process_weight=0.25"],
     # the upper bound: the judge's labels of every sample as step rewards (what a perfect PRM would give)
     "judge_process": ["select.mode=all", "algo.process_source=judge", "schedule=serial"],
-    # sparse outcome (long chains): groups where every sample fails still carry step credit, so keep them
-    "outcome_allgroups": ["select.mode=none", "algo.reward=outcome", "prm_update=none", "algo.filter_groups=false"],
-    "all_allgroups": ["select.mode=all", "algo.filter_groups=false"],
-    # the PRM's backbone trains too, its log-prob columns read from the frozen initial policy (the pool's best scorer)
-    "all_allgroups_trained": ["select.mode=all", "algo.filter_groups=false", "prm.train_mode=full",
-                              "prm.step_features=hidden_policy_logprob", "prm.lr=1e-3"],
-    "judge_process_allgroups": ["select.mode=all", "algo.process_source=judge", "schedule=serial",
-                                "algo.filter_groups=false"],
 }
+# sparse outcome (long chains): groups where every sample fails still carry step credit, so keep them
+ARMS.update({f"{arm}_allgroups": [*ARMS[arm], "algo.filter_groups=false"] for arm in ("all", "judge_process")})
+# the PRM's backbone trains too, its log-prob columns read from the frozen initial policy (the pool's best scorer)
+ARMS["all_allgroups_trained"] = [*ARMS["all_allgroups"], "prm.train_mode=full", "prm.step_features=hidden_policy_logprob",
+                                 "prm.lr=1e-3"]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -103,12 +103,12 @@ class EnsemblePRM(nn.Module):
             raise ValueError(f"train_mode must be full, lora or frozen, got '{cfg.train_mode}'")
         self.body = body
         self._reference = [None]               # hidden_policy_logprob: the frozen initial backbone (not a submodule)
-        if reads_logprobs(cfg):                # the backbone's own LM head reads the step's tokens
+        if cfg.step_features == StepFeatures.hidden_policy_logprob and cfg.train_mode != "frozen":
+            self._reference = [self._frozen_reference(cfg, tok)]   # its own LM head reads the step's tokens
+        elif reads_logprobs(cfg):              # the backbone's own LM head reads the step's tokens
             self.lm_head = lm.get_output_embeddings()
             if cfg.train_mode != "full":
                 self.lm_head.requires_grad_(False)
-            if cfg.step_features == StepFeatures.hidden_policy_logprob and cfg.train_mode != "frozen":
-                self._reference = [self._frozen_reference(cfg, tok)]
         self.hidden_size = lm.config.hidden_size
         self.heads = EnsembleHeads(cfg.num_heads, feature_dim(cfg, self.hidden_size), cfg.head_hidden, seed=cfg.seed)
         self._prompt_cache: dict[str, list[int]] = {}
@@ -206,7 +206,7 @@ class EnsemblePRM(nn.Module):
         firsts = None
         if reads_logprobs(self.cfg):
             if questions is None:
-                raise ValueError("prm.step_features=hidden_logprob: collate needs the items' questions")
+                raise ValueError(f"prm.step_features={self.cfg.step_features}: collate needs the items' questions")
             firsts = [self.prompt_length(q) for q in questions]
         return batching.build(encoded, self.tokenizer.pad_token_id, layout, self.cfg.pack_tokens,
                               n_steps, firsts).to(self.device)
@@ -232,9 +232,12 @@ class EnsemblePRM(nn.Module):
         trained backbone: under the frozen initial backbone, its own pass without gradients). Row by row:
         [T, vocab] logits at a time. Clamped at LOGPROB_FLOOR so one impossible token does not dominate the heads."""
         if batch.starts is None:
-            raise ValueError("prm.step_features=hidden_logprob needs step starts in the batch (collate(questions=...))")
-        head, ref = self.lm_head, self._reference[0]
-        if ref is not None:
+            raise ValueError(f"prm.step_features={self.cfg.step_features} needs step starts in the batch "
+                             "(collate(questions=...))")
+        ref = self._reference[0]
+        if ref is None:
+            head = self.lm_head
+        else:
             with torch.no_grad():
                 ref.to(hidden.device)   # no-op after the first call; not a submodule, so .to(prm) does not move it
                 hidden = ref.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -359,7 +362,7 @@ RUN_SETTINGS = ("delta_pred", "delta_std", "reg_lambda", "lr", "head_lr", "weigh
                 "batch_size", "update_steps", "pos_weight", "threshold", "seed", "batch_layout", "pack_tokens")
 
 
-LOGPROB_FLOOR = -20.0  # step_features=hidden_logprob: token log-probs below this count as this
+LOGPROB_FLOOR = -20.0  # step_features=hidden_(policy_)logprob: token log-probs below this count as this
 
 
 def reads_logprobs(cfg: PRMConfig) -> bool:

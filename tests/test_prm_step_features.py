@@ -15,9 +15,9 @@ QS = ["What is 2 + 3?", "Compute 7 * 8, please."]
 SS = [["2 + 3 = 5", "The answer is 5."], ["7 * 8 = 56", "so", "The answer is 56."]]
 
 
-def make(mode="frozen", **kw) -> EnsemblePRM:
+def make(mode="frozen", features=StepFeatures.hidden_logprob, **kw) -> EnsemblePRM:
     return EnsemblePRM(PRMConfig(backbone="tiny-random-llama", dtype="fp32", num_heads=3, head_hidden=8, train_mode=mode,
-                                 step_features=StepFeatures.hidden_logprob, batch_size=2, **kw))
+                                 step_features=features, batch_size=2, **kw))
 
 
 def expected(prm: EnsemblePRM, question: str, steps: list[str]) -> list[tuple[float, float]]:
@@ -83,8 +83,7 @@ def test_policy_logprob_columns_stay_the_initial_backbones_while_the_body_trains
     """hidden_policy_logprob + train_mode=full: the hidden part moves with the trained body, the log-prob
     columns stay those of the untouched backbone (pinned by hand on a fresh frozen copy), take no gradient,
     and survive save / load of the trained backbone."""
-    prm = EnsemblePRM(PRMConfig(backbone="tiny-random-llama", dtype="fp32", num_heads=3, head_hidden=8,
-                                train_mode="full", step_features=StepFeatures.hidden_policy_logprob, batch_size=2))
+    prm = make("full", StepFeatures.hidden_policy_logprob)
     initial = make()                                   # the same backbone, never trained: hand computation
     want = torch.tensor([v for q, s in zip(QS, SS) for v in expected(initial, q, s)])
     with torch.no_grad():                              # "training" moved the body and its LM head
@@ -106,8 +105,7 @@ def test_policy_logprob_columns_stay_the_initial_backbones_while_the_body_trains
 
 
 def test_policy_logprob_under_a_frozen_backbone_is_hidden_logprob():
-    prm = EnsemblePRM(PRMConfig(backbone="tiny-random-llama", dtype="fp32", num_heads=3, head_hidden=8,
-                                step_features=StepFeatures.hidden_policy_logprob, batch_size=2))
+    prm = make("frozen", StepFeatures.hidden_policy_logprob)
     assert prm._reference[0] is None
     plain = make()
     a = prm.separator_features(prm.collate([prm.encode(q, s) for q, s in zip(QS, SS)], questions=QS))
