@@ -220,7 +220,9 @@ def test_zero3_sync_delivers_full_tensors_equal_to_the_unsharded_model(tmp_path,
     r0, r1 = (json.loads((tmp_path / f"zero3_{mode}_rank{r}.json").read_text()) for r in (0, 1))
     assert r0["shapes"] == r1["shapes"] == r0["expected_shapes"]      # gathered: no partition placeholders
     assert r0["sum"] == r1["sum"] and not r0["missing"]
-    assert r0["max_diff"] < 1e-5 < r0["moved"]                        # the sharded step == the unsharded one
+    # the sharded step == the unsharded one, within what fp32 summation order allows (the probe's step_bound)
+    assert r0["max_diff_over_bound"] <= 1.0, r0
+    assert r0["free_share"] < 0.01 and r0["moved"] > 1e-3, r0      # the bound leaves the check its teeth
 
 
 # The PRM at ZeRO-3 vs stage 0 (policy at stage 0 in both), 2 ranks each: every PRM forward gathers the
