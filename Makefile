@@ -31,13 +31,13 @@ vllm: $(STAMP)/vllm
 
 # Converts the GGUF once into a cached bf16 safetensors dir (~/.cache/prmloop/models).
 $(STAMP)/model: $(STAMP)/base
-	$(PY) -m prm.models smollm2-135m-instruct
+	$(PY) -m core.models smollm2-135m-instruct
 	touch $@
 
-# The chain testbed's policy, trained from scratch once and cached beside SmolLM2 (prm/chain_model.py;
+# The chain testbed's policy, trained from scratch once and cached beside SmolLM2 (tasks/chain/policy.py;
 # minutes of CPU, so not part of setup: the testbed configs also build it on first use).
 chain-tiny: $(STAMP)/base
-	$(PY) -m prm.models chain-tiny
+	$(PY) -m core.models chain-tiny
 
 provision: $(STAMP)/model
 

@@ -30,11 +30,12 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from chain_misconception_auroc import product_auroc  # noqa: E402
 from chain_stats import fmt, mean_ci, paired  # noqa: E402
 
-from prm.chain import ChainSpec, chain_problems, parse_question  # noqa: E402
-from prm.config import PoolConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode, TrainerConfig  # noqa: E402
-from prm.data import Trajectory  # noqa: E402
+from tasks.chain.problems import ChainSpec, chain_problems, parse_question  # noqa: E402
+from prm.config import PoolConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode  # noqa: E402
+from core.config import TrainerConfig  # noqa: E402
+from tasks.problems import Trajectory  # noqa: E402
 from prm.quality import scorer_quality  # noqa: E402
-from prm.steps import split_steps  # noqa: E402
+from core.steps import split_steps  # noqa: E402
 
 
 def prm_config(args, seed: int = 0) -> PRMConfig:
@@ -46,7 +47,7 @@ def prm_config(args, seed: int = 0) -> PRMConfig:
 
 def sample(model, tok, problems, n: int, temperature: float) -> list[tuple]:
     from rl.engines import make_rollout
-    from rl.rollout import format_prompt
+    from tasks.registry import format_prompt
     rollout = make_rollout("hf", model=model, tokenizer=tok, batch_size=64)
     prompts = [format_prompt(tok, p.question) for p in problems]
     groups = rollout.generate(prompts, n, 110, temperature if temperature > 0 else 1.0) if temperature > 0 else \
@@ -68,7 +69,7 @@ def judged(items) -> list[Trajectory]:
 
 
 def stage_pool(args, out: Path) -> None:
-    from prm.models import load_model
+    from core.models import load_model
     torch.manual_seed(0)
     model, tok = load_model("chain-tiny", "fp32")
     spec = ChainSpec()
@@ -167,7 +168,7 @@ def tuned(tune, tune_scores) -> float:
     import math
 
     from judges.metrics import processbench_f1
-    from prm.steps import first_below
+    from core.steps import first_below
     labels = [t.first_error for t in tune]
 
     def objective(tau):
@@ -178,7 +179,7 @@ def tuned(tune, tune_scores) -> float:
 
 def baselines(args, out: Path, tune, test) -> dict:
     from prm.confidence import PolicyConfidence
-    from prm.models import load_model
+    from core.models import load_model
     model, tok = load_model("chain-tiny", "fp32")
     rows = {}
     for reduce in ("min", "mean"):
@@ -269,8 +270,8 @@ def policy_table(out: Path) -> str:
 
 def error_kind(t: Trajectory) -> str:
     """misconception (x * 7 / x * 8 written one table row low), slip (another false equation), other."""
-    import judges.chain as jc
-    from prm.chain import ChainStep, misconceived
+    import tasks.chain.labels as jc
+    from tasks.chain.problems import ChainStep, misconceived
     m = jc.STEP.fullmatch(t.steps[t.first_error].strip())
     if m is None:
         return "other"

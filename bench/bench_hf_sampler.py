@@ -14,9 +14,10 @@ import time
 import torch
 from transformers import LogitsProcessorList
 
-from prm.models import load_model
-from rl.rollout import _InverseCDFSample, _RecordLogprobs, format_prompt
-from rl.tasks import ARITHMETIC_SYSTEM_PROMPT
+from core.models import load_model
+from rl.rollout import _InverseCDFSample, _RecordLogprobs
+from tasks.registry import format_prompt
+from tasks.registry import ARITHMETIC_SYSTEM_PROMPT
 
 
 def main() -> None:

@@ -30,11 +30,13 @@ from pathlib import Path
 
 import torch
 
-from prm.config import PoolConfig, EvalConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode, TrainerConfig
+from prm.config import PoolConfig, EvalConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode
+from core.config import TrainerConfig
 
 # this bench's row names (kept in its runs.jsonl) -> prm.train's select.mode
 SELECT_MODE = {"active": SelectMode.uncertain, "random": SelectMode.random, "full": SelectMode.all}
-from prm.data import Trajectory, load_prm800k
+from prm.data import load_prm800k
+from tasks.problems import Trajectory
 from prm.eval import load_processbench_sample
 from prm.features import FeatureCache
 from prm.model import EnsemblePRM

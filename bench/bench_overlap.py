@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prm.config import PRMConfig, TrainerConfig  # noqa: E402
+from prm.config import PRMConfig  # noqa: E402
+from core.config import TrainerConfig  # noqa: E402
 from rl.config import AlgoConfig, OnlineConfig, PolicyConfig, RolloutConfig, SelectConfig, TaskConfig  # noqa: E402
 from rl.online import build  # noqa: E402
 from rl.schedule import run_rounds  # noqa: E402

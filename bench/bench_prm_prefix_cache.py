@@ -17,7 +17,7 @@ import time
 from prm.config import PRMConfig
 from prm.model import EnsemblePRM
 from prm.prefix_cache import PrefixCachedScorer
-from prm.steps import split_steps
+from core.steps import split_steps
 
 
 def rounds(records: list[dict], samples: int):

@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from prm.models import load_model, resolve_path
+from core.models import load_model, resolve_path
 from rl.rollout import HFRollout, token_logprobs
-from rl.tasks import ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, Task, arithmetic_chain, few_shot_for
+from tasks.registry import ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, Task, arithmetic_chain, few_shot_for
 
 
 def timed_generate(backend, prompts, n, max_new_tokens, temperature) -> dict:

@@ -26,7 +26,7 @@ COMMON = ["method=[greedy,best_of_n,beam,dvts]", "scorer.betas=[0.0,1.0]", "scor
           "rollout.temperature=0.8", "ns=[1,2,4,8,16]", "method.beam.ns=[2,4,8,16]",
           "method.dvts.ns=[4,8,16]"]   # DVTS at n=2 would be one subtree of width 2: beam at n=2
 SETTINGS = {
-    # Two-operation chains, operands 1-10 (rl.tasks, seed 0), the task's own worked-example prompt.
+    # Two-operation chains, operands 1-10 (tasks.registry, seed 0), the task's own worked-example prompt.
     "arithmetic": ["task=arithmetic", "task.num_ops=2", "task.ops='+-*'", "task.operand_max=10", "task.limit=20",
                    "seeds=[0,1]", "rollout.max_new_tokens=160", "rollout.step_max_new_tokens=64",
                    "method.beam.max_iterations=5", "method.dvts.max_iterations=5"],

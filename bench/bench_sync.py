@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--bucket-mb", type=int, default=64)
     ap.add_argument("--out", default="bench/sync.json")
     args = ap.parse_args()
-    from prm.models import load_model, resolve_path
+    from core.models import load_model, resolve_path
     from rl.rollout import token_logprobs
     from rl.vllm_rollout import VLLMRollout
 

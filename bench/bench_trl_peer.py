@@ -99,7 +99,8 @@ def ours(args, out: Path) -> None:
     """Child (main venv): prm.train full mode on the same slice, then score the eval items."""
     import torch
     torch.set_num_threads(args.threads)
-    from prm.config import PoolConfig, EvalConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode, TrainerConfig
+    from prm.config import PoolConfig, EvalConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode
+    from core.config import TrainerConfig
     from prm.eval import load_processbench_sample
     from prm.train import train
     pool = load_slice(args)
@@ -139,7 +140,7 @@ def load_slice(args):
     shuffled with seed 0, trajectories of <= 384 tokens (as bench_label_efficiency's pool), cut after the
     first error when --cut-after-error (TRL's format drops those steps: both sides then see the same steps)."""
     from dataclasses import replace
-    from prm.data import Trajectory
+    from tasks.problems import Trajectory
     path = Path(args.pool)
     if not path.is_file():
         import random

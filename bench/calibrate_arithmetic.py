@@ -12,11 +12,11 @@ import torch
 
 import judges.rule  # noqa: F401 (registers "rule")
 from judges.base import make_judge
-from prm.answers import AnswerChecker
-from prm.models import load_model
-from prm.steps import split_steps
+from core.answers import AnswerChecker
+from core.models import load_model
+from core.steps import split_steps
 from rl.rollout import HFRollout
-from rl.tasks import ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, Task, arithmetic_chain, few_shot_for
+from tasks.registry import ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, Task, arithmetic_chain, few_shot_for
 
 
 def parse_setting(text: str) -> tuple[int, int, str]:

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from judges.chain import STEP, apply
+from tasks.chain.labels import STEP, apply
 from prm.quality import pair_auroc
 
 

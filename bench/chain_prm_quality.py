@@ -10,7 +10,7 @@ import json
 
 from prm.confidence import PolicyConfidence
 from prm.model import EnsemblePRM
-from prm.models import load_model
+from core.models import load_model
 from prm.quality import scorer_quality
 
 

@@ -21,9 +21,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from prm.chain import ChainSpec, chain_problems  # noqa: E402
-from prm.chain_model import model_dir  # noqa: E402
-from prm.models import cache_root  # noqa: E402
+from tasks.chain.problems import ChainSpec, chain_problems  # noqa: E402
+from tasks.chain.policy import model_dir  # noqa: E402
+from core.models import cache_root  # noqa: E402
 
 ANSWER = re.compile(r"The answer is (-?\d+)\.")
 MAX_NEW_TOKENS = 100   # an 8-operation solution is ~90 tokens (configs/online_chain.yaml)

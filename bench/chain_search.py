@@ -41,7 +41,7 @@ def oracle_rows(rec: dict) -> list[dict]:
 def reselected(rec: dict, aggregate: str) -> list[dict]:
     """best-of-N rows of the same samples and PRM step scores chosen under another aggregate (no pass needed:
     the records keep every sample's step scores); correct by canonical answer (chain answers are integers)."""
-    from prm.steps import split_steps
+    from core.steps import split_steps
     from rl.search import choices
     from rl.search_methods import SearchCompute, SearchOutcome
     from rl.search_select import ScoreSpec, Solution, canonical_answer

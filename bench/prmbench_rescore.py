@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prm.data import data_root  # noqa: E402
+from core.rows import data_root  # noqa: E402
 from prm.eval import judge_scorer, prm_scorer  # noqa: E402
 from prm.prmbench import CORRECT, prmbench_results, read_prmbench  # noqa: E402
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prm.answers import AnswerChecker
+from core.answers import AnswerChecker
 from prm.model import EnsemblePRM
 from rl.search_rescore import rescore_best_of_n
 
@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.confidence:
         from prm.confidence import PolicyConfidence
-        from prm.models import load_model
+        from core.models import load_model
         if not args.policy:
             parser.error("--confidence needs --policy")
         model, tok = load_model(args.policy, "fp32")

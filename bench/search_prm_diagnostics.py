@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from statistics import mean, median
 
-from prm.answers import AnswerChecker
+from core.answers import AnswerChecker
 
 
 def auc(pos: list[float], neg: list[float]) -> float:

@@ -7,29 +7,13 @@ engine or judge is built.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def validate(cfg: DictConfig | dict, schema: type[T]) -> T:
-    """Merge `cfg` into `schema` (struct mode: unknown keys and wrong types are errors); return the object.
-    Every command validates its composed config this way, before any model, engine or judge is built."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"invalid config for {schema.__name__}: {err}") from None
-    except (KeyError, ValueError) as err:   # a schema's own rule (__post_init__), named by its keys
-        raise ConfigError(err.args[0] if err.args else str(err)) from None
+from core.config import OutDirConfig, reject_moved_keys
 
 
 @dataclass
@@ -129,21 +113,6 @@ def validate_judge_config(cfg: Any) -> JudgeConfig:
         raise ValueError(f"invalid judge config for judge.name={schema.name}: {exc}".strip()) from None
     assert isinstance(config, JudgeConfig)
     return config
-
-
-@dataclass
-class OutDirConfig:
-    """The `trainer` node of a command that trains nothing (prm.eval, judges.eval; rl.search adds resume):
-    every command spells its output dir `trainer.out_dir`, as rl.online and prm.train do."""
-    out_dir: str = "outputs/run"
-
-
-def reject_moved_keys(cfg: Any, moved: dict[str, str], prefix: str = "") -> None:
-    """Fail on a key given at its old place (a value other than None), naming the key that replaced it.
-    `prefix`: the node's own key path (`task.`), so the message names the old key in full."""
-    for old, new in moved.items():
-        if getattr(cfg, old) is not None:
-            raise ValueError(f"{prefix}{old}={getattr(cfg, old)} was renamed: use {new}")
 
 
 @dataclass

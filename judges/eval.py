@@ -1,7 +1,7 @@
 """Measure a judge on ProcessBench: python -m judges.eval judge=rule subsets=[gsm8k,math]
 
 Every label goes through the ledger (judge.ledger_path; null: <trainer.out_dir>/ledger.sqlite), so a
-rerun (or a resumed run) pays nothing twice. Like every command (judges.run): seeded from trainer.seed,
+rerun (or a resumed run) pays nothing twice. Like every command (core.run): seeded from trainer.seed,
 outputs under trainer.out_dir: <judge name>.json (the report), metrics.jsonl and tb/ (one step per run:
 each subset's scores and the mean F1).
 """
@@ -19,11 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from judges.base import Cost, Judge, make_judge
-from judges.config import JudgeEvalConfig, validate
+from judges.config import JudgeEvalConfig
+from core.config import validate
 from judges.ledger import LabelLedger
 from judges.metrics import processbench_f1
-from judges.rows import data_root, load_processbench_rows
-from judges.run import MetricsLog, anchored, seed_everything
+from core.rows import data_root, load_processbench_rows
+from core.run import MetricsLog, anchored, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def run(dcfg: DictConfig | dict) -> dict[str, Any]:
 
 
 def log_metrics(out_dir: Path, report: dict[str, Any]) -> None:
-    """The run's scores as the other commands log theirs (judges.run.MetricsLog): one line, step 0, in
+    """The run's scores as the other commands log theirs (core.run.MetricsLog): one line, step 0, in
     metrics.jsonl (rewritten: the report is this run's) and the same scalars in TensorBoard."""
     metrics = {"step": 0, "judge": report["judge"], "mean_f1": report["mean_f1"]}
     for name, r in report["subsets"].items():

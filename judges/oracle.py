@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 
 from judges.base import Cost, Judge, Verdict, item_key, register_judge
 from judges.config import OracleJudgeConfig
-from judges.rows import Rows, Where
+from core.rows import Rows, Where
 
 
 @register_judge("oracle")

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 from judges.base import Cost, Verdict, item_key, register_judge
 from judges.config import RuleOutcomeJudgeConfig
-from judges.rows import Rows
+from core.rows import Rows
 from judges.rule import RULES_VERSION, RuleJudge
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from prm.model import StepScores
-from prm.steps import join_steps
+from core.steps import join_steps
 
 REDUCE = ("min", "mean")
 

@@ -5,7 +5,6 @@ an ill-typed value fails at start-up with a message naming the key, before any m
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -13,39 +12,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 # ConfigError and validate live in judges.config (the bottom layer, so judges.eval validates the same way)
-from judges.config import ConfigError, OutDirConfig, reject_moved_keys, validate, validate_judge_config  # noqa: F401
-
-
-DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
-def resolve_device(device: str | None) -> str:
-    """`auto` (or None): cuda:LOCAL_RANK when a GPU is visible, else cpu. `cuda` under a launcher
-    (torchrun / deepspeed set WORLD_SIZE) is this rank's GPU, cuda:LOCAL_RANK. Else as written."""
-    import os
-
-    import torch
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device in (None, "auto"):
-        return f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        return f"cuda:{local}" if "WORLD_SIZE" in os.environ else "cuda:0"
-    return device
-
-
-def check_device(device: str, key: str = "prm.device") -> None:
-    """Fail at start-up, not at the first batch, when `device` is malformed or not usable here."""
-    if not DEVICE_RE.fullmatch(device):
-        raise ConfigError(f"{key} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if device in ("cpu", "auto"):
-        return
-    import torch  # only here: configs are composed (and tested) without paying for torch
-    if not torch.cuda.is_available():
-        raise ConfigError(f"{key}={device!r} but torch.cuda.is_available() is False (torch {torch.__version__}, "
-                          f"CUDA build {torch.version.cuda}); use {key}=cpu or install a CUDA build of torch")
-    index = int(device.partition(":")[2] or 0)
-    if index >= torch.cuda.device_count():
-        raise ConfigError(f"{key}={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+from core.config import ConfigError, OutDirConfig, TrainerConfig, check_device, reject_moved_keys
+from judges.config import validate_judge_config
 
 
 class SelectMode(StrEnum):
@@ -91,7 +59,7 @@ class PRMJob(StrEnum):
 
 @dataclass
 class PRMConfig:
-    backbone: str = "smollm2-135m-instruct"   # a built-in name (prm.models), a local dir or an HF id
+    backbone: str = "smollm2-135m-instruct"   # a built-in name (core.models), a local dir or an HF id
     dtype: str = "fp32"                       # bf16 only where the CPU has AVX512-BF16/AMX (else 3x slower)
     num_heads: int = 32                       # K; the paper's ensemble size
     head_hidden: int = 128
@@ -165,17 +133,6 @@ class PoolConfig:
 
     def __post_init__(self):
         reject_moved_keys(self, {"data_root": "data_root (the top-level key, as in every command)"}, "pool.")
-
-
-@dataclass
-class TrainerConfig:
-    out_dir: str = "outputs/run"
-    seed: int = 0
-    zero_stage: int = 0                       # DeepSpeed ZeRO stage; 0 = plain data parallel
-    deepspeed: bool = True
-    save_every: int = 1                       # rounds (online) or batches (PRM training)
-    resume: str = "auto"                      # auto | never | <checkpoint dir>
-    progress: bool = True
 
 
 @dataclass

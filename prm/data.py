@@ -11,119 +11,17 @@ Every loader raises DataError naming file, 1-based line (a table's row) and fiel
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
 
-from judges.rows import DEFAULT_DATA_ROOT, DataError, Rows, Where, data_root, load_processbench_rows  # noqa: F401
+from core.rows import DataError, Rows, Where, data_root, finish_rows, load_processbench_rows, rows_of
+from tasks.problems import Trajectory
 
 PROCESSBENCH_SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
 
 
-@dataclass
-class Problem:
-    question: str
-    reference_answer: str | None = None
-    source: str = ""
-
-
-@dataclass
-class Trajectory:
-    question: str
-    steps: list[str]
-    first_error: int | None = None
-    reference_answer: str | None = None
-    source: str = ""
-    generator: str = ""
-    round: int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v not in (None, "", {})}
-
-
-# ---------------------------------------------------------------- row reading + validation
-_Rows = Rows  # judges.rows: file, 1-based line and field in every error; skip_bad_rows
-
-HUB_PREFIX = "hf:"
 # The public datasets behind the loaders, as `source` values (a hub is not reachable from this project's
 # machines; the same rows are under data_root): GSM8K "hf:openai/gsm8k:main", MATH-500
 # "hf:HuggingFaceH4/MATH-500", ProcessBench "hf:Qwen/ProcessBench" (split = the subset).
-
-
-def hub_rows(source: str, split: str) -> list[dict]:
-    """The rows of `source` through HF `datasets`: `hf:<hub id>[:<config>]` (one split of a hub dataset)
-    or a local .parquet file."""
-    import datasets
-
-    if source.startswith(HUB_PREFIX):
-        name, _, config = source[len(HUB_PREFIX):].partition(":")
-        return list(datasets.load_dataset(name, config or None, split=split))
-    return list(datasets.load_dataset("parquet", data_files=source, split="train"))
-
-
-@dataclass
-class HubRows(Rows):
-    """Rows of a HF `datasets` source (hub_rows), checked like a file's; errors name the 1-based row."""
-    split: str = "train"
-
-    def records(self) -> Iterator[tuple[Where, Any]]:
-        if not str(self.path).startswith(HUB_PREFIX) and not self.path.is_file():
-            raise DataError(self.path, None, None, "file not found")
-        for n, rec in enumerate(hub_rows(str(self.path), self.split), start=1):
-            yield Where(n, unit="row"), rec
-
-
-def rows_of(source: str | Path | None, default: Path, split: str = "train", skip_bad_rows: bool = False) -> Rows:
-    """`source`: None = the `default` file under data_root; `hf:<id>[:<config>]` or a .parquet file =
-    through HF datasets; any other path = that JSON/JSONL file."""
-    if source is None:
-        return Rows(default, skip_bad_rows)
-    if str(source).startswith(HUB_PREFIX) or str(source).endswith(".parquet"):
-        return HubRows(Path(source), skip_bad_rows, split=split)
-    return Rows(Path(source), skip_bad_rows)
-
-
-last_skipped: list[str] = []  # messages of rows skipped by the most recent loader call
-
-
-def _finish(rows: _Rows, items: list) -> list:
-    global last_skipped
-    last_skipped = rows.skipped
-    if rows.skipped:
-        print(f"[prmloop.data] skipped {len(rows.skipped)} bad rows in {rows.path}; first: {rows.skipped[0]}")
-    return items
-
-
-# ---------------------------------------------------------------- problems
-def gsm8k_answer(solution: str) -> str:
-    """The reference answer of a GSM8K solution: the text after '####', commas removed."""
-    if "####" not in solution:
-        raise ValueError("no '#### N' line")
-    return solution.split("####")[-1].strip().replace(",", "")
-
-
-def load_gsm8k(split: str = "test", root: str | Path | None = None, skip_bad_rows: bool = False,
-               limit: int | None = None, source: str | None = None) -> list[Problem]:
-    rows = rows_of(source, data_root(root) / "gsm8k" / f"{split}.jsonl", split, skip_bad_rows)
-
-    def parse(i: int, rec: dict) -> Problem:
-        solution = rows.get(i, rec, "answer")
-        try:
-            answer = gsm8k_answer(solution)
-        except ValueError as e:
-            raise DataError(rows.path, i, "answer", str(e)) from e
-        return Problem(rows.get(i, rec, "question"), answer, f"gsm8k/{split}:{i}")
-
-    return _finish(rows, rows.parse(parse))[:limit]
-
-
-def load_math500(root: str | Path | None = None, skip_bad_rows: bool = False,
-                 limit: int | None = None, source: str | None = None) -> list[Problem]:
-    rows = rows_of(source, data_root(root) / "math500" / "test.jsonl", "test", skip_bad_rows)
-    parse = lambda i, rec: Problem(rows.get(i, rec, "problem"), rows.get(i, rec, "answer"),
-                                   f"math500:{rec.get('unique_id', i)}")
-    return _finish(rows, rows.parse(parse))[:limit]
 
 
 # ---------------------------------------------------------------- labelled trajectories
@@ -139,7 +37,7 @@ def load_processbench(subset: str, root: str | Path | None = None, skip_bad_rows
     items = [Trajectory(r["problem"], r["steps"], r["label"], source=f"processbench/{subset}:{r['id']}",
                         generator=r["generator"], meta={"final_answer_correct": r["final_answer_correct"]})
              for r in records]
-    return _finish(_Rows(path, skip_bad_rows, skipped), items)[:limit]
+    return finish_rows(Rows(path, skip_bad_rows, skipped), items)[:limit]
 
 
 def load_trajectories_jsonl(path: str | Path, skip_bad_rows: bool = False) -> list[Trajectory]:
@@ -153,12 +51,12 @@ def load_trajectories_jsonl(path: str | Path, skip_bad_rows: bool = False) -> li
                           rec.get("source", f"{Path(path).name}:{i}"), rec.get("generator", ""), rec.get("round"),
                           rec.get("meta") or {})
 
-    return _finish(rows, rows.parse(parse))
+    return finish_rows(rows, rows.parse(parse))
 
 
 def load_trl_prm(path: str | Path, skip_bad_rows: bool = False) -> list[Trajectory]:
     """TRL's stepwise-supervision format: prompt, completions (steps), labels (one bool per step)."""
-    rows = _Rows(Path(path), skip_bad_rows)
+    rows = Rows(Path(path), skip_bad_rows)
 
     def parse(i: int, rec: dict) -> Trajectory:
         steps = rows.steps(i, rec, "completions")
@@ -168,7 +66,7 @@ def load_trl_prm(path: str | Path, skip_bad_rows: bool = False) -> list[Trajecto
         first = next((j for j, ok in enumerate(labels) if not ok), -1)
         return Trajectory(rows.get(i, rec, "prompt"), steps, first, source=f"{Path(path).name}:{i}")
 
-    return _finish(rows, rows.parse(parse))
+    return finish_rows(rows, rows.parse(parse))
 
 
 _SHEPHERD_STEP = re.compile(r"Step \d+:\s*")
@@ -176,7 +74,7 @@ _SHEPHERD_STEP = re.compile(r"Step \d+:\s*")
 
 def load_math_shepherd(path: str | Path, skip_bad_rows: bool = False) -> list[Trajectory]:
     """Math-Shepherd: `input` has steps ending in the tag 'ки'; `label` is the same text with +/- tags."""
-    rows = _Rows(Path(path), skip_bad_rows)
+    rows = Rows(Path(path), skip_bad_rows)
 
     def parse(i: int, rec: dict) -> Trajectory:
         text, labelled = rows.get(i, rec, "input"), rows.get(i, rec, "label")
@@ -199,7 +97,7 @@ def load_math_shepherd(path: str | Path, skip_bad_rows: bool = False) -> list[Tr
         first = next((j for j, ok in enumerate(tags) if not ok), -1)
         return Trajectory(question, steps, first, source=f"math-shepherd:{i}", meta={"task": rec.get("task")})
 
-    return _finish(rows, rows.parse(parse))
+    return finish_rows(rows, rows.parse(parse))
 
 
 def load_prmbench(path: str | Path | None = None, root: str | Path | None = None, skip_bad_rows: bool = False,
@@ -235,7 +133,7 @@ def load_prm800k(split: str = "train", root: str | Path | None = None, neutral_a
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
     table = pq.read_table(path, columns=["instruction", "responses", "next_response", "answer", "rating"])
-    rows = _Rows(path, skip_bad_rows)
+    rows = Rows(path, skip_bad_rows)
     chains: list[tuple[int, str, tuple[str, ...], float | None, str | None]] = []
     for n, rec in enumerate(table.to_pylist()):
         i = Where(n + 1, unit="row")  # 1-based table row
@@ -262,7 +160,7 @@ def load_prm800k(split: str = "train", root: str | Path | None = None, neutral_a
         merged[key] = label if key not in merged or merged[key] == label else None
     out = [Trajectory(q, list(steps), label, source=f"prm800k/{split}:{n}")
            for n, ((q, steps), label) in enumerate(merged.items()) if label is not None]
-    return _finish(rows, out)[:limit]
+    return finish_rows(rows, out)[:limit]
 
 
 def load_pool(kind: str, path: str | None = None, root: str | Path | None = None, **kw) -> list[Trajectory]:

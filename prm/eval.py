@@ -28,11 +28,13 @@ import hydra
 from omegaconf import DictConfig
 
 from judges.metrics import processbench_f1
-from judges.run import anchored
-from prm.config import EvalConfig, PRMEvalConfig, validate
-from prm.data import PROCESSBENCH_SUBSETS, data_root, load_processbench
+from core.run import anchored
+from prm.config import EvalConfig, PRMEvalConfig
+from core.config import validate
+from prm.data import PROCESSBENCH_SUBSETS, load_processbench
+from core.rows import data_root
 from prm.prmbench import prmbench_results, read_prmbench, report_dict
-from prm.steps import first_below
+from core.steps import first_below
 
 
 class StepScorer(Protocol):

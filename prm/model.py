@@ -38,8 +38,9 @@ from safetensors.torch import load_file, save_file
 
 from prm import batching
 from prm.batching import PRMBatch  # noqa: F401  (re-exported: prm.model.PRMBatch)
-from prm.config import PRMConfig, StepFeatures, resolve_device
-from prm.models import load_model
+from prm.config import PRMConfig, StepFeatures
+from core.config import resolve_device
+from core.models import load_model
 from prm.selection import head_mean_std
 
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from judges.rows import DataError, Rows, Where
-from prm.data import Trajectory
+from core.rows import DataError, Rows, Where
+from tasks.problems import Trajectory
 
 CORRECT = "correct"
 NO_ERROR_CATEGORIES = ("multi_solutions", CORRECT)   # scored by the F1 of valid steps alone

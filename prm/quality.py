@@ -1,6 +1,6 @@
 """How well a step scorer separates correct from erroneous steps, on judged trajectories.
 
-Step labels follow prm.steps: a trajectory with first error k contributes steps 0..k-1 as correct and
+Step labels follow core.steps: a trajectory with first error k contributes steps 0..k-1 as correct and
 step k as the error (later steps are not labelled); first error -1 makes every step correct.
 
     step_auroc         P(score of a correct step > score of an error step), ties count one half, over
@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import Sequence
 
 from judges.metrics import processbench_f1
-from prm.steps import first_below, labels_from_first_error
+from core.steps import first_below, labels_from_first_error
 
 
 def labelled_steps(first_errors: Sequence[int], scores: Sequence[Sequence[float]]) -> list[tuple[int, float]]:

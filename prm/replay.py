@@ -19,7 +19,7 @@ import random
 from collections import deque
 
 from prm.config import ReplayConfig
-from prm.data import Trajectory
+from tasks.problems import Trajectory
 from prm.quality import scorer_quality
 
 

@@ -31,9 +31,11 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from judges.run import MetricsLog, resume_dir, seed_everything
-from prm.config import PRMJob, PRMTrainConfig, SelectMode, validate
-from prm.data import Trajectory, load_pool
+from core.run import MetricsLog, resume_dir, seed_everything
+from prm.config import PRMJob, PRMTrainConfig, SelectMode
+from core.config import validate
+from prm.data import load_pool
+from tasks.problems import Trajectory
 from prm.selection import Selection
 
 

@@ -30,10 +30,8 @@ deepspeed launcher), else plain torch AdamW. Backbone and heads get their own le
 from __future__ import annotations
 
 import copy
-import importlib
 import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -41,42 +39,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from prm.checkpoint_io import (CheckpointError, deepspeed_weights_only, load_state, load_weights, save_state,
-                               save_weights, verify, write_manifest)
-from prm.config import TrainerConfig
-from prm.data import Trajectory
+from core.checkpoint_io import CheckpointError, deepspeed_weights_only, load_state, load_weights, save_state, save_weights, verify, write_manifest
+from core.config import TrainerConfig
+from core.distributed import deepspeed_args, init_distributed
+from tasks.problems import Trajectory
 from prm.features import FeatureCache
 from prm.model import EnsemblePRM, PRMBatch, StepScores
 from prm.selection import (Selection, bce_weights, ensemble_stats, prm_loss, select_trajectories,
                            step_labels)
-
-
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def init_distributed() -> None:
-    """Single-process defaults for the env vars DeepSpeed needs (else it looks for mpi4py), and skip
-    the 30-45 s JIT build of the shared-memory comm op (gloo does not need it)."""
-    import deepspeed
-    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-        os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = _free_port()
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
-
-
-def deepspeed_args(device: str):
-    """`args` for deepspeed.initialize that keep a model on its configured GPU: DeepSpeed otherwise moves
-    it to cuda:LOCAL_RANK whatever the config said (e.g. a PRM on cuda:1 next to a policy on cuda:0)."""
-    from types import SimpleNamespace
-    if device.startswith("cuda"):
-        return SimpleNamespace(device_rank=torch.device(device).index or 0)
-    return None
 
 
 def _param_groups(prm: EnsemblePRM) -> list[dict]:

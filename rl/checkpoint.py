@@ -7,7 +7,7 @@
                        ledger path (rank 0's; tensors and plain containers: loaded with weights_only=True)
         rng_rank1.pt   ... each further rank's RNG states (N ranks resume with the same N)
         manifest.json  sha256 of every file above, written last
-Nothing in a checkpoint executes code on load (prm/checkpoint_io.py). Every file is checked against
+Nothing in a checkpoint executes code on load (core/checkpoint_io.py). Every file is checked against
 the manifest before loading: a damaged checkpoint is named with its round and file; with
 trainer.resume=auto the newest intact one is used instead, with a loud warning saying so.
 The judge ledger is an SQLite file outside the checkpoint (<out_dir>/labels.sqlite): every label is
@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prm.checkpoint_io import CheckpointError, load_state, numpy_rng_plain, numpy_rng_state, save_state, verify, \
-    write_manifest
+from core.checkpoint_io import CheckpointError, load_state, numpy_rng_plain, numpy_rng_state, save_state, verify, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
 
 def save_round(out_dir: str | Path, round_index: int, policy, learner, state: dict, keep: int = 2,
                ranks=None) -> Path:
-    """Every rank calls it (DeepSpeed saves are collective); `ranks`: rl.distributed.Ranks (None = one)."""
+    """Every rank calls it (DeepSpeed saves are collective); `ranks`: core.distributed.Ranks (None = one)."""
     rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
     barrier = ranks.barrier if ranks is not None else (lambda: None)
     root = checkpoint_root(out_dir)

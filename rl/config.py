@@ -13,8 +13,10 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from judges.config import reject_moved_keys, validate_judge_config
-from prm.config import ConfigError, PRMConfig, ReplayConfig, SelectMode, TrainerConfig, check_device
+from core.config import reject_moved_keys
+from judges.config import validate_judge_config
+from core.config import ConfigError, TrainerConfig, check_device
+from prm.config import PRMConfig, ReplayConfig, SelectMode
 
 
 class PolicyTrainMode(StrEnum):
@@ -132,8 +134,8 @@ class TaskConfig:
     operand_max: int = 10
     ops: str = "+-"
     mul_max: int = 10
-    few_shot: bool = True                    # worked examples as earlier chat turns (arithmetic; rl.tasks.few_shot_for)
-    # chain (prm.chain; also uses size, operand_max, ops): operations per problem, intermediate value cap
+    few_shot: bool = True                    # worked examples as earlier chat turns (arithmetic; tasks.registry.few_shot_for)
+    # chain (tasks.chain.problems; also uses size, operand_max, ops): operations per problem, intermediate value cap
     min_ops: int = 3
     max_ops: int = 8
     value_max: int = 99

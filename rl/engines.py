@@ -25,7 +25,7 @@ def make_rollout(name: str, **kwargs) -> RolloutBackend:
 def rollout_from_config(r, policy, model, tokenizer, seed: int, colocate: bool = False) -> RolloutBackend:
     """The backend of the `rollout` group `r` (rl.config.RolloutConfig) for the `policy` group's model: every
     engine setting passed, the one builder of rl.online, rl.search and its pool sampler."""
-    from prm.models import resolve_path
+    from core.models import resolve_path
 
     model_dir = None if r.backend == "hf" else resolve_path(policy.model)
     return make_rollout(r.backend, model=model, tokenizer=tokenizer, model_dir=model_dir, seed=seed,

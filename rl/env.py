@@ -21,10 +21,10 @@ from typing import Callable
 import gymnasium as gym
 from gymnasium import spaces
 
-from prm.answers import AnswerChecker, extract_answer
-from prm.data import Problem
-from prm.steps import clean_step
-from rl.tasks import ArithmeticSpec, arithmetic_chain
+from core.answers import AnswerChecker, extract_answer
+from tasks.problems import Problem
+from core.steps import clean_step
+from tasks.registry import ArithmeticSpec, arithmetic_chain
 
 CHARSET = frozenset(string.printable)
 Scorer = Callable[[str, list[str]], list[float]]

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from rl.distributed import hash_seed
+from core.distributed import hash_seed
 
 EVAL_SEED_OFFSET = 20_011   # another seed than the training problems' and the PRM held-out set's (10_007)
 
 
 def eval_problems(cfg, train_problems) -> list:
     """The held-out problems of `cfg` (an OnlineConfig), disjoint from `train_problems`."""
-    from rl.tasks import make_task
+    from tasks.registry import make_task
 
     task = replace(cfg.task, seed=cfg.task.seed + EVAL_SEED_OFFSET, split=cfg.eval.split, limit=None)
     seen = {p.question for p in train_problems}

@@ -7,7 +7,7 @@
 
 `OnlineLoop.round()` is the whole algorithm on one screen, in four halves (begin, rank, learn_prm,
 learn_policy) that rl.schedule may overlap across rounds; the helpers below do the bookkeeping.
-Data parallel (rl/distributed.py, the same code for 1 and N ranks): every rank draws the round's global
+Data parallel (core/distributed.py, the same code for 1 and N ranks): every rank draws the round's global
 batch and keeps its contiguous share of prompts (whole GRPO groups); generate, verify, score and
 advantages are local; selection (Eq. 5 per item, the judge budget over the gathered items), the judge
 (rank 0 labels every rank's picks once through its ledger, then broadcasts the verdicts), the PRM and
@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from judges.base import Cost
-from prm.data import Trajectory
+from tasks.problems import Trajectory
 from prm.config import SelectMode
 from prm.selection import select_trajectories, select_uncertain
-from prm.steps import first_below, labels_from_first_error, split_steps
+from core.steps import first_below, labels_from_first_error, split_steps
 from rl.algos import compute_advantages, keep_mask, outcome_source, step_end_tokens
 from rl.config import PRMUpdate, ProcessSource
-from rl.distributed import Ranks, hash_seed
+from core.distributed import Ranks, hash_seed
 from rl.policy import Sample
 from rl.report import PhaseTimer, std_histogram
 from rl.rollout import Completion, assert_single_version
@@ -325,7 +325,7 @@ class OnlineLoop:
                          "algo/adv_abs_mean": sum(x for _, x, _ in parts) / tokens if tokens else 0.0}
 
     def update_policy(self, samples: list[Sample], index: int) -> dict:
-        """Every rank runs the same global minibatch plan (rl.distributed.minibatch_plan); when no rank
+        """Every rank runs the same global minibatch plan (core.distributed.minibatch_plan); when no rank
         kept a sample, none steps and the policy (and its version) stays."""
         lengths = self.ranks.gather([len(s.completion_ids) for s in samples])
         if not any(lengths):

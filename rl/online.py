@@ -20,10 +20,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from judges.run import anchored, seed_everything
-from prm.config import SelectMode, validate
+from core.run import anchored, seed_everything
+from prm.config import SelectMode
+from core.config import validate
 from rl.config import OnlineConfig, PRMUpdate, RewardSource
-from rl.distributed import Ranks, accept_local_rank_argument
+from core.distributed import Ranks, accept_local_rank_argument
 
 
 def needs_prm(cfg: OnlineConfig) -> bool:
@@ -43,11 +44,11 @@ def build(cfg: OnlineConfig):
     import judges.rule  # noqa: F401
     from judges.base import make_judge
     from judges.ledger import LabelLedger
-    from prm.answers import AnswerChecker
+    from core.answers import AnswerChecker
     from rl.engines import rollout_from_config
     from rl.loop import OnlineLoop
     from rl.policy import PolicyTrainer
-    from rl.tasks import TaskStream, make_task
+    from tasks.registry import TaskStream, make_task
 
     ranks = Ranks.from_env()
     if ranks.world > 1 and not cfg.trainer.deepspeed:
@@ -96,9 +97,10 @@ def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
     from dataclasses import replace
 
     from judges.ledger import LabelLedger
-    from prm.data import Trajectory, load_trajectories_jsonl
+    from prm.data import load_trajectories_jsonl
+    from tasks.problems import Trajectory
     from rl.loop import attempt_steps
-    from rl.tasks import make_task
+    from tasks.registry import make_task
 
     path = out_dir / "heldout.jsonl"
     if cfg.replay.heldout_size <= 0:
@@ -126,7 +128,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     """Run (or resume) `cfg.rounds` rounds; `stop_after` ends the process's work early (tests: a kill)."""
     from tqdm import tqdm
 
-    from judges.run import MetricsLog
+    from core.run import MetricsLog
     from rl.checkpoint import load_round, resolve_resume, save_round
     from rl.evaluate import due, eval_problems, evaluate_policy
     from rl.report import phase_line, plot_rounds, summary_table

@@ -9,7 +9,7 @@ The reference policy for the KL term is the base model: LoRA gets it for free (a
 full fine-tuning keeps a frozen copy only when kl_coef > 0.
 Device: policy.device (auto = cuda:LOCAL_RANK with a GPU, else cpu) holds the model, the reference
 copy and every batch the trainer builds (ids, masks, advantages, old/reference log-probs).
-Data parallel (rl/distributed.py): `update(samples, generator, ranks, lengths)` runs the global
+Data parallel (core/distributed.py): `update(samples, generator, ranks, lengths)` runs the global
 minibatch plan, so every rank takes the same optimizer steps and the same number of forward/backward
 passes (zero-loss passes where it has no share); the loss is a token mean over the whole minibatch
 across ranks, so N ranks compute the gradient one rank would on the union of their samples.
@@ -24,12 +24,13 @@ from typing import Iterator
 
 import torch
 
-from prm.checkpoint_io import deepspeed_weights_only, load_state, load_weights, save_state, save_weights
-from prm.config import TrainerConfig
-from prm.models import load_model
+from core.checkpoint_io import deepspeed_weights_only, load_state, load_weights, save_state, save_weights
+from core.config import TrainerConfig
+from core.models import load_model
 from rl.algos import ppo_clip_loss
-from prm.update import deepspeed_args
-from rl.distributed import Ranks, minibatch_plan, resolve_device
+from core.distributed import deepspeed_args
+from core.distributed import Ranks, minibatch_plan
+from core.config import resolve_device
 
 
 @dataclass
@@ -71,7 +72,7 @@ class PolicyTrainer:
         if trainer.deepspeed:
             import deepspeed
 
-            from prm.update import init_distributed
+            from core.distributed import init_distributed
             init_distributed()
             ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
                          "zero_optimization": {"stage": self.zero_stage}, "gradient_clipping": policy_cfg.grad_clip,
@@ -145,7 +146,7 @@ class PolicyTrainer:
     # ------------------------------------------------------------------ PPO update
     def update(self, samples: list[Sample], generator: torch.Generator | None = None, ranks: Ranks | None = None,
                lengths: list[list[int]] | None = None) -> dict[str, float]:
-        """ppo_epochs passes over the global minibatch plan (rl.distributed.minibatch_plan: the shuffle
+        """ppo_epochs passes over the global minibatch plan (core.distributed.minibatch_plan: the shuffle
         one process would make of every rank's samples), one optimizer step per minibatch on every
         rank; each minibatch is split into micro-batches whose losses sum to its token-level mean.
         `lengths` (every rank's completion lengths) comes from the caller's gather; one rank: ours."""

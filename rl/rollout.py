@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from rl.distributed import hash_seed
+from core.distributed import hash_seed
 
 
 @dataclass
@@ -54,17 +54,6 @@ def assert_single_version(groups: list[list[Completion]]) -> int:
     if len(versions) != 1:
         raise MixedPolicyVersions(f"groups mix policy versions {sorted(versions)}: rollouts must be on-policy")
     return versions.pop()
-
-
-def format_prompt(tokenizer, question: str, system_prompt: str | None = None,
-                  few_shot: list[tuple[str, str]] | None = None) -> str:
-    """The chat-formatted text a backend generates from: system turn, optional worked examples as
-    earlier (user, assistant) turns, the user's question, and the assistant turn opened."""
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-    for user, assistant in few_shot or []:
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    messages.append({"role": "user", "content": question})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 @torch.no_grad()

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from prm.answers import AnswerChecker
-from prm.data import Trajectory
-from prm.steps import split_steps
+from core.answers import AnswerChecker
+from tasks.problems import Trajectory
+from core.steps import split_steps
 from rl.search_select import Solution, attach_answer
 from rl.search_policy import RolloutPolicy, load_task, make_backend, seed_run
 

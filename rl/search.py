@@ -31,10 +31,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from prm.answers import AnswerChecker
-from judges.config import OutDirConfig, reject_moved_keys
-from prm.config import ConfigError, PRMConfig, validate
-from prm.data import Problem
+from core.answers import AnswerChecker
+from core.config import OutDirConfig, reject_moved_keys
+from core.config import ConfigError, validate
+from prm.config import PRMConfig
+from tasks.problems import Problem
 from rl.config import PolicyConfig, RolloutBackendName, RolloutConfig, TaskConfig
 from rl.sample_pool import PoolSampleConfig, write_pool
 from rl.search_methods import METHODS, SearchOutcome, SearchProblem, SearchSettings, prefix_cost
@@ -159,7 +160,7 @@ def load_scorer(cfg: "SearchConfig", task):
     if cfg.scorer.source == ScorerSource.prm:
         return load_prm(cfg.prm)
     from prm.confidence import PolicyConfidence
-    from prm.models import load_model
+    from core.models import load_model
 
     model, tok = load_model(cfg.policy.model, cfg.policy.dtype)
     model.to(cfg.prm.device).eval()

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
-from prm.steps import STEP_SEPARATOR, clean_step, join_steps, split_steps
+from core.steps import STEP_SEPARATOR, clean_step, join_steps, split_steps
 from rl.search_select import ScoreSpec, Solution, attach_answer
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from judges.run import seed_everything
-from prm.steps import STEP_SEPARATOR
+from core.run import seed_everything
+from core.steps import STEP_SEPARATOR
 from rl.config import PolicyConfig, RolloutConfig, TaskConfig
 from rl.search_methods import Context, Continuation
 
 
 def load_task(cfg: TaskConfig, data_root: str | None = None):
-    """The online loop's task (rl.tasks.make_task, the same prompts and few-shot turns): problems
+    """The online loop's task (tasks.registry.make_task, the same prompts and few-shot turns): problems
     [offset, offset + limit) and the task."""
-    from rl.tasks import make_task
+    from tasks.registry import make_task
 
     end = None if cfg.limit is None else cfg.offset + cfg.limit
     task = make_task(replace(cfg, size=max(cfg.size, end or 0), limit=end), data_root)
@@ -69,7 +69,7 @@ class RolloutPolicy:
 
 def make_backend(policy: PolicyConfig, rollout: RolloutConfig, seed: int):
     """The policy loaded on rollout.device and its backend, built as rl.online builds its own."""
-    from prm.models import load_model
+    from core.models import load_model
     from rl.engines import rollout_from_config
 
     model, tok = load_model(policy.model, policy.dtype)

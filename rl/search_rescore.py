@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from prm.steps import split_steps
+from core.steps import split_steps
 from rl.search import choices, write_records
 from rl.search_methods import SearchCompute, SearchOutcome
 from rl.search_select import ScoreSpec, Solution, canonical_answer

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable
 
-from prm.answers import extract_answer
-from prm.steps import join_steps
+from core.answers import extract_answer
+from core.steps import join_steps
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from rl import online
-from rl.distributed import Ranks, accept_local_rank_argument
+from core.distributed import Ranks, accept_local_rank_argument
 from rl.loop import OnlineLoop
 
 OUT = Path(os.environ["PROBE_DIR"])

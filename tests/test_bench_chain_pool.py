@@ -7,7 +7,7 @@ import pytest
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bench")]
 from bench_chain_pool import best_of_n, error_kind, kind_auroc, majority, weighted  # noqa: E402
 
-from prm.data import Trajectory  # noqa: E402
+from tasks.problems import Trajectory  # noqa: E402
 
 Q = "What is (2 * 7) + 3?"   # 2 * 7 = 14, 14 + 3 = 17
 

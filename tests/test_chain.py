@@ -1,4 +1,4 @@
-"""The chain task (prm.chain): seeded, in range, and the rule judge's labels are exact, injected errors included."""
+"""The chain task (tasks.chain.problems): seeded, in range, and the rule judge's labels are exact, injected errors included."""
 import random
 
 import pytest
@@ -6,14 +6,14 @@ import pytest
 import judges.chain  # noqa: F401 (registers the chain judge)
 import judges.rule  # noqa: F401 (registers the rule judge)
 from judges.base import make_judge
-from prm.chain import ChainSpec, chain_problems, parse_question, sample_solution, solution_steps
-from prm.steps import join_steps, split_steps
+from tasks.chain.problems import ChainSpec, chain_problems, parse_question, sample_solution, solution_steps
+from core.steps import join_steps, split_steps
 from rl.config import TaskConfig
-from rl.tasks import make_task
+from tasks.registry import make_task
 
 
 def _value(question: str) -> int:
-    """The chain's value recomputed here from the question text, independently of prm.chain."""
+    """The chain's value recomputed here from the question text, independently of tasks.chain.problems."""
     expr = question.removeprefix("What is ").rstrip("?")
     return eval(expr)  # test-only eval of our own generated text
 

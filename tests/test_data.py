@@ -6,10 +6,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core import rows as core_rows
 from prm import data
-from prm.data import DataError
+from tasks import problems
+from core.rows import DataError
 
-FIXTURES = data.DEFAULT_DATA_ROOT / "fixtures"
+FIXTURES = core_rows.DEFAULT_DATA_ROOT / "fixtures"
 
 
 @pytest.mark.parametrize("subset,rows", [("gsm8k", 400), ("math", 1000), ("olympiadbench", 1000), ("omnimath", 1000)])
@@ -21,13 +23,13 @@ def test_processbench_row_counts(subset, rows):
 
 
 def test_problem_loaders_row_counts_and_answers():
-    gsm = data.load_gsm8k("test")
+    gsm = problems.load_gsm8k("test")
     assert len(gsm) == 1319
     assert gsm[0].reference_answer == "18" and gsm[0].question.startswith("Janet")
     assert all(p.reference_answer and "," not in p.reference_answer for p in gsm)
-    math = data.load_math500()
+    math = problems.load_math500()
     assert len(math) == 500 and math[0].reference_answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
-    assert len(data.load_gsm8k("train")) == 7473
+    assert len(problems.load_gsm8k("train")) == 7473
 
 
 def test_prm800k_regrouping():
@@ -49,7 +51,7 @@ def test_prm800k_regrouping():
 
 def test_prm800k_broken_rating_names_row_and_field(tmp_path):
     (tmp_path / "prm800k").mkdir()
-    table = pq.read_table(data.DEFAULT_DATA_ROOT / "prm800k" / "phase1_test.stepwise-critic.parquet").slice(0, 20)
+    table = pq.read_table(core_rows.DEFAULT_DATA_ROOT / "prm800k" / "phase1_test.stepwise-critic.parquet").slice(0, 20)
     ratings = table.column("rating").to_pylist()
     ratings[7] = 5.0
     table = table.set_column(table.schema.get_field_index("rating"), "rating", pa.array(ratings))
@@ -58,7 +60,7 @@ def test_prm800k_broken_rating_names_row_and_field(tmp_path):
     with pytest.raises(DataError, match=r"row 8, field 'rating'"):
         data.load_prm800k("test", root=tmp_path)
     assert len(data.load_prm800k("test", root=tmp_path, skip_bad_rows=True)) > 0
-    assert len(data.last_skipped) == 1
+    assert len(core_rows.last_skipped) == 1
 
 
 def test_prmbench_loader():
@@ -72,7 +74,7 @@ def test_prmbench_loader():
 
 def _broken_processbench(tmp_path, mutate):
     (tmp_path / "processbench").mkdir()
-    rows = json.loads((data.DEFAULT_DATA_ROOT / "processbench" / "gsm8k.json").read_text())[:10]
+    rows = json.loads((core_rows.DEFAULT_DATA_ROOT / "processbench" / "gsm8k.json").read_text())[:10]
     mutate(rows)
     (tmp_path / "processbench" / "gsm8k.json").write_text(json.dumps(rows))
     return tmp_path
@@ -95,20 +97,20 @@ def test_processbench_broken_copies(tmp_path, mutate, row, field_):
 
 def test_invalid_json_line_is_named(tmp_path):
     (tmp_path / "gsm8k").mkdir()
-    lines = (data.DEFAULT_DATA_ROOT / "gsm8k" / "test.jsonl").read_text().splitlines()[:5]
+    lines = (core_rows.DEFAULT_DATA_ROOT / "gsm8k" / "test.jsonl").read_text().splitlines()[:5]
     lines[2] = lines[2][:40]
     lines[3] = json.dumps({"question": "q", "answer": "no final line"})
     (tmp_path / "gsm8k" / "test.jsonl").write_text("\n".join(lines))
     with pytest.raises(DataError, match=r"test.jsonl, line 3: invalid JSON"):
-        data.load_gsm8k(root=tmp_path)
-    got = data.load_gsm8k(root=tmp_path, skip_bad_rows=True)
-    assert len(got) == 3 and len(data.last_skipped) == 2
-    assert "line 4, field 'answer'" in data.last_skipped[1]
+        problems.load_gsm8k(root=tmp_path)
+    got = problems.load_gsm8k(root=tmp_path, skip_bad_rows=True)
+    assert len(got) == 3 and len(core_rows.last_skipped) == 2
+    assert "line 4, field 'answer'" in core_rows.last_skipped[1]
 
 
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(DataError, match="file not found"):
-        data.load_math500(root=tmp_path)
+        problems.load_math500(root=tmp_path)
 
 
 def test_math_shepherd_fixture():
@@ -157,8 +159,8 @@ def test_non_utf8_bytes_name_file_and_line_and_honour_skip(tmp_path):
     lines[1] = lines[1].replace(b"q1", b"q\xff\xfe1")
     (tmp_path / "gsm8k" / "test.jsonl").write_bytes(b"\n".join(lines))
     with pytest.raises(DataError, match=r"test.jsonl, line 2: not UTF-8 \(byte 0xff"):
-        data.load_gsm8k(root=tmp_path)
-    assert [p.question for p in data.load_gsm8k(root=tmp_path, skip_bad_rows=True)] == ["q0", "q2", "q3"]
+        problems.load_gsm8k(root=tmp_path)
+    assert [p.question for p in problems.load_gsm8k(root=tmp_path, skip_bad_rows=True)] == ["q0", "q2", "q3"]
 
 
 def _pretty_processbench(tmp_path, rows, cut: int | None = None):
@@ -169,7 +171,7 @@ def _pretty_processbench(tmp_path, rows, cut: int | None = None):
 
 
 def test_processbench_json_list_names_the_line_each_item_starts_on(tmp_path):
-    rows = json.loads((data.DEFAULT_DATA_ROOT / "processbench" / "gsm8k.json").read_text())[:4]
+    rows = json.loads((core_rows.DEFAULT_DATA_ROOT / "processbench" / "gsm8k.json").read_text())[:4]
     rows[2].pop("label")
     text = _pretty_processbench(tmp_path, rows)
     line = text[:text.index(json.dumps(rows[2]["id"]))].count("\n")  # the item's "{" is the line before its id
@@ -180,7 +182,7 @@ def test_processbench_json_list_names_the_line_each_item_starts_on(tmp_path):
 
 def test_truncated_processbench_names_file_and_line_in_both_loaders(tmp_path):
     from judges.eval import load_processbench as judges_loader
-    rows = json.loads((data.DEFAULT_DATA_ROOT / "processbench" / "gsm8k.json").read_text())[:4]
+    rows = json.loads((core_rows.DEFAULT_DATA_ROOT / "processbench" / "gsm8k.json").read_text())[:4]
     text = _pretty_processbench(tmp_path, rows, cut=-200)
     last_line = text[:-200].count("\n") + 1
     for load in (lambda: data.load_processbench("gsm8k", root=tmp_path),

@@ -8,7 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prm.data import DataError, load_gsm8k, load_processbench
+from core.rows import DataError
+from tasks.problems import load_gsm8k
+from prm.data import load_processbench
 
 GSM8K_ROWS = [{"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = 7\n#### 7"},
               {"question": "What is 1,000 + 1?", "answer": "#### 1,001"}]

@@ -54,7 +54,7 @@ def serve_command(model_dir: Path) -> list[str]:
 @pytest.mark.vllm
 def test_llm_judge_against_vllm_serve(tmp_path):
     pytest.importorskip("vllm")
-    models = pytest.importorskip("prm.models")
+    models = pytest.importorskip("core.models")
     if not DATA.exists():
         pytest.skip("shared ProcessBench data not mounted")
     model_dir = models.ensure_smollm2()

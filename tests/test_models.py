@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from prm import models
+from core import models
 
 
 def test_tiny_random_llama_builds_fast_with_real_tokenizer():

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from judges.base import make_judge
 from judges.ledger import LabelLedger
-from prm.config import validate
+from core.config import validate
 from prm.data import load_trajectories_jsonl
 from rl.search import SearchConfig, main
 from rl.search_policy import load_task

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from prm import batching
-from prm.config import ConfigError, PRMConfig, TrainerConfig, validate
-from prm.data import Trajectory
+from core.config import ConfigError, TrainerConfig, validate
+from prm.config import PRMConfig
+from tasks.problems import Trajectory
 from prm.model import EnsemblePRM
 from prm.selection import prm_loss, step_labels
 from prm.update import PRMLearner

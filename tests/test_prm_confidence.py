@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prm.chain_model import ChainModelSpec, build_tokenizer, prompt_text
+from tasks.chain.policy import ChainModelSpec, build_tokenizer, prompt_text
 from prm.confidence import PolicyConfidence
 
 

@@ -6,8 +6,9 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from prm.config import ConfigError, PRMConfig, PRMTrainConfig, SelectMode, TrainerConfig, validate
-from prm.data import Trajectory
+from core.config import ConfigError, TrainerConfig, validate
+from prm.config import PRMConfig, PRMTrainConfig, SelectMode
+from tasks.problems import Trajectory
 from prm.model import EnsemblePRM, PRMBatch
 from prm.selection import Selection
 from prm.update import PRMLearner

@@ -101,7 +101,7 @@ def test_replay_resumes_exactly(tmp_path):
 
 
 def test_heldout_quality_is_logged(tmp_path):
-    from prm.data import Trajectory
+    from tasks.problems import Trajectory
     heldout = [Trajectory("q", ["a", "b"], 1), Trajectory("q", ["a"], -1)]
     with LabelLedger(tmp_path / "l.sqlite") as ledger:
         m = LabelReplay(ledger, "scripted:v1", ReplayConfig(), heldout=heldout).train(RecordingLearner())

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from prm.config import PRMTrainConfig, validate
+from prm.config import PRMTrainConfig
+from core.config import validate
 from prm.train import train
 
 ROOT = Path(__file__).resolve().parent.parent

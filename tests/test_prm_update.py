@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from prm.config import PRMConfig, SelectMode, TrainerConfig
-from prm.data import Trajectory
+from prm.config import PRMConfig, SelectMode
+from core.config import TrainerConfig
+from tasks.problems import Trajectory
 from prm.model import EnsemblePRM
 from prm.selection import Selection
 from prm.update import PRMLearner

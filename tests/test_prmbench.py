@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from prm.data import DataError, load_prmbench
+from core.rows import DataError
+from prm.data import load_prmbench
 from prm.eval import evaluate_prmbench, judge_scorer
 from prm.prmbench import harness_f1, prmbench_results, read_prmbench
 

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from prm.models import load_model
-from prm.steps import split_steps
+from core.models import load_model
+from core.steps import split_steps
 from rl.algos import (compute_advantages, grpo, keep_mask, outcome_source, ppo_clip_loss, reinforce_pp,
                       returns_to_go, rloo, step_end_tokens)
 from rl.rollout import Completion, MixedPolicyVersions, assert_single_version

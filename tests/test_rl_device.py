@@ -4,9 +4,9 @@ import os
 import pytest
 import torch
 
-from prm.config import ConfigError, TrainerConfig, resolve_device
+from core.config import ConfigError, TrainerConfig, resolve_device
 from rl.config import AlgoConfig, OnlineConfig, PolicyConfig
-from rl.distributed import Ranks, accept_local_rank_argument, minibatch_plan
+from core.distributed import Ranks, accept_local_rank_argument, minibatch_plan
 from rl.policy import PolicyTrainer, Sample
 
 

@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 import judges.rule  # noqa: F401 (registers the rule judge)
 from judges.base import make_judge
 from rl.env import ENV_ID, StepMathEnv
-from rl.tasks import ArithmeticSpec, TaskStream, arithmetic_chain, make_task
+from tasks.registry import ArithmeticSpec, TaskStream, arithmetic_chain, make_task
 
 
 def test_env_passes_gymnasium_checker():
@@ -56,7 +56,7 @@ def test_worked_examples_are_solved_in_the_tasks_number_of_operations():
     exactly num_ops correct steps over the task's operators; one operation (the default run) keeps the
     calibrated pair."""
     from types import SimpleNamespace
-    from rl.tasks import ARITHMETIC_FEW_SHOT, few_shot_for
+    from tasks.registry import ARITHMETIC_FEW_SHOT, few_shot_for
     cfg = dict(name="arithmetic", seed=0, size=4, operand_max=10, mul_max=10, system_prompt=None, few_shot=True)
     assert make_task(SimpleNamespace(num_ops=1, ops="+-", **cfg)).few_shot == ARITHMETIC_FEW_SHOT
     for num_ops, ops in ((2, "+-*"), (3, "+-"), (5, "*")):

@@ -3,11 +3,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from prm.answers import AnswerChecker
-from prm.config import ConfigError
-from prm.data import Problem
+from core.answers import AnswerChecker
+from core.config import ConfigError
+from tasks.problems import Problem
 from rl.config import PolicyEvalConfig, OnlineConfig, TaskConfig
-from rl.distributed import Ranks
+from core.distributed import Ranks
 from rl.evaluate import due, eval_problems, evaluate_policy
 from rl.online import run
 from rl.rollout import Completion
@@ -79,7 +79,7 @@ def test_due_rounds():
 
 def test_eval_problems_are_disjoint_from_training():
     cfg = OnlineConfig(task=TaskConfig(name="chain", size=50), eval=PolicyEvalConfig(every=1, problems=20))
-    from rl.tasks import make_task
+    from tasks.registry import make_task
     train = make_task(cfg.task).problems
     held = eval_problems(cfg, train)
     assert len(held) == 20 and not {p.question for p in held} & {p.question for p in train}

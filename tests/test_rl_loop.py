@@ -4,7 +4,8 @@ import sqlite3
 
 import pytest
 
-from prm.config import PRMConfig, TrainerConfig
+from prm.config import PRMConfig
+from core.config import TrainerConfig
 from rl.config import AlgoConfig, OnlineConfig, PolicyConfig, RolloutConfig, SelectConfig, TaskConfig
 from rl.loop import OnlineLoop
 from rl.online import run

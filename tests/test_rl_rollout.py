@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from prm.models import load_model
+from core.models import load_model
 from rl.rollout import HFRollout, _InverseCDFSample
 
 

@@ -7,8 +7,9 @@ pytestmark = pytest.mark.vllm
 
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from prm.models import ensure_smollm2  # noqa: E402
-from rl.rollout import ParityError, format_prompt, token_logprobs  # noqa: E402
+from core.models import ensure_smollm2  # noqa: E402
+from rl.rollout import ParityError, token_logprobs  # noqa: E402
+from tasks.registry import format_prompt  # noqa: E402
 
 
 @pytest.fixture(scope="module")

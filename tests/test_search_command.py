@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from prm.config import ConfigError, validate
+from core.config import ConfigError, validate
 from rl.search import MethodConfig, SearchConfig, bon_sizes, search
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from prm.chain_model import ChainModelSpec, build_tokenizer, prompt_text
+from tasks.chain.policy import ChainModelSpec, build_tokenizer, prompt_text
 from prm.confidence import PolicyConfidence
 from rl.search_methods import Continuation, SearchProblem, SearchSettings, beam_search, best_of_n
 from rl.search_select import SELECTORS, ScoreSpec

@@ -4,8 +4,9 @@ import json
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from prm.answers import AnswerChecker
-from prm.config import PRMConfig, validate
+from core.answers import AnswerChecker
+from prm.config import PRMConfig
+from core.config import validate
 from prm.model import EnsemblePRM
 from rl.search import SearchConfig, search
 from rl.search_rescore import rescore_best_of_n
@@ -45,7 +46,7 @@ def test_rescore_by_the_policy_confidence_under_another_aggregate(tmp_path):
     """bench/rescore_bon.py --confidence min --aggregate min: the vanilla pick is the answered sample whose
     lowest step confidence is highest (recomputed here from the stored step scores)."""
     from prm.confidence import PolicyConfidence
-    from prm.models import load_model
+    from core.models import load_model
 
     texts = ["1 + 2 = 3\n\nThe answer is 3.", "1 + 2 = 4\n\nThe answer is 4.", "2 + 1 = 3\n\nThe answer is 3.",
              "1 + 2 = 12\n\n12 - 1 = 11\n\nThe answer is 11."]

@@ -1,6 +1,6 @@
 """Step-wise search continues from the token ids the policy generated, not from re-tokenized text.
 
-chain-tiny's tokenizer (prm.chain_model.build_tokenizer, built in well under a second) spells the blank line
+chain-tiny's tokenizer (tasks.chain.policy.build_tokenizer, built in well under a second) spells the blank line
 after a digit as one token "\\n\\n" when re-tokenized from text, but the policy answers after the two tokens
 "\\n","\\n". A scripted backend that behaves like chain-tiny (another step after "\\n\\n", the answer after
 "\\n","\\n") shows the difference: continuing from text, beam search never answers.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prm.chain_model import ChainModelSpec, build_tokenizer
+from tasks.chain.policy import ChainModelSpec, build_tokenizer
 from rl.config import RolloutConfig
 from rl.rollout import Completion
 from rl.search_methods import SearchProblem, SearchSettings, beam_search, dvts
@@ -116,9 +116,9 @@ def test_a_token_past_the_separator_falls_back_to_text(tok):
 
 
 def test_hf_backend_generates_from_ids_as_from_text():
-    from prm.models import load_model
+    from core.models import load_model
     from rl.engines import make_rollout
-    from rl.rollout import format_prompt
+    from tasks.registry import format_prompt
 
     model, tok = load_model("tiny-random-llama", "fp32")
     backend = make_rollout("hf", model=model, tokenizer=tok, batch_size=4)

@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from judges.config import JudgeEvalConfig
-from prm.config import ConfigError, PRMEvalConfig, PRMTrainConfig, validate
+from core.config import ConfigError, validate
+from prm.config import PRMEvalConfig, PRMTrainConfig
 from rl.config import OnlineConfig
 from rl.search import SearchConfig
 
@@ -72,15 +73,15 @@ def test_data_root_reaches_the_task_loader(tmp_path, monkeypatch, name, job):
     import rl.online
     import rl.sample_pool
     import rl.search
-    import rl.tasks
+    import tasks.registry
 
     root = _gsm8k_root(tmp_path / "data")
-    real, seen = rl.tasks.make_task, []
+    real, seen = tasks.registry.make_task, []
 
     def make_task(cfg, data_root=None):
         seen.append([p.question for p in real(cfg, data_root).problems])
         raise Stop
-    monkeypatch.setattr(rl.tasks, "make_task", make_task)
+    monkeypatch.setattr(tasks.registry, "make_task", make_task)
     overrides = ["task=gsm8k", f"data_root={root}", f"trainer.out_dir={tmp_path}/out"]
     cfg = _validated(name, overrides + ([f"job={job}"] if job else []))
     entry = {"online": rl.online.build, "search": rl.search.search, "pool": rl.sample_pool.write_pool}[job or name]
@@ -165,14 +166,14 @@ def test_search_builds_its_vllm_backend_with_every_engine_setting(monkeypatch):
     vLLM engine takes arrives there (a setting rl.online passes and search dropped was a bug)."""
     import inspect
 
-    import prm.models
+    import core.models
     import rl.engines
     from rl.config import PolicyConfig, RolloutConfig
     from rl.search_policy import make_backend
     from rl.vllm_rollout import VLLMRollout
 
     seen = {}
-    monkeypatch.setattr(prm.models, "resolve_path", lambda name: f"/models/{name}")
+    monkeypatch.setattr(core.models, "resolve_path", lambda name: f"/models/{name}")
     monkeypatch.setattr(rl.engines, "make_rollout", lambda name, **kwargs: seen.update(kwargs, name=name))
     rollout = RolloutConfig(backend="vllm", batch_size=5, gpu_memory_utilization=0.5, kv_cache_gb=3, max_model_len=77,
                             dtype="fp16", enforce_eager=False, tensor_parallel_size=2, sleep=True, sync_bucket_mb=64)

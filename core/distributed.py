@@ -17,13 +17,14 @@ gradients.
 """
 from __future__ import annotations
 
+import importlib
 import os
+import socket
 import sys
 from dataclasses import dataclass
 
 import torch
 
-from prm.config import resolve_device  # noqa: F401  (re-exported: one rule for every model)
 
 
 def accept_local_rank_argument(argv: list[str] | None = None) -> None:
@@ -136,3 +137,32 @@ def minibatch_plan(lengths: list[list[int]], mini_batch_size: int, micro_batch_s
             plan.append({"per_rank": per_rank, "tokens": sum(lengths[r][i] for r, i in members),
                          "micro_steps": max(-(-len(p) // micro_batch_size) for p in per_rank)})
     return plan
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def init_distributed() -> None:
+    """Single-process defaults for the env vars DeepSpeed needs (else it looks for mpi4py), and skip
+    the 30-45 s JIT build of the shared-memory comm op (gloo does not need it)."""
+    import deepspeed
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = _free_port()
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+
+
+def deepspeed_args(device: str):
+    """`args` for deepspeed.initialize that keep a model on its configured GPU: DeepSpeed otherwise moves
+    it to cuda:LOCAL_RANK whatever the config said (e.g. a PRM on cuda:1 next to a policy on cuda:0)."""
+    from types import SimpleNamespace
+    if device.startswith("cuda"):
+        return SimpleNamespace(device_rank=torch.device(device).index or 0)
+    return None
+

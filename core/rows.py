@@ -1,6 +1,6 @@
 """Reading JSON / JSONL records with errors that name file, 1-based line and field, and the one
-ProcessBench loader (prm's datasets and judges.eval both read it through here; judges imports nothing
-from prm, so the shared part lives on this side).
+ProcessBench loader (prm's datasets and judges.eval both read it through here), the HF `datasets`
+sources (`hf:<id>[:<config>]`, .parquet) and data_root.
 
 A bad record (not UTF-8, not JSON, a field missing or of the wrong type) raises DataError, or with
 skip_bad_rows=True is counted in `skipped` and passed over. A .json file holding a list gives each
@@ -185,3 +185,52 @@ def load_processbench_rows(path: str | Path, skip_bad_rows: bool = False,
                 "final_answer_correct": rec.get("final_answer_correct"), "line": at.line}
 
     return rows.parse(parse), rows.skipped
+
+
+# ---------------------------------------------------------------- row reading + validation
+HUB_PREFIX = "hf:"
+
+
+def hub_rows(source: str, split: str) -> list[dict]:
+    """The rows of `source` through HF `datasets`: `hf:<hub id>[:<config>]` (one split of a hub dataset)
+    or a local .parquet file."""
+    import datasets
+
+    if source.startswith(HUB_PREFIX):
+        name, _, config = source[len(HUB_PREFIX):].partition(":")
+        return list(datasets.load_dataset(name, config or None, split=split))
+    return list(datasets.load_dataset("parquet", data_files=source, split="train"))
+
+
+@dataclass
+class HubRows(Rows):
+    """Rows of a HF `datasets` source (hub_rows), checked like a file's; errors name the 1-based row."""
+    split: str = "train"
+
+    def records(self) -> Iterator[tuple[Where, Any]]:
+        if not str(self.path).startswith(HUB_PREFIX) and not self.path.is_file():
+            raise DataError(self.path, None, None, "file not found")
+        for n, rec in enumerate(hub_rows(str(self.path), self.split), start=1):
+            yield Where(n, unit="row"), rec
+
+
+def rows_of(source: str | Path | None, default: Path, split: str = "train", skip_bad_rows: bool = False) -> Rows:
+    """`source`: None = the `default` file under data_root; `hf:<id>[:<config>]` or a .parquet file =
+    through HF datasets; any other path = that JSON/JSONL file."""
+    if source is None:
+        return Rows(default, skip_bad_rows)
+    if str(source).startswith(HUB_PREFIX) or str(source).endswith(".parquet"):
+        return HubRows(Path(source), skip_bad_rows, split=split)
+    return Rows(Path(source), skip_bad_rows)
+
+
+last_skipped: list[str] = []  # messages of rows skipped by the most recent loader call
+
+
+def finish_rows(rows: Rows, items: list) -> list:
+    global last_skipped
+    last_skipped = rows.skipped
+    if rows.skipped:
+        print(f"[prmloop.data] skipped {len(rows.skipped)} bad rows in {rows.path}; first: {rows.skipped[0]}")
+    return items
+

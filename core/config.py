@@ -1,0 +1,87 @@
+"""Config infrastructure every command shares: schema validation before anything loads, the output
+dir node, device resolution and the trainer node (seed, DeepSpeed, checkpoints)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def validate(cfg: DictConfig | dict, schema: type[T]) -> T:
+    """Merge `cfg` into `schema` (struct mode: unknown keys and wrong types are errors); return the object.
+    Every command validates its composed config this way, before any model, engine or judge is built."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid config for {schema.__name__}: {err}") from None
+    except (KeyError, ValueError) as err:   # a schema's own rule (__post_init__), named by its keys
+        raise ConfigError(err.args[0] if err.args else str(err)) from None
+
+
+@dataclass
+class OutDirConfig:
+    """The `trainer` node of a command that trains nothing (prm.eval, judges.eval; rl.search adds resume):
+    every command spells its output dir `trainer.out_dir`, as rl.online and prm.train do."""
+    out_dir: str = "outputs/run"
+
+
+def reject_moved_keys(cfg: Any, moved: dict[str, str], prefix: str = "") -> None:
+    """Fail on a key given at its old place (a value other than None), naming the key that replaced it.
+    `prefix`: the node's own key path (`task.`), so the message names the old key in full."""
+    for old, new in moved.items():
+        if getattr(cfg, old) is not None:
+            raise ValueError(f"{prefix}{old}={getattr(cfg, old)} was renamed: use {new}")
+
+
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def resolve_device(device: str | None) -> str:
+    """`auto` (or None): cuda:LOCAL_RANK when a GPU is visible, else cpu. `cuda` under a launcher
+    (torchrun / deepspeed set WORLD_SIZE) is this rank's GPU, cuda:LOCAL_RANK. Else as written."""
+    import os
+
+    import torch
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device in (None, "auto"):
+        return f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return f"cuda:{local}" if "WORLD_SIZE" in os.environ else "cuda:0"
+    return device
+
+
+def check_device(device: str, key: str = "prm.device") -> None:
+    """Fail at start-up, not at the first batch, when `device` is malformed or not usable here."""
+    if not DEVICE_RE.fullmatch(device):
+        raise ConfigError(f"{key} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device in ("cpu", "auto"):
+        return
+    import torch  # only here: configs are composed (and tested) without paying for torch
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{key}={device!r} but torch.cuda.is_available() is False (torch {torch.__version__}, "
+                          f"CUDA build {torch.version.cuda}); use {key}=cpu or install a CUDA build of torch")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"{key}={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+
+
+@dataclass
+class TrainerConfig:
+    out_dir: str = "outputs/run"
+    seed: int = 0
+    zero_stage: int = 0                       # DeepSpeed ZeRO stage; 0 = plain data parallel
+    deepspeed: bool = True
+    save_every: int = 1                       # rounds (online) or batches (PRM training)
+    resume: str = "auto"                      # auto | never | <checkpoint dir>
+    progress: bool = True
+
