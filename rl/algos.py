@@ -16,6 +16,10 @@ sample's group (the n completions of one prompt) or the whole batch:
 The return-to-go of token t is the sum of the values placed at or after t (for the outcome that is the
 one value everywhere — DeepSeekMath's process supervision for the process source). The sources'
 advantages are summed with weights (PRIME: equal), each source normalised on its own scale.
+
+Estimators live in one registry, ESTIMATORS, filled by `@register_estimator(name)` (veRL's
+`register_adv_est`): a user's module that registers one makes `algo.advantage=<name>` valid, with no
+edit here; the config check reads the same registry before anything loads.
 """
 from __future__ import annotations
 
@@ -92,20 +96,44 @@ def whiten_tokens(returns: list[torch.Tensor], in_batch: list[bool] | None = Non
     return [(r - mean) * rstd for r in returns]
 
 
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_estimator(name: str) -> Callable[[Estimator], Estimator]:
+    """Decorator: add an advantage estimator under `name` (the value of algo.advantage). It is called as
+    fn(values, positions, groups, lengths, in_batch, reduce) and returns per-token advantages per sample.
+    A name registered twice is refused: a second estimator must not silently replace the first."""
+    def add(fn: Estimator) -> Estimator:
+        if name in ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is already registered "
+                             f"({getattr(ESTIMATORS[name], '__qualname__', ESTIMATORS[name])}); pick another name")
+        ESTIMATORS[name] = fn
+        return fn
+    return add
+
+
+def get_estimator(name: str) -> Estimator:
+    if name not in ESTIMATORS:
+        raise KeyError(f"algo.advantage={name!r} is not a registered advantage estimator; registered: "
+                       f"{sorted(ESTIMATORS)} (add one with rl.algos.register_estimator)")
+    return ESTIMATORS[name]
+
+
 def _baseline_then_returns(baseline: Baseline) -> Estimator:
     def estimate(values, positions, groups, lengths, in_batch=None, reduce=None):
         return [returns_to_go(v, p, n) for v, p, n in zip(baseline(values, groups), positions, lengths)]
     return estimate
 
 
+register_estimator("grpo")(_baseline_then_returns(grpo))
+register_estimator("rloo")(_baseline_then_returns(rloo))
+
+
+@register_estimator("reinforce_pp")
 def reinforce_pp(values: list[torch.Tensor], positions: list[list[int]], groups: list[int], lengths: list[int],
                  in_batch: list[bool] | None = None,
                  reduce: Callable[[list[float]], list[float]] | None = None) -> list[torch.Tensor]:
     return whiten_tokens([returns_to_go(v, p, n) for v, p, n in zip(values, positions, lengths)], in_batch, reduce)
-
-
-ESTIMATORS: dict[str, Estimator] = {"grpo": _baseline_then_returns(grpo), "rloo": _baseline_then_returns(rloo),
-                                    "reinforce_pp": reinforce_pp}
 
 
 def compute_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[int]]]], weights: dict[str, float],
@@ -117,15 +145,14 @@ def compute_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[in
     in_batch: the samples that enter the loss (keep_mask); REINFORCE++ whitens over their tokens only.
     `reduce` (data parallel): REINFORCE++'s batch statistics summed over ranks (GRPO/RLOO are per group)."""
     in_batch = [True] * len(lengths) if in_batch is None else list(in_batch)
-    if estimator not in ESTIMATORS:
-        raise KeyError(f"unknown advantage estimator {estimator!r}; registered: {sorted(ESTIMATORS)}")
+    estimate = get_estimator(estimator)
     total = [torch.zeros(n) for n in lengths]
     for name, (values, positions) in sources.items():
         weight = weights.get(name, 0.0)
         if weight == 0.0:
             continue
         values = [torch.as_tensor(v, dtype=torch.float32) for v in values]
-        for i, adv in enumerate(ESTIMATORS[estimator](values, positions, groups, lengths, in_batch, reduce)):
+        for i, adv in enumerate(estimate(values, positions, groups, lengths, in_batch, reduce)):
             total[i] += weight * adv
     return total
 

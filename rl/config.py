@@ -29,12 +29,6 @@ class RolloutBackendName(StrEnum):
     vllm = "vllm"    # an in-process vLLM engine, weights pushed after each update
 
 
-class Estimator(StrEnum):
-    grpo = "grpo"
-    rloo = "rloo"
-    reinforce_pp = "reinforce_pp"
-
-
 class RewardSource(StrEnum):
     outcome = "outcome"   # the verified final answer
     process = "process"   # PRM step rewards
@@ -107,7 +101,7 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    advantage: Estimator = Estimator.grpo    # docs/method.md, advantages
+    advantage: str = "grpo"                  # a name in rl.algos.ESTIMATORS: grpo | rloo | reinforce_pp | one you register
     reward: RewardSource = RewardSource.both
     outcome_weight: float = 1.0              # PRIME: equal weights
     process_weight: float = 1.0
@@ -120,6 +114,12 @@ class AlgoConfig:
     ppo_epochs: int = 1
     mini_batch_size: int = 64                # samples per optimizer step
     micro_batch_size: int = 16               # samples per forward/backward
+
+    def __post_init__(self):
+        from rl.algos import ESTIMATORS   # the one registry: the built-ins and any a user registered
+        if self.advantage not in ESTIMATORS:
+            raise ConfigError(f"algo.advantage={self.advantage!r} is not a registered advantage estimator; "
+                              f"registered: {sorted(ESTIMATORS)} (add one with rl.algos.register_estimator)")
 
 
 @dataclass

@@ -4,10 +4,12 @@ import math
 import pytest
 import torch
 
+from core.config import ConfigError, validate
 from core.models import load_model
 from core.steps import split_steps
-from rl.algos import (compute_advantages, grpo, keep_mask, outcome_source, ppo_clip_loss, reinforce_pp,
-                      returns_to_go, rloo, step_end_tokens)
+from rl.algos import (ESTIMATORS, compute_advantages, grpo, keep_mask, outcome_source, ppo_clip_loss, register_estimator,
+                      reinforce_pp, returns_to_go, rloo, step_end_tokens)
+from rl.config import OnlineConfig
 from rl.rollout import Completion, MixedPolicyVersions, assert_single_version
 
 T = torch.tensor
@@ -157,3 +159,34 @@ def test_groups_mixing_policy_versions_are_rejected():
     assert assert_single_version([[c(3), c(3)], [c(3)]]) == 3
     with pytest.raises(MixedPolicyVersions):
         assert_single_version([[c(3), c(4)]])
+
+
+# ---- the estimator registry ----------------------------------------------------------------------
+@pytest.fixture
+def halved_returns():
+    """A user's estimator, registered from outside rl/: half the raw return-to-go (no baseline)."""
+    @register_estimator("halved_returns")
+    def halved(values, positions, groups, lengths, in_batch=None, reduce=None):
+        return [0.5 * returns_to_go(v, p, n) for v, p, n in zip(values, positions, lengths)]
+    yield "halved_returns"
+    ESTIMATORS.pop("halved_returns")
+
+
+def test_a_registered_estimator_is_valid_config_and_computes_advantages(halved_returns):
+    cfg = validate({"algo": {"advantage": halved_returns}}, OnlineConfig)
+    lengths = [3, 2]
+    sources = {"outcome": outcome_source([1.0, 0.0], lengths), "process": ([T([0.5, 1.0]), T([0.25])], [[0, 2], [1]])}
+    adv = compute_advantages(sources, {"outcome": 1.0, "process": 2.0}, [0, 0], lengths, cfg.algo.advantage)
+    # outcome 1 everywhere of sample 0, process return-to-go [1.5, 1.0, 1.0] / [0.25, 0.25], each halved
+    assert torch.allclose(adv[0], T([0.5 + 1.5, 0.5 + 1.0, 0.5 + 1.0])) and torch.allclose(adv[1], T([0.25, 0.25]))
+
+
+def test_estimator_names_are_checked_once_and_never_registered_twice(halved_returns):
+    with pytest.raises(ValueError, match="'grpo' is already registered"):
+        register_estimator("grpo")(lambda *args: [])
+    with pytest.raises(ValueError, match="'halved_returns' is already registered"):
+        register_estimator(halved_returns)(lambda *args: [])
+    with pytest.raises(ConfigError, match="algo.advantage='grpo_typo'.*registered: .*'grpo'"):
+        validate({"algo": {"advantage": "grpo_typo"}}, OnlineConfig)
+    with pytest.raises(KeyError, match="algo.advantage='grpo_typo'"):
+        compute_advantages({}, {}, [0], [1], "grpo_typo")
