@@ -57,7 +57,7 @@ def sample(model, tok, problems, n: int, temperature: float) -> list[tuple]:
 
 def judged(items) -> list[Trajectory]:
     import judges.chain  # noqa: F401
-    from judges.base import make_judge
+    from judges.registry import make_judge
     judge = make_judge({"name": "chain"})
     out = []
     for p, text in items:

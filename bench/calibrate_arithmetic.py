@@ -11,7 +11,7 @@ import time
 import torch
 
 import judges.rule  # noqa: F401 (registers "rule")
-from judges.base import make_judge
+from judges.registry import make_judge
 from core.answers import AnswerChecker
 from core.models import load_model
 from core.steps import split_steps

@@ -48,7 +48,7 @@ def build_scorer(args):
         from prm.model import EnsemblePRM
         return prm_scorer(EnsemblePRM.load(args.prm_path), args.batch_size), f"PRM {args.prm_path}"
     import judges.rule  # noqa: F401  (registers the rule judge)
-    from judges.base import make_judge
+    from judges.registry import make_judge
     judge = make_judge({"name": "rule"})
     return judge_scorer(judge), f"judge {judge.identity}"
 

@@ -2,21 +2,22 @@
 
 Depends on nothing in prm or rl; they depend on it.
 """
-from judges.base import JUDGES, Cost, Item, Judge, Verdict, item_key, make_judge, register_judge
+from judges.base import Cost, Item, Judge, Verdict, item_key
 from judges.chain import ChainJudge
 from judges.chat_client import (JudgeAuthError, JudgeBudgetStop, JudgeEndpointError, JudgeError,
                                 JudgeRequestError, JudgeUnavailableError)
 from judges.config import (ChainJudgeConfig, JudgeConfig, JudgeEvalConfig, LLMJudgeConfig, OracleJudgeConfig, RuleJudgeConfig,
-                            RuleOutcomeJudgeConfig, validate_judge_config)
+                            RuleOutcomeJudgeConfig)
 from judges.ledger import LabelLedger
 from judges.llm import LLMJudge
 from judges.metrics import processbench_f1
+from judges.registry import JUDGES, JudgeKind, make_judge, register_judge, validate_judge_config
 from judges.oracle import OracleJudge
 from judges.rule import RuleJudge
 from judges.rule_outcome import RuleOutcomeJudge
 
 __all__ = [
-    "JUDGES", "Cost", "Item", "Judge", "Verdict", "item_key", "make_judge", "register_judge",
+    "JUDGES", "JudgeKind", "Cost", "Item", "Judge", "Verdict", "item_key", "make_judge", "register_judge",
     "JudgeError", "JudgeAuthError", "JudgeBudgetStop", "JudgeEndpointError", "JudgeRequestError", "JudgeUnavailableError",
     "JudgeConfig", "JudgeEvalConfig", "LLMJudgeConfig", "OracleJudgeConfig", "RuleJudgeConfig", "RuleOutcomeJudgeConfig",
     "ChainJudgeConfig", "validate_judge_config", "LabelLedger", "LLMJudge", "OracleJudge", "RuleJudge", "RuleOutcomeJudge",

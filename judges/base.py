@@ -1,4 +1,4 @@
-"""The judge interface: what every judge returns, and how judges are found by name.
+"""The judge interface: what every judge returns (judges.registry finds judges by name).
 
 A judge reads (question, steps) and names the first wrong step: 0-based index, -1 when every step
 is correct, None when its output could not be understood (invalid: recorded, never trained on).
@@ -16,7 +16,6 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, TypeVar
 
-from judges.config import JUDGE_SCHEMAS, JudgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +73,6 @@ class Judge(ABC):
     """
 
     max_concurrency: int = 1  # network judges raise this; judge_batch runs that many at once
-    config_class: type = JudgeConfig  # this kind's config schema (judges.config)
 
     @property
     @abstractmethod
@@ -180,31 +178,3 @@ def run_bounded(fn: Callable[[T], R], items: Iterable[T], max_workers: int) -> I
             submit_more()
     if first_error is not None:
         raise first_error
-
-
-# ---- registry ---------------------------------------------------------------------------------
-JUDGES: dict[str, type[Judge]] = {}
-
-
-def register_judge(name: str) -> Callable[[type[Judge]], type[Judge]]:
-    def add(cls: type[Judge]) -> type[Judge]:
-        if name in JUDGES and JUDGES[name] is not cls:
-            raise ValueError(f"judge name {name!r} is already registered to {JUDGES[name].__name__}")
-        JUDGES[name] = cls
-        JUDGE_SCHEMAS.setdefault(name, cls.config_class)
-        return cls
-    return add
-
-
-def make_judge(cfg: Any, **context: Any) -> Judge:
-    """Build a judge from a config (dict, DictConfig or JudgeConfig) whose `name` picks the kind.
-
-    The config is validated against its kind's schema (judges.config) first: unknown or ill-typed keys
-    fail here, at start-up, not deep inside a run.
-    """
-    from judges.config import validate_judge_config
-
-    config = validate_judge_config(cfg)
-    if config.name not in JUDGES:
-        raise KeyError(f"unknown judge {config.name!r}; registered judges: {sorted(JUDGES)}")
-    return JUDGES[config.name].from_config(config, **context)

@@ -11,16 +11,16 @@ step (-1: its outcome is wrong, no step is). A question that is not a chain fall
 """
 from __future__ import annotations
 
-from judges.base import Cost, Judge, Verdict, register_judge
+from judges.base import Cost, Judge, Verdict
 from judges.config import ChainJudgeConfig
+from judges.registry import register_judge
 from judges.rule import RuleJudge
 from tasks.chain.labels import first_error, parse_chain
 
 
-@register_judge("chain")
+@register_judge("chain", config=ChainJudgeConfig)
 class ChainJudge(Judge):
     identity = "chain:v1"
-    config_class = ChainJudgeConfig
 
     def judge(self, question: str, steps: list[str]) -> Verdict:
         parsed = parse_chain(question)

@@ -1,17 +1,15 @@
 """Judge config schemas, one per kind, and the schema of `python -m judges.eval`.
 
-Every judge config is merged onto its kind's schema (picked by `name`), so a typo, a key another kind
+Every judge config is merged onto its kind's schema (picked by `name` in judges.registry), so a typo, a key another kind
 owns (`judge=rule judge.base_url=...`) or an out-of-range value fails at start-up, before any model,
 engine or judge is built.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from core.config import OutDirConfig, reject_moved_keys
 
@@ -19,7 +17,7 @@ from core.config import OutDirConfig, reject_moved_keys
 @dataclass
 class JudgeConfig:
     """What every judge has: its kind and its ledger/budget (one ledger file = one budget; None = unlimited)."""
-    name: str = "rule"  # a key of judges.JUDGES: oracle | rule | chain | rule_outcome | llm
+    name: str = "rule"  # a key of judges.registry.JUDGES: oracle | rule | chain | rule_outcome | llm | yours
     ledger_path: Optional[str] = None  # None: the command's default, under trainer.out_dir
     max_labels: Optional[int] = None  # judge calls paid, invalid ones included
     max_total_tokens: Optional[int] = None  # prompt + completion tokens over all calls
@@ -85,36 +83,6 @@ class LLMJudgeConfig(JudgeConfig):
             raise ValueError("invalid judge config: " + "; ".join(problems))
 
 
-# kind -> schema; judges.base.register_judge adds a new kind's `config_class`
-JUDGE_SCHEMAS: dict[str, type[JudgeConfig]] = {"rule": RuleJudgeConfig, "chain": ChainJudgeConfig, "oracle": OracleJudgeConfig,
-                                               "rule_outcome": RuleOutcomeJudgeConfig, "llm": LLMJudgeConfig}
-
-
-def judge_schema(name: str) -> type[JudgeConfig]:
-    if name not in JUDGE_SCHEMAS:
-        raise KeyError(f"unknown judge {name!r} (judge.name); registered judges: {sorted(JUDGE_SCHEMAS)}")
-    return JUDGE_SCHEMAS[name]
-
-
-def validate_judge_config(cfg: Any) -> JudgeConfig:
-    """Merge cfg (a kind name, dict, DictConfig or JudgeConfig) onto its kind's schema; raise ValueError
-    naming the bad key."""
-    if isinstance(cfg, str):
-        cfg = {"name": cfg}
-    if isinstance(cfg, JudgeConfig):   # maybe another kind's class: re-read as plain keys
-        cfg = asdict(cfg)
-    elif not isinstance(cfg, (dict, DictConfig)):
-        raise TypeError(f"a judge config must be a name, dict, DictConfig or JudgeConfig, not {type(cfg).__name__}")
-    schema = judge_schema(cfg.get("name") or "rule")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-        config = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        raise ValueError(f"invalid judge config for judge.name={schema.name}: {exc}".strip()) from None
-    assert isinstance(config, JudgeConfig)
-    return config
-
-
 @dataclass
 class JudgeEvalTrainerConfig(OutDirConfig):
     """judges.eval's `trainer` node: the output dir and seed, spelt as in the other commands."""
@@ -136,6 +104,9 @@ class JudgeEvalConfig:
 
     def __post_init__(self) -> None:
         reject_moved_keys(self, {"out_dir": "trainer.out_dir", "ledger": "judge.ledger_path"})
+        from judges.registry import (
+            validate_judge_config,  # the registry reads this module's schemas
+        )
         self.judge = validate_judge_config(self.judge)
 
 

@@ -18,7 +18,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from judges.base import Cost, Judge, make_judge
+from judges.base import Cost, Judge
+from judges.registry import make_judge
 from judges.config import JudgeEvalConfig
 from core.config import validate
 from judges.ledger import LabelLedger

@@ -9,18 +9,18 @@ import asyncio
 import contextlib
 from typing import Any, AsyncIterator
 
-from judges.base import BeforeRetryCost, Cost, Judge, Verdict, register_judge, run_sync
+from judges.base import BeforeRetryCost, Cost, Judge, Verdict, run_sync
 from judges.chat_client import Attempt, ChatClient, JudgeError
 from judges.config import LLMJudgeConfig
 from judges.critic import PROMPT_VERSION, critic_prompt, parse_verdict
+from judges.registry import register_judge
 
 # Tokens a chat template may add around the prompt (role tags, a default system prompt).
 TEMPLATE_TOKEN_ALLOWANCE = 256
 
 
-@register_judge("llm")
+@register_judge("llm", config=LLMJudgeConfig)
 class LLMJudge(Judge):
-    config_class = LLMJudgeConfig
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", model: str = "default",
                  api_key_env: str = "PRMLOOP_JUDGE_API_KEY", temperature: float = 0.5, top_p: float = 0.95,

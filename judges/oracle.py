@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from judges.base import Cost, Judge, Verdict, item_key, register_judge
+from judges.base import Cost, Judge, Verdict, item_key
 from judges.config import OracleJudgeConfig
+from judges.registry import register_judge
 from core.rows import Rows, Where
 
 
-@register_judge("oracle")
+@register_judge("oracle", config=OracleJudgeConfig)
 class OracleJudge(Judge):
-    config_class = OracleJudgeConfig
     def __init__(self, records: Iterable[Mapping[str, Any]]):
         self._labels: dict[str, int] = {}
         for i, record in enumerate(records):

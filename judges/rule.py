@@ -12,8 +12,9 @@ from fractions import Fraction
 from typing import Any, Iterator
 
 from judges.arith import ArithError, Tok, evaluate, rounds_to
-from judges.base import Cost, Judge, Verdict, register_judge
+from judges.base import Cost, Judge, Verdict
 from judges.config import RuleJudgeConfig
+from judges.registry import register_judge
 from judges.rule_text import (ANNOTATION, CLEAN_PUNCT, LABEL_WORDS, OPERATOR_WORDS, VALUE_END, Lex, lex,
                               normalize, rewrite)
 
@@ -214,9 +215,8 @@ def _fmt(v: Fraction) -> str:
     return str(v.numerator) if v.denominator == 1 else f"{float(v):.6g}"
 
 
-@register_judge("rule")
+@register_judge("rule", config=RuleJudgeConfig)
 class RuleJudge(Judge):
-    config_class = RuleJudgeConfig
     @property
     def identity(self) -> str:
         return f"rule:{RULES_VERSION}"

@@ -17,8 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from judges.base import Cost, Verdict, item_key, register_judge
+from judges.base import Cost, Verdict, item_key
 from judges.config import RuleOutcomeJudgeConfig
+from judges.registry import register_judge
 from core.rows import Rows
 from judges.rule import RULES_VERSION, RuleJudge
 
@@ -48,9 +49,8 @@ def load_verified_records(path: str) -> list[dict]:
     return rows.parse(parse)
 
 
-@register_judge("rule_outcome")
+@register_judge("rule_outcome", config=RuleOutcomeJudgeConfig)
 class RuleOutcomeJudge(RuleJudge):
-    config_class = RuleOutcomeJudgeConfig
 
     def __init__(self, records: Iterable[Mapping[str, Any]]):
         self._correct = dict(verified(r, f"record {i}") for i, r in enumerate(records))

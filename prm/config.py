@@ -13,7 +13,7 @@ from hydra.core.config_store import ConfigStore
 
 # ConfigError and validate live in judges.config (the bottom layer, so judges.eval validates the same way)
 from core.config import ConfigError, OutDirConfig, TrainerConfig, check_device, reject_moved_keys
-from judges.config import validate_judge_config
+from judges.registry import validate_judge_config
 
 
 class SelectMode(StrEnum):

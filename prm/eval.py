@@ -27,14 +27,14 @@ from typing import Callable, Protocol
 import hydra
 from omegaconf import DictConfig
 
-from judges.metrics import processbench_f1
-from core.run import anchored
-from prm.config import EvalConfig, PRMEvalConfig
 from core.config import validate
-from prm.data import PROCESSBENCH_SUBSETS, load_processbench
 from core.rows import data_root
-from prm.prmbench import prmbench_results, read_prmbench, report_dict
+from core.run import anchored
 from core.steps import first_below
+from judges.metrics import processbench_f1
+from prm.config import EvalConfig, PRMEvalConfig
+from prm.data import PROCESSBENCH_SUBSETS, load_processbench
+from prm.prmbench import prmbench_results, read_prmbench, report_dict
 
 
 class StepScorer(Protocol):
@@ -175,8 +175,8 @@ def evaluate(scorer: StepScorer, ecfg: EvalConfig, root: str | None, out_dir: st
 
 def build_scorer(cfg: PRMEvalConfig, stack: contextlib.ExitStack) -> tuple[StepScorer, str]:
     if cfg.judge:
-        from judges.base import make_judge
         from judges.ledger import LabelLedger
+        from judges.registry import make_judge
         judge = make_judge(cfg.judge)
         # a judge's labels go through its ledger as in every command: persisted before use, never paid twice
         ledger = stack.enter_context(LabelLedger.from_config(cfg.judge, Path(cfg.trainer.out_dir) / "ledger.sqlite"))

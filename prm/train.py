@@ -31,12 +31,12 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from core.config import validate
 from core.run import MetricsLog, resume_dir, seed_everything
 from prm.config import PRMJob, PRMTrainConfig, SelectMode
-from core.config import validate
 from prm.data import load_pool
-from tasks.problems import Trajectory
 from prm.selection import Selection
+from tasks.problems import Trajectory
 
 
 def rank_world() -> tuple[int, int]:
@@ -62,8 +62,8 @@ def make_revealer(cfg: PRMTrainConfig, pool: list[Trajectory], out: Path):
     """A function picked-trajectories -> first-error labels, paid through the ledger. The ledger is opened
     the way every labelling command opens it (LabelLedger.from_config): path and budgets from the judge
     config (judge.ledger_path, judge.max_labels, judge.max_total_tokens)."""
-    from judges.base import make_judge
     from judges.ledger import LabelLedger
+    from judges.registry import make_judge
     if cfg.judge.name == "oracle":
         if any(t.first_error is None for t in pool):
             raise ValueError("judge=oracle needs a labelled pool; use judge=rule or judge=llm for an unlabelled one")

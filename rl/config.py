@@ -14,7 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from core.config import reject_moved_keys
-from judges.config import validate_judge_config
+from judges.registry import validate_judge_config
 from core.config import ConfigError, TrainerConfig, check_device
 from prm.config import PRMConfig, ReplayConfig, SelectMode
 

@@ -42,7 +42,7 @@ def build(cfg: OnlineConfig):
     import judges.llm  # noqa: F401
     import judges.oracle  # noqa: F401
     import judges.rule  # noqa: F401
-    from judges.base import make_judge
+    from judges.registry import make_judge
     from judges.ledger import LabelLedger
     from core.answers import AnswerChecker
     from rl.engines import rollout_from_config

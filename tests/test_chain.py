@@ -5,7 +5,7 @@ import pytest
 
 import judges.chain  # noqa: F401 (registers the chain judge)
 import judges.rule  # noqa: F401 (registers the rule judge)
-from judges.base import make_judge
+from judges.registry import make_judge
 from tasks.chain.problems import ChainSpec, chain_problems, parse_question, sample_solution, solution_steps
 from core.steps import join_steps, split_steps
 from rl.config import TaskConfig

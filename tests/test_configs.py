@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 import core.models
 import rl.online
-from judges.config import JudgeConfig, JudgeEvalConfig, LLMJudgeConfig, validate_judge_config
+from judges.config import JudgeConfig, JudgeEvalConfig, LLMJudgeConfig
+from judges.registry import validate_judge_config
 from core.config import ConfigError, validate
 from prm.config import PRMEvalConfig, PRMTrainConfig
 from rl.config import OnlineConfig

@@ -7,10 +7,12 @@ import sqlite3
 import threading
 import time
 
+from dataclasses import dataclass
+
 import pytest
 
 from judges import (JUDGES, Cost, Judge, JudgeConfig, LabelLedger, OracleJudge, RuleJudge, Verdict, item_key,
-                    make_judge, processbench_f1, register_judge)
+                    make_judge, processbench_f1, register_judge, validate_judge_config)
 from judges.base import run_bounded
 from judges.critic import critic_prompt, parse_verdict
 
@@ -41,6 +43,55 @@ def test_registry_and_make_judge():
         make_judge({"name": "llm", "max_concurrency": 0})
     with pytest.raises(ValueError, match="already registered"):
         register_judge("rule")(type("Other", (RuleJudge,), {}))
+
+
+@dataclass
+class ParityJudgeConfig(JudgeConfig):
+    name: str = "parity"
+    wrong_step: int = 0   # a key no built-in kind has
+
+
+class ParityJudge(Judge):
+    """A user's judge, defined and registered outside judges/: every solution wrong at `wrong_step`."""
+
+    def __init__(self, wrong_step: int):
+        self.wrong_step = wrong_step
+
+    @property
+    def identity(self) -> str:
+        return f"parity:{self.wrong_step}"
+
+    def judge(self, question, steps):
+        return Verdict(min(self.wrong_step, len(steps) - 1), cost=Cost(calls=1))
+
+    @classmethod
+    def from_config(cls, cfg, **context):
+        return cls(cfg.wrong_step)
+
+
+@pytest.fixture
+def parity_registered():
+    register_judge("parity", config=ParityJudgeConfig)(ParityJudge)
+    yield
+    JUDGES.pop("parity")
+
+
+def test_one_registry_builds_and_validates_a_user_judge(parity_registered):
+    judge = make_judge({"name": "parity", "wrong_step": 2})
+    assert isinstance(judge, ParityJudge) and judge.judge("q", ["a", "b", "c", "d"]).first_error == 2
+    config = validate_judge_config({"name": "parity", "wrong_step": 1, "max_labels": 3})
+    assert isinstance(config, ParityJudgeConfig) and (config.wrong_step, config.max_labels) == (1, 3)
+    with pytest.raises(ValueError, match="wrong_step"):      # its schema's types hold
+        make_judge({"name": "parity", "wrong_step": "second"})
+    with pytest.raises(ValueError, match="base_url"):        # another kind's key is refused
+        validate_judge_config({"name": "parity", "base_url": "http://x"})
+    with pytest.raises(ValueError, match="wrong_step"):      # and its key is refused by the built-in kinds
+        validate_judge_config({"name": "rule", "wrong_step": 1})
+    with pytest.raises(ValueError, match="'parity' is already registered to ParityJudge"):
+        register_judge("parity", config=JudgeConfig)(ParityJudge)   # same class, another schema
+    with pytest.raises(ValueError, match="'rule' is already registered to RuleJudge"):
+        register_judge("rule", config=ParityJudgeConfig)(ParityJudge)
+    register_judge("parity", config=ParityJudgeConfig)(ParityJudge)   # the same entry again: a no-op
 
 
 def test_run_bounded_drains_running_items_before_raising():

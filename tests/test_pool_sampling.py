@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from judges.base import make_judge
+from judges.registry import make_judge
 from judges.ledger import LabelLedger
 from core.config import validate
 from prm.data import load_trajectories_jsonl

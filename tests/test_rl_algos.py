@@ -7,8 +7,19 @@ import torch
 from core.config import ConfigError, validate
 from core.models import load_model
 from core.steps import split_steps
-from rl.algos import (ESTIMATORS, compute_advantages, grpo, keep_mask, outcome_source, ppo_clip_loss, register_estimator,
-                      reinforce_pp, returns_to_go, rloo, step_end_tokens)
+from rl.algos import (
+    ESTIMATORS,
+    compute_advantages,
+    grpo,
+    keep_mask,
+    outcome_source,
+    ppo_clip_loss,
+    register_estimator,
+    reinforce_pp,
+    returns_to_go,
+    rloo,
+    step_end_tokens,
+)
 from rl.config import OnlineConfig
 from rl.rollout import Completion, MixedPolicyVersions, assert_single_version
 

@@ -7,7 +7,7 @@ import gymnasium as gym
 from gymnasium.utils.env_checker import check_env
 
 import judges.rule  # noqa: F401 (registers the rule judge)
-from judges.base import make_judge
+from judges.registry import make_judge
 from rl.env import ENV_ID, StepMathEnv
 from tasks.registry import ArithmeticSpec, TaskStream, arithmetic_chain, make_task
 
