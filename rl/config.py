@@ -49,6 +49,7 @@ class PRMUpdate(StrEnum):
 
 
 class Schedule(StrEnum):
+    auto = "auto"         # overlap where overlap_blockers finds nothing, else serial
     overlap = "overlap"   # judge + PRM update of round k beside its policy update and round k+1's generation
     serial = "serial"
 
@@ -182,8 +183,9 @@ class OnlineConfig:
     rounds: int = 4
     prm_update: PRMUpdate = PRMUpdate.pre_update_rewards
     # overlap: judge + PRM update of round k run beside its policy update and round k+1's generation (same
-    # results; serial where prm_update=post_update_rewards or several processes; rl/schedule.py) | serial
-    schedule: Schedule = Schedule.overlap
+    # results; rl/schedule.py); fails at start-up where overlap_blockers names a setting | serial |
+    # auto: overlap where nothing blocks it, else serial
+    schedule: Schedule = Schedule.auto
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
@@ -221,15 +223,33 @@ def check_rules(cfg: OnlineConfig) -> None:
     if cfg.algo.process_warmup_rounds < 0 or (cfg.algo.process_warmup_rounds and cfg.algo.reward != RewardSource.both):
         raise ConfigError(f"algo.process_warmup_rounds={cfg.algo.process_warmup_rounds} needs algo.reward=both and a "
                           f"value >= 0 (the outcome alone drives the warm-up rounds; algo.reward={cfg.algo.reward})")
-    if cfg.algo.process_source == ProcessSource.judge and (cfg.select.mode != SelectMode.all
-                                                            or cfg.schedule != Schedule.serial):
+    if cfg.algo.process_source == ProcessSource.judge and cfg.select.mode != SelectMode.all:
         raise ConfigError(f"algo.process_source=judge reads every sample's label before the policy update: it needs "
-                          f"select.mode=all and schedule=serial (got select.mode={cfg.select.mode}, "
-                          f"schedule={cfg.schedule})")
+                          f"select.mode=all and schedule=serial|auto (got select.mode={cfg.select.mode})")
+    blockers = overlap_blockers(cfg)
+    if cfg.schedule == Schedule.overlap and blockers:
+        raise ConfigError("schedule=overlap runs round k's judge and PRM update beside its policy update, which "
+                          "cannot be done with " + "; ".join(blockers) + ": set schedule=serial, or schedule=auto "
+                          "(overlap where nothing blocks it)")
     if not labels_wanted and cfg.prm_update != PRMUpdate.none:
         raise ConfigError(f"prm_update={cfg.prm_update} learns from judge labels but select.mode=none sends nothing "
                           f"to the judge; set prm_update=none or select.mode=uncertain|random|all")
 
+
+def overlap_blockers(cfg: OnlineConfig) -> list[str]:
+    """The settings (key=value, and why) that rule the overlap schedule out: the one rule the config check
+    (schedule=overlap fails) and rl.schedule (schedule=auto runs serially) share."""
+    blockers = []
+    if cfg.prm_update == PRMUpdate.post_update_rewards:
+        blockers.append("prm_update=post_update_rewards (the policy's rewards wait for this round's PRM update)")
+    if cfg.algo.process_source == ProcessSource.judge:
+        blockers.append("algo.process_source=judge (the policy's rewards wait for this round's labels)")
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / deepspeed before anything loads
+    if ranks > 1:
+        blockers.append(f"WORLD_SIZE={ranks} (the ranks' collectives must keep one order)")
+    if cfg.trainer.deepspeed and cfg.trainer.zero_stage == 3:   # gathers and frees weights inside each forward
+        blockers.append("trainer.zero_stage=3 with trainer.deepspeed=true (a ZeRO-3 PRM is used from one thread)")
+    return blockers
 
 
 # The schema is the base of configs/online.yaml (first in its defaults list), so every key of

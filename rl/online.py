@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from core.run import anchored, seed_everything
 from prm.config import SelectMode
 from core.config import validate
-from rl.config import OnlineConfig, PRMUpdate, RewardSource
+from rl.config import OnlineConfig, PRMUpdate, RewardSource, overlap_blockers
 from core.distributed import Ranks, accept_local_rank_argument
 
 
@@ -163,9 +163,8 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
                dynamic_ncols=True)
     loop.on_phase = lambda index, phase: bar.set_description(f"round {index}/{cfg.rounds}: {phase}")
     schedule = effective_schedule(cfg)
-    if schedule != cfg.schedule and main_rank:
-        print(f"[rl.online] schedule={cfg.schedule} needs prm_update=pre_update_rewards|none, one process and "
-              "trainer.zero_stage<=2 (the PRM's): running serially")
+    if cfg.schedule == "auto" and schedule == "serial" and main_rank:
+        print("[rl.online] schedule=auto runs serially: " + "; ".join(overlap_blockers(cfg)))
     for done in run_rounds(loop, range(start_round, last + 1), schedule):
         index, metrics, stds = done.index, done.metrics, done.stds
         bar.update(1)

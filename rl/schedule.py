@@ -4,9 +4,10 @@ serial    begin(k) -> rank(k) -> learn_prm(k) -> learn_policy(k), round after ro
 overlap   learn_prm(k) (judge -> prm_update) runs in a worker thread while the foreground goes on with
           learn_policy(k) (advantage, policy update, weight sync) and begin(k+1) (generate, verify); it is
           joined before rank(k+1) scores with the PRM. Valid only where the policy's rewards do not wait
-          for this round's PRM update: prm_update=pre_update_rewards (rewards from the scores taken before
-          it) or none; with post_update_rewards, several processes (their collectives must keep one
-          order) or a ZeRO-3 PRM (trainer.zero_stage=3), the schedule is serial. It changes time, not results: the worker touches only the judge, the ledger
+          for this round's labels or PRM update (prm_update=pre_update_rewards or none, the PRM's process
+          source), in one process (collectives must keep one order) and with a PRM below ZeRO-3:
+          rl.config.overlap_blockers is that rule. schedule=overlap where it names a setting fails at
+          start-up; schedule=auto (the default) then runs serially. It changes time, not results: the worker touches only the judge, the ledger
           and the PRM (whose only other user, rank, waits for it) and draws on no global RNG stream, so
           labels, PRM weights and policy updates equal the serial schedule's (tests/test_schedule.py).
 Timing    timing/<phase> is each phase's busy time, whichever thread ran it. timing/round is the round's
@@ -19,15 +20,15 @@ State     a finished round carries the data position and RNG state of the moment
 """
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from core.config import ConfigError
 from rl.checkpoint import rng_state
+from rl.config import overlap_blockers
 
-SCHEDULES = ("overlap", "serial")
 
 
 @dataclass
@@ -40,16 +41,15 @@ class FinishedRound:
 
 
 def effective_schedule(cfg) -> str:
-    """cfg.schedule where it is valid, else serial (see the module docstring)."""
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"schedule={cfg.schedule!r} is not one of {SCHEDULES}")
-    single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
-    # a ZeRO-3 PRM gathers and frees its partitioned weights inside each forward: not from two threads
-    prm_zero3 = cfg.trainer.deepspeed and cfg.trainer.zero_stage == 3
-    if cfg.schedule == "overlap" and cfg.prm_update in ("pre_update_rewards", "none") and single_process \
-            and not prm_zero3:
-        return "overlap"
-    return "serial"
+    """serial | overlap: schedule=auto resolved by overlap_blockers (the rule the config check applies)."""
+    if cfg.schedule not in ("auto", "overlap", "serial"):
+        raise ConfigError(f"schedule={cfg.schedule!r} is not one of auto, overlap, serial")
+    if cfg.schedule == "serial":
+        return "serial"
+    blockers = overlap_blockers(cfg)
+    if blockers and cfg.schedule == "overlap":   # a config changed after its check: the same rule, here
+        raise ConfigError("schedule=overlap cannot run with " + "; ".join(blockers) + ": set schedule=serial or auto")
+    return "serial" if blockers else "overlap"
 
 
 def run_rounds(loop, indices: Iterable[int], schedule: str) -> Iterator[FinishedRound]:

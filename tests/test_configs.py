@@ -86,6 +86,10 @@ def _no_model_may_load(monkeypatch):
     (["select.budget_per_round=0"], ["select.budget_per_round"]),
     (["algo.reward=outcome", "algo.process_warmup_rounds=3"], ["algo.process_warmup_rounds", "algo.reward"]),
     (["algo.process_source=judge"], ["algo.process_source=judge", "select.mode=all", "schedule=serial"]),
+    (["algo.process_source=judge", "select.mode=all", "schedule=overlap"],
+     ["schedule=overlap", "algo.process_source=judge", "schedule=serial"]),
+    (["prm_update=post_update_rewards", "schedule=overlap"],
+     ["schedule=overlap", "prm_update=post_update_rewards", "schedule=serial"]),
 ])
 def test_online_contradiction_fails_before_any_model_loads(monkeypatch, overrides, keys):
     _no_model_may_load(monkeypatch)

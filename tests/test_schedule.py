@@ -5,6 +5,7 @@ import time
 import pytest
 import torch
 
+from core.config import ConfigError
 from rl.loop import OnlineLoop
 from rl.online import build
 from rl import schedule
@@ -101,16 +102,27 @@ def test_the_back_half_runs_beside_the_policy_update(tmp_path, monkeypatch):
     ("pre_update_rewards", "1", "overlap"), ("none", "1", "overlap"),
     ("post_update_rewards", "1", "serial"), ("pre_update_rewards", "2", "serial")])
 def test_overlap_only_where_valid(tmp_path, monkeypatch, prm_update, world, expected):
+    """One rule (rl.config.overlap_blockers): auto resolves by it, an explicit overlap it blocks fails at
+    validation naming the blocking key, serial is always serial."""
     monkeypatch.setenv("WORLD_SIZE", world)
     mode = "none" if prm_update == "none" else "uncertain"   # a frozen PRM pays no judge
-    assert effective_schedule(tiny_config(tmp_path, prm_update=prm_update, mode=mode, schedule="overlap")) == expected
+    assert effective_schedule(tiny_config(tmp_path, prm_update=prm_update, mode=mode, schedule="auto")) == expected
     assert effective_schedule(tiny_config(tmp_path, prm_update=prm_update, mode=mode, schedule="serial")) == "serial"
+    if expected == "overlap":
+        assert effective_schedule(tiny_config(tmp_path, prm_update=prm_update, mode=mode, schedule="overlap")) == "overlap"
+    else:
+        blocker = "prm_update=post_update_rewards" if prm_update == "post_update_rewards" else f"WORLD_SIZE={world}"
+        with pytest.raises(ConfigError, match=f"schedule=overlap .*{blocker}.*set schedule=serial"):
+            tiny_config(tmp_path, prm_update=prm_update, mode=mode, schedule="overlap")
 
 
 def test_a_zero3_prm_runs_serially(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
-    cfg = tiny_config(tmp_path, prm_update="pre_update_rewards", schedule="overlap")
+    cfg = tiny_config(tmp_path, prm_update="pre_update_rewards", schedule="auto")
     cfg.trainer.deepspeed, cfg.trainer.zero_stage = True, 3   # gathers/frees weights per forward: one thread
     assert effective_schedule(cfg) == "serial"
+    cfg.schedule = "overlap"   # changed after validation: the same rule refuses it where it is applied
+    with pytest.raises(ConfigError, match="trainer.zero_stage=3"):
+        effective_schedule(cfg)
     cfg.trainer.zero_stage = 2
     assert effective_schedule(cfg) == "overlap"
