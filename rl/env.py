@@ -1,4 +1,5 @@
 """The task as a step-level MDP: `gymnasium.make("prmloop/StepMath-v0", scorer=prm_scorer)`.
+The gymnasium entry point for agents outside rl.online; docs/gymnasium.md has a runnable example.
 
 Importing rl.env registers the id. In an interpreter that has not imported it, name the module in the
 id: `gymnasium.make("rl.env:prmloop/StepMath-v0", ...)` imports it first (gymnasium >= 1.0 has no
