@@ -1,20 +1,23 @@
 """Issue 11: SmolLM2-135M-Instruct's greedy solutions of the search table's 20 two-operation problems
 (tasks.registry arithmetic, seed 0, operands 1-10, + - *) under several sets of worked-example turns.
 
-    OMP_NUM_THREADS=1 python bench/arithmetic_fewshot_probe.py
+    OMP_NUM_THREADS=1 python -m bench.arithmetic_fewshot_probe
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
-from core.answers import AnswerChecker  # noqa: E402
-from core.models import load_model  # noqa: E402
-from rl.rollout import HFRollout  # noqa: E402
-from tasks.registry import ARITHMETIC_FEW_SHOT, ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, Task, arithmetic_chain, few_shot_for  # noqa: E402
+from core.answers import AnswerChecker
+from core.models import load_model
+from rl.rollout import HFRollout
+from tasks.registry import (
+    ARITHMETIC_FEW_SHOT,
+    ARITHMETIC_SYSTEM_PROMPT,
+    ArithmeticSpec,
+    Task,
+    arithmetic_chain,
+    few_shot_for,
+)
 
 TWO, ONE = ARITHMETIC_FEW_SHOT
 TWO_B = ("What is (9 - 5) + 6?", "9 - 5 = 4\n\n4 + 6 = 10\n\nThe answer is 10.")

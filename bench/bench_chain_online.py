@@ -1,8 +1,8 @@
 """The chain testbed, online: Eq. 5 selection vs random (same count) vs judge-all, and outcome-only RL.
 
-    python bench/bench_chain_online.py --rounds 10 --seeds 0 1 2 3 4 --arms uncertain random all --budget 16 \
+    python -m bench.bench_chain_online --rounds 10 --seeds 0 1 2 3 4 --arms uncertain random all --budget 16 \
         --out outputs/bench_chain_online [-- extra hydra overrides for every run]
-    python bench/bench_chain_online.py --report-only --out outputs/bench_chain_online
+    python -m bench.bench_chain_online --report-only --out outputs/bench_chain_online
 
 Each (arm, seed) is one `python -m rl.online --config-name online_chain` process (trainer.resume=auto:
 a killed bench continues). Every PRM arm trains on the replay of all its paid labels and logs step
@@ -18,9 +18,8 @@ import math
 import sys
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-from chain_stats import fmt, mean_ci, paired  # noqa: E402
-from online_grid import load, run_dir, run_grid  # noqa: E402
+from bench.chain_stats import fmt, mean_ci, paired
+from bench.online_grid import load, run_dir, run_grid
 
 ARMS = {
     "uncertain": ["select.mode=uncertain"],

@@ -1,10 +1,10 @@
 """The chain testbed, pool-based: the policy's pass rates by #ops, and label efficiency of active selection.
 
-    python bench/bench_chain_pool.py --stage pool       # chain-tiny samples (T = 1) on train/test chains, rule-judged
-    python bench/bench_chain_pool.py --stage runs       # active vs random vs full at budgets, seeds; + baselines
-    python bench/bench_chain_pool.py --stage report     # table (mean ± 95 % CI, paired active - random), plot
-    python bench/bench_chain_pool.py --stage runs --step-features hidden_logprob   # lever: + the step's log-probs
-    python bench/bench_chain_pool.py --stage runs --train-mode full --budgets 0.3   # lever: fine-tuned backbone
+    python -m bench.bench_chain_pool --stage pool       # chain-tiny samples (T = 1) on train/test chains, rule-judged
+    python -m bench.bench_chain_pool --stage runs       # active vs random vs full at budgets, seeds; + baselines
+    python -m bench.bench_chain_pool --stage report     # table (mean ± 95 % CI, paired active - random), plot
+    python -m bench.bench_chain_pool --stage runs --step-features hidden_logprob   # lever: + the step's log-probs
+    python -m bench.bench_chain_pool --stage runs --train-mode full --budgets 0.3   # lever: fine-tuned backbone
 
 The PRM is K = 32 heads on the policy's own frozen hidden states at each step separator (EnsemblePRM with
 backbone chain-tiny, features computed once; prm.step_features=hidden_logprob adds the backbone's log min /
@@ -18,24 +18,26 @@ import argparse
 import json
 import random
 import shutil
-import sys
 import time
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # the repo, then bench/
-from chain_misconception_auroc import product_auroc  # noqa: E402
-from chain_stats import fmt, mean_ci, paired  # noqa: E402
-
-from tasks.chain.problems import ChainSpec, chain_problems, parse_question  # noqa: E402
-from prm.config import PoolConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode  # noqa: E402
-from core.config import TrainerConfig  # noqa: E402
-from tasks.problems import Trajectory  # noqa: E402
-from prm.quality import scorer_quality  # noqa: E402
-from core.steps import split_steps  # noqa: E402
+from bench.chain_misconception_auroc import product_auroc
+from bench.chain_stats import fmt, mean_ci, paired
+from core.config import TrainerConfig
+from core.steps import split_steps
+from prm.config import (
+    PoolConfig,
+    PoolSelectConfig,
+    PRMConfig,
+    PRMTrainConfig,
+    SelectMode,
+)
+from prm.quality import scorer_quality
+from tasks.chain.problems import ChainSpec, chain_problems, parse_question
+from tasks.problems import Trajectory
 
 
 def prm_config(args, seed: int = 0) -> PRMConfig:
@@ -167,8 +169,8 @@ def tuned(tune, tune_scores) -> float:
     almost no all-correct trajectory), the best share of erroneous items whose first error is named."""
     import math
 
-    from judges.metrics import processbench_f1
     from core.steps import first_below
+    from judges.metrics import processbench_f1
     labels = [t.first_error for t in tune]
 
     def objective(tau):
@@ -178,8 +180,8 @@ def tuned(tune, tune_scores) -> float:
 
 
 def baselines(args, out: Path, tune, test) -> dict:
-    from prm.confidence import PolicyConfidence
     from core.models import load_model
+    from prm.confidence import PolicyConfidence
     model, tok = load_model("chain-tiny", "fp32")
     rows = {}
     for reduce in ("min", "mean"):

@@ -7,7 +7,7 @@ up on 2 items, then scores the same items `--repeats` times (median reported).
 Reported per K: median scoring seconds, peak RSS after building the model (before any scoring) and
 peak RSS at the end (after scoring), and their difference (what scoring itself added at its peak).
 
-    python bench/bench_ensemble_cost.py --items 8 --repeats 2
+    python -m bench.bench_ensemble_cost --items 8 --repeats 2
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.k is not None:
         return child(args)
-    base = [sys.executable, __file__, "--backbone", args.backbone, "--items", str(args.items), "--repeats",
+    base = [sys.executable, "-m", __spec__.name, "--backbone", args.backbone, "--items", str(args.items), "--repeats",
             str(args.repeats), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
     procs = {k: subprocess.Popen(base + ["--k", str(k)], stdout=subprocess.PIPE, text=True) for k in (1, 32)}
     res = {}

@@ -4,7 +4,7 @@ Same model, prompts, lengths and seeds; the two ways alternate per repetition so
 Both produce the same distribution (tests/test_rl_rollout.py); this measures the wall time of sampled
 generation with SmolLM2-135M-Instruct (fp32) on this CPU.
 
-    python bench/bench_hf_sampler.py [--rows 40] [--tokens 64] [--reps 3]
+    python -m bench.bench_hf_sampler [--rows 40] [--tokens 64] [--reps 3]
 """
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ import torch
 from transformers import LogitsProcessorList
 
 from core.models import load_model
-from rl.rollout import _InverseCDFSample, _RecordLogprobs
-from tasks.registry import format_prompt
-from tasks.registry import ARITHMETIC_SYSTEM_PROMPT
+from rl.rollout import InverseCDFSampler, RecordLogprobs
+from tasks.registry import ARITHMETIC_SYSTEM_PROMPT, format_prompt
 
 
 def main() -> None:
@@ -34,9 +33,9 @@ def main() -> None:
     enc = tok([prompt] * args.rows, return_tensors="pt", padding=True, add_special_tokens=False)
     ways = {   # fresh processors per call; the first is what HFRollout did before: do_sample=True + the recorder
         "transformers (multinomial)": lambda: dict(do_sample=True, temperature=0.8, top_p=1.0,
-                                                   processors=[_RecordLogprobs()]),
+                                                   processors=[RecordLogprobs()]),
         "ours (inverse CDF)": lambda: dict(do_sample=False, temperature=None, top_p=None,
-                                           processors=[_RecordLogprobs(), _InverseCDFSample(0.8, 1.0)]),
+                                           processors=[RecordLogprobs(), InverseCDFSampler(0.8, 1.0)]),
     }
     times = {name: [] for name in ways}
     for rep in range(args.reps + 1):            # rep 0 warms up both

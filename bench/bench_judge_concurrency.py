@@ -3,8 +3,8 @@
 N items through the ledger and the llm judge against the tests' scripted OpenAI-compatible server
 answering every request after a fixed latency (real HTTP on 127.0.0.1):
 
-    python bench/bench_judge_concurrency.py                      # N=32, latency 2 s, 1 / 8 / 64 in flight
-    python bench/bench_judge_concurrency.py --items 64 --latency 1
+    python -m bench.bench_judge_concurrency                      # N=32, latency 2 s, 1 / 8 / 64 in flight
+    python -m bench.bench_judge_concurrency --items 64 --latency 1
 """
 from __future__ import annotations
 
@@ -15,11 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from judges import LabelLedger, LLMJudge  # noqa: E402
-from tests.fake_openai_server import FakeOpenAIServer, Reply  # noqa: E402
+from judges import LabelLedger, LLMJudge
+from tests.fake_openai_server import FakeOpenAIServer, Reply
 
 
 def main() -> None:

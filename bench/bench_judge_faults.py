@@ -3,7 +3,7 @@
 One row per fault, each against the scripted OpenAI-compatible server of the tests (real HTTP on
 127.0.0.1), 20 items, 8 requests in flight, a budget of exactly 20 labels (the last rows: a token cap):
 
-    python bench/bench_judge_faults.py
+    python -m bench.bench_judge_faults
 
 requests made      requests the server received
 labels committed   rows in the ledger
@@ -25,11 +25,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from judges import JudgeError, LabelLedger, LLMJudge
+from tests.fake_openai_server import FakeOpenAIServer, Reply
 
-from judges import JudgeError, LabelLedger, LLMJudge  # noqa: E402
-from tests.fake_openai_server import FakeOpenAIServer, Reply  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 N, CONCURRENCY = 20, 8
 WORKER = """

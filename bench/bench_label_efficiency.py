@@ -8,11 +8,11 @@ epochs-1 replays of the revealed labels, oracle judge through the ledger), in se
 The last --tune-n pool trajectories are held out: tau and the anti-collapse hyperparameters are chosen
 on them, never on ProcessBench.
 
-    python bench/bench_label_efficiency.py --stage features --pool 800 --eval-limit 120 --subsets gsm8k
-    python bench/bench_label_efficiency.py --stage sweep            # pos_weight x epochs, full data, seed 0
-    python bench/bench_label_efficiency.py --stage runs --seeds 0 1 2 --pos-weight P --epochs E
-    python bench/bench_label_efficiency.py --stage features --subsets math      # later: add math features
-    python bench/bench_label_efficiency.py --stage rescore --subsets math --tune-on-subset math
+    python -m bench.bench_label_efficiency --stage features --pool 800 --eval-limit 120 --subsets gsm8k
+    python -m bench.bench_label_efficiency --stage sweep            # pos_weight x epochs, full data, seed 0
+    python -m bench.bench_label_efficiency --stage runs --seeds 0 1 2 --pos-weight P --epochs E
+    python -m bench.bench_label_efficiency --stage features --subsets math      # later: add math features
+    python -m bench.bench_label_efficiency --stage rescore --subsets math --tune-on-subset math
                                    # re-score the saved heads of every run; gsm8k at the tau tuned on math
 Writes <out>/runs.jsonl (one line per run), results.json, table.md and bench/label_efficiency.png.
 """
@@ -30,16 +30,22 @@ from pathlib import Path
 
 import torch
 
-from prm.config import PoolConfig, EvalConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode
 from core.config import TrainerConfig
-
-# this bench's row names (kept in its runs.jsonl) -> prm.train's select.mode
-SELECT_MODE = {"active": SelectMode.uncertain, "random": SelectMode.random, "full": SelectMode.all}
+from prm.config import (
+    PoolConfig,
+    PoolSelectConfig,
+    PRMConfig,
+    PRMTrainConfig,
+    SelectMode,
+)
 from prm.data import load_prm800k
-from tasks.problems import Trajectory
 from prm.eval import load_processbench_sample
 from prm.features import FeatureCache
 from prm.model import EnsemblePRM
+from tasks.problems import Trajectory
+
+# this bench's row names (kept in its runs.jsonl) -> prm.train's select.mode
+SELECT_MODE = {"active": SelectMode.uncertain, "random": SelectMode.random, "full": SelectMode.all}
 
 BUDGETS = (0.1, 0.2, 0.3, 0.5, 1.0)
 
@@ -92,9 +98,9 @@ def one_run(args, out: Path, pool, tune, evals, cache, mode: str, budget: float,
     prm.train.train() -> PRMLearner.update (the same stream/budget/selection/loss code as the CLI),
     oracle judge through the ledger, plain torch AdamW (no DeepSpeed in one process). Then scored from the
     cache on the held-out pool tail (tau tuning) and on ProcessBench (reported)."""
+    from judges.metrics import processbench_f1
     from prm.eval import processbench_preds, tune_threshold
     from prm.train import train
-    from judges.metrics import processbench_f1
     o = {"epochs": args.epochs, "pos_weight": args.pos_weight, "head_lr": args.head_lr, **(overrides or {})}
     pc = replace(prm_config(args), seed=seed, pos_weight=o["pos_weight"], head_lr=o["head_lr"])
     prm = EnsemblePRM.heads_only(pc, cache_dim(cache))

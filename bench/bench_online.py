@@ -1,8 +1,8 @@
 """Long online runs side by side: uncertainty selection vs judge-all vs outcome-only (and random).
 
-    python bench/bench_online.py --rounds 30 --seeds 0,1 --modes selection,judge_all,outcome_only \
+    python -m bench.bench_online --rounds 30 --seeds 0,1 --modes selection,judge_all,outcome_only \
         --out bench/online_runs  [-- extra hydra overrides for every run]
-    python bench/bench_online.py --report-only --out bench/online_runs     # table + plot from finished runs
+    python -m bench.bench_online --report-only --out bench/online_runs     # table + plot from finished runs
 
 Each (mode, seed) is one `python -m rl.online` process with its own out_dir (trainer.resume=auto: a
 killed bench continues where it stopped). The report compares pass rate and judge calls per round
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from online_grid import load, run_dir, run_grid  # noqa: E402
+from bench.online_grid import load, run_dir, run_grid
 
 MODES = {
     "selection": ["select.mode=uncertain", "algo.reward=both", "prm_update=pre_update_rewards"],

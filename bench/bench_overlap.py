@@ -7,26 +7,30 @@ the slow phase, as with a served reasoning judge. Both schedules run in this one
 (serial, overlap) x --repeats, each a fresh run (own ledger: no label comes free) of --rounds rounds from
 the same seed; their metrics must agree exactly (checked), only the time may differ.
 
-    PYTHONPATH=. python bench/bench_overlap.py --rounds 4 --latency 1 --concurrency 8 --repeats 2
+    python -m bench.bench_overlap --rounds 4 --latency 1 --concurrency 8 --repeats 2
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from prm.config import PRMConfig  # noqa: E402
-from core.config import TrainerConfig  # noqa: E402
-from rl.config import AlgoConfig, OnlineConfig, PolicyConfig, RolloutConfig, SelectConfig, TaskConfig  # noqa: E402
-from rl.online import build  # noqa: E402
-from rl.schedule import run_rounds  # noqa: E402
-from tests.fake_openai_server import FakeOpenAIServer, Reply  # noqa: E402
+from core.config import TrainerConfig
+from prm.config import PRMConfig
+from rl.config import (
+    AlgoConfig,
+    OnlineConfig,
+    PolicyConfig,
+    RolloutConfig,
+    SelectConfig,
+    TaskConfig,
+)
+from rl.online import build
+from rl.schedule import run_rounds
+from tests.fake_openai_server import FakeOpenAIServer, Reply
 
 PHASES = ("generate", "verify", "score", "select", "judge", "prm_update", "advantage", "policy_update",
           "weight_sync", "wait_prm")

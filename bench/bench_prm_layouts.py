@@ -4,23 +4,19 @@ SmolLM2-135M-Instruct, full fine-tune mode (K = 32), fp32, one forward + backwar
 --n trajectories of the TRL-peer pool (bench_trl_peer.load_slice), layouts interleaved batch by batch so
 the machine's load hits each alike. Prints seconds per layout, the ratio to padded, and the pad fraction.
 
-    PYTHONPATH=. python bench/bench_prm_layouts.py --n 16 --batch-size 4
+    python -m bench.bench_prm_layouts --n 16 --batch-size 4
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from bench_trl_peer import load_slice  # noqa: E402
-
-from prm.config import PRMConfig  # noqa: E402
-from prm.model import EnsemblePRM  # noqa: E402
+from bench.bench_trl_peer import load_slice
+from prm.config import PRMConfig
+from prm.model import EnsemblePRM
 
 LAYOUTS = ("padded", "bucketed", "packed")
 

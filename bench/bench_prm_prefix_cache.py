@@ -5,7 +5,7 @@ first t steps, so each round's sequences extend the last round's by one step. Bo
 one process on the same rounds; the table gives seconds, the ratio, backbone tokens and the largest
 score difference.
 
-    python bench/bench_prm_prefix_cache.py --prm outputs/prm_pool_gsm8k/prm \\
+    python -m bench.bench_prm_prefix_cache --prm outputs/prm_pool_gsm8k/prm \\
         --records outputs/bench_search/gsm8k/records/best_of_n-n16-seed0.jsonl --problems 10 --samples 8
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ import argparse
 import json
 import time
 
+from core.steps import split_steps
 from prm.config import PRMConfig
 from prm.model import EnsemblePRM
 from prm.prefix_cache import PrefixCachedScorer
-from core.steps import split_steps
 
 
 def rounds(records: list[dict], samples: int):

@@ -1,6 +1,6 @@
 """HF generate vs vLLM(-cpu) rollout on the same prompts: tokens/s, weight-sync time, parity gap.
 
-    python bench/bench_rollout.py --prompts 16 --n 4 --max-new-tokens 64 --out bench/rollout.json
+    python -m bench.bench_rollout --prompts 16 --n 4 --max-new-tokens 64 --out bench/rollout.json
 
 Both backends run SmolLM2-135M-Instruct (--dtype, fp32 default: see configs/policy/smollm2_full.yaml) on the arithmetic task's chat prompts, sampled at the
 online default (T=0.7) and greedy. Weight sync = push the full policy (as after a policy update) into
@@ -14,7 +14,13 @@ import torch
 
 from core.models import load_model, resolve_path
 from rl.rollout import HFRollout, token_logprobs
-from tasks.registry import ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, Task, arithmetic_chain, few_shot_for
+from tasks.registry import (
+    ARITHMETIC_SYSTEM_PROMPT,
+    ArithmeticSpec,
+    Task,
+    arithmetic_chain,
+    few_shot_for,
+)
 
 
 def timed_generate(backend, prompts, n, max_new_tokens, temperature) -> dict:

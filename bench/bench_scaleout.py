@@ -1,6 +1,6 @@
 """Data-parallel rl.online: 1 vs 2 ranks (torchrun, gloo, CPU) on the same global batch, round time by phase.
 
-    python bench/bench_scaleout.py --rounds 3 --prompts 8 --n 4 --max-new-tokens 32 --out bench/scaleout.json
+    python -m bench.bench_scaleout --rounds 3 --prompts 8 --n 4 --max-new-tokens 32 --out bench/scaleout.json
 
 Runs the same hydra command under `torchrun --nproc_per_node 1` and `--nproc_per_node 2` one after the
 other (tiny-random-llama policy and PRM, HF rollout, rule judge) and reads rank 0's metrics.jsonl:
@@ -19,9 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.fake_openai_server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tests.fake_openai_server import free_port  # noqa: E402
 
 
 def run(ranks: int, args, out: Path) -> list[dict]:

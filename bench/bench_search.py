@@ -5,9 +5,9 @@ settings: the CPU testbed's chain-tiny) and a PRM saved by `python -m prm.train`
 machine is small), then copies each summary and plot next to this file. Every command it runs is printed
 first, exactly. A setting's own overrides (and the extra ones) replace the common ones of the same key.
 
-    python bench/bench_search.py --prm outputs/prm_train/prm                 # the SmolLM2 settings
-    python bench/bench_search.py --prm outputs/prm_train/prm --only gsm8k    # one
-    python bench/bench_search.py --backend hf --prm outputs/chain_prm/prm --only chain --only chain_prm_min \
+    python -m bench.bench_search --prm outputs/prm_train/prm                 # the SmolLM2 settings
+    python -m bench.bench_search --prm outputs/prm_train/prm --only gsm8k    # one
+    python -m bench.bench_search --backend hf --prm outputs/chain_prm/prm --only chain --only chain_prm_min \
         --only chain_confidence   # the testbed: PRM (last / min step) and the policy's own confidence
 """
 from __future__ import annotations

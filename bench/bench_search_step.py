@@ -5,7 +5,7 @@ GSM8K test prompts (rl.search's prompt), n samples each, generation stopped at t
 policy. Each setting runs in its own process (the vLLM thread binding is read at engine start);
 the second of two identical calls is timed.
 
-    python bench/bench_search_step.py --problems 20 --n 2
+    python -m bench.bench_search_step --problems 20 --n 2
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def main() -> None:
         return
     rows = []
     for label, backend, dtype, env in SETTINGS:
-        cmd = [sys.executable, __file__, "--problems", str(args.problems), "--n", str(args.n), "--one", backend, dtype]
+        cmd = [sys.executable, "-m", __spec__.name, "--problems", str(args.problems), "--n", str(args.n), "--one", backend, dtype]
         out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:

@@ -1,7 +1,7 @@
 """Weight sync into vLLM(-cpu): the streamed bucket path (rl.vllm_rollout) vs the former whole-model
 /dev/shm safetensors file, side by side in one process on SmolLM2-135M-Instruct (bf16).
 
-    python bench/bench_sync.py --repeats 3 --bucket-mb 64
+    python -m bench.bench_sync --repeats 3 --bucket-mb 64
 
 Per sync: seconds, and the peak extra RSS of this process and of the engine's processes (sampled
 every 5 ms over the sync, minus the RSS just before it). The old path is reproduced here as it was:
@@ -25,7 +25,10 @@ import torch
 
 def _old_load_on_worker(worker, path: str, names: list[str]) -> int:
     from safetensors.torch import load_file
-    from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
+    from vllm.model_executor.model_loader.reload import (
+        finalize_layerwise_reload,
+        initialize_layerwise_reload,
+    )
 
     model = worker.model_runner.model
     initialize_layerwise_reload(model)   # the same reload protocol, so only the transport differs

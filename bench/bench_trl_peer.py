@@ -18,9 +18,9 @@ All processes run AT THE SAME TIME, one thread each, so the shared machine's loa
 Throughput = trajectories / training-loop seconds (TRL: its train_runtime; ours: the summed PRMLearner.update
 time; train()'s whole wall, with DeepSpeed set-up and the final checkpoint and model writes, is printed beside).
 
-    python bench/bench_trl_peer.py --n 64 --eval-limit 40
-    PYTHONPATH=. python bench/bench_trl_peer.py --n 64 --eval-limit 0 --layouts padded,bucketed   # issue 16
-    python bench/bench_trl_peer.py --n 32 --eval-limit 0 --layouts bucketed,bucketed+nosys          # same tokens as TRL
+    python -m bench.bench_trl_peer --n 64 --eval-limit 40
+    python -m bench.bench_trl_peer --n 64 --eval-limit 0 --layouts padded,bucketed   # issue 16
+    python -m bench.bench_trl_peer --n 32 --eval-limit 0 --layouts bucketed,bucketed+nosys          # same tokens as TRL
 
 Padding fraction = pad tokens / token slots the backbone computes, over the batches each side trained on
 (TRL: counted in its collator during training; ours: prm.batching on the same stream of batches).
@@ -99,8 +99,15 @@ def ours(args, out: Path) -> None:
     """Child (main venv): prm.train full mode on the same slice, then score the eval items."""
     import torch
     torch.set_num_threads(args.threads)
-    from prm.config import PoolConfig, EvalConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode
     from core.config import TrainerConfig
+    from prm.config import (
+        EvalConfig,
+        PoolConfig,
+        PoolSelectConfig,
+        PRMConfig,
+        PRMTrainConfig,
+        SelectMode,
+    )
     from prm.eval import load_processbench_sample
     from prm.train import train
     pool = load_slice(args)
@@ -140,13 +147,15 @@ def load_slice(args):
     shuffled with seed 0, trajectories of <= 384 tokens (as bench_label_efficiency's pool), cut after the
     first error when --cut-after-error (TRL's format drops those steps: both sides then see the same steps)."""
     from dataclasses import replace
+
     from tasks.problems import Trajectory
     path = Path(args.pool)
     if not path.is_file():
         import random
+
+        from prm.config import PRMConfig
         from prm.data import load_prm800k
         from prm.model import EnsemblePRM
-        from prm.config import PRMConfig
         prm = EnsemblePRM(PRMConfig(num_heads=1, train_mode="frozen"))
         pool, kept = load_prm800k("train"), []
         random.Random(0).shuffle(pool)
@@ -194,7 +203,7 @@ def main() -> None:
         fh.write(TRL_DRIVER)
     t0 = time.perf_counter()
     layouts = args.layouts.split(",")
-    child = [sys.executable, __file__, "--child", "--n", str(args.n), "--eval-limit", str(args.eval_limit),
+    child = [sys.executable, "-m", __spec__.name, "--child", "--n", str(args.n), "--eval-limit", str(args.eval_limit),
              "--pool", args.pool, "--out", args.out, "--mode", args.mode, "--threads", str(args.threads),
              "--cut-after-error" if args.cut_after_error else "--no-cut-after-error"]
     procs = {"trl": subprocess.Popen([args.trl_python, fh.name, args.model_dir, str(out / "trl_data.json"),

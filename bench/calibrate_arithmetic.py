@@ -1,6 +1,6 @@
 """Measure SmolLM2's pass rate on arithmetic-chain settings (HF rollout, bf16, sampled): pick defaults.
 
-    python bench/calibrate_arithmetic.py --problems 16 --n 2 --max-new-tokens 40 --temperature 0.7 \
+    python -m bench.calibrate_arithmetic --problems 16 --n 2 --max-new-tokens 40 --temperature 0.7 \
         --settings 1x10+-,1x10+-*,2x10+-*
 A setting is <num_ops>x<operand_max><ops>. Prompts are the task's own (system prompt + few-shot turns).
 """
@@ -11,12 +11,18 @@ import time
 import torch
 
 import judges.rule  # noqa: F401 (registers "rule")
-from judges.registry import make_judge
 from core.answers import AnswerChecker
 from core.models import load_model
 from core.steps import split_steps
+from judges.registry import make_judge
 from rl.rollout import HFRollout
-from tasks.registry import ARITHMETIC_SYSTEM_PROMPT, ArithmeticSpec, Task, arithmetic_chain, few_shot_for
+from tasks.registry import (
+    ARITHMETIC_SYSTEM_PROMPT,
+    ArithmeticSpec,
+    Task,
+    arithmetic_chain,
+    few_shot_for,
+)
 
 
 def parse_setting(text: str) -> tuple[int, int, str]:

@@ -4,7 +4,7 @@ PRM's scores in chain_prm_min, the policy's confidence on the same samples in ch
 each scorer for telling a right product from a wrong one, and the mean score of each (equation checked
 on its own operands).
 
-    python bench/chain_misconception_auroc.py [--root outputs/bench_search]
+    python -m bench.chain_misconception_auroc [--root outputs/bench_search]
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from tasks.chain.labels import STEP, apply
 from prm.quality import pair_auroc
+from tasks.chain.labels import STEP, apply
 
 
 def product_pairs(steps: list[str], scores) -> list[tuple[bool, float]]:

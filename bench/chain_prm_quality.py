@@ -1,16 +1,16 @@
 """Issue 14 (d): step AUROC (pooled, within problem) and first-error F1 at 0.5 of a chain PRM next to the
 policy's own confidence, on bench_chain_pool's held-out test samples (chain generator seed 202).
 
-    python bench/chain_prm_quality.py outputs/issue14d/prm/prm --test outputs/bench_chain_pool_v3/test.jsonl --every 4
+    python -m bench.chain_prm_quality outputs/issue14d/prm/prm --test outputs/bench_chain_pool_v3/test.jsonl --every 4
 """
 from __future__ import annotations
 
 import argparse
 import json
 
+from core.models import load_model
 from prm.confidence import PolicyConfidence
 from prm.model import EnsemblePRM
-from core.models import load_model
 from prm.quality import scorer_quality
 
 

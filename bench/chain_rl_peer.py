@@ -1,7 +1,7 @@
 """A peer check of rl.online's policy update on the chain testbed: on-policy GRPO in one screen, no prmloop code
 but the problem generator (the TRL-peer idea of bench_trl_peer.py, for RL).
 
-    PRMLOOP_CACHE=... python bench/chain_rl_peer.py --lr 1e-4 --steps 60 --out outputs/chain_rl_peer/lr1e-4.jsonl
+    PRMLOOP_CACHE=... python -m bench.chain_rl_peer --lr 1e-4 --steps 60 --out outputs/chain_rl_peer/lr1e-4.jsonl
 
 Each step: `--prompts` problems x `--n` samples at T = 1 from chain-tiny, reward 1 when "The answer is N."
 names the reference, advantage (r - mean) / (std + 1e-6) within each problem's group, loss = -token mean
@@ -13,17 +13,15 @@ import argparse
 import json
 import random
 import re
-import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tasks.chain.problems import ChainSpec, chain_problems  # noqa: E402
-from tasks.chain.policy import model_dir  # noqa: E402
-from core.models import cache_root  # noqa: E402
+from core.models import cache_root
+from tasks.chain.policy import model_dir
+from tasks.chain.problems import ChainSpec, chain_problems
 
 ANSWER = re.compile(r"The answer is (-?\d+)\.")
 MAX_NEW_TOKENS = 100   # an 8-operation solution is ~90 tokens (configs/online_chain.yaml)

@@ -2,17 +2,15 @@
 95 % CI over seeds) of step AUROC overall, on misconception errors, on slips, and for a right against a wrong
 x 7 / x 8 product, for the policy's confidence and the full-pool PRMs of the runs tagged --tag.
 
-    python bench/chain_scorer_kinds.py --out outputs/bench_chain_pool_v3 --tag _p78 --plot bench/chain_scorer_kinds.png
+    python -m bench.chain_scorer_kinds --out outputs/bench_chain_pool_v3 --tag _p78 --plot bench/chain_scorer_kinds.png
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent)]
-from chain_stats import mean_ci  # noqa: E402
+from bench.chain_stats import mean_ci
 
 METRICS = {"auroc": "all steps", "auroc_misconception": "misconception errors\nvs correct steps",
            "auroc_slip": "slips vs\ncorrect steps", "auroc_product78": "right vs wrong\nx 7 / x 8 product"}

@@ -9,7 +9,7 @@ Per scorer (the PRM with its last / its lowest step score, the policy's own min 
 mean with a 95 % t-interval over seeds, compute per problem (generated tokens, PRM passes, the policy's
 scoring passes), and paired per-seed differences at matched n; a plot against generated tokens.
 
-    python bench/chain_search.py [--root outputs/bench_search] [--out bench/chain_search]
+    python -m bench.chain_search [--root outputs/bench_search] [--out bench/chain_search]
 """
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import fmean
 
-sys.path[:0] = [str(Path(__file__).resolve().parent)]
-from chain_stats import fmt, mean_ci, paired  # noqa: E402
+from bench.chain_stats import fmt, mean_ci, paired
 
 SCORERS = {"chain_prm_min": "PRM (min step)", "chain": "PRM (last step)", "chain_confidence": "confidence (min token)"}
 BASE = "chain_prm_min"      # greedy and best-of-N majority (no scorer) come from its records

@@ -5,21 +5,17 @@ Before issue 12: the PRM read `question` (not `modified_question`); an invalid v
 "every step erroneous"; every category, multi_solutions included, scored 0.5 F1(valid) + 0.5
 F1(erroneous) with an empty class's F1 = 0; no `correct` category; "all" pooled every item.
 
-    python bench/prmbench_rescore.py                       # the rule judge on the bundled subset
-    python bench/prmbench_rescore.py --prm-path outputs/prm_train/prm
-    python bench/prmbench_rescore.py --path <folder of the full release> --skip-bad-rows
+    python -m bench.prmbench_rescore                       # the rule judge on the bundled subset
+    python -m bench.prmbench_rescore --prm-path outputs/prm_train/prm
+    python -m bench.prmbench_rescore --path <folder of the full release> --skip-bad-rows
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.rows import data_root  # noqa: E402
-from prm.eval import judge_scorer, prm_scorer  # noqa: E402
-from prm.prmbench import CORRECT, prmbench_results, read_prmbench  # noqa: E402
+from core.rows import data_root
+from prm.eval import judge_scorer, prm_scorer
+from prm.prmbench import CORRECT, prmbench_results, read_prmbench
 
 
 def _f1_zero(pred: list[bool], gold: list[bool]) -> float:

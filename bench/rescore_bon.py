@@ -2,11 +2,11 @@
 best-of-N records under DST, so `python -m rl.search_report DST` and bench/search_prm_diagnostics.py read
 them as any search run. The source records are not modified.
 
-    python bench/rescore_bon.py outputs/bench_search/arithmetic outputs/bench_search/arithmetic_outcome_prm \
+    python -m bench.rescore_bon outputs/bench_search/arithmetic outputs/bench_search/arithmetic_outcome_prm \
         --prm outputs/prm_pool_arith_outcome/prm
-    python bench/rescore_bon.py outputs/bench_search/chain_prm_min outputs/bench_search/chain_confidence \
+    python -m bench.rescore_bon outputs/bench_search/chain_prm_min outputs/bench_search/chain_confidence \
         --confidence min --policy chain-tiny     # the policy's own confidence (prm.confidence) on the same samples
-    python bench/rescore_bon.py outputs/bench_search/chain_prm_min outputs/bench_search/chain \
+    python -m bench.rescore_bon outputs/bench_search/chain_prm_min outputs/bench_search/chain \
         --prm outputs/chain_prm/prm --aggregate last   # the same PRM, the last step's score
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     if args.confidence:
-        from prm.confidence import PolicyConfidence
         from core.models import load_model
+        from prm.confidence import PolicyConfidence
         if not args.policy:
             parser.error("--confidence needs --policy")
         model, tok = load_model(args.policy, "fp32")

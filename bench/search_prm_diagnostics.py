@@ -6,8 +6,8 @@ ROC AUC of the solution score (step aggregate `last` and `min` of the ensemble m
 std of the last step) for correct vs wrong answered samples. AUC 0.5 = no signal: search cannot beat
 sampling then, whatever the method.
 
-    python bench/search_prm_diagnostics.py outputs/bench_search/arithmetic [more out_dirs]
-    SEARCH_DIAGNOSTICS_METHODS=beam,dvts python bench/search_prm_diagnostics.py ...   # their outputs instead
+    python -m bench.search_prm_diagnostics outputs/bench_search/arithmetic [more out_dirs]
+    SEARCH_DIAGNOSTICS_METHODS=beam,dvts python -m bench.search_prm_diagnostics ...   # their outputs instead
 """
 from __future__ import annotations
 

@@ -124,8 +124,9 @@ class RolloutBackend(ABC):
 
 
 # ---- HF transformers backend ---------------------------------------------------------------------
-class _RecordLogprobs(LogitsProcessor):
-    """Sees the raw logits of each step (custom processors run before temperature/top-p) and keeps
+class RecordLogprobs(LogitsProcessor):
+    """A logits processor for `generate` that records log p(chosen token) per step (`finish` returns
+    [batch, generated]). Sees the raw logits of each step (custom processors run before temperature/top-p) and keeps
     only log p(chosen token): the full [batch, vocab] log-softmax of one step at a time, never all."""
 
     def __init__(self):
@@ -143,11 +144,12 @@ class _RecordLogprobs(LogitsProcessor):
         return torch.stack(self.picked, dim=1)  # [batch, generated]
 
 
-class _InverseCDFSample(LogitsProcessor):
+class InverseCDFSampler(LogitsProcessor):
     """Draws the next token itself (temperature, then top-p) and leaves only it at a finite score, so
-    `generate` runs greedy. Why: torch.multinomial over SmolLM2's 49k vocabulary costs ~85 ms per step
-    for 40 rows on one CPU core, about a 135M model's whole decode step; one uniform per row against the
-    cumulative distribution is the same draw for ~3 ms (bench/RESULTS.md, rollout). Uses the global torch
+    `generate` runs greedy. Why: torch.multinomial over a 49k vocabulary costs about as much as a small
+    model's whole decode step on a CPU; one uniform per row against the cumulative distribution is the
+    same draw for a fraction of that (bench/RESULTS.md, rollout). A user's own `generate` call may pass
+    it (with RecordLogprobs) as a logits processor. Uses the global torch
     RNG, so seeding and checkpointed RNG state reproduce a run as before; or, given per-row generators
 (`generate(..., seeds=...)`), one stream per completion, so what a prompt samples does not depend on
 which other prompts share its batch or its rank (data parallelism changes speed, not the data)."""
@@ -217,9 +219,9 @@ class HFRollout(RolloutBackend):
         tok = self.tokenizer
         enc = tok.pad({"input_ids": [self.prompt_ids(p) for p in prompts]}, padding=True, return_tensors="pt")
         enc = {k: v.to(next(self.model.parameters()).device) for k, v in enc.items()}
-        recorder = _RecordLogprobs()
-        processors = [recorder] if temperature <= 0 else [recorder, _InverseCDFSample(temperature, top_p, generators)]
-        seqs = self.model.generate(   # greedy decoding of the sampler's pick (see _InverseCDFSample)
+        recorder = RecordLogprobs()
+        processors = [recorder] if temperature <= 0 else [recorder, InverseCDFSampler(temperature, top_p, generators)]
+        seqs = self.model.generate(   # greedy decoding of the sampler's pick (see InverseCDFSampler)
             **enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
             stop_strings=stop or None, tokenizer=tok if stop else None, use_cache=True,
             logits_processor=LogitsProcessorList(processors), pad_token_id=tok.pad_token_id,

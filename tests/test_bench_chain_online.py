@@ -1,11 +1,8 @@
 """bench/bench_chain_online.py's held-out pass summaries, pinned by hand."""
 import math
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import bench_chain_online  # noqa: E402
+from bench import bench_chain_online
 
 
 def run(evals: dict, calls_per_round: int) -> dict:

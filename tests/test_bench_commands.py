@@ -5,16 +5,11 @@ their whole run grid; bench_scaleout: its torchrun line), or asked for their arg
 setting, both backends, the --methods/--seeds/--betas variants), so a renamed key in a driver fails here
 instead of minutes into a benchmark."""
 import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from tests.test_commands import COMMANDS, compose_and_validate
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-sys.path.insert(0, str(BENCH))   # the drivers import their sibling online_grid as a top-level module
 
 
 def command_words(argv: list[str]) -> tuple[str, list[str]]:
@@ -45,10 +40,7 @@ def grid_args(tmp_path, module) -> SimpleNamespace:
 
 
 def driver_commands(tmp_path, recorded) -> list[tuple[str, list[str]]]:
-    import bench_chain_online
-    import bench_online
-    import bench_scaleout
-    import bench_search
+    from bench import bench_chain_online, bench_online, bench_scaleout, bench_search
 
     for module in (bench_online, bench_chain_online):
         module.run_all(grid_args(tmp_path / module.__name__, module), [])
@@ -64,8 +56,7 @@ def driver_commands(tmp_path, recorded) -> list[tuple[str, list[str]]]:
 
 
 def test_every_bench_driver_command_composes(tmp_path, recorded):
-    import bench_chain_online
-    import bench_online
+    from bench import bench_chain_online, bench_online
 
     commands = driver_commands(tmp_path, recorded)
     grid = 2 * (len(bench_online.MODES) + len(bench_chain_online.ARMS))   # 2 seeds x every mode / arm
@@ -79,7 +70,7 @@ def test_every_bench_driver_command_composes(tmp_path, recorded):
 
 def test_a_renamed_key_in_a_driver_would_fail(tmp_path, recorded, monkeypatch):
     """The check bites: a driver passing an old key (a top-level `ledger=`) is caught."""
-    import bench_online
+    from bench import bench_online
 
     monkeypatch.setattr(bench_online, "SMALL", [*bench_online.SMALL, "ledger=x.sqlite"])
     bench_online.run_all(grid_args(tmp_path, bench_online), [])

@@ -1,15 +1,10 @@
 """bench/bench_search.py runs rl.search with an argv list: no user string reaches a shell."""
-import importlib.util
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench import bench_search as bench
 
 
 def test_prm_path_with_shell_syntax_stays_one_argument(monkeypatch, tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "bench" / "bench_search.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     calls = []
     monkeypatch.setattr(bench.subprocess, "run", lambda *a, **kw: calls.append((a, kw)))
     hostile = f"x; touch {tmp_path}/pwned $(id)"

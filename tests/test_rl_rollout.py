@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from core.models import load_model
-from rl.rollout import HFRollout, _InverseCDFSample
+from rl.rollout import HFRollout, InverseCDFSampler
 
 
 def _draw(logits: list[float], rows: int, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
     scores = torch.tensor([logits] * rows)
-    out = _InverseCDFSample(temperature, top_p)(torch.zeros(rows, 1, dtype=torch.long), scores)
+    out = InverseCDFSampler(temperature, top_p)(torch.zeros(rows, 1, dtype=torch.long), scores)
     assert torch.all(torch.isfinite(out).sum(-1) == 1)        # exactly one token left for greedy to take
     return out.argmax(-1)
 
