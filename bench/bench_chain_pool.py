@@ -15,6 +15,7 @@ on the pool's held-out tail. The free baseline: the policy's per-step confidence
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import shutil
@@ -26,18 +27,17 @@ import torch
 
 from bench.chain_misconception_auroc import product_auroc
 from bench.chain_stats import fmt, mean_ci, paired
+from core.answers import AnswerChecker
 from core.config import TrainerConfig
 from core.steps import split_steps
-from prm.config import (
-    PoolConfig,
-    PoolSelectConfig,
-    PRMConfig,
-    PRMTrainConfig,
-    SelectMode,
-)
+from prm.config import PoolConfig, PoolSelectConfig, PRMConfig, PRMTrainConfig, SelectMode
+from prm.eval import tune_threshold
 from prm.quality import scorer_quality
+from rl.search_select import SELECTORS, ScoreSpec, Solution, attach_answer
 from tasks.chain.problems import ChainSpec, chain_problems, parse_question
 from tasks.problems import Trajectory
+
+MIN_STEP = ScoreSpec(aggregate="min")   # a sample's score for best-of-n: its lowest step score
 
 
 def prm_config(args, seed: int = 0) -> PRMConfig:
@@ -58,15 +58,20 @@ def sample(model, tok, problems, n: int, temperature: float) -> list[tuple]:
 
 
 def judged(items) -> list[Trajectory]:
-    import judges.chain  # noqa: F401
+    """(problem, completion) pairs -> trajectories labelled by the chain judge; meta.passed is the answer
+    checker's verdict on the completion (what rl.online's verify phase computes)."""
     from judges.registry import make_judge
     judge = make_judge({"name": "chain"})
+    checker = AnswerChecker()
+    try:
+        passed = checker.score_solutions([p.reference_answer for p, _ in items], [text for _, text in items])
+    finally:
+        checker.close()
     out = []
-    for p, text in items:
+    for (p, text), ok in zip(items, passed):
         steps = split_steps(text) or ["(empty)"]
-        passed = steps[-1] == f"The answer is {p.reference_answer}."
         out.append(Trajectory(p.question, steps, judge.judge(p.question, steps).first_error, p.reference_answer,
-                              meta={"passed": passed, "ops": len(parse_question(p.question)[1])}))
+                              meta={"passed": ok, "ops": len(parse_question(p.question)[1])}))
     return out
 
 
@@ -132,26 +137,37 @@ def groups(items):
     return list(out.values())
 
 
-def best_of_n(items, scores, n: int | None = None) -> float:
-    """Share of problems whose sample (of the first n) with the highest min-step score passes (ties: the first)."""
-    picks = [max(g[:n], key=lambda i: min(scores[i]) if scores[i] else 0.0) for g in groups(items)]
-    return sum(items[i].meta["passed"] for i in picks) / len(picks)
+@functools.cache
+def _answer(steps: tuple[str, ...]) -> tuple[str | None, str | None]:
+    solution = attach_answer(Solution(list(steps), 0))
+    return solution.answer, solution.key
 
 
-def weighted(items, scores, n: int | None = None) -> float:
-    """Weighted best-of-n (search-and-learn): the final answer whose samples' min-step scores sum highest."""
+def solved(items, scores, selector: str, n: int | None = None) -> float:
+    """Share of problems where rl.search_select's selector, given the first n samples of the problem
+    scored by their lowest step (ScoreSpec min), picks a sample that passed. Samples without an answer are
+    never picked; a problem none of whose samples answers counts as unsolved."""
     hits = 0
     for g in groups(items):
-        total: dict[str, float] = defaultdict(float)
-        for i in g[:n]:
-            total[items[i].steps[-1]] += min(scores[i]) if scores[i] else 0.0
-        hits += max(total, key=total.get) == f"The answer is {items[g[0]].reference_answer}."
+        solutions = [Solution(items[i].steps, 0, list(scores[i]), [], *_answer(tuple(items[i].steps))) for i in g[:n]]
+        pick = SELECTORS[selector](solutions, MIN_STEP)
+        hits += pick is not None and bool(items[g[pick]].meta["passed"])
     return hits / len(groups(items))
 
 
+def best_of_n(items, scores, n: int | None = None) -> float:
+    """Best-of-n: the answered sample with the highest min-step score (ties: the first)."""
+    return solved(items, scores, "vanilla", n)
+
+
+def weighted(items, scores, n: int | None = None) -> float:
+    """Weighted best-of-n (search-and-learn): the answer whose samples' min-step scores sum highest."""
+    return solved(items, scores, "weighted", n)
+
+
 def majority(items, n: int | None = None) -> float:
-    """Share of problems whose most frequent final line of the first n (ties: first seen) is the right answer."""
-    return weighted(items, [[1.0] for _ in items], n)
+    """The most frequent answer of the first n samples (ties: first seen)."""
+    return solved(items, [[1.0] for _ in items], "majority", n)
 
 
 def selection_curves(items, scores) -> dict:
@@ -165,18 +181,12 @@ NS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def tuned(tune, tune_scores) -> float:
-    """tau with the best first-error F1 on the tune split; where F1 is undefined (the weak policy leaves
-    almost no all-correct trajectory), the best share of erroneous items whose first error is named."""
-    import math
+    """prm.eval's tau tuning on the tune split, over the grid 0.01 .. 0.99 (where F1 is undefined, as when
+    the weak policy leaves almost no all-correct trajectory, it maximises the share of first errors named)."""
+    return tune_threshold(tune_scores, [t.first_error for t in tune], candidates=TAUS)
 
-    from core.steps import first_below
-    from judges.metrics import processbench_f1
-    labels = [t.first_error for t in tune]
 
-    def objective(tau):
-        r = processbench_f1([first_below(s, tau) for s in tune_scores], labels)
-        return r["f1"] if not math.isnan(r["f1"]) else r["acc_error"]
-    return max((i / 100 for i in range(1, 100)), key=objective)
+TAUS = [i / 100 for i in range(1, 100)]
 
 
 def baselines(args, out: Path, tune, test) -> dict:

@@ -19,7 +19,7 @@ Throughput = trajectories / training-loop seconds (TRL: its train_runtime; ours:
 time; train()'s whole wall, with DeepSpeed set-up and the final checkpoint and model writes, is printed beside).
 
     python -m bench.bench_trl_peer --n 64 --eval-limit 40
-    python -m bench.bench_trl_peer --n 64 --eval-limit 0 --layouts padded,bucketed   # issue 16
+    python -m bench.bench_trl_peer --n 64 --eval-limit 0 --layouts padded,bucketed
     python -m bench.bench_trl_peer --n 32 --eval-limit 0 --layouts bucketed,bucketed+nosys          # same tokens as TRL
 
 Padding fraction = pad tokens / token slots the backbone computes, over the batches each side trained on

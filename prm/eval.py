@@ -22,7 +22,7 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import hydra
 from omegaconf import DictConfig
@@ -68,13 +68,20 @@ def processbench_preds(scores: list[list[float] | None], tau: float) -> list[int
     return [None if s is None else first_below(s, tau) for s in scores]
 
 
-def tune_threshold(scores: list[list[float]], labels: list[int]) -> float:
-    """The tau with the best F1 on these items (candidates: midpoints of the observed step scores)."""
-    values = sorted({round(v, 4) for s in scores if s for v in s} | {0.0, 1.0})
-    candidates = [(a + b) / 2 for a, b in zip(values, values[1:])] or [0.5]
-    if len(candidates) > 400:  # a grid is enough; avoids O(n^2) on big subsets
-        candidates = [i / 400 for i in range(1, 400)]
-    best = max(candidates, key=lambda t: _nan0(processbench_f1(processbench_preds(scores, t), labels)["f1"]))
+def tune_threshold(scores: list[list[float]], labels: list[int], candidates: Sequence[float] | None = None) -> float:
+    """The tau with the best first-error F1 on these items (the smallest on ties). F1 needs both kinds of
+    item; where every item is erroneous (a weak policy's samples) it is undefined for every tau, and the
+    tau naming the most first errors (acc_error) is taken instead; where none is, the one keeping the most
+    all-correct items whole (acc_correct). `candidates`: the taus tried; default the midpoints of the
+    observed step scores (a grid of 399 where they are more)."""
+    if candidates is None:
+        values = sorted({round(v, 4) for s in scores if s for v in s} | {0.0, 1.0})
+        candidates = [(a + b) / 2 for a, b in zip(values, values[1:])] or [0.5]
+        if len(candidates) > 400:  # a grid is enough; avoids O(n^2) on big subsets
+            candidates = [i / 400 for i in range(1, 400)]
+    erroneous = sum(y != -1 for y in labels)
+    metric = "f1" if 0 < erroneous < len(labels) else "acc_error" if erroneous else "acc_correct"
+    best = max(candidates, key=lambda t: _nan0(processbench_f1(processbench_preds(scores, t), labels)[metric]))
     return float(best)
 
 

@@ -1,13 +1,10 @@
-"""bench/bench_chain_pool.py's selectors and per-kind AUROC, pinned on hand-computed cases."""
-import sys
-from pathlib import Path
-
+"""bench/bench_chain_pool.py's selectors (rl.search_select's), pass (the answer checker), tau tuning
+(prm.eval's) and per-kind AUROC, pinned on hand-computed cases."""
 import pytest
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bench")]
-from bench_chain_pool import best_of_n, error_kind, kind_auroc, majority, weighted  # noqa: E402
-
-from tasks.problems import Trajectory  # noqa: E402
+from bench.bench_chain_pool import best_of_n, error_kind, judged, kind_auroc, majority, tuned, weighted
+from tasks.chain.problems import ChainSpec, chain_problems
+from tasks.problems import Trajectory
 
 Q = "What is (2 * 7) + 3?"   # 2 * 7 = 14, 14 + 3 = 17
 
@@ -41,6 +38,34 @@ def test_selectors_by_hand():
     assert weighted(items, flipped) == 1.0 and best_of_n(items, flipped) == 1.0
 
 
+def test_selectors_skip_unanswered_samples_and_group_answers_by_value():
+    cut = traj(["2 * 7 = 14", "14 + 3 ="], 1, False)          # cut at max_new_tokens: no answer
+    bare = traj(["2 * 7 = 14", "14 + 3 = 17", "The answer is 17"], -1, True)   # no final period
+    items = [cut, traj(MISCONCEIVED, 0, False), traj(RIGHT, -1, True), bare]
+    scores = [[0.99, 0.99], [0.5, 0.5, 0.5], [0.4, 0.4, 0.4], [0.3, 0.3, 0.3]]
+    # best-of-n: the unanswered 0.99 is never picked; of the answered, 0.5 (wrong) is the highest min
+    assert best_of_n(items, scores) == 0.0 and best_of_n(items, [[0.99, 0.99], [0.2] * 3, [0.4] * 3, [0.3] * 3]) == 1.0
+    # weighted: "17" and "17." are one answer, 0.4 + 0.3 = 0.7 against "15" 0.5 -> right; majority: 2 votes to 1
+    assert weighted(items, scores) == 1.0 and majority(items) == 1.0
+    # only unanswered samples among the first n: nothing picked, unsolved
+    assert best_of_n(items, scores, 1) == 0.0 and weighted(items, scores, 1) == 0.0
+
+
+def test_passed_is_the_answer_checkers_verdict_on_the_completion():
+    problem = chain_problems(7, 1, ChainSpec())[0]
+    ref = problem.reference_answer
+    texts = [f"The answer is {ref}.", f"The answer is {ref}", f"The answer is {ref}.\n\nok", f"The answer is {ref}1.",
+             "no answer here"]
+    assert [t.meta["passed"] for t in judged([(problem, text) for text in texts])] == [True, True, True, False, False]
+
+
+def test_tau_is_tuned_by_the_library_on_the_bench_grid():
+    # every tune item erroneous: F1 undefined; the grid tau naming the most first errors, the smallest on ties
+    tune = [traj(SLIP, 1, False), traj(MISCONCEIVED, 0, False)]
+    scores = [[0.9, 0.3, 0.9], [0.55, 0.9, 0.9]]
+    assert tuned(tune, scores) == 0.56     # 0.56 .. 0.9 name both (0.3 < tau <= 0.9 and 0.55 < tau)
+
+
 def test_kind_auroc_by_hand():
     items = [traj(MISCONCEIVED, 0, False), traj(SLIP, 1, False), traj(RIGHT, -1, True)]
     scores = [[0.9, 0.5, 0.5], [0.8, 0.1, 0.5], [0.6, 0.95, 0.7]]
@@ -54,7 +79,7 @@ def test_kind_auroc_by_hand():
 def test_product_auroc_ranks_right_against_wrong_x7_x8_products_only():
     """Only "a * 7 = v" / "a * 8 = v" steps count, each checked on its own operands: right products 0.9 and
     0.3, wrong ones 0.5 and 0.1 -> 3 of 4 pairs ordered right = 0.75 (other steps' scores are ignored)."""
-    from chain_misconception_auroc import product_auroc
+    from bench.chain_misconception_auroc import product_auroc
     steps = [RIGHT, MISCONCEIVED, ["4 * 8 = 32", "32 - 1 = 31"], ["4 * 8 = 28", "28 * 2 = 56"]]
     scores = [[0.9, 0.0, 0.0], [0.5, 1.0, 1.0], [0.3, 1.0], [0.1, 0.0]]
     assert product_auroc(steps, scores) == pytest.approx(0.75)

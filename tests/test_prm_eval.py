@@ -26,6 +26,20 @@ def test_processbench_f1_hand_case():
     assert 0.2 < tau <= 0.4 and processbench_f1(processbench_preds(scores, tau), labels)["f1"] == pytest.approx(2 / 3)
 
 
+def test_tune_threshold_when_f1_is_undefined_and_on_given_candidates():
+    # every item erroneous (F1 undefined at every tau): the tau naming the most first errors
+    scores, labels = [[0.9, 0.35, 0.9], [0.2, 0.9], [0.9, 0.9, 0.6]], [1, 0, 2]
+    # tau in (0.35, 0.6]: first_below = 1, 0, -1 (2 of 3); tau in (0.6, 0.9]: 1, 0, 2 (3 of 3)
+    tau = tune_threshold(scores, labels)
+    assert 0.6 < tau <= 0.9
+    assert processbench_f1(processbench_preds(scores, tau), labels)["acc_error"] == 1.0
+    # every item all-correct: the tau keeping the most whole (0.95 cuts both, 0.3 neither)
+    assert tune_threshold([[0.9, 0.4], [0.8]], [-1, -1], candidates=[0.95, 0.3]) == 0.3
+    # candidates are tried in order and the first best wins: 0.65 and 0.7 both name all three, 0.5 two
+    assert tune_threshold(scores, labels, candidates=[0.1, 0.5, 0.65, 0.7, 0.95]) == 0.65
+    assert tune_threshold([[0.9, 0.2, 0.9], [0.9, 0.9]], [1, -1], candidates=[0.1, 0.3, 0.5]) == 0.3
+
+
 def oracle_from_labels(items):
     table = {(t.question, tuple(t.steps)): t.first_error for t in items}
 
