@@ -9,7 +9,7 @@
 The PRM is K = 32 heads on the policy's own frozen hidden states at each step separator (EnsemblePRM with
 backbone chain-tiny, features computed once; prm.step_features=hidden_logprob adds the backbone's log min /
 log mean token probability of the step; --train-mode full fine-tunes the backbone too), trained by
-prm.train.train() (the CLI's stream/selection/budget code). Step AUROC (pooled and within problem) and first-error F1 on held-out problems; tau is tuned
+prm.train.train_on_pool() (the CLI's stream/selection/budget code). Step AUROC (pooled and within problem) and first-error F1 on held-out problems; tau is tuned
 on the pool's held-out tail. The free baseline: the policy's per-step confidence (prm.confidence).
 """
 from __future__ import annotations
@@ -214,7 +214,7 @@ def baselines(args, out: Path, tune, test) -> dict:
 
 def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, seed: int) -> dict:
     from prm.model import EnsemblePRM, feature_dim
-    from prm.train import train
+    from prm.train import train_on_pool
     pc = prm_config(args, seed)
     prm = EnsemblePRM(pc) if cache is None else EnsemblePRM.heads_only(pc, cache.width - feature_dim(pc, 0))
     run_dir = out / "runs" / f"{mode}_{budget}_{seed}"
@@ -226,7 +226,7 @@ def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, 
     shutil.rmtree(run_dir, ignore_errors=True)
     shuffled = list(pool)
     random.Random(seed).shuffle(shuffled)  # each seed streams the pool in its own order
-    summary = train(cfg, prm=prm, pool=shuffled, cache=cache)
+    summary = train_on_pool(cfg, shuffled, prm=prm, features=cache)
     shutil.rmtree(run_dir, ignore_errors=True)
 
     def scores(items):

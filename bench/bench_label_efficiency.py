@@ -3,7 +3,7 @@
 Frozen SmolLM2-135M backbone: separator features of the pool and of the ProcessBench items are
 computed ONCE (stage `features`, cached in <out>/features.safetensors); every run then builds a
 heads-only PRM (EnsemblePRM.heads_only: no backbone is loaded) and trains the K = 32 heads on the cached
-features through the same prm.train.train() -> PRMLearner.update the CLI uses (stream once for selection,
+features through the same prm.train.train_on_pool() -> PRMLearner.update the CLI uses (stream once for selection,
 epochs-1 replays of the revealed labels, oracle judge through the ledger), in seconds.
 The last --tune-n pool trajectories are held out: tau and the anti-collapse hyperparameters are chosen
 on them, never on ProcessBench.
@@ -95,12 +95,12 @@ def load_pool_split(out: Path, tune_n: int) -> tuple[list[Trajectory], list[Traj
 def one_run(args, out: Path, pool, tune, evals, cache, mode: str, budget: float, seed: int,
             overrides: dict | None = None, tag: str = "runs") -> dict:
     """Fresh heads-only PRM (no backbone: the cached features are all it needs), trained by
-    prm.train.train() -> PRMLearner.update (the same stream/budget/selection/loss code as the CLI),
+    prm.train.train_on_pool() -> PRMLearner.update (the same stream/budget/selection/loss code as the CLI),
     oracle judge through the ledger, plain torch AdamW (no DeepSpeed in one process). Then scored from the
     cache on the held-out pool tail (tau tuning) and on ProcessBench (reported)."""
     from judges.metrics import processbench_f1
     from prm.eval import processbench_preds, tune_threshold
-    from prm.train import train
+    from prm.train import train_on_pool
     o = {"epochs": args.epochs, "pos_weight": args.pos_weight, "head_lr": args.head_lr, **(overrides or {})}
     pc = replace(prm_config(args), seed=seed, pos_weight=o["pos_weight"], head_lr=o["head_lr"])
     prm = EnsemblePRM.heads_only(pc, cache_dim(cache))
@@ -111,7 +111,7 @@ def one_run(args, out: Path, pool, tune, evals, cache, mode: str, budget: float,
                                                progress=False, deepspeed=False), run_eval=False)
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
-    summary = train(cfg, prm=prm, pool=pool, cache=cache)
+    summary = train_on_pool(cfg, pool, prm=prm, features=cache)
     train_s = time.perf_counter() - start
 
     def scores(items):

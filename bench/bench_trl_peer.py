@@ -10,7 +10,7 @@ by the same judges.metrics.processbench_f1 at tau = 0.5.
         (prompt / completions / labels: bool per step, steps cut after the first error), TRL defaults
         otherwise (lr 1e-5 linear, step_separator "\\n", raw prompt, every step labelled). Step score
         = softmax(logits)[1] at the separator token after each step, exactly as TRL tokenizes.
-  ours  prm.train.train() in `full` mode (configs/prm/smollm2_full.yaml values: lr 1e-5, head_lr 1e-3,
+  ours  prm.train.train_on_pool() in `full` mode (configs/prm/smollm2_full.yaml values: lr 1e-5, head_lr 1e-3,
         pos_weight 0.25, K = 32), select.mode=all, epochs=1, DeepSpeed ZeRO-0 (the CLI default), then
         EnsemblePRM.score on the same items.
 --layouts runs one process of ours per prm.batch_layout (padded | bucketed | packed).
@@ -109,7 +109,7 @@ def ours(args, out: Path) -> None:
         SelectMode,
     )
     from prm.eval import load_processbench_sample
-    from prm.train import train
+    from prm.train import train_on_pool
     pool = load_slice(args)
     name = args.layout                             # "bucketed" or "bucketed+nosys" (prm.system_prompt="")
     layout, _, variant = name.partition("+")
@@ -125,7 +125,7 @@ def ours(args, out: Path) -> None:
     from prm.model import EnsemblePRM
     prm = EnsemblePRM(pc)
     t0 = time.perf_counter()
-    summary = train(cfg, prm=prm, pool=pool)
+    summary = train_on_pool(cfg, pool, prm=prm)
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     items = load_processbench_sample("gsm8k", args.eval_limit) if args.eval_limit else []

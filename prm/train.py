@@ -15,6 +15,8 @@ shard of the pool with its share of the budget; DeepSpeed averages the gradients
 Checkpoints (<out_dir>/ckpt: trainable weights, optimizer, scheduler, pool position, acquired labels,
 RNG, ledger path) every trainer.save_every updates; trainer.resume=auto continues from the latest.
 Outputs: <out_dir>/prm (EnsemblePRM.save), metrics.jsonl, tb/ (tensorboard), eval.json + eval.md.
+From Python: train(cfg) is the command; train_on_pool(cfg, pool, prm=, features=) trains on trajectories
+you already hold (a PRM you built, step features computed once for many runs).
 """
 from __future__ import annotations
 
@@ -213,10 +215,31 @@ class PoolTrainer:
         return summary
 
 
-def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, cache=None) -> dict:
-    """Run one training (or filter) job. `prm` / `pool` / `cache` let a caller (the benchmarks) reuse a
-    loaded backbone (or a heads-only PRM, EnsemblePRM.heads_only), an already filtered pool and an
-    in-memory FeatureCache across many runs."""
+def train(cfg: PRMTrainConfig) -> dict:
+    """What `python -m prm.train` runs: job=train over the pool cfg.pool names (with the PRM cfg.prm
+    builds), or job=filter."""
+    prm, out = _start(cfg)
+    if cfg.job == PRMJob.filter:
+        return filter_pool(cfg, prm, out)
+    return _train(cfg, prm, None, None, out)
+
+
+def train_on_pool(cfg: PRMTrainConfig, pool: list[Trajectory], prm=None, features=None) -> dict:
+    """Train a PRM on trajectories you already hold, streamed in the order given, with cfg's selection,
+    budget, judge (judge.name=oracle reveals the pool's own first_error labels), epochs and trainer;
+    cfg.pool is not read. `prm`: a PRM you built, trained in place (default: the one cfg.prm builds).
+    `features`: a prm.features.FeatureCache already holding the step features of every trajectory, so
+    that a frozen-backbone PRM, even a heads-only one (EnsemblePRM.heads_only), trains without running
+    its backbone: many runs over one pool then compute the features once. Returns the run's summary
+    (labels_used, updates, ...); the trained PRM is also saved under <trainer.out_dir>/prm."""
+    if cfg.job != PRMJob.train:
+        raise ValueError(f"train_on_pool trains (job=train); job={cfg.job} reads cfg.pool: use prm.train.train(cfg)")
+    prm, out = _start(cfg, prm)
+    return _train(cfg, prm, list(pool), features, out)
+
+
+def _start(cfg: PRMTrainConfig, prm=None):
+    """This rank's device, the output dir, the seed; the PRM (cfg.prm's unless given)."""
     from prm.model import EnsemblePRM
 
     rank, world = rank_world()
@@ -226,9 +249,13 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
     out = Path(cfg.trainer.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed)
-    prm = prm if prm is not None else EnsemblePRM.from_config(cfg.prm)
-    if cfg.job == PRMJob.filter:
-        return filter_pool(cfg, prm, out)
+    return (prm if prm is not None else EnsemblePRM.from_config(cfg.prm)), out
+
+
+def _train(cfg: PRMTrainConfig, prm, pool: list[Trajectory] | None, cache, out: Path) -> dict:
+    """The job=train loop: the pool streamed once (Eq. 5 / random / all within the budget), then epochs - 1
+    replays of the acquired labels; checkpoints every trainer.save_every updates."""
+    rank = rank_world()[0]
     run = PoolTrainer(cfg, prm, pool, cache, out)
     state, n_stream = run.state, run.n_stream
     logger = MetricsLog(out, "step", enabled=rank == 0, tb_prefix="prm/")

@@ -43,6 +43,31 @@ def test_budget_is_the_number_of_labels_revealed(tmp_path, mode, budget, expecte
     assert summary["labels_used"] == expected == ledger_rows(tmp_path / "run")
 
 
+def test_train_on_pool_is_the_command_run_on_trajectories_you_hold(tmp_path):
+    """A pool already in memory and a heads-only PRM over step features computed beforehand train the same
+    heads as the command (which loads cfg.pool and runs the backbone itself); job=filter is refused."""
+    import torch
+
+    from prm.features import FeatureCache
+    from prm.model import EnsemblePRM, feature_dim
+    from prm.train import load_training_pool, train_on_pool
+    kw = {"select.mode": "random", "select.budget": 0.5}
+    command = train(config(tmp_path, "command", **kw))
+    cfg = config(tmp_path, "api", **kw)
+    backbone = EnsemblePRM(cfg.prm)
+    pool = load_training_pool(cfg, backbone)
+    features = FeatureCache(cfg.prm.max_length)   # as the command's learner builds it
+    features.compute(backbone, [t.question for t in pool], [t.steps for t in pool], cfg.prm.batch_size)
+    heads = EnsemblePRM.heads_only(cfg.prm, features.width - feature_dim(cfg.prm, 0))
+    summary = train_on_pool(cfg, pool, prm=heads, features=features)
+    assert (summary["labels_used"], summary["updates"]) == (command["labels_used"], command["updates"]) == (12, 4)
+    assert ledger_rows(tmp_path / "api") == 12
+    mine, theirs = (load_file(str(tmp_path / run / "prm" / "heads.safetensors")) for run in ("api", "command"))
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    with pytest.raises(ValueError, match="job=filter reads cfg.pool"):
+        train_on_pool(config(tmp_path, "filter", job="filter"), pool)
+
+
 def test_feature_cache_of_other_step_features_is_recomputed(tmp_path, capsys):
     """One feature_cache file, two runs: hidden, then hidden_logprob (2 more columns). The second must not
     feed H-wide cached features to heads that read H + 2: it says so and computes them again."""
