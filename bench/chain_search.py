@@ -21,39 +21,25 @@ from pathlib import Path
 from statistics import fmean
 
 from bench.chain_stats import fmt, mean_ci, paired
+from core.answers import AnswerChecker
+from rl.search_rescore import reselected
 
 SCORERS = {"chain_prm_min": "PRM (min step)", "chain": "PRM (last step)", "chain_confidence": "confidence (min token)"}
 BASE = "chain_prm_min"      # greedy and best-of-N majority (no scorer) come from its records
 COST = ("generated_tokens", "passes")
+# best-of-N of the base records chosen again under the PRM's last step (rl.search_rescore.reselected)
+RESELECT = (["vanilla", "weighted"], [0.0])
 
 
-def oracle_rows(rec: dict) -> list[dict]:
+def oracle_rows(rec: dict, checker) -> list[dict]:
     """best-of-N pass@n': some sample among the first n' carries the reference answer (no selector can do
     better on these samples): the ceiling of every best-of-N row."""
-    from rl.search_select import canonical_answer
-
-    ok = [canonical_answer(s["answer"]) == canonical_answer(rec["reference"]) for s in rec["solutions"]]
+    ok = checker.check_many([rec["reference"]] * len(rec["solutions"]), [s["answer"] for s in rec["solutions"]])
     return [{"label": "best_of_n/oracle (pass@n)", "n": r["n"], "correct": any(ok[:r["n"]]), "cost": r["cost"]}
             for r in rec["results"] if r["label"] == "best_of_n/majority"]
 
 
-def reselected(rec: dict, aggregate: str) -> list[dict]:
-    """best-of-N rows of the same samples and PRM step scores chosen under another aggregate (no pass needed:
-    the records keep every sample's step scores); correct by canonical answer (chain answers are integers)."""
-    from core.steps import split_steps
-    from rl.search import choices
-    from rl.search_methods import SearchCompute, SearchOutcome
-    from rl.search_select import ScoreSpec, Solution, canonical_answer
-
-    sols = [Solution(split_steps(s["text"], fallback=False), s["tokens"], s["mean"], s["std"], s["answer"],
-                     canonical_answer(s["answer"])) for s in rec["solutions"]]
-    rows = choices("best_of_n", SearchOutcome(sols, SearchCompute()), rec["n"], ["vanilla", "weighted"],
-                   [ScoreSpec(aggregate)])
-    ref = canonical_answer(rec["reference"])
-    return [{**r, "correct": canonical_answer(r["answer"]) == ref} for r in rows]
-
-
-def load(root: Path) -> dict:
+def load(root: Path, checker) -> dict:
     """{(scorer, label, n): {seed: {"acc": .., cost fields: ..}}} over every record file of each setting."""
     cells: dict = defaultdict(lambda: defaultdict(list))
     for setting in SCORERS:
@@ -61,13 +47,13 @@ def load(root: Path) -> dict:
             for line in path.open():
                 rec = json.loads(line)
                 if setting == BASE and rec["method"] == "best_of_n":
-                    rec["results"] = rec["results"] + oracle_rows(rec)
-                    for r in reselected(rec, "last"):   # the PRM's last step: same samples, same scores
+                    rec["results"] = rec["results"] + oracle_rows(rec, checker)
+                    for r in reselected(rec, checker, "last", *RESELECT):   # the PRM's last step: same samples, same scores
                         cells[("chain", r["label"], r["n"])][rec["seed"]].append(
                             {"correct": r["correct"], "generated_tokens": r["cost"]["generated_tokens"],
                              "passes": r["cost"]["prm_passes"]})
                     if "--check" in sys.argv:   # re-selection under the records' own aggregate reproduces them
-                        mine = {(r["label"], r["n"]): r["correct"] for r in reselected(rec, rec["aggregate"])}
+                        mine = {(r["label"], r["n"]): r["correct"] for r in reselected(rec, checker, rec["aggregate"], *RESELECT)}
                         assert all(mine[(r["label"], r["n"])] == r["correct"] for r in rec["results"]
                                    if (r["label"], r["n"]) in mine), rec["question"]
                 for r in rec["results"]:
@@ -199,7 +185,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "chain_search")
     ap.add_argument("--check", action="store_true", help="assert the re-selection reproduces the records")
     args = ap.parse_args()
-    cells = load(args.root)
+    checker = AnswerChecker()
+    try:
+        cells = load(args.root, checker)
+    finally:
+        checker.close()
     ns = sorted({k[2] for k in cells})
     problems = max(v["problems"] for by in cells.values() for v in by.values())
     full = max(len(by) for by in cells.values())

@@ -42,9 +42,30 @@ def rescore_best_of_n(src: Path, dst: Path, prm, prm_name: str, checker, aggrega
     return written
 
 
+def record_solutions(rec: dict) -> list[Solution]:
+    """A record's samples as Solutions (answer and canonical key as recorded; no step scores)."""
+    return [Solution(split_steps(s["text"], fallback=False), s["tokens"], answer=s["answer"],
+                     key=canonical_answer(s["answer"])) for s in rec["solutions"]]
+
+
+def reselected(rec: dict, checker, aggregate: str, selectors: list[str] | None = None,
+               betas: list[float] | None = None) -> list[dict]:
+    """One best-of-N record's rows chosen again from its own stored step scores under another step
+    aggregation (ScoreSpec(aggregate, beta) per beta; default the record's betas and selectors), each row
+    correct by the answer checker: what another aggregate picks from the same samples, with no PRM call."""
+    sols = record_solutions(rec)
+    for sol, s in zip(sols, rec["solutions"]):
+        sol.mean, sol.std = list(s.get("mean") or []), list(s.get("std") or [])
+    selectors = selectors or sorted({row["label"].split("/")[1].split(" ")[0] for row in rec["results"]})
+    specs = [ScoreSpec(aggregate, b) for b in (rec["betas"] if betas is None else betas)]
+    rows = choices("best_of_n", SearchOutcome(sols, SearchCompute()), rec["n"], selectors, specs)
+    for row, ok in zip(rows, checker.check_many([rec["reference"]] * len(rows), [r["answer"] for r in rows])):
+        row["correct"] = ok
+    return rows
+
+
 def rescored(recs: list[dict], prm, prm_name: str, checker, path: Path, aggregate: str | None = None) -> list[dict]:
-    sols = [[Solution(split_steps(s["text"], fallback=False), s["tokens"], answer=s["answer"],
-                      key=canonical_answer(s["answer"])) for s in r["solutions"]] for r in recs]
+    sols = [record_solutions(r) for r in recs]
     flat = [(r["question"], s) for r, group in zip(recs, sols) for s in group if s.steps]
     for (_, sol), sc in zip(flat, prm.score([q for q, _ in flat], [s.steps for _, s in flat])):
         sol.mean, sol.std = list(sc.mean), list(sc.std)

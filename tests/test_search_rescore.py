@@ -72,3 +72,27 @@ def test_rescore_by_the_policy_confidence_under_another_aggregate(tmp_path):
     best = lowest.index(max(lowest))   # ties: the earliest sample
     assert row["answer"] == texts[best].split()[-1].rstrip(".")
     assert row["correct"] == (row["answer"] == "3")
+
+
+def test_reselected_chooses_from_the_stored_scores_under_another_aggregate():
+    """rl.search_rescore.reselected (bench/chain_search.py reads it): no PRM, the record's own step scores.
+    Stored scores: last step favours sample 1 (answer 4), min favours sample 0 (answer 3.0: correct by the
+    checker, not by its text)."""
+    from rl.search_rescore import reselected
+
+    texts = ["1 + 2 = 3\n\nThe answer is 3.0.", "1 + 2 = 4\n\nThe answer is 4."]
+    sols = [{"text": texts[0], "answer": "3.0", "tokens": 9, "mean": [0.8, 0.6], "std": [0.0, 0.0]},
+            {"text": texts[1], "answer": "4", "tokens": 9, "mean": [0.1, 0.9], "std": [0.0, 0.0]}]
+    rec = {"question": "What is 1 + 2?", "reference": "3", "method": "best_of_n", "n": 2, "betas": [0.0],
+           "aggregate": "last", "solutions": sols,
+           "results": [{"label": "best_of_n/vanilla", "n": 2}, {"label": "best_of_n/majority", "n": 2}]}
+    checker = AnswerChecker()
+    try:
+        by_last = {(r["label"], r["n"]): r for r in reselected(rec, checker, "last")}
+        by_min = {(r["label"], r["n"]): r for r in reselected(rec, checker, "min", ["vanilla"], [0.0])}
+    finally:
+        checker.close()
+    assert by_last[("best_of_n/vanilla", 2)]["answer"] == "4" and not by_last[("best_of_n/vanilla", 2)]["correct"]
+    assert ("best_of_n/majority", 2) in by_last   # the record's own selectors by default
+    assert by_min[("best_of_n/vanilla", 2)]["answer"] == "3.0" and by_min[("best_of_n/vanilla", 2)]["correct"] is True
+    assert {label for label, _ in by_min} == {"best_of_n/vanilla"}
