@@ -103,7 +103,7 @@ def one_run(args, out: Path, pool, tune, evals, cache, mode: str, budget: float,
     from prm.train import train_on_pool
     o = {"epochs": args.epochs, "pos_weight": args.pos_weight, "head_lr": args.head_lr, **(overrides or {})}
     pc = replace(prm_config(args), seed=seed, pos_weight=o["pos_weight"], head_lr=o["head_lr"])
-    prm = EnsemblePRM.heads_only(pc, cache_dim(cache))
+    prm = EnsemblePRM.heads_only(pc, cache.width)   # hidden step features: width = hidden size
     run_dir = out / tag / f"{mode}_{budget}_{seed}_{o['epochs']}_{o['pos_weight']}_{o['head_lr']}"
     select = PoolSelectConfig(SELECT_MODE[mode], budget)
     cfg = PRMTrainConfig(prm=pc, pool=PoolConfig(), judge="oracle", select=select, epochs=o["epochs"],
@@ -131,10 +131,6 @@ def one_run(args, out: Path, pool, tune, evals, cache, mode: str, budget: float,
                 r["f1"], r["acc_error"], r["acc_correct"]
     row["seconds"] = time.perf_counter() - start
     return row
-
-
-def cache_dim(cache: FeatureCache) -> int:
-    return next(iter(cache.store.values())).shape[-1]
 
 
 def _setup(args, out: Path):
