@@ -90,6 +90,7 @@ def _no_model_may_load(monkeypatch):
      ["schedule=overlap", "algo.process_source=judge", "schedule=serial"]),
     (["prm_update=post_update_rewards", "schedule=overlap"],
      ["schedule=overlap", "prm_update=post_update_rewards", "schedule=serial"]),
+    (["algo.advantage=grpoo"], ["algo.advantage='grpoo'", "register_estimator"]),
 ])
 def test_online_contradiction_fails_before_any_model_loads(monkeypatch, overrides, keys):
     _no_model_may_load(monkeypatch)

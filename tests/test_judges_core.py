@@ -92,6 +92,9 @@ def test_one_registry_builds_and_validates_a_user_judge(parity_registered):
     with pytest.raises(ValueError, match="'rule' is already registered to RuleJudge"):
         register_judge("rule", config=ParityJudgeConfig)(ParityJudge)
     register_judge("parity", config=ParityJudgeConfig)(ParityJudge)   # the same entry again: a no-op
+    from core.config import validate
+    from rl.config import OnlineConfig
+    assert validate({"judge": {"name": "parity", "wrong_step": 3}}, OnlineConfig).judge == ParityJudgeConfig(wrong_step=3)
 
 
 def test_run_bounded_drains_running_items_before_raising():
