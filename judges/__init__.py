@@ -11,8 +11,8 @@ from judges.config import (ChainJudgeConfig, JudgeConfig, JudgeEvalConfig, LLMJu
 from judges.ledger import LabelLedger
 from judges.llm import LLMJudge
 from judges.metrics import processbench_f1
-from judges.registry import JUDGES, JudgeKind, make_judge, register_judge, validate_judge_config
 from judges.oracle import OracleJudge
+from judges.registry import JUDGES, JudgeKind, make_judge, register_judge, validate_judge_config
 from judges.rule import RuleJudge
 from judges.rule_outcome import RuleOutcomeJudge
 

@@ -16,7 +16,6 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, TypeVar
 
-
 log = logging.getLogger(__name__)
 
 Item = tuple[str, list[str]]  # (question, steps)

@@ -1,8 +1,8 @@
 """Judge config schemas, one per kind, and the schema of `python -m judges.eval`.
 
-Every judge config is merged onto its kind's schema (picked by `name` in judges.registry), so a typo, a key another kind
-owns (`judge=rule judge.base_url=...`) or an out-of-range value fails at start-up, before any model,
-engine or judge is built.
+Every judge config is merged onto its kind's schema (picked by `name` in judges.registry), so a typo,
+a key another kind owns (`judge=rule judge.base_url=...`) or an out-of-range value fails at start-up,
+before any model, engine or judge is built.
 """
 from __future__ import annotations
 
