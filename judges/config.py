@@ -13,7 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from core.config import OutDirConfig, reject_moved_keys
+from core.config import OutDirConfig, check_ranges
 
 
 @dataclass
@@ -116,6 +116,18 @@ def validate_judge_config(cfg: Any) -> JudgeConfig:
 
 
 @dataclass
+class BenchmarkEvalConfig:
+    """`eval.*`: which ProcessBench items a step scorer is measured on, spelt the same in judges.eval,
+    prm.eval and prm.train (prm.config.EvalConfig adds the PRM's settings). rl.online's `policy_eval.*`
+    is another thing: the policy's pass rate."""
+    subsets: list[str] = field(default_factory=lambda: ["gsm8k"])  # ProcessBench subsets
+    limit: Optional[int] = None  # N items of each subset, evenly spaced (both classes); null: all
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "eval.", limit=">= 1")
+
+
+@dataclass
 class JudgeEvalTrainerConfig(OutDirConfig):
     """judges.eval's `trainer` node: the output dir and seed, spelt as in the other commands."""
     out_dir: str = "outputs/judge_eval"
@@ -128,14 +140,10 @@ class JudgeEvalConfig:
     (judge.ledger_path; null: <trainer.out_dir>/ledger.sqlite)."""
     judge: Any = field(default_factory=lambda: {"name": "rule"})  # validated by validate_judge_config
     data_root: Optional[str] = None  # null: ../shared/data next to the repo; else relative to where you run
-    subsets: list[str] = field(default_factory=lambda: ["gsm8k"])
-    limit: Optional[int] = None  # N items of each subset, evenly spaced (both classes)
+    eval: BenchmarkEvalConfig = field(default_factory=BenchmarkEvalConfig)  # eval.subsets, eval.limit
     trainer: JudgeEvalTrainerConfig = field(default_factory=JudgeEvalTrainerConfig)
-    out_dir: Optional[str] = None  # renamed: trainer.out_dir (one spelling in every command)
-    ledger: Optional[str] = None  # renamed: judge.ledger_path (one spelling in every command)
 
     def __post_init__(self) -> None:
-        reject_moved_keys(self, {"out_dir": "trainer.out_dir", "ledger": "judge.ledger_path"})
         self.judge = validate_judge_config(self.judge)
 
 

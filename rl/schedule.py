@@ -6,7 +6,7 @@ overlap   learn_prm(k) (judge -> prm_update) runs in a worker thread while the f
           joined before rank(k+1) scores with the PRM. Valid only where the policy's rewards do not wait
           for this round's PRM update: prm_update=pre_update_rewards (rewards from the scores taken before
           it) or none; with post_update_rewards, several processes (their collectives must keep one
-          order) or a ZeRO-3 PRM (trainer.zero_stage=3), the schedule is serial. It changes time, not results: the worker touches only the judge, the ledger
+          order) or a ZeRO-3 PRM (prm.zero_stage=3), the schedule is serial. It changes time, not results: the worker touches only the judge, the ledger
           and the PRM (whose only other user, rank, waits for it) and draws on no global RNG stream, so
           labels, PRM weights and policy updates equal the serial schedule's (tests/test_schedule.py).
 Timing    timing/<phase> is each phase's busy time, whichever thread ran it. timing/round is the round's
@@ -45,7 +45,7 @@ def effective_schedule(cfg) -> str:
         raise ValueError(f"schedule={cfg.schedule!r} is not one of {SCHEDULES}")
     single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
     # a ZeRO-3 PRM gathers and frees its partitioned weights inside each forward: not from two threads
-    prm_zero3 = cfg.trainer.deepspeed and cfg.trainer.zero_stage == 3
+    prm_zero3 = cfg.trainer.deepspeed and cfg.prm.zero_stage == 3
     if cfg.schedule == "overlap" and cfg.prm_update in ("pre_update_rewards", "none") and single_process \
             and not prm_zero3:
         return "overlap"

@@ -110,7 +110,7 @@ def test_overlap_only_where_valid(tmp_path, monkeypatch, prm_update, world, expe
 def test_a_zero3_prm_runs_serially(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     cfg = tiny_config(tmp_path, prm_update="pre_update_rewards", schedule="overlap")
-    cfg.trainer.deepspeed, cfg.trainer.zero_stage = True, 3   # gathers/frees weights per forward: one thread
+    cfg.trainer.deepspeed, cfg.prm.zero_stage = True, 3   # gathers/frees weights per forward: one thread
     assert effective_schedule(cfg) == "serial"
-    cfg.trainer.zero_stage = 2
+    cfg.prm.zero_stage = 2
     assert effective_schedule(cfg) == "overlap"
