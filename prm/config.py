@@ -59,7 +59,7 @@ class PRMJob(StrEnum):
 @dataclass
 class PRMConfig:
     backbone: str = "smollm2-135m-instruct"   # a built-in name (core.models), a local dir or an HF id
-    dtype: str = "fp32"                       # bf16 only where the CPU has AVX512-BF16/AMX (else 3x slower)
+    dtype: str = "fp32"                       # bf16 only on a GPU or a CPU with AVX512-BF16/AMX (else slower)
     num_heads: int = 32                       # K; the paper's ensemble size
     head_hidden: int = 128
     train_mode: PRMTrainMode = PRMTrainMode.frozen

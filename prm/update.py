@@ -68,8 +68,8 @@ class PRMLearner:
         self.global_step = 0
         self.last_selected: list[bool] = []
         self.last_labels: list[int | None] = []
-        # fused AdamW (CPU and CUDA): ~9x faster than the default per-tensor loop on CPU, which matters
-        # for heads-only runs on cached features where the step is a large share of the update
+        # fused AdamW (CPU and CUDA): one kernel instead of a per-tensor loop, which matters for heads-only
+        # runs on cached features, where the optimizer step is a large share of the update (bench/RESULTS.md)
         optimizer = torch.optim.AdamW(_param_groups(prm), weight_decay=self.cfg.weight_decay, fused=True)
         warmup = max(self.cfg.warmup_steps, 0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))

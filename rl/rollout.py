@@ -145,9 +145,9 @@ class _RecordLogprobs(LogitsProcessor):
 
 class _InverseCDFSample(LogitsProcessor):
     """Draws the next token itself (temperature, then top-p) and leaves only it at a finite score, so
-    `generate` runs greedy. Why: torch.multinomial over SmolLM2's 49k vocabulary costs ~85 ms per step
-    for 40 rows on one CPU core, about a 135M model's whole decode step; one uniform per row against the
-    cumulative distribution is the same draw for ~3 ms (bench/RESULTS.md, rollout). Uses the global torch
+    `generate` runs greedy. Why: on a CPU, torch.multinomial over SmolLM2's 49k vocabulary costs about as
+    much as a 135M model's whole decode step; one uniform per row against the cumulative distribution is
+    the same draw at a fraction of the cost (bench/RESULTS.md, rollout). Uses the global torch
     RNG, so seeding and checkpointed RNG state reproduce a run as before; or, given per-row generators
 (`generate(..., seeds=...)`), one stream per completion, so what a prompt samples does not depend on
 which other prompts share its batch or its rank (data parallelism changes speed, not the data)."""
