@@ -13,7 +13,8 @@ select.budget <= 1 is a fraction of the pool, > 1 a label count. epochs > 1 repl
 Multi-process: `torchrun --nproc_per_node 2 -m prm.train ...` (gloo on CPU): each rank streams its
 shard of the pool with its share of the budget; DeepSpeed averages the gradients.
 Checkpoints (<out_dir>/ckpt: trainable weights, optimizer, scheduler, pool position, acquired labels,
-RNG, ledger path) every trainer.save_every steps (one step: one batch of the pool or of the replays); trainer.resume=auto continues from the latest.
+RNG, ledger path) every trainer.save_every steps (a step: one batch of the pool or of the replays, one line
+of metrics.jsonl; 0: only the last) and at the end; trainer.resume=auto continues from the latest.
 Outputs: <out_dir>/prm (EnsemblePRM.save), metrics.jsonl, tb/ (tensorboard), eval.json + eval.md.
 """
 from __future__ import annotations

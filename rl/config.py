@@ -1,4 +1,4 @@
-"""Schema of `python -m rl.online` (hydra config `configs/online.yaml`), checked with prm.config.validate.
+"""Schema of `python -m rl.online` (hydra config `configs/online.yaml`), checked with core.config.validate.
 
 Choices are Enums (hydra rejects any other value at composition, naming the key and the allowed values);
 rules across keys run in `OnlineConfig.__post_init__`, i.e. while the config is validated and before

@@ -76,6 +76,13 @@ def test_active_never_exceeds_budget_and_pays_only_selected(tmp_path):
     assert len(metrics) == 4 and all(m["selected"] <= m["n"] for m in metrics)
 
 
+def test_save_every_zero_keeps_only_the_last_checkpoint(tmp_path):
+    """trainer.save_every counts training steps in every command, 0 = no periodic checkpoint (it divided by zero)."""
+    summary = train(config(tmp_path, **{"select.mode": "all", "trainer.save_every": 0}))
+    steps = sorted(d.name for d in (tmp_path / "run" / "ckpt").iterdir() if d.name.startswith("step"))
+    assert steps == [f"step{summary['updates']}"]
+
+
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     kw = {"select.mode": "uncertain", "select.budget": 0.5, "epochs": 3, "prm.delta_pred": 0.99}
     whole = train(config(tmp_path, "whole", **kw))
