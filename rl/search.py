@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from core.answers import AnswerChecker
-from core.config import ConfigError, OutDirConfig, check_ranges, validate
+from core.config import ConfigError, OutDirConfig, check_ranges, resolve_device, validate
 from prm.config import PRMConfig
 from tasks.problems import Problem
 from rl.config import PolicyConfig, RolloutBackendName, RolloutConfig, TaskConfig
@@ -150,14 +150,14 @@ def load_prm(cfg: PRMConfig):
 
 def load_scorer(cfg: "SearchConfig", task):
     """The step scorer scorer.source names: the PRM, or the policy reading its own steps (an HF copy of
-    the policy on prm.device, the prompt exactly as the policy saw it; its passes count as policy_passes)."""
+    the policy on policy.device, the prompt exactly as the policy saw it; its passes count as policy_passes)."""
     if cfg.scorer.source == ScorerSource.prm:
         return load_prm(cfg.prm)
     from prm.confidence import PolicyConfidence
     from core.models import load_model
 
     model, tok = load_model(cfg.policy.model, cfg.policy.dtype)
-    model.to(cfg.prm.device).eval()
+    model.to(resolve_device(cfg.policy.device)).eval()
     reduce = cfg.scorer.source.removeprefix("confidence_")
     return PolicyConfidence(model, tok, reduce, batch_size=cfg.prm.batch_size, prompt=lambda q: task.prompt(tok, q))
 
