@@ -43,7 +43,7 @@ def command(ranks: int, out: Path, judge_url: str, *extra: str, features: str = 
                        "trainer.progress=false", "plot=false", "select.mode=uncertain", "prm.delta_pred=0.99", "schedule=serial", "replay.enabled=false",
                        # hidden-state features here; the step log-prob columns are pinned below, with RLOO
                        f"prm.step_features={features}",
-                       "eval.every=1", "eval.problems=4", "eval.n=2",   # the policy's held-out pass, sharded by rank
+                       "policy_eval.every=1", "policy_eval.problems=4", "policy_eval.n=2",   # the policy's held-out pass, sharded by rank
                        "judge=llm", f"judge.base_url={judge_url}", "judge.max_retries=0",
                        f"trainer.out_dir={out}", f"hydra.run.dir={out}/hydra", *extra]
 
