@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from core.config import OutDirConfig, check_ranges
+from core.rows import PROCESSBENCH_SUBSETS
 
 
 @dataclass
@@ -120,11 +121,17 @@ class BenchmarkEvalConfig:
     """`eval.*`: which ProcessBench items a step scorer is measured on, spelt the same in judges.eval,
     prm.eval and prm.train (prm.config.EvalConfig adds the PRM's settings). rl.online's `policy_eval.*`
     is another thing: the policy's pass rate."""
-    subsets: list[str] = field(default_factory=lambda: ["gsm8k"])  # ProcessBench subsets
+    subsets: list[str] = field(default_factory=lambda: ["gsm8k"])  # ProcessBench subsets; [all]: the four
     limit: Optional[int] = None  # N items of each subset, evenly spaced (both classes); null: all
 
     def __post_init__(self) -> None:
         check_ranges(self, "eval.", limit=">= 1")
+        if self.subsets == ["all"]:
+            self.subsets = list(PROCESSBENCH_SUBSETS)
+        unknown = [s for s in self.subsets if s not in PROCESSBENCH_SUBSETS]
+        if unknown:
+            raise ValueError(f"eval.subsets must be ProcessBench subsets {list(PROCESSBENCH_SUBSETS)} or [all], got "
+                             f"{self.subsets} (unknown: {unknown})")
 
 
 @dataclass

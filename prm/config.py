@@ -12,6 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from core.config import ConfigError, OutDirConfig, TrainerConfig, check_device, check_ranges
+from core.rows import PROCESSBENCH_SUBSETS
 from judges.config import BenchmarkEvalConfig, validate_judge_config
 
 
@@ -160,6 +161,8 @@ class EvalConfig(BenchmarkEvalConfig):
     def __post_init__(self):
         super().__post_init__()
         check_ranges(self, "eval.", threshold="in [0, 1]", prmbench_limit=">= 1", batch_size=">= 1")
+        if self.tune_on is not None and self.tune_on not in PROCESSBENCH_SUBSETS:
+            raise ConfigError(f"eval.tune_on must be a ProcessBench subset {list(PROCESSBENCH_SUBSETS)}, got {self.tune_on!r}")
 
 
 @dataclass

@@ -13,10 +13,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.rows import DataError, Rows, Where, data_root, finish_rows, load_processbench_rows, rows_of
+from core.rows import (PROCESSBENCH_SUBSETS, DataError, Rows, Where, data_root, finish_rows, load_processbench_rows,
+                       rows_of)
 from tasks.problems import Trajectory
-
-PROCESSBENCH_SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
 
 
 # The public datasets behind the loaders, as `source` values (a hub is not reachable from this project's

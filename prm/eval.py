@@ -31,7 +31,7 @@ from judges.metrics import processbench_f1
 from core.run import anchored
 from prm.config import EvalConfig, PRMEvalConfig
 from core.config import validate
-from prm.data import PROCESSBENCH_SUBSETS, load_processbench
+from prm.data import load_processbench
 from core.rows import data_root
 from prm.prmbench import prmbench_results, read_prmbench, report_dict
 from core.steps import first_below
@@ -189,8 +189,6 @@ def build_scorer(cfg: PRMEvalConfig, stack: contextlib.ExitStack) -> tuple[StepS
 @hydra.main(config_path="pkg://configs", config_name="prm_eval", version_base=None)
 def main(dcfg: DictConfig) -> None:
     cfg = validate(dcfg, PRMEvalConfig)
-    if cfg.eval.subsets == ["all"]:
-        cfg.eval.subsets = list(PROCESSBENCH_SUBSETS)
     cfg.trainer.out_dir = anchored(cfg.trainer.out_dir)
     root = anchored(cfg.data_root) if cfg.data_root else None
     with contextlib.ExitStack() as stack:

@@ -1,5 +1,6 @@
-"""Numeric settings out of range fail while the config is validated, naming the key, before any model,
-engine or judge is built (rollout.n=0 once divided by zero after the policy had loaded)."""
+"""Numeric settings out of range (and benchmark subsets that do not exist) fail while the config is validated,
+naming the key, before any model, engine or judge is built (rollout.n=0 once divided by zero after the policy
+had loaded)."""
 import pytest
 
 import judges.eval
@@ -64,6 +65,9 @@ BAD = [  # (config, overrides, the key the message must name)
     ("prm_eval", ["eval.batch_size=0"], "eval.batch_size"),
     ("prm_eval", ["eval.prmbench_limit=0"], "eval.prmbench_limit"),
     ("prm_eval", ["prm.batch_size=0"], "prm.batch_size"),
+    ("prm_eval", ["eval.subsets=[gsm8k,gsm9k]"], "eval.subsets"),
+    ("prm_train", ["eval.tune_on=gsm9k"], "eval.tune_on"),
+    ("judge_eval", ["eval.subsets=[gsm9k]"], "eval.subsets"),
     ("judge_eval", ["eval.limit=0"], "eval.limit"),
     ("judge_eval", ["judge.max_labels=-1"], "judge.max_labels"),
 ]

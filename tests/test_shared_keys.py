@@ -67,6 +67,7 @@ def test_every_command_with_a_prm_composes_the_prm_group(name):
 def test_benchmark_items_are_eval_subsets_and_eval_limit_in_every_command(name):
     cfg = _validated(name, ["eval.subsets=[math]", "eval.limit=7"])
     assert (cfg.eval.subsets, cfg.eval.limit) == (["math"], 7)
+    assert _validated(name, ["eval.subsets=[all]"]).eval.subsets == ["gsm8k", "math", "olympiadbench", "omnimath"]
 
 
 def test_policy_eval_is_the_policys_pass_rate_apart_from_eval():
