@@ -40,8 +40,8 @@ class OutDirConfig:
 
 
 # A numeric setting's range, by name: schemas call check_ranges in __post_init__, so an out-of-range value
-# fails while the config is validated, naming its key, instead of deep inside a run (rollout.n=0 used to
-# divide by zero after the model had loaded).
+# fails while the config is validated, naming its key, not deep inside a run after the models have loaded
+# (rollout.n=0 would divide by zero there).
 RANGES: dict[str, Callable[[float], bool]] = {
     ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, "> 0": lambda v: v > 0,
     "in [0, 1]": lambda v: 0 <= v <= 1, "in (0, 1]": lambda v: 0 < v <= 1, "0, 1, 2 or 3": lambda v: v in (0, 1, 2, 3)}

@@ -1,6 +1,6 @@
 """Numeric settings out of range (and benchmark subsets that do not exist) fail while the config is validated,
-naming the key, before any model, engine or judge is built (rollout.n=0 once divided by zero after the policy
-had loaded)."""
+naming the key, before any model, engine or judge is built (rollout.n=0 would otherwise divide by zero after the
+policy has loaded)."""
 import pytest
 
 import judges.eval

@@ -56,7 +56,7 @@ def test_feature_cache_of_other_step_features_is_recomputed(tmp_path, capsys):
 
 
 def test_judge_ledger_path_and_budget_are_honoured(tmp_path):
-    # the judge config's ledger settings, as every labelling command reads them (10 were paid for max_labels=2)
+    # the judge config's ledger settings, as every labelling command reads them: max_labels=2 pays 2
     ledger = tmp_path / "shared" / "labels.sqlite"
     summary = train(config(tmp_path, **{"select.mode": "all", "select.budget": 1.0},
                            judge={"name": "oracle", "ledger_path": str(ledger), "max_labels": 2}))
@@ -77,7 +77,7 @@ def test_active_never_exceeds_budget_and_pays_only_selected(tmp_path):
 
 
 def test_save_every_zero_keeps_only_the_last_checkpoint(tmp_path):
-    """trainer.save_every counts training steps in every command, 0 = no periodic checkpoint (it divided by zero)."""
+    """trainer.save_every counts training steps in every command, 0 = no periodic checkpoint (not a division by zero)."""
     summary = train(config(tmp_path, **{"select.mode": "all", "trainer.save_every": 0}))
     steps = sorted(d.name for d in (tmp_path / "run" / "ckpt").iterdir() if d.name.startswith("step"))
     assert steps == [f"step{summary['updates']}"]

@@ -208,7 +208,7 @@ def test_prm_eval_labels_a_judge_through_judge_ledger_path(tmp_path):
 
 def test_search_builds_its_vllm_backend_with_every_engine_setting(monkeypatch):
     """rl.search (and its pool sampler) build the backend as rl.online does: every rollout.* setting the
-    vLLM engine takes arrives there (a setting rl.online passes and search dropped was a bug)."""
+    vLLM engine takes arrives there, as every setting rl.online passes must."""
     import inspect
 
     import core.models
