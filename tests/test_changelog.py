@@ -46,3 +46,15 @@ def test_an_old_key_fails_naming_it_and_the_new_one_composes(module, old, new):
 def test_no_schema_keeps_a_tombstone_for_an_old_key(path):
     text = (ROOT / path).read_text(encoding="utf-8")
     assert "renamed" not in text.lower() and "reject_moved_keys" not in text
+
+
+@pytest.mark.parametrize("name", ["online", "search", "prm_train", "prm_eval", "judge_eval"])
+def test_a_key_forced_in_with_plus_fails_in_every_command(monkeypatch, tmp_path, name):
+    """`+mode=active` composes (hydra adds the key), so the schema must still refuse it, before any model loads."""
+    from tests.test_config_ranges import MAINS
+    from tests.test_configs import _compose, _no_model_may_load
+
+    _no_model_may_load(monkeypatch)
+    with pytest.raises(ConfigError, match="Key 'mode' not in"):
+        MAINS[name](_compose(name, ["+mode=active", f"trainer.out_dir={tmp_path}/out"]))
+    assert not (tmp_path / "out").exists()
