@@ -68,7 +68,7 @@ def curves(args) -> dict:
                 total += r.get("judge/calls", 0)
                 calls.append(total)
             c["labels"] = calls
-            # the policy on the fixed held-out problems (eval.every): round -> pass rate, round 0 = initial policy
+            # the policy on the fixed held-out problems (policy_eval.every): round -> pass rate, round 0 = initial policy
             c["eval"] = {r["round"]: r["eval/pass"] for r in logged if "eval/pass" in r and r["round"] <= args.rounds}
             c["eval_greedy"] = {r["round"]: r["eval/pass_greedy"] for r in logged
                                 if "eval/pass_greedy" in r and r["round"] <= args.rounds}
@@ -194,7 +194,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=16, help="judge calls a round for uncertain/random (0: uncapped)")
     ap.add_argument("--last", type=int, default=3, help="rounds averaged for the pass rate at the start/end")
     ap.add_argument("--target-gain", type=float, default=0.05,
-                    help="held-out pass rate gain over round 0 (eval.every runs) to reach")
+                    help="held-out pass rate gain over round 0 (policy_eval.every runs) to reach")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time")
     ap.add_argument("--out", default="outputs/bench_chain_online")
     ap.add_argument("--plot", default="bench/chain_online.png")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Callable, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -19,6 +19,10 @@ class ConfigError(ValueError):
 def validate(cfg: DictConfig | dict, schema: type[T]) -> T:
     """Merge `cfg` into `schema` (struct mode: unknown keys and wrong types are errors); return the object.
     Every command validates its composed config this way, before any model, engine or judge is built."""
+    if isinstance(cfg, DictConfig):
+        # plain keys first: a composed config already typed as `schema` would carry a `+key=` added at the
+        # command line through the merge (an attribute the schema does not have) instead of failing
+        cfg = OmegaConf.to_container(cfg)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
@@ -35,12 +39,25 @@ class OutDirConfig:
     out_dir: str = "outputs/run"
 
 
-def reject_moved_keys(cfg: Any, moved: dict[str, str], prefix: str = "") -> None:
-    """Fail on a key given at its old place (a value other than None), naming the key that replaced it.
-    `prefix`: the node's own key path (`task.`), so the message names the old key in full."""
-    for old, new in moved.items():
-        if getattr(cfg, old) is not None:
-            raise ValueError(f"{prefix}{old}={getattr(cfg, old)} was renamed: use {new}")
+# A numeric setting's range, by name: schemas call check_ranges in __post_init__, so an out-of-range value
+# fails while the config is validated, naming its key, not deep inside a run after the models have loaded
+# (rollout.n=0 would divide by zero there).
+RANGES: dict[str, Callable[[float], bool]] = {
+    ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, "> 0": lambda v: v > 0,
+    "in [0, 1]": lambda v: 0 <= v <= 1, "in (0, 1]": lambda v: 0 < v <= 1, "0, 1, 2 or 3": lambda v: v in (0, 1, 2, 3)}
+
+
+def check_ranges(node: object, prefix: str, **rules: str) -> None:
+    """Fail naming every key of `node` outside its range (`rules`: key -> a RANGES name). None, an unset
+    optional, passes; a list is checked item by item. `prefix`: the node's key path (`rollout.`)."""
+    bad = []
+    for key, rule in rules.items():
+        value = getattr(node, key)
+        values = value if isinstance(value, list) else [value]
+        if any(v is not None and not RANGES[rule](v) for v in values):
+            bad.append(f"{prefix}{key} must be {rule}, got {value}")
+    if bad:
+        raise ConfigError("; ".join(bad))
 
 
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -79,9 +96,14 @@ def check_device(device: str, key: str = "prm.device") -> None:
 class TrainerConfig:
     out_dir: str = "outputs/run"
     seed: int = 0
-    zero_stage: int = 0                       # DeepSpeed ZeRO stage; 0 = plain data parallel
-    deepspeed: bool = True
-    save_every: int = 1                       # rounds (online) or batches (PRM training)
+    deepspeed: bool = True                    # optimizers as DeepSpeed engines; each model's stage: policy/prm.zero_stage
+    # checkpoint every N training steps; a step is one iteration of the command's loop, one `step`/`round`
+    # line of metrics.jsonl: an online round in rl.online (generate, judge, update), a batch of the pool
+    # (select, label, update) in prm.train
+    save_every: int = 1                       # 0: no periodic checkpoint
     resume: str = "auto"                      # auto | never | <checkpoint dir>
     progress: bool = True
+
+    def __post_init__(self):
+        check_ranges(self, "trainer.", save_every=">= 0")
 

@@ -147,7 +147,7 @@ def _free_port() -> str:
 
 def init_distributed() -> None:
     """Single-process defaults for the env vars DeepSpeed needs (else it looks for mpi4py), and skip
-    the 30-45 s JIT build of the shared-memory comm op (gloo does not need it)."""
+    the JIT build of the shared-memory comm op (gloo does not need it)."""
     import deepspeed
     for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
         os.environ.setdefault(key, value)

@@ -168,6 +168,9 @@ def _skip_ws(text: str, pos: int) -> int:
     return pos
 
 
+PROCESSBENCH_SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")   # its four files / hub splits
+
+
 def load_processbench_rows(path: str | Path, skip_bad_rows: bool = False,
                            rows: Rows | None = None) -> tuple[list[dict], list[str]]:
     """Validated ProcessBench rows {id, problem, steps, label, generator, final_answer_correct, line};

@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from core.config import OutDirConfig, reject_moved_keys
+from core.config import OutDirConfig, check_ranges
+from core.rows import PROCESSBENCH_SUBSETS
 
 
 @dataclass
@@ -84,6 +85,24 @@ class LLMJudgeConfig(JudgeConfig):
 
 
 @dataclass
+class BenchmarkEvalConfig:
+    """`eval.*`: which ProcessBench items a step scorer is measured on, spelt the same in judges.eval,
+    prm.eval and prm.train (prm.config.EvalConfig adds the PRM's settings). rl.online's `policy_eval.*`
+    is another thing: the policy's pass rate."""
+    subsets: list[str] = field(default_factory=lambda: ["gsm8k"])  # ProcessBench subsets; [all]: the four
+    limit: Optional[int] = None  # N items of each subset, evenly spaced (both classes); null: all
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "eval.", limit=">= 1")
+        if self.subsets == ["all"]:
+            self.subsets = list(PROCESSBENCH_SUBSETS)
+        unknown = [s for s in self.subsets if s not in PROCESSBENCH_SUBSETS]
+        if unknown:
+            raise ValueError(f"eval.subsets must be ProcessBench subsets {list(PROCESSBENCH_SUBSETS)} or [all], got "
+                             f"{self.subsets} (unknown: {unknown})")
+
+
+@dataclass
 class JudgeEvalTrainerConfig(OutDirConfig):
     """judges.eval's `trainer` node: the output dir and seed, spelt as in the other commands."""
     out_dir: str = "outputs/judge_eval"
@@ -96,14 +115,10 @@ class JudgeEvalConfig:
     (judge.ledger_path; null: <trainer.out_dir>/ledger.sqlite)."""
     judge: Any = field(default_factory=lambda: {"name": "rule"})  # validated by validate_judge_config
     data_root: Optional[str] = None  # null: ../shared/data next to the repo; else relative to where you run
-    subsets: list[str] = field(default_factory=lambda: ["gsm8k"])
-    limit: Optional[int] = None  # N items of each subset, evenly spaced (both classes)
+    eval: BenchmarkEvalConfig = field(default_factory=BenchmarkEvalConfig)  # eval.subsets, eval.limit
     trainer: JudgeEvalTrainerConfig = field(default_factory=JudgeEvalTrainerConfig)
-    out_dir: Optional[str] = None  # renamed: trainer.out_dir (one spelling in every command)
-    ledger: Optional[str] = None  # renamed: judge.ledger_path (one spelling in every command)
 
     def __post_init__(self) -> None:
-        reject_moved_keys(self, {"out_dir": "trainer.out_dir", "ledger": "judge.ledger_path"})
         from judges.registry import (
             validate_judge_config,  # the registry reads this module's schemas
         )

@@ -1,4 +1,4 @@
-"""Measure a judge on ProcessBench: python -m judges.eval judge=rule subsets=[gsm8k,math]
+"""Measure a judge on ProcessBench: python -m judges.eval judge=rule eval.subsets=[gsm8k,math]
 
 Every label goes through the ledger (judge.ledger_path; null: <trainer.out_dir>/ledger.sqlite), so a
 rerun (or a resumed run) pays nothing twice. Like every command (core.run): seeded from trainer.seed,
@@ -28,8 +28,6 @@ from core.rows import data_root, load_processbench_rows
 from core.run import MetricsLog, anchored, seed_everything
 
 log = logging.getLogger(__name__)
-
-SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
 
 
 def load_processbench(path: str | Path, limit: int | None = None, skip_bad_rows: bool = False) -> list[dict]:
@@ -66,15 +64,12 @@ def evaluate_subset(judge: Judge, ledger: LabelLedger, rows: list[dict], name: s
 
 
 def run(dcfg: DictConfig | dict) -> dict[str, Any]:
-    cfg = validate(dcfg, JudgeEvalConfig)  # fails here, before any work, on a bad or renamed key
+    cfg = validate(dcfg, JudgeEvalConfig)  # fails here, before any work, on a bad or unknown key
     judge_cfg = cfg.judge
-    unknown = [s for s in cfg.subsets if s not in SUBSETS]
-    if unknown:
-        raise ValueError(f"unknown subsets {unknown}; choose from {list(SUBSETS)}")
     seed_everything(cfg.trainer.seed)
     out_dir = Path(anchored(cfg.trainer.out_dir))
     root = data_root(anchored(cfg.data_root) if cfg.data_root else None)
-    data = {s: load_processbench(root / "processbench" / f"{s}.json", cfg.limit) for s in cfg.subsets}
+    data = {s: load_processbench(root / "processbench" / f"{s}.json", cfg.eval.limit) for s in cfg.eval.subsets}
     records = [r for rows in data.values() for r in rows]  # what an oracle may reveal
     judge = make_judge(judge_cfg, records=records)
     ledger_path = anchored(judge_cfg.ledger_path) if judge_cfg.ledger_path else str(out_dir / "ledger.sqlite")

@@ -11,8 +11,9 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-# ConfigError and validate live in judges.config (the bottom layer, so judges.eval validates the same way)
-from core.config import ConfigError, OutDirConfig, TrainerConfig, check_device, reject_moved_keys
+from core.config import ConfigError, OutDirConfig, TrainerConfig, check_device, check_ranges
+from core.rows import PROCESSBENCH_SUBSETS
+from judges.config import BenchmarkEvalConfig
 from judges.registry import validate_judge_config
 
 
@@ -60,7 +61,7 @@ class PRMJob(StrEnum):
 @dataclass
 class PRMConfig:
     backbone: str = "smollm2-135m-instruct"   # a built-in name (core.models), a local dir or an HF id
-    dtype: str = "fp32"                       # bf16 only where the CPU has AVX512-BF16/AMX (else 3x slower)
+    dtype: str = "fp32"                       # bf16 only on a GPU or a CPU with AVX512-BF16/AMX (else slower)
     num_heads: int = 32                       # K; the paper's ensemble size
     head_hidden: int = 128
     train_mode: PRMTrainMode = PRMTrainMode.frozen
@@ -96,11 +97,14 @@ class PRMConfig:
     path: str | None = None                   # load a saved PRM dir instead of a fresh one
     seed: int = 0
     device: str = "auto"                      # auto (cuda:LOCAL_RANK if a GPU, else cpu) | cpu | cuda | cuda:N
+    zero_stage: int = 0                       # DeepSpeed ZeRO stage of the PRM's optimizer (trainer.deepspeed)
 
     def __post_init__(self):
         check_device(self.device)
-        if self.update_steps < 1:
-            raise ConfigError(f"prm.update_steps must be >= 1, got {self.update_steps}")
+        check_ranges(self, "prm.", num_heads=">= 1", head_hidden=">= 1", lora_r=">= 1", lora_alpha="> 0",
+                     max_length=">= 1", delta_pred="in [0, 1]", delta_std=">= 0", reg_lambda=">= 0", lr="> 0",
+                     head_lr="> 0", weight_decay=">= 0", warmup_steps=">= 0", batch_size=">= 1", pack_tokens=">= 1",
+                     update_steps=">= 1", pos_weight="> 0", threshold="in [0, 1]", zero_stage="0, 1, 2 or 3")
 
 
 @dataclass
@@ -114,32 +118,39 @@ class ReplayConfig:
     heldout_size: int = 0                     # policy samples judged once at the start: PRM quality per round
 
     def __post_init__(self):
-        if self.capacity < 1 or self.steps < 0 or self.batch_size < 1 or not 0.0 <= self.new_fraction <= 1.0:
-            raise ConfigError(f"replay: need capacity >= 1, steps >= 0, batch_size >= 1, 0 <= new_fraction <= 1 "
-                              f"(got {self.capacity}, {self.steps}, {self.batch_size}, {self.new_fraction})")
+        check_ranges(self, "replay.", capacity=">= 1", steps=">= 0", batch_size=">= 1", new_fraction="in [0, 1]",
+                     heldout_size=">= 0")
+
+
+class PoolName(StrEnum):
+    """Where prm.train's trajectories come from (prm.data.load_pool)."""
+    prm800k = "prm800k"               # PRM800K phase-1 step rows regrouped into trajectories
+    processbench = "processbench"     # a ProcessBench subset (pool.subset) as a labelled pool
+    jsonl = "jsonl"                   # our trajectories JSONL (pool.path), e.g. rl.search job=pool or job=filter
+    trl = "trl"                       # TRL's stepwise format (prompt/completions/labels)
+    math_shepherd = "math_shepherd"   # Math-Shepherd's tagged steps
 
 
 @dataclass
 class PoolConfig:
-    name: str = "prm800k"
-    kind: str = "prm800k"                     # prm800k | processbench/<subset> | jsonl | trl | math_shepherd
+    name: PoolName = PoolName.prm800k
+    subset: str = "gsm8k"                     # processbench: which subset
     path: str | None = None                   # file for jsonl/trl/math_shepherd; processbench: a file or hf:<hub id>
     neutral_as: str = "correct"               # PRM800K rating 0: 'correct' (usual) or 'error'
     limit: int | None = None
     max_tokens: int | None = 512              # drop pool items longer than this (tokens)
     skip_bad_rows: bool = False
     shuffle_seed: int = 0
-    data_root: str | None = None              # renamed: the top-level data_root (one spelling in every command)
 
     def __post_init__(self):
-        reject_moved_keys(self, {"data_root": "data_root (the top-level key, as in every command)"}, "pool.")
+        check_ranges(self, "pool.", limit=">= 1", max_tokens=">= 1")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(BenchmarkEvalConfig):
+    """`eval.*` of prm.eval and prm.train: the PRM (or a judge) on ProcessBench and PRMBench."""
     subsets: list[str] = field(default_factory=lambda: ["gsm8k", "math"])  # ProcessBench; ["all"] = the four
     processbench_source: str | None = None    # None: <data_root>/processbench; hf:Qwen/ProcessBench = the hub
-    limit: int | None = None                  # items per subset
     threshold: float = 0.5                    # tau when not tuned
     tune_on: str | None = None                # pick tau on this ProcessBench subset, apply it to all
     prmbench: bool = False
@@ -147,6 +158,12 @@ class EvalConfig:
     prmbench_path: str | None = None          # a PRMBench JSONL file or folder of them (None: the bundled subset)
     skip_bad_rows: bool = False               # PRMBench: count and name rows that cannot be scored instead of failing
     batch_size: int = 8
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_ranges(self, "eval.", threshold="in [0, 1]", prmbench_limit=">= 1", batch_size=">= 1")
+        if self.tune_on is not None and self.tune_on not in PROCESSBENCH_SUBSETS:
+            raise ConfigError(f"eval.tune_on must be a ProcessBench subset {list(PROCESSBENCH_SUBSETS)}, got {self.tune_on!r}")
 
 
 @dataclass
@@ -156,10 +173,8 @@ class PRMEvalConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     data_root: str | None = None              # null: ../shared/data next to the repo
     trainer: OutDirConfig = field(default_factory=lambda: OutDirConfig("outputs/prm_eval"))   # trainer.out_dir
-    out_dir: str | None = None                # renamed: trainer.out_dir (one spelling in every command)
 
     def __post_init__(self):
-        reject_moved_keys(self, {"out_dir": "trainer.out_dir"})
         if self.judge is not None:
             self.judge = validate_judge_config(self.judge)
 
@@ -174,11 +189,6 @@ class PoolSelectConfig:
             raise ConfigError("select.mode=none trains on nothing; prm.train takes select.mode=uncertain|random|all")
         if self.budget <= 0:
             raise ConfigError(f"select.budget must be > 0, got {self.budget}")
-
-
-RENAMED = {"mode": "select.mode (active -> uncertain, full -> all, random -> random) or job=filter",
-           "budget": "select.budget", "out_dir": "trainer.out_dir", "resume": "trainer.resume",
-           "ledger": "judge.ledger_path"}
 
 
 @dataclass
@@ -196,14 +206,9 @@ class PRMTrainConfig:
     filter_out: str | None = None             # mode=filter: JSONL of the uncertain part (None -> <out_dir>/uncertain.jsonl)
     stop_after_batches: int | None = None     # stop (with a checkpoint) after this many updates: tests, time limits
     run_eval: bool = True
-    mode: str | None = None                   # renamed (RENAMED): a value here fails with the new key
-    budget: float | None = None               # renamed: select.budget
-    out_dir: str | None = None                # not a key: every command's output dir is trainer.out_dir
-    resume: str | None = None                 # not a key: trainer.resume
-    ledger: str | None = None                 # renamed: judge.ledger_path (null: <trainer.out_dir>/ledger.sqlite)
 
     def __post_init__(self):
-        reject_moved_keys(self, RENAMED)
+        check_ranges(self, "", epochs=">= 1", stop_after_batches=">= 1")
         self.judge = validate_judge_config(self.judge)
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.rows import DataError, Rows, Where, data_root, finish_rows, load_processbench_rows, rows_of
+from core.rows import (PROCESSBENCH_SUBSETS, DataError, Rows, Where, data_root, finish_rows, load_processbench_rows,
+                       rows_of)
 from tasks.problems import Trajectory
-
-PROCESSBENCH_SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
 
 
 # The public datasets behind the loaders, as `source` values (a hub is not reachable from this project's
@@ -163,16 +162,17 @@ def load_prm800k(split: str = "train", root: str | Path | None = None, neutral_a
     return finish_rows(rows, out)[:limit]
 
 
-def load_pool(kind: str, path: str | None = None, root: str | Path | None = None, **kw) -> list[Trajectory]:
-    """Registry-style access used by configs: kind = prm800k | processbench/<subset> | jsonl | trl | math_shepherd.
+def load_pool(name: str, path: str | None = None, root: str | Path | None = None, subset: str = "gsm8k",
+              **kw) -> list[Trajectory]:
+    """The pool a config names (pool.name): prm800k | processbench (pool.subset) | jsonl | trl | math_shepherd.
     `path`: the file of a jsonl/trl/math_shepherd pool; for processbench a `source` (a file or hf:<hub id>)."""
-    if kind == "prm800k":
+    if name == "prm800k":
         return load_prm800k(root=root, **kw)
-    if kind.startswith("processbench/"):
-        return load_processbench(kind.split("/", 1)[1], root=root, source=path, **kw)
+    if name == "processbench":
+        return load_processbench(subset, root=root, source=path, **kw)
     loaders = {"jsonl": load_trajectories_jsonl, "trl": load_trl_prm, "math_shepherd": load_math_shepherd}
-    if kind not in loaders or not path:
-        raise ValueError(f"pool kind '{kind}' unknown or needs a path; kinds: prm800k, processbench/<subset>, "
+    if name not in loaders or not path:
+        raise ValueError(f"pool.name={name!r} unknown or needs pool.path; pools: prm800k, processbench, "
                          f"{', '.join(loaders)}")
-    return loaders[kind](path, **kw)
+    return loaders[name](path, **kw)
 

@@ -33,7 +33,7 @@ from core.run import anchored
 from core.steps import first_below
 from judges.metrics import processbench_f1
 from prm.config import EvalConfig, PRMEvalConfig
-from prm.data import PROCESSBENCH_SUBSETS, load_processbench
+from prm.data import load_processbench
 from prm.prmbench import prmbench_results, read_prmbench, report_dict
 
 
@@ -196,8 +196,6 @@ def build_scorer(cfg: PRMEvalConfig, stack: contextlib.ExitStack) -> tuple[StepS
 @hydra.main(config_path="pkg://configs", config_name="prm_eval", version_base=None)
 def main(dcfg: DictConfig) -> None:
     cfg = validate(dcfg, PRMEvalConfig)
-    if cfg.eval.subsets == ["all"]:
-        cfg.eval.subsets = list(PROCESSBENCH_SUBSETS)
     cfg.trainer.out_dir = anchored(cfg.trainer.out_dir)
     root = anchored(cfg.data_root) if cfg.data_root else None
     with contextlib.ExitStack() as stack:

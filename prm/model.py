@@ -360,7 +360,8 @@ class EnsemblePRM(nn.Module):
 
 # PRMConfig fields that belong to the run, not to the saved model (EnsemblePRM.from_config)
 RUN_SETTINGS = ("delta_pred", "delta_std", "reg_lambda", "lr", "head_lr", "weight_decay", "warmup_steps",
-                "batch_size", "update_steps", "pos_weight", "threshold", "seed", "batch_layout", "pack_tokens")
+                "batch_size", "update_steps", "pos_weight", "threshold", "seed", "batch_layout", "pack_tokens",
+                "zero_stage")
 
 
 LOGPROB_FLOOR = -20.0  # step_features=hidden_(policy_)logprob: token log-probs below this count as this

@@ -13,7 +13,8 @@ select.budget <= 1 is a fraction of the pool, > 1 a label count. epochs > 1 repl
 Multi-process: `torchrun --nproc_per_node 2 -m prm.train ...` (gloo on CPU): each rank streams its
 shard of the pool with its share of the budget; DeepSpeed averages the gradients.
 Checkpoints (<out_dir>/ckpt: trainable weights, optimizer, scheduler, pool position, acquired labels,
-RNG, ledger path) every trainer.save_every updates; trainer.resume=auto continues from the latest.
+RNG, ledger path) every trainer.save_every steps (a step: one batch of the pool or of the replays, one line
+of metrics.jsonl; 0: only the last) and at the end; trainer.resume=auto continues from the latest.
 Outputs: <out_dir>/prm (EnsemblePRM.save), metrics.jsonl, tb/ (tensorboard), eval.json + eval.md.
 From Python: train(cfg) is the command; train_on_pool(cfg, pool, prm=, features=) trains on trajectories
 you already hold (a PRM you built, step features computed once for many runs).
@@ -46,10 +47,10 @@ def rank_world() -> tuple[int, int]:
 
 
 def load_training_pool(cfg: PRMTrainConfig, prm) -> list[Trajectory]:
-    """Shuffled pool, items longer than data.max_tokens dropped, first data.limit kept."""
+    """Shuffled pool, items longer than pool.max_tokens dropped, first pool.limit kept."""
     d = cfg.pool
-    kw = {"neutral_as": d.neutral_as} if d.kind == "prm800k" else {}
-    pool = load_pool(d.kind, d.path, root=cfg.data_root, skip_bad_rows=d.skip_bad_rows, **kw)
+    kw = {"neutral_as": d.neutral_as} if d.name == "prm800k" else {}
+    pool = load_pool(d.name, d.path, root=cfg.data_root, subset=d.subset, skip_bad_rows=d.skip_bad_rows, **kw)
     random.Random(d.shuffle_seed).shuffle(pool)
     kept = []
     for t in pool:
@@ -275,7 +276,7 @@ def _train(cfg: PRMTrainConfig, prm, pool: list[Trajectory] | None, cache, out: 
         logger.write({"step": state["update"], **m, "labels_used": state["labels_used"]})
         bar.update(1)
         bar.set_postfix(loss=f"{m['loss']:.3f}", labels=state["labels_used"])
-        if state["update"] % cfg.trainer.save_every == 0:
+        if cfg.trainer.save_every and state["update"] % cfg.trainer.save_every == 0:
             run.save()
         if cfg.stop_after_batches is not None and state["update"] >= cfg.stop_after_batches:
             run.save()

@@ -23,7 +23,7 @@
     learner.state_dict() / load_state_dict(sd)          # model + optimizer + scheduler + step (ZeRO 0)
     learner.save_checkpoint(dir, client_state) / load_checkpoint(dir) -> client_state   # any ZeRO stage
 
-The optimizer is a DeepSpeed engine when trainer.deepspeed (ZeRO stage trainer.zero_stage, a client
+The optimizer is a DeepSpeed engine when trainer.deepspeed (ZeRO stage prm.zero_stage, a client
 torch AdamW so nothing JIT-compiles, gloo on CPU; single process unless launched by torchrun or the
 deepspeed launcher), else plain torch AdamW. Backbone and heads get their own learning rates.
 """
@@ -68,8 +68,8 @@ class PRMLearner:
         self.global_step = 0
         self.last_selected: list[bool] = []
         self.last_labels: list[int | None] = []
-        # fused AdamW (CPU and CUDA): ~9x faster than the default per-tensor loop on CPU, which matters
-        # for heads-only runs on cached features where the step is a large share of the update
+        # fused AdamW (CPU and CUDA): one kernel instead of a per-tensor loop, which matters for heads-only
+        # runs on cached features, where the optimizer step is a large share of the update (bench/RESULTS.md)
         optimizer = torch.optim.AdamW(_param_groups(prm), weight_decay=self.cfg.weight_decay, fused=True)
         warmup = max(self.cfg.warmup_steps, 0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
@@ -78,7 +78,7 @@ class PRMLearner:
             import deepspeed
             init_distributed()
             ds_config = {"train_micro_batch_size_per_gpu": self.cfg.batch_size, "gradient_accumulation_steps": 1,
-                         "zero_optimization": {"stage": self.trainer.zero_stage}, "gradient_clipping": 1.0,
+                         "zero_optimization": {"stage": self.cfg.zero_stage}, "gradient_clipping": 1.0,
                          "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9}
             self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
                 args=deepspeed_args(str(prm.device)), model=prm, optimizer=optimizer, lr_scheduler=scheduler,
@@ -91,7 +91,7 @@ class PRMLearner:
     def collective_forwards(self) -> bool:
         """ZeRO-3 gathers the partitioned parameters inside every forward, a collective: each rank must
         then run the same PRM forwards (callers score the same items on every rank)."""
-        return self.engine is not None and self.trainer.zero_stage == 3
+        return self.engine is not None and self.cfg.zero_stage == 3
 
     # ------------------------------------------------------------------ scoring
     def features(self, trajectories_or_questions, steps=None, progress: bool = False) -> list[torch.Tensor]:
@@ -187,7 +187,7 @@ class PRMLearner:
                 if k in names or k.startswith("heads.")}  # heads' buffers too (the Eq. 4 anchor)
 
     def state_dict(self) -> dict:
-        if self.engine is not None and self.trainer.zero_stage > 0:
+        if self.engine is not None and self.cfg.zero_stage > 0:
             raise RuntimeError("with ZeRO > 0 the optimizer is partitioned: use save_checkpoint(dir)")
         # deep copies: optimizer.load_state_dict keeps same-dtype tensors by reference, so a live
         # state_dict shared between two learners would let one's steps leak into the other

@@ -10,7 +10,7 @@
 Nothing in a checkpoint executes code on load (core/checkpoint_io.py). Every file is checked against
 the manifest before loading: a damaged checkpoint is named with its round and file; with
 trainer.resume=auto the newest intact one is used instead, with a loud warning saying so.
-The judge ledger is an SQLite file outside the checkpoint (<out_dir>/labels.sqlite): every label is
+The judge ledger is an SQLite file outside the checkpoint (<out_dir>/ledger.sqlite): every label is
 committed there before use, so a round killed half-way and replayed after resume finds the labels it
 already paid for and asks the judge nothing twice.
 A checkpoint is written to a temporary directory and renamed into place: a kill mid-save leaves the

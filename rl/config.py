@@ -1,4 +1,4 @@
-"""Schema of `python -m rl.online` (hydra config `configs/online.yaml`), checked with prm.config.validate.
+"""Schema of `python -m rl.online` (hydra config `configs/online.yaml`), checked with core.config.validate.
 
 Choices are Enums (hydra rejects any other value at composition, naming the key and the allowed values);
 rules across keys run in `OnlineConfig.__post_init__`, i.e. while the config is validated and before
@@ -13,9 +13,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from core.config import reject_moved_keys
+from core.config import ConfigError, TrainerConfig, check_device, check_ranges
 from judges.registry import validate_judge_config
-from core.config import ConfigError, TrainerConfig, check_device
 from prm.config import PRMConfig, ReplayConfig, SelectMode
 
 
@@ -41,8 +40,7 @@ class ProcessSource(StrEnum):
 
 
 class PRMUpdate(StrEnum):
-    """Whether the PRM learns each round, and which PRM the policy's process rewards come from.
-    (Renamed from before/after: `after` = pre_update_rewards, `before` = post_update_rewards.)"""
+    """Whether the PRM learns each round, and which PRM the policy's process rewards come from."""
     none = "none"                                # frozen PRM
     pre_update_rewards = "pre_update_rewards"    # rewards = the scores Eq. 5 selected on; then the PRM learns
     post_update_rewards = "post_update_rewards"  # the PRM learns, then re-scores: rewards from the updated PRM
@@ -68,10 +66,12 @@ class PolicyConfig:
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
     device: str = "auto"                     # auto (cuda:LOCAL_RANK with a GPU, else cpu) | cpu | cuda | cuda:N
-    zero_stage: int | None = None            # DeepSpeed ZeRO stage of the policy; None = trainer.zero_stage
+    zero_stage: int = 0                      # DeepSpeed ZeRO stage of the policy's optimizer (prm.zero_stage: the PRM's)
 
     def __post_init__(self):
         check_device(self.device, "policy.device")
+        check_ranges(self, "policy.", lora_r=">= 1", lora_alpha="> 0", lr="> 0", weight_decay=">= 0",
+                     grad_clip=">= 0", zero_stage="0, 1, 2 or 3")
 
 
 @dataclass
@@ -84,7 +84,6 @@ class RolloutConfig:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     batch_size: int = 32                     # HF micro-batch for generate
-    device: str = "cpu"                      # rl.search, HF backend: where the policy generates (cpu | cuda)
     parity_tolerance: float = 0.05           # mean |logprob| gap allowed after a weight sync
     parity_prompt: str = "What is 2 + 3?"
     parity_completion: str = "2 + 3 = 5\n\nThe answer is 5."
@@ -98,6 +97,12 @@ class RolloutConfig:
     sleep: bool = False                      # vLLM sleep mode: free the GPU between generate and train
     colocate: bool | None = None             # one engine per rank in-process (external_launcher); None = when launched on GPUs
     sync_bucket_mb: int = 256                # weight sync streams buckets of at most this size
+
+    def __post_init__(self):
+        check_ranges(self, "rollout.", n=">= 1", max_new_tokens=">= 1", step_max_new_tokens=">= 1",
+                     temperature=">= 0", top_p="in (0, 1]", batch_size=">= 1", parity_tolerance=">= 0",
+                     gpu_memory_utilization="in (0, 1]", kv_cache_gb=">= 0", max_model_len=">= 1",
+                     tensor_parallel_size=">= 1", sync_bucket_mb=">= 1")
 
 
 @dataclass
@@ -121,6 +126,9 @@ class AlgoConfig:
         if self.advantage not in ESTIMATORS:
             raise ConfigError(f"algo.advantage={self.advantage!r} is not a registered advantage estimator; "
                               f"registered: {sorted(ESTIMATORS)} (add one with rl.algos.register_estimator)")
+        check_ranges(self, "algo.", outcome_weight=">= 0", process_weight=">= 0", process_warmup_rounds=">= 0",
+                     clip_eps="> 0", kl_coef=">= 0", ppo_epochs=">= 1", mini_batch_size=">= 1",
+                     micro_batch_size=">= 1")
 
 
 @dataclass
@@ -146,10 +154,12 @@ class TaskConfig:
     offset: int = 0                          # rl.search: problems [offset, offset + limit)
     limit: int | None = None
     fallback_last_number: bool = False       # answer = last number when no answer line (off: inflates)
-    data_root: str | None = None             # renamed: the top-level data_root (one spelling in every command)
 
     def __post_init__(self):
-        reject_moved_keys(self, {"data_root": "data_root (the top-level key, as in every command)"}, "task.")
+        check_ranges(self, "task.", prompts_per_round=">= 1", size=">= 1", num_ops=">= 1", operand_max=">= 1",
+                     mul_max=">= 1", min_ops=">= 1", max_ops=">= 1", value_max=">= 1", offset=">= 0", limit=">= 1")
+        if self.min_ops > self.max_ops:
+            raise ConfigError(f"task.min_ops={self.min_ops} is above task.max_ops={self.max_ops}")
 
 
 @dataclass
@@ -167,15 +177,13 @@ class SelectConfig:
 class PolicyEvalConfig:
     """The policy's pass rate on fixed held-out problems (rl/evaluate.py): before round 1, every `every` rounds."""
     every: int = 0                           # 0: off; N: after rounds N, 2N, ... and the last (plus round 0)
-    problems: int = 64                       # held-out problems (another generator seed / eval.split)
+    problems: int = 64                       # held-out problems (another generator seed / policy_eval.split)
     n: int = 4                               # samples per problem at rollout.temperature
     greedy: bool = True                      # also greedy decoding, one per problem
     split: str = "test"                      # datasets (gsm8k, math500): the split evaluated on
 
     def __post_init__(self):
-        if self.every < 0 or self.problems < 1 or self.n < 1:
-            raise ConfigError(f"eval.every must be >= 0 and eval.problems, eval.n >= 1; got every={self.every}, "
-                              f"problems={self.problems}, n={self.n}")
+        check_ranges(self, "policy_eval.", every=">= 0", problems=">= 1", n=">= 1")
 
 
 @dataclass
@@ -192,18 +200,16 @@ class OnlineConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
-    eval: PolicyEvalConfig = field(default_factory=PolicyEvalConfig)
+    policy_eval: PolicyEvalConfig = field(default_factory=PolicyEvalConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)
     judge: Any = field(default_factory=lambda: {"name": "rule"})  # the schema of its kind (judges.config)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data_root: str | None = None             # the task's files (gsm8k, math500); null: ../shared/data next to the repo
     plot: bool = True
     keep_checkpoints: int = 2                # newest round checkpoints kept on disk
-    out_dir: str | None = None               # not a key: every command's output dir is trainer.out_dir
-    resume: str | None = None                # not a key: trainer.resume
 
     def __post_init__(self):
-        reject_moved_keys(self, {"out_dir": "trainer.out_dir", "resume": "trainer.resume"})
+        check_ranges(self, "", rounds=">= 1", keep_checkpoints=">= 1")
         self.judge = validate_judge_config(self.judge)
         check_rules(self)
 
@@ -247,8 +253,8 @@ def overlap_blockers(cfg: OnlineConfig) -> list[str]:
     ranks = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / deepspeed before anything loads
     if ranks > 1:
         blockers.append(f"WORLD_SIZE={ranks} (the ranks' collectives must keep one order)")
-    if cfg.trainer.deepspeed and cfg.trainer.zero_stage == 3:   # gathers and frees weights inside each forward
-        blockers.append("trainer.zero_stage=3 with trainer.deepspeed=true (a ZeRO-3 PRM is used from one thread)")
+    if cfg.trainer.deepspeed and cfg.prm.zero_stage == 3:   # gathers and frees weights inside each forward
+        blockers.append("prm.zero_stage=3 with trainer.deepspeed=true (a ZeRO-3 PRM is used from one thread)")
     return blockers
 
 

@@ -1,16 +1,16 @@
-"""The policy's pass rate on a fixed held-out problem set (setting group `eval`), veRL's validation step.
+"""The policy's pass rate on a fixed held-out problem set (setting group `policy_eval`), veRL's validation step.
 
 A round's own `pass_rate` is measured on that round's training prompts: it moves with which problems the
 stream drew (3- or 8-operation chains) as much as with the policy, so a learning curve read from it needs
 many rounds to average out. The held-out set is the same problems at every evaluation, sampled from the
 same seeds, so two evaluations differ only by the policy:
 
-    eval/pass         share of eval.n samples per problem (rollout temperature) that verify
-    eval/pass_greedy  share of problems greedy decoding solves (eval.greedy)
+    eval/pass         share of policy_eval.n samples per problem (rollout temperature) that verify
+    eval/pass_greedy  share of problems greedy decoding solves (policy_eval.greedy)
 
-Evaluated before the first round (`round` 0: the initial policy) and after every `eval.every`-th round and
+Evaluated before the first round (`round` 0: the initial policy) and after every `policy_eval.every`-th round and
 the last one. The problems: the task's generator with seed task.seed + EVAL_SEED_OFFSET (generated tasks)
-or split `eval.split` (datasets), minus any question the training problems contain. Ranks evaluate a
+or split `policy_eval.split` (datasets), minus any question the training problems contain. Ranks evaluate a
 strided share and sum their counts.
 """
 from __future__ import annotations
@@ -26,13 +26,14 @@ def eval_problems(cfg, train_problems) -> list:
     """The held-out problems of `cfg` (an OnlineConfig), disjoint from `train_problems`."""
     from tasks.registry import make_task
 
-    task = replace(cfg.task, seed=cfg.task.seed + EVAL_SEED_OFFSET, split=cfg.eval.split, limit=None)
+    task = replace(cfg.task, seed=cfg.task.seed + EVAL_SEED_OFFSET, split=cfg.policy_eval.split, limit=None)
     seen = {p.question for p in train_problems}
     problems = [p for p in make_task(task, cfg.data_root).problems if p.question not in seen]
     if not problems:
-        raise ValueError(f"eval.every={cfg.eval.every}: task {cfg.task.name!r} has no problems outside the training set "
-                         f"(split {cfg.eval.split!r}); set eval.every=0 or a task with more distinct problems")
-    return problems[:cfg.eval.problems]
+        raise ValueError(f"policy_eval.every={cfg.policy_eval.every}: task {cfg.task.name!r} has no problems outside "
+                         f"the training set (split {cfg.policy_eval.split!r}); set policy_eval.every=0 or a task with "
+                         f"more distinct problems")
+    return problems[:cfg.policy_eval.problems]
 
 
 def evaluate_policy(loop, problems: list) -> dict:
@@ -44,8 +45,9 @@ def evaluate_policy(loop, problems: list) -> dict:
     prompts = [loop.task.prompt(loop.tok, p.question) for p in chosen]
     stop = list(r.stop) or None
     seeds = [hash_seed(cfg.trainer.seed, EVAL_SEED_OFFSET, i) for i in mine]
-    sampled = loop.rollout.generate(prompts, cfg.eval.n, r.max_new_tokens, r.temperature, r.top_p, stop, seeds=seeds)
-    greedy = (loop.rollout.generate(prompts, 1, r.max_new_tokens, 0.0, 1.0, stop) if cfg.eval.greedy
+    sampled = loop.rollout.generate(prompts, cfg.policy_eval.n, r.max_new_tokens, r.temperature, r.top_p, stop,
+                                    seeds=seeds)
+    greedy = (loop.rollout.generate(prompts, 1, r.max_new_tokens, 0.0, 1.0, stop) if cfg.policy_eval.greedy
               else [[] for _ in prompts])
     loop.rollout.sleep()
     refs, texts, kinds, tokens = [], [], [], []
@@ -63,12 +65,12 @@ def evaluate_policy(loop, problems: list) -> dict:
     out = {"eval/pass": right["sampled"] / max(total["sampled"], 1), "eval/problems": len(problems),
            "eval/samples": total["sampled"], "eval/tokens": length["sampled"] / max(total["sampled"], 1),
            "eval/policy_version": loop.policy.version}
-    if cfg.eval.greedy:
+    if cfg.policy_eval.greedy:
         out["eval/pass_greedy"] = right["greedy"] / max(total["greedy"], 1)
     return out
 
 
 def due(cfg, index: int) -> bool:
     """Whether the policy is evaluated after round `index` (0: before the first round)."""
-    every = cfg.eval.every
+    every = cfg.policy_eval.every
     return every > 0 and (index == 0 or index % every == 0 or index == cfg.rounds)

@@ -33,7 +33,7 @@ def needs_prm(cfg: OnlineConfig) -> bool:
 
 
 def ledger_path(cfg: OnlineConfig) -> str:
-    return cfg.judge.ledger_path or str(Path(cfg.trainer.out_dir) / "labels.sqlite")
+    return cfg.judge.ledger_path or str(Path(cfg.trainer.out_dir) / "ledger.sqlite")
 
 
 def build(cfg: OnlineConfig):
@@ -152,7 +152,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
             print(f"[rl.online] resumed from {resume_from} (round {state['round']}, "
                   f"data position {loop.stream.position})")
     log = MetricsLog(out_dir, "round", history) if main_rank else None   # rank 0 writes the (global) metrics
-    eval_set = eval_problems(cfg, loop.task.problems) if cfg.eval.every else []   # the policy's (rl/evaluate.py)
+    eval_set = eval_problems(cfg, loop.task.problems) if cfg.policy_eval.every else []   # the policy's (rl/evaluate.py)
     if eval_set and start_round == 1:   # round 0: the initial policy (veRL's validation before training)
         history.append({"round": 0, **evaluate_policy(loop, eval_set)})
         if main_rank:

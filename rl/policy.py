@@ -68,7 +68,7 @@ class PolicyTrainer:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=policy_cfg.lr, weight_decay=policy_cfg.weight_decay)
         self.engine = None
-        self.zero_stage = trainer.zero_stage if policy_cfg.zero_stage is None else policy_cfg.zero_stage
+        self.zero_stage = policy_cfg.zero_stage
         if trainer.deepspeed:
             import deepspeed
 

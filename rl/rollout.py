@@ -146,10 +146,10 @@ class RecordLogprobs(LogitsProcessor):
 
 class InverseCDFSampler(LogitsProcessor):
     """Draws the next token itself (temperature, then top-p) and leaves only it at a finite score, so
-    `generate` runs greedy. Why: torch.multinomial over a 49k vocabulary costs about as much as a small
-    model's whole decode step on a CPU; one uniform per row against the cumulative distribution is the
-    same draw for a fraction of that (bench/RESULTS.md, rollout). A user's own `generate` call may pass
-    it (with RecordLogprobs) as a logits processor. Uses the global torch
+    `generate` runs greedy. Why: on a CPU, torch.multinomial over SmolLM2's 49k vocabulary costs about as
+    much as a 135M model's whole decode step; one uniform per row against the cumulative distribution is
+    the same draw at a fraction of the cost (bench/RESULTS.md, rollout). A user's own `generate` call may
+    pass it (with RecordLogprobs) as a logits processor. Uses the global torch
     RNG, so seeding and checkpointed RNG state reproduce a run as before; or, given per-row generators
 (`generate(..., seeds=...)`), one stream per completion, so what a prompt samples does not depend on
 which other prompts share its batch or its rank (data parallelism changes speed, not the data)."""

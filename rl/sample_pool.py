@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from core.answers import AnswerChecker
+from core.config import check_ranges
 from tasks.problems import Trajectory
 from core.steps import split_steps
 from rl.search_select import Solution, attach_answer
@@ -29,6 +30,9 @@ class PoolSampleConfig:
     exclude_offset: int = 0                  # the held-out slice (test split) whose questions are skipped
     exclude_limit: int = 20
     exclude_seed: int = 0                    # arithmetic: the held-out slice's generator seed
+
+    def __post_init__(self):
+        check_ranges(self, "pool.", n=">= 1", exclude_offset=">= 0", exclude_limit=">= 0")
 
 
 def write_pool(cfg) -> Path:

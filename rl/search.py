@@ -24,7 +24,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -32,8 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from core.answers import AnswerChecker
-from core.config import OutDirConfig, reject_moved_keys
-from core.config import ConfigError, validate
+from core.config import ConfigError, OutDirConfig, check_ranges, resolve_device, validate
 from prm.config import PRMConfig
 from tasks.problems import Problem
 from rl.config import PolicyConfig, RolloutBackendName, RolloutConfig, TaskConfig
@@ -69,6 +67,9 @@ class ScorerConfig:
     # its new step through the backbone (prm.prefix_cache); same scores, 0 = full passes
     prefix_cache_gb: float = 4.0
 
+    def __post_init__(self):
+        check_ranges(self, "scorer.", prefix_cache_gb=">= 0")
+
 
 class SearchJob(StrEnum):
     search = "search"    # the selected methods over the task, records and a report
@@ -100,22 +101,15 @@ class SearchConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     trainer: SearchTrainerConfig = field(default_factory=SearchTrainerConfig)   # trainer.out_dir, trainer.resume
     data_root: str | None = None              # the task's files (gsm8k, math500); null: ../shared/data next to the repo
-    out_dir: str | None = None                # renamed: trainer.out_dir (one spelling in every command)
-    resume: bool | None = None                # renamed: trainer.resume=auto|never
-    fallback_last_number: bool | None = None  # renamed: task.fallback_last_number (the task's, as in rl.online)
-    dataset: dict[str, Any] = field(default_factory=dict)   # renamed: task (rl.online's task group)
     job: SearchJob = SearchJob.search
     pool: PoolSampleConfig = field(default_factory=PoolSampleConfig)   # job=pool (rl.sample_pool)
     plot: bool = True
     progress: bool = True                     # a tqdm bar per run (generation rounds)
 
     def __post_init__(self):
-        reject_moved_keys(self, {"out_dir": "trainer.out_dir", "resume": "trainer.resume=auto|never"})
-        if self.fallback_last_number is not None:
-            raise ConfigError("fallback_last_number was renamed: use task.fallback_last_number")
-        if self.dataset:
-            raise ConfigError("dataset was renamed: use task (e.g. task=gsm8k task.limit=20); the policy's sampling "
-                              "settings moved from policy.* to rollout.* (backend, temperature, max_new_tokens, ...)")
+        check_ranges(self, "", ns=">= 1")
+        for name, method in self.method.items():   # named by their place: method.beam.beam_width
+            check_ranges(method, f"method.{name}.", beam_width=">= 1", max_iterations=">= 1", ns=">= 1")
 
 
 # The schema is the base of configs/search.yaml (its defaults list starts with it), so every key of
@@ -156,14 +150,14 @@ def load_prm(cfg: PRMConfig):
 
 def load_scorer(cfg: "SearchConfig", task):
     """The step scorer scorer.source names: the PRM, or the policy reading its own steps (an HF copy of
-    the policy on prm.device, the prompt exactly as the policy saw it; its passes count as policy_passes)."""
+    the policy on policy.device, the prompt exactly as the policy saw it; its passes count as policy_passes)."""
     if cfg.scorer.source == ScorerSource.prm:
         return load_prm(cfg.prm)
     from prm.confidence import PolicyConfidence
     from core.models import load_model
 
     model, tok = load_model(cfg.policy.model, cfg.policy.dtype)
-    model.to(cfg.prm.device).eval()
+    model.to(resolve_device(cfg.policy.device)).eval()
     reduce = cfg.scorer.source.removeprefix("confidence_")
     return PolicyConfidence(model, tok, reduce, batch_size=cfg.prm.batch_size, prompt=lambda q: task.prompt(tok, q))
 

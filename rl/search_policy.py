@@ -68,12 +68,13 @@ class RolloutPolicy:
 
 
 def make_backend(policy: PolicyConfig, rollout: RolloutConfig, seed: int):
-    """The policy loaded on rollout.device and its backend, built as rl.online builds its own."""
+    """The policy loaded on policy.device and its backend, built as rl.online builds its own."""
+    from core.config import resolve_device
     from core.models import load_model
     from rl.engines import rollout_from_config
 
     model, tok = load_model(policy.model, policy.dtype)
-    model.to(rollout.device).eval()
+    model.to(resolve_device(policy.device)).eval()
     return rollout_from_config(rollout, policy, model, tok, seed), tok
 
 

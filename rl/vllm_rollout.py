@@ -171,7 +171,7 @@ class VLLMRollout(RolloutBackend):
 
     def _push(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
         """In process: by reference. Else one bucket-sized file, removed once loaded: RPC pickling of the
-        same bytes measured ~3x slower (bench/RESULTS.md, issue 15)."""
+        same bytes is slower (bench/RESULTS.md)."""
         if self.in_process:
             self.llm.collective_rpc(_reload_on_worker, args=("bucket", bucket))
             return

@@ -85,7 +85,7 @@ def few_shot_for(spec: ArithmeticSpec, count: int = 2) -> list[tuple[str, str]]:
     ARITHMETIC_FEW_SHOT (bench/RESULTS.md, "Task calibration"). More: `count` examples drawn from the task's
     own generator (a fixed seed, the task's operators), each solved in exactly num_ops steps: with
     examples of fewer steps SmolLM2 copied their length and answered after one operation (greedy 0/20 on
-    two-operation problems, 7/20 with these; bench/RESULTS.md, issue 11)."""
+    two-operation problems, 7/20 with these; bench/RESULTS.md, search)."""
     if spec.num_ops == 1:
         return list(ARITHMETIC_FEW_SHOT)
     rng = random.Random(f"worked-examples:{spec.num_ops}:{spec.ops}")

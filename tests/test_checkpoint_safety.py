@@ -31,7 +31,7 @@ class Payload:
 
 @pytest.fixture(scope="module", params=[True, False], ids=["deepspeed", "plain"])
 def parts(request):
-    trainer = TrainerConfig(deepspeed=request.param, zero_stage=0, seed=3)
+    trainer = TrainerConfig(deepspeed=request.param, seed=3)
     policy = PolicyTrainer(PolicyConfig(model="tiny-random-llama", dtype="fp32", train_mode="full", lr=1e-3),
                            AlgoConfig(), trainer)
     learner = PRMLearner(EnsemblePRM(PRMConfig(backbone="tiny-random-llama", dtype="fp32", num_heads=4,

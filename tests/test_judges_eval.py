@@ -65,8 +65,8 @@ def test_bad_judge_config_fails_at_start(tmp_path):
         run(cfg_for(tmp_path, f"data_root={data}", "judge=llm", "judge.temperature=hot"))
     with pytest.raises(ValueError, match="bogus"):
         run(cfg_for(tmp_path, f"data_root={data}", "+judge.bogus=1"))
-    with pytest.raises(ValueError, match="unknown subsets"):
-        run(cfg_for(tmp_path, f"data_root={data}", "subsets=[gsm9k]"))
+    with pytest.raises(ValueError, match=r"eval.subsets must be .*unknown: \['gsm9k'\]"):
+        run(cfg_for(tmp_path, f"data_root={data}", "eval.subsets=[gsm9k]"))
 
 
 @pytest.mark.parametrize("row,field", [
@@ -90,7 +90,7 @@ def test_limit_takes_both_classes(tmp_path):
 @pytest.mark.skipif(not (DATA / "processbench" / "gsm8k.json").exists(), reason="shared data not mounted")
 def test_command_line_on_real_processbench(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "judges.eval", "judge=rule", "subsets=[gsm8k,math]", "limit=40",
+    proc = subprocess.run([sys.executable, "-m", "judges.eval", "judge=rule", "eval.subsets=[gsm8k,math]", "eval.limit=40",
                            f"judge.ledger_path={tmp_path}/l.sqlite", f"trainer.out_dir={tmp_path}/out"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def config(tmp_path, name="run", **kw) -> PRMTrainConfig:
     base = {"prm": {"backbone": "tiny-random-llama", "dtype": "fp32", "num_heads": 4, "train_mode": "frozen",
                     "head_lr": 1e-2, "batch_size": 6},
-            "pool": {"kind": "processbench/gsm8k", "limit": 24, "max_tokens": 1024},
+            "pool": {"name": "processbench", "subset": "gsm8k", "limit": 24, "max_tokens": 1024},
             "trainer": {"out_dir": str(tmp_path / name), "progress": False, "save_every": 1, "resume": "auto"},
             "run_eval": False, "epochs": 1}
     for key, value in kw.items():
@@ -81,7 +81,7 @@ def test_feature_cache_of_other_step_features_is_recomputed(tmp_path, capsys):
 
 
 def test_judge_ledger_path_and_budget_are_honoured(tmp_path):
-    # the judge config's ledger settings, as every labelling command reads them (issue: 10 paid for max_labels=2)
+    # the judge config's ledger settings, as every labelling command reads them: max_labels=2 pays 2
     ledger = tmp_path / "shared" / "labels.sqlite"
     summary = train(config(tmp_path, **{"select.mode": "all", "select.budget": 1.0},
                            judge={"name": "oracle", "ledger_path": str(ledger), "max_labels": 2}))
@@ -89,7 +89,7 @@ def test_judge_ledger_path_and_budget_are_honoured(tmp_path):
     assert not (tmp_path / "run" / "ledger.sqlite").exists()
     with sqlite3.connect(ledger) as db:
         assert db.execute("select count(*) from labels").fetchone()[0] == 2
-    with pytest.raises(ValueError, match="ledger=.* was renamed: use judge.ledger_path"):   # one key, not two
+    with pytest.raises(ValueError, match="Key 'ledger' not in 'PRMTrainConfig'"):   # one key, not two
         config(tmp_path, "other", ledger=str(tmp_path / "x.sqlite"))
 
 
@@ -99,6 +99,13 @@ def test_active_never_exceeds_budget_and_pays_only_selected(tmp_path):
     assert ledger_rows(tmp_path / "run") == summary["labels_used"]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 4 and all(m["selected"] <= m["n"] for m in metrics)
+
+
+def test_save_every_zero_keeps_only_the_last_checkpoint(tmp_path):
+    """trainer.save_every counts training steps in every command, 0 = no periodic checkpoint (not a division by zero)."""
+    summary = train(config(tmp_path, **{"select.mode": "all", "trainer.save_every": 0}))
+    steps = sorted(d.name for d in (tmp_path / "run" / "ckpt").iterdir() if d.name.startswith("step"))
+    assert steps == [f"step{summary['updates']}"]
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):

@@ -19,7 +19,7 @@ def trajs(n=8):
 def learner(mode="frozen", deepspeed=True, **kw):
     cfg = dict(backbone="tiny-random-llama", dtype="fp32", num_heads=4, train_mode=mode, head_lr=1e-2, batch_size=8)
     cfg.update(kw)
-    return PRMLearner(EnsemblePRM(PRMConfig(**cfg)), TrainerConfig(deepspeed=deepspeed, zero_stage=0))
+    return PRMLearner(EnsemblePRM(PRMConfig(**cfg)), TrainerConfig(deepspeed=deepspeed))
 
 
 @pytest.mark.parametrize("mode", ["frozen", "full", "lora"])

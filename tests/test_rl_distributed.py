@@ -43,7 +43,7 @@ def command(ranks: int, out: Path, judge_url: str, *extra: str, features: str = 
                        "trainer.progress=false", "plot=false", "select.mode=uncertain", "prm.delta_pred=0.99", "schedule=serial", "replay.enabled=false",
                        # hidden-state features here; the step log-prob columns are pinned below, with RLOO
                        f"prm.step_features={features}",
-                       "eval.every=1", "eval.problems=4", "eval.n=2",   # the policy's held-out pass, sharded by rank
+                       "policy_eval.every=1", "policy_eval.problems=4", "policy_eval.n=2",   # the policy's held-out pass, sharded by rank
                        "judge=llm", f"judge.base_url={judge_url}", "judge.max_retries=0",
                        f"trainer.out_dir={out}", f"hydra.run.dir={out}/hydra", *extra]
 
@@ -70,7 +70,7 @@ def probe(out: Path, rank: int, round_index: int) -> dict:
 
 
 def ledger_items(out: Path) -> int:
-    with sqlite3.connect(out / "labels.sqlite") as db:
+    with sqlite3.connect(out / "ledger.sqlite") as db:
         return db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
 
 
@@ -235,7 +235,7 @@ def test_zero3_prm_on_2_ranks_runs_2_rounds_and_equals_the_stage_0_run(tmp_path)
     out = {}
     for stage in (3, 0):
         with FakeOpenAIServer(verdict) as server:
-            launch(2, tmp_path / f"z{stage}", server, f"trainer.zero_stage={stage}", "policy.zero_stage=0",
+            launch(2, tmp_path / f"z{stage}", server, f"prm.zero_stage={stage}", "policy.zero_stage=0",
                    "select.budget_per_round=3")
             out[stage] = tmp_path / f"z{stage}"
     for i in range(1, ROUNDS + 1):

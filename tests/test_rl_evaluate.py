@@ -31,7 +31,7 @@ class ScriptedRollout:
 
 
 def fake_loop(rollout, world=1, rank=0, every=1, greedy=True, n=2):
-    cfg = OnlineConfig(eval=PolicyEvalConfig(every=every, n=n, greedy=greedy))
+    cfg = OnlineConfig(policy_eval=PolicyEvalConfig(every=every, n=n, greedy=greedy))
     task = SimpleNamespace(prompt=lambda tok, q: q)
     ranks = Ranks(rank=rank, world=world)
     ranks.gather = lambda obj: [obj] * world   # every rank saw the same counts (a symmetric fake)
@@ -72,19 +72,19 @@ def test_ranks_evaluate_a_strided_share():
 
 
 def test_due_rounds():
-    cfg = OnlineConfig(rounds=12, eval=PolicyEvalConfig(every=5))
+    cfg = OnlineConfig(rounds=12, policy_eval=PolicyEvalConfig(every=5))
     assert [k for k in range(13) if due(cfg, k)] == [0, 5, 10, 12]
     assert not any(due(OnlineConfig(rounds=3), k) for k in range(4))   # every=0: off
 
 
 def test_eval_problems_are_disjoint_from_training():
-    cfg = OnlineConfig(task=TaskConfig(name="chain", size=50), eval=PolicyEvalConfig(every=1, problems=20))
+    cfg = OnlineConfig(task=TaskConfig(name="chain", size=50), policy_eval=PolicyEvalConfig(every=1, problems=20))
     from tasks.registry import make_task
     train = make_task(cfg.task).problems
     held = eval_problems(cfg, train)
     assert len(held) == 20 and not {p.question for p in held} & {p.question for p in train}
     small = OnlineConfig(task=TaskConfig(name="arithmetic", num_ops=1, operand_max=2, ops="+", size=200),
-                         eval=PolicyEvalConfig(every=1))
+                         policy_eval=PolicyEvalConfig(every=1))
     with pytest.raises(ValueError, match="eval.every"):   # 1 + 1 .. 2 + 2: every problem is a training one
         eval_problems(small, make_task(small.task).problems)
 
@@ -96,7 +96,7 @@ def test_bad_eval_settings_fail_at_validation():
 
 def test_online_run_logs_round_zero_and_resumes_with_it(tmp_path):
     def cfg(out):
-        return tiny_config(out, rounds=2, eval=PolicyEvalConfig(every=1, problems=2, n=2))
+        return tiny_config(out, rounds=2, policy_eval=PolicyEvalConfig(every=1, problems=2, n=2))
 
     full = run(cfg(tmp_path / "a"))
     assert [m["round"] for m in full] == [0, 1, 2]

@@ -38,7 +38,7 @@ def assert_same(a: dict, b: dict):
 
 
 def ledger_rows(out_dir) -> int:
-    with sqlite3.connect(out_dir / "labels.sqlite") as db:
+    with sqlite3.connect(out_dir / "ledger.sqlite") as db:
         return db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
 
 

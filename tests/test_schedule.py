@@ -119,10 +119,10 @@ def test_overlap_only_where_valid(tmp_path, monkeypatch, prm_update, world, expe
 def test_a_zero3_prm_runs_serially(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     cfg = tiny_config(tmp_path, prm_update="pre_update_rewards", schedule="auto")
-    cfg.trainer.deepspeed, cfg.trainer.zero_stage = True, 3   # gathers/frees weights per forward: one thread
+    cfg.trainer.deepspeed, cfg.prm.zero_stage = True, 3   # gathers/frees weights per forward: one thread
     assert effective_schedule(cfg) == "serial"
     cfg.schedule = "overlap"   # changed after validation: the same rule refuses it where it is applied
-    with pytest.raises(ConfigError, match="trainer.zero_stage=3"):
+    with pytest.raises(ConfigError, match="prm.zero_stage=3"):
         effective_schedule(cfg)
-    cfg.trainer.zero_stage = 2
+    cfg.prm.zero_stage = 2
     assert effective_schedule(cfg) == "overlap"

@@ -1,8 +1,8 @@
 """The keys every command spells the same way: the data root (top-level `data_root`) and the judge ledger
-(`judge.ledger_path`). Each reaches the code that reads it, and the old spellings fail naming the new key."""
+(`judge.ledger_path`, default `<trainer.out_dir>/ledger.sqlite`), one device and one ZeRO stage key per model, `eval.*` for the step
+scorer's benchmark and `policy_eval.*` for the policy's pass rate, the `prm` group. Each reaches the code that reads it."""
 import json
 import random
-import re
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -36,22 +36,67 @@ def test_every_labelling_command_takes_judge_ledger_path(name, judge):
     assert _validated(name, [*judge, "judge.ledger_path=/l.sqlite"]).judge.ledger_path == "/l.sqlite"
 
 
-@pytest.mark.parametrize("name,old,new", [
-    ("prm_train", "ledger=l.sqlite", "judge.ledger_path"), ("judge_eval", "ledger=l.sqlite", "judge.ledger_path"),
-    ("online", "task.data_root=/d", "data_root"), ("search", "task.data_root=/d", "data_root"),
-    ("prm_train", "pool.data_root=/d", "data_root")])
-def test_old_ledger_and_data_root_keys_fail_naming_the_new_key(name, old, new):
-    with pytest.raises(ConfigError, match=re.escape(old) + " was renamed: use " + re.escape(new)):
-        _validated(name, [old])
+def test_rl_online_default_ledger_is_ledger_sqlite_as_in_every_command(tmp_path):
+    from rl.online import ledger_path
+
+    cfg = _validated("online", [f"trainer.out_dir={tmp_path}"])
+    assert ledger_path(cfg) == str(tmp_path / "ledger.sqlite")
+
+
+@pytest.mark.parametrize("name", ["online", "search"])
+def test_the_policy_and_the_prm_each_have_one_device_key(name):
+    cfg = _validated(name, ["policy.device=cpu", "prm.device=cpu"])
+    assert (cfg.policy.device, cfg.prm.device) == ("cpu", "cpu")
+    assert not hasattr(cfg.rollout, "device")
+
+
+@pytest.mark.parametrize("name", ["online", "prm_train"])
+def test_each_model_has_its_own_zero_stage(name):
+    cfg = _validated(name, ["prm.zero_stage=2"] + (["policy.zero_stage=3"] if name == "online" else []))
+    assert cfg.prm.zero_stage == 2 and not hasattr(cfg.trainer, "zero_stage")
+    if name == "online":
+        assert cfg.policy.zero_stage == 3
+
+
+@pytest.mark.parametrize("name", ["search", "online", "prm_train", "prm_eval"])
+def test_every_command_with_a_prm_composes_the_prm_group(name):
+    assert _validated(name, ["prm=tiny"]).prm.backbone == "tiny-random-llama"
+
+
+@pytest.mark.parametrize("name", ["judge_eval", "prm_eval", "prm_train"])
+def test_benchmark_items_are_eval_subsets_and_eval_limit_in_every_command(name):
+    cfg = _validated(name, ["eval.subsets=[math]", "eval.limit=7"])
+    assert (cfg.eval.subsets, cfg.eval.limit) == (["math"], 7)
+    assert _validated(name, ["eval.subsets=[all]"]).eval.subsets == ["gsm8k", "math", "olympiadbench", "omnimath"]
+
+
+def test_policy_eval_is_the_policys_pass_rate_apart_from_eval():
+    cfg = _validated("online", ["policy_eval.every=3"])
+    assert cfg.policy_eval.every == 3 and not hasattr(cfg, "eval")
+
+
+def test_prm_train_reads_its_pool_by_pool_name_and_subset(tmp_path):
+    from prm.train import load_training_pool
+
+    pb = [{"id": f"m-{i}", "generator": "x", "problem": f"m{i}", "steps": ["a"], "label": -1} for i in range(2)]
+    (tmp_path / "processbench").mkdir()
+    (tmp_path / "processbench" / "math.json").write_text(json.dumps(pb))
+
+    class FakePRM:
+        def encode(self, question, steps):
+            return [0], None
+    cfg = _validated("prm_train", ["pool=processbench", "pool.subset=math", f"data_root={tmp_path}"])
+    assert cfg.pool.name == "processbench" and not hasattr(cfg.pool, "kind")
+    assert sorted(t.question for t in load_training_pool(cfg, FakePRM())) == ["m0", "m1"]
 
 
 def test_judges_eval_rejects_the_old_ledger_key_itself(tmp_path):
-    """The command validates its own config (not only the tests): `ledger=` fails before any judge runs."""
+    """The command validates its own config (not only the tests): `+ledger=` fails before any judge runs."""
     from judges.eval import run
 
     with initialize_config_module(config_module="configs", version_base=None):
-        cfg = compose("judge_eval", overrides=[f"ledger={tmp_path}/l.sqlite", f"trainer.out_dir={tmp_path}"])
-    with pytest.raises(ConfigError, match="judge.ledger_path"):
+        cfg = compose("judge_eval", overrides=[f"+ledger={tmp_path}/l.sqlite", f"trainer.out_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="Key 'ledger' not in 'JudgeEvalConfig'"):
         run(cfg)
     assert not (tmp_path / "l.sqlite").exists()
 
@@ -163,7 +208,7 @@ def test_prm_eval_labels_a_judge_through_judge_ledger_path(tmp_path):
 
 def test_search_builds_its_vllm_backend_with_every_engine_setting(monkeypatch):
     """rl.search (and its pool sampler) build the backend as rl.online does: every rollout.* setting the
-    vLLM engine takes arrives there (a setting rl.online passes and search dropped was a bug)."""
+    vLLM engine takes arrives there, as every setting rl.online passes must."""
     import inspect
 
     import core.models

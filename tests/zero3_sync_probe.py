@@ -107,7 +107,7 @@ def main(mode: str) -> None:
     policy = PolicyConfig(model="tiny-random-llama", dtype="fp32", train_mode=mode, lr=1e-2, zero_stage=3,
                           lora_targets=["q_proj", "v_proj"])
     algo = AlgoConfig(mini_batch_size=8, micro_batch_size=2)
-    sharded = PolicyTrainer(policy, algo, TrainerConfig(deepspeed=True, zero_stage=3))
+    sharded = PolicyTrainer(policy, algo, TrainerConfig(deepspeed=True))
     whole = batch(sharded.tokenizer)
     mine = ranks.shard(whole)
     lengths = ranks.gather([len(s.completion_ids) for s in mine])

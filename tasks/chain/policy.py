@@ -1,6 +1,6 @@
 """`chain-tiny`: a ~1M-parameter Llama trained from scratch on the chain task (tasks.chain.problems), the CPU testbed policy.
 
-    python -m core.models chain-tiny          # provision once (10-20 min on one core), cached like SmolLM2
+    python -m core.models chain-tiny          # provision once (minutes of CPU), cached like SmolLM2
 
 Deterministic from its seed: a byte-level BPE of a few hundred tokens (every digit its own token, so
 arithmetic is not hidden inside merges) trained on chain text, ChatML special tokens and chat template,
