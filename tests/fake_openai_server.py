@@ -24,8 +24,10 @@ class Reply:
     prompt_tokens: int = 100
     completion_tokens: int = 10
     reasoning: str | None = None  # a reasoning server's separate reasoning_content
-    drip_s: float = 0.0  # send the body one byte at a time, this long apart (a stalling server)
-    cut: bool = False  # announce the full Content-Length, send half the body, close (cut mid-body)
+    drip_s: float = 0.0  # send the body one byte (a stream: one event) at a time, this long apart
+    cut: bool = False  # send half the body (a stream: half its events), then close (cut mid-body)
+    stream: bool = True  # stream when the request asks to (False: a server that ignores `stream`)
+    chunk_chars: int = 4  # a streamed reply's text per event (about one token)
 
 
 @dataclass
@@ -37,7 +39,8 @@ class Request:
 
     @property
     def prompt(self) -> str:
-        return self.body["messages"][0]["content"]
+        """The last user turn (the critic prompt; a system turn comes before it)."""
+        return [m for m in self.body["messages"] if m.get("role") == "user"][-1]["content"]
 
 
 Script = Callable[[Request], Reply]
@@ -79,6 +82,9 @@ class FakeOpenAIServer:
                     if reply.drop:
                         self.close_connection = True
                         return
+                    if body.get("stream") and reply.stream and reply.body is None and reply.status == 200:
+                        self._send_stream(reply, body)
+                        return
                     text = reply.body if reply.body is not None else json.dumps(_completion(reply, body))
                     self._send(reply.status, text, reply.headers, reply)
                 finally:
@@ -108,6 +114,32 @@ class FakeOpenAIServer:
                         self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout): fine
+
+            def _send_stream(self, reply: Reply, request_body: dict) -> None:
+                """Server-sent events over chunked encoding (the connection stays alive), as vLLM sends them."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                for k, v in reply.headers.items():
+                    self.send_header(k, str(v))
+                self.end_headers()
+                events = _stream_events(reply, request_body)
+                if reply.cut:
+                    events = events[:len(events) // 2]
+                try:
+                    for event in events:
+                        data = f"data: {event}\n\n".encode("utf-8")
+                        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                        self.wfile.flush()
+                        if reply.drip_s and server._stopping.wait(reply.drip_s):
+                            break
+                    if reply.cut:
+                        self.close_connection = True
+                        return
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client gave up (timeout): fine
 
         self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
@@ -154,6 +186,25 @@ def _completion(reply: Reply, request_body: dict) -> dict:
         "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
                   "total_tokens": reply.prompt_tokens + reply.completion_tokens},
     }
+
+
+def _stream_events(reply: Reply, request_body: dict) -> list[str]:
+    """The reply as a stream: reasoning then content in `chunk_chars` pieces, the finish reason, the
+    usage chunk (when the request asked for it), [DONE]."""
+    base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": request_body.get("model", "fake")}
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        return json.dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    n = max(1, reply.chunk_chars)
+    events = [chunk({"role": "assistant", "content": ""})]
+    for field_name, text in (("reasoning_content", reply.reasoning or ""), ("content", reply.content)):
+        events += [chunk({field_name: text[i:i + n]}) for i in range(0, len(text), n)]
+    events.append(chunk({}, "stop"))
+    if (request_body.get("stream_options") or {}).get("include_usage"):
+        events.append(json.dumps({**base, "choices": [], "usage": {
+            "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+            "total_tokens": reply.prompt_tokens + reply.completion_tokens}}))
+    return events + ["[DONE]"]
 
 
 def free_port() -> int:
