@@ -271,6 +271,10 @@ class LabelLedger:
     def _budget_text(self) -> str:
         return f"judge.max_labels={self.max_labels}, judge.max_total_tokens={self.max_tokens}"
 
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """A read-only query on the ledger file (its tables: labels, charges, reservations)."""
+        return self._db.query(sql, params)
+
     def charge(self, judge_identity: str, cost: Cost, reason: str) -> None:
         """Bill calls that label no item (a judge's start-up check): they count in calls and tokens."""
         if cost.calls or cost.tokens:

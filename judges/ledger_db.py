@@ -247,13 +247,19 @@ class LedgerDB:
     def commit(self, reservation: int, judge: str, key: str, question: str, steps: list[str], verdict: Verdict,
                total: Cost, wall_s: float, reask_invalid: bool = False) -> bool:
         """Bill the final attempt and store the verdict; False if the item was committed already. With
-        reask_invalid, an invalid verdict stored for the item gives way (the new row gets a new id, so
-        readers of rows after an id see it)."""
+        reask_invalid, an invalid verdict stored for the item gives way."""
         def run() -> bool:
             self._charge(judge, key, verdict.cost, True, "label")
-            if reask_invalid:
-                self._db.execute("DELETE FROM labels WHERE judge = ? AND item_hash = ? AND first_error IS NULL",
-                                 (judge, key))
+            values = (json.dumps(steps, ensure_ascii=False), verdict.first_error, verdict.raw, total.calls,
+                      total.prompt_tokens, total.completion_tokens, total.seconds, wall_s, _now_iso())
+            if reask_invalid:  # the invalid row gives way, moved past every id (readers of rows after an id see it)
+                cur = self._db.execute(
+                    "UPDATE labels SET id = (SELECT MAX(id) + 1 FROM labels), steps = ?, first_error = ?, raw = ?,"
+                    " calls = ?, prompt_tokens = ?, completion_tokens = ?, seconds = ?, wall_s = ?, created_at = ?"
+                    " WHERE judge = ? AND item_hash = ? AND first_error IS NULL", (*values, judge, key))
+                if cur.rowcount == 1:
+                    self._drop_reservation(reservation)
+                    return True
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO labels (judge, item_hash, question, steps, first_error, raw, calls,"
                 " prompt_tokens, completion_tokens, seconds, wall_s, created_at)"
