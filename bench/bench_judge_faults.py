@@ -73,7 +73,7 @@ FAULTS = {  # name -> (script(req, first_attempt) -> Reply, label cap, token cap
     "200, body not JSON": (lambda req, first: Reply(body="<html>busy</html>") if first else good(req), N, None),
     "200, body cut mid-way": (lambda req, first: good(req, cut=True) if first else good(req), N, None),
     "200, odd JSON shapes": (lambda req, first: Reply(body=odd_body(req)), N, None),
-    "server drips 1 byte / 0.2 s": (lambda req, first: good(req, drip_s=0.2) if first else good(req), N, None),
+    "server drips 1 event / 0.4 s": (lambda req, first: good(req, drip_s=0.4) if first else good(req), N, None),
     "usage 400,080 tokens (cap 20,000)": (lambda req, first: good(req, prompt_tokens=400_000, completion_tokens=80),
                                           None, 20_000),
     "usage negative (cap 20,000)": (lambda req, first: good(req, prompt_tokens=-499_900), None, 20_000),
