@@ -199,7 +199,8 @@ class ChatClient:
                     for a in billed:
                         if not await before_retry(a):
                             raise JudgeBudgetStop(f"judge budget does not cover a retry to {self.url}")
-                await asyncio.sleep(self._backoff(min(counted, tries) or 1, last.retry_after if last else None))
+                # grows with every failure, waits included: a long restart is polled every backoff_max_s
+                await asyncio.sleep(self._backoff(tries, last.retry_after if last else None))
             tries += 1
             key = read_api_key(self.api_key_env)  # per call; never kept on self
             try:
@@ -237,8 +238,9 @@ class ChatClient:
         for a refused key, JudgeEndpointError when nothing answers."""
         url, key = f"{self.base_url}/models", read_api_key(self.api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        start = time.monotonic()
+        start, tries = time.monotonic(), 0
         while True:
+            tries += 1
             try:
                 async with asyncio.timeout(self.deadline_s):
                     resp = await self._http.get(url, headers=headers)  # type: ignore[union-attr]
@@ -250,7 +252,7 @@ class ChatClient:
                                              "is the server running, and is judge.base_url right?") from None
                 log.warning("judge server %s not answering (%s): waiting for it, %.0f s of wait_s=%s",
                             self.base_url, type(exc).__name__, waited, self.wait_s)
-                await asyncio.sleep(min(self.backoff_max_s, max(self.backoff_base_s, 0.01)))
+                await asyncio.sleep(self._backoff(tries, None))
         if resp.status_code in (401, 403):
             how = f"the key in ${self.api_key_env}" if key else f"no key (${self.api_key_env} is not set)"
             raise JudgeAuthError(f"judge endpoint {url} refused {how}: HTTP {resp.status_code}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import replace
 from typing import Any, AsyncIterator
 
 from judges.base import BeforeRetryCost, Cost, Judge, Verdict, register_judge, run_sync
@@ -54,19 +53,21 @@ class LLMJudge(Judge):
         # A byte-level BPE token covers at least one byte, so the prompt's UTF-8 length bounds its tokens.
         return len((CRITIC_SYSTEM + prompt).encode("utf-8")) + TEMPLATE_TOKEN_ALLOWANCE + self.max_tokens
 
-    def attempt_cost(self, attempt: Attempt, bound: int) -> Cost:
+    def attempt_cost(self, attempt: Attempt, bound: int, max_tokens: int | None = None) -> Cost:
         """What a provider may bill for one attempt: the reported usage when it is valid; for a stream cut
         short, the prompt's bound and the text received (bytes bound tokens); the call's whole bound
-        when it may have generated and reported nothing usable; nothing if it never left."""
-        prompt_bound = bound - self.max_tokens
+        when it may have generated and reported nothing usable; nothing if it never left. `max_tokens`:
+        the call's completion cap, when not the judge's."""
+        cap = self.max_tokens if max_tokens is None else max_tokens
+        prompt_bound = bound - cap
         if not attempt.sent:
             return Cost(seconds=attempt.seconds)
         if attempt.usage is not None:
             prompt, completion = attempt.usage
         elif attempt.received is not None:
-            prompt, completion = prompt_bound, min(attempt.received, self.max_tokens)
+            prompt, completion = prompt_bound, min(attempt.received, cap)
         elif attempt.maybe_generated:
-            prompt, completion = prompt_bound, self.max_tokens
+            prompt, completion = prompt_bound, cap
         elif attempt.status is None:  # a stream that never started: the prompt may have been read
             prompt, completion = prompt_bound, 0
         else:  # an error status: the provider refused before generating
@@ -93,7 +94,7 @@ class LLMJudge(Judge):
             except JudgeError as exc:
                 raise type(exc)(f"judge start-up check failed: {exc}", exc.attempts) from None
         bound = len(json.dumps(payload["messages"]).encode("utf-8")) + TEMPLATE_TOKEN_ALLOWANCE + 1
-        return sum((replace(self.attempt_cost(a, bound), seconds=a.seconds) for a in reply.attempts), Cost())
+        return sum((self.attempt_cost(a, bound, max_tokens=1) for a in reply.attempts), Cost())
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:

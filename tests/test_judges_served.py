@@ -267,3 +267,13 @@ def test_http_requests_are_not_logged_one_line_each(caplog):
     with FakeOpenAIServer() as server:
         llm(server).judge("q", STEPS)
     assert not [r for r in caplog.records if r.name.startswith(("httpx", "httpcore"))]
+
+
+def test_judge_seconds_is_wall_clock_not_the_sum_of_requests_in_flight(tmp_path):
+    from judges.eval import evaluate_subset
+    rows = [{"problem": f"p{i}", "steps": STEPS, "label": -1} for i in range(8)]
+    with FakeOpenAIServer([Reply("\\boxed{-1}", delay_s=0.5)]) as server, LabelLedger(tmp_path / "l.sqlite") as ledger:
+        report = evaluate_subset(llm(server, max_concurrency=8), ledger, rows, "gsm8k")
+        request_seconds = ledger.stats()[llm(server).identity]["seconds"]
+    assert request_seconds >= 8 * 0.5  # the server held each of the 8 requests 0.5 s, all at once
+    assert report["judge_seconds"] < request_seconds / 2  # one wave waited for, not eight
