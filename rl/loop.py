@@ -91,8 +91,7 @@ class OnlineLoop:
         self.tok = policy.tokenizer
         self.on_phase = None  # callback(round index, phase name) when a foreground phase starts (progress display)
         self.replay = None    # prm.replay.LabelReplay: train on every paid label (set by rl.online.build)
-        self.pending_judge: tuple[Cost, dict] | None = None  # judge calls made outside a round (the held-out
-        #                                                      set): counted in the next round's judge/* metrics
+        self.pending_judge: dict | None = None  # judge/* metrics of calls made outside a round (the held-out set)
 
     def round(self, index: int) -> RoundWork:
         """One round, serially (rl.schedule's serial schedule; `report` turns it into metrics). The overlap
@@ -150,13 +149,7 @@ class OnlineLoop:
     def report(self, work: RoundWork, wall: float | None = None) -> tuple[dict, list[float]]:
         """The round's metrics. timing/<phase>: busy seconds of each phase, whichever thread ran it;
         timing/round: the round's wall time (serial: the sum of the phases)."""
-        cost, judged = work.cost, dict(work.judge_metrics)
-        if self.pending_judge is not None:  # the held-out set's calls: inside the one count
-            extra, extra_metrics = self.pending_judge
-            self.pending_judge = None
-            cost += extra
-            judged = {k: judged.get(k, 0) + v for k, v in extra_metrics.items()}
-            judged["judge/heldout_calls"] = extra.calls
+        cost = work.cost
         mine = {**work.timer.seconds, **work.back_timer.seconds}
         everyone = self.ranks.gather({"rollouts": [self._record(r) for r in work.rollouts], "chosen": sum(work.chosen),
                                       "judged": work.back_metrics.get("judge/labels", 0), "seconds": mine})
@@ -169,7 +162,7 @@ class OnlineLoop:
                    "judge/labels": sum(part["judged"] for part in everyone),
                    "select/candidates": len(records), "select/selected": selected,
                    "select/fraction": selected / len(records), "judge/calls": cost.calls,
-                   "judge/tokens": cost.tokens, "judge/seconds": 0.0, **judged, **std_histogram(stds), **timing}
+                   "judge/tokens": cost.tokens, "judge/seconds": 0.0, **work.judge_metrics, **std_histogram(stds), **timing}
         metrics["timing/round"] = sum(timing.values()) if wall is None else wall
         return metrics, stds
 

@@ -117,7 +117,7 @@ def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
              for p, group in zip(problems, groups) for c in group][:cfg.replay.heldout_size]
     verdicts, counts, wall_s = label_counted(loop.ledger, loop.judge, items)
     cost = sum((v.cost for v in verdicts if v is not None and not v.from_ledger), Cost())
-    loop.pending_judge = cost, judge_metrics(counts, wall_s)
+    loop.pending_judge = {**judge_metrics(counts, wall_s, cost), "judge/heldout_calls": cost.calls}
     trajectories = [Trajectory(q, steps, v.first_error, source="heldout")
                     for (q, steps), v in zip(items, verdicts) if v is not None and v.first_error is not None]
     tmp = path.with_suffix(".tmp")
@@ -170,6 +170,9 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
               "trainer.zero_stage<=2 (the PRM's): running serially")
     for done in run_rounds(loop, range(start_round, last + 1), schedule):
         index, metrics, stds = done.index, done.metrics, done.stds
+        if loop.pending_judge:  # the held-out set's judge calls, inside the run's one count
+            metrics.update({k: metrics.get(k, 0) + v for k, v in loop.pending_judge.items()})
+            loop.pending_judge = None
         bar.update(1)
         if eval_set and due(cfg, index):   # the policy after this round's update, before the next one's
             with_timer = time.perf_counter()
