@@ -60,7 +60,7 @@ def load_training_pool(cfg: PRMTrainConfig, prm) -> list[Trajectory]:
 
 def make_revealer(cfg: PRMTrainConfig, pool: list[Trajectory], out: Path):
     """A function picked-trajectories -> first-error labels, paid through the ledger. The ledger is opened
-    the way every labelling command opens it (LabelLedger.from_config): path and budgets from the judge
+    the way every labelling command opens it (judges.session.open_judge): path and budgets from the judge
     config (judge.ledger_path, judge.max_labels, judge.max_total_tokens), and an llm judge is checked
     (endpoint, key, model) before any training. `reveal.refused` / `reveal.invalid` count the picked
     items that came back unlabelled (budget, or a judge that kept failing) / with an invalid verdict."""
