@@ -28,6 +28,7 @@ class Reply:
     cut: bool = False  # send half the body (a stream: half its events), then close (cut mid-body)
     stream: bool = True  # stream when the request asks to (False: a server that ignores `stream`)
     chunk_chars: int = 4  # a streamed reply's text per event (about one token)
+    stream_error: str | None = None  # end the stream with an `error` event (as vLLM reports an engine failure)
     token_s: float = 0.0  # a slow critic: seconds per event generated (not streamed: all of them, then the body)
 
 
@@ -242,6 +243,9 @@ def _stream_events(reply: Reply, request_body: dict) -> list[str]:
     events = [chunk({"role": "assistant", "content": ""})]
     for field_name, text in (("reasoning_content", reply.reasoning or ""), ("content", reply.content)):
         events += [chunk({field_name: text[i:i + n]}) for i in range(0, len(text), n)]
+    if reply.stream_error is not None:
+        return events + [json.dumps({"error": {"message": reply.stream_error, "type": "InternalServerError",
+                                               "code": 500}}), "[DONE]"]
     events.append(chunk({}, "stop"))
     if (request_body.get("stream_options") or {}).get("include_usage"):
         events.append(json.dumps({**base, "choices": [], "usage": {

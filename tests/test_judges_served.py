@@ -277,3 +277,26 @@ def test_judge_seconds_is_wall_clock_not_the_sum_of_requests_in_flight(tmp_path)
         request_seconds = ledger.stats()[llm(server).identity]["seconds"]
     assert request_seconds >= 8 * 0.5  # the server held each of the 8 requests 0.5 s, all at once
     assert report["judge_seconds"] < request_seconds / 2  # one wave waited for, not eight
+
+
+def test_a_stream_folds_both_reasoning_fields():
+    from judges.chat_stream import StreamState
+    from judges.llm import reply_text
+    state = StreamState()
+    for delta in ({"reasoning": "vLLM names it reasoning; "}, {"reasoning_content": "others reasoning_content"},
+                  {"content": "\\boxed{1}"}):
+        state.feed("data: " + json.dumps({"choices": [{"index": 0, "delta": delta}]}))
+    state.feed("data: [DONE]")
+    assert state.finished and reply_text(state.body()) == (
+        "<think>vLLM names it reasoning; others reasoning_content</think>\\boxed{1}")
+
+
+def test_an_error_inside_a_stream_is_retried_and_charged_what_arrived(tmp_path):
+    # vLLM reports an engine failure mid-generation as an `error` event in a 200 stream
+    script = [Reply("partial critique", stream_error="EngineCore encountered an issue"), Reply("\\boxed{2}")]
+    with FakeOpenAIServer(script) as server, LabelLedger(tmp_path / "l.sqlite") as ledger:
+        judge = llm(server)
+        [v] = ledger.label(judge, [("q", STEPS)])
+        prompt_bound = judge.token_bound("q", STEPS) - judge.max_tokens
+    assert v.first_error == 2 and len(server.requests) == 2
+    assert v.cost.tokens == prompt_bound + len("partial critique") + 100 + 10
