@@ -227,8 +227,9 @@ class LedgerDB:
             row = self._db.execute("SELECT tokens FROM reservations WHERE id = ?", (reservation,)).fetchone()
             if row is None:
                 return False  # our lease lapsed: another caller may hold the item now
-            self._db.execute("UPDATE reservations SET tokens = ? WHERE id = ?",
-                             (max(next_tokens, row[0] - next_tokens), reservation))
+            if cost.tokens:  # one of the attempts the hold covers is spent (waits for a server that is down cost none)
+                self._db.execute("UPDATE reservations SET tokens = ? WHERE id = ?",
+                                 (max(next_tokens, row[0] - next_tokens), reservation))
             if max_tokens is None:
                 return True
             _, spent_tokens, _ = self._committed()
