@@ -191,8 +191,11 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
             log.write(metrics, {"prm/ensemble_std": stds})
             bar.set_postfix(passed=f"{metrics['pass_rate']:.2f}", judged=metrics["judge/calls"])
             held = f"  held-out pass {metrics['eval/pass']:.3f}" if "eval/pass" in metrics else ""
-            tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}{held}  judge calls {metrics['judge/calls']}  | "
-                       f"{phase_line(metrics)}")
+            unlabelled = ", ".join(f"{metrics[k]} {name}" for k, name in (
+                ("judge/invalid", "invalid"), ("judge/refused_budget", "over budget"), ("judge/failed", "failed"))
+                if metrics.get(k))
+            tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}{held}  judge calls {metrics['judge/calls']}"
+                       f"{f' ({unlabelled})' if unlabelled else ''}  | {phase_line(metrics)}")
     if main_rank:
         log.close()
     if main_rank and (stop_after is None or last == cfg.rounds):
