@@ -1,7 +1,9 @@
 """Reliability of the llm judge + ledger under injected faults (bench/RESULTS.md, "Reliability under faults").
 
 One row per fault, each against the scripted OpenAI-compatible server of the tests (real HTTP on
-127.0.0.1), 20 items, 8 requests in flight, a budget of exactly 20 labels (the last rows: a token cap):
+127.0.0.1, replies streamed as server-sent events), 20 items, 8 requests in flight, a budget of exactly
+20 labels (the token-cap rows: a token cap), then the rows of a served critic: slow, restarting, a
+held-out set inside the run's budget, and a token cap at 1, 4 and 16 requests in flight:
 
     python -m bench.bench_judge_faults
 
@@ -10,6 +12,7 @@ labels committed   rows in the ledger
 labels lost        items the server answered with a readable label that the ledger does not hold
 labels paid twice  items the server answered with a readable label more than once
 budget overshoot   spend past the cap (labels, or tokens for the token-cap rows)
+items              which items were labelled, as a short hash: the same hash = the same items
 """
 from __future__ import annotations
 
@@ -22,11 +25,12 @@ import sys
 import tempfile
 import threading
 import time
+import hashlib
 from collections import Counter
 from pathlib import Path
 
 from judges import JudgeError, LabelLedger, LLMJudge
-from tests.fake_openai_server import FakeOpenAIServer, Reply
+from tests.fake_openai_server import FakeOpenAIServer, Reply, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,12 +72,15 @@ FAULTS = {  # name -> (script(req, first_attempt) -> Reply, label cap, token cap
     "200, body not JSON": (lambda req, first: Reply(body="<html>busy</html>") if first else good(req), N, None),
     "200, body cut mid-way": (lambda req, first: good(req, cut=True) if first else good(req), N, None),
     "200, odd JSON shapes": (lambda req, first: Reply(body=odd_body(req)), N, None),
-    "server drips 1 byte / 0.2 s": (lambda req, first: good(req, drip_s=0.2) if first else good(req), N, None),
+    "server drips 1 event / 0.4 s": (lambda req, first: good(req, drip_s=0.4) if first else good(req), N, None),
     "usage 400,080 tokens (cap 20,000)": (lambda req, first: good(req, prompt_tokens=400_000, completion_tokens=80),
                                           None, 20_000),
     "usage negative (cap 20,000)": (lambda req, first: good(req, prompt_tokens=-499_900), None, 20_000),
 }
 OUT_OF_PROCESS = ["two processes, one ledger", "kill -9 mid-batch, restart"]
+SLOW_CRITIQUE = "Paragraph 0 holds, paragraph 1 holds, paragraph 2 holds. " * 2  # 29 stream events of 4 chars
+JUDGE_KW = dict(model="critic", max_concurrency=CONCURRENCY, timeout_s=0.5, deadline_s=1.5, max_retries=2,
+                backoff_base_s=0.05, backoff_max_s=0.2, max_tokens=64)
 
 
 class Recorder:
@@ -99,6 +106,7 @@ class Recorder:
 
 def row(name: str, recorder: Recorder, requests: int, db: Path, label_cap, token_cap) -> dict:
     with sqlite3.connect(db) as conn:
+        items = sorted(q for (q,) in conn.execute("SELECT question FROM labels WHERE question LIKE 'item-%'"))
         committed = {q for (q,) in conn.execute("SELECT question FROM labels")}
         labels, tokens = conn.execute("SELECT COALESCE(SUM(label), 0), COALESCE(SUM(prompt_tokens + "
                                       "completion_tokens), 0) FROM charges").fetchone()
@@ -108,22 +116,71 @@ def row(name: str, recorder: Recorder, requests: int, db: Path, label_cap, token
     return {"fault": name, "requests": requests, "committed": len(committed),
             "lost": sum(1 for i in recorder.labels_sent if i not in held),
             "twice": sum(1 for n in recorder.labels_sent.values() if n > 1),
-            "overshoot": f"{over[0]} labels" if label_cap is not None else f"{over[1]} tokens"}
+            "overshoot": f"{over[0]} labels" if label_cap is not None else f"{over[1]} tokens",
+            "items": hashlib.sha256(json.dumps(items).encode()).hexdigest()[:8]}
 
 
 def in_process(name: str, tmp: Path) -> dict:
     script, label_cap, token_cap = FAULTS[name]
-    recorder, db = Recorder(script), tmp / f"{abs(hash(name))}.sqlite"
-    judge_kw = dict(model="critic", max_concurrency=CONCURRENCY, timeout_s=0.5, deadline_s=1.5, max_retries=2,
-                    backoff_base_s=0.05, backoff_max_s=0.2, max_tokens=64)
+    return run_row(name, Recorder(script), tmp, label_cap, token_cap)
+
+
+def run_row(name: str, recorder: Recorder, tmp: Path, label_cap, token_cap, heldout: int = 0, **judge_kw) -> dict:
+    """N items (after `heldout` held-out items, through the same ledger) against the recorder's script."""
+    db = tmp / f"{hashlib.sha256(name.encode()).hexdigest()[:12]}.sqlite"
     with FakeOpenAIServer(recorder) as server:
-        judge = LLMJudge(server.base_url, **judge_kw)
-        with LabelLedger(db, max_labels=label_cap, max_tokens=token_cap) as ledger:
+        judge = LLMJudge(server.base_url, **{**JUDGE_KW, **judge_kw})
+        with LabelLedger(db, max_labels=label_cap, max_tokens=token_cap, on_failure="skip") as ledger:
             try:
+                if heldout:
+                    ledger.label(judge, [(f"item-{1000 + i}", ["a", "b", "c"]) for i in range(heldout)])
                 ledger.label(judge, [(f"item-{i}", ["a", "b", "c"]) for i in range(N)])
             except JudgeError as exc:
                 print(f"  {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return row(name, recorder, len(server.requests), db, label_cap, token_cap)
+
+
+def served_critic_rows(tmp: Path) -> list[dict]:
+    """A slow critic, a restarting server, a held-out set inside the budget, a token cap at 1/4/16 in flight."""
+    rows = [run_row("slow critic: 29 tokens at 0.1 s, timeout_s=0.5, deadline_s=10",
+                    Recorder(lambda req, first: Reply(SLOW_CRITIQUE + f"\\boxed{{{item_of(req) % 3 - 1}}}",
+                                                      token_s=0.1)), tmp, N, None, deadline_s=10),
+            restarting_server(tmp),
+            run_row("held-out 8 + 20 items, one ledger (cap 20)", Recorder(lambda req, first: good(req)), tmp, N,
+                    None, heldout=8)]
+    for concurrency in (1, 4, 16):
+        rows.append(run_row(f"200 not JSON first, cap 8,000 tokens, {concurrency} in flight",
+                            Recorder(lambda req, first: Reply(body="garbage") if first else
+                                     good(req, prompt_tokens=200, completion_tokens=10)),
+                            tmp, None, 8000, max_tokens=400, max_concurrency=concurrency))
+    return rows
+
+
+def restarting_server(tmp: Path) -> dict:
+    """The server is killed (its connections closed) after 6 requests and is back 2 s later on the same port.
+    Replies of the first server are held 0.2 s (those in flight at the kill never went out: not labels sent)."""
+    name, port = "server killed mid-batch, back after 2 s (wait_s=30)", free_port()
+    servers: list[FakeOpenAIServer] = []
+    recorder = Recorder(lambda req, first: good(req, delay_s=0.2) if len(servers) == 1 else good(req))
+    db = tmp / "restart.sqlite"
+    servers.append(FakeOpenAIServer(recorder, port=port).__enter__())
+
+    def restart() -> None:
+        while len(servers[0].requests) < 6:
+            time.sleep(0.01)
+        servers[0].kill()
+        time.sleep(2.0)
+        servers.append(FakeOpenAIServer(recorder, port=port).__enter__())
+    thread = threading.Thread(target=restart)
+    thread.start()
+    try:
+        judge = LLMJudge(f"http://127.0.0.1:{port}/v1", **{**JUDGE_KW, "wait_s": 30})
+        with LabelLedger(db, max_labels=N, on_failure="skip") as ledger:
+            ledger.label(judge, [(f"item-{i}", ["a", "b", "c"]) for i in range(N)])
+    finally:
+        thread.join()
+        servers[-1].__exit__()
+    return row(name, recorder, sum(len(s.requests) for s in servers), db, N, None)
 
 
 def worker(url: str, db: Path, cap: int) -> subprocess.Popen:
@@ -165,11 +222,14 @@ def main() -> None:
             print(f"  {name}: done", file=sys.stderr, flush=True)
         rows.append(two_processes(Path(tmp)))
         rows.append(kill_and_restart(Path(tmp)))
+        rows += served_critic_rows(Path(tmp))
     print(f"{N} items, {CONCURRENCY} requests in flight, max_retries=2, timeout_s=0.5, deadline_s=1.5\n")
-    print("| fault injected | requests made | labels committed | labels lost | labels paid twice | budget overshoot |")
-    print("|---|---|---|---|---|---|")
+    print("| fault injected | requests made | labels committed | labels lost | labels paid twice | budget overshoot "
+          "| items |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['fault']} | {r['requests']} | {r['committed']} | {r['lost']} | {r['twice']} | {r['overshoot']} |")
+        print(f"| {r['fault']} | {r['requests']} | {r['committed']} | {r['lost']} | {r['twice']} | {r['overshoot']} "
+              f"| {r['items']} |")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from judges.chat_client import (JudgeAuthError, JudgeBudgetStop, JudgeEndpointEr
                                 JudgeRequestError, JudgeUnavailableError)
 from judges.config import (ChainJudgeConfig, JudgeConfig, JudgeEvalConfig, LLMJudgeConfig, OracleJudgeConfig, RuleJudgeConfig,
                             RuleOutcomeJudgeConfig)
-from judges.ledger import LabelLedger
+from judges.ledger import LabelCounts, LabelLedger
 from judges.llm import LLMJudge
 from judges.metrics import processbench_f1
 from judges.oracle import OracleJudge
@@ -20,7 +20,7 @@ __all__ = [
     "JUDGES", "JudgeKind", "Cost", "Item", "Judge", "Verdict", "item_key", "make_judge", "register_judge",
     "JudgeError", "JudgeAuthError", "JudgeBudgetStop", "JudgeEndpointError", "JudgeRequestError", "JudgeUnavailableError",
     "JudgeConfig", "JudgeEvalConfig", "LLMJudgeConfig", "OracleJudgeConfig", "RuleJudgeConfig", "RuleOutcomeJudgeConfig",
-    "ChainJudgeConfig", "validate_judge_config", "LabelLedger", "LLMJudge", "OracleJudge", "RuleJudge", "RuleOutcomeJudge",
+    "ChainJudgeConfig", "validate_judge_config", "LabelCounts", "LabelLedger", "LLMJudge", "OracleJudge", "RuleJudge", "RuleOutcomeJudge",
     "ChainJudge",
     "processbench_f1",
 ]

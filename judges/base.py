@@ -72,6 +72,7 @@ class Judge(ABC):
     """
 
     max_concurrency: int = 1  # network judges raise this; judge_batch runs that many at once
+    max_attempts: int = 1  # attempts one item may cost (retries included): the ledger holds that much budget
 
     @property
     @abstractmethod
@@ -79,6 +80,11 @@ class Judge(ABC):
 
     @abstractmethod
     def judge(self, question: str, steps: list[str]) -> Verdict: ...
+
+    def check(self) -> Cost:
+        """A start-up check of whatever the judge depends on (network judges: endpoint, key, model);
+        raises a clear error, returns what it cost. Local judges have nothing to check."""
+        return Cost()
 
     def token_bound(self, question: str, steps: list[str]) -> int:
         """An upper bound on the tokens one call may cost; the ledger reserves it before paying."""

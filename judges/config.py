@@ -7,12 +7,19 @@ before any model, engine or judge is built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from core.config import OutDirConfig, check_ranges
 from core.rows import PROCESSBENCH_SUBSETS
+
+
+class OnFailure(str, Enum):
+    """What a labelling command does with an item the judge still fails on after every retry."""
+    skip = "skip"  # leave it unlabelled (counted as judge/failed) and go on with the others
+    stop = "stop"  # raise: the command ends (what it paid for so far stays in the ledger)
 
 
 @dataclass
@@ -23,6 +30,8 @@ class JudgeConfig:
     max_labels: Optional[int] = None  # judge calls paid, invalid ones included
     max_total_tokens: Optional[int] = None  # prompt + completion tokens over all calls
     ledger_lease_s: float = 120.0  # a reservation not renewed for this long (its process died) expires
+    on_failure: OnFailure = OnFailure.skip  # an item still failing after every retry (timeouts, 5xx)
+    reask_invalid: bool = False  # ask again for items whose stored verdict is invalid (paid again)
 
     def __post_init__(self) -> None:
         for key in ("max_labels", "max_total_tokens"):
@@ -66,19 +75,23 @@ class LLMJudgeConfig(JudgeConfig):
     api_key_env: str = "PRMLOOP_JUDGE_API_KEY"  # the NAME of the env var; the key itself is never in a config
     temperature: float = 0.5  # paper (QwQ-32B judge)
     top_p: float = 0.95
-    max_tokens: int = 4096  # per call: the completion cap sent to the endpoint
-    timeout_s: float = 120.0  # connect and each socket read: a silent server fails after this
-    deadline_s: float = 600.0  # one request in total, body included: a server dripping bytes fails after this
+    max_tokens: int = 4096  # per call: the completion cap sent to the endpoint (part of the identity)
+    timeout_s: float = 120.0  # connect and each read of the stream: a silent server fails after this
+    deadline_s: float = 1800.0  # one request in total: fits max_tokens at the critic's slowest tokens/s
     max_retries: int = 4  # on 429, 5xx, timeouts, dropped connections, unreadable 200 bodies
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0  # also caps a server's Retry-After
     max_concurrency: int = 64  # requests in flight at once (a served model batches them)
+    wait_s: float = 0.0  # wait this long for a server that is down (restarting) before retries count
+    stream: bool = True  # stream replies (the read timeout then fits long critiques); false: one JSON body
+    check_at_start: bool = True  # models list + one tiny request before any generation
 
     def __post_init__(self) -> None:
         super().__post_init__()
         problems = [f"judge.{key} must be {rule}, got {getattr(self, key)}" for key, rule, ok in (
             ("max_concurrency", ">= 1", self.max_concurrency >= 1), ("max_retries", ">= 0", self.max_retries >= 0),
             ("timeout_s", "> 0", self.timeout_s > 0), ("deadline_s", "> 0", self.deadline_s > 0),
+            ("wait_s", ">= 0", self.wait_s >= 0),
             ("max_tokens", ">= 1", self.max_tokens >= 1)) if not ok]
         if problems:
             raise ValueError("invalid judge config: " + "; ".join(problems))

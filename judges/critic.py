@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import re
 
-PROMPT_VERSION = "critic-v1"  # part of the llm judge's identity: change it when the wording changes
+PROMPT_VERSION = "critic-v2"  # part of the llm judge's identity: change it when the wording changes
+
+# Sent as the system turn: without one, a served model's chat template puts in its own default
+# system prompt (a generic assistant persona), which is not the critic's.
+CRITIC_SYSTEM = ("You are a careful math teacher who reviews step-by-step solutions and names the first "
+                 "paragraph that contains an error.")
 
 CRITIC_PROMPT = """\
 Below is a math problem and a proposed solution. The solution is split into paragraphs, each enclosed \

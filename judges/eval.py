@@ -19,11 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from judges.base import Cost, Judge
-from judges.registry import make_judge
 from judges.config import JudgeEvalConfig
 from core.config import validate
 from judges.ledger import LabelLedger
 from judges.metrics import processbench_f1
+from judges.session import label_counted, open_judge
 from core.rows import data_root, load_processbench_rows
 from core.run import MetricsLog, anchored, seed_everything
 
@@ -45,22 +45,26 @@ def load_processbench(path: str | Path, limit: int | None = None, skip_bad_rows:
 
 def evaluate_subset(judge: Judge, ledger: LabelLedger, rows: list[dict], name: str,
                     chunk: int = 32) -> dict[str, Any]:
-    verdicts = []
+    """Scores on the labelled items; judge_seconds is wall clock (requests in flight overlap)."""
+    verdicts, failed, wall_s = [], 0, 0.0
     with tqdm(total=len(rows), desc=f"{name} [{judge.identity}]", unit="item") as bar:
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
-            verdicts += ledger.label(judge, [(r["problem"], r["steps"]) for r in part])
+            got, counts, seconds = label_counted(ledger, judge, [(r["problem"], r["steps"]) for r in part])
+            verdicts += got
+            failed, wall_s = failed + counts.failed, wall_s + seconds
             bar.update(len(part))
     labelled = [(v, r) for v, r in zip(verdicts, rows) if v is not None]
     scores = processbench_f1([v.first_error for v, _ in labelled], [r["label"] for _, r in labelled])
     paid = sum((v.cost for v, _ in labelled if not v.from_ledger), Cost())
     return {**scores,
             "items": len(rows),
-            "unlabelled_budget": len(rows) - len(labelled),
+            "unlabelled_budget": len(rows) - len(labelled) - failed,
+            "failed": failed,
             "invalid": sum(not v.valid for v, _ in labelled),
             "from_ledger": sum(v.from_ledger for v, _ in labelled),
             "paid_calls": paid.calls, "prompt_tokens": paid.prompt_tokens,
-            "completion_tokens": paid.completion_tokens, "judge_seconds": round(paid.seconds, 3)}
+            "completion_tokens": paid.completion_tokens, "judge_seconds": round(wall_s, 3)}
 
 
 def run(dcfg: DictConfig | dict) -> dict[str, Any]:
@@ -71,10 +75,10 @@ def run(dcfg: DictConfig | dict) -> dict[str, Any]:
     root = data_root(anchored(cfg.data_root) if cfg.data_root else None)
     data = {s: load_processbench(root / "processbench" / f"{s}.json", cfg.eval.limit) for s in cfg.eval.subsets}
     records = [r for rows in data.values() for r in rows]  # what an oracle may reveal
-    judge = make_judge(judge_cfg, records=records)
     ledger_path = anchored(judge_cfg.ledger_path) if judge_cfg.ledger_path else str(out_dir / "ledger.sqlite")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with LabelLedger.from_config(replace(judge_cfg, ledger_path=ledger_path)) as ledger:
+    judge, ledger = open_judge(replace(judge_cfg, ledger_path=ledger_path), records=records)  # checked here
+    with ledger:
         results = {s: evaluate_subset(judge, ledger, rows, s) for s, rows in data.items()}
         stats = ledger.stats().get(judge.identity, {})
     f1s = [r["f1"] for r in results.values()]
@@ -96,7 +100,8 @@ def log_metrics(out_dir: Path, report: dict[str, Any]) -> None:
     metrics = {"step": 0, "judge": report["judge"], "mean_f1": report["mean_f1"]}
     for name, r in report["subsets"].items():
         metrics.update({f"{name}/{key}": r[key] for key in ("f1", "acc_error", "acc_correct", "n", "invalid",
-                                                            "paid_calls", "from_ledger")})
+                                                            "paid_calls", "from_ledger", "failed",
+                                                            "unlabelled_budget")})
     log = MetricsLog(out_dir, "step", history=[])
     log.write(metrics)
     log.close()
@@ -105,10 +110,10 @@ def log_metrics(out_dir: Path, report: dict[str, Any]) -> None:
 def _print(report: dict[str, Any]) -> None:
     print(f"\nProcessBench, judge {report['judge']}")
     print(f"{'subset':<14}{'n':>6}{'acc_err':>9}{'acc_cor':>9}{'F1':>8}{'invalid':>9}{'no budget':>11}"
-          f"{'paid':>7}{'tokens':>10}")
+          f"{'failed':>8}{'paid':>7}{'tokens':>10}")
     for name, r in report["subsets"].items():
         print(f"{name:<14}{r['n']:>6}{r['acc_error']:>9.3f}{r['acc_correct']:>9.3f}{r['f1']:>8.3f}"
-              f"{r['invalid']:>9}{r['unlabelled_budget']:>11}{r['paid_calls']:>7}"
+              f"{r['invalid']:>9}{r['unlabelled_budget']:>11}{r['failed']:>8}{r['paid_calls']:>7}"
               f"{r['prompt_tokens'] + r['completion_tokens']:>10}")
     print(f"{'mean F1':<14}{'':>6}{'':>9}{'':>9}{report['mean_f1']:>8.3f}\n")
 

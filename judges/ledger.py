@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from judges.base import Cost, Item, Judge, Verdict, item_key, run_sync
-from judges.chat_client import JudgeBudgetStop, JudgeError
+from judges.chat_client import JudgeBudgetStop, JudgeError, JudgeUnavailableError
 from judges.ledger_db import LedgerDB
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,21 @@ log = logging.getLogger(__name__)
 POLL_S = 0.2  # how often a waiting caller looks at the file again (other processes do not notify)
 
 
+@dataclass(frozen=True)
+class LabelCounts:
+    """What one label() call did with its items (repeats counted per item)."""
+    paid: int = 0  # labels paid for now (invalid ones included)
+    valid: int = 0  # labels returned with a usable verdict (paid now or from the ledger)
+    invalid: int = 0  # labels returned with an invalid verdict (paid now or from the ledger)
+    ledger_hits: int = 0  # answered from the ledger at no cost
+    refused_budget: int = 0  # not labelled: the budget does not cover them
+    failed: int = 0  # not labelled: the judge still failed after every retry (judge.on_failure=skip)
+
+
 @dataclass
 class _Batch:
     results: dict[str, Verdict | None] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)  # keys skipped after the judge failed on them
     held: set[int] = field(default_factory=set)  # our live reservations (their leases are renewed)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     error: BaseException | None = None
@@ -47,10 +59,12 @@ class _Batch:
 
 class LabelLedger:
     def __init__(self, path: str | Path, max_labels: int | None = None, max_tokens: int | None = None,
-                 lease_s: float = 120.0):
+                 lease_s: float = 120.0, on_failure: str = "stop", reask_invalid: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_labels, self.max_tokens, self.lease_s = max_labels, max_tokens, lease_s
+        self.skip_failures, self.reask_invalid = str(getattr(on_failure, "value", on_failure)) == "skip", reask_invalid
+        self.last = LabelCounts()  # what the latest label() call did
         self._db = LedgerDB(self.path)
         released = self._db.release_dead()
         if released:
@@ -63,7 +77,8 @@ class LabelLedger:
         path = cfg.ledger_path or default_path
         if not path:
             raise ValueError("the judge config has no ledger_path")
-        return cls(path, max_labels=cfg.max_labels, max_tokens=cfg.max_total_tokens, lease_s=cfg.ledger_lease_s)
+        return cls(path, max_labels=cfg.max_labels, max_tokens=cfg.max_total_tokens, lease_s=cfg.ledger_lease_s,
+                   on_failure=cfg.on_failure, reask_invalid=cfg.reask_invalid)
 
     def close(self) -> None:
         self._db.close()
@@ -75,7 +90,7 @@ class LabelLedger:
         self.close()
 
     def __repr__(self) -> str:
-        return f"LabelLedger({str(self.path)!r}, max_labels={self.max_labels}, max_tokens={self.max_tokens})"
+        return f"LabelLedger({str(self.path)!r}, max_labels={self.max_labels}, max_total_tokens={self.max_tokens})"
 
     # ---- labelling ----------------------------------------------------------------------------
     def label(self, judge: Judge, items: Iterable[Item]) -> list[Verdict | None]:
@@ -87,6 +102,8 @@ class LabelLedger:
         items = [(q, list(steps)) for q, steps in items]
         keys = [item_key(q, steps) for q, steps in items]
         known = self._db.lookup(judge.identity, keys)
+        if self.reask_invalid:
+            known = {k: v for k, v in known.items() if v.valid}
         to_pay: dict[str, Item] = {}
         for key, item in zip(keys, items):
             if key not in known:
@@ -95,10 +112,19 @@ class LabelLedger:
         if to_pay:
             await self._pay_all(judge, to_pay, batch)
         results = [known[key] if key in known else batch.results.get(key) for key in keys]
-        unpaid = sum(v is None for v in results)
-        if unpaid:
+        failed = sum(v is None and key in batch.failed for v, key in zip(results, keys))
+        refused = sum(v is None for v in results) - failed
+        self.last = LabelCounts(paid=sum(v is not None and not v.from_ledger for v in results),
+                                valid=sum(v is not None and v.valid for v in results),
+                                invalid=sum(v is not None and not v.valid for v in results),
+                                ledger_hits=sum(v is not None and v.from_ledger for v in results),
+                                refused_budget=refused, failed=failed)
+        if refused:
             log.warning("judge budget exhausted (%s): %d of %d items not labelled", self._budget_text(),
-                        unpaid, len(items))
+                        refused, len(items))
+        if failed:
+            log.warning("judge failed on %d of %d items after every retry: skipped (judge.on_failure=skip)",
+                        failed, len(items))
         return results
 
     def get(self, judge_identity: str, question: str, steps: list[str]) -> Verdict | None:
@@ -117,7 +143,7 @@ class LabelLedger:
                         slots.release()
                         break
                     bound = judge.token_bound(question, steps)
-                    kind, payload = await self._admit(judge.identity, key, bound, batch)
+                    kind, payload = await self._admit(judge, key, bound, batch)
                     if kind == "reserved":
                         tasks.append(asyncio.create_task(
                             self._pay(judge, key, question, steps, bound, payload, slots, batch)))
@@ -136,12 +162,13 @@ class LabelLedger:
         if batch.error is not None:
             raise batch.error
 
-    async def _admit(self, identity: str, key: str, bound: int, batch: _Batch) -> tuple[str, Any]:
-        """Reserve, waiting while the item fits only if calls in flight end below their bounds."""
+    async def _admit(self, judge: Judge, key: str, bound: int, batch: _Batch) -> tuple[str, Any]:
+        """Reserve, waiting while the item fits only if calls in flight end below what they hold."""
+        worst = bound * max(1, getattr(judge, "max_attempts", 1))
         while True:
             batch.changed.clear()
-            kind, payload = await asyncio.to_thread(self._db.reserve, identity, key, bound, self.max_labels,
-                                                    self.max_tokens, self.lease_s)
+            kind, payload = await asyncio.to_thread(self._db.reserve, judge.identity, key, bound, self.max_labels,
+                                                    self.max_tokens, self.lease_s, worst, self.reask_invalid)
             if kind != "wait":
                 if kind == "reserved":
                     batch.held.add(payload)
@@ -168,7 +195,7 @@ class LabelLedger:
                 await self._wait_for_change(batch)
                 continue
             await slots.acquire()  # the holder went away without a label: pay for it ourselves
-            kind, payload = await self._admit(judge.identity, key, bound, batch)
+            kind, payload = await self._admit(judge, key, bound, batch)
             if kind == "reserved":
                 await self._pay(judge, key, question, steps, bound, payload, slots, batch)
                 return
@@ -185,7 +212,7 @@ class LabelLedger:
             nonlocal billed
             billed += cost
             return await asyncio.to_thread(self._db.charge_attempt, reservation, identity, key, cost,
-                                           self.max_tokens)
+                                           self.max_tokens, bound)
         try:
             try:
                 verdict = await judge.ajudge(question, steps, before_retry)
@@ -193,10 +220,15 @@ class LabelLedger:
                 await asyncio.to_thread(self._db.release, reservation)
                 batch.results[key] = None
                 return
-            except JudgeError as exc:  # bill what it cost, then fail the batch
+            except JudgeError as exc:  # bill what it cost, then skip the item or fail the batch
                 cost = getattr(exc, "cost", None) or Cost()
                 await asyncio.to_thread(self._db.charge_and_release, reservation, identity, key, cost,
                                         type(exc).__name__)
+                if self.skip_failures and isinstance(exc, JudgeUnavailableError):  # this item; not a config error
+                    log.warning("judge item %s… skipped: %s", key[:12], exc)
+                    batch.results[key] = None
+                    batch.failed.add(key)
+                    return
                 raise
             except BaseException:
                 self._db.release(reservation)
@@ -206,7 +238,7 @@ class LabelLedger:
                 log.warning("judge %s reported %d tokens for one call, more than its bound of %d: no further "
                             "request is admitted once spend passes the budget", identity, verdict.cost.tokens, bound)
             fresh = await asyncio.to_thread(self._db.commit, reservation, identity, key, question, steps, verdict,
-                                            total, time.monotonic() - start)
+                                            total, time.monotonic() - start, self.reask_invalid)
             if not fresh:
                 log.warning("item %s… was committed by another caller while ours was in flight (its lease had "
                             "lapsed): paid twice, both charges recorded", key[:12])
@@ -237,7 +269,16 @@ class LabelLedger:
                 "tokens": None if self.max_tokens is None else max(0, self.max_tokens - s["tokens"])}
 
     def _budget_text(self) -> str:
-        return f"max_labels={self.max_labels}, max_tokens={self.max_tokens}"
+        return f"judge.max_labels={self.max_labels}, judge.max_total_tokens={self.max_tokens}"
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """A read-only query on the ledger file (its tables: labels, charges, reservations)."""
+        return self._db.query(sql, params)
+
+    def charge(self, judge_identity: str, cost: Cost, reason: str) -> None:
+        """Bill calls that label no item (a judge's start-up check): they count in calls and tokens."""
+        if cost.calls or cost.tokens:
+            self._db.charge(judge_identity, cost, reason)
 
     # ---- reading it back ----------------------------------------------------------------------
     def __len__(self) -> int:

@@ -132,25 +132,30 @@ class LedgerDB:
                 "committed_labels": labels, "committed_tokens": tokens}
 
     # ---- the two statements several transactions share (callers hold the lock) --------------------
-    def _label(self, judge: str, key: str) -> Verdict | None:
-        """The committed verdict of (judge, item), as a free answer from the ledger; None if there is none."""
+    def _label(self, judge: str, key: str, reask_invalid: bool = False) -> Verdict | None:
+        """The committed verdict of (judge, item), as a free answer from the ledger; None if there is none
+        (or, with reask_invalid, if the one there is invalid)."""
         row = self._db.execute("SELECT first_error, raw FROM labels WHERE judge = ? AND item_hash = ?",
                                (judge, key)).fetchone()
-        return None if row is None else _stored(*row)
+        return None if row is None or (reask_invalid and row[0] is None) else _stored(*row)
 
     def _drop_reservation(self, reservation: int) -> None:
         self._db.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
 
     # ---- reservations -------------------------------------------------------------------------
     def reserve(self, judge: str, key: str, tokens: int, max_labels: int | None, max_tokens: int | None,
-                lease_s: float) -> tuple[str, object]:
+                lease_s: float, worst: int | None = None, reask_invalid: bool = False) -> tuple[str, object]:
         """One of: ("label", Verdict) committed already; ("held", None) another live reservation holds
-        the item; ("over", None) committed spend alone leaves no room; ("wait", None) room only if live
-        reservations end below their bounds; ("reserved", id)."""
+        the item; ("over", None) committed spend alone leaves no room for one attempt (`tokens`);
+        ("wait", None) room only if live reservations end below what they hold; ("reserved", id).
+
+        A reservation holds `worst` (every attempt the item may make, retries included) or, when no
+        other is live, what is left of the cap: an item runs beside others only if all their retries
+        and its own fit, so a budget labels the same items at any number of requests in flight."""
         def run() -> tuple[str, object]:
             now = time.time()
             self._db.execute("DELETE FROM reservations WHERE expires_at < ?", (now,))
-            verdict = self._label(judge, key)
+            verdict = self._label(judge, key, reask_invalid)
             if verdict is not None:
                 return "label", verdict
             if self._db.execute("SELECT 1 FROM reservations WHERE judge = ? AND item_hash = ?",
@@ -161,13 +166,16 @@ class LedgerDB:
             if ((max_labels is not None and labels + 1 > max_labels)
                     or (max_tokens is not None and spent_tokens + tokens > max_tokens)):
                 return "over", None
+            hold = max(tokens, worst or 0)
+            if max_tokens is not None and r_labels == 0:
+                hold = max(tokens, min(hold, max_tokens - spent_tokens))
             if ((max_labels is not None and labels + r_labels + 1 > max_labels)
-                    or (max_tokens is not None and spent_tokens + r_tokens + tokens > max_tokens)):
+                    or (max_tokens is not None and spent_tokens + r_tokens + hold > max_tokens)):
                 return "wait", None
             cur = self._db.execute(
                 "INSERT INTO reservations (judge, item_hash, tokens, host, pid, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (judge, key, tokens, socket.gethostname(), os.getpid(), now, now + lease_s))
+                (judge, key, hold, socket.gethostname(), os.getpid(), now, now + lease_s))
             return "reserved", cur.lastrowid
         return self._transaction(run)
 
@@ -209,17 +217,25 @@ class LedgerDB:
             (judge, key, int(label), cost.calls, cost.prompt_tokens, cost.completion_tokens, cost.seconds,
              reason, _now_iso()))
 
-    def charge_attempt(self, reservation: int, judge: str, key: str, cost: Cost, max_tokens: int | None) -> bool:
-        """Bill a failed attempt; True if the budget still covers the retry the reservation stands for."""
+    def charge_attempt(self, reservation: int, judge: str, key: str, cost: Cost, max_tokens: int | None,
+                       next_tokens: int = 0) -> bool:
+        """Bill a failed attempt; True if the budget still covers the retry (`next_tokens`) beside what
+        the other live reservations hold. The reservation then holds what its remaining attempts may cost."""
         def run() -> bool:
             if cost.calls or cost.tokens:
                 self._charge(judge, key, cost, False, "retried")
-            if not self._db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation,)).fetchone():
+            row = self._db.execute("SELECT tokens FROM reservations WHERE id = ?", (reservation,)).fetchone()
+            if row is None:
                 return False  # our lease lapsed: another caller may hold the item now
+            if cost.tokens:  # one of the attempts the hold covers is spent (waits for a server that is down cost none)
+                self._db.execute("UPDATE reservations SET tokens = ? WHERE id = ?",
+                                 (max(next_tokens, row[0] - next_tokens), reservation))
             if max_tokens is None:
                 return True
             _, spent_tokens, _ = self._committed()
-            return spent_tokens + self._reserved()[1] <= max_tokens
+            others = self._db.execute("SELECT COALESCE(SUM(tokens), 0) FROM reservations WHERE id != ?",
+                                      (reservation,)).fetchone()[0]
+            return spent_tokens + others + next_tokens <= max_tokens
         return self._transaction(run)
 
     def charge_and_release(self, reservation: int, judge: str, key: str, cost: Cost, reason: str) -> None:
@@ -230,10 +246,21 @@ class LedgerDB:
         self._transaction(run)
 
     def commit(self, reservation: int, judge: str, key: str, question: str, steps: list[str], verdict: Verdict,
-               total: Cost, wall_s: float) -> bool:
-        """Bill the final attempt and store the verdict; False if the item was committed already."""
+               total: Cost, wall_s: float, reask_invalid: bool = False) -> bool:
+        """Bill the final attempt and store the verdict; False if the item was committed already. With
+        reask_invalid, an invalid verdict stored for the item gives way."""
         def run() -> bool:
             self._charge(judge, key, verdict.cost, True, "label")
+            values = (json.dumps(steps, ensure_ascii=False), verdict.first_error, verdict.raw, total.calls,
+                      total.prompt_tokens, total.completion_tokens, total.seconds, wall_s, _now_iso())
+            if reask_invalid:  # the invalid row gives way, moved past every id (readers of rows after an id see it)
+                cur = self._db.execute(
+                    "UPDATE labels SET id = (SELECT MAX(id) + 1 FROM labels), steps = ?, first_error = ?, raw = ?,"
+                    " calls = ?, prompt_tokens = ?, completion_tokens = ?, seconds = ?, wall_s = ?, created_at = ?"
+                    " WHERE judge = ? AND item_hash = ? AND first_error IS NULL", (*values, judge, key))
+                if cur.rowcount == 1:
+                    self._drop_reservation(reservation)
+                    return True
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO labels (judge, item_hash, question, steps, first_error, raw, calls,"
                 " prompt_tokens, completion_tokens, seconds, wall_s, created_at)"
@@ -243,6 +270,10 @@ class LedgerDB:
             self._drop_reservation(reservation)
             return cur.rowcount == 1
         return self._transaction(run)
+
+    def charge(self, judge: str, cost: Cost, reason: str) -> None:
+        """Bill a call that labels no item (a start-up check)."""
+        self._transaction(lambda: self._charge(judge, "", cost, False, reason))
 
     def lookup(self, judge: str, keys: list[str]) -> dict[str, Verdict]:
         found: dict[str, Verdict] = {}

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Any, AsyncIterator
 
 from judges.base import BeforeRetryCost, Cost, Judge, Verdict, run_sync
-from judges.chat_client import Attempt, ChatClient, JudgeError
+from judges.chat_client import Attempt, ChatClient, JudgeError, JudgeRequestError
 from judges.config import LLMJudgeConfig
-from judges.critic import PROMPT_VERSION, critic_prompt, parse_verdict
+from judges.critic import CRITIC_SYSTEM, PROMPT_VERSION, critic_prompt, parse_verdict
 from judges.registry import register_judge
 
 # Tokens a chat template may add around the prompt (role tags, a default system prompt).
@@ -24,13 +25,16 @@ class LLMJudge(Judge):
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", model: str = "default",
                  api_key_env: str = "PRMLOOP_JUDGE_API_KEY", temperature: float = 0.5, top_p: float = 0.95,
-                 max_tokens: int = 4096, timeout_s: float = 120.0, deadline_s: float = 600.0, max_retries: int = 4,
-                 backoff_base_s: float = 1.0, backoff_max_s: float = 30.0, max_concurrency: int = 64):
+                 max_tokens: int = 4096, timeout_s: float = 120.0, deadline_s: float = 1800.0, max_retries: int = 4,
+                 backoff_base_s: float = 1.0, backoff_max_s: float = 30.0, max_concurrency: int = 64,
+                 wait_s: float = 0.0, stream: bool = True):
         self.model, self.temperature, self.top_p, self.max_tokens = model, temperature, top_p, max_tokens
         self.max_concurrency = max_concurrency
         self.client = ChatClient(base_url, api_key_env, timeout_s=timeout_s, deadline_s=deadline_s,
                                  max_retries=max_retries, backoff_base_s=backoff_base_s,
-                                 backoff_max_s=backoff_max_s, max_concurrency=max_concurrency)
+                                 backoff_max_s=backoff_max_s, max_concurrency=max_concurrency, wait_s=wait_s,
+                                 stream=stream)
+        self.max_attempts = self.client.max_attempts
 
     @property
     def identity(self) -> str:
@@ -47,20 +51,50 @@ class LLMJudge(Judge):
 
     def _bound(self, prompt: str) -> int:
         # A byte-level BPE token covers at least one byte, so the prompt's UTF-8 length bounds its tokens.
-        return len(prompt.encode("utf-8")) + TEMPLATE_TOKEN_ALLOWANCE + self.max_tokens
+        return len((CRITIC_SYSTEM + prompt).encode("utf-8")) + TEMPLATE_TOKEN_ALLOWANCE + self.max_tokens
 
-    def attempt_cost(self, attempt: Attempt, bound: int) -> Cost:
-        """What a provider may bill for one attempt: the reported usage when it is valid; the call's
-        token bound when it may have generated but reported nothing usable; nothing if never sent."""
+    def attempt_cost(self, attempt: Attempt, bound: int, max_tokens: int | None = None) -> Cost:
+        """What a provider may bill for one attempt: the reported usage when it is valid; for a stream cut
+        short, the prompt's bound and the text received (bytes bound tokens); the call's whole bound
+        when it may have generated and reported nothing usable; nothing if it never left. `max_tokens`:
+        the call's completion cap, when not the judge's."""
+        cap = self.max_tokens if max_tokens is None else max_tokens
+        prompt_bound = bound - cap
         if not attempt.sent:
             return Cost(seconds=attempt.seconds)
         if attempt.usage is not None:
             prompt, completion = attempt.usage
+        elif attempt.received is not None:
+            prompt, completion = prompt_bound, min(attempt.received, cap)
         elif attempt.maybe_generated:
-            prompt, completion = bound - self.max_tokens, self.max_tokens
+            prompt, completion = prompt_bound, cap
+        elif attempt.status is None:  # a stream that never started: the prompt may have been read
+            prompt, completion = prompt_bound, 0
         else:  # an error status: the provider refused before generating
             prompt = completion = 0
         return Cost(1, prompt, completion, attempt.seconds)
+
+    def check(self) -> Cost:
+        """Start-up check, before any generation: the models list (reachable, key accepted, `model`
+        served) and one tiny request (max_tokens=1) through the full request path. Raises JudgeError
+        naming what to fix; returns what the tiny request cost."""
+        return run_sync(self._acheck())
+
+    async def _acheck(self) -> Cost:
+        async with self.client:
+            served = await self.client.served_models()
+            if served is not None and self.model not in served:
+                raise JudgeRequestError(f"judge.model={self.model!r} is not served at {self.client.base_url}; "
+                                        f"it serves {sorted(served)}: set judge.model to one of them")
+            payload = {"model": self.model, "max_tokens": 1, "temperature": self.temperature, "top_p": self.top_p,
+                       "messages": [{"role": "system", "content": CRITIC_SYSTEM},
+                                    {"role": "user", "content": "Reply with \\boxed{-1}."}]}
+            try:
+                reply = await self.client.acomplete(payload)
+            except JudgeError as exc:
+                raise type(exc)(f"judge start-up check failed: {exc}", exc.attempts) from None
+        bound = len(json.dumps(payload["messages"]).encode("utf-8")) + TEMPLATE_TOKEN_ALLOWANCE + 1
+        return sum((self.attempt_cost(a, bound, max_tokens=1) for a in reply.attempts), Cost())
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
@@ -75,7 +109,7 @@ class LLMJudge(Judge):
         bound = self._bound(prompt)
         payload = {
             "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
+            "messages": [{"role": "system", "content": CRITIC_SYSTEM}, {"role": "user", "content": prompt}],
             "temperature": self.temperature,
             "top_p": self.top_p,
             "max_tokens": self.max_tokens,
@@ -91,8 +125,8 @@ class LLMJudge(Judge):
         cost = sum((self.attempt_cost(a, bound) for a in reply.attempts), Cost())
         raw = reply_text(reply.body) if reply.body is not None else None
         if raw is None:  # a paid 200 of a shape we cannot read: an invalid verdict, recorded with its cost
-            return Verdict(None, raw=f"[unreadable reply] {reply.text[:2000]}", cost=cost)
-        return Verdict(parse_verdict(raw, len(steps)), raw=raw, cost=cost)
+            return Verdict(None, raw=f"[unreadable reply] {self.client.redact(reply.text)[:2000]}", cost=cost)
+        return Verdict(parse_verdict(raw, len(steps)), raw=self.client.redact(raw), cost=cost)
 
     def judge(self, question: str, steps: list[str]) -> Verdict:
         return run_sync(self.ajudge(question, steps))
@@ -109,7 +143,7 @@ class LLMJudge(Judge):
                    temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                    timeout_s=cfg.timeout_s, deadline_s=cfg.deadline_s, max_retries=cfg.max_retries,
                    backoff_base_s=cfg.backoff_base_s, backoff_max_s=cfg.backoff_max_s,
-                   max_concurrency=cfg.max_concurrency)
+                   max_concurrency=cfg.max_concurrency, wait_s=cfg.wait_s, stream=cfg.stream)
 
 
 def reply_text(body: dict) -> str | None:

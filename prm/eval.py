@@ -182,11 +182,11 @@ def evaluate(scorer: StepScorer, ecfg: EvalConfig, root: str | None, out_dir: st
 
 def build_scorer(cfg: PRMEvalConfig, stack: contextlib.ExitStack) -> tuple[StepScorer, str]:
     if cfg.judge:
-        from judges.ledger import LabelLedger
-        from judges.registry import make_judge
-        judge = make_judge(cfg.judge)
-        # a judge's labels go through its ledger as in every command: persisted before use, never paid twice
-        ledger = stack.enter_context(LabelLedger.from_config(cfg.judge, Path(cfg.trainer.out_dir) / "ledger.sqlite"))
+        from judges.session import open_judge
+        # a judge's labels go through its ledger as in every command: persisted before use, never paid
+        # twice; an llm judge is checked (endpoint, key, model) before anything is scored
+        judge, ledger = open_judge(cfg.judge, default_path=Path(cfg.trainer.out_dir) / "ledger.sqlite")
+        stack.enter_context(ledger)
         return judge_scorer(judge, ledger), f"judge {judge.identity}"
     from prm.model import EnsemblePRM
     prm = EnsemblePRM.from_config(cfg.prm)

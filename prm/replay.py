@@ -8,8 +8,9 @@ them again. With it, each round:
                                         # PRM updates on batches mixing new (new_fraction) and older labels;
                                         # then PRM quality on the fixed held-out judged set (prm.quality)
 
-Only committed ledger rows are read (a reservation is not a label: it is unpaid), and a row is trained
-on only if its verdict is valid (first_error not None, -1 <= first_error < number of steps). The buffer
+Only committed ledger rows are read (a reservation is not a label: it is unpaid), never the held-out
+set's (judged through the same ledger, so inside the same budget), and a row is trained on only if
+its verdict is valid (first_error not None, -1 <= first_error < number of steps). The buffer
 keeps the newest `capacity` valid labels. State = (last ledger id read, sampler RNG): the buffer is
 rebuilt from the ledger on load, so a resumed run draws exactly the batches an uninterrupted one would.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import random
 from collections import deque
 
+from judges.base import item_key
 from prm.config import ReplayConfig
 from tasks.problems import Trajectory
 from prm.quality import scorer_quality
@@ -32,6 +34,7 @@ class LabelReplay:
                  heldout: list[Trajectory] | None = None, threshold: float = 0.5):
         self.ledger, self.identity, self.cfg = ledger, judge_identity, cfg
         self.heldout, self.threshold = heldout or [], threshold
+        self.heldout_keys = {item_key(t.question, t.steps) for t in self.heldout}  # measured on, never trained on
         self.buffer: deque[tuple[int, Trajectory]] = deque(maxlen=cfg.capacity)
         self.last_id = 0
         self.rng = random.Random(f"replay:{seed}")
@@ -40,7 +43,7 @@ class LabelReplay:
         added = []
         for row_id, question, steps, first_error in rows:
             self.last_id = max(self.last_id, row_id)
-            if valid_label(first_error, steps):
+            if valid_label(first_error, steps) and item_key(question, steps) not in self.heldout_keys:
                 item = (row_id, Trajectory(question, steps, first_error, source=f"ledger:{row_id}"))
                 self.buffer.append(item)
                 added.append(item)

@@ -63,27 +63,27 @@ def load_training_pool(cfg: PRMTrainConfig, prm) -> list[Trajectory]:
 
 def make_revealer(cfg: PRMTrainConfig, pool: list[Trajectory], out: Path):
     """A function picked-trajectories -> first-error labels, paid through the ledger. The ledger is opened
-    the way every labelling command opens it (LabelLedger.from_config): path and budgets from the judge
-    config (judge.ledger_path, judge.max_labels, judge.max_total_tokens)."""
-    from judges.ledger import LabelLedger
-    from judges.registry import make_judge
+    the way every labelling command opens it (judges.session.open_judge): path and budgets from the judge
+    config (judge.ledger_path, judge.max_labels, judge.max_total_tokens), and an llm judge is checked
+    (endpoint, key, model) before any training. `reveal.refused` / `reveal.invalid` count the picked
+    items that came back unlabelled (budget, or a judge that kept failing) / with an invalid verdict."""
+    from judges.session import open_judge
+    context = {}
     if cfg.judge.name == "oracle":
         if any(t.first_error is None for t in pool):
             raise ValueError("judge=oracle needs a labelled pool; use judge=rule or judge=llm for an unlabelled one")
-        judge = make_judge(cfg.judge, records=[{"question": t.question, "steps": t.steps,
-                                                "first_error": t.first_error} for t in pool])
+        context["records"] = [{"question": t.question, "steps": t.steps, "first_error": t.first_error} for t in pool]
     elif cfg.judge.name == "rule_outcome":   # the pool's verified answers (rl.search pools: meta.correct)
-        judge = make_judge(cfg.judge, records=[{"question": t.question, "steps": t.steps,
-                                                "correct": t.meta.get("correct")} for t in pool])
-    else:
-        judge = make_judge(cfg.judge)
-    ledger = LabelLedger.from_config(cfg.judge, default_path=out / "ledger.sqlite")
+        context["records"] = [{"question": t.question, "steps": t.steps, "correct": t.meta.get("correct")}
+                              for t in pool]
+    judge, ledger = open_judge(cfg.judge, default_path=out / "ledger.sqlite", **context)
 
     def reveal(picked: list[Trajectory]) -> list[int | None]:
         verdicts = ledger.label(judge, [(t.question, t.steps) for t in picked])
         reveal.refused += sum(v is None for v in verdicts)  # the judge budget ran out: not labels used
+        reveal.invalid += sum(v is not None and not v.valid for v in verdicts)  # paid, but nothing to learn
         return [None if v is None else v.first_error for v in verdicts]
-    reveal.refused = 0
+    reveal.refused = reveal.invalid = 0
     return reveal, str(ledger.path)
 
 
@@ -125,7 +125,7 @@ class PoolTrainer:
         self.learner = PRMLearner(prm, cfg.trainer, cache=cache)
         self._features()
         self.ckpt = out / "ckpt"
-        self.state = {"update": 0, "labels_used": 0, "acquired": [], "ledger": ledger_path}
+        self.state = {"update": 0, "labels_used": 0, "labels_invalid": 0, "acquired": [], "ledger": ledger_path}
         self._resume()
         self.plan: list[list[int]] | None = None
 
@@ -182,7 +182,9 @@ class PoolTrainer:
         allowed = max(0, min(allowed, len(batch)))
         m = self.learner.update(batch, Selection(self.mode, allowed, _rng(self.cfg, self.rank, u)), reveal=self.reveal)
         refused, self.reveal.refused = self.reveal.refused, 0   # the judge budget ran out: not labels used
-        self.state["labels_used"] += m["selected"] - refused
+        invalid, self.reveal.invalid = self.reveal.invalid, 0   # paid invalid verdicts: not labels either
+        self.state["labels_used"] += m["selected"] - refused - invalid
+        self.state["labels_invalid"] = self.state.get("labels_invalid", 0) + invalid
         self.state["acquired"] += [(i, k) for i, k in zip(idx, self.learner.last_labels) if k is not None]
         return {**m, "phase": "stream"}
 
@@ -198,8 +200,9 @@ class PoolTrainer:
         cfg, out, rank, state = self.cfg, self.out, self.rank, self.state
         self.save()
         labels_used = _reduce_over_ranks(state["labels_used"], self.world, "sum")
+        labels_invalid = _reduce_over_ranks(state.get("labels_invalid", 0), self.world, "sum")
         summary = {"mode": str(self.mode), "pool": len(self.full_pool), "budget": self.budget,
-                   "labels_used": labels_used, "updates": state["update"]}
+                   "labels_used": labels_used, "labels_invalid": labels_invalid, "updates": state["update"]}
         if self.world > 1:  # evidence for the multi-process test: same weights on every rank, disjoint shards
             heads_sum = sum(float(p.detach().double().sum()) for p in self.prm.heads.parameters())
             (out / f"rank{rank}.json").write_text(json.dumps({"heads_sum": heads_sum, "labels_local": state["labels_used"],

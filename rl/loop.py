@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from judges.base import Cost
+from judges.session import judge_metrics, label_counted
 from tasks.problems import Trajectory
 from prm.config import SelectMode
 from prm.selection import select_trajectories, select_uncertain
@@ -77,6 +78,7 @@ class RoundWork:
     rollouts: list[Attempt] = field(default_factory=list)
     chosen: list[bool] = field(default_factory=list)
     cost: Cost = field(default_factory=Cost)
+    judge_metrics: dict = field(default_factory=dict)   # judge/invalid, judge/refused_budget... (judge_selected)
     metrics: dict = field(default_factory=dict)         # written by the foreground halves
     back_metrics: dict = field(default_factory=dict)    # written by learn_prm
 
@@ -89,6 +91,7 @@ class OnlineLoop:
         self.tok = policy.tokenizer
         self.on_phase = None  # callback(round index, phase name) when a foreground phase starts (progress display)
         self.replay = None    # prm.replay.LabelReplay: train on every paid label (set by rl.online.build)
+        self.pending_judge: dict | None = None  # judge/* metrics of calls made outside a round (the held-out set)
 
     def round(self, index: int) -> RoundWork:
         """One round, serially (rl.schedule's serial schedule; `report` turns it into metrics). The overlap
@@ -126,7 +129,7 @@ class OnlineLoop:
         """The back half: touches the judge, the ledger and the PRM only (never the policy, the rollout
         engine or the global RNG streams), so a schedule may run it in a worker thread."""
         with work.back_timer("judge"):
-            judged, work.cost = self.judge_selected(work.rollouts, work.chosen)
+            judged, work.cost, work.judge_metrics = self.judge_selected(work.rollouts, work.chosen)
         with work.back_timer("prm_update"):
             work.back_metrics.update(self.update_prm(judged, work.rollouts))
         work.back_metrics["judge/labels"] = len(judged)   # this rank's; report() sums over ranks
@@ -159,7 +162,7 @@ class OnlineLoop:
                    "judge/labels": sum(part["judged"] for part in everyone),
                    "select/candidates": len(records), "select/selected": selected,
                    "select/fraction": selected / len(records), "judge/calls": cost.calls,
-                   "judge/tokens": cost.tokens, "judge/seconds": cost.seconds, **std_histogram(stds), **timing}
+                   "judge/tokens": cost.tokens, "judge/seconds": 0.0, **work.judge_metrics, **std_histogram(stds), **timing}
         metrics["timing/round"] = sum(timing.values()) if wall is None else wall
         return metrics, stds
 
@@ -223,22 +226,24 @@ class OnlineLoop:
                                      self.cfg.prm.delta_std).tolist()
         return chosen[offset:offset + len(rollouts)]
 
-    def judge_selected(self, rollouts: list[Attempt], chosen: list[bool]) -> tuple[list[Attempt], Cost]:
+    def judge_selected(self, rollouts: list[Attempt], chosen: list[bool]) -> tuple[list[Attempt], Cost, dict]:
         """Labels go through the ledger (persisted before they are returned; repeats cost nothing).
         Rank 0 owns the judge and the ledger: it labels every rank's picks in one call (an item picked
-        on two ranks is paid once) and broadcasts the verdicts; the cost is the round's, on every rank."""
+        on two ranks is paid once) and broadcasts the verdicts; the cost and the judge/* counts (invalid,
+        refused for budget, failed, ledger hits; seconds: wall clock) are the round's, on every rank."""
         picked = [r for r, c in zip(rollouts, chosen) if c]
         parts = self.ranks.gather([(r.question, r.steps) for r in picked])
         items = [item for part in parts for item in part]
-        verdicts = None
+        result = None
         if self.ranks.is_main and items:
-            verdicts = self.ledger.label(self.judge, items)
-        verdicts = self.ranks.broadcast(verdicts) or []
+            verdicts, counts, wall_s = label_counted(self.ledger, self.judge, items)
+            result = verdicts, judge_metrics(counts, wall_s)
+        verdicts, metrics = self.ranks.broadcast(result) or ([], judge_metrics(None, 0.0))
         cost = sum((v.cost for v in verdicts if v is not None and not v.from_ledger), Cost())
         offset = sum(len(part) for part in parts[:self.ranks.rank])
         for r, v in zip(picked, verdicts[offset:offset + len(picked)]):
             r.first_error = v.first_error if v is not None else None
-        return [r for r in picked if r.first_error is not None], cost
+        return [r for r in picked if r.first_error is not None], cost, metrics
 
     def update_prm(self, judged: list[Attempt], rollouts: list[Attempt] | None = None) -> dict:
         """The PRM learns from this round's judged rollouts; its step accuracy on them before/after.

@@ -42,8 +42,7 @@ def build(cfg: OnlineConfig):
     import judges.llm  # noqa: F401
     import judges.oracle  # noqa: F401
     import judges.rule  # noqa: F401
-    from judges.registry import make_judge
-    from judges.ledger import LabelLedger
+    from judges.session import open_judge
     from core.answers import AnswerChecker
     from rl.engines import rollout_from_config
     from rl.loop import OnlineLoop
@@ -58,6 +57,10 @@ def build(cfg: OnlineConfig):
     out_dir = Path(cfg.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed)
+    judge = ledger = None
+    if ranks.is_main:  # rank 0 owns the judge client and the ledger: a label is paid once, whatever N.
+        # Opened (and an llm judge checked: endpoint, key, model) before any model loads or generates.
+        judge, ledger = open_judge(cfg.judge, default_path=ledger_path(cfg))
     task = make_task(cfg.task, cfg.data_root)
     policy = PolicyTrainer(cfg.policy, cfg.algo, cfg.trainer)
     if cfg.rollout.backend == "hf" and policy.zero_stage == 3:
@@ -77,26 +80,24 @@ def build(cfg: OnlineConfig):
         from prm.model import EnsemblePRM
         from prm.update import PRMLearner
         learner = PRMLearner(EnsemblePRM.from_config(cfg.prm), cfg.trainer)
-    judge = ledger = None
-    if ranks.is_main:  # rank 0 owns the judge client and the ledger: a label is paid once, whatever N
-        judge = make_judge(cfg.judge)
-        ledger = LabelLedger.from_config(cfg.judge, default_path=ledger_path(cfg))
     stream = TaskStream(task.problems, cfg.task.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker(), ranks)
     if learner is not None and cfg.replay.enabled and cfg.prm_update != PRMUpdate.none:  # a frozen PRM replays nothing
         from prm.replay import LabelReplay
-        loop.replay = LabelReplay(ledger, judge.identity, cfg.replay, cfg.trainer.seed,
-                                  heldout_set(loop, cfg, out_dir), cfg.prm.threshold)
+        heldout = heldout_set(loop, cfg, out_dir)
+        loop.replay = LabelReplay(ledger, judge.identity, cfg.replay, cfg.trainer.seed, heldout, cfg.prm.threshold)
     return loop, out_dir
 
 
 def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
     """The fixed held-out judged set: the initial policy's samples on problems of another seed, judged
-    through their own ledger (out_dir/heldout.sqlite: never paid twice, never trained on) and kept in
+    through the run's ledger (one budget, one count: its calls go into round 1's judge/* metrics, as
+    judge/heldout_calls too; never paid twice; the replay never trains on them) and kept in
     out_dir/heldout.jsonl so a resumed run measures on the same set."""
     from dataclasses import replace
 
-    from judges.ledger import LabelLedger
+    from judges.base import Cost
+    from judges.session import judge_metrics, label_counted
     from prm.data import load_trajectories_jsonl
     from tasks.problems import Trajectory
     from rl.loop import attempt_steps
@@ -114,8 +115,9 @@ def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
     groups = loop.rollout.generate(prompts, r.n, r.max_new_tokens, r.temperature, r.top_p, list(r.stop) or None)
     items = [(p.question, attempt_steps(c.text))
              for p, group in zip(problems, groups) for c in group][:cfg.replay.heldout_size]
-    with LabelLedger(out_dir / "heldout.sqlite") as ledger:
-        verdicts = ledger.label(loop.judge, items)
+    verdicts, counts, wall_s = label_counted(loop.ledger, loop.judge, items)
+    cost = sum((v.cost for v in verdicts if v is not None and not v.from_ledger), Cost())
+    loop.pending_judge = {**judge_metrics(counts, wall_s, cost), "judge/heldout_calls": cost.calls}
     trajectories = [Trajectory(q, steps, v.first_error, source="heldout")
                     for (q, steps), v in zip(items, verdicts) if v is not None and v.first_error is not None]
     tmp = path.with_suffix(".tmp")
@@ -167,6 +169,9 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
         print("[rl.online] schedule=auto runs serially: " + "; ".join(overlap_blockers(cfg)))
     for done in run_rounds(loop, range(start_round, last + 1), schedule):
         index, metrics, stds = done.index, done.metrics, done.stds
+        if loop.pending_judge:  # the held-out set's judge calls, inside the run's one count
+            metrics.update({k: metrics.get(k, 0) + v for k, v in loop.pending_judge.items()})
+            loop.pending_judge = None
         bar.update(1)
         if eval_set and due(cfg, index):   # the policy after this round's update, before the next one's
             with_timer = time.perf_counter()
@@ -185,8 +190,11 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
             log.write(metrics, {"prm/ensemble_std": stds})
             bar.set_postfix(passed=f"{metrics['pass_rate']:.2f}", judged=metrics["judge/calls"])
             held = f"  held-out pass {metrics['eval/pass']:.3f}" if "eval/pass" in metrics else ""
-            tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}{held}  judge calls {metrics['judge/calls']}  | "
-                       f"{phase_line(metrics)}")
+            unlabelled = ", ".join(f"{metrics[k]} {name}" for k, name in (
+                ("judge/invalid", "invalid"), ("judge/refused_budget", "over budget"), ("judge/failed", "failed"))
+                if metrics.get(k))
+            tqdm.write(f"round {index}: pass {metrics['pass_rate']:.3f}{held}  judge calls {metrics['judge/calls']}"
+                       f"{f' ({unlabelled})' if unlabelled else ''}  | {phase_line(metrics)}")
     if main_rank:
         log.close()
     if main_rank and (stop_after is None or last == cfg.rounds):

@@ -10,7 +10,8 @@ import numpy as np
 
 SUMMARY_COLUMNS = [("round", "round", "{:d}"), ("pass_rate", "pass", "{:.3f}"), ("eval/pass", "held-out pass", "{:.3f}"), ("reward/outcome", "R out", "{:.3f}"),
                    ("reward/process", "R proc", "{:.3f}"), ("select/fraction", "sel", "{:.2f}"),
-                   ("judge/calls", "judge calls", "{:d}"), ("prm/acc_before", "PRM acc", "{:.3f}"),
+                   ("judge/calls", "judge calls", "{:d}"), ("judge/invalid", "invalid", "{:d}"),
+                   ("prm/acc_before", "PRM acc", "{:.3f}"),
                    ("prm/acc_after", "after", "{:.3f}"), ("prm/heldout_auroc", "held-out AUROC", "{:.3f}"),
                    ("prm/heldout_f1", "held-out F1", "{:.3f}"),
                    ("timing/round", "secs", "{:.1f}")]

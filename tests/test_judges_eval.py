@@ -106,15 +106,32 @@ def test_llm_judge_through_the_command_against_a_scripted_server(tmp_path):
     labels = {r["problem"]: r["label"] for r in ITEMS}
 
     def critic(req):  # right on every item except p2, where it rambles (invalid)
+        if "[Problem]" not in req.prompt:  # the start-up check's tiny request
+            return Reply("\\boxed{-1}", prompt_tokens=30, completion_tokens=1)
         problem = req.prompt.split("[Problem]\n\n")[1].split("\n")[0]
         return Reply("hmm" if problem == "p2" else f"\\boxed{{{labels[problem]}}}", prompt_tokens=50,
                      completion_tokens=5)
 
     with FakeOpenAIServer(critic) as server:
+        server.served = ["default"]
         report = run(cfg_for(tmp_path, f"data_root={data}", "judge=llm", f"judge.base_url={server.base_url}",
                              "judge.max_concurrency=2", "judge.backoff_base_s=0.01"))
     r = report["subsets"]["gsm8k"]
     assert r["invalid"] == 1 and r["acc_error"] == pytest.approx(2 / 3) and r["acc_correct"] == 1.0
     assert (r["paid_calls"], r["prompt_tokens"], r["completion_tokens"]) == (5, 250, 25)
     assert report["ledger_stats"]["invalid"] == 1 and report["judge"].startswith("llm:default|")
-    assert len(server.requests) == 5
+    assert report["ledger_stats"]["calls"] == 5 + 1  # the start-up check is charged too
+    assert len(server.requests) == 6 and server.model_lists == 1
+    assert server.requests[0].body["max_tokens"] == 1  # checked before the first label
+
+
+def test_a_model_the_server_does_not_serve_fails_at_start_up_naming_the_served_ones(tmp_path):
+    from judges import JudgeRequestError
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    data = write_data(tmp_path / "data")
+    with FakeOpenAIServer() as server:
+        server.served = ["smollm2"]
+        with pytest.raises(JudgeRequestError, match=r"judge.model='default'.*\['smollm2'\]"):
+            run(cfg_for(tmp_path, f"data_root={data}", "judge=llm", f"judge.base_url={server.base_url}"))
+        assert server.model_lists == 1 and len(server.requests) == 0  # nothing paid

@@ -231,4 +231,4 @@ def test_make_judge_builds_llm_from_config():
     judge = make_judge({"name": "llm", "base_url": "http://127.0.0.1:1/v1", "model": "m", "max_concurrency": 3,
                         "temperature": 0.2})
     assert isinstance(judge, LLMJudge) and judge.max_concurrency == 3
-    assert judge.identity == "llm:m|T=0.2|top_p=0.95|max_tokens=4096|prompt=critic-v1"
+    assert judge.identity == "llm:m|T=0.2|top_p=0.95|max_tokens=4096|prompt=critic-v2"

@@ -183,3 +183,22 @@ def test_sigkilled_run_resumes_to_the_same_heads(tmp_path):
     b = load_file(str(tmp_path / "killed" / "prm" / "heads.safetensors"))
     assert all((a[k] == b[k]).all() for k in a)
     assert ledger_rows(tmp_path / "killed") == ledger_rows(tmp_path / "whole")
+
+
+def test_labels_used_counts_valid_labels_and_the_judge_is_checked_first(tmp_path):
+    """An llm judge that rambles on some items: their invalid verdicts are paid (in the ledger) but are
+    not labels used; the start-up check comes before the first label."""
+    from tests.fake_openai_server import FakeOpenAIServer, Reply
+
+    def critic(req):
+        if "[Problem]" not in req.prompt:
+            return Reply("\\boxed{-1}")
+        return Reply("hmm" if len(req.prompt) % 3 == 0 else "\\boxed{-1}")
+    with FakeOpenAIServer(critic) as server:
+        server.served = ["default"]
+        summary = train(config(tmp_path, **{"select.mode": "all", "select.budget": 1.0},
+                               judge={"name": "llm", "base_url": server.base_url, "backoff_base_s": 0.01}))
+        invalid = sum(r.body["max_tokens"] > 1 and len(r.prompt) % 3 == 0 for r in server.requests)
+        assert server.requests[0].body["max_tokens"] == 1 and len(server.requests) == 1 + 24
+    assert 0 < invalid < 24 and ledger_rows(tmp_path / "run") == 24
+    assert summary["labels_used"] == 24 - invalid and summary["labels_invalid"] == invalid

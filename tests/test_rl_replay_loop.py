@@ -35,3 +35,16 @@ def test_logprob_step_features_online_resume_exactly(tmp_path):
     run(cfg(tmp_path / "b"), stop_after=1)
     for a, b in zip(full, run(cfg(tmp_path / "b"))):
         assert_same(a, b)
+
+
+def test_heldout_set_is_judged_inside_the_run_budget_and_count(tmp_path):
+    """The held-out set goes through the run's ledger: judge.max_labels covers it, round 1's judge/calls
+    counts it, and the replay never trains on it."""
+    cfg = tiny_config(tmp_path / "a", rounds=1, mode="all", judge={"name": "rule", "max_labels": 8},
+                      replay=ReplayConfig(enabled=True, steps=2, batch_size=4, new_fraction=0.5, heldout_size=6))
+    [m] = run(cfg)
+    assert ledger_rows(tmp_path / "a") == 8 and not (tmp_path / "a" / "heldout.sqlite").exists()
+    assert m["judge/calls"] == 8 and m["judge/heldout_calls"] == 6
+    assert m["judge/refused_budget"] == 12 - 2 and m["judge/labels"] == 2
+    assert m["prm/replay_size"] == 2  # the round's two labels, not the held-out six
+    assert {"judge/invalid", "judge/failed", "judge/ledger_hits"} <= set(m)
