@@ -24,6 +24,7 @@ from core.run import anchored, seed_everything
 from prm.config import SelectMode
 from core.config import validate
 from rl.config import OnlineConfig, PRMUpdate, RewardSource
+from core.config import resolve_device
 from core.distributed import Ranks, accept_local_rank_argument
 
 
@@ -55,6 +56,7 @@ def build(cfg: OnlineConfig):
         raise ValueError(f"WORLD_SIZE={ranks.world}: data-parallel rl.online all-reduces through DeepSpeed; "
                          "set trainer.deepspeed=true")
     ranks.shard_bounds(cfg.task.prompts_per_round)   # fail now, not at round 1, when it does not divide
+    check_memory(cfg, ranks)
     out_dir = Path(cfg.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed)
@@ -88,6 +90,17 @@ def build(cfg: OnlineConfig):
         loop.replay = LabelReplay(ledger, judge.identity, cfg.replay, cfg.trainer.seed,
                                   heldout_set(loop, cfg, out_dir), cfg.prm.threshold)
     return loop, out_dir
+
+
+def check_memory(cfg: OnlineConfig, ranks: Ranks) -> None:
+    """On cuda, before any model loads: print the per-GPU memory plan (rank 0) and refuse one over the card
+    (rl/plan.py; plan.check=false starts anyway)."""
+    device = resolve_device(cfg.policy.device)
+    if device.startswith("cuda"):
+        import torch
+
+        from rl.plan import startup_check
+        startup_check(cfg, ranks.world, torch.cuda.get_device_properties(device).total_memory / 1e9, ranks.is_main)
 
 
 def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
