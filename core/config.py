@@ -84,4 +84,11 @@ class TrainerConfig:
     save_every: int = 1                       # rounds (online) or batches (PRM training)
     resume: str = "auto"                      # auto | never | <checkpoint dir>
     progress: bool = True
+    # minutes a collective may wait (every process group): longer than any phase one rank works alone in
+    # (the judge: judge deadline x attempts; a checkpoint's hashing) while the others wait; NCCL's default is 10
+    dist_timeout_min: int = 120
+
+    def __post_init__(self):
+        if self.dist_timeout_min < 1:
+            raise ValueError(f"trainer.dist_timeout_min must be >= 1 (minutes), got {self.dist_timeout_min}")
 

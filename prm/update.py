@@ -76,7 +76,7 @@ class PRMLearner:
         self.engine = None
         if self.trainer.deepspeed:
             import deepspeed
-            init_distributed()
+            init_distributed(self.trainer.dist_timeout_min)
             ds_config = {"train_micro_batch_size_per_gpu": self.cfg.batch_size, "gradient_accumulation_steps": 1,
                          "zero_optimization": {"stage": self.trainer.zero_stage}, "gradient_clipping": 1.0,
                          "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9}

@@ -73,7 +73,7 @@ class PolicyTrainer:
             import deepspeed
 
             from core.distributed import init_distributed
-            init_distributed()
+            init_distributed(self.trainer.dist_timeout_min)
             ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
                          "zero_optimization": {"stage": self.zero_stage}, "gradient_clipping": policy_cfg.grad_clip,
                          "bf16": {"enabled": policy_cfg.dtype in ("bf16", "bfloat16")},
