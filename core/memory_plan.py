@@ -17,8 +17,9 @@ Accounting (GB = 1e9 bytes; P = parameters, N = ranks, b = bytes of the dtype):
   for backward (two norm inputs, the projections' inputs, q, k, v, the attention output, the MLP's gate, up,
   activation and product): 4h + 2 q_dim + 2 kv_dim + 4 I elements of b bytes; gradient checkpointing keeps
   the layers' inputs (h per layer) plus one layer's set while it is recomputed;
-- logits: the completion positions of the micro-batch times the vocabulary, in b bytes (the LM head's output)
-  plus the fp32 copies the log-prob path makes (`LOGIT_FP32_COPIES`);
+- logits: the completion positions of the micro-batch times the vocabulary, in b bytes, twice (the LM head's
+  output and, in backward, its gradient); the log-prob path's fp32 temporaries are one chunk of positions
+  (rl.policy.completion_logprobs), not counted;
 - the colocated vLLM engine holds `gpu_memory_utilization` x the card (its weights + KV cache); asleep it holds
   nothing on the GPU (weights offloaded, KV cache freed).
 Two phases: training (the engine asleep when rollout.sleep) and generation (the trainer's state resident,
@@ -35,7 +36,6 @@ from pathlib import Path
 GB = 1e9
 DTYPE_BYTES = {"bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp32": 4, "float32": 4}
 MAX_LIVE_PARAMETERS = 1e9       # DeepSpeed's default stage3_max_live_parameters
-LOGIT_FP32_COPIES = 3           # rl.policy's log-prob path: .float(), / temperature, log_softmax (kept for backward)
 HEADROOM_GB = 3.0               # CUDA context, allocator fragmentation, communication buffers
 LORA_SHAPES = {"q_proj": ("hidden", "q_dim"), "k_proj": ("hidden", "kv_dim"), "v_proj": ("hidden", "kv_dim"),
                "o_proj": ("q_dim", "hidden"), "gate_proj": ("hidden", "intermediate"),
@@ -192,8 +192,8 @@ def activation_bytes(arch: Architecture, tokens: int, dtype_bytes: int, checkpoi
 
 
 def logit_bytes(arch: Architecture, positions: int, dtype_bytes: int) -> float:
-    """Full-vocabulary logits of `positions` completion positions: the LM head's output + the fp32 copies."""
-    return positions * arch.vocab * (dtype_bytes + 4 * LOGIT_FP32_COPIES)
+    """Full-vocabulary logits of `positions` completion positions: the LM head's output and its gradient."""
+    return positions * arch.vocab * 2 * dtype_bytes
 
 
 def head_params(num_heads: int, inputs: int, hidden: int) -> int:

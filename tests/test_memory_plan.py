@@ -54,7 +54,7 @@ def test_plan_equals_hand_computation_1_5b_full_zero2_8_gpus():
         "policy optimizer": QWEN_1_5B * 12 / 8 / GB,                # fp32 master + 2 moments, partitioned
         # checkpointing: every layer's input (h) + one layer's 4h + 2 q_dim + 2 kv_dim + 4 I elements, bf16
         "activations": tokens * 2 * (28 * 1536 + 4 * 1536 + 2 * 1536 + 2 * 256 + 4 * 8960) / GB,
-        "logits": positions * 151936 * (2 + 3 * 4) / GB,           # bf16 LM head output + 3 fp32 copies
+        "logits": positions * 151936 * (2 + 2) / GB,               # bf16 LM head output + its gradient
         "PRM backbone": QWEN_1_5B * 2 / GB,                         # frozen, bf16
         "PRM training state": heads * 20 / GB,                      # fp32 heads: weight, anchor, grad, 2 moments
         "vLLM engine weights": QWEN_1_5B * 2 / GB,
@@ -85,7 +85,7 @@ def test_plan_equals_hand_computation_7b_lora_fp32_one_gpu_and_refuses():
         "policy optimizer": lora * 8 / GB,                          # fp32: two moments, no master copy
         # no reference: LoRA's reference is the base with the adapter disabled; no PRM (outcome reward, frozen)
         "activations": 28 * tokens * 4 * (4 * 3584 + 2 * 3584 + 2 * 512 + 4 * 18944) / GB,   # no checkpointing
-        "logits": positions * 152064 * (4 + 3 * 4) / GB,
+        "logits": positions * 152064 * (4 + 4) / GB,               # fp32 output + gradient
         "vLLM engine weights": QWEN_7B * 2 / GB,                    # rollout.dtype=bf16
         "vLLM KV cache": 0.3 * 80 - QWEN_7B * 2 / GB,
     }
