@@ -352,6 +352,7 @@ class OnlineLoop:
         r = self.cfg.rollout
         prompt = self.task.prompt(self.tok, r.parity_prompt)
         gap = self.rollout.parity_check(self.policy.logprob_fn, prompt, r.parity_completion, r.parity_tolerance)
+        self.rollout.sleep()   # the parity check woke the KV cache: the GPU is the trainer's until the next generate
         return {"sync/seconds": seconds, "sync/parity_gap": gap}
 
     # ------------------------------------------------------------------ helpers

@@ -74,6 +74,7 @@ def build(cfg: OnlineConfig):
                                   colocate)
     if colocate:  # every rank's engine up before any rank goes on (TRL: DeepSpeed hangs otherwise)
         ranks.barrier()
+    rollout.sleep()   # rollout.sleep: the engine's memory free before the PRM loads (a no-op otherwise)
     learner = None
     if needs_prm(cfg):
         from prm.model import EnsemblePRM
