@@ -154,7 +154,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
         OmegaConf.save(OmegaConf.structured(cfg), out_dir / "config.yaml")
     history: list[dict] = []
     start_round = 1
-    resume_from = resolve_resume(cfg.trainer.resume, out_dir)
+    resume_from = resolve_resume(cfg.trainer.resume, out_dir, full=cfg.trainer.resume_check == "sha256")
     if resume_from is not None:
         state = load_round(resume_from, loop.policy, loop.learner, loop.ranks, verified=True)
         loop.stream.position, history, start_round = state["data_position"], state["history"], state["round"] + 1
