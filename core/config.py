@@ -92,6 +92,9 @@ class TrainerConfig:
     resume: str = "auto"                      # auto | never | <checkpoint dir>
     resume_check: ResumeCheck = ResumeCheck.size   # size | sha256 (re-hash every file before resuming)
     progress: bool = True
+    # node-local directory for the run's SQLite files (the judge ledger) when there are several ranks or out_dir
+    # is on a network filesystem (SQLite's WAL needs one host's locks); null: $TMPDIR/prmloop-<user>/<run>
+    local_dir: str | None = None
     # minutes a collective may wait (every process group): longer than any phase one rank works alone in
     # (the judge: judge deadline x attempts; a checkpoint's hashing) while the others wait; NCCL's default is 10
     dist_timeout_min: int = 120

@@ -6,6 +6,8 @@
         state.pt       round counter, data position, RNG states (python, numpy, torch), metrics history,
                        ledger path (rank 0's; tensors and plain containers: loaded with weights_only=True)
         rng_rank1.pt   ... each further rank's RNG states (N ranks resume with the same N)
+        ledger.sqlite  the judge ledger, when it lives on a node-local path (several ranks, or out_dir on a
+                       network filesystem: core/storage.py); put back there at resume when missing or older
         manifest.json  sha256 and size of every file above, written last; the digests are computed while
                        each rank writes its files and gathered to rank 0 (no re-read of the round)
 Nothing in a checkpoint executes code on load (core/checkpoint_io.py). Every file is checked against
@@ -31,10 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.storage import restore_sqlite, snapshot_sqlite
 from core.checkpoint_io import (CheckpointError, load_state, numpy_rng_plain, numpy_rng_state, recording_digests,
                                 save_state, verify, write_manifest)
 
 log = logging.getLogger(__name__)
+LEDGER_COPY = "ledger.sqlite"   # a node-local judge ledger's copy in a round checkpoint
 
 _ROUND_DIR = re.compile(r"round_(\d+)$")
 
@@ -95,8 +99,9 @@ def resolve_resume(resume: str, out_dir: str | Path, full: bool = False) -> Path
 
 
 def save_round(out_dir: str | Path, round_index: int, policy, learner, state: dict, keep: int = 2,
-               ranks=None) -> Path:
-    """Every rank calls it (DeepSpeed saves are collective); `ranks`: core.distributed.Ranks (None = one)."""
+               ranks=None, ledger: Path | None = None) -> Path:
+    """Every rank calls it (DeepSpeed saves are collective); `ranks`: core.distributed.Ranks (None = one).
+    `ledger`: rank 0's node-local judge ledger, copied in as ledger.sqlite (restored by restore_ledger)."""
     rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
     barrier = ranks.barrier if ranks is not None else (lambda: None)
     root = checkpoint_root(out_dir)
@@ -121,6 +126,8 @@ def save_round(out_dir: str | Path, round_index: int, policy, learner, state: di
         digests = {str((tmp / name).resolve()): d for part in everyone for name, d in part.items()}
         with recording_digests() as own:
             save_state({"rng": rng_state(), **state, "round": round_index, "world": world}, tmp / "state.pt")
+        if ledger is not None:
+            snapshot_sqlite(ledger, tmp / LEDGER_COPY)
         write_manifest(tmp, {**digests, **own}, round=round_index)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -129,6 +136,12 @@ def save_round(out_dir: str | Path, round_index: int, policy, learner, state: di
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def restore_ledger(checkpoint: Path, ledger: Path) -> str:
+    """Before the ledger opens at resume: the checkpoint's copy onto the node-local path when that is missing
+    or holds fewer labels (another node's, or a fresh one); a newer local ledger is kept."""
+    return restore_sqlite(Path(checkpoint) / LEDGER_COPY, ledger, "labels")
 
 
 def load_round(path: Path, policy, learner, ranks=None, verified: bool = False, full: bool = False) -> dict:

@@ -33,8 +33,24 @@ def needs_prm(cfg: OnlineConfig) -> bool:
             or cfg.prm_update != PRMUpdate.none)
 
 
-def ledger_path(cfg: OnlineConfig) -> str:
-    return cfg.judge.ledger_path or str(Path(cfg.trainer.out_dir) / "labels.sqlite")
+def ledger_path(cfg: OnlineConfig, world: int | None = None) -> str:
+    """judge.ledger_path, else <out_dir>/labels.sqlite, or with several ranks or an out_dir on a network
+    filesystem a node-local path (trainer.local_dir; SQLite's WAL needs one host's locks: core/storage.py),
+    copied into every round checkpoint."""
+    if cfg.judge.ledger_path:
+        return cfg.judge.ledger_path
+    return str((ledger_dir(cfg, world) or Path(cfg.trainer.out_dir)) / "labels.sqlite")
+
+
+def ledger_dir(cfg: OnlineConfig, world: int | None = None) -> Path | None:
+    """The node-local directory of the judge ledger, or None when it stays in out_dir."""
+    from core.storage import default_local_dir, network_filesystem
+
+    world = world if world is not None else Ranks.from_env().world
+    out_dir = Path(cfg.trainer.out_dir)
+    if cfg.judge.ledger_path or (world == 1 and network_filesystem(out_dir) is None):
+        return None
+    return Path(cfg.trainer.local_dir) if cfg.trainer.local_dir else default_local_dir(out_dir)
 
 
 def build(cfg: OnlineConfig):
@@ -59,6 +75,11 @@ def build(cfg: OnlineConfig):
     check_memory(cfg, ranks)
     out_dir = Path(cfg.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if ranks.world > 1:   # every rank must write its shards into the same out_dir: check before any model loads
+        from core.distributed import init_distributed
+        from core.storage import check_shared_dir
+        init_distributed(cfg.trainer.dist_timeout_min)
+        check_shared_dir(out_dir, ranks)
     seed_everything(cfg.trainer.seed)
     task = make_task(cfg.task, cfg.data_root)
     policy = PolicyTrainer(cfg.policy, cfg.algo, cfg.trainer)
@@ -83,7 +104,7 @@ def build(cfg: OnlineConfig):
     judge = ledger = None
     if ranks.is_main:  # rank 0 owns the judge client and the ledger: a label is paid once, whatever N
         judge = make_judge(cfg.judge)
-        ledger = LabelLedger.from_config(cfg.judge, default_path=ledger_path(cfg))
+        ledger = LabelLedger.from_config(cfg.judge, default_path=ledger_path(cfg, ranks.world))
     stream = TaskStream(task.problems, cfg.task.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker(), ranks)
     if learner is not None and cfg.replay.enabled and cfg.prm_update != PRMUpdate.none:  # a frozen PRM replays nothing
@@ -128,7 +149,7 @@ def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
     groups = loop.rollout.generate(prompts, r.n, r.max_new_tokens, r.temperature, r.top_p, list(r.stop) or None)
     items = [(p.question, attempt_steps(c.text))
              for p, group in zip(problems, groups) for c in group][:cfg.replay.heldout_size]
-    with LabelLedger(out_dir / "heldout.sqlite") as ledger:
+    with LabelLedger((ledger_dir(cfg) or out_dir) / "heldout.sqlite") as ledger:   # SQLite: node-local where needed
         verdicts = ledger.label(loop.judge, items)
     trajectories = [Trajectory(q, steps, v.first_error, source="heldout")
                     for (q, steps), v in zip(items, verdicts) if v is not None and v.first_error is not None]
@@ -143,18 +164,21 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     from tqdm import tqdm
 
     from core.run import MetricsLog
-    from rl.checkpoint import load_round, resolve_resume, save_round
+    from rl.checkpoint import load_round, resolve_resume, restore_ledger, save_round
     from rl.evaluate import due, eval_problems, evaluate_policy
     from rl.report import phase_line, plot_rounds, summary_table
     from rl.schedule import effective_schedule, run_rounds
 
+    resume_from = resolve_resume(cfg.trainer.resume, cfg.trainer.out_dir, full=cfg.trainer.resume_check == "sha256")
+    local = ledger_dir(cfg)
+    if resume_from is not None and local is not None and Ranks.from_env().is_main:   # before the ledger opens
+        print(f"[rl.online] judge ledger: {restore_ledger(resume_from, Path(ledger_path(cfg)))}")
     loop, out_dir = build(cfg)
     main_rank = loop.ranks.is_main
     if main_rank:
         OmegaConf.save(OmegaConf.structured(cfg), out_dir / "config.yaml")
     history: list[dict] = []
     start_round = 1
-    resume_from = resolve_resume(cfg.trainer.resume, out_dir, full=cfg.trainer.resume_check == "sha256")
     if resume_from is not None:
         state = load_round(resume_from, loop.policy, loop.learner, loop.ranks, verified=True)
         loop.stream.position, history, start_round = state["data_position"], state["history"], state["round"] + 1
@@ -193,7 +217,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
                        {"data_position": done.data_position, "history": history + [metrics],
                         "ledger": str(loop.ledger.path) if loop.ledger else None, "rng": done.rng,
                         **({"replay": loop.replay.state_dict()} if loop.replay is not None else {})},
-                       cfg.keep_checkpoints, loop.ranks)
+                       cfg.keep_checkpoints, loop.ranks, ledger=loop.ledger.path if loop.ledger and local else None)
         metrics["timing/checkpoint"] = time.perf_counter() - with_timer
         history.append(metrics)
         if main_rank:
