@@ -83,7 +83,7 @@ def test_two_ranks_must_see_the_same_out_dir(tmp_path, mode):
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                            str(free_port()), "-m", "tests.shared_dir_probe", str(tmp_path), mode],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     out = proc.stdout + proc.stderr
     if mode == "same":
         assert proc.returncode == 0 and "rank 0 ok" in out and "rank 1 ok" in out, out
