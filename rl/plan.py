@@ -47,9 +47,11 @@ def policy_items(cfg: OnlineConfig, policy: TrainedModel, gpus: int) -> list[Ite
                           policy.optimizer(gpus) / GB, BOTH,
                           "policy.zero_stage=2" if policy.zero_stage < 1 else lora if policy.mode == "full"
                           else "more GPUs (plan.gpus)"))
-    if policy.mode == PolicyTrainMode.full and cfg.algo.kl_coef > 0:   # rl.policy deep-copies it: a full replica
-        items.append(Item("reference model (frozen copy, kl_coef > 0)", policy.arch.params() * policy.bytes / GB,
-                          BOTH, "algo.kl_coef=0 (no reference) or policy.train_mode=lora (the adapter disabled)"))
+    if policy.mode == PolicyTrainMode.full and cfg.algo.kl_coef > 0:   # ZeRO-3: partitioned like the policy
+        shards = gpus if policy.zero_stage == 3 else 1
+        items.append(Item("reference model (frozen copy, kl_coef > 0)", policy.arch.params() * policy.bytes / shards / GB,
+                          BOTH, "algo.kl_coef=0 (no reference), policy.train_mode=lora (the adapter disabled)"
+                          + ("" if shards > 1 else " or policy.zero_stage=3 (partitions it)")))
     seq = cfg.plan.seq_tokens or cfg.rollout.max_model_len
     micro = cfg.algo.micro_batch_size
     items.append(Item(f"activations ({micro} x {seq} tokens, gradient checkpointing "

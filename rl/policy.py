@@ -77,6 +77,8 @@ class PolicyTrainer:
         self.device = torch.device(resolve_device(policy_cfg.device))
         model.to(self.device)
         self.reference = None
+        self.zero_stage = trainer.zero_stage if policy_cfg.zero_stage is None else policy_cfg.zero_stage
+        partitioned = trainer.deepspeed and self.zero_stage == 3
         if policy_cfg.train_mode == "lora":
             from peft import LoraConfig, get_peft_model
             with torch.random.fork_rng(devices=[]):   # the adapters' init from the run seed, on every rank
@@ -86,7 +88,7 @@ class PolicyTrainer:
                 model = get_peft_model(model, lora)
             # LoRA params in the model dtype: one dtype through every step (no mixed-dtype casts)
         elif policy_cfg.train_mode == "full":
-            if algo_cfg.kl_coef > 0:
+            if algo_cfg.kl_coef > 0 and not partitioned:   # ZeRO-3: partitioned below, like the policy
                 self.reference = copy.deepcopy(model).eval().requires_grad_(False)  # on self.device
         else:
             raise ValueError(f"policy.train_mode must be lora or full, got {policy_cfg.train_mode!r}")
@@ -96,7 +98,6 @@ class PolicyTrainer:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=policy_cfg.lr, weight_decay=policy_cfg.weight_decay)
         self.engine = None
-        self.zero_stage = trainer.zero_stage if policy_cfg.zero_stage is None else policy_cfg.zero_stage
         if trainer.deepspeed:
             import deepspeed
 
@@ -109,11 +110,24 @@ class PolicyTrainer:
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
                 args=deepspeed_args(str(self.device)), model=model, optimizer=optimizer, config=ds_config)
             deepspeed_weights_only(self.engine)  # its own loader would run pickles
+            if policy_cfg.train_mode == "full" and algo_cfg.kl_coef > 0 and partitioned:
+                self.reference = self._partitioned_reference(ds_config)
         else:
             self.optimizer = optimizer
         self.version = 0  # bumped by every update; rollouts carry the version they were sampled from
         # the policy being optimised is the one sampled from: logits / T (veRL/OpenRLHF do the same)
         self.temperature = 1.0
+
+    def _partitioned_reference(self, ds_config: dict):
+        """The initial policy as a frozen DeepSpeed ZeRO-3 model (no optimizer: OpenRLHF's reference): each
+        rank holds 1/N of it and its forwards gather layer by layer, where a copy would be a full replica."""
+        import deepspeed
+
+        reference, _ = load_model(self.cfg.model, self.cfg.dtype, seed=self.trainer.seed)   # the same start
+        reference.to(self.device).eval().requires_grad_(False)
+        config = {k: v for k, v in ds_config.items() if k not in ("gradient_clipping", "zero_allow_untested_optimizer")}
+        engine, *_ = deepspeed.initialize(args=deepspeed_args(str(self.device)), model=reference, config=config)
+        return engine.module
 
     @property
     def module(self):

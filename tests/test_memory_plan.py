@@ -103,11 +103,13 @@ def test_plan_equals_hand_computation_7b_lora_fp32_one_gpu_and_refuses():
     assert startup_check(cfg, gpus=1, detected_gb=80, show=False).peak_gb == plan.peak_gb
 
 
-def test_full_fine_tune_with_kl_holds_a_reference_replica():
+def test_full_fine_tune_with_kl_holds_a_reference_replica_partitioned_under_zero3():
     cfg = online("online_gpu", "algo.kl_coef=0.1")
     got = by_name(plan_for(cfg, gpus=8, gpu_memory_gb=80))
     assert got["reference model"] == pytest.approx(QWEN_1_5B * 2 / GB, rel=1e-12)
     assert "reference model" not in by_name(plan_for(online("online_gpu"), gpus=8, gpu_memory_gb=80))
+    zero3 = by_name(plan_for(online("online_gpu", "algo.kl_coef=0.1", "policy.zero_stage=3"), gpus=8, gpu_memory_gb=80))
+    assert zero3["reference model"] == pytest.approx(QWEN_1_5B * 2 / 8 / GB, rel=1e-12)   # partitioned like the policy
 
 
 def test_engine_without_room_for_a_kv_cache_is_named():
