@@ -2,7 +2,8 @@
 # GPU check for one CUDA GPU, under 10 minutes, offline: installs prmloop's dependencies (keeping the CUDA
 # torch and transformers already installed; from WHEELHOUSE=dir, made by `make wheelhouse`, with pip
 # --no-index, else from the network), then runs on cuda
-#   1. the memory plan of the GPU preset (rl.plan, no GPU needed);
+#   1. the memory plan of the GPU preset (rl.plan, no GPU needed), and one PPO micro-step at Qwen2.5-1.5B's
+#      shape whose peak memory must be within 25 % of the plan's (bench/ppo_step_memory.py);
 #   2. 2 rounds of the tiny-model online loop: HF rollout, PRM and policy on cuda:0, bf16, DeepSpeed;
 #   3. the same under torchrun with one rank (the launcher path: policy.device=auto -> cuda:LOCAL_RANK);
 #   4. 1 epoch of prm.train on a generated labelled JSONL pool, PRM on cuda;
@@ -45,6 +46,10 @@ DEV=${DEV:-cuda}
 DTYPE=$([ "$DEV" = cuda ] && echo bf16 || echo fp32)
 [ "$DEV" = cuda ] && step cuda "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
 step plan "$PY" -m rl.plan --config-name online_gpu plan.gpus=8 plan.gpu_memory_gb=80
+# one PPO micro-step at Qwen2.5-1.5B's shape (vocabulary 151,936, 8 x 712 tokens): peak memory against the plan
+# (the CPU dry run: 2 layers of width 64, the full vocabulary, a short batch; no memory comparison)
+PPO_SHAPE=$([ "$DEV" = cuda ] && echo "--micro 8 --tokens 712 --completion 512" || echo "--layers 2 --hidden 64 --micro 2 --tokens 64 --completion 32")
+step ppo_step_1.5b_shape "$PY" -m bench.ppo_step_memory --model qwen2.5-1.5b --device $DEV $PPO_SHAPE
 
 ONLINE=(policy=tiny prm=tiny rounds=2 task.prompts_per_round=4 rollout.n=4 rollout.max_new_tokens=32
         algo.filter_groups=false select.mode=all policy.dtype=$DTYPE prm.dtype=$DTYPE plot=false trainer.progress=false)

@@ -35,5 +35,5 @@ def test_gpu_check_dry_run_passes_offline(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["passed"] and summary["device"] == "cpu"
-    assert {s["name"] for s in summary["steps"]} >= {"plan", "online_cpu", "online_torchrun", "online_metrics",
+    assert {s["name"] for s in summary["steps"]} >= {"plan", "ppo_step_1.5b_shape", "online_cpu", "online_torchrun", "online_metrics",
                                                      "prm_train_cpu", "prm_saved"}
