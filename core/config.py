@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Callable, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -92,6 +93,12 @@ def check_device(device: str, key: str = "prm.device") -> None:
         raise ConfigError(f"{key}={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
 
 
+class ResumeCheck(StrEnum):
+    """What resume checks of a checkpoint against its manifest (core.checkpoint_io.verify)."""
+    size = "size"       # every file present at the size written (its sha256 was computed while writing)
+    sha256 = "sha256"   # also re-read and re-hash every file (a full pass over the checkpoint, on every rank)
+
+
 @dataclass
 class TrainerConfig:
     out_dir: str = "outputs/run"
@@ -102,8 +109,15 @@ class TrainerConfig:
     # (select, label, update) in prm.train
     save_every: int = 1                       # 0: no periodic checkpoint
     resume: str = "auto"                      # auto | never | <checkpoint dir>
+    resume_check: ResumeCheck = ResumeCheck.size   # size | sha256 (re-hash every file before resuming)
     progress: bool = True
+    # node-local directory for the run's SQLite files (the judge ledger) when there are several ranks or out_dir
+    # is on a network filesystem (SQLite's WAL needs one host's locks); null: $TMPDIR/prmloop-<user>/<run>
+    local_dir: str | None = None
+    # minutes a collective may wait (every process group): longer than any phase one rank works alone in
+    # (the judge: judge deadline x attempts; a checkpoint's hashing) while the others wait; NCCL's default is 10
+    dist_timeout_min: int = 120
 
     def __post_init__(self):
-        check_ranges(self, "trainer.", save_every=">= 0")
+        check_ranges(self, "trainer.", save_every=">= 0", dist_timeout_min=">= 1")
 

@@ -11,12 +11,13 @@ Why prompts, not samples, are sharded: a GRPO group's baseline needs every membe
 prompt's n samples are generated, scored and advantaged on one rank. Why a contiguous shard: rank 0's
 items then rank 1's is exactly the order one rank would see for the whole batch, so global decisions
 (the judge budget, the minibatch permutation) are the same for 1 and N ranks.
-The collectives are torch.distributed object collectives (gloo on CPU, nccl on GPUs): they carry
-small Python lists (priorities, labels, lengths, metrics), never weights; DeepSpeed all-reduces the
-gradients.
+The collectives are torch.distributed object collectives on a gloo group (also on GPUs, beside the NCCL
+default group): they carry small Python lists (priorities, labels, lengths, metrics), never weights;
+DeepSpeed all-reduces the gradients over NCCL. Every group waits trainer.dist_timeout_min minutes.
 """
 from __future__ import annotations
 
+import datetime
 import importlib
 import os
 import socket
@@ -85,7 +86,7 @@ class Ranks:
             return [obj]
         self._require()
         out = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
+        torch.distributed.all_gather_object(out, obj, group=object_group())
         return out
 
     def broadcast(self, obj):
@@ -94,13 +95,13 @@ class Ranks:
             return obj
         self._require()
         box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
+        torch.distributed.broadcast_object_list(box, src=0, group=object_group())
         return box[0]
 
     def barrier(self) -> None:
         if self.world > 1:
             self._require()
-            torch.distributed.barrier()
+            torch.distributed.barrier(group=object_group())
 
     def _require(self) -> None:
         if not self._active():
@@ -145,17 +146,36 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def init_distributed() -> None:
-    """Single-process defaults for the env vars DeepSpeed needs (else it looks for mpi4py), and skip
-    the JIT build of the shared-memory comm op (gloo does not need it)."""
+def init_distributed(timeout_min: int = 120) -> None:
+    """Initialise the default process group (once per process), every collective on it allowed
+    `timeout_min` minutes (trainer.dist_timeout_min): NCCL's 10-minute default is shorter than a phase in
+    which rank 0 alone works (judging: deadline x attempts; hashing or copying a checkpoint) while the
+    others wait. Then the group the object collectives use (`object_group`): gloo, whatever the default
+    backend, so lists of priorities, labels and metrics travel on the host and never occupy the NCCL
+    communicator or its watchdog. Single process: defaults for the env vars DeepSpeed needs (else it
+    looks for mpi4py), and skip the JIT build of the shared-memory comm op (gloo does not need it)."""
     import deepspeed
+    global _OBJECT_GROUP
     for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
         os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = _free_port()
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+    if torch.distributed.is_initialized():
+        return
+    timeout = datetime.timedelta(minutes=timeout_min)
+    backend = "gloo" if not torch.cuda.is_available() else "nccl"
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+    if backend != "gloo" and torch.distributed.get_world_size() > 1:   # collective: every rank creates it
+        _OBJECT_GROUP = torch.distributed.new_group(backend="gloo", timeout=timeout)
+
+
+_OBJECT_GROUP = None   # None: the default group (already gloo, or one process)
+
+
+def object_group():
+    """The process group of the object collectives (Ranks.gather/broadcast/barrier): gloo (init_distributed)."""
+    return _OBJECT_GROUP
 
 
 def deepspeed_args(device: str):

@@ -39,7 +39,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from core.checkpoint_io import CheckpointError, deepspeed_weights_only, load_state, load_weights, save_state, save_weights, verify, write_manifest
+from core.checkpoint_io import (CheckpointError, deepspeed_weights_only, load_state, load_weights, rename_dir, save_state,
+                                save_weights, verify, write_manifest)
 from core.config import TrainerConfig
 from core.distributed import deepspeed_args, init_distributed
 from tasks.problems import Trajectory
@@ -76,7 +77,7 @@ class PRMLearner:
         self.engine = None
         if self.trainer.deepspeed:
             import deepspeed
-            init_distributed()
+            init_distributed(self.trainer.dist_timeout_min)
             ds_config = {"train_micro_batch_size_per_gpu": self.cfg.batch_size, "gradient_accumulation_steps": 1,
                          "zero_optimization": {"stage": self.cfg.zero_stage}, "gradient_clipping": 1.0,
                          "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9}
@@ -224,7 +225,7 @@ class PRMLearner:
             save_state({**sd, "client_state": state}, tmp / "learner.pt")
             write_manifest(tmp, global_step=self.global_step)
             shutil.rmtree(path / tag, ignore_errors=True)
-            tmp.rename(path / tag)
+            rename_dir(tmp, path / tag)
             (path / "latest.tmp").write_text(tag)
             os.replace(path / "latest.tmp", path / "latest")
         if int(os.environ.get("RANK", "0")) == 0:  # this save and the one before it (a fallback)
@@ -239,7 +240,8 @@ class PRMLearner:
         latest = (path / "latest").read_text().strip()
         for tag in [latest, *(t for t in _step_dirs(path) if t != latest)] if fall_back else [latest]:
             try:
-                verify(path / tag, "PRM checkpoint")  # names a damaged file before anything is read
+                # names a damaged file before anything is read (trainer.resume_check=sha256: re-hashes every file)
+                verify(path / tag, "PRM checkpoint", self.trainer.resume_check == "sha256")
             except CheckpointError as exc:
                 if not fall_back:
                     raise

@@ -6,10 +6,14 @@
         state.pt       round counter, data position, RNG states (python, numpy, torch), metrics history,
                        ledger path (rank 0's; tensors and plain containers: loaded with weights_only=True)
         rng_rank1.pt   ... each further rank's RNG states (N ranks resume with the same N)
-        manifest.json  sha256 of every file above, written last
+        ledger.sqlite  the judge ledger, when it lives on a node-local path (several ranks, or out_dir on a
+                       network filesystem: core/storage.py); put back there at resume when missing or older
+        manifest.json  sha256 and size of every file above, written last; the digests are computed while
+                       each rank writes its files and gathered to rank 0 (no re-read of the round)
 Nothing in a checkpoint executes code on load (core/checkpoint_io.py). Every file is checked against
-the manifest before loading: a damaged checkpoint is named with its round and file; with
-trainer.resume=auto the newest intact one is used instead, with a loud warning saying so.
+the manifest before loading (present, at its written size; trainer.resume_check=sha256 also re-hashes
+every file): a damaged checkpoint is named with its round and file; with trainer.resume=auto the
+newest intact one is used instead, with a loud warning saying so.
 The judge ledger is an SQLite file outside the checkpoint (<out_dir>/ledger.sqlite): every label is
 committed there before use, so a round killed half-way and replayed after resume finds the labels it
 already paid for and asks the judge nothing twice.
@@ -29,9 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checkpoint_io import CheckpointError, load_state, numpy_rng_plain, numpy_rng_state, save_state, verify, write_manifest
+from core.storage import restore_sqlite, snapshot_sqlite
+from core.checkpoint_io import (CheckpointError, load_state, numpy_rng_plain, numpy_rng_state, recording_digests,
+                                save_state, verify, write_manifest)
 
 log = logging.getLogger(__name__)
+LEDGER_COPY = "ledger.sqlite"   # a node-local judge ledger's copy in a round checkpoint
 
 _ROUND_DIR = re.compile(r"round_(\d+)$")
 
@@ -57,11 +64,12 @@ def _rounds(out_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_ROUND_DIR.search(p.name).group(1)), reverse=True)
 
 
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest intact round; a damaged newer one is skipped with a loud warning naming it."""
+def latest_checkpoint(out_dir: str | Path, full: bool = False) -> Path | None:
+    """The newest intact round; a damaged newer one is skipped with a loud warning naming it.
+    full: re-hash every file (else: every file present at its written size)."""
     for path in _rounds(out_dir):
         try:
-            verify(path, f"round {int(_ROUND_DIR.search(path.name).group(1))} checkpoint")
+            verify(path, f"round {int(_ROUND_DIR.search(path.name).group(1))} checkpoint", full)
         except CheckpointError as exc:
             message = f"WARNING: {exc}; trainer.resume=auto falls back to an older checkpoint"
             log.warning(message)
@@ -71,12 +79,13 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return None
 
 
-def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
-    """trainer.resume: auto (newest intact round under out_dir, if any) | never | <checkpoint dir>."""
+def resolve_resume(resume: str, out_dir: str | Path, full: bool = False) -> Path | None:
+    """trainer.resume: auto (newest intact round under out_dir, if any) | never | <checkpoint dir>.
+    full (trainer.resume_check=sha256): re-hash every file of the checkpoint chosen."""
     if resume == "never":
         return None
     if resume == "auto":
-        found = latest_checkpoint(out_dir)
+        found = latest_checkpoint(out_dir, full)
         if found is not None and _rounds(out_dir)[0] != found:
             message = f"WARNING: resuming from {found.name}, not the newest round (see above)"
             log.warning(message)
@@ -85,13 +94,14 @@ def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
     path = Path(resume)
     if not (path / "state.pt").is_file():
         raise FileNotFoundError(f"trainer.resume={resume!r}: no state.pt there (a round_NNNN dir is expected)")
-    verify(path, "checkpoint")  # an explicit choice that is damaged is an error, not a fallback
+    verify(path, "checkpoint", full)  # an explicit choice that is damaged is an error, not a fallback
     return path
 
 
 def save_round(out_dir: str | Path, round_index: int, policy, learner, state: dict, keep: int = 2,
-               ranks=None) -> Path:
-    """Every rank calls it (DeepSpeed saves are collective); `ranks`: core.distributed.Ranks (None = one)."""
+               ranks=None, ledger: Path | None = None) -> Path:
+    """Every rank calls it (DeepSpeed saves are collective); `ranks`: core.distributed.Ranks (None = one).
+    `ledger`: rank 0's node-local judge ledger, copied in as ledger.sqlite (restored by restore_ledger)."""
     rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
     barrier = ranks.barrier if ranks is not None else (lambda: None)
     root = checkpoint_root(out_dir)
@@ -101,17 +111,24 @@ def save_round(out_dir: str | Path, round_index: int, policy, learner, state: di
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    policy.save(tmp / "policy")
-    if learner is not None:
-        learner.save_checkpoint(tmp / "prm")
-    # state["rng"], when given, is the RNG state of the round's end (rl.schedule: taken before the next
-    # round's generation began); else the state now. Each rank keeps its own.
-    if rank > 0:
-        save_state(state.get("rng") or rng_state(), tmp / f"rng_rank{rank}.pt")
-    barrier()
-    if rank == 0:   # every rank's files are in: state, manifest (last), rename
-        save_state({"rng": rng_state(), **state, "round": round_index, "world": world}, tmp / "state.pt")
-        write_manifest(tmp, round=round_index)
+    with recording_digests() as written:   # each file's sha256 as it is written, on the rank that writes it
+        policy.save(tmp / "policy")
+        if learner is not None:
+            learner.save_checkpoint(tmp / "prm")
+        # state["rng"], when given, is the RNG state of the round's end (rl.schedule: taken before the next
+        # round's generation began); else the state now. Each rank keeps its own.
+        if rank > 0:
+            save_state(state.get("rng") or rng_state(), tmp / f"rng_rank{rank}.pt")
+    mine = {Path(p).relative_to(tmp.resolve()).as_posix(): d for p, d in written.items()
+            if Path(p).is_relative_to(tmp.resolve())}
+    everyone = ranks.gather(mine) if ranks is not None else [mine]   # also the barrier: every rank's files are in
+    if rank == 0:   # state, manifest (last, from the gathered digests), rename
+        digests = {str((tmp / name).resolve()): d for part in everyone for name, d in part.items()}
+        with recording_digests() as own:
+            save_state({"rng": rng_state(), **state, "round": round_index, "world": world}, tmp / "state.pt")
+        if ledger is not None:
+            snapshot_sqlite(ledger, tmp / LEDGER_COPY)
+        write_manifest(tmp, {**digests, **own}, round=round_index)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         rounds = sorted((p for p in root.glob("round_*") if _ROUND_DIR.search(p.name)), key=lambda p: p.name)
@@ -121,12 +138,18 @@ def save_round(out_dir: str | Path, round_index: int, policy, learner, state: di
     return final
 
 
-def load_round(path: Path, policy, learner, ranks=None, verified: bool = False) -> dict:
+def restore_ledger(checkpoint: Path, ledger: Path) -> str:
+    """Before the ledger opens at resume: the checkpoint's copy onto the node-local path when that is missing
+    or holds fewer labels (another node's, or a fresh one); a newer local ledger is kept."""
+    return restore_sqlite(Path(checkpoint) / LEDGER_COPY, ledger, "labels")
+
+
+def load_round(path: Path, policy, learner, ranks=None, verified: bool = False, full: bool = False) -> dict:
     """Restore weights and optimizers in place; return the saved state (this rank's RNG restored too).
     verified=True: `path` came from resolve_resume, which has checked its manifest already."""
     rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
     if not verified:
-        verify(path, "checkpoint")
+        verify(path, "checkpoint", full)
     state = load_state(path / "state.pt")
     if state.get("world", 1) != world:
         raise ValueError(f"{path} was saved by {state.get('world', 1)} rank(s); resume it with as many "

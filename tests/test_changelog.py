@@ -25,7 +25,8 @@ RENAMES = renames()
 
 
 def test_the_changelog_lists_the_renames():
-    assert len(RENAMES) >= 30 and {module for module, _, _ in RENAMES} == set(COMMANDS)
+    # the five commands that had settings renamed; newer commands (rl.plan) have none
+    assert len(RENAMES) >= 30 and {module for module, _, _ in RENAMES} == set(COMMANDS) - {"rl.plan"}
 
 
 @pytest.mark.parametrize("module,old,new", RENAMES, ids=[f"{m} {o}" for m, o, _ in RENAMES])

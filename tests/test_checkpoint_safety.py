@@ -1,6 +1,8 @@
 """Checkpoints never execute code on load and name damage: a byte flipped in any file of a round
-checkpoint is detected (file and round named), resume=auto falls back to the newest intact round
-loudly, and a pickle payload in any state file is refused without running."""
+checkpoint is detected by the opt-in re-hash (file and round named), a truncated file by the default
+size check, resume=auto falls back to the newest intact round loudly, a pickle payload in any state file
+is refused without running; the manifest's digests, computed while the files were written, equal a
+re-hash of the files."""
 from __future__ import annotations
 
 import os
@@ -9,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.checkpoint_io import CheckpointError, load_state, verify, write_manifest
+import core.checkpoint_io
+from core.checkpoint_io import CheckpointError, load_state, sha256_file, verify, write_manifest
 from prm.config import PRMConfig
 from core.config import TrainerConfig
 from prm.model import EnsemblePRM
@@ -67,13 +70,45 @@ def test_a_byte_flipped_in_any_file_is_named_and_auto_falls_back_loudly(two_roun
         damaged[len(damaged) // 2] ^= 0xFF
         path.write_bytes(bytes(damaged))
         name = path.relative_to(newest).as_posix()
+        assert resolve_resume(str(newest), out) == newest   # same size: only the re-hash (opt-in) sees it
         with pytest.raises(CheckpointError, match=f"file {name} is damaged"):
-            resolve_resume(str(newest), out)  # an explicit choice: an error naming the file
-        assert resolve_resume("auto", out).name == "round_0001"
+            resolve_resume(str(newest), out, full=True)  # an explicit choice: an error naming the file
+        assert resolve_resume("auto", out, full=True).name == "round_0001"
         err = capsys.readouterr().err
         assert "round 2 checkpoint" in err and name in err and "falls back" in err
         path.write_bytes(original)
-    assert resolve_resume("auto", out).name == "round_0002"
+    assert resolve_resume("auto", out, full=True).name == "round_0002"
+
+
+def test_a_truncated_file_is_named_by_the_default_size_check(two_rounds, capsys):
+    out, _, _ = two_rounds
+    newest = out / "checkpoints" / "round_0002"
+    for path in sorted(p for p in newest.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        original = path.read_bytes()
+        path.write_bytes(original[:-1])
+        name = path.relative_to(newest).as_posix()
+        with pytest.raises(CheckpointError, match=f"file {name} is damaged \\(size"):
+            resolve_resume(str(newest), out)
+        assert resolve_resume("auto", out).name == "round_0001" and name in capsys.readouterr().err
+        path.write_bytes(original)
+
+
+def test_streamed_digests_equal_a_rehash_and_big_files_are_not_reread(tmp_path, parts, monkeypatch):
+    """save_round hashes each file while writing it: the manifest equals sha256 of the files on disk, and
+    writing it reads back only the small files another writer made (DeepSpeed's `latest`, its script)."""
+    policy, learner = parts
+    reread = []
+    real = core.checkpoint_io.sha256_file
+    monkeypatch.setattr(core.checkpoint_io, "sha256_file",
+                        lambda p: reread.append((p.name, p.stat().st_size)) or real(p))
+    final = save_round(tmp_path, 1, policy, learner, {"data_position": 1, "history": [], "ledger": "x"})
+    during_save = list(reread)
+    manifest = verify(final, full=True)
+    files = sorted(p for p in final.rglob("*") if p.is_file() and p.name != "manifest.json")
+    assert {p.relative_to(final).as_posix(): sha256_file(p) for p in files} == manifest["sha256"]
+    assert {p.relative_to(final).as_posix(): p.stat().st_size for p in files} == manifest["bytes"]
+    assert all(size < 4096 and not name.endswith((".pt", ".safetensors")) for name, size in during_save), during_save
+    assert any(p.suffix in (".pt", ".safetensors") for p in files)
 
 
 def forge_manifests(victim: Path, round_dir: Path) -> None:
@@ -123,7 +158,8 @@ def test_load_state_refuses_a_truncated_file_naming_it(tmp_path):
 @pytest.mark.parametrize("deepspeed", [False, True], ids=["plain", "deepspeed"])
 def test_prm_learner_falls_back_to_the_previous_intact_save_only_when_asked(tmp_path, capsys, deepspeed):
     learner = PRMLearner(EnsemblePRM(PRMConfig(backbone="tiny-random-llama", dtype="fp32", num_heads=4,
-                                               batch_size=4, head_lr=1e-2)), TrainerConfig(deepspeed=deepspeed))
+                                               batch_size=4, head_lr=1e-2)),
+                          TrainerConfig(deepspeed=deepspeed, resume_check="sha256"))   # a same-size flip: re-hash
     for step in (1, 2, 3):
         learner.global_step = step
         learner.save_checkpoint(tmp_path, {"update": step})

@@ -22,7 +22,7 @@ from rl.config import OnlineConfig
 from rl.search import SearchConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = {"rl.online": ("online", OnlineConfig), "rl.search": ("search", SearchConfig),
+COMMANDS = {"rl.online": ("online", OnlineConfig), "rl.plan": ("online", OnlineConfig), "rl.search": ("search", SearchConfig),
             "prm.train": ("prm_train", PRMTrainConfig), "prm.eval": ("prm_eval", PRMEvalConfig),
             "judges.eval": ("judge_eval", JudgeEvalConfig)}
 MODULE_RE = re.compile(r"-m (" + "|".join(re.escape(m) for m in COMMANDS) + r")(?![\w.])(.*)")

@@ -45,7 +45,7 @@ def command(ranks: int, out: Path, judge_url: str, *extra: str, features: str = 
                        f"prm.step_features={features}",
                        "policy_eval.every=1", "policy_eval.problems=4", "policy_eval.n=2",   # the policy's held-out pass, sharded by rank
                        "judge=llm", f"judge.base_url={judge_url}", "judge.max_retries=0",
-                       f"trainer.out_dir={out}", f"hydra.run.dir={out}/hydra", *extra]
+                       f"trainer.out_dir={out}", f"trainer.local_dir={out}/local", f"hydra.run.dir={out}/hydra", *extra]
 
 
 def launch(ranks: int, out: Path, server, *extra: str, env: dict | None = None, wait: bool = True,
@@ -70,7 +70,9 @@ def probe(out: Path, rank: int, round_index: int) -> dict:
 
 
 def ledger_items(out: Path) -> int:
-    with sqlite3.connect(out / "ledger.sqlite") as db:
+    """Several ranks keep the ledger node-local (trainer.local_dir), one rank in out_dir."""
+    local = out / "local" / "ledger.sqlite"
+    with sqlite3.connect(local if local.is_file() else out / "ledger.sqlite") as db:
         return db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
 
 

