@@ -32,6 +32,10 @@ import httpx
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# A reported count above this is a server's error or lie, not a bill: it is clamped here, so it still
+# exhausts any budget but every sum the ledger keeps stays far inside SQLite's 64-bit integers.
+MAX_REPORTED_TOKENS = 2**40
+MAX_REPLY_BYTES = 16 * 2**20  # a verdict is a few KiB of text; a larger body is not read whole
 
 
 class JudgeError(RuntimeError):
@@ -111,7 +115,7 @@ def read_api_key(env_name: str) -> str | None:
 class ChatClient:
     def __init__(self, base_url: str, api_key_env: str, timeout_s: float = 120.0, deadline_s: float = 600.0,
                  max_retries: int = 4, backoff_base_s: float = 1.0, backoff_max_s: float = 30.0,
-                 max_concurrency: int = 64):
+                 max_concurrency: int = 64, max_reply_bytes: int = MAX_REPLY_BYTES):
         parts = urlsplit(base_url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"judge base_url must look like http://host:port/v1, got {base_url!r}")
@@ -120,7 +124,7 @@ class ChatClient:
         read_api_key(api_key_env)  # fail at start-up, not at the first paid call
         self.timeout_s, self.deadline_s, self.max_retries = timeout_s, deadline_s, max_retries
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
-        self.max_concurrency = max_concurrency
+        self.max_concurrency, self.max_reply_bytes = max_concurrency, max_reply_bytes
         self._http: httpx.AsyncClient | None = None
         self._in_flight: asyncio.Semaphore | None = None
         self._sessions = 0
@@ -207,9 +211,16 @@ class ChatClient:
             return _Retryable(Attempt(sent, None, None, time.monotonic() - start, reason))
         try:
             async with asyncio.timeout(self.deadline_s):  # the whole request, body included
-                resp = await self._http.post(self.url, content=body, headers=headers)  # type: ignore[union-attr]
-                return resp.status_code, resp.text, _retry_after(resp.headers.get("Retry-After")), \
-                    time.monotonic() - start
+                async with self._http.stream("POST", self.url, content=body,  # type: ignore[union-attr]
+                                             headers=headers) as resp:
+                    data = bytearray()
+                    async for chunk in resp.aiter_bytes():
+                        data += chunk
+                        if len(data) > self.max_reply_bytes:
+                            raise fail(f"reply body over max_reply_bytes={self.max_reply_bytes}")
+                    text = data.decode(resp.encoding or "utf-8", errors="replace")
+                    return resp.status_code, text, _retry_after(resp.headers.get("Retry-After")), \
+                        time.monotonic() - start
         # Only type names from here on: httpx/h11 messages may quote the request, headers included.
         except TimeoutError:
             raise fail(f"no complete reply within deadline_s={self.deadline_s}") from None
@@ -220,6 +231,8 @@ class ChatClient:
             raise fail(f"no data within timeout_s={self.timeout_s}") from None
         except (httpx.TransportError, httpx.DecodingError) as exc:  # reset, closed early, cut mid-body
             raise fail(f"connection dropped ({type(exc).__name__})") from None
+        except _Retryable:
+            raise
         except Exception as exc:  # noqa: BLE001 (anything else: name the type, never the text)
             raise JudgeError(f"judge request to {self.url} failed: {type(exc).__name__}") from None
 
@@ -251,7 +264,8 @@ class ChatClient:
 
 
 def usage_of(body: object) -> tuple[int, int] | None:
-    """(prompt_tokens, completion_tokens) when the body reports both as non-negative whole numbers."""
+    """(prompt_tokens, completion_tokens) when the body reports both as non-negative whole numbers, each
+    clamped to MAX_REPORTED_TOKENS."""
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return None
@@ -262,7 +276,7 @@ def usage_of(body: object) -> tuple[int, int] | None:
             return None
         if not math.isfinite(value) or value < 0 or value != int(value):
             return None
-        counts.append(int(value))
+        counts.append(min(int(value), MAX_REPORTED_TOKENS))
     return counts[0], counts[1]
 
 
