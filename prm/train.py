@@ -31,7 +31,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from core.run import MetricsLog, resume_dir, seed_everything
+from core.run import MetricsLog, out_dir_lock, resume_dir, seed_everything
 from prm.config import PRMJob, PRMTrainConfig, SelectMode
 from core.config import validate
 from prm.data import load_pool
@@ -43,12 +43,23 @@ def rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def load_training_pool(cfg: PRMTrainConfig, prm) -> list[Trajectory]:
-    """Shuffled pool, items longer than data.max_tokens dropped, first data.limit kept."""
+def read_pool(cfg: PRMTrainConfig) -> list[Trajectory]:
+    """The pool's rows, validated (a bad row names file, line and field) and shuffled; needs no model,
+    so a run reads it before loading one. A judge that reveals the pool's own labels needs them all."""
     d = cfg.pool
     kw = {"neutral_as": d.neutral_as} if d.kind == "prm800k" else {}
     pool = load_pool(d.kind, d.path, root=cfg.data_root, skip_bad_rows=d.skip_bad_rows, **kw)
+    if cfg.judge.name == "oracle" and cfg.job == PRMJob.train and any(t.first_error is None for t in pool):
+        raise ValueError("judge=oracle needs a labelled pool; use judge=rule or judge=llm for an unlabelled one")
     random.Random(d.shuffle_seed).shuffle(pool)
+    return pool
+
+
+def load_training_pool(cfg: PRMTrainConfig, prm, pool: list[Trajectory] | None = None) -> list[Trajectory]:
+    """Shuffled pool (`pool`: read_pool's, else read now), items longer than data.max_tokens dropped,
+    first data.limit kept."""
+    d = cfg.pool
+    pool = read_pool(cfg) if pool is None else pool
     kept = []
     for t in pool:
         if d.max_tokens is None or len(prm.encode(t.question, t.steps)[0]) <= d.max_tokens:
@@ -217,19 +228,24 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
     """Run one training (or filter) job. `prm` / `pool` / `cache` let a caller (the benchmarks) reuse a
     loaded backbone (or a heads-only PRM, EnsemblePRM.heads_only), an already filtered pool and an
     in-memory FeatureCache across many runs."""
-    from prm.model import EnsemblePRM
-
     rank, world = rank_world()
     if world > 1 and cfg.prm.device == "cuda":   # one GPU per rank under torchrun: cuda:LOCAL_RANK
         cfg.prm.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
         torch.cuda.set_device(cfg.prm.device)
     out = Path(cfg.trainer.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with out_dir_lock(out, enabled=rank == 0):  # a second run on this out_dir fails here, before any load
+        return _train(cfg, prm, pool, cache, out, rank)
+
+
+def _train(cfg: PRMTrainConfig, prm, pool: list[Trajectory] | None, cache, out: Path, rank: int) -> dict:
+    from prm.model import EnsemblePRM
+
     seed_everything(cfg.trainer.seed)
+    rows = read_pool(cfg) if pool is None else None  # bad rows fail here, before any model loads
     prm = prm if prm is not None else EnsemblePRM.from_config(cfg.prm)
     if cfg.job == PRMJob.filter:
-        return filter_pool(cfg, prm, out)
-    run = PoolTrainer(cfg, prm, pool, cache, out)
+        return filter_pool(cfg, prm, out, rows)
+    run = PoolTrainer(cfg, prm, pool if pool is not None else load_training_pool(cfg, prm, rows), cache, out)
     state, n_stream = run.state, run.n_stream
     logger = MetricsLog(out, "step", enabled=rank == 0, tb_prefix="prm/")
     total = n_stream + (len(run.replay_batches()) if cfg.epochs > 1 and state["update"] >= n_stream else 0)
@@ -262,10 +278,10 @@ def train(cfg: PRMTrainConfig, prm=None, pool: list[Trajectory] | None = None, c
     return run.finish()
 
 
-def filter_pool(cfg: PRMTrainConfig, prm, out: Path) -> dict:
+def filter_pool(cfg: PRMTrainConfig, prm, out: Path, rows: list[Trajectory] | None = None) -> dict:
     """One-shot filtering: keep the Eq. 5-uncertain part of an (unlabelled) pool, as JSONL."""
     from prm.selection import select_uncertain
-    pool = load_training_pool(cfg, prm)
+    pool = load_training_pool(cfg, prm, rows)
     scores = prm.score([t.question for t in pool], [t.steps for t in pool], cfg.prm.batch_size)
     path = Path(cfg.filter_out or out / "uncertain.jsonl")
     kept = 0

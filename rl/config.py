@@ -104,6 +104,11 @@ class RolloutConfig:
     colocate: bool | None = None             # one engine per rank in-process (external_launcher); None = when launched on GPUs
     sync_bucket_mb: int = 256                # weight sync streams buckets of at most this size
 
+    def __post_init__(self):
+        for key in ("n", "max_new_tokens", "step_max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"rollout.{key} must be >= 1, got {getattr(self, key)}")
+
 
 @dataclass
 class AlgoConfig:
