@@ -77,3 +77,16 @@ def test_round_checkpoints_without_manifests_refuse_a_silent_fresh_start(tmp_pat
         resolve_resume("auto", tmp_path)
     assert resolve_resume("never", tmp_path) is None  # starting over there stays possible, when asked for
     assert resolve_resume("auto", tmp_path / "fresh") is None
+
+
+def test_the_suite_fails_when_a_test_leaves_a_process_behind(tmp_path):
+    test = tmp_path / "test_leaky.py"
+    test.write_text("import subprocess, sys\n\n"
+                    "def test_leaves_an_orphan_in_a_session_of_its_own():\n"
+                    "    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], start_new_session=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PRMLOOP_TEST_RUN"}  # its own run, its own token
+    env.update(PYTHONPATH=str(ROOT), PRMLOOP_TEST_LEFTOVER_GRACE_S="0.5")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", str(test)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0, run.stdout[-2000:]
+    assert "outlived them (killed now)" in run.stdout and "time.sleep(300)" in run.stdout
