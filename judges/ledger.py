@@ -74,7 +74,11 @@ class LabelLedger:
         """Commit the paid replies waiting in the spill file (each once); returns how many were stored now."""
         if not self._spill.pending():
             return 0
-        stored = self._spill.replay(self._db.store_spilled)
+        try:
+            stored = self._spill.replay(self._db.store_spilled)
+        except sqlite3.OperationalError as exc:  # still full or locked: the file waits for the next try
+            log.warning("%s still cannot take the paid replies waiting in %s (%s)", self.path, self._spill.path, exc)
+            return 0
         log.warning("committed %d paid replies from %s", stored, self._spill.path)
         return stored
 

@@ -130,3 +130,16 @@ def test_a_reply_body_over_max_reply_bytes_is_not_read_whole_and_is_billed(tmp_p
         with pytest.raises(JudgeUnavailableError, match="max_reply_bytes=4096"):
             ledger.label(judge, ITEMS[:1])
         assert ledger.spent()["calls"] == 2  # both attempts may have been billed by the provider
+
+
+def test_a_ledger_that_is_still_full_keeps_the_spill_file_for_the_next_open(tmp_path):
+    db = tmp_path / "l.sqlite"
+    with FakeOpenAIServer(long_answer) as server:
+        judge = llm(server)
+        with LabelLedger(db, persist_retry_s=0.2) as ledger:
+            conn = ledger._db._db
+            conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+            ledger.label(judge, ITEMS[:2])
+            assert ledger.replay_spill() == 0 and ledger._spill.pending()  # still full: nothing lost
+        with LabelLedger(db) as reopened:
+            assert stored(db) == (2, 2) and not reopened._spill.pending()
