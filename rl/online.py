@@ -201,6 +201,8 @@ def _run(cfg: OnlineConfig, stop_after: int | None) -> list[dict]:
     if main_rank and (stop_after is None or last == cfg.rounds):
         finish(cfg, history, out_dir, summary_table, plot_rounds)
     loop.checker.close()
+    if hasattr(loop.rollout, "close"):  # a vLLM engine's worker processes end with the run
+        loop.rollout.close()
     return history
 
 

@@ -1,14 +1,22 @@
-"""Suite-wide guard: no process a test started outlives the test run.
+"""Suite-wide guards: no process a test started outlives the test run, and a clean end.
 
 Every process the suite starts inherits PRMLOOP_TEST_RUN (a token per pytest run) through its
 environment, also workers that torchrun puts in sessions of their own and orphans whose parent was
 killed (no longer our descendants, so a child list would miss them). At the end of the session any
 live process still carrying the token fails the run, names its command line, and is killed.
+
+A clean end: a library that configures logging at import (vLLM: a StreamHandler on sys.stdout) binds
+its handler to pytest's capture stream of that moment; pytest closes that stream when the session
+ends, and the library's exit-time messages (engine shutdown, atexit) then print "--- Logging error
+--- ... I/O operation on closed file" tracebacks. At the end of the session such handlers are moved
+to the interpreter's real stderr.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -30,10 +38,35 @@ def _leftovers(token: bytes) -> dict[int, str]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
             if state in ("Z", "X"):  # dead, waiting to be reaped: holds nothing
                 continue
-            found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "multiprocessing.resource_tracker" in cmd:  # ours: it ends when this process exits
+                continue
+            found[int(entry.name)] = cmd
         except (OSError, IndexError):  # gone meanwhile, or not ours to read
             continue
     return found
+
+
+def _rebind_handlers_on_capture_streams() -> None:
+    loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(x, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if (not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler)
+                    or type(handler).__module__.startswith("_pytest")  # pytest's own: it removes them
+                    or isinstance(getattr(type(handler), "stream", None), property)):  # looks sys.stderr up itself
+                continue
+            stream = handler.stream
+            if stream in (sys.__stdout__, sys.__stderr__):
+                continue
+            if type(stream).__module__.startswith("_pytest") or getattr(stream, "closed", False):
+                handler.setStream(sys.__stderr__)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_logging_at_exit():
+    yield
+    _rebind_handlers_on_capture_streams()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -90,3 +90,20 @@ def test_the_suite_fails_when_a_test_leaves_a_process_behind(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0, run.stdout[-2000:]
     assert "outlived them (killed now)" in run.stdout and "time.sleep(300)" in run.stdout
+
+
+def test_a_library_logging_after_the_session_prints_no_logging_error(tmp_path):
+    # what vLLM does: a StreamHandler on sys.stdout made inside a test (pytest's capture stream), used
+    # again at exit, after pytest closed that stream
+    test = tmp_path / "test_lib.py"
+    test.write_text("import logging, sys\n\n"
+                    "def test_a_library_configures_logging():\n"
+                    "    logging.getLogger('a_lib').addHandler(logging.StreamHandler(sys.stdout))\n")
+    script = ("import logging, sys, pytest\n"
+              f"assert pytest.main(['-q', '-p', 'tests.conftest', {str(test)!r}]) == 0\n"
+              "logging.getLogger('a_lib').warning('engine shut down')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PRMLOOP_TEST_RUN"}
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "Logging error" not in run.stderr and "engine shut down" in run.stderr
