@@ -168,8 +168,8 @@ class LabelLedger:
         """Reserve, waiting while the item fits only if calls in flight end below their bounds."""
         while True:
             batch.changed.clear()
-            kind, payload = await asyncio.to_thread(self._db.reserve, identity, key, bound, self.max_labels,
-                                                    self.max_tokens, self.lease_s)
+            kind, payload = await self._retrying(self._db.reserve, identity, key, bound, self.max_labels,
+                                                 self.max_tokens, self.lease_s)
             if kind != "wait":
                 if kind == "reserved":
                     batch.held.add(payload)
@@ -188,7 +188,7 @@ class LabelLedger:
     async def _await_holder(self, judge: Judge, key: str, question: str, steps: list[str], bound: int,
                             slots: asyncio.Semaphore, batch: _Batch) -> None:
         while batch.error is None:
-            kind, verdict = await asyncio.to_thread(self._db.holder, judge.identity, key)
+            kind, verdict = await self._retrying(self._db.holder, judge.identity, key)
             if kind == "label":
                 batch.results[key] = verdict
                 return
@@ -261,6 +261,20 @@ class LabelLedger:
             batch.held.discard(reservation)
             slots.release()
             batch.changed.set()
+
+    async def _retrying(self, fn, *args):
+        """fn(*args) (a ledger read or a reservation: nothing paid rides on it), retried with backoff for
+        persist_retry_s while the file is locked past the busy timeout (or full)."""
+        deadline, delay = time.monotonic() + self.persist_retry_s, 0.05
+        while True:
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("the ledger %s is busy (%s): retrying", self.path, exc)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 2.0)
 
     async def _persist(self, write, record: dict, reservation: int) -> bool | None:
         """Run write(spill_id) (one ledger transaction). If the file cannot take it, the record goes to the

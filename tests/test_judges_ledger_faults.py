@@ -143,3 +143,16 @@ def test_a_ledger_that_is_still_full_keeps_the_spill_file_for_the_next_open(tmp_
             assert ledger.replay_spill() == 0 and ledger._spill.pending()  # still full: nothing lost
         with LabelLedger(db) as reopened:
             assert stored(db) == (2, 2) and not reopened._spill.pending()
+
+
+def test_a_lock_held_when_a_batch_starts_delays_its_reservations_instead_of_failing_them(tmp_path):
+    db = tmp_path / "l.sqlite"
+    with FakeOpenAIServer(answer) as server, LabelLedger(db, busy_timeout_s=0.2, persist_retry_s=30) as ledger:
+        holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+        threading.Timer(1.0, lambda: holder.execute("COMMIT")).start()
+        with no_hang("locked at the start"):
+            verdicts = ledger.label(llm(server), ITEMS)
+        holder.close()
+        assert all(v is not None for v in verdicts) and stored(db) == (len(ITEMS), len(ITEMS))
+        assert len(server.requests) == len(ITEMS)
