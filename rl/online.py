@@ -59,6 +59,10 @@ def build(cfg: OnlineConfig):
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.trainer.seed)
     task = make_task(cfg.task, cfg.data_root)
+    judge = ledger = None  # before any model: a bad judge file or key fails here
+    if ranks.is_main:  # rank 0 owns the judge client and the ledger: a label is paid once, whatever N
+        judge = make_judge(cfg.judge)
+        ledger = LabelLedger.from_config(cfg.judge, default_path=ledger_path(cfg))
     policy = PolicyTrainer(cfg.policy, cfg.algo, cfg.trainer)
     if cfg.rollout.backend == "hf" and policy.zero_stage == 3:
         raise ValueError("policy ZeRO-3 partitions the weights the HF rollout generates with: use rollout=vllm")
@@ -77,10 +81,6 @@ def build(cfg: OnlineConfig):
         from prm.model import EnsemblePRM
         from prm.update import PRMLearner
         learner = PRMLearner(EnsemblePRM.from_config(cfg.prm), cfg.trainer)
-    judge = ledger = None
-    if ranks.is_main:  # rank 0 owns the judge client and the ledger: a label is paid once, whatever N
-        judge = make_judge(cfg.judge)
-        ledger = LabelLedger.from_config(cfg.judge, default_path=ledger_path(cfg))
     stream = TaskStream(task.problems, cfg.task.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker(), ranks)
     if learner is not None and cfg.replay.enabled and cfg.prm_update != PRMUpdate.none:  # a frozen PRM replays nothing

@@ -101,3 +101,17 @@ def test_processbench_f1_with_nothing_right_is_0_where_the_official_script_gives
         official = 2 * acc1 * acc2 / (acc1 + acc2)  # the official script's formula
     assert math.isnan(official)
     assert ours["acc_error"] == 0.0 and ours["acc_correct"] == 0.0 and ours["f1"] == 0.0
+
+
+def test_rl_online_reads_its_judge_records_before_loading_a_model(tmp_path, monkeypatch):
+    import rl.policy
+    import rl.online
+    from tests.test_rl_loop import tiny_config
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the policy was built before the judge's records were read")
+    monkeypatch.setattr(rl.policy, "PolicyTrainer", must_not_load)
+    records = write(tmp_path / "labels.jsonl", [{"question": "q", "steps": ["a"], "first_error": 3}])
+    cfg = tiny_config(tmp_path / "run", judge={"name": "oracle", "records_path": str(records)})
+    with pytest.raises(DataError, match=r"labels.jsonl, line 1, field 'first_error'"):
+        rl.online.run(cfg)
