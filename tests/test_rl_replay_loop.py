@@ -35,3 +35,27 @@ def test_logprob_step_features_online_resume_exactly(tmp_path):
     run(cfg(tmp_path / "b"), stop_after=1)
     for a, b in zip(full, run(cfg(tmp_path / "b"))):
         assert_same(a, b)
+
+
+def test_the_same_seed_gives_the_same_run_at_1_and_4_judge_requests_in_flight(tmp_path):
+    """Replies land in another order with 4 requests in flight (the ledger commits them as they land);
+    the replay reads labels by content, not commit order, so every metric matches the serial run."""
+    import zlib
+    from dataclasses import replace
+
+    from tests.fake_openai_server import FakeOpenAIServer, Reply
+
+    def verdict(request):
+        crc = zlib.crc32(request.prompt.encode())
+        return Reply(content="\\boxed{0}" if crc % 2 else "\\boxed{-1}", delay_s=0.05 * (crc % 5))
+
+    runs = {}
+    with FakeOpenAIServer(verdict) as server:
+        for concurrency in (1, 4):
+            cfg = replay_config(tmp_path / f"c{concurrency}", rounds=2)
+            judge = {"name": "llm", "base_url": server.base_url, "model": "critic", "max_concurrency": concurrency,
+                     "max_retries": 0}
+            runs[concurrency] = run(replace(cfg, judge=judge))
+    assert len(runs[1]) == len(runs[4]) == 2
+    for a, b in zip(runs[1], runs[4]):
+        assert_same(a, b)
