@@ -48,7 +48,7 @@ def test_a_second_run_on_one_out_dir_fails_at_once_naming_the_holder(held):
         assert f"pid {os.getpid()} " in (out / ".run.lock").read_text()
 
 
-def test_rl_online_and_prm_train_take_the_lock_before_anything_loads(held, monkeypatch):
+def test_every_command_takes_the_lock_before_anything_loads(held, monkeypatch):
     import rl.online
     from prm.model import EnsemblePRM
     from prm.train import train
@@ -65,6 +65,10 @@ def test_rl_online_and_prm_train_take_the_lock_before_anything_loads(held, monke
         rl.online.run(tiny_config(out))
     with pytest.raises(OutDirBusy):
         train(config(out.parent, name=out.name))
+    import judges.eval
+    monkeypatch.setattr(judges.eval, "load_processbench", must_not_load)
+    with pytest.raises(OutDirBusy):
+        judges.eval.run({"judge": {"name": "rule"}, "trainer": {"out_dir": str(out)}})
 
 
 def test_round_checkpoints_without_manifests_refuse_a_silent_fresh_start(tmp_path):
