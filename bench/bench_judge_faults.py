@@ -3,9 +3,12 @@
 One row per fault, each against the scripted OpenAI-compatible server of the tests (real HTTP on
 127.0.0.1, replies streamed as server-sent events), 20 items, 8 requests in flight, a budget of exactly
 20 labels (the token-cap rows: a token cap), then the rows of a served critic: slow, restarting, a
-held-out set inside the run's budget, and a token cap at 1, 4 and 16 requests in flight:
+held-out set inside the run's budget, and a token cap at 1, 4 and 16 requests in flight. The ledger
+rows: a file that may not grow (SQLite's max_page_count, its own "database or disk is full"; reopened
+afterwards, which commits the spill file), a write lock held by another process past the ledger's
+busy timeout, and a second labelling run started on a busy out_dir:
 
-    python -m bench.bench_judge_faults
+    OMP_NUM_THREADS=1 python -m bench.bench_judge_faults
 
 requests made      requests the server received
 labels committed   rows in the ledger
@@ -36,13 +39,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 N, CONCURRENCY = 20, 8
 WORKER = """
-import json, sys
+import contextlib, json, sys
+from core.run import out_dir_lock
 from judges import LabelLedger, LLMJudge
 judge = LLMJudge(sys.argv[1], model="critic", max_concurrency=8, timeout_s=30, max_retries=2,
                  backoff_base_s=0.05, backoff_max_s=0.2, max_tokens=64)
 items = [(f"item-{i}", ["a", "b", "c"]) for i in range(int(sys.argv[3]))]
-with LabelLedger(sys.argv[2], max_labels=int(sys.argv[4])) as ledger:
-    print(json.dumps([v is not None for v in ledger.label(judge, items)]))
+with out_dir_lock(sys.argv[5]) if len(sys.argv) > 5 else contextlib.nullcontext():
+    with LabelLedger(sys.argv[2], max_labels=int(sys.argv[4])) as ledger:
+        print(json.dumps([v is not None for v in ledger.label(judge, items)]))
+"""
+LOCK_HOLDER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
 """
 
 
@@ -76,11 +89,14 @@ FAULTS = {  # name -> (script(req, first_attempt) -> Reply, label cap, token cap
     "usage 400,080 tokens (cap 20,000)": (lambda req, first: good(req, prompt_tokens=400_000, completion_tokens=80),
                                           None, 20_000),
     "usage negative (cap 20,000)": (lambda req, first: good(req, prompt_tokens=-499_900), None, 20_000),
+    "usage 2^62 tokens per reply": (lambda req, first: good(req, prompt_tokens=2**62), N, None),
+    "usage 2^63 tokens per reply": (lambda req, first: good(req, prompt_tokens=2**63), N, None),
 }
-OUT_OF_PROCESS = ["two processes, one ledger", "kill -9 mid-batch, restart"]
 SLOW_CRITIQUE = "Paragraph 0 holds, paragraph 1 holds, paragraph 2 holds. " * 2  # 29 stream events of 4 chars
 JUDGE_KW = dict(model="critic", max_concurrency=CONCURRENCY, timeout_s=0.5, deadline_s=1.5, max_retries=2,
                 backoff_base_s=0.05, backoff_max_s=0.2, max_tokens=64)
+OUT_OF_PROCESS = ["two processes, one ledger", "kill -9 mid-batch, restart", "disk full at the ledger",
+                  "ledger locked 3 s by another process (busy timeout 1 s)", "second run on a busy out_dir"]
 
 
 class Recorder:
@@ -108,8 +124,8 @@ def row(name: str, recorder: Recorder, requests: int, db: Path, label_cap, token
     with sqlite3.connect(db) as conn:
         items = sorted(q for (q,) in conn.execute("SELECT question FROM labels WHERE question LIKE 'item-%'"))
         committed = {q for (q,) in conn.execute("SELECT question FROM labels")}
-        labels, tokens = conn.execute("SELECT COALESCE(SUM(label), 0), COALESCE(SUM(prompt_tokens + "
-                                      "completion_tokens), 0) FROM charges").fetchone()
+        labels, tokens = (int(x) for x in conn.execute(  # TOTAL: a float, never an integer overflow
+            "SELECT TOTAL(label), TOTAL(prompt_tokens) + TOTAL(completion_tokens) FROM charges").fetchone())
     held = {int(q.split("-")[1]) for q in committed}
     over = (max(0, labels - label_cap) if label_cap is not None else 0,
             max(0, tokens - token_cap) if token_cap is not None else 0)
@@ -214,6 +230,61 @@ def kill_and_restart(tmp: Path) -> dict:
         return row(OUT_OF_PROCESS[1], recorder, len(server.requests), db, N, None)
 
 
+def disk_full(tmp: Path) -> dict:
+    """The ledger file may not grow for the whole batch; the next open commits what was spilled."""
+    recorder, db = Recorder(lambda req, first: good(req, reasoning="x" * 20_000)), tmp / "full.sqlite"
+    with FakeOpenAIServer(recorder) as server:
+        judge = LLMJudge(server.base_url, model="critic", max_concurrency=CONCURRENCY, max_tokens=64)
+        ledger = LabelLedger(db, max_labels=N, persist_retry_s=1.0)
+        conn = ledger._db._db
+        conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+        ledger.label(judge, [(f"item-{i}", ["a", "b", "c"]) for i in range(N)])
+        ledger.close()
+        LabelLedger(db, max_labels=N).close()  # room again: the spill file is committed at start-up
+        return row(OUT_OF_PROCESS[2], recorder, len(server.requests), db, N, None)
+
+
+def locked(tmp: Path) -> dict:
+    """Another process takes the write lock for 3 s while the first replies are on their way."""
+    db, holder, lock = tmp / "locked.sqlite", [], threading.Lock()
+
+    def script(req, first):
+        with lock:
+            if not holder:
+                holder.append(subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(db), "3"],
+                                               stdout=subprocess.PIPE, text=True))
+                assert holder[0].stdout.readline().strip() == "locked"
+        return good(req, delay_s=0.2)
+    recorder = Recorder(script)
+    try:
+        with FakeOpenAIServer(recorder) as server, LabelLedger(db, max_labels=N, busy_timeout_s=1.0) as ledger:
+            judge = LLMJudge(server.base_url, model="critic", max_concurrency=CONCURRENCY, max_tokens=64)
+            ledger.label(judge, [(f"item-{i}", ["a", "b", "c"]) for i in range(N)])
+            return row(OUT_OF_PROCESS[3], recorder, len(server.requests), db, N, None)
+    finally:
+        for proc in holder:
+            proc.wait()
+
+
+def second_run(tmp: Path) -> dict:
+    """Two labelling runs on one out_dir at once: the second fails at once naming the first."""
+    recorder, db, out = Recorder(lambda req, first: good(req, delay_s=3)), tmp / "second.sqlite", tmp / "out"
+    with FakeOpenAIServer(recorder) as server:
+        args = [server.base_url, str(db), str(N), str(N), str(out)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        first = subprocess.Popen([sys.executable, "-c", WORKER, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        while not server.requests and first.poll() is None:
+            time.sleep(0.05)
+        second = subprocess.run([sys.executable, "-c", WORKER, *args], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=300)
+        first.communicate(timeout=300)
+        refused = second.returncode != 0 and "is in use by another run (pid" in second.stderr
+        print(f"  second run: {'refused at once' if refused else 'NOT refused'}", file=sys.stderr)
+        return row(OUT_OF_PROCESS[4] + (" (refused)" if refused else " (NOT refused)"), recorder,
+                   len(server.requests), db, N, None)
+
+
 def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,6 +294,9 @@ def main() -> None:
         rows.append(two_processes(Path(tmp)))
         rows.append(kill_and_restart(Path(tmp)))
         rows += served_critic_rows(Path(tmp))
+        for fault in (disk_full, locked, second_run):
+            rows.append(fault(Path(tmp)))
+            print(f"  {fault.__name__}: done", file=sys.stderr, flush=True)
     print(f"{N} items, {CONCURRENCY} requests in flight, max_retries=2, timeout_s=0.5, deadline_s=1.5\n")
     print("| fault injected | requests made | labels committed | labels lost | labels paid twice | budget overshoot "
           "| items |")

@@ -1,7 +1,7 @@
 """The wheelhouse of an air-gapped GPU node: every distribution prmloop needs, except the ones the node
 brings (torch, transformers, vllm: CUDA builds matched to its driver) and what only they need.
 
-    python bench/wheelhouse.py > wheelhouse/requirements.txt      # name==version of this environment's closure
+    python -m bench.wheelhouse > wheelhouse/requirements.txt      # name==version of this environment's closure
     (make wheelhouse downloads those wheels and builds prmloop's own; the node then runs
      pip install --no-index --find-links wheelhouse -r wheelhouse/requirements.txt prmloop)
 

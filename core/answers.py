@@ -33,6 +33,11 @@ _CHOICE = re.compile(r"^\(\s*([A-Za-z0-9.\-]+)\s*\)$")  # "(073)", "(C)"; never 
 MAX_ANSWER_CHARS = 200   # a prediction is cut to max(this, 2 * len(gold)) before math-verify
 MAX_GOLD_CHARS = 1000    # golds are trusted data, but bounded all the same
 CORRECT, WRONG, UNVERIFIED = "correct", "wrong", "unverified"
+_EMPTY_MATH = re.compile(r"\$\s*\$")
+# What may stand in a gold that is a plain number: formatting, units in \text{}, number-valued commands.
+_NOT_SYMBOLS = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|operatorname|mbox)\s*\{[^{}]*\}|\\[dt]?frac|\\sqrt"
+                          r"|\\left|\\right|\\cdot|\\times|\\div|\\pi|\\infty|\\circ|\\degree|\\%|\\pm|\\mp"
+                          r"|\\[lg]eq?|\\neq|\\q?quad|\\[,;:! ]|\\!")
 
 
 def _balanced(text: str, i: int) -> int | None:
@@ -105,12 +110,37 @@ def quick_verdict(gold: str | None, pred: str | None) -> str | None:
     """The verdicts that need no math-verify: missing, identical, or both plain numbers."""
     if gold is None or pred is None:
         return WRONG
+    gold = normalize_gold(gold)
     if " ".join(gold.split()) == " ".join(pred.split()):
         return CORRECT
     g, p = _as_number(gold), _as_number(pred)
     if g is not None and p is not None:
         return CORRECT if g == p else WRONG
     return None
+
+
+_SYMBOL_COMMANDS = frozenset(
+    "alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi rho sigma tau "
+    "upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma Upsilon Phi Psi Omega hbar ell".split())
+
+
+def normalize_gold(gold: str) -> str:
+    """Empty `$ $` pairs go; a stray (unpaired) `$` makes the whole text the answer, not the part after it."""
+    gold = _EMPTY_MATH.sub(" ", gold).strip()
+    return gold.replace("$", " ").strip() if gold.count("$") % 2 else gold
+
+
+def symbols_dropped(gold: str, parsed: object) -> bool:
+    """True when math-verify kept only a part of the gold: a symbol its text names (\\hbar, \\omega) is
+    missing from what it parsed, or it parsed a plain number although the text holds a lone letter (x).
+    Against such a parse a bare number would be accepted."""
+    rest = _NOT_SYMBOLS.sub(" ", gold)
+    shown = str(parsed).lower()
+    if any(name.lower() not in shown for name in re.findall(r"\\([A-Za-z]+)", rest) if name in _SYMBOL_COMMANDS):
+        return True
+    if getattr(parsed, "free_symbols", None) != set() or getattr(parsed, "is_number", False) is not True:
+        return False
+    return re.search(r"(?<![A-Za-z\\])[A-DF-HJ-Za-df-hj-z](?![A-Za-z])", rest) is not None  # e, i: numbers
 
 
 def _serve() -> None:
@@ -126,9 +156,11 @@ def _serve() -> None:
     for line in sys.stdin:
         try:
             gold, pred = json.loads(line)
+            gold = normalize_gold(gold)
             gold_p = parse(gold if "$" in gold else f"${gold}$", parsing_timeout=None)
             pred_p = parse(pred if "$" in pred else f"${pred}$", parsing_timeout=None)
-            ok = bool(gold_p and pred_p and verify(gold_p, pred_p, timeout_seconds=None))
+            ok = bool(gold_p and pred_p and not symbols_dropped(gold, gold_p[0])
+                      and verify(gold_p, pred_p, timeout_seconds=None))
         except Exception:  # unparseable answer: wrong, not a crash
             ok = False
         out.write(json.dumps(CORRECT if ok else WRONG) + "\n")

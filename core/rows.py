@@ -4,7 +4,9 @@ sources (`hf:<id>[:<config>]`, .parquet) and data_root.
 
 A bad record (not UTF-8, not JSON, a field missing or of the wrong type) raises DataError, or with
 skip_bad_rows=True is counted in `skipped` and passed over. A .json file holding a list gives each
-item's line as the line its value starts on, with the 1-based item number beside it.
+item's line as the line its value starts on, with the 1-based item number beside it; a .json file
+that holds JSON lines (one object per line) is read as JSONL. A record over MAX_ROW_BYTES is a bad
+row (a solution is a few KiB; one of megabytes would take minutes and gigabytes to tokenize).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 # Every command's `data_root` (null: this folder, ../shared/data next to the repository)
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+MAX_ROW_BYTES = 1 << 20
 
 
 def data_root(root: str | Path | None = None) -> Path:
@@ -73,13 +76,16 @@ class Rows:
         if not self.path.is_file():
             raise DataError(self.path, None, None, "file not found")
         data = self.path.read_bytes()
-        if self.path.suffix == ".json":
+        if self.path.suffix == ".json" and data.lstrip()[:1] != b"{":  # a list (or not JSON at all)
             yield from self._json_list(data)
             return
         for n, raw in enumerate(data.split(b"\n"), start=1):
             if not raw.strip():
                 continue
             at = Where(n)
+            if len(raw) > MAX_ROW_BYTES:
+                self.bad(self.error(at, None, f"row of {len(raw)} bytes, over the limit of {MAX_ROW_BYTES}"))
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -103,12 +109,17 @@ class Rows:
         while text[pos:pos + 1] != "]":
             item += 1
             at = Where(text.count("\n", 0, pos) + 1, item)
+            start = pos
             try:
                 value, pos = decoder.raw_decode(text, pos)
             except json.JSONDecodeError as e:
                 raise DataError(self.path, e.lineno, None, f"invalid JSON ({e.msg} at column {e.colno}, in item "
                                 f"{item}; the rest of the file cannot be read)") from None
-            yield at, value
+            if pos - start > MAX_ROW_BYTES:  # characters: at least as many bytes
+                self.bad(self.error(at, None, f"record of {pos - start} characters, over the limit of "
+                                              f"{MAX_ROW_BYTES} bytes"))
+            else:
+                yield at, value
             pos = _skip_ws(text, pos)
             if text[pos:pos + 1] == ",":
                 pos = _skip_ws(text, pos + 1)
@@ -142,12 +153,14 @@ class Rows:
             raise self.error(at, name, "empty")
         return value
 
-    def steps(self, at: Where, rec: dict, name: str) -> list[str]:
+    def steps(self, at: Where, rec: dict, name: str, allow_blank: bool = False) -> list[str]:
+        """A non-empty list of strings; a blank step is an error unless `allow_blank` (a benchmark whose
+        official harness scores such steps keeps them, so its scores stay comparable)."""
         steps = self.get(at, rec, name, list)
         if not steps:
             raise self.error(at, name, "no steps")
         for j, s in enumerate(steps):
-            if not isinstance(s, str) or not s.strip():
+            if not isinstance(s, str) or not (allow_blank or s.strip()):
                 raise self.error(at, name, f"step {j} (0-based) is empty or not a string")
         return steps
 

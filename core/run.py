@@ -7,11 +7,17 @@ because it needs nothing from prm or rl and judges.eval may import neither.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import random
+import socket
+import sys
+import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -48,6 +54,40 @@ def resume_dir(resume: str, default: Path, marker: str) -> Path | None:
     if not (path / marker).exists():
         raise FileNotFoundError(f"trainer.resume={resume!r}: no {marker} there")
     return path
+
+
+LOCK_FILE = ".run.lock"
+
+
+class OutDirBusy(RuntimeError):
+    """Another live run holds this out_dir."""
+
+
+@contextlib.contextmanager
+def out_dir_lock(out_dir: str | Path, enabled: bool = True) -> Iterator[None]:
+    """Hold <out_dir>/.run.lock for the run: a second run on the same out_dir fails at once, naming the
+    holder, instead of interleaving metrics and checkpoints. An flock: the kernel drops it when the
+    holder dies, so a killed run leaves nothing stale behind. Only rank 0 takes it (`enabled`)."""
+    if not enabled:
+        yield
+        return
+    path = Path(out_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip() or "unknown"
+            raise OutDirBusy(f"trainer.out_dir={str(out_dir)!r} is in use by another run ({holder}): wait for it "
+                             f"to end or pick another trainer.out_dir") from None
+        os.ftruncate(fd, 0)
+        command = " ".join(sys.argv)[:300]
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {command}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
 
 
 class MetricsLog:

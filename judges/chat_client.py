@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# A reported count above this is a server's error or lie, not a bill: it is clamped here, so it still
+# exhausts any budget but every sum the ledger keeps stays far inside SQLite's 64-bit integers.
+MAX_REPORTED_TOKENS = 2**40
+MAX_REPLY_BYTES = 16 * 2**20  # a verdict is a few KiB of text; a larger body is not read whole
 
 
 class JudgeError(RuntimeError):
@@ -134,7 +138,8 @@ def read_api_key(env_name: str) -> str | None:
 class ChatClient:
     def __init__(self, base_url: str, api_key_env: str, timeout_s: float = 120.0, deadline_s: float = 1800.0,
                  max_retries: int = 4, backoff_base_s: float = 1.0, backoff_max_s: float = 30.0,
-                 max_concurrency: int = 64, wait_s: float = 0.0, stream: bool = True):
+                 max_concurrency: int = 64, wait_s: float = 0.0, stream: bool = True,
+                 max_reply_bytes: int = MAX_REPLY_BYTES):
         parts = urlsplit(base_url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"judge base_url must look like http://host:port/v1, got {base_url!r}")
@@ -145,6 +150,7 @@ class ChatClient:
         self.timeout_s, self.deadline_s, self.max_retries = timeout_s, deadline_s, max_retries
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
         self.max_concurrency, self.wait_s, self.stream = max_concurrency, wait_s, stream
+        self.max_reply_bytes = max_reply_bytes
         self._http: httpx.AsyncClient | None = None
         self._in_flight: asyncio.Semaphore | None = None
         self._sessions = 0
@@ -299,12 +305,21 @@ class ChatClient:
                 async with self._http.stream("POST", self.url, content=body, headers=headers,  # type: ignore[union-attr]
                                              extensions={"trace": trace}) as resp:
                     seen["status"] = resp.status_code
+                    size = 0  # a reply over max_reply_bytes is not read whole (nor kept): billed and retried
                     if resp.status_code == 200 and "text/event-stream" in resp.headers.get("content-type", ""):
                         state = seen["stream"] = StreamState()
                         async for line in resp.aiter_lines():  # to the end, past [DONE]: the connection is reused
+                            size += len(line) + 1
+                            if size > self.max_reply_bytes:
+                                raise fail(f"reply body over max_reply_bytes={self.max_reply_bytes}")
                             state.feed(line)
                         return _Response(200, None, None, time.monotonic() - start, state)
-                    text = (await resp.aread()).decode("utf-8", errors="replace")
+                    data = bytearray()
+                    async for chunk in resp.aiter_bytes():
+                        data += chunk
+                        if len(data) > self.max_reply_bytes:
+                            raise fail(f"reply body over max_reply_bytes={self.max_reply_bytes}")
+                    text = data.decode("utf-8", errors="replace")
                     return _Response(resp.status_code, text, _retry_after(resp.headers.get("Retry-After")),
                                      time.monotonic() - start, None)
         # Only type names from here on: httpx/h11 messages may quote the request, headers included.
@@ -317,6 +332,8 @@ class ChatClient:
             raise fail(f"no data within timeout_s={self.timeout_s}") from None
         except (httpx.TransportError, httpx.DecodingError) as exc:  # reset, closed early, cut mid-body
             raise fail(f"connection dropped ({type(exc).__name__})") from None
+        except _Retryable:
+            raise
         except Exception as exc:  # noqa: BLE001 (anything else: name the type, never the text)
             raise JudgeError(f"judge request to {self.url} failed: {type(exc).__name__}") from None
 
@@ -365,7 +382,8 @@ class ChatClient:
 
 
 def usage_of(body: object) -> tuple[int, int] | None:
-    """(prompt_tokens, completion_tokens) when the body reports both as non-negative whole numbers."""
+    """(prompt_tokens, completion_tokens) when the body reports both as non-negative whole numbers, each
+    clamped to MAX_REPORTED_TOKENS."""
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return None
@@ -376,7 +394,7 @@ def usage_of(body: object) -> tuple[int, int] | None:
             return None
         if not math.isfinite(value) or value < 0 or value != int(value):
             return None
-        counts.append(int(value))
+        counts.append(min(int(value), MAX_REPORTED_TOKENS))
     return counts[0], counts[1]
 
 

@@ -25,7 +25,7 @@ from judges.ledger import LabelLedger
 from judges.metrics import processbench_f1
 from judges.session import label_counted, open_judge
 from core.rows import data_root, load_processbench_rows
-from core.run import MetricsLog, anchored, seed_everything
+from core.run import MetricsLog, anchored, out_dir_lock, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,12 @@ def evaluate_subset(judge: Judge, ledger: LabelLedger, rows: list[dict], name: s
 
 
 def run(dcfg: DictConfig | dict) -> dict[str, Any]:
-    cfg = validate(dcfg, JudgeEvalConfig)  # fails here, before any work, on a bad or unknown key
+    cfg = validate(dcfg, JudgeEvalConfig)  # fails here, before any work, on a bad or renamed key
+    with out_dir_lock(anchored(cfg.trainer.out_dir)):  # a second run on this out_dir fails at once
+        return _run(cfg)
+
+
+def _run(cfg: JudgeEvalConfig) -> dict[str, Any]:
     judge_cfg = cfg.judge
     seed_everything(cfg.trainer.seed)
     out_dir = Path(anchored(cfg.trainer.out_dir))

@@ -12,7 +12,10 @@ sharing the file:
   reports more than the bound, and then no further request is admitted;
 - items are admitted in input order, and an item that fits only if in-flight calls end below their
   bounds waits for them: a budget labels the same items at any number of requests in flight;
-- each label is committed the moment it arrives (a killed process loses only calls in flight).
+- each label is committed the moment it arrives (a killed process loses only calls in flight); when
+  the file cannot take it (disk full, locked past the busy timeout) the paid reply is written ahead to
+  a spill file (ledger_spill.py) and the commit retried with backoff for persist_retry_s; what is still
+  spilled then is committed when a ledger next opens the file or starts a batch.
 
 When the budget runs out, label() returns None for the items it did not pay for (never a silent
 over-spend; a warning says how many).
@@ -20,16 +23,20 @@ over-spend; a warning says how many).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import sqlite3
 import time
-from dataclasses import dataclass, field, replace
+import uuid
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from judges.base import Cost, Item, Judge, Verdict, item_key, run_sync
 from judges.chat_client import JudgeBudgetStop, JudgeError, JudgeUnavailableError
 from judges.ledger_db import LedgerDB
+from judges.ledger_spill import SpillFile
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +64,38 @@ class _Batch:
     last_dead_check: float = 0.0
 
 
+class LedgerWriteError(RuntimeError):
+    """A paid reply that neither the ledger file nor its spill file could take."""
+
+
 class LabelLedger:
     def __init__(self, path: str | Path, max_labels: int | None = None, max_tokens: int | None = None,
-                 lease_s: float = 120.0, on_failure: str = "stop", reask_invalid: bool = False):
+                 lease_s: float = 120.0, on_failure: str = "stop", reask_invalid: bool = False,
+                 busy_timeout_s: float = 60.0, persist_retry_s: float = 120.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_labels, self.max_tokens, self.lease_s = max_labels, max_tokens, lease_s
         self.skip_failures, self.reask_invalid = str(getattr(on_failure, "value", on_failure)) == "skip", reask_invalid
+        self.persist_retry_s = persist_retry_s
         self.last = LabelCounts()  # what the latest label() call did
-        self._db = LedgerDB(self.path)
+        self._db = LedgerDB(self.path, busy_timeout_s)
+        self._spill = SpillFile(self.path)
         released = self._db.release_dead()
         if released:
             log.info("released %d reservations left by dead processes in %s", released, self.path)
+        self.replay_spill()
+
+    def replay_spill(self) -> int:
+        """Commit the paid replies waiting in the spill file (each once); returns how many were stored now."""
+        if not self._spill.pending():
+            return 0
+        try:
+            stored = self._spill.replay(self._db.store_spilled)
+        except sqlite3.OperationalError as exc:  # still full or locked: the file waits for the next try
+            log.warning("%s still cannot take the paid replies waiting in %s (%s)", self.path, self._spill.path, exc)
+            return 0
+        log.warning("committed %d paid replies from %s", stored, self._spill.path)
+        return stored
 
     @classmethod
     def from_config(cls, cfg: Any, default_path: str | Path | None = None) -> "LabelLedger":
@@ -101,6 +128,8 @@ class LabelLedger:
     async def alabel(self, judge: Judge, items: Iterable[Item]) -> list[Verdict | None]:
         items = [(q, list(steps)) for q, steps in items]
         keys = [item_key(q, steps) for q, steps in items]
+        if self._spill.pending():
+            await asyncio.to_thread(self.replay_spill)
         known = self._db.lookup(judge.identity, keys)
         if self.reask_invalid:
             known = {k: v for k, v in known.items() if v.valid}
@@ -167,8 +196,8 @@ class LabelLedger:
         worst = bound * max(1, getattr(judge, "max_attempts", 1))
         while True:
             batch.changed.clear()
-            kind, payload = await asyncio.to_thread(self._db.reserve, judge.identity, key, bound, self.max_labels,
-                                                    self.max_tokens, self.lease_s, worst, self.reask_invalid)
+            kind, payload = await self._retrying(self._db.reserve, judge.identity, key, bound, self.max_labels,
+                                                 self.max_tokens, self.lease_s, worst, self.reask_invalid)
             if kind != "wait":
                 if kind == "reserved":
                     batch.held.add(payload)
@@ -187,7 +216,7 @@ class LabelLedger:
     async def _await_holder(self, judge: Judge, key: str, question: str, steps: list[str], bound: int,
                             slots: asyncio.Semaphore, batch: _Batch) -> None:
         while batch.error is None:
-            kind, verdict = await asyncio.to_thread(self._db.holder, judge.identity, key)
+            kind, verdict = await self._retrying(self._db.holder, judge.identity, key)
             if kind == "label":
                 batch.results[key] = verdict
                 return
@@ -211,8 +240,14 @@ class LabelLedger:
         async def before_retry(cost: Cost) -> bool:
             nonlocal billed
             billed += cost
-            return await asyncio.to_thread(self._db.charge_attempt, reservation, identity, key, cost,
-                                           self.max_tokens, bound)
+            try:
+                return await asyncio.to_thread(self._db.charge_attempt, reservation, identity, key, cost,
+                                               self.max_tokens, bound)
+            except sqlite3.OperationalError:  # the reservation still bounds the retry: spill the charge
+                await asyncio.to_thread(self._spill.append, {
+                    "kind": "charge", "judge": identity, "key": key, "cost": asdict(cost), "reason": "retried",
+                    "id": uuid.uuid4().hex})
+                return True
         try:
             try:
                 verdict = await judge.ajudge(question, steps, before_retry)
@@ -222,8 +257,11 @@ class LabelLedger:
                 return
             except JudgeError as exc:  # bill what it cost, then skip the item or fail the batch
                 cost = getattr(exc, "cost", None) or Cost()
-                await asyncio.to_thread(self._db.charge_and_release, reservation, identity, key, cost,
-                                        type(exc).__name__)
+                reason = type(exc).__name__
+                await self._persist(
+                    lambda sid: self._db.charge_and_release(reservation, identity, key, cost, reason, sid),
+                    {"kind": "charge", "judge": identity, "key": key, "cost": asdict(cost), "reason": reason},
+                    reservation)
                 if self.skip_failures and isinstance(exc, JudgeUnavailableError):  # this item; not a config error
                     log.warning("judge item %s… skipped: %s", key[:12], exc)
                     batch.results[key] = None
@@ -237,9 +275,14 @@ class LabelLedger:
             if bound and verdict.cost.tokens > bound:
                 log.warning("judge %s reported %d tokens for one call, more than its bound of %d: no further "
                             "request is admitted once spend passes the budget", identity, verdict.cost.tokens, bound)
-            fresh = await asyncio.to_thread(self._db.commit, reservation, identity, key, question, steps, verdict,
-                                            total, time.monotonic() - start, self.reask_invalid)
-            if not fresh:
+            wall_s, reask = time.monotonic() - start, self.reask_invalid
+            fresh = await self._persist(
+                lambda sid: self._db.commit(reservation, identity, key, question, steps, verdict, total, wall_s,
+                                            reask, sid),
+                {"kind": "label", "judge": identity, "key": key, "question": question, "steps": steps,
+                 "first_error": verdict.first_error, "raw": verdict.raw, "cost": asdict(verdict.cost),
+                 "total": asdict(total), "wall_s": wall_s, "reask_invalid": reask}, reservation)
+            if fresh is False:
                 log.warning("item %s… was committed by another caller while ours was in flight (its lease had "
                             "lapsed): paid twice, both charges recorded", key[:12])
             batch.results[key] = replace(verdict, cost=total)
@@ -252,6 +295,54 @@ class LabelLedger:
             batch.held.discard(reservation)
             slots.release()
             batch.changed.set()
+
+    async def _retrying(self, fn, *args):
+        """fn(*args) (a ledger read or a reservation: nothing paid rides on it), retried with backoff for
+        persist_retry_s while the file is locked past the busy timeout (or full)."""
+        deadline, delay = time.monotonic() + self.persist_retry_s, 0.05
+        while True:
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("the ledger %s is busy (%s): retrying", self.path, exc)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 2.0)
+
+    async def _persist(self, write, record: dict, reservation: int) -> bool | None:
+        """Run write(spill_id) (one ledger transaction). If the file cannot take it, the record goes to the
+        spill file first (fsynced), then the write is retried with backoff for persist_retry_s; returns
+        None when the record is left in the spill file, raises if it could be neither stored nor spilled."""
+        try:
+            return await asyncio.to_thread(write, None)
+        except sqlite3.OperationalError as exc:
+            first = exc
+        spill_id, spilled = uuid.uuid4().hex, False
+        try:
+            await asyncio.to_thread(self._spill.append, {**record, "id": spill_id})
+            spilled = True
+        except OSError as exc:
+            log.error("the ledger %s cannot take a paid reply (%s) and neither can its spill file (%s): retrying",
+                      self.path, first, type(exc).__name__)
+        log.warning("the ledger %s cannot take a paid reply (%s): spilled to %s, retrying", self.path, first,
+                    self._spill.path)
+        deadline, delay = time.monotonic() + self.persist_retry_s, 0.05
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 2.0)
+            try:
+                return await asyncio.to_thread(write, spill_id)
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() < deadline:
+                    continue
+                if not spilled:
+                    raise LedgerWriteError(f"the ledger {self.path} and its spill file cannot take a paid "
+                                           f"reply for {self.persist_retry_s} s ({exc})") from exc
+                with contextlib.suppress(sqlite3.Error):
+                    await asyncio.to_thread(self._db.release, reservation)
+                log.warning("a paid reply stays in %s until the ledger can take it (%s)", self._spill.path, exc)
+                return None
 
     async def _renew_leases(self, batch: _Batch) -> None:
         while True:
@@ -288,9 +379,9 @@ class LabelLedger:
         """Per judge identity: labels (paid, invalid included), invalid, calls and tokens charged (failed
         attempts included), seconds."""
         rows = self._db.query(
-            "SELECT judge, COUNT(*), SUM(first_error IS NULL), SUM(seconds) FROM labels GROUP BY judge ORDER BY judge")
-        charged = {judge: (calls, p, c) for judge, calls, p, c in self._db.query(
-            "SELECT judge, SUM(calls), SUM(prompt_tokens), SUM(completion_tokens) FROM charges GROUP BY judge")}
+            "SELECT judge, COUNT(*), SUM(first_error IS NULL), TOTAL(seconds) FROM labels GROUP BY judge ORDER BY judge")
+        charged = {judge: (int(calls), int(p), int(c)) for judge, calls, p, c in self._db.query(
+            "SELECT judge, TOTAL(calls), TOTAL(prompt_tokens), TOTAL(completion_tokens) FROM charges GROUP BY judge")}
         out = {}
         for judge, n, invalid, s in rows:
             calls, p, c = charged.get(judge, (0, 0, 0))

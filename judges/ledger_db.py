@@ -1,7 +1,8 @@
 """The ledger's SQLite file: schema, migrations and the transactions the ledger runs.
 
 Spend is the sum of `charges` (one row per billed attempt, whether or not it gave a verdict) plus
-the bounds held by live `reservations`. Every budget decision runs inside BEGIN IMMEDIATE (SQLite's
+the bounds held by live `reservations`. Token counts are clamped when stored and summed with TOTAL()
+(a float), so no reported usage can overflow a sum and lock the file up. Every budget decision runs inside BEGIN IMMEDIATE (SQLite's
 write lock), so all threads and processes sharing the file decide on the same numbers.
 """
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from judges.base import Cost, Verdict
 
 log = logging.getLogger(__name__)
+
+MAX_TOKENS_PER_CHARGE = 2**40  # as judges.chat_client.MAX_REPORTED_TOKENS: any judge, any caller
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -60,6 +63,9 @@ CREATE TABLE IF NOT EXISTS reservations (
     created_at REAL NOT NULL,
     expires_at REAL NOT NULL DEFAULT 0 -- lease: renewed while the holder lives, released once past
 );
+CREATE TABLE IF NOT EXISTS spilled (   -- spill-file records (ledger_spill.py) stored here: never twice
+    id TEXT PRIMARY KEY
+);
 """
 
 
@@ -68,10 +74,10 @@ def _now_iso() -> str:
 
 
 class LedgerDB:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, busy_timeout_s: float = 60.0):
         self.path = path
         self._lock = threading.Lock()  # one connection, shared by the loop and its helper threads
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: a commit survives a process crash
         with self._lock:
@@ -80,7 +86,8 @@ class LedgerDB:
                 self._migrate()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite ends it itself on some errors (a full disk)
+                    self._db.execute("ROLLBACK")
                 raise
 
     def _migrate(self) -> None:
@@ -112,17 +119,19 @@ class LedgerDB:
                 self._db.execute("COMMIT")
                 return result
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite ends it itself on some errors (a full disk)
+                    self._db.execute("ROLLBACK")
                 raise
 
     # ---- spend --------------------------------------------------------------------------------
     def _committed(self) -> tuple[int, int, int]:
-        return self._db.execute(
-            "SELECT COALESCE(SUM(label), 0), COALESCE(SUM(prompt_tokens + completion_tokens), 0),"
-            " COALESCE(SUM(calls), 0) FROM charges").fetchone()
+        row = self._db.execute(
+            "SELECT TOTAL(label), TOTAL(prompt_tokens) + TOTAL(completion_tokens), TOTAL(calls) FROM charges").fetchone()
+        return tuple(int(x) for x in row)  # type: ignore[return-value]
 
     def _reserved(self) -> tuple[int, int]:
-        return self._db.execute("SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM reservations").fetchone()
+        count, tokens = self._db.execute("SELECT COUNT(*), TOTAL(tokens) FROM reservations").fetchone()
+        return count, int(tokens)
 
     def spent(self) -> dict[str, int]:
         with self._lock:
@@ -214,8 +223,33 @@ class LedgerDB:
         self._db.execute(
             "INSERT INTO charges (judge, item_hash, label, calls, prompt_tokens, completion_tokens, seconds,"
             " reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (judge, key, int(label), cost.calls, cost.prompt_tokens, cost.completion_tokens, cost.seconds,
-             reason, _now_iso()))
+            (judge, key, int(label), cost.calls, _clamp(cost.prompt_tokens), _clamp(cost.completion_tokens),
+             cost.seconds, reason, _now_iso()))
+
+    def _insert_label(self, judge: str, key: str, question: str, steps: list[str], first_error: int | None,
+                      raw: str, total: Cost, wall_s: float, reask_invalid: bool = False) -> bool:
+        """Store a verdict; False if the item holds one already. With reask_invalid, an invalid verdict
+        stored for the item gives way, moved past every id (readers of rows after an id see it)."""
+        values = (json.dumps(steps, ensure_ascii=False), first_error, raw, total.calls, _clamp(total.prompt_tokens),
+                  _clamp(total.completion_tokens), total.seconds, wall_s, _now_iso())
+        if reask_invalid:
+            cur = self._db.execute(
+                "UPDATE labels SET id = (SELECT MAX(id) + 1 FROM labels), steps = ?, first_error = ?, raw = ?,"
+                " calls = ?, prompt_tokens = ?, completion_tokens = ?, seconds = ?, wall_s = ?, created_at = ?"
+                " WHERE judge = ? AND item_hash = ? AND first_error IS NULL", (*values, judge, key))
+            if cur.rowcount == 1:
+                return True
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO labels (judge, item_hash, question, steps, first_error, raw, calls,"
+            " prompt_tokens, completion_tokens, seconds, wall_s, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (judge, key, question, *values))
+        return cur.rowcount == 1
+
+    def _first_store(self, spill_id: str | None) -> bool:
+        """False when the spill record `spill_id` is stored already (None: not a spilled write)."""
+        if spill_id is None:
+            return True
+        return self._db.execute("INSERT OR IGNORE INTO spilled (id) VALUES (?)", (spill_id,)).rowcount == 1
 
     def charge_attempt(self, reservation: int, judge: str, key: str, cost: Cost, max_tokens: int | None,
                        next_tokens: int = 0) -> bool:
@@ -238,37 +272,44 @@ class LedgerDB:
             return spent_tokens + others + next_tokens <= max_tokens
         return self._transaction(run)
 
-    def charge_and_release(self, reservation: int, judge: str, key: str, cost: Cost, reason: str) -> None:
+    def charge_and_release(self, reservation: int, judge: str, key: str, cost: Cost, reason: str,
+                           spill_id: str | None = None) -> None:
         def run() -> None:
-            if cost.calls or cost.tokens:
+            if self._first_store(spill_id) and (cost.calls or cost.tokens):
                 self._charge(judge, key, cost, False, reason)
             self._drop_reservation(reservation)
         self._transaction(run)
 
     def commit(self, reservation: int, judge: str, key: str, question: str, steps: list[str], verdict: Verdict,
-               total: Cost, wall_s: float, reask_invalid: bool = False) -> bool:
-        """Bill the final attempt and store the verdict; False if the item was committed already. With
-        reask_invalid, an invalid verdict stored for the item gives way."""
+               total: Cost, wall_s: float, reask_invalid: bool = False, spill_id: str | None = None) -> bool:
+        """Bill the final attempt and store the verdict; False if the item was committed already (or, for
+        a spilled write, the spill record was stored by a replay meanwhile). With reask_invalid, an
+        invalid verdict stored for the item gives way."""
         def run() -> bool:
+            if not self._first_store(spill_id):
+                self._drop_reservation(reservation)
+                return True
             self._charge(judge, key, verdict.cost, True, "label")
-            values = (json.dumps(steps, ensure_ascii=False), verdict.first_error, verdict.raw, total.calls,
-                      total.prompt_tokens, total.completion_tokens, total.seconds, wall_s, _now_iso())
-            if reask_invalid:  # the invalid row gives way, moved past every id (readers of rows after an id see it)
-                cur = self._db.execute(
-                    "UPDATE labels SET id = (SELECT MAX(id) + 1 FROM labels), steps = ?, first_error = ?, raw = ?,"
-                    " calls = ?, prompt_tokens = ?, completion_tokens = ?, seconds = ?, wall_s = ?, created_at = ?"
-                    " WHERE judge = ? AND item_hash = ? AND first_error IS NULL", (*values, judge, key))
-                if cur.rowcount == 1:
-                    self._drop_reservation(reservation)
-                    return True
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO labels (judge, item_hash, question, steps, first_error, raw, calls,"
-                " prompt_tokens, completion_tokens, seconds, wall_s, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (judge, key, question, json.dumps(steps, ensure_ascii=False), verdict.first_error, verdict.raw,
-                 total.calls, total.prompt_tokens, total.completion_tokens, total.seconds, wall_s, _now_iso()))
+            fresh = self._insert_label(judge, key, question, steps, verdict.first_error, verdict.raw, total, wall_s,
+                                       reask_invalid)
             self._drop_reservation(reservation)
-            return cur.rowcount == 1
+            return fresh
+        return self._transaction(run)
+
+    def store_spilled(self, record: dict) -> bool:
+        """Store one spill-file record (ledger_spill.py) unless it is stored already; True if stored now."""
+        def run() -> bool:
+            if not self._first_store(record["id"]):
+                return False
+            cost = Cost(**record["cost"])
+            if record["kind"] == "label":
+                self._charge(record["judge"], record["key"], cost, True, "label")
+                self._insert_label(record["judge"], record["key"], record["question"], record["steps"],
+                                   record["first_error"], record["raw"], Cost(**record["total"]), record["wall_s"],
+                                   record.get("reask_invalid", False))
+            elif cost.calls or cost.tokens:
+                self._charge(record["judge"], record["key"], cost, False, record["reason"])
+            return True
         return self._transaction(run)
 
     def charge(self, judge: str, cost: Cost, reason: str) -> None:
@@ -291,6 +332,10 @@ class LedgerDB:
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
+
+
+def _clamp(tokens: int) -> int:
+    return min(max(int(tokens), 0), MAX_TOKENS_PER_CHARGE)
 
 
 def _stored(first_error: int | None, raw: str) -> Verdict:

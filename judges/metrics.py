@@ -10,7 +10,10 @@ def processbench_f1(preds: Sequence[int | None], labels: Sequence[int]) -> dict[
     must be named) and on all-correct items (label == -1: the prediction must be -1).
 
     An invalid prediction (None) counts as wrong. An empty group gives NaN for its accuracy and F1.
-    Returns {acc_error, acc_correct, f1, n}.
+    Both accuracies 0 (no prediction right) gives F1 0.0, the limit of the harmonic mean as either
+    accuracy goes to 0; the official script divides 0 by 0 there and reports nan. The project reports
+    0.0 so a judge that names nothing right scores the bottom of the scale and stays in the mean F1 over
+    subsets, instead of dropping out of it as nan. Returns {acc_error, acc_correct, f1, n}.
     """
     if len(preds) != len(labels):
         raise ValueError(f"{len(preds)} predictions for {len(labels)} labels")

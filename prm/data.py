@@ -46,9 +46,12 @@ def load_trajectories_jsonl(path: str | Path, skip_bad_rows: bool = False) -> li
     def parse(i: int, rec: dict) -> Trajectory:
         steps = rows.steps(i, rec, "steps")
         label = rows.first_error(i, rec, "first_error", len(steps)) if rec.get("first_error") is not None else None
+        meta = rec.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise rows.error(i, "meta", f"expected an object, got {type(meta).__name__}")
         return Trajectory(rows.get(i, rec, "question"), steps, label, rec.get("reference_answer"),
                           rec.get("source", f"{Path(path).name}:{i}"), rec.get("generator", ""), rec.get("round"),
-                          rec.get("meta") or {})
+                          meta or {})
 
     return finish_rows(rows, rows.parse(parse))
 

@@ -7,8 +7,9 @@ name order; the full release is 25 files, 6,216 rows). Each row gives one item: 
   - error steps outside the process point at nothing: they are dropped and counted;
   - every `redundency` row also gives a `correct` item: its `original_question` with its
     `original_process`, no error steps (once per idx).
-Rows that cannot be scored (missing or blank question, blank step, ...) raise DataError naming the
-file, 1-based line and field; with skip_bad_rows they are counted and named in the report instead.
+Rows that cannot be scored (missing or blank question, no steps, a step that is not a string, ...)
+raise DataError naming the file, 1-based line and field; with skip_bad_rows they are counted and named
+in the report instead. A blank step is kept and scored, as the harness does (3 rows of the full release).
 
 Scoring (`prmbench_results`): a step is predicted valid if its score > 0.5. Per category, over all
 its steps pooled, TP/FP/TN/FN with "valid" as the positive class; F1 = F1 of the valid class,
@@ -67,7 +68,7 @@ def _parse_row(rows: Rows, line: Where, rec: dict) -> list[Trajectory]:
     idx = rec.get("idx")
     if not isinstance(idx, (str, int)) or isinstance(idx, bool) or str(idx).strip() == "":
         raise rows.error(line, "idx", "missing or not a string/integer")
-    steps = rows.steps(line, rec, "modified_process")
+    steps = rows.steps(line, rec, "modified_process", allow_blank=True)
     errors = _error_steps(rows, line, rec)
     err0 = sorted({e - 1 for e in errors if 1 <= e <= len(steps)})
     where = {"file": rows.path.name, "line": line.line, "idx": idx}
@@ -77,7 +78,7 @@ def _parse_row(rows: Rows, line: Where, rec: dict) -> list[Trajectory]:
                               "dropped_error_steps": len(errors) - len([e for e in errors if 1 <= e <= len(steps)]),
                               **where})]
     if category == "redundency":
-        items.append(Trajectory(rows.get(line, rec, "original_question"), rows.steps(line, rec, "original_process"), -1,
+        items.append(Trajectory(rows.get(line, rec, "original_question"), rows.steps(line, rec, "original_process", allow_blank=True), -1,
                                 source=f"prmbench:{CORRECT}:{idx}",
                                 meta={"classification": CORRECT, "error_steps": [], "dropped_error_steps": 0, **where}))
     return items

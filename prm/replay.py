@@ -9,10 +9,12 @@ them again. With it, each round:
                                         # then PRM quality on the fixed held-out judged set (prm.quality)
 
 Only committed ledger rows are read (a reservation is not a label: it is unpaid), never the held-out
-set's (judged through the same ledger, so inside the same budget), and a row is trained on only if
-its verdict is valid (first_error not None, -1 <= first_error < number of steps). The buffer
-keeps the newest `capacity` valid labels. State = (last ledger id read, sampler RNG): the buffer is
-rebuilt from the ledger on load, so a resumed run draws exactly the batches an uninterrupted one would.
+set's (judged through the same ledger, so inside the same budget), and a row is trained on only if its verdict is valid (first_error not None, -1 <= first_error < number of steps). The buffer
+keeps the newest `capacity` valid labels. The labels one refresh reads enter the buffer sorted by their
+text, not in the ledger's commit order (which follows whichever judge reply landed first), so the same
+seed draws the same batches at any number of judge requests in flight. State = (the last ledger id of
+each refresh, sampler RNG): the buffer is rebuilt from the ledger on load, refresh by refresh, so a
+resumed run draws exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -37,11 +39,12 @@ class LabelReplay:
         self.heldout_keys = {item_key(t.question, t.steps) for t in self.heldout}  # measured on, never trained on
         self.buffer: deque[tuple[int, Trajectory]] = deque(maxlen=cfg.capacity)
         self.last_id = 0
+        self.refreshes: list[int] = []  # the last ledger id each refresh read (resume replays them one by one)
         self.rng = random.Random(f"replay:{seed}")
 
     def _add(self, rows) -> list[tuple[int, Trajectory]]:
         added = []
-        for row_id, question, steps, first_error in rows:
+        for row_id, question, steps, first_error in sorted(rows, key=lambda r: (r[1], r[2])):
             self.last_id = max(self.last_id, row_id)
             if valid_label(first_error, steps) and item_key(question, steps) not in self.heldout_keys:
                 item = (row_id, Trajectory(question, steps, first_error, source=f"ledger:{row_id}"))
@@ -51,7 +54,10 @@ class LabelReplay:
 
     def refresh(self) -> list[tuple[int, Trajectory]]:
         """Labels committed since the last call (valid ones enter the buffer); returns them."""
-        return self._add(self.ledger.rows(self.identity, self.last_id))
+        added = self._add(self.ledger.rows(self.identity, self.last_id))
+        if not self.refreshes or self.refreshes[-1] != self.last_id:
+            self.refreshes.append(self.last_id)
+        return added
 
     def batches(self, new: list[tuple[int, Trajectory]]) -> list[list[Trajectory]]:
         """cfg.steps batches: new_fraction of each from `new`, the rest from older buffered labels
@@ -94,12 +100,15 @@ class LabelReplay:
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
         version, internal, gauss = self.rng.getstate()
-        return {"last_id": self.last_id, "rng": [version, list(internal), gauss]}
+        return {"last_id": self.last_id, "refreshes": list(self.refreshes), "rng": [version, list(internal), gauss]}
 
     def load_state_dict(self, state: dict) -> None:
         self.buffer.clear()
-        self.last_id = 0
-        self._add(self.ledger.rows(self.identity, 0, state["last_id"]))
+        self.last_id, previous = 0, 0
+        self.refreshes = list(state.get("refreshes") or [state["last_id"]])
+        for upto in self.refreshes:
+            self._add(self.ledger.rows(self.identity, previous, upto))
+            previous = upto
         self.last_id = state["last_id"]
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))

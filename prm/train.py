@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from core.config import validate
-from core.run import MetricsLog, resume_dir, seed_everything
+from core.run import MetricsLog, out_dir_lock, resume_dir, seed_everything
 from prm.config import PRMJob, PRMTrainConfig, SelectMode
 from prm.data import load_pool
 from prm.selection import Selection
@@ -46,12 +46,23 @@ def rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def load_training_pool(cfg: PRMTrainConfig, prm) -> list[Trajectory]:
-    """Shuffled pool, items longer than pool.max_tokens dropped, first pool.limit kept."""
+def read_pool(cfg: PRMTrainConfig) -> list[Trajectory]:
+    """The pool's rows, validated (a bad row names file, line and field) and shuffled; needs no model,
+    so a run reads it before loading one. A judge that reveals the pool's own labels needs them all."""
     d = cfg.pool
     kw = {"neutral_as": d.neutral_as} if d.name == "prm800k" else {}
     pool = load_pool(d.name, d.path, root=cfg.data_root, subset=d.subset, skip_bad_rows=d.skip_bad_rows, **kw)
+    if cfg.judge.name == "oracle" and cfg.job == PRMJob.train and any(t.first_error is None for t in pool):
+        raise ValueError("judge=oracle needs a labelled pool; use judge=rule or judge=llm for an unlabelled one")
     random.Random(d.shuffle_seed).shuffle(pool)
+    return pool
+
+
+def load_training_pool(cfg: PRMTrainConfig, prm, pool: list[Trajectory] | None = None) -> list[Trajectory]:
+    """Shuffled pool (`pool`: read_pool's, else read now), items longer than pool.max_tokens dropped,
+    first pool.limit kept."""
+    d = cfg.pool
+    pool = read_pool(cfg) if pool is None else pool
     kept = []
     for t in pool:
         if d.max_tokens is None or len(prm.encode(t.question, t.steps)[0]) <= d.max_tokens:
@@ -222,10 +233,7 @@ class PoolTrainer:
 def train(cfg: PRMTrainConfig) -> dict:
     """What `python -m prm.train` runs: job=train over the pool cfg.pool names (with the PRM cfg.prm
     builds), or job=filter."""
-    prm, out = _start(cfg)
-    if cfg.job == PRMJob.filter:
-        return filter_pool(cfg, prm, out)
-    return _train(cfg, prm, None, None, out)
+    return _run(cfg, None, None, None)
 
 
 def train_on_pool(cfg: PRMTrainConfig, pool: list[Trajectory], prm=None, features=None) -> dict:
@@ -238,12 +246,12 @@ def train_on_pool(cfg: PRMTrainConfig, pool: list[Trajectory], prm=None, feature
     (labels_used, updates, ...); the trained PRM is also saved under <trainer.out_dir>/prm."""
     if cfg.job != PRMJob.train:
         raise ValueError(f"train_on_pool trains (job=train); job={cfg.job} reads cfg.pool: use prm.train.train(cfg)")
-    prm, out = _start(cfg, prm)
-    return _train(cfg, prm, list(pool), features, out)
+    return _run(cfg, prm, list(pool), features)
 
 
-def _start(cfg: PRMTrainConfig, prm=None):
-    """This rank's device, the output dir, the seed; the PRM (cfg.prm's unless given)."""
+def _run(cfg: PRMTrainConfig, prm, pool: list[Trajectory] | None, features) -> dict:
+    """This rank's device, the out_dir lock, the seed, the pool read and checked before any model loads,
+    the PRM (cfg.prm's unless given); then the job."""
     from prm.model import EnsemblePRM
 
     rank, world = rank_world()
@@ -251,15 +259,18 @@ def _start(cfg: PRMTrainConfig, prm=None):
         cfg.prm.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
         torch.cuda.set_device(cfg.prm.device)
     out = Path(cfg.trainer.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.trainer.seed)
-    return (prm if prm is not None else EnsemblePRM.from_config(cfg.prm)), out
+    with out_dir_lock(out, enabled=rank == 0):  # a second run on this out_dir fails here, before any load
+        seed_everything(cfg.trainer.seed)
+        rows = read_pool(cfg) if pool is None else None  # bad rows fail here, before any model loads
+        prm = prm if prm is not None else EnsemblePRM.from_config(cfg.prm)
+        if cfg.job == PRMJob.filter:
+            return filter_pool(cfg, prm, out, rows)
+        return _train(cfg, prm, pool if pool is not None else load_training_pool(cfg, prm, rows), features, out, rank)
 
 
-def _train(cfg: PRMTrainConfig, prm, pool: list[Trajectory] | None, cache, out: Path) -> dict:
+def _train(cfg: PRMTrainConfig, prm, pool: list[Trajectory], cache, out: Path, rank: int) -> dict:
     """The job=train loop: the pool streamed once (Eq. 5 / random / all within the budget), then epochs - 1
     replays of the acquired labels; checkpoints every trainer.save_every updates."""
-    rank = rank_world()[0]
     run = PoolTrainer(cfg, prm, pool, cache, out)
     state, n_stream = run.state, run.n_stream
     logger = MetricsLog(out, "step", enabled=rank == 0, tb_prefix="prm/")
@@ -293,10 +304,10 @@ def _train(cfg: PRMTrainConfig, prm, pool: list[Trajectory] | None, cache, out: 
     return run.finish()
 
 
-def filter_pool(cfg: PRMTrainConfig, prm, out: Path) -> dict:
+def filter_pool(cfg: PRMTrainConfig, prm, out: Path, rows: list[Trajectory] | None = None) -> dict:
     """One-shot filtering: keep the Eq. 5-uncertain part of an (unlabelled) pool, as JSONL."""
     from prm.selection import select_uncertain
-    pool = load_training_pool(cfg, prm)
+    pool = load_training_pool(cfg, prm, rows)
     scores = prm.score([t.question for t in pool], [t.steps for t in pool], cfg.prm.batch_size)
     path = Path(cfg.filter_out or out / "uncertain.jsonl")
     kept = 0

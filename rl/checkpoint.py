@@ -86,6 +86,11 @@ def resolve_resume(resume: str, out_dir: str | Path, full: bool = False) -> Path
         return None
     if resume == "auto":
         found = latest_checkpoint(out_dir, full)
+        if found is None and _rounds(out_dir):  # a fresh start here would overwrite metrics.jsonl
+            raise CheckpointError(
+                f"trainer.out_dir={str(out_dir)!r} holds {len(_rounds(out_dir))} round checkpoints and none is "
+                f"intact (see above): trainer.resume=never starts over there (overwriting its metrics.jsonl), "
+                f"trainer.resume=<round dir> names one, or pick another trainer.out_dir")
         if found is not None and _rounds(out_dir)[0] != found:
             message = f"WARNING: resuming from {found.name}, not the newest round (see above)"
             log.warning(message)

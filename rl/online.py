@@ -163,7 +163,15 @@ def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
 
 
 def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
-    """Run (or resume) `cfg.rounds` rounds; `stop_after` ends the process's work early (tests: a kill)."""
+    """Run (or resume) `cfg.rounds` rounds; `stop_after` ends the process's work early (tests: a kill).
+    Rank 0 holds trainer.out_dir's lock first: a second run there fails before anything loads."""
+    from core.run import out_dir_lock
+
+    with out_dir_lock(cfg.trainer.out_dir, enabled=int(os.environ.get("RANK", "0")) == 0):
+        return _run(cfg, stop_after)
+
+
+def _run(cfg: OnlineConfig, stop_after: int | None) -> list[dict]:
     from tqdm import tqdm
 
     from core.run import MetricsLog
@@ -239,6 +247,8 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     if main_rank and (stop_after is None or last == cfg.rounds):
         finish(cfg, history, out_dir, summary_table, plot_rounds)
     loop.checker.close()
+    if hasattr(loop.rollout, "close"):  # a vLLM engine's worker processes end with the run
+        loop.rollout.close()
     return history
 
 

@@ -111,6 +111,13 @@ class VLLMRollout(RolloutBackend):
         self.bucket_bytes = sync_bucket_mb * 2 ** 20
         self.in_process = type(self.llm.llm_engine.engine_core).__name__ == "InprocClient"
 
+    def close(self) -> None:
+        """Shut the engine and its worker processes down now (garbage collection may come late, or, with
+        a reference left in a cycle, never before exit)."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+
     # ------------------------------------------------------------------ sleep mode
     def sleep(self) -> None:
         """After generating: weights offloaded and KV cache freed until `wake`."""

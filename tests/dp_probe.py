@@ -7,7 +7,9 @@ saves the flat policy weights and PRM heads ($PROBE_DIR/weights_round{i}.pt) for
 every rank its own copy ($PROBE_DIR/weights_rank{r}_round{i}.pt); ZeRO-3 weights are gathered first.
 Faults on request (env):
     PROBE_STARVE_RANK=r   rank r keeps no sample for the policy and no label in round 1
-    PROBE_HANG_ROUND=i    in round i, after judging, touch $PROBE_DIR/hung and sleep (the test kill -9s it)
+    PROBE_HANG_ROUND=i    in round i, after judging, touch $PROBE_DIR/hung_rank{r} and sleep (the test kill -9s it)
+Each rank writes its pid to $PROBE_DIR/pid_rank{r}: torchrun starts every worker in a session of its
+own, so killing the launcher's process group misses them (kill_run in the tests kills both).
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def judge_selected(self, rollouts, chosen):
         chosen = [False] * len(chosen)
     out = original_judge(self, rollouts, chosen)
     if index == HANG:
-        (OUT / "hung").write_text(str(RANK))
+        (OUT / f"hung_rank{RANK}").write_text(str(RANK))
         time.sleep(3600)
     return out
 
@@ -102,5 +104,6 @@ OnlineLoop.begin, OnlineLoop.report = begin, report
 
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"pid_rank{RANK}").write_text(str(os.getpid()))
     accept_local_rank_argument()
     online.main()

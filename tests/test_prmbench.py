@@ -125,7 +125,7 @@ def test_judge_invalid_verdict_on_prmbench_is_dropped(release):
 
 
 def test_bad_rows_name_file_line_and_field(release):
-    bad = [row("deception", "q1", ["v", "  "], [1]),               # blank step
+    bad = [row("deception", "q1", ["v", 5], [1]),                  # a step that is not a string
            row("deception", "q2", ["v"], [1], question=""),         # blank question
            row("deception", "q3", ["v"], ["1"])]                    # error step not a number
     write(release / "c.jsonl", bad)
@@ -138,6 +138,16 @@ def test_bad_rows_name_file_line_and_field(release):
         f"{c}, line 1, field 'modified_process'", f"{c}, line 2, field 'modified_question'", f"{c}, line 3, field 'error_steps'"]
     res = evaluate_prmbench(lambda qs, ss: [[0.9] * len(s) for s in ss], path=str(release), skip_bad_rows=True)
     assert res["data"]["skipped_rows"] == 3 and len(res["data"]["skipped"]) == 3
+
+
+def test_a_blank_step_is_kept_and_scored_as_the_harness_does(release):
+    write(release / "c.jsonl", [row("deception", "q1", ["v", "  ", "w"], [3])])
+    items, report = read_prmbench(release)
+    [item] = [t for t in items if t.meta["file"] == "c.jsonl"]
+    assert item.steps == ["v", "  ", "w"] and item.meta["error_steps"] == [2] and report.skipped_rows == []
+    res = evaluate_prmbench(lambda qs, ss: [[0.9] * len(s) for s in ss], path=str(release))
+    assert res["categories"]["deception"]["steps"] == 3 + sum(
+        len(t.steps) for t in items if t.meta["classification"] == "deception" and t.meta["file"] != "c.jsonl")
 
 
 def test_harness_f1_conventions():

@@ -59,10 +59,33 @@ def launch(ranks: int, out: Path, server, *extra: str, env: dict | None = None, 
     try:
         output, _ = proc.communicate(timeout=HANG_GUARD_S)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_run(proc, out)
         pytest.fail(f"{ranks}-rank run did not finish in {HANG_GUARD_S} s (a rank skipped a collective?)")
     assert proc.returncode == 0, output[-4000:]
     return output
+
+
+def kill_run(proc: subprocess.Popen, out: Path) -> None:
+    """kill -9 the launcher's process group and every worker's (torchrun gives each its own session,
+    so the launcher's group misses them: they would live on as orphans), then wait until all are gone."""
+    pids = [int(p.read_text()) for p in (out / "probe").glob("pid_rank*")]
+    for group in [proc.pid, *pids]:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"workers {pids} still alive after kill -9"
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def probe(out: Path, rank: int, round_index: int) -> dict:
@@ -191,12 +214,11 @@ def test_kill_9_in_round_2_and_resume_on_2_ranks_equals_the_uninterrupted_run(ru
     with FakeOpenAIServer(verdict) as server:
         proc = launch(2, out, server, env={"PROBE_HANG_ROUND": "2"}, wait=False)
         deadline = time.monotonic() + HANG_GUARD_S
-        while not (out / "probe" / "hung").exists():
+        while not all((out / "probe" / f"hung_rank{r}").exists() for r in (0, 1)):
             assert proc.poll() is None, proc.stdout.read()[-4000:]
             assert time.monotonic() < deadline, "round 2 never reached"
             time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)                             # every rank, mid-round 2
-        proc.wait()
+        kill_run(proc, out)                                             # every rank, mid-round 2
         assert (out / "checkpoints" / "round_0001" / "state.pt").is_file()
         assert not (out / "checkpoints" / "round_0002").exists()
         paid_before = len(server.requests)

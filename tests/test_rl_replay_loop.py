@@ -48,3 +48,25 @@ def test_heldout_set_is_judged_inside_the_run_budget_and_count(tmp_path):
     assert m["judge/refused_budget"] == 12 - 2 and m["judge/labels"] == 2
     assert m["prm/replay_size"] == 2  # the round's two labels, not the held-out six
     assert {"judge/invalid", "judge/failed", "judge/ledger_hits"} <= set(m)
+def test_the_same_seed_gives_the_same_run_at_1_and_4_judge_requests_in_flight(tmp_path):
+    """Replies land in another order with 4 requests in flight (the ledger commits them as they land);
+    the replay reads labels by content, not commit order, so every metric matches the serial run."""
+    import zlib
+    from dataclasses import replace
+
+    from tests.fake_openai_server import FakeOpenAIServer, Reply
+
+    def verdict(request):
+        crc = zlib.crc32(request.prompt.encode())
+        return Reply(content="\\boxed{0}" if crc % 2 else "\\boxed{-1}", delay_s=0.05 * (crc % 5))
+
+    runs = {}
+    with FakeOpenAIServer(verdict) as server:
+        for concurrency in (1, 4):
+            cfg = replay_config(tmp_path / f"c{concurrency}", rounds=2)
+            judge = {"name": "llm", "base_url": server.base_url, "model": "critic", "max_concurrency": concurrency,
+                     "max_retries": 0}
+            runs[concurrency] = run(replace(cfg, judge=judge))
+    assert len(runs[1]) == len(runs[4]) == 2
+    for a, b in zip(runs[1], runs[4]):
+        assert_same(a, b)

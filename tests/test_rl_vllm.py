@@ -28,11 +28,12 @@ def tiny_dir(tmp_path_factory):
     return path, model, tok
 
 
-def test_weight_sync_changes_output_and_skipped_sync_is_caught(tiny_dir):
+def test_weight_sync_changes_output_and_skipped_sync_is_caught(tiny_dir, request):
     from rl.vllm_rollout import VLLMRollout
 
     path, model, tok = tiny_dir
     engine = VLLMRollout(str(path), tok, seed=0, max_model_len=256, kv_cache_gb=1, sync_bucket_mb=1)
+    request.addfinalizer(engine.close)  # its worker processes end with the test
     pushed = []
     push = engine._push
     engine._push = lambda bucket: (pushed.append([n for n, _ in bucket]), push(bucket))  # count the buckets
@@ -112,12 +113,13 @@ def test_sigterm_shuts_the_engine_down_instead_of_orphaning_it(tiny_dir, tmp_pat
         proc.kill()
 
 
-def test_generate_from_token_ids_equals_generate_from_text(tiny_dir):
+def test_generate_from_token_ids_equals_generate_from_text(tiny_dir, request):
     """Step-wise search hands the engine prompt + generated ids (rl.search_methods): ids go in as they are."""
     from rl.vllm_rollout import VLLMRollout
 
     path, _, tok = tiny_dir
     engine = VLLMRollout(str(path), tok, seed=0, max_model_len=256, kv_cache_gb=1)
+    request.addfinalizer(engine.close)
     prompts = [format_prompt(tok, "What is 2 + 3?"), format_prompt(tok, "What is 12 * 4 - 7?")]
     as_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     from_text = engine.generate(prompts, n=1, max_new_tokens=12, temperature=0.0)
