@@ -96,13 +96,38 @@ def prompt_text(tok, question: str) -> str:
     return tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
 
 
-def _batch(tok, rng: random.Random, spec: ChainModelSpec, misconception_rate: float = 0.0) -> dict[str, torch.Tensor]:
-    rows, labels = [], []
+def _examples(rng: random.Random, spec: ChainModelSpec, misconception_rate: float) -> list[tuple[str, list[str]]]:
+    """One SFT batch's (question, solution steps), drawn from `rng` (the one stream of SFT data order)."""
+    out = []
     for i in range(spec.batch_size):
         p = chain_problem(rng, spec.chain, i)
-        t = sample_solution(rng, p.question, spec.error_rate, spec.value_max, misconception_rate)
-        prompt = tok(prompt_text(tok, p.question), add_special_tokens=False).input_ids
-        answer = tok("\n\n".join(t.steps), add_special_tokens=False).input_ids + [tok.eos_token_id]
+        out.append((p.question, sample_solution(rng, p.question, spec.error_rate, spec.value_max,
+                                                misconception_rate).steps))
+    return out
+
+
+def sft_questions(spec: ChainModelSpec) -> set[str]:
+    """Every question the build of `spec` trains on (both SFT phases, the tokenizer's corpus): replays the
+    same random streams as build_tokenizer and build_model, so a test set can be checked against it."""
+    seen = set()
+    rng = random.Random(f"tokenizer:{spec.seed}")
+    for i in range(2000):
+        p = chain_problem(rng, spec.chain, i)
+        sample_solution(rng, p.question, spec.error_rate, spec.value_max, spec.misconception_rate)
+        seen.add(p.question)
+    for stream, steps, rate in ((f"sft:{spec.seed}", spec.train_steps, 0.0),
+                                (f"misconception:{spec.seed}", spec.misconception_steps, spec.misconception_rate)):
+        rng = random.Random(stream)
+        for _ in range(steps):
+            seen.update(q for q, _ in _examples(rng, spec, rate))
+    return seen
+
+
+def _batch(tok, rng: random.Random, spec: ChainModelSpec, misconception_rate: float = 0.0) -> dict[str, torch.Tensor]:
+    rows, labels = [], []
+    for question, steps in _examples(rng, spec, misconception_rate):
+        prompt = tok(prompt_text(tok, question), add_special_tokens=False).input_ids
+        answer = tok("\n\n".join(steps), add_special_tokens=False).input_ids + [tok.eos_token_id]
         rows.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
     width = max(len(r) for r in rows)
