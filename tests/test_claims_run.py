@@ -1,0 +1,64 @@
+"""bench/claims/run.py: the commands a claim runs compose and fit their schemas; its sets are readable by
+task=chain task.source=...; the runs' records become the claim's raw rows."""
+import json
+
+import pytest
+
+from bench.claims import problem_sets, run
+from bench.claims.spec import claim_path, load_claim
+from rl.config import TaskConfig
+from tasks.registry import make_task
+from tests.test_commands import compose_and_validate
+
+
+@pytest.fixture
+def claim_d():
+    return load_claim(claim_path("d"))
+
+
+def test_every_command_of_claim_d_composes(claim_d, tmp_path):
+    steps = run.build_steps(claim_d) + run.search_steps(claim_d, tmp_path)
+    modules = [s.argv[2] for s in steps]
+    assert modules.count("tasks.chain.policy") == len(claim_d.builds) == 3
+    assert modules.count("rl.search") == 3 * len(claim_d.builds) and modules.count("prm.train") == len(claim_d.builds)
+    for step in steps:
+        if step.argv[2] in ("rl.search", "prm.train"):
+            compose_and_validate(step.argv[2], step.argv[3:])
+    seeds = [w for s in steps for w in s.argv if w.startswith("seeds=")]
+    assert set(seeds) == {"seeds=[0,1,2]"}
+
+
+def test_sets_are_written_for_task_source(claim_d, tmp_path, monkeypatch):
+    monkeypatch.setattr(problem_sets, "trained_questions", lambda seed: frozenset())
+    small = claim_d
+    small.problem_sets = [s.__class__(s.name, s.role, (s.generator_seeds[0], s.generator_seeds[0] + 1), 5)
+                          for s in claim_d.problem_sets]
+    summary = run.write_sets(small, tmp_path)
+    test = make_task(TaskConfig(name="chain", source=str(tmp_path / "sets" / "test.jsonl"))).problems
+    assert len(test) == summary["test"]["problems"] > 0
+    drawn = problem_sets.claim_problem_sets(small, check_builds=False)["test"].problems
+    assert [(p.question, p.reference_answer) for p in test] == [(p.question, p.reference_answer) for p in drawn]
+
+
+def test_records_become_raw_rows(claim_d, tmp_path):
+    def record(seed, question, results):
+        return json.dumps({"seed": seed, "question": question, "results": results}) + "\n"
+    prm = tmp_path / "build0" / "chain_prm_min" / "records"
+    conf = tmp_path / "build0" / "chain_confidence" / "records"
+    prm.mkdir(parents=True), conf.mkdir(parents=True)
+    (prm / "greedy.jsonl").write_text(record(1, "q1", [{"label": "greedy", "n": 1, "correct": True}]))
+    (prm / "best_of_n.jsonl").write_text(record(1, "q1", [{"label": "best_of_n/vanilla", "n": 16, "correct": False},
+                                                           {"label": "best_of_n/vanilla", "n": 8, "correct": True}]))
+    (conf / "beam.jsonl").write_text(record(2, "q2", [{"label": "beam/vanilla", "n": 16, "correct": True}]))
+    rows = run.search_raw(claim_d, tmp_path)
+    assert sorted((r["unit"], r["arm"], r["problem"], r["value"]) for r in rows) == [
+        ("b0/s1", "bon_prm_vanilla16", "q1", 0), ("b0/s1", "greedy", "q1", 1), ("b0/s2", "beam_conf16", "q2", 1)]
+
+
+def test_every_arm_of_claim_d_has_records_to_come_from(claim_d):
+    assert set(claim_d.arms) == set(run.SEARCH_ARMS)
+
+
+def test_a_claim_without_a_runner_says_what_it_needs():
+    with pytest.raises(SystemExit, match=r"claim \(e\) is pre-registered but has no runner yet: it needs the ORM"):
+        run.main(["e"])
