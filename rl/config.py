@@ -170,8 +170,13 @@ class PolicyEvalConfig:
     n: int = 4                               # samples per problem at rollout.temperature
     greedy: bool = True                      # also greedy decoding, one per problem
     split: str = "test"                      # datasets (gsm8k, math500): the split evaluated on
+    # generated tasks: share of the distinct questions (by hash) never trained on; the policy's evaluation and
+    # the PRM's held-out judged set come from them (rl/evaluate.py). 0: no partition
+    holdout_share: float = 0.25
 
     def __post_init__(self):
+        if not 0.0 <= self.holdout_share < 1.0:
+            raise ConfigError(f"eval.holdout_share must be in [0, 1), got {self.holdout_share}")
         if self.every < 0 or self.problems < 1 or self.n < 1:
             raise ConfigError(f"eval.every must be >= 0 and eval.problems, eval.n >= 1; got every={self.every}, "
                               f"problems={self.problems}, n={self.n}")

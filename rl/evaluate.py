@@ -12,23 +12,66 @@ Evaluated before the first round (`round` 0: the initial policy) and after every
 the last one. The problems: the task's generator with seed task.seed + EVAL_SEED_OFFSET (generated tasks)
 or split `eval.split` (datasets), minus any question the training problems contain. Ranks evaluate a
 strided share and sum their counts.
+
+Never trained on: another generator seed is not enough where the task has few distinct questions (the
+default arithmetic task has 154, and its 2,000 training problems contain every one). So a generated task's
+questions are partitioned by a hash of their text: the share `eval.holdout_share` is held out, removed
+from the training problems, and the policy's evaluation and the PRM's held-out judged set (rl.online)
+draw only from it. The partition is the same on every machine and in every run.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 
 from core.distributed import hash_seed
 
 EVAL_SEED_OFFSET = 20_011   # another seed than the training problems' and the PRM held-out set's (10_007)
+GENERATED = ("arithmetic", "chain")   # tasks drawn from a generator (datasets have their own test split)
+
+
+def held_out(question: str, share: float) -> bool:
+    """Whether `question` is in the held-out partition (a fixed `share` of all questions, by hash)."""
+    digest = hashlib.sha256(f"prmloop-heldout:{question}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < share * 2 ** 64
+
+
+def partitioned(cfg) -> bool:
+    """Whether this run holds a partition out: a generated task, and something evaluated on it."""
+    heldout_prm = cfg.replay.enabled and cfg.replay.heldout_size > 0
+    return cfg.task.name in GENERATED and cfg.eval.holdout_share > 0 and (cfg.eval.every > 0 or heldout_prm)
+
+
+def training_problems(cfg, problems: list) -> list:
+    """The problems the run may train on: the task's, minus the held-out partition where there is one."""
+    if not partitioned(cfg):
+        return problems
+    kept = [p for p in problems if not held_out(p.question, cfg.eval.holdout_share)]
+    if not kept:
+        raise ValueError(f"eval.holdout_share={cfg.eval.holdout_share} holds out every question of task "
+                         f"{cfg.task.name!r}; lower it")
+    return kept
+
+
+def fresh(cfg, problems: list, train_problems: list) -> list:
+    """`problems` never trained on: not a training question, in the held-out partition where there is one,
+    each question once."""
+    seen, out = {p.question for p in train_problems}, []
+    for p in problems:
+        if p.question in seen or (partitioned(cfg) and not held_out(p.question, cfg.eval.holdout_share)):
+            continue
+        seen.add(p.question)
+        out.append(p)
+    return out
 
 
 def eval_problems(cfg, train_problems) -> list:
     """The held-out problems of `cfg` (an OnlineConfig), disjoint from `train_problems`."""
     from tasks.registry import make_task
 
-    task = replace(cfg.task, seed=cfg.task.seed + EVAL_SEED_OFFSET, split=cfg.eval.split, limit=None)
-    seen = {p.question for p in train_problems}
-    problems = [p for p in make_task(task, cfg.data_root).problems if p.question not in seen]
+    size = max(cfg.task.size, 2 * int(cfg.eval.problems / cfg.eval.holdout_share)) if partitioned(cfg) else cfg.task.size
+    task = replace(cfg.task, seed=cfg.task.seed + EVAL_SEED_OFFSET, split=cfg.eval.split, limit=None, size=size)
+    problems = fresh(cfg, make_task(task, cfg.data_root).problems, train_problems)
     if not problems:
         raise ValueError(f"eval.every={cfg.eval.every}: task {cfg.task.name!r} has no problems outside the training set "
                          f"(split {cfg.eval.split!r}); set eval.every=0 or a task with more distinct problems")

@@ -77,6 +77,7 @@ class RoundWork:
     rollouts: list[Attempt] = field(default_factory=list)
     chosen: list[bool] = field(default_factory=list)
     cost: Cost = field(default_factory=Cost)
+    ledger_hits: int = 0                                # picks the ledger already had: labels not paid again
     metrics: dict = field(default_factory=dict)         # written by the foreground halves
     back_metrics: dict = field(default_factory=dict)    # written by learn_prm
 
@@ -126,7 +127,7 @@ class OnlineLoop:
         """The back half: touches the judge, the ledger and the PRM only (never the policy, the rollout
         engine or the global RNG streams), so a schedule may run it in a worker thread."""
         with work.back_timer("judge"):
-            judged, work.cost = self.judge_selected(work.rollouts, work.chosen)
+            judged, work.cost, work.ledger_hits = self.judge_selected(work.rollouts, work.chosen)
         with work.back_timer("prm_update"):
             work.back_metrics.update(self.update_prm(judged, work.rollouts))
         work.back_metrics["judge/labels"] = len(judged)   # this rank's; report() sums over ranks
@@ -159,6 +160,7 @@ class OnlineLoop:
                    "judge/labels": sum(part["judged"] for part in everyone),
                    "select/candidates": len(records), "select/selected": selected,
                    "select/fraction": selected / len(records), "judge/calls": cost.calls,
+                   "judge/ledger_hits": work.ledger_hits,
                    "judge/tokens": cost.tokens, "judge/seconds": cost.seconds, **std_histogram(stds), **timing}
         metrics["timing/round"] = sum(timing.values()) if wall is None else wall
         return metrics, stds
@@ -223,8 +225,9 @@ class OnlineLoop:
                                      self.cfg.prm.delta_std).tolist()
         return chosen[offset:offset + len(rollouts)]
 
-    def judge_selected(self, rollouts: list[Attempt], chosen: list[bool]) -> tuple[list[Attempt], Cost]:
-        """Labels go through the ledger (persisted before they are returned; repeats cost nothing).
+    def judge_selected(self, rollouts: list[Attempt], chosen: list[bool]) -> tuple[list[Attempt], Cost, int]:
+        """Labels go through the ledger (persisted before they are returned; repeats cost nothing): the
+        judged picks, what the paid ones cost, and how many the ledger answered (ledger hits).
         Rank 0 owns the judge and the ledger: it labels every rank's picks in one call (an item picked
         on two ranks is paid once) and broadcasts the verdicts; the cost is the round's, on every rank."""
         picked = [r for r, c in zip(rollouts, chosen) if c]
@@ -235,10 +238,11 @@ class OnlineLoop:
             verdicts = self.ledger.label(self.judge, items)
         verdicts = self.ranks.broadcast(verdicts) or []
         cost = sum((v.cost for v in verdicts if v is not None and not v.from_ledger), Cost())
+        hits = sum(v is not None and v.from_ledger for v in verdicts)
         offset = sum(len(part) for part in parts[:self.ranks.rank])
         for r, v in zip(picked, verdicts[offset:offset + len(picked)]):
             r.first_error = v.first_error if v is not None else None
-        return [r for r in picked if r.first_error is not None], cost
+        return [r for r in picked if r.first_error is not None], cost, hits
 
     def update_prm(self, judged: list[Attempt], rollouts: list[Attempt] | None = None) -> dict:
         """The PRM learns from this round's judged rollouts; its step accuracy on them before/after.

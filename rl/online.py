@@ -81,7 +81,8 @@ def build(cfg: OnlineConfig):
     if ranks.is_main:  # rank 0 owns the judge client and the ledger: a label is paid once, whatever N
         judge = make_judge(cfg.judge)
         ledger = LabelLedger.from_config(cfg.judge, default_path=ledger_path(cfg))
-    stream = TaskStream(task.problems, cfg.task.seed)
+    from rl.evaluate import training_problems
+    stream = TaskStream(training_problems(cfg, task.problems), cfg.task.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker(), ranks)
     if learner is not None and cfg.replay.enabled and cfg.prm_update != PRMUpdate.none:  # a frozen PRM replays nothing
         from prm.replay import LabelReplay
@@ -91,9 +92,10 @@ def build(cfg: OnlineConfig):
 
 
 def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
-    """The fixed held-out judged set: the initial policy's samples on problems of another seed, judged
-    through their own ledger (out_dir/heldout.sqlite: never paid twice, never trained on) and kept in
-    out_dir/heldout.jsonl so a resumed run measures on the same set."""
+    """The fixed held-out judged set: the initial policy's samples on problems of another seed that the run
+    never trains on (rl.evaluate.fresh: the held-out partition, no training question), judged through their
+    own ledger (out_dir/heldout.sqlite: never paid twice, never trained on) and kept in out_dir/heldout.jsonl
+    so a resumed run measures on the same set. prm.replay tunes the F1 threshold on half its problems."""
     from dataclasses import replace
 
     from judges.ledger import LabelLedger
@@ -108,7 +110,9 @@ def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
     if path.is_file():
         return load_trajectories_jsonl(path)
     r = cfg.rollout
-    problems = make_task(replace(cfg.task, seed=cfg.task.seed + 10_007), cfg.data_root).problems
+    from rl.evaluate import fresh
+    problems = fresh(cfg, make_task(replace(cfg.task, seed=cfg.task.seed + 10_007), cfg.data_root).problems,
+                     loop.stream.problems)
     n_prompts = -(-cfg.replay.heldout_size // r.n)
     prompts = [loop.task.prompt(loop.tok, p.question) for p in problems[:n_prompts]]
     groups = loop.rollout.generate(prompts, r.n, r.max_new_tokens, r.temperature, r.top_p, list(r.stop) or None)
@@ -152,7 +156,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
             print(f"[rl.online] resumed from {resume_from} (round {state['round']}, "
                   f"data position {loop.stream.position})")
     log = MetricsLog(out_dir, "round", history) if main_rank else None   # rank 0 writes the (global) metrics
-    eval_set = eval_problems(cfg, loop.task.problems) if cfg.eval.every else []   # the policy's (rl/evaluate.py)
+    eval_set = eval_problems(cfg, loop.stream.problems) if cfg.eval.every else []   # the policy's (rl/evaluate.py)
     if eval_set and start_round == 1:   # round 0: the initial policy (veRL's validation before training)
         history.append({"round": 0, **evaluate_policy(loop, eval_set)})
         if main_rank:
@@ -198,7 +202,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
 
 def finish(cfg, history, out_dir, summary_table, plot_rounds) -> None:
     summary_table(history, f"prmloop online: {cfg.task.name}, select={cfg.select.mode}, reward={cfg.algo.reward}, "
-                           f"prm_update={cfg.prm_update}")
+                           f"prm_update={cfg.prm_update}", cfg.trainer.seed)
     plot = plot_rounds(history, out_dir / "rounds.png") if cfg.plot else None
     print(f"outputs: {out_dir.resolve()}\n  metrics  {out_dir / 'metrics.jsonl'}\n  tensorboard  {out_dir / 'tb'}\n"
           f"  checkpoints  {out_dir / 'checkpoints'}\n  judge ledger  {ledger_path(cfg)}"

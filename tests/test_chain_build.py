@@ -12,8 +12,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tasks.chain import policy
-from tasks.chain.policy import (PINNED_ENV, BuildQualityError, ChainModelSpec, ensure_chain_tiny, model_dir,
-                                sft_questions, weights_digest)
+from tasks.chain.policy import (
+    PINNED_ENV,
+    BuildQualityError,
+    ChainModelSpec,
+    ensure_chain_tiny,
+    model_dir,
+    sft_questions,
+    weights_digest,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ChainModelSpec(train_steps=3, batch_size=4, misconception_steps=2)

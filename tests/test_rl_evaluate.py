@@ -8,7 +8,7 @@ from core.config import ConfigError
 from tasks.problems import Problem
 from rl.config import PolicyEvalConfig, OnlineConfig, TaskConfig
 from core.distributed import Ranks
-from rl.evaluate import due, eval_problems, evaluate_policy
+from rl.evaluate import due, eval_problems, evaluate_policy, held_out, training_problems
 from rl.online import run
 from rl.rollout import Completion
 from tests.test_rl_loop import tiny_config
@@ -84,9 +84,44 @@ def test_eval_problems_are_disjoint_from_training():
     held = eval_problems(cfg, train)
     assert len(held) == 20 and not {p.question for p in held} & {p.question for p in train}
     small = OnlineConfig(task=TaskConfig(name="arithmetic", num_ops=1, operand_max=2, ops="+", size=200),
-                         eval=PolicyEvalConfig(every=1))
+                         eval=PolicyEvalConfig(every=1, holdout_share=0.0))
     with pytest.raises(ValueError, match="eval.every"):   # 1 + 1 .. 2 + 2: every problem is a training one
         eval_problems(small, make_task(small.task).problems)
+
+
+def default_online_config(*overrides) -> OnlineConfig:
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from core.config import validate
+    with initialize_config_module(config_module="configs", version_base=None):
+        raw = compose(config_name="online", overrides=list(overrides))
+    return validate(OmegaConf.to_container(raw, resolve=True), OnlineConfig)
+
+
+def test_the_default_run_evaluates_on_questions_it_never_trains_on():
+    """The default task has 154 distinct questions and its 2,000 training problems hold every one: without
+    the held-out partition there is nothing left to evaluate on (the default run's empty column)."""
+    from tasks.registry import make_task
+    cfg = default_online_config()
+    assert cfg.eval.every == cfg.rounds                # round 0 and the last
+    problems = make_task(cfg.task).problems
+    train = training_problems(cfg, problems)
+    held = eval_problems(cfg, train)
+    assert len(held) >= 16 and len({p.question for p in held}) == len(held)
+    assert not {p.question for p in held} & {p.question for p in train}
+    assert all(held_out(p.question, cfg.eval.holdout_share) for p in held)
+    # the same questions on any machine: the partition is a hash of the text
+    assert len(train) == sum(not held_out(p.question, 0.25) for p in problems) < len(problems)
+    unpartitioned = default_online_config("eval.holdout_share=0.0")
+    with pytest.raises(ValueError, match="no problems outside the training set"):
+        eval_problems(unpartitioned, training_problems(unpartitioned, problems))
+
+
+def test_no_partition_where_nothing_is_evaluated():
+    cfg = default_online_config("eval.every=0", "replay.heldout_size=0")
+    problems = [Problem(f"What is {i} + 1?", str(i + 1)) for i in range(40)]
+    assert training_problems(cfg, problems) == problems
 
 
 def test_bad_eval_settings_fail_at_validation():
