@@ -127,3 +127,12 @@ def test_metrics_by_hand():
     # F1 2/3 at budget 0.1 (as above), 1.0 at 0.3: the trapezoid's mean height over the span
     rows = [{"0.1": [[2, 2], [1, 0], [-1, -1]], "0.3": [[2, 2], [-1, -1]]}]
     assert metric_of(Metric.aulc_f1)(rows) == pytest.approx((2 / 3 + 1.0) / 2)
+
+
+def test_results_page_opens_with_the_current_claims_table():
+    """bench/RESULTS.md's claims table is the one the claim files and raw results make (it cannot drift)."""
+    from bench.claims.spec import ROOT
+    page = (ROOT / "bench" / "RESULTS.md").read_text()
+    table = report_mod.claims_table()
+    assert table.strip() in page
+    assert page.index("## Claims") < page.index("## Headline numbers")
