@@ -173,6 +173,7 @@ class PolicyEvalConfig:
     # generated tasks: share of the distinct questions (by hash) never trained on; the policy's evaluation and
     # the PRM's held-out judged set come from them (rl/evaluate.py). 0: no partition
     holdout_share: float = 0.25
+    source: str | None = None                # a fixed problem set (JSONL: question, reference_answer) instead; none may be a training one
 
     def __post_init__(self):
         if not 0.0 <= self.holdout_share < 1.0:

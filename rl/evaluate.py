@@ -66,9 +66,18 @@ def fresh(cfg, problems: list, train_problems: list) -> list:
 
 
 def eval_problems(cfg, train_problems) -> list:
-    """The held-out problems of `cfg` (an OnlineConfig), disjoint from `train_problems`."""
+    """The held-out problems of `cfg` (an OnlineConfig), disjoint from `train_problems`; `eval.source`: that
+    fixed problem set (checked: one of its questions among the training problems fails, naming it)."""
     from tasks.registry import make_task
 
+    if cfg.eval.source:
+        problems = make_task(replace(cfg.task, source=cfg.eval.source, limit=None), cfg.data_root).problems
+        seen = {p.question for p in train_problems}
+        for i, p in enumerate(problems, 1):
+            if p.question in seen:
+                raise ValueError(f"{cfg.eval.source}, line {i}: question {p.question!r} is also a training problem "
+                                 f"(task {cfg.task.name!r}, seed {cfg.task.seed}): not held out")
+        return problems[:cfg.eval.problems]
     size = max(cfg.task.size, 2 * int(cfg.eval.problems / cfg.eval.holdout_share)) if partitioned(cfg) else cfg.task.size
     task = replace(cfg.task, seed=cfg.task.seed + EVAL_SEED_OFFSET, split=cfg.eval.split, limit=None, size=size)
     problems = fresh(cfg, make_task(task, cfg.data_root).problems, train_problems)
@@ -78,9 +87,11 @@ def eval_problems(cfg, train_problems) -> list:
     return problems[:cfg.eval.problems]
 
 
-def evaluate_policy(loop, problems: list) -> dict:
+def evaluate_policy(loop, problems: list, per_problem: list | None = None) -> dict:
     """Pass rates of the current policy on `problems`. Seeds depend on (run seed, problem) only, so every
-    evaluation, and every arm of a comparison with the same trainer.seed, draws from the same generators."""
+    evaluation, and every arm of a comparison with the same trainer.seed, draws from the same generators.
+    `per_problem` (a list) receives one row per problem, every rank's: question, right, n, greedy_right
+    (the raw results a claim's intervals over problems need)."""
     cfg, r = loop.cfg, loop.cfg.rollout
     mine = list(range(loop.ranks.rank, len(problems), loop.ranks.world))
     chosen = [problems[i] for i in mine]
@@ -101,6 +112,15 @@ def evaluate_policy(loop, problems: list) -> dict:
     verdicts = loop.checker.verify_solutions(refs, texts, cfg.task.fallback_last_number) if texts else []
     counts = {k: [sum(v == "correct" for v, kk in zip(verdicts, kinds) if kk == k), kinds.count(k),
                   sum(t for t, kk in zip(tokens, kinds) if kk == k)] for k in ("sampled", "greedy")}
+    rows, at = [], 0
+    for p, group, best in zip(chosen, sampled, greedy):
+        size = len(group) + len(best)
+        mine = verdicts[at:at + size]
+        rows.append({"question": p.question, "right": sum(v == "correct" for v in mine[:len(group)]), "n": len(group),
+                     "greedy_right": sum(v == "correct" for v in mine[len(group):])})
+        at += size
+    if per_problem is not None:
+        per_problem.extend(row for part in loop.ranks.gather(rows) for row in part)
     totals = loop.ranks.gather(counts)
     right, total, length = ({k: sum(part[k][j] for part in totals) for k in counts} for j in range(3))
     out = {"eval/pass": right["sampled"] / max(total["sampled"], 1), "eval/problems": len(problems),

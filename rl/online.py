@@ -157,8 +157,15 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
                   f"data position {loop.stream.position})")
     log = MetricsLog(out_dir, "round", history) if main_rank else None   # rank 0 writes the (global) metrics
     eval_set = eval_problems(cfg, loop.stream.problems) if cfg.eval.every else []   # the policy's (rl/evaluate.py)
+    def evaluate(index: int) -> dict:
+        rows: list[dict] = []
+        out = evaluate_policy(loop, eval_set, rows)
+        if main_rank:   # per problem: the raw results behind eval/pass (bench/claims reads them)
+            with (out_dir / "eval_problems.jsonl").open("a") as fh:
+                fh.writelines(json.dumps({"round": index, **row}) + "\n" for row in rows)
+        return out
     if eval_set and start_round == 1:   # round 0: the initial policy (veRL's validation before training)
-        history.append({"round": 0, **evaluate_policy(loop, eval_set)})
+        history.append({"round": 0, **evaluate(0)})
         if main_rank:
             log.write(history[-1])
             print(f"round 0: held-out pass {history[-1]['eval/pass']:.3f} (initial policy)")
@@ -175,7 +182,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
         bar.update(1)
         if eval_set and due(cfg, index):   # the policy after this round's update, before the next one's
             with_timer = time.perf_counter()
-            metrics.update(evaluate_policy(loop, eval_set))
+            metrics.update(evaluate(index))
             metrics["timing/evaluate"] = time.perf_counter() - with_timer
         with_timer = time.perf_counter()
         if cfg.trainer.save_every and index % cfg.trainer.save_every == 0:

@@ -62,3 +62,37 @@ def test_every_arm_of_claim_d_has_records_to_come_from(claim_d):
 def test_a_claim_without_a_runner_says_what_it_needs():
     with pytest.raises(SystemExit, match=r"claim \(e\) is pre-registered but has no runner yet: it needs the ORM"):
         run.main(["e"])
+
+
+def test_every_command_of_claim_b_composes(tmp_path):
+    claim = load_claim(claim_path("b"))
+    steps = run.online_steps(claim, tmp_path)
+    assert len(steps) == len(claim.builds) * len(claim.seeds) * len(claim.arms) == 60
+    for step in steps[:len(claim.arms)] + steps[-1:]:      # every arm, and the last build / seed
+        assert step.argv[2] == "rl.online"
+        words = step.argv[3:]
+        words = [f"--config-name={words[1]}", *words[2:]]
+        compose_and_validate("rl.online", words)
+    seeds = sorted({w for s in steps for w in s.argv if w.startswith("task.seed=")})
+    assert seeds == [f"task.seed={600200 + i}" for i in range(5)]     # the claim's train set, one seed each
+
+
+def test_online_records_become_raw_rows_from_the_last_round(tmp_path):
+    claim = load_claim(claim_path("b"))
+    here = run.online_dir(tmp_path, 0, 3, "eq5")
+    here.mkdir(parents=True)
+    rows = [{"round": 0, "question": "q1", "right": 0, "n": 4}, {"round": 40, "question": "q1", "right": 3, "n": 4},
+            {"round": 40, "question": "q2", "right": 4, "n": 4}]
+    (here / "eval_problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sorted((r["unit"], r["arm"], r["problem"], r["value"]) for r in run.online_raw(claim, tmp_path)) == [
+        ("b0/s3", "eq5", "q1", 0.75), ("b0/s3", "eq5", "q2", 1.0)]
+
+
+def test_a_step_that_marks_is_done_only_after_it_succeeds(tmp_path):
+    ok = run.Step("ok", ["python", "-c", "pass"], tmp_path / "ok.done", mark=True)
+    run.run_step(ok, dry_run=False)
+    assert ok.done.is_file()
+    bad = run.Step("bad", ["python", "-c", "raise SystemExit(3)"], tmp_path / "bad.done", mark=True)
+    with pytest.raises(Exception):
+        run.run_step(bad, dry_run=False)
+    assert not bad.done.exists()

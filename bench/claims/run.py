@@ -29,6 +29,7 @@ class Step:
     name: str
     argv: list[str]       # python -m ... (run with this interpreter, from the repository root)
     done: Path            # exists once the step finished
+    mark: bool = False    # run.py writes `done` after the command succeeds (its own outputs grow while it runs)
 
 
 def write_sets(claim: Claim, out: Path) -> dict:
@@ -107,10 +108,59 @@ def search_raw(claim: Claim, out: Path) -> list[dict]:
     return rows
 
 
-RUNNERS = {"d": (search_steps, search_raw)}
+# ------------------------------------------------------------------ claim (b): online labels
+ONLINE_ARMS = {"eq5": ["select.mode=uncertain"], "judge_all": ["select.mode=all"], "random": ["select.mode=random"],
+               "outcome_only": ["algo.reward=outcome", "select.mode=none", "prm_update=none"]}
+
+
+def online_dir(out: Path, build: int, seed: int, arm: str) -> Path:
+    return out / f"build{build}" / f"seed{seed}" / arm
+
+
+def online_steps(claim: Claim, out: Path) -> list[Step]:
+    """Per build, seed and arm: the testbed's online run (configs/online_chain.yaml) training on the claim's
+    train set (generator seed first + i for the i-th seed) and evaluated every round on its test set
+    (eval.source: every sample of every test problem, per problem in eval_problems.jsonl). A killed run
+    resumes from its checkpoints (trainer.resume=auto)."""
+    train = next(s for s in claim.problem_sets if s.role == "train")
+    if len(claim.seeds) > train.generator_seeds[1] - train.generator_seeds[0]:
+        raise ValueError(f"{claim.path}: {len(claim.seeds)} seeds but train set {train.name!r} has "
+                         f"{train.generator_seeds[1] - train.generator_seeds[0]} generator seeds")
+    steps = []
+    for b in claim.builds:
+        model = str(build_dir(b))
+        for i, seed in enumerate(claim.seeds):
+            for arm in claim.arms:
+                here = online_dir(out, b, seed, arm)
+                argv = ["python", "-m", "rl.online", "--config-name", "online_chain", f"policy.model={model}",
+                        f"prm.backbone={model}", f"task.seed={train.generator_seeds[0] + i}",
+                        f"task.size={train.per_seed}", f"trainer.seed={seed}", "eval.every=1",
+                        f"eval.source={out / 'sets' / 'test.jsonl'}", "eval.problems=100000", "eval.holdout_share=0.0",
+                        "eval.greedy=false", *ONLINE_ARMS[arm], f"trainer.out_dir={here}"]
+                steps.append(Step(f"online b{b} s{seed} {arm}", argv, here / "claim_step.done", mark=True))
+    return steps
+
+
+def online_raw(claim: Claim, out: Path) -> list[dict]:
+    """The held-out pass of each test problem at each run's last evaluated round (its last row there)."""
+    rows = []
+    for b in claim.builds:
+        for seed in claim.seeds:
+            for arm in claim.arms:
+                path = online_dir(out, b, seed, arm) / "eval_problems.jsonl"
+                if not path.is_file():
+                    continue
+                evals = [json.loads(line) for line in path.read_text().splitlines()]
+                last = max(r["round"] for r in evals)
+                final = {r["question"]: r for r in evals if r["round"] == last}
+                rows += [{"unit": f"b{b}/s{seed}", "arm": arm, "problem": q, "value": r["right"] / r["n"]}
+                         for q, r in final.items()]
+    return rows
+
+
+RUNNERS = {"d": (search_steps, search_raw), "b": (online_steps, online_raw)}
 MISSING = {
     "a": "the label-efficiency runs on the claim's pools (bench/bench_chain_pool.py reads generator seeds 101 / 202)",
-    "b": "rl.online's held-out pass on the claim's test set (eval reads task.seed + 20_011, not a file)",
     "e": "the ORM and the calibrated-confidence baselines",
 }
 
@@ -123,6 +173,9 @@ def run_step(step: Step, dry_run: bool) -> None:
     print(f"$ {line}", flush=True)
     if not dry_run:
         subprocess.run([sys.executable, *step.argv[1:]], cwd=ROOT, check=True)
+        if step.mark:
+            step.done.parent.mkdir(parents=True, exist_ok=True)
+            step.done.touch()
 
 
 def main(argv: list[str] | None = None) -> None:
