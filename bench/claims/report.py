@@ -139,10 +139,10 @@ def claim_status(claim: Claim, results: list[Result]) -> Status:
 
 def comparison_table(claim: Claim, results: list[Result]) -> str:
     lines = [f"### ({claim.id}) {claim.title}", "",
-             f"Metric: {claim.metric_text}. Decision: treatment - control > margin; Holm across table "
-             f"`{claim.table}` at alpha {claim.alpha}. Status: **{claim_status(claim, results)}**.", "",
-             "| comparison | metric | margin | estimate | paired t 95 % (units) | bootstrap 95 % (units x problems) "
-             "| Holm p | decision |", "|---|---|---|---|---|---|---|---|"]
+             (f"Metric: {claim.metric_text}. Decision: treatment - control > margin; Holm across table "
+              f"`{claim.table}` at alpha {claim.alpha}. Status: **{claim_status(claim, results)}**."), "",
+             ("| comparison | metric | margin | estimate | paired t 95 % (units) | bootstrap 95 % (units x problems) "
+              "| Holm p | decision |"), "|---|---|---|---|---|---|---|---|"]
     done = {r.comparison.name: r for r in results}
     for c in claim.comparisons:
         name = c.name + ("" if c.primary else " (secondary)")
