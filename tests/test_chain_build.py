@@ -77,7 +77,7 @@ def test_loading_checks_the_weights_are_the_measured_ones(tmp_path, in_process):
     calls = in_process["calls"]
     assert ensure_chain_tiny(tmp_path, SMALL, log=lambda *_: None) == out and in_process["calls"] == calls  # digest only
     weights = load_file(out / "model.safetensors")
-    name = sorted(weights)[0]
+    name = min(weights)
     weights[name] = weights[name] + 1.0           # another model file under the same build.json
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     in_process["greedy"] = 0.3

@@ -1,6 +1,7 @@
 """bench/claims/run.py: the commands a claim runs compose and fit their schemas; its sets are readable by
 task=chain task.source=...; the runs' records become the claim's raw rows."""
 import json
+import subprocess
 
 import pytest
 
@@ -93,6 +94,6 @@ def test_a_step_that_marks_is_done_only_after_it_succeeds(tmp_path):
     run.run_step(ok, dry_run=False)
     assert ok.done.is_file()
     bad = run.Step("bad", ["python", "-c", "raise SystemExit(3)"], tmp_path / "bad.done", mark=True)
-    with pytest.raises(Exception):
+    with pytest.raises(subprocess.CalledProcessError):
         run.run_step(bad, dry_run=False)
     assert not bad.done.exists()
