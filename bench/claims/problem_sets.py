@@ -111,3 +111,24 @@ def claim_problem_sets(claim: Claim, check_builds: bool = True) -> dict[str, Dra
     test.dropped, test.problems = len(test.problems) - len(kept), kept
     assert_disjoint(test.problems, others)
     return drawn
+
+
+def overlap_report(build_seed: int = 0) -> str:
+    """How many questions of each reserved set and of each claim's drawn test set a policy build trained
+    on or another set holds: why test sets are checked by question, not by seed range."""
+    from bench.claims.spec import claim_files, load_claim
+    trained = trained_questions(build_seed)
+    lines = [f"| set | questions | in build {build_seed}'s SFT data |", "|---|---|---|"]
+    for name, questions in reserved_questions().items():
+        lines.append(f"| reserved: {name} | {len(questions)} | {len(questions & trained)} |")
+    lines += ["", "| claim test set | drawn | dropped (seen elsewhere) | kept |", "|---|---|---|---|"]
+    for path in claim_files():
+        claim = load_claim(path)
+        test = claim_problem_sets(claim)[claim.test_set.name]
+        lines.append(f"| ({claim.id}) generator seeds {list(claim.test_set.generator_seeds)} x {claim.test_set.per_seed} "
+                     f"| {len(test.problems) + test.dropped} | {test.dropped} | {len(test.problems)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(overlap_report())
