@@ -7,7 +7,6 @@ the weights' digests side by side.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
