@@ -97,3 +97,33 @@ def test_a_step_that_marks_is_done_only_after_it_succeeds(tmp_path):
     with pytest.raises(subprocess.CalledProcessError):
         run.run_step(bad, dry_run=False)
     assert not bad.done.exists()
+
+
+def test_claim_a_runs_bench_chain_pool_on_its_own_sets(tmp_path):
+    import sys
+    sys.path.insert(0, str(run.ROOT / "bench"))
+    from bench_chain_pool import parse_args
+    claim = load_claim(claim_path("a"))
+    steps = run.label_steps(claim, tmp_path)
+    assert len(steps) == 2 * 3                        # samples + runs, for each of the 3 pools
+    for step in steps:
+        assert step.argv[1] == "bench/bench_chain_pool.py"
+        args = parse_args(step.argv[2:])              # every flag exists
+        assert args.model.endswith("chain-tiny") and args.out.startswith(str(tmp_path))
+    runs = parse_args(steps[1].argv[2:])
+    assert runs.per_problem and runs.seeds == claim.seeds and runs.budgets == [0.05, 0.1, 0.2, 0.3, 0.5]
+    samples = parse_args(steps[0].argv[2:])
+    assert samples.pool_set.endswith("pool_0.jsonl") and samples.tune_set.endswith("validation.jsonl")
+
+
+def test_label_runs_become_curves_and_f1_rows(tmp_path):
+    claim = load_claim(claim_path("a"))
+    (tmp_path / "pool_1").mkdir()
+    runs = [{"mode": "active", "budget": b, "seed": 4, "per_problem": {"q": [[1, 1]], "r": [[-1, 0]]}} for b in (0.1, 0.3)]
+    runs += [{"mode": "full", "budget": 1.0, "seed": 4, "per_problem": {"q": [[1, 1]], "r": [[-1, -1]]}}]
+    (tmp_path / "pool_1" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    rows = {(r["arm"], r["problem"]): r for r in run.label_raw(claim, tmp_path)}
+    assert rows[("active", "q")]["value"] == {"0.1": [[1, 1]], "0.3": [[1, 1]]} and rows[("active", "q")]["unit"] == "pool_1/s4"
+    assert rows[("full", "r")] == {"unit": "pool_1/s4", "arm": "full", "problem": "r", "metric": "first_error_f1",
+                                   "value": [[-1, -1]]}
+    assert rows[("active_at_30", "r")]["value"] == [[-1, 0]] and ("random", "q") not in rows

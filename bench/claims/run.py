@@ -1,6 +1,7 @@
 """`python -m bench.claims.run <claim>`: a pre-registered claim end to end, from nothing to its table.
 
     python -m bench.claims.run d_search             # every stage; a finished stage is skipped (resume)
+    python -m bench.claims.run b_online_labels      # (a), (b), (d) have runners; (e) says what it still needs
     python -m bench.claims.run d_search --dry-run   # print every command it would run, run nothing
 
 Stages, each writing under --out (default outputs/claims/<id>) and skipped when its output exists:
@@ -27,7 +28,7 @@ from bench.claims.spec import ROOT, Claim, claim_path, load_claim
 @dataclass
 class Step:
     name: str
-    argv: list[str]       # python -m ... (run with this interpreter, from the repository root)
+    argv: list[str]       # python -m ... or python bench/<script> (this interpreter, from the repository root)
     done: Path            # exists once the step finished
     mark: bool = False    # run.py writes `done` after the command succeeds (its own outputs grow while it runs)
 
@@ -158,11 +159,50 @@ def online_raw(claim: Claim, out: Path) -> list[dict]:
     return rows
 
 
-RUNNERS = {"d": (search_steps, search_raw), "b": (online_steps, online_raw)}
-MISSING = {
-    "a": "the label-efficiency runs on the claim's pools (bench/bench_chain_pool.py reads generator seeds 101 / 202)",
-    "e": "the ORM and the calibrated-confidence baselines",
-}
+# ------------------------------------------------------------------ claim (a): label efficiency
+def label_steps(claim: Claim, out: Path) -> list[Step]:
+    """Per pool: the policy's samples on it, the validation and the test set (bench_chain_pool --stage pool),
+    then active / random at every budget and the full pool, every seed (--stage runs --per-problem)."""
+    (b,) = claim.builds
+    sets, steps = out / "sets", []
+    for pool in (s for s in claim.problem_sets if s.role == "pool"):
+        here = out / pool.name
+        common = ["--out", str(here), "--model", str(build_dir(b))]
+        steps.append(Step(f"{pool.name} samples", ["python", "bench/bench_chain_pool.py", "--stage", "pool", *common,
+                                                   "--pool-set", str(sets / f"{pool.name}.jsonl"),
+                                                   "--test-set", str(sets / "test.jsonl"),
+                                                   "--tune-set", str(sets / "validation.jsonl")], here / "test.jsonl"))
+        steps.append(Step(f"{pool.name} runs", ["python", "bench/bench_chain_pool.py", "--stage", "runs", *common,
+                                                "--per-problem", "--budgets", *LABEL_BUDGETS,
+                                                "--seeds", *map(str, claim.seeds)], here / "runs.done", mark=True))
+    return steps
+
+
+LABEL_BUDGETS = ["0.05", "0.1", "0.2", "0.3", "0.5"]
+
+
+def label_raw(claim: Claim, out: Path) -> list[dict]:
+    """active / random: {budget: rows} per test problem (the area under F1 vs budget); full and the active
+    PRM at 30 %: the rows themselves (first-error F1)."""
+    rows = []
+    for pool in (s for s in claim.problem_sets if s.role == "pool"):
+        path = out / pool.name / "runs.jsonl"
+        runs = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        curves: dict = {}
+        for r in runs:
+            unit = f"{pool.name}/s{r['seed']}"
+            for q, pairs in r["per_problem"].items():
+                if r["mode"] in ("active", "random"):
+                    curves.setdefault((unit, r["mode"], q), {})[str(r["budget"])] = pairs
+                arm = "full" if r["mode"] == "full" else "active_at_30" if (r["mode"], r["budget"]) == ("active", 0.3) else None
+                if arm:
+                    rows.append({"unit": unit, "arm": arm, "problem": q, "metric": "first_error_f1", "value": pairs})
+        rows += [{"unit": u, "arm": arm, "problem": q, "value": v} for (u, arm, q), v in curves.items()]
+    return rows
+
+
+RUNNERS = {"d": (search_steps, search_raw), "b": (online_steps, online_raw), "a": (label_steps, label_raw)}
+MISSING = {"e": "the ORM and the calibrated-confidence baselines"}
 
 
 def run_step(step: Step, dry_run: bool) -> None:
@@ -172,7 +212,7 @@ def run_step(step: Step, dry_run: bool) -> None:
         return
     print(f"$ {line}", flush=True)
     if not dry_run:
-        subprocess.run([sys.executable, *step.argv[1:]], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, *step.argv[1:]], cwd=ROOT, check=True)   # python -m ... or a bench script
         if step.mark:
             step.done.parent.mkdir(parents=True, exist_ok=True)
             step.done.touch()
