@@ -105,3 +105,13 @@ def test_sft_questions_are_the_questions_the_build_trains_on():
     first_batch = policy._examples(random.Random("sft:0"), SMALL, 0.0)
     assert {q for q, _ in first_batch} <= seen
     assert len(seen) <= 2000 + (SMALL.train_steps + SMALL.misconception_steps) * SMALL.batch_size
+
+
+def test_greedy_pass_runs_on_a_built_model(tmp_path, monkeypatch):
+    """The measurement itself (the other tests replace it): a 5-step model solves next to nothing, but
+    every problem is generated and checked against its answer line."""
+    monkeypatch.setattr(policy, "pinned", lambda: True)
+    out = ensure_chain_tiny(tmp_path, SMALL, log=lambda *_: None)
+    monkeypatch.setattr(policy, "QUALITY_PROBLEMS", 8)
+    score = policy.greedy_pass(out, SMALL)
+    assert 0.0 <= score <= 1.0 and score * 8 == int(score * 8)

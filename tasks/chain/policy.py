@@ -274,6 +274,7 @@ def greedy_pass(path: Path, spec: ChainModelSpec) -> float:
     """Share of the quality problems whose greedy solution ends with the right answer line."""
     from transformers import AutoTokenizer
 
+    from core.steps import split_steps
     from tasks.chain.labels import ANSWER
     from tasks.chain.problems import chain_problems
     tok = AutoTokenizer.from_pretrained(path)
@@ -288,7 +289,7 @@ def greedy_pass(path: Path, spec: ChainModelSpec) -> float:
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=110, do_sample=False, pad_token_id=tok.pad_token_id)
         texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        right += sum(t.strip().split("\n\n")[-1].strip() == ANSWER.format(p.reference_answer)
+        right += sum((split_steps(t) or ["(empty)"])[-1] == ANSWER.format(p.reference_answer)   # as bench_chain_pool
                      for t, p in zip(texts, batch))
     return right / len(problems)
 
