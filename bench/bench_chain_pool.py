@@ -41,7 +41,7 @@ MIN_STEP = ScoreSpec(aggregate="min")   # a sample's score for best-of-n: its lo
 
 
 def prm_config(args, seed: int = 0) -> PRMConfig:
-    return PRMConfig(backbone="chain-tiny", dtype="fp32", num_heads=32, head_hidden=64, train_mode=args.train_mode,
+    return PRMConfig(backbone=args.model, dtype="fp32", num_heads=32, head_hidden=64, train_mode=args.train_mode,
                      step_features=args.step_features, lr=args.lr, max_length=256, batch_size=args.batch_size,
                      head_lr=args.head_lr, pos_weight=1.0, seed=seed, delta_pred=args.delta_pred,
                      delta_std=args.delta_std)
@@ -75,17 +75,24 @@ def judged(items) -> list[Trajectory]:
     return out
 
 
+def problem_file(path: str) -> list:
+    """A fixed problem set (JSONL: question, reference_answer), e.g. a claim's checked set (bench/claims)."""
+    from tasks.problems import Problem
+    return [Problem(r["question"], r["reference_answer"]) for r in map(json.loads, Path(path).read_text().splitlines())]
+
+
 def stage_pool(args, out: Path) -> None:
     from core.models import load_model
     torch.manual_seed(0)
-    model, tok = load_model("chain-tiny", "fp32")
+    model, tok = load_model(args.model, "fp32")
     spec = ChainSpec()
-    train_p = chain_problems(101, args.pool_problems, spec)
-    test_p = chain_problems(202, args.test_problems, spec)
+    train_p = problem_file(args.pool_set) if args.pool_set else chain_problems(101, args.pool_problems, spec)
+    test_p = problem_file(args.test_set) if args.test_set else chain_problems(202, args.test_problems, spec)
     start = time.perf_counter()
     pool, test = judged(sample(model, tok, train_p, args.n, 1.0)), judged(sample(model, tok, test_p, args.test_n, 1.0))
     greedy = judged(sample(model, tok, test_p, 1, 0.0))
-    for name, items in (("pool", pool), ("test", test), ("greedy", greedy)):
+    tune = judged(sample(model, tok, problem_file(args.tune_set), args.n, 1.0)) if args.tune_set else []
+    for name, items in (("pool", pool), ("test", test), ("greedy", greedy)) + ((("tune", tune),) if tune else ()):
         with (out / f"{name}.jsonl").open("w") as fh:
             fh.writelines(json.dumps({**t.to_json(), "meta": t.meta}) + "\n" for t in items)
     print(f"sampled + judged {len(pool) + len(test) + len(greedy)} in {time.perf_counter() - start:.0f} s")
@@ -192,7 +199,7 @@ TAUS = [i / 100 for i in range(1, 100)]
 def baselines(args, out: Path, tune, test) -> dict:
     from core.models import load_model
     from prm.confidence import PolicyConfidence
-    model, tok = load_model("chain-tiny", "fp32")
+    model, tok = load_model(args.model, "fp32")
     rows = {}
     for reduce in ("min", "mean"):
         conf = PolicyConfidence(model, tok, reduce, batch_size=64)
@@ -234,9 +241,15 @@ def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, 
         return [s.mean for s in prm.score([t.question for t in items], [t.steps for t in items], features=feats)]
     tau = tuned(tune, scores(tune))
     test_scores = scores(test)
-    return {"mode": mode, "budget": budget, "seed": seed, "labels": summary["labels_used"], "tau": tau,
-            **quality(test, test_scores, tau), "best_of_n": best_of_n(test, test_scores),
-            **selection_curves(test, test_scores)}
+    row = {"mode": mode, "budget": budget, "seed": seed, "labels": summary["labels_used"], "tau": tau,
+           **quality(test, test_scores, tau), "best_of_n": best_of_n(test, test_scores),
+           **selection_curves(test, test_scores)}
+    if args.per_problem:   # the raw rows a claim's intervals over problems need: (label, predicted first error)
+        from core.steps import first_below
+        row["per_problem"] = defaultdict(list)
+        for t, s in zip(test, test_scores):
+            row["per_problem"][t.question].append([t.first_error, first_below(list(s), tau)])
+    return row
 
 
 def tag(args) -> str:
@@ -247,6 +260,9 @@ def tag(args) -> str:
 def stage_runs(args, out: Path) -> None:
     allp, test = load(out, "pool"), load(out, "test")
     pool, tune = allp[: len(allp) - args.tune_n], allp[len(allp) - args.tune_n:]
+    if (out / "tune.jsonl").is_file():   # a validation set of its own (--tune-set): the whole pool trains
+        pool, tune = allp, load(out, "tune")
+        allp = allp + tune
     cache = features(args, out, allp + test)
     if not (out / f"baselines{args.tag}.json").is_file():
         (out / f"baselines{args.tag}.json").write_text(json.dumps(baselines(args, out, tune, test), indent=1))
@@ -381,7 +397,7 @@ def plot(by, base, budgets, path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--stage", choices=["pool", "runs", "report"], required=True)
     ap.add_argument("--out", default="outputs/bench_chain_pool")
@@ -404,7 +420,16 @@ def main() -> None:
                     help="prm.step_features: hidden_logprob adds the step's log min / mean token probability")
     ap.add_argument("--train-mode", choices=["frozen", "full"], default="frozen", help="prm.train_mode")
     ap.add_argument("--lr", type=float, default=1e-3, help="backbone lr (--train-mode full)")
-    args = ap.parse_args()
+    ap.add_argument("--model", default="chain-tiny", help="the policy (a name or a build's directory)")
+    ap.add_argument("--pool-set", help="JSONL problems instead of generator seed 101's (bench/claims)")
+    ap.add_argument("--test-set", help="JSONL problems instead of generator seed 202's")
+    ap.add_argument("--tune-set", help="JSONL problems to tune tau on instead of the pool's tail")
+    ap.add_argument("--per-problem", action="store_true", help="each run keeps (label, predicted) per test problem")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,8 @@ class OutDirConfig:
 # (rollout.n=0 would divide by zero there).
 RANGES: dict[str, Callable[[float], bool]] = {
     ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, "> 0": lambda v: v > 0,
-    "in [0, 1]": lambda v: 0 <= v <= 1, "in (0, 1]": lambda v: 0 < v <= 1, "0, 1, 2 or 3": lambda v: v in (0, 1, 2, 3)}
+    "in [0, 1]": lambda v: 0 <= v <= 1, "in (0, 1]": lambda v: 0 < v <= 1, "in [0, 1)": lambda v: 0 <= v < 1,
+    "0, 1, 2 or 3": lambda v: v in (0, 1, 2, 3)}
 
 
 def check_ranges(node: object, prefix: str, **rules: str) -> None:

@@ -8,6 +8,9 @@ step k as the error (later steps are not labelled); first error -1 makes every s
     step_auroc_within  the same probability over pairs taken from the same problem (question) only: a
                        scorer that merely learned which problems are hard scores 0.5 here.
     first_error_f1     ProcessBench F1 (judges.metrics) of "first step scored below tau".
+
+F1 depends on tau, and a fixed tau that a scorer's calibration drifts towards makes F1 rise with no better
+ranking: `tuned_threshold` picks tau on a validation split (`split_by_problem`) and F1 is read on the rest.
 """
 from __future__ import annotations
 
@@ -83,3 +86,35 @@ def scorer_quality(questions, first_errors, scores, threshold: float = 0.5, pref
     return {f"{prefix}auroc": step_auroc(first_errors, scores),
             f"{prefix}auroc_within": step_auroc_within(questions, first_errors, scores),
             f"{prefix}f1": pb["f1"], f"{prefix}acc_error": pb["acc_error"]}
+
+
+def split_by_problem(questions: Sequence[str]) -> tuple[list[int], list[int]]:
+    """(validation indices, test indices): the first half of the distinct questions (in order of first
+    appearance) and every item of theirs to validation, the rest to test; one problem: all to test."""
+    order = list(dict.fromkeys(questions))
+    if len(order) < 2:
+        return [], list(range(len(questions)))
+    first = set(order[:len(order) // 2])
+    return [i for i, q in enumerate(questions) if q in first], [i for i, q in enumerate(questions) if q not in first]
+
+
+def tuned_threshold(first_errors, scores, default: float = 0.5) -> float:
+    """tau in 0.01..0.99 with the best first-error F1 (the lowest such tau); where F1 is undefined (no
+    all-correct item), the best accuracy on the erroneous items; `default` without items."""
+    if not len(first_errors):
+        return default
+
+    def objective(tau: float) -> float:
+        r = first_error_scores(first_errors, scores, tau)
+        value = r["acc_error"] if math.isnan(r["f1"]) else r["f1"]
+        return -1.0 if math.isnan(value) else value
+    return max((i / 100 for i in range(1, 100)), key=objective)
+
+
+def heldout_quality(questions, first_errors, scores, threshold: float = 0.5, prefix: str = "") -> dict[str, float]:
+    """scorer_quality on the test half of a held-out set, F1 at the tau tuned on its validation half
+    (`threshold` where the set has a single problem); the tau comes back as <prefix>tau."""
+    val, test = split_by_problem(list(questions))
+    tau = tuned_threshold([first_errors[i] for i in val], [scores[i] for i in val], threshold) if val else threshold
+    pick = lambda xs: [xs[i] for i in test]
+    return {**scorer_quality(pick(questions), pick(first_errors), pick(scores), tau, prefix), f"{prefix}tau": tau}

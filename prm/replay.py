@@ -24,7 +24,7 @@ from collections import deque
 from judges.base import item_key
 from prm.config import ReplayConfig
 from tasks.problems import Trajectory
-from prm.quality import scorer_quality
+from prm.quality import heldout_quality
 
 
 def valid_label(first_error: int | None, steps: list[str]) -> bool:
@@ -90,12 +90,13 @@ class LabelReplay:
 
     def heldout_quality(self, scorer) -> dict[str, float]:
         """Step AUROC (pooled, within problem) and first-error F1 of `scorer` (anything with .score) on
-        the fixed held-out judged set."""
+        the test half of the fixed held-out judged set, F1 at the threshold tuned on its validation half
+        (prm.quality.heldout_quality)."""
         if not self.heldout:
             return {}
         scores = [s.mean for s in scorer.score([t.question for t in self.heldout], [t.steps for t in self.heldout])]
-        return scorer_quality([t.question for t in self.heldout], [t.first_error for t in self.heldout], scores,
-                              self.threshold, prefix="prm/heldout_")
+        return heldout_quality([t.question for t in self.heldout], [t.first_error for t in self.heldout], scores,
+                               self.threshold, prefix="prm/heldout_")
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:

@@ -181,9 +181,13 @@ class PolicyEvalConfig:
     n: int = 4                               # samples per problem at rollout.temperature
     greedy: bool = True                      # also greedy decoding, one per problem
     split: str = "test"                      # datasets (gsm8k, math500): the split evaluated on
+    # generated tasks: share of the distinct questions (by hash) never trained on; the policy's evaluation and
+    # the PRM's held-out judged set come from them (rl/evaluate.py). 0: no partition
+    holdout_share: float = 0.25
+    source: str | None = None                # a fixed problem set (JSONL: question, reference_answer) instead; none may be a training one
 
     def __post_init__(self):
-        check_ranges(self, "policy_eval.", every=">= 0", problems=">= 1", n=">= 1")
+        check_ranges(self, "policy_eval.", every=">= 0", problems=">= 1", n=">= 1", holdout_share="in [0, 1)")
 
 
 @dataclass

@@ -105,7 +105,8 @@ def build(cfg: OnlineConfig):
         from prm.model import EnsemblePRM
         from prm.update import PRMLearner
         learner = PRMLearner(EnsemblePRM.from_config(cfg.prm), cfg.trainer)
-    stream = TaskStream(task.problems, cfg.task.seed)
+    from rl.evaluate import training_problems
+    stream = TaskStream(training_problems(cfg, task.problems), cfg.task.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker(), ranks)
     if learner is not None and cfg.replay.enabled and cfg.prm_update != PRMUpdate.none:  # a frozen PRM replays nothing
         from prm.replay import LabelReplay
@@ -126,10 +127,11 @@ def check_memory(cfg: OnlineConfig, ranks: Ranks) -> None:
 
 
 def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
-    """The fixed held-out judged set: the initial policy's samples on problems of another seed, judged
-    through the run's ledger (one budget, one count: its calls go into round 1's judge/* metrics, as
-    judge/heldout_calls too; never paid twice; the replay never trains on them) and kept in
-    out_dir/heldout.jsonl so a resumed run measures on the same set."""
+    """The fixed held-out judged set: the initial policy's samples on problems of another seed that the run
+    never trains on (rl.evaluate.fresh: the held-out partition, no training question), judged through the
+    run's ledger (one budget, one count: its calls go into round 1's judge/* metrics, as judge/heldout_calls
+    too; never paid twice; the replay never trains on them) and kept in out_dir/heldout.jsonl so a resumed
+    run measures on the same set. prm.replay tunes the F1 threshold on half its problems."""
     from dataclasses import replace
 
     from judges.base import Cost
@@ -145,7 +147,9 @@ def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
     if path.is_file():
         return load_trajectories_jsonl(path)
     r = cfg.rollout
-    problems = make_task(replace(cfg.task, seed=cfg.task.seed + 10_007), cfg.data_root).problems
+    from rl.evaluate import fresh
+    problems = fresh(cfg, make_task(replace(cfg.task, seed=cfg.task.seed + 10_007), cfg.data_root).problems,
+                     loop.stream.problems)
     n_prompts = -(-cfg.replay.heldout_size // r.n)
     prompts = [loop.task.prompt(loop.tok, p.question) for p in problems[:n_prompts]]
     groups = loop.rollout.generate(prompts, r.n, r.max_new_tokens, r.temperature, r.top_p, list(r.stop) or None)
@@ -201,9 +205,16 @@ def _run(cfg: OnlineConfig, stop_after: int | None) -> list[dict]:
             print(f"[rl.online] resumed from {resume_from} (round {state['round']}, "
                   f"data position {loop.stream.position})")
     log = MetricsLog(out_dir, "round", history) if main_rank else None   # rank 0 writes the (global) metrics
-    eval_set = eval_problems(cfg, loop.task.problems) if cfg.policy_eval.every else []   # the policy's (rl/evaluate.py)
+    eval_set = eval_problems(cfg, loop.stream.problems) if cfg.policy_eval.every else []   # the policy's (rl/evaluate.py)
+    def evaluate(index: int) -> dict:
+        rows: list[dict] = []
+        out = evaluate_policy(loop, eval_set, rows)
+        if main_rank:   # per problem: the raw results behind eval/pass (bench/claims reads them)
+            with (out_dir / "eval_problems.jsonl").open("a") as fh:
+                fh.writelines(json.dumps({"round": index, **row}) + "\n" for row in rows)
+        return out
     if eval_set and start_round == 1:   # round 0: the initial policy (veRL's validation before training)
-        history.append({"round": 0, **evaluate_policy(loop, eval_set)})
+        history.append({"round": 0, **evaluate(0)})
         if main_rank:
             log.write(history[-1])
             print(f"round 0: held-out pass {history[-1]['eval/pass']:.3f} (initial policy)")
@@ -222,7 +233,7 @@ def _run(cfg: OnlineConfig, stop_after: int | None) -> list[dict]:
         bar.update(1)
         if eval_set and due(cfg, index):   # the policy after this round's update, before the next one's
             with_timer = time.perf_counter()
-            metrics.update(evaluate_policy(loop, eval_set))
+            metrics.update(evaluate(index))
             metrics["timing/evaluate"] = time.perf_counter() - with_timer
         with_timer = time.perf_counter()
         if cfg.trainer.save_every and index % cfg.trainer.save_every == 0:
@@ -254,7 +265,7 @@ def _run(cfg: OnlineConfig, stop_after: int | None) -> list[dict]:
 
 def finish(cfg, history, out_dir, summary_table, plot_rounds) -> None:
     summary_table(history, f"prmloop online: {cfg.task.name}, select={cfg.select.mode}, reward={cfg.algo.reward}, "
-                           f"prm_update={cfg.prm_update}")
+                           f"prm_update={cfg.prm_update}", cfg.trainer.seed)
     plot = plot_rounds(history, out_dir / "rounds.png") if cfg.plot else None
     print(f"outputs: {out_dir.resolve()}\n  metrics  {out_dir / 'metrics.jsonl'}\n  tensorboard  {out_dir / 'tb'}\n"
           f"  checkpoints  {out_dir / 'checkpoints'}\n  judge ledger  {ledger_path(cfg)}"

@@ -8,12 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-SUMMARY_COLUMNS = [("round", "round", "{:d}"), ("pass_rate", "pass", "{:.3f}"), ("eval/pass", "held-out pass", "{:.3f}"), ("reward/outcome", "R out", "{:.3f}"),
+# What each column measures: `pass` is on the round's own training prompts (it moves with which problems
+# the stream drew); `held-out pass` on problems the run never trains on (rl/evaluate.py), at round 0 and
+# every policy_eval.every rounds; the PRM's AUROC / F1 on a held-out judged set, F1 at the threshold tuned on its
+# validation half (prm.replay); judge calls paid, and picks the ledger already had (not paid again).
+SUMMARY_COLUMNS = [("round", "round", "{:d}"), ("pass_rate", "pass (train prompts)", "{:.3f}"),
+                   ("eval/pass", "held-out pass", "{:.3f}"), ("eval/pass_greedy", "held-out greedy", "{:.3f}"),
                    ("reward/process", "R proc", "{:.3f}"), ("select/fraction", "sel", "{:.2f}"),
-                   ("judge/calls", "judge calls", "{:d}"), ("judge/invalid", "invalid", "{:d}"),
-                   ("prm/acc_before", "PRM acc", "{:.3f}"),
-                   ("prm/acc_after", "after", "{:.3f}"), ("prm/heldout_auroc", "held-out AUROC", "{:.3f}"),
-                   ("prm/heldout_f1", "held-out F1", "{:.3f}"),
+                   ("judge/calls", "judge paid", "{:d}"), ("judge/ledger_hits", "ledger hits", "{:d}"),
+                   ("judge/invalid", "invalid", "{:d}"),
+                   ("prm/heldout_auroc", "held-out AUROC", "{:.3f}"),
+                   ("prm/heldout_auroc_within", "within-problem", "{:.3f}"),
+                   ("prm/heldout_f1", "held-out F1 (tuned tau)", "{:.3f}"), ("prm/heldout_tau", "tau", "{:.2f}"),
                    ("timing/round", "secs", "{:.1f}")]
 
 
@@ -52,11 +58,16 @@ def std_histogram(values: list[float], bins=(0, .005, .01, .02, .05, .1, .2, 1.0
     return {f"prm/std_hist/{lo:g}-{hi:g}": int(c) for lo, hi, c in zip(bins[:-1], bins[1:], counts)}
 
 
-def summary_table(history: list[dict], title: str) -> None:
+def one_seed_note(seed: int) -> str:
+    return (f"one seed (trainer.seed={seed}): no interval; a difference between two runs needs several seeds "
+            "and problem-level intervals (bench/claims)")
+
+
+def summary_table(history: list[dict], title: str, seed: int | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, caption=one_seed_note(seed) if seed is not None else None)
     for _, header, _ in SUMMARY_COLUMNS:
         table.add_column(header, justify="right")
     for m in history:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
+from core.rows import finish_rows, rows_of
 from tasks.chain.problems import CHAIN_SYSTEM_PROMPT, ChainSpec, chain_problems
 from tasks.problems import Problem, load_gsm8k, load_math500
 
@@ -103,7 +105,15 @@ def _arithmetic(cfg, root=None) -> Task:
 
 
 def _chain(cfg, root=None) -> Task:
-    """The CPU testbed (tasks.chain.problems): 3-8 operation chains for the tiny policy `chain-tiny`; no few-shot turns."""
+    """The CPU testbed (tasks.chain.problems): 3-8 operation chains for the tiny policy `chain-tiny`; no few-shot turns.
+    task.source: a fixed problem set instead of the generator, a JSONL file of {question, reference_answer} rows
+    (bench/claims writes its checked test sets so)."""
+    if getattr(cfg, "source", None):
+        rows = rows_of(cfg.source, Path(cfg.source))
+        parse = lambda i, rec: Problem(rows.get(i, rec, "question"), str(rows.get(i, rec, "reference_answer")),
+                                       f"chain/file:{i}")
+        problems = finish_rows(rows, rows.parse(parse))
+        return Task("chain", problems, cfg.system_prompt or CHAIN_SYSTEM_PROMPT)
     spec = ChainSpec(cfg.min_ops, cfg.max_ops, cfg.operand_max, cfg.value_max, cfg.ops)
     return Task("chain", chain_problems(cfg.seed, cfg.size, spec), cfg.system_prompt or CHAIN_SYSTEM_PROMPT)
 

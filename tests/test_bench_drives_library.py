@@ -45,8 +45,8 @@ def test_documented_bench_commands_run_as_modules():
             where = f"{doc.relative_to(ROOT)}:{number}"
             if re.search(r"python3? bench/\w+\.py", line):
                 stale.append(where)
-            missing += [f"{where} bench.{m}" for m in re.findall(r"-m bench\.(\w+)", line)
-                        if not (ROOT / "bench" / f"{m}.py").is_file()]
+            missing += [f"{where} bench.{m}" for m in re.findall(r"-m bench\.([\w.]+)", line)
+                        if not (ROOT / "bench" / f"{m.replace('.', '/')}.py").is_file()]
     assert not stale, f"run bench scripts as `python -m bench.<name>`: {stale[:10]}"
     assert not missing, f"no such bench module: {missing[:10]}"
 

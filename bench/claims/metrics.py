@@ -1,0 +1,48 @@
+"""A claim's metric of a list of per-problem raw rows (bench/claims/README.md, raw results).
+
+    mean            rows are numbers (a problem's value: pass 0/1, a share of samples)
+    first_error_f1  rows are [[label, predicted first error], ...]: ProcessBench F1 of every pair
+    auroc_within    rows are [[step label, score], ...] of one problem: wins over same-problem pairs, pooled
+    aulc_f1         rows are {budget: [[label, predicted], ...]}: F1 at each budget, trapezoid area / span
+"""
+from __future__ import annotations
+
+import math
+
+from bench.claims.spec import Metric
+
+
+def _mean(rows: list) -> float:
+    return sum(float(r) for r in rows) / len(rows) if rows else math.nan
+
+
+def _f1(rows: list) -> float:
+    from judges.metrics import processbench_f1
+    pairs = [pair for r in rows for pair in r]
+    return processbench_f1([int(p) for _, p in pairs], [int(y) for y, _ in pairs])["f1"] if pairs else math.nan
+
+
+def _auroc_within(rows: list) -> float:
+    from prm.quality import _pair_stats
+    wins = n = 0.0
+    for problem in rows:
+        w, m = _pair_stats([(int(y), float(s)) for y, s in problem])
+        wins, n = wins + w, n + m
+    return wins / n if n else math.nan
+
+
+def _aulc_f1(rows: list) -> float:
+    budgets = sorted({float(b) for r in rows for b in r})
+    if len(budgets) < 2:
+        raise ValueError(f"aulc_f1 needs >= 2 budgets, got {budgets}")
+    f1 = [_f1([r[b] for r in rows for b in r if float(b) == budget]) for budget in budgets]
+    area = sum((b1 - b0) * (f0 + f1_) / 2 for b0, b1, f0, f1_ in zip(budgets, budgets[1:], f1, f1[1:]))
+    return area / (budgets[-1] - budgets[0])
+
+
+METRICS = {Metric.mean: _mean, Metric.first_error_f1: _f1, Metric.auroc_within: _auroc_within,
+           Metric.aulc_f1: _aulc_f1}
+
+
+def metric_of(metric: Metric):
+    return METRICS[Metric(metric)]

@@ -1,0 +1,248 @@
+"""`python -m bench.claims.run <claim>`: a pre-registered claim end to end, from nothing to its table.
+
+    python -m bench.claims.run d_search             # every stage; a finished stage is skipped (resume)
+    python -m bench.claims.run b_online_labels      # (a), (b), (d) have runners; (e) says what it still needs
+    python -m bench.claims.run d_search --dry-run   # print every command it would run, run nothing
+
+Stages, each writing under --out (default outputs/claims/<id>) and skipped when its output exists:
+    sets     draw the claim's problem sets, the test set checked fresh (bench/claims/problem_sets.py),
+             written as sets/<name>.jsonl (task=chain task.source=... reads them) with sets.json (sizes, drops)
+    builds   the policy builds the claim names (python -m tasks.chain.policy --seed N: pinned, quality-checked)
+    arms     the claim's own commands, each printed before it runs (RUNNERS below)
+    raw      the runs' records -> the claim's raw file (one row per unit, arm, problem)
+    report   python -m bench.claims.report <claim>: table, plot, status
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.claims.spec import ROOT, Claim, claim_path, load_claim
+
+
+@dataclass
+class Step:
+    name: str
+    argv: list[str]       # python -m ... (this interpreter, from the repository root)
+    done: Path            # exists once the step finished
+    mark: bool = False    # run.py writes `done` after the command succeeds (its own outputs grow while it runs)
+
+
+def write_sets(claim: Claim, out: Path) -> dict:
+    from bench.claims.problem_sets import claim_problem_sets
+    sets = claim_problem_sets(claim)
+    (out / "sets").mkdir(parents=True, exist_ok=True)
+    for name, drawn in sets.items():
+        rows = [{"question": p.question, "reference_answer": str(p.reference_answer)} for p in drawn.problems]
+        (out / "sets" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {name: {"role": d.spec.role.value, "generator_seeds": list(d.spec.generator_seeds),
+                      "problems": len(d.problems), "dropped": d.dropped} for name, d in sets.items()}
+    (out / "sets.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def build_dir(seed: int) -> Path:
+    from core.models import cache_root
+    from tasks.chain.policy import model_dir
+    return model_dir(cache_root(), seed)
+
+
+def build_steps(claim: Claim) -> list[Step]:
+    return [Step(f"build {b}", ["python", "-m", "tasks.chain.policy", "--seed", str(b)], build_dir(b) / "quality.json")
+            for b in claim.builds]
+
+
+# ------------------------------------------------------------------ claim (d): search at N = 16
+# arm -> (rl.search setting, record label, n)
+SEARCH_ARMS = {"greedy": ("chain_prm_min", "greedy", 1), "majority16": ("chain_prm_min", "best_of_n/majority", 16),
+               "bon_prm_vanilla16": ("chain_prm_min", "best_of_n/vanilla", 16),
+               "bon_prm_weighted16": ("chain_prm_min", "best_of_n/weighted", 16),
+               "bon_conf_vanilla16": ("chain_confidence", "best_of_n/vanilla", 16),
+               "bon_conf_weighted16": ("chain_confidence", "best_of_n/weighted", 16),
+               "beam_prm16": ("chain_prm_min", "beam/vanilla", 16), "beam_conf16": ("chain_confidence", "beam/vanilla", 16),
+               "dvts_prm16": ("chain_prm_min", "dvts/vanilla", 16), "dvts_conf16": ("chain_confidence", "dvts/vanilla", 16)}
+
+
+def search_steps(claim: Claim, out: Path) -> list[Step]:
+    """Per build: its samples on the pool set (rl.search job=pool), the PRM trained on them with the chain
+    judge's labels (prm.train, as bench/RESULTS.md's chain PRM), then both search settings on the test set."""
+    from bench.bench_search import command
+    sets, steps = out / "sets", []
+    for b in claim.builds:
+        model, here = str(build_dir(b)), out / f"build{b}"
+        chain = ["task=chain", "policy=chain_tiny", f"policy.model={model}", "policy.dtype=fp32", "rollout.backend=hf"]
+        steps.append(Step(f"pool {b}", ["python", "-m", "rl.search", "job=pool", *chain, f"task.source={sets / 'pool.jsonl'}",
+                                        "rollout.temperature=1.0", "rollout.max_new_tokens=120", "pool.n=4",
+                                        "pool.exclude_offset=1000000", "pool.exclude_limit=1",
+                                        f"trainer.out_dir={here / 'pool'}"], here / "pool" / "pool.jsonl"))
+        steps.append(Step(f"prm {b}", ["python", "-m", "prm.train", "prm=chain_tiny", f"prm.backbone={model}", "pool=jsonl",
+                                       f"pool.path={here / 'pool' / 'pool.jsonl'}", "pool.limit=null", "judge=chain",
+                                       "select.mode=all", "epochs=10", "run_eval=false", "prm.batch_size=32",
+                                       f"trainer.out_dir={here / 'prm'}"], here / "prm" / "prm"))
+        seeds = "[" + ",".join(map(str, claim.seeds)) + "]"
+        for setting in ("chain_prm_min", "chain_confidence"):
+            extra = [f"task.source={sets / 'test.jsonl'}", "task.limit=null", f"policy.model={model}", f"seeds={seeds}",
+                     "ns=[1,16]", "method.beam.ns=[16]", "method.dvts.ns=[16]", f"trainer.out_dir={here / setting}"]
+            _, argv = command(setting, str(here / "prm" / "prm"), "hf", extra)
+            steps.append(Step(f"{setting} {b}", argv, here / setting / "summary.md"))
+    return steps
+
+
+def search_raw(claim: Claim, out: Path) -> list[dict]:
+    rows = []
+    for b in claim.builds:
+        for arm in claim.arms:
+            setting, label, n = SEARCH_ARMS[arm]
+            for path in sorted((out / f"build{b}" / setting / "records").glob("*.jsonl")):
+                for line in path.read_text().splitlines():
+                    rec = json.loads(line)
+                    for r in rec["results"]:
+                        if r["label"] == label and r["n"] == n:
+                            rows.append({"unit": f"b{b}/s{rec['seed']}", "arm": arm, "problem": rec["question"],
+                                         "value": int(bool(r["correct"]))})
+    return rows
+
+
+# ------------------------------------------------------------------ claim (b): online labels
+ONLINE_ARMS = {"eq5": ["select.mode=uncertain"], "judge_all": ["select.mode=all"], "random": ["select.mode=random"],
+               "outcome_only": ["algo.reward=outcome", "select.mode=none", "prm_update=none"]}
+
+
+def online_dir(out: Path, build: int, seed: int, arm: str) -> Path:
+    return out / f"build{build}" / f"seed{seed}" / arm
+
+
+def online_steps(claim: Claim, out: Path) -> list[Step]:
+    """Per build, seed and arm: the testbed's online run (configs/online_chain.yaml) training on the claim's
+    train set (generator seed first + i for the i-th seed) and evaluated every round on its test set
+    (policy_eval.source: every sample of every test problem, per problem in eval_problems.jsonl). A killed run
+    resumes from its checkpoints (trainer.resume=auto)."""
+    train = next(s for s in claim.problem_sets if s.role == "train")
+    if len(claim.seeds) > train.generator_seeds[1] - train.generator_seeds[0]:
+        raise ValueError(f"{claim.path}: {len(claim.seeds)} seeds but train set {train.name!r} has "
+                         f"{train.generator_seeds[1] - train.generator_seeds[0]} generator seeds")
+    steps = []
+    for b in claim.builds:
+        model = str(build_dir(b))
+        for i, seed in enumerate(claim.seeds):
+            for arm in claim.arms:
+                here = online_dir(out, b, seed, arm)
+                argv = ["python", "-m", "rl.online", "--config-name", "online_chain", f"policy.model={model}",
+                        f"prm.backbone={model}", f"task.seed={train.generator_seeds[0] + i}",
+                        f"task.size={train.per_seed}", f"trainer.seed={seed}", "policy_eval.every=1",
+                        f"policy_eval.source={out / 'sets' / 'test.jsonl'}", "policy_eval.problems=100000", "policy_eval.holdout_share=0.0",
+                        "policy_eval.greedy=false", *ONLINE_ARMS[arm], f"trainer.out_dir={here}"]
+                steps.append(Step(f"online b{b} s{seed} {arm}", argv, here / "claim_step.done", mark=True))
+    return steps
+
+
+def online_raw(claim: Claim, out: Path) -> list[dict]:
+    """The held-out pass of each test problem at each run's last evaluated round (its last row there)."""
+    rows = []
+    for b in claim.builds:
+        for seed in claim.seeds:
+            for arm in claim.arms:
+                path = online_dir(out, b, seed, arm) / "eval_problems.jsonl"
+                if not path.is_file():
+                    continue
+                evals = [json.loads(line) for line in path.read_text().splitlines()]
+                last = max(r["round"] for r in evals)
+                final = {r["question"]: r for r in evals if r["round"] == last}
+                rows += [{"unit": f"b{b}/s{seed}", "arm": arm, "problem": q, "value": r["right"] / r["n"]}
+                         for q, r in final.items()]
+    return rows
+
+
+# ------------------------------------------------------------------ claim (a): label efficiency
+def label_steps(claim: Claim, out: Path) -> list[Step]:
+    """Per pool: the policy's samples on it, the validation and the test set (bench_chain_pool --stage pool),
+    then active / random at every budget and the full pool, every seed (--stage runs --per-problem)."""
+    (b,) = claim.builds
+    sets, steps = out / "sets", []
+    for pool in (s for s in claim.problem_sets if s.role == "pool"):
+        here = out / pool.name
+        common = ["--out", str(here), "--model", str(build_dir(b))]
+        steps.append(Step(f"{pool.name} samples", ["python", "-m", "bench.bench_chain_pool", "--stage", "pool", *common,
+                                                   "--pool-set", str(sets / f"{pool.name}.jsonl"),
+                                                   "--test-set", str(sets / "test.jsonl"),
+                                                   "--tune-set", str(sets / "validation.jsonl")], here / "test.jsonl"))
+        steps.append(Step(f"{pool.name} runs", ["python", "-m", "bench.bench_chain_pool", "--stage", "runs", *common,
+                                                "--per-problem", "--budgets", *LABEL_BUDGETS,
+                                                "--seeds", *map(str, claim.seeds)], here / "runs.done", mark=True))
+    return steps
+
+
+LABEL_BUDGETS = ["0.05", "0.1", "0.2", "0.3", "0.5"]
+
+
+def label_raw(claim: Claim, out: Path) -> list[dict]:
+    """active / random: {budget: rows} per test problem (the area under F1 vs budget); full and the active
+    PRM at 30 %: the rows themselves (first-error F1)."""
+    rows = []
+    for pool in (s for s in claim.problem_sets if s.role == "pool"):
+        path = out / pool.name / "runs.jsonl"
+        runs = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        curves: dict = {}
+        for r in runs:
+            unit = f"{pool.name}/s{r['seed']}"
+            for q, pairs in r["per_problem"].items():
+                if r["mode"] in ("active", "random"):
+                    curves.setdefault((unit, r["mode"], q), {})[str(r["budget"])] = pairs
+                arm = "full" if r["mode"] == "full" else "active_at_30" if (r["mode"], r["budget"]) == ("active", 0.3) else None
+                if arm:
+                    rows.append({"unit": unit, "arm": arm, "problem": q, "metric": "first_error_f1", "value": pairs})
+        rows += [{"unit": u, "arm": arm, "problem": q, "value": v} for (u, arm, q), v in curves.items()]
+    return rows
+
+
+RUNNERS = {"d": (search_steps, search_raw), "b": (online_steps, online_raw), "a": (label_steps, label_raw)}
+MISSING = {"e": "the ORM and the calibrated-confidence baselines"}
+
+
+def run_step(step: Step, dry_run: bool) -> None:
+    line = shlex.join(step.argv)
+    if step.done.exists():
+        print(f"[claims] {step.name}: done ({step.done})")
+        return
+    print(f"$ {line}", flush=True)
+    if not dry_run:
+        subprocess.run([sys.executable, *step.argv[1:]], cwd=ROOT, check=True)   # python -m ...
+        if step.mark:
+            step.done.parent.mkdir(parents=True, exist_ok=True)
+            step.done.touch()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("claim", help="a claim file stem (d_search) or id (d)")
+    ap.add_argument("--out", type=Path, help="working dir (default outputs/claims/<id>)")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = ap.parse_args(argv)
+    claim = load_claim(claim_path(args.claim))
+    if claim.id not in RUNNERS:
+        raise SystemExit(f"claim ({claim.id}) is pre-registered but has no runner yet: it needs {MISSING[claim.id]}")
+    out = args.out or ROOT / "outputs" / "claims" / claim.id
+    out.mkdir(parents=True, exist_ok=True)
+    summary = write_sets(claim, out) if not (out / "sets.json").is_file() else json.loads((out / "sets.json").read_text())
+    print("[claims] sets: " + ", ".join(f"{k} {v['problems']} problems ({v['dropped']} dropped)" for k, v in summary.items()))
+    steps_of, raw_of = RUNNERS[claim.id]
+    for step in build_steps(claim) + steps_of(claim, out):
+        run_step(step, args.dry_run)
+    if args.dry_run:
+        return
+    rows = raw_of(claim, out)
+    raw = ROOT / claim.raw
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"[claims] {len(rows)} raw rows -> {claim.raw}")
+    from bench.claims.report import report
+    print(report(claim.id))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""bench/claims/report.py: a claim's table re-made from raw rows, decided by its own rule, Holm across its table."""
+import json
+import random
+
+import pytest
+
+from bench.claims import report as report_mod
+from bench.claims.metrics import metric_of
+from bench.claims.spec import Metric, load_claim
+from bench.claims.stats import Status, holm
+
+CLAIM = """# synthetic
+
+```yaml
+id: {id}
+title: "synthetic {id}"
+hypothesis: "h"
+metric: mean
+arms:
+  good: "better"
+  base: "baseline"
+  bad: "worse"
+  same: "the baseline again"
+comparisons:
+  - name: good_vs_base
+    treatment: good
+    control: base
+  - name: bad_vs_base
+    treatment: bad
+    control: base
+  - name: same_vs_base
+    treatment: same
+    control: base
+    primary: false
+seeds: [0, 1, 2, 3]
+builds: [0]
+problem_sets:
+  - name: test
+    role: test
+    generator_seeds: [950000, 950001]
+    per_seed: 40
+table: synthetic
+bootstrap_reps: 2000
+run: "python -m bench.claims.run {id}"
+raw: {raw}
+plot: {plot}
+```
+"""
+
+
+def make_claim(tmp_path, cid: str, rows: list[dict] | None):
+    raw, plot = tmp_path / f"{cid}.jsonl", tmp_path / f"{cid}.png"
+    path = tmp_path / f"{cid}.md"
+    path.write_text(CLAIM.format(id=cid, raw=raw, plot=plot))
+    if rows is not None:
+        raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def synthetic_rows() -> list[dict]:
+    """base passes 40 %, good 90 %, bad 5 %, same: base's rate drawn again (no effect)."""
+    rng, rows = random.Random(0), []
+    for unit in range(4):
+        for p in range(40):
+            for arm, rate in (("base", .4), ("good", .9), ("bad", .05), ("same", .4)):
+                rows.append({"unit": f"s{unit}", "arm": arm, "problem": f"p{p}", "value": int(rng.random() < rate)})
+    return rows
+
+
+@pytest.fixture
+def claims(tmp_path, monkeypatch):
+    paths = [make_claim(tmp_path, "x", synthetic_rows()), make_claim(tmp_path, "y", None)]
+    monkeypatch.setattr(report_mod, "claim_files", lambda: paths)
+    return paths
+
+
+def test_statuses_follow_the_rule(claims):
+    results = {r.comparison.name: r for r in report_mod.table_results("synthetic")["x"]}
+    assert results["good_vs_base"].status == Status.holds
+    assert results["bad_vs_base"].status == Status.fails
+    assert results["same_vs_base"].status == Status.undecided
+    assert report_mod.claim_status(load_claim(claims[0]), list(results.values())) == Status.fails
+    assert report_mod.claim_status(load_claim(claims[1]), []) == Status.not_run
+
+
+def test_holm_counts_the_comparisons_not_yet_run(claims):
+    results = report_mod.table_results("synthetic")["x"]
+    family = [r.p_value for r in results] + [1.0] * 3      # claim y pre-registers 3 comparisons, not run
+    assert [r.adjusted for r in results] == pytest.approx(holm(family)[:3])
+
+
+def test_estimate_is_the_paired_mean_difference(claims):
+    rows = synthetic_rows()
+    units = sorted({r["unit"] for r in rows})
+
+    def rate(unit, arm):
+        vals = [r["value"] for r in rows if r["unit"] == unit and r["arm"] == arm]
+        return sum(vals) / len(vals)
+    expected = sum(rate(u, "good") - rate(u, "base") for u in units) / len(units)
+    good = next(r for r in report_mod.table_results("synthetic")["x"] if r.comparison.name == "good_vs_base")
+    assert good.t.mean == pytest.approx(expected) and good.boot.mean == pytest.approx(expected)
+    assert good.boot.low < expected < good.boot.high and (good.units, good.problems) == (4, 40)
+
+
+def test_report_writes_table_and_plot_and_the_claims_table(claims, monkeypatch):
+    monkeypatch.setattr(report_mod, "claim_path", lambda name: claims[0])
+    text = report_mod.report("x")
+    assert "| good_vs_base | mean | +0.00 |" in text and "holds" in text and "**fails**" in text
+    assert (claims[0].parent / "x.png").is_file() and (claims[0].parent / "x.table.md").read_text() == text
+    table = report_mod.claims_table(["synthetic"])
+    assert "pre-registered, not yet run" in table and "good_vs_base: +" in table
+
+
+def test_a_malformed_raw_line_names_file_line_and_field(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"unit": "a", "arm": "b", "problem": "c", "value": 1}\n{"unit": "a", "arm": "b", "value": 1}\n')
+    with pytest.raises(ValueError, match=rf"{path}:2: problem: missing"):
+        report_mod.read_raw(path)
+
+
+def test_metrics_by_hand():
+    assert metric_of(Metric.mean)([1, 0, 1, 1]) == 0.75
+    # problem 1: right steps 0.9, 0.4 vs wrong 0.5 -> 1 of 2 pairs; problem 2: 0.8 vs 0.8 -> a tie, 1/2
+    assert metric_of(Metric.auroc_within)([[[1, .9], [1, .4], [0, .5]], [[1, .8], [0, .8]]]) == pytest.approx(1.5 / 3)
+    # F1 rows: errors named 1 of 2 (acc_error .5), all-correct named 1 of 1 (acc_correct 1) -> 2/3
+    assert metric_of(Metric.first_error_f1)([[[2, 2], [1, 0]], [[-1, -1]]]) == pytest.approx(2 / 3)
+    # F1 2/3 at budget 0.1 (as above), 1.0 at 0.3: the trapezoid's mean height over the span
+    rows = [{"0.1": [[2, 2], [1, 0], [-1, -1]], "0.3": [[2, 2], [-1, -1]]}]
+    assert metric_of(Metric.aulc_f1)(rows) == pytest.approx((2 / 3 + 1.0) / 2)
+
+
+def test_results_page_opens_with_the_current_claims_table():
+    """bench/RESULTS.md's claims table is the one the claim files and raw results make (it cannot drift)."""
+    from bench.claims.spec import ROOT
+    page = (ROOT / "bench" / "RESULTS.md").read_text()
+    table = report_mod.claims_table()
+    assert table.strip() in page
+    assert page.index("## Claims") < page.index("## Headline numbers")

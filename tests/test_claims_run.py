@@ -1,0 +1,127 @@
+"""bench/claims/run.py: the commands a claim runs compose and fit their schemas; its sets are readable by
+task=chain task.source=...; the runs' records become the claim's raw rows."""
+import json
+import subprocess
+
+import pytest
+
+from bench.claims import problem_sets, run
+from bench.claims.spec import claim_path, load_claim
+from rl.config import TaskConfig
+from tasks.registry import make_task
+from tests.test_commands import compose_and_validate
+
+
+@pytest.fixture
+def claim_d():
+    return load_claim(claim_path("d"))
+
+
+def test_every_command_of_claim_d_composes(claim_d, tmp_path):
+    steps = run.build_steps(claim_d) + run.search_steps(claim_d, tmp_path)
+    modules = [s.argv[2] for s in steps]
+    assert modules.count("tasks.chain.policy") == len(claim_d.builds) == 3
+    assert modules.count("rl.search") == 3 * len(claim_d.builds) and modules.count("prm.train") == len(claim_d.builds)
+    for step in steps:
+        if step.argv[2] in ("rl.search", "prm.train"):
+            compose_and_validate(step.argv[2], step.argv[3:])
+    seeds = [w for s in steps for w in s.argv if w.startswith("seeds=")]
+    assert set(seeds) == {"seeds=[0,1,2]"}
+
+
+def test_sets_are_written_for_task_source(claim_d, tmp_path, monkeypatch):
+    monkeypatch.setattr(problem_sets, "trained_questions", lambda seed: frozenset())
+    small = claim_d
+    small.problem_sets = [s.__class__(s.name, s.role, (s.generator_seeds[0], s.generator_seeds[0] + 1), 5)
+                          for s in claim_d.problem_sets]
+    summary = run.write_sets(small, tmp_path)
+    test = make_task(TaskConfig(name="chain", source=str(tmp_path / "sets" / "test.jsonl"))).problems
+    assert len(test) == summary["test"]["problems"] > 0
+    drawn = problem_sets.claim_problem_sets(small, check_builds=False)["test"].problems
+    assert [(p.question, p.reference_answer) for p in test] == [(p.question, p.reference_answer) for p in drawn]
+
+
+def test_records_become_raw_rows(claim_d, tmp_path):
+    def record(seed, question, results):
+        return json.dumps({"seed": seed, "question": question, "results": results}) + "\n"
+    prm = tmp_path / "build0" / "chain_prm_min" / "records"
+    conf = tmp_path / "build0" / "chain_confidence" / "records"
+    prm.mkdir(parents=True), conf.mkdir(parents=True)
+    (prm / "greedy.jsonl").write_text(record(1, "q1", [{"label": "greedy", "n": 1, "correct": True}]))
+    (prm / "best_of_n.jsonl").write_text(record(1, "q1", [{"label": "best_of_n/vanilla", "n": 16, "correct": False},
+                                                           {"label": "best_of_n/vanilla", "n": 8, "correct": True}]))
+    (conf / "beam.jsonl").write_text(record(2, "q2", [{"label": "beam/vanilla", "n": 16, "correct": True}]))
+    rows = run.search_raw(claim_d, tmp_path)
+    assert sorted((r["unit"], r["arm"], r["problem"], r["value"]) for r in rows) == [
+        ("b0/s1", "bon_prm_vanilla16", "q1", 0), ("b0/s1", "greedy", "q1", 1), ("b0/s2", "beam_conf16", "q2", 1)]
+
+
+def test_every_arm_of_claim_d_has_records_to_come_from(claim_d):
+    assert set(claim_d.arms) == set(run.SEARCH_ARMS)
+
+
+def test_a_claim_without_a_runner_says_what_it_needs():
+    with pytest.raises(SystemExit, match=r"claim \(e\) is pre-registered but has no runner yet: it needs the ORM"):
+        run.main(["e"])
+
+
+def test_every_command_of_claim_b_composes(tmp_path):
+    claim = load_claim(claim_path("b"))
+    steps = run.online_steps(claim, tmp_path)
+    assert len(steps) == len(claim.builds) * len(claim.seeds) * len(claim.arms) == 60
+    for step in steps[:len(claim.arms)] + steps[-1:]:      # every arm, and the last build / seed
+        assert step.argv[2] == "rl.online"
+        words = step.argv[3:]
+        words = [f"--config-name={words[1]}", *words[2:]]
+        compose_and_validate("rl.online", words)
+    seeds = sorted({w for s in steps for w in s.argv if w.startswith("task.seed=")})
+    assert seeds == [f"task.seed={600200 + i}" for i in range(5)]     # the claim's train set, one seed each
+
+
+def test_online_records_become_raw_rows_from_the_last_round(tmp_path):
+    claim = load_claim(claim_path("b"))
+    here = run.online_dir(tmp_path, 0, 3, "eq5")
+    here.mkdir(parents=True)
+    rows = [{"round": 0, "question": "q1", "right": 0, "n": 4}, {"round": 40, "question": "q1", "right": 3, "n": 4},
+            {"round": 40, "question": "q2", "right": 4, "n": 4}]
+    (here / "eval_problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sorted((r["unit"], r["arm"], r["problem"], r["value"]) for r in run.online_raw(claim, tmp_path)) == [
+        ("b0/s3", "eq5", "q1", 0.75), ("b0/s3", "eq5", "q2", 1.0)]
+
+
+def test_a_step_that_marks_is_done_only_after_it_succeeds(tmp_path):
+    ok = run.Step("ok", ["python", "-c", "pass"], tmp_path / "ok.done", mark=True)
+    run.run_step(ok, dry_run=False)
+    assert ok.done.is_file()
+    bad = run.Step("bad", ["python", "-c", "raise SystemExit(3)"], tmp_path / "bad.done", mark=True)
+    with pytest.raises(subprocess.CalledProcessError):
+        run.run_step(bad, dry_run=False)
+    assert not bad.done.exists()
+
+
+def test_claim_a_runs_bench_chain_pool_on_its_own_sets(tmp_path):
+    from bench.bench_chain_pool import parse_args
+    claim = load_claim(claim_path("a"))
+    steps = run.label_steps(claim, tmp_path)
+    assert len(steps) == 2 * 3                        # samples + runs, for each of the 3 pools
+    for step in steps:
+        assert step.argv[1:3] == ["-m", "bench.bench_chain_pool"]
+        args = parse_args(step.argv[3:])              # every flag exists
+        assert args.model.endswith("chain-tiny") and args.out.startswith(str(tmp_path))
+    runs = parse_args(steps[1].argv[3:])
+    assert runs.per_problem and runs.seeds == claim.seeds and runs.budgets == [0.05, 0.1, 0.2, 0.3, 0.5]
+    samples = parse_args(steps[0].argv[3:])
+    assert samples.pool_set.endswith("pool_0.jsonl") and samples.tune_set.endswith("validation.jsonl")
+
+
+def test_label_runs_become_curves_and_f1_rows(tmp_path):
+    claim = load_claim(claim_path("a"))
+    (tmp_path / "pool_1").mkdir()
+    runs = [{"mode": "active", "budget": b, "seed": 4, "per_problem": {"q": [[1, 1]], "r": [[-1, 0]]}} for b in (0.1, 0.3)]
+    runs += [{"mode": "full", "budget": 1.0, "seed": 4, "per_problem": {"q": [[1, 1]], "r": [[-1, -1]]}}]
+    (tmp_path / "pool_1" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    rows = {(r["arm"], r["problem"]): r for r in run.label_raw(claim, tmp_path)}
+    assert rows[("active", "q")]["value"] == {"0.1": [[1, 1]], "0.3": [[1, 1]]} and rows[("active", "q")]["unit"] == "pool_1/s4"
+    assert rows[("full", "r")] == {"unit": "pool_1/s4", "arm": "full", "problem": "r", "metric": "first_error_f1",
+                                   "value": [[-1, -1]]}
+    assert rows[("active_at_30", "r")]["value"] == [[-1, 0]] and ("random", "q") not in rows
