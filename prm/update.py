@@ -123,9 +123,13 @@ class PRMLearner:
     # ------------------------------------------------------------------ the update
     def update(self, trajectories: list[Trajectory], mask: Sequence[bool] | Selection,
                reveal: Callable[[list[Trajectory]], list[int | None]] | None = None,
-               reduce_weight: Callable[[float], tuple[float, int]] | None = None) -> dict[str, float]:
+               reduce_weight: Callable[[float], tuple[float, int]] | None = None,
+               outcomes: Sequence[bool] | None = None) -> dict[str, float]:
         """(See the module doc.) `reduce_weight` (data parallel): local BCE weight -> (the sum over
-        ranks, the number of ranks), a collective every rank calls once per update."""
+        ranks, the number of ranks), a collective every rank calls once per update. `outcomes` (one per
+        trajectory): train an outcome reward model instead, every scored step of a labelled trajectory
+        labelled with its final-answer verdict (Uesato et al.'s ORM), the step labels only deciding which
+        trajectories are labelled."""
         start = time.perf_counter()
         model = self.engine if self.engine is not None else self.prm
         model.train()
@@ -146,6 +150,10 @@ class PRMLearner:
         it = iter(revealed)
         first_errors = [next(it) if c else None for c in chosen.tolist()]
         labels, labelled = (x.to(step_mask.device) for x in step_labels(first_errors, step_mask.shape[1]))
+        if outcomes is not None:
+            verdicts = torch.tensor([float(o) for o in outcomes], device=step_mask.device)
+            labels = verdicts[:, None].expand_as(labels).clone()
+            labelled = torch.tensor([k is not None for k in first_errors], device=step_mask.device)[:, None] & step_mask
         labelled &= step_mask  # truncated trajectories: no label beyond the last scored step
         norm = {}
         if reduce_weight is not None:

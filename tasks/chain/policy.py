@@ -25,6 +25,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tasks.chain.problems import ChainSpec, chain_problem, sample_solution
+from tasks.chain.variants import context_solution, lucky_solution
 
 NAME = "chain-tiny"
 RECIPE_VERSION = 2  # bump when the build below changes what a given spec produces
@@ -66,13 +67,21 @@ class ChainModelSpec:
     def chain(self) -> ChainSpec:
         return ChainSpec(self.min_ops, self.max_ops, self.operand_max, self.value_max, self.ops)
 
+    @property
+    def name(self) -> str:
+        return NAME
+
+    def solution(self, rng: random.Random, question: str, misconception_rate: float):
+        """One SFT solution; `misconception_rate`: the rate of the spec's confident mistake (0 in phase 1)."""
+        return sample_solution(rng, question, self.error_rate, self.value_max, misconception_rate)
+
 
 def build_tokenizer(spec: ChainModelSpec) -> PreTrainedTokenizerFast:
     rng = random.Random(f"tokenizer:{spec.seed}")
     corpus = []
     for i in range(2000):
         p = chain_problem(rng, spec.chain, i)
-        t = sample_solution(rng, p.question, spec.error_rate, spec.value_max, spec.misconception_rate)
+        t = spec.solution(rng, p.question, spec.misconception_rate)
         corpus.append(f"user\n{p.question}\nassistant\n" + "\n\n".join(t.steps))
     tok = Tokenizer(models.BPE())
     # Known limit: "\n\n" is one token after a digit (the Digits split isolates it) but two before "The"
@@ -100,7 +109,7 @@ def _batch(tok, rng: random.Random, spec: ChainModelSpec, misconception_rate: fl
     rows, labels = [], []
     for i in range(spec.batch_size):
         p = chain_problem(rng, spec.chain, i)
-        t = sample_solution(rng, p.question, spec.error_rate, spec.value_max, misconception_rate)
+        t = spec.solution(rng, p.question, misconception_rate)
         prompt = tok(prompt_text(tok, p.question), add_special_tokens=False).input_ids
         answer = tok("\n\n".join(t.steps), add_special_tokens=False).input_ids + [tok.eos_token_id]
         rows.append(prompt + answer)
@@ -153,8 +162,8 @@ def build_model(spec: ChainModelSpec, tok, log=print) -> LlamaForCausalLM:
     return model
 
 
-def model_dir(root: Path) -> Path:
-    return root / "models" / NAME
+def model_dir(root: Path, name: str = NAME) -> Path:
+    return root / "models" / name
 
 
 def is_built(path: Path) -> bool:
@@ -164,7 +173,7 @@ def is_built(path: Path) -> bool:
 def ensure_chain_tiny(root: Path, spec: ChainModelSpec | None = None, log=print) -> Path:
     """The cached model dir; built when missing, rebuilt when `spec` (given explicitly) or the recipe
     differ from what built it. Written to a temp dir and renamed: a killed build leaves nothing half-done."""
-    out = model_dir(root)
+    out = model_dir(root, spec.name if spec is not None else NAME)
     if is_built(out):
         if spec is None:
             built = json.loads((out / "build.json").read_text())
@@ -193,3 +202,69 @@ def build_default(root: Path, provision: bool = False) -> Path:
     """The `prmloop.models` entry point of chain-tiny (core.models): the default recipe, cached under
     `root`; `provision` also rebuilds a model that an older recipe made."""
     return ensure_chain_tiny(root, ChainModelSpec() if provision else None)
+
+
+# ---- the testbed tasks' policies (docs/method.md, Testbed tasks): the same recipe, other SFT data ----------
+@dataclass
+class SparseChainModelSpec(ChainModelSpec):
+    """`chain-tiny-sparse` for task=chain_sparse: 12-20 operations. Solutions are ~3x longer than chain-tiny's,
+    so more steps of smaller batches; slips at the same per-solution rate are rarer per step, so a wrong step
+    comes from length. Target pass@1 0.05-0.15 (not yet measured)."""
+    min_ops: int = 12
+    max_ops: int = 20
+    train_steps: int = 3000
+    batch_size: int = 8
+    error_rate: float = 0.5
+
+    @property
+    def name(self) -> str:
+        return f"{NAME}-sparse"
+
+
+@dataclass
+class LuckyChainModelSpec(ChainModelSpec):
+    """`chain-tiny-lucky` for task=chain_lucky: + and - only; phase 2 (misconception_steps) writes a compensated
+    slip (tasks.chain.variants.lucky_solution) into `misconception_rate` of the solutions: right answers from
+    wrong steps that the policy has seen often."""
+    ops: str = "+-"
+    min_ops: int = 4
+    max_ops: int = 8
+    misconception_rate: float = 0.4
+
+    @property
+    def name(self) -> str:
+        return f"{NAME}-lucky"
+
+    def solution(self, rng: random.Random, question: str, misconception_rate: float):
+        return lucky_solution(rng, question, self.error_rate, misconception_rate, self.value_max)
+
+
+@dataclass
+class ContextChainModelSpec(ChainModelSpec):
+    """`chain-tiny-context` for task=chain_context: phase 2 writes the lingering carry (tasks.chain.variants) at
+    `misconception_rate` of its triggers: a mistake the policy is sure of, set off by the previous step."""
+    ops: str = "+-"
+    misconception_rate: float = 0.8
+
+    @property
+    def name(self) -> str:
+        return f"{NAME}-context"
+
+    def solution(self, rng: random.Random, question: str, misconception_rate: float):
+        return context_solution(rng, question, self.error_rate, misconception_rate, self.value_max)
+
+
+TESTBED_SPECS = {"chain-tiny-sparse": SparseChainModelSpec, "chain-tiny-lucky": LuckyChainModelSpec,
+                 "chain-tiny-context": ContextChainModelSpec}
+
+
+def _testbed_builder(name: str):
+    def build(root: Path, provision: bool = False) -> Path:
+        """The `prmloop.models` entry point of a testbed policy: its spec, built once and cached under `root`."""
+        return ensure_chain_tiny(root, TESTBED_SPECS[name]())
+    return build
+
+
+build_sparse = _testbed_builder("chain-tiny-sparse")
+build_lucky = _testbed_builder("chain-tiny-lucky")
+build_context = _testbed_builder("chain-tiny-context")
