@@ -92,6 +92,7 @@ class OnlineLoop:
         self.tok = policy.tokenizer
         self.on_phase = None  # callback(round index, phase name) when a foreground phase starts (progress display)
         self.replay = None    # prm.replay.LabelReplay: train on every paid label (set by rl.online.build)
+        self.implicit = None  # prm.implicit.ImplicitPRM: algo.process_source=implicit (set by rl.online.build)
 
     def round(self, index: int) -> RoundWork:
         """One round, serially (rl.schedule's serial schedule; `report` turns it into metrics). The overlap

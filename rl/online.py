@@ -23,13 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 from core.run import anchored, seed_everything
 from prm.config import SelectMode
 from core.config import validate
-from rl.config import OnlineConfig, PRMUpdate, RewardSource
+from rl.config import OnlineConfig, PRMUpdate, ProcessSource, RewardSource
 from core.distributed import Ranks, accept_local_rank_argument
 
 
 def needs_prm(cfg: OnlineConfig) -> bool:
-    return (cfg.algo.reward != RewardSource.outcome or cfg.select.mode in (SelectMode.uncertain, SelectMode.random)
-            or cfg.prm_update != PRMUpdate.none)
+    """PRIME's implicit reward (algo.process_source=implicit) needs no PRM of its own; selection or updates may."""
+    process = cfg.algo.reward != RewardSource.outcome and cfg.algo.process_source != ProcessSource.implicit
+    return process or cfg.select.mode in (SelectMode.uncertain, SelectMode.random) or cfg.prm_update != PRMUpdate.none
 
 
 def ledger_path(cfg: OnlineConfig) -> str:
@@ -83,6 +84,9 @@ def build(cfg: OnlineConfig):
         ledger = LabelLedger.from_config(cfg.judge, default_path=ledger_path(cfg))
     stream = TaskStream(task.problems, cfg.task.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker(), ranks)
+    if cfg.algo.process_source == ProcessSource.implicit and cfg.algo.reward != RewardSource.outcome:
+        from prm.implicit import ImplicitPRM
+        loop.implicit = ImplicitPRM.from_policy(cfg.policy, cfg.algo, cfg.trainer.seed, policy.device)
     if learner is not None and cfg.replay.enabled and cfg.prm_update != PRMUpdate.none:  # a frozen PRM replays nothing
         from prm.replay import LabelReplay
         loop.replay = LabelReplay(ledger, judge.identity, cfg.replay, cfg.trainer.seed,
@@ -142,7 +146,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
     start_round = 1
     resume_from = resolve_resume(cfg.trainer.resume, out_dir)
     if resume_from is not None:
-        state = load_round(resume_from, loop.policy, loop.learner, loop.ranks, verified=True)
+        state = load_round(resume_from, loop.policy, loop.learner, loop.ranks, verified=True, implicit=loop.implicit)
         loop.stream.position, history, start_round = state["data_position"], state["history"], state["round"] + 1
         if loop.replay is not None and "replay" in state:
             loop.replay.load_state_dict(state["replay"])
@@ -179,7 +183,7 @@ def run(cfg: OnlineConfig, stop_after: int | None = None) -> list[dict]:
                        {"data_position": done.data_position, "history": history + [metrics],
                         "ledger": str(loop.ledger.path) if loop.ledger else None, "rng": done.rng,
                         **({"replay": loop.replay.state_dict()} if loop.replay is not None else {})},
-                       cfg.keep_checkpoints, loop.ranks)
+                       cfg.keep_checkpoints, loop.ranks, implicit=loop.implicit)
         metrics["timing/checkpoint"] = time.perf_counter() - with_timer
         history.append(metrics)
         if main_rank:
