@@ -42,7 +42,8 @@ def _written(value: int, op: str, b: int) -> ChainStep:
 
 def lucky_steps(question: str, slip_at: int, fix_at: int, rng: random.Random, value_max: int = 99) -> list[str]:
     """Steps with a slip at `slip_at` and, at `fix_at` > slip_at, a step that writes the true chain value
-    (with + and - alone: the opposite carry slip), so the answer is right."""
+    (with + and - alone: the opposite carry slip), so the answer is right. A step in between whose result
+    would leave 0..value_max compensates instead (every written value stays a chain value)."""
     if not 0 <= slip_at < fix_at:
         raise ValueError(f"need 0 <= slip_at < fix_at, got {slip_at}, {fix_at}")
     start, ops = parse_question(question)
@@ -51,7 +52,9 @@ def lucky_steps(question: str, slip_at: int, fix_at: int, rng: random.Random, va
     for k, (op, b) in enumerate(ops):
         step = _written(value, op, b)
         true = _written(true, op, b).value
-        result = wrong_result(rng, step, value_max) if k == slip_at else true if k == fix_at else step.value
+        fixes = k == fix_at or (slip_at < k < fix_at and not 0 <= step.value <= value_max)
+        result = wrong_result(rng, step, value_max) if k == slip_at else true if fixes else step.value
+        fix_at = k if fixes else fix_at
         steps.append(step.text(result))
         value = result
     return steps + [ANSWER.format(value)]
