@@ -49,7 +49,8 @@ claim-c: setup
 	for t in sparse lucky; do \
 	  $(PY) bench/bench_chain_online.py --rounds 40 --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 --jobs $(JOBS) \
 	    --arms $(CLAIM_C_ARMS) --out outputs/claim_c/chain_$$t --plot outputs/claim_c/chain_$$t.png \
-	    -- task=chain_$$t policy.model=chain-tiny-$$t eval.every=5 rollout.max_new_tokens=240 || exit 1; \
+	    -- task=chain_$$t policy.model=chain-tiny-$$t prm.backbone=chain-tiny-$$t prm.max_length=512 \
+	       eval.every=5 rollout.max_new_tokens=240 || exit 1; \
 	done
 
 run: setup
