@@ -29,7 +29,7 @@ from core.steps import first_below, labels_from_first_error, split_steps
 from rl.algos import keep_mask, outcome_source, source_advantages
 from rl.config import PRMUpdate, ProcessSource
 from rl.credit import scale_process
-from rl.process import judged_step_values, process_source  # noqa: F401  (judged_step_values: its home before)
+from rl.process import process_source
 from core.distributed import Ranks, hash_seed
 from rl.policy import Sample
 from rl.report import PhaseTimer, std_histogram
