@@ -2,7 +2,10 @@
 range, lucky solutions pass with wrong steps that the judge finds, the lingering carry fires on its context only,
 each has its own policy spec, and the trace error counts passed solutions with a wrong step."""
 import random
+import sys
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
@@ -118,3 +121,19 @@ def test_each_testbed_has_its_own_deterministic_policy_build(tmp_path):
     q = "What is ((5 + 8) + 1) - 2?"
     assert spec.solution(random.Random(1), q, 0.0) == spec.solution(random.Random(1), q, 0.0)
     assert ChainModelSpec().solution(rng, q, 0.0).source == "chain"
+
+
+def test_calibration_reports_pass_at_k_and_finds_the_lingering_carry(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import chain_testbed_calibration as calibration
+
+    question = "What is ((((18 + 5) + 3) - 7) + 4) + 2?"
+    steps = context_steps(question, random.Random(0), context_rate=1.0)
+    assert calibration.lingering_carry(steps, 1)                     # 23 + 3 = 27 after a carry
+    slip = ["18 + 5 = 23", "23 + 3 = 25", "25 - 7 = 18", "18 + 4 = 22", "22 + 2 = 24", "The answer is 24."]
+    assert not calibration.lingering_carry(slip, 1)                  # off by -2: an ordinary slip
+    spec = TESTBED_SPECS["chain-tiny-context"](train_steps=2, batch_size=2, misconception_steps=0)
+    built = ensure_chain_tiny(tmp_path, spec, log=lambda *_: None)
+    args = SimpleNamespace(task="chain_context", model=str(built), problems=2, n=2, max_new_tokens=8, seed=0)
+    out = calibration.calibrate(args)
+    assert out["problems"] == 2 and 0.0 <= out["pass@1"] <= out["pass@2"] <= 1.0 and 3 <= out["mean_operations"] <= 8
