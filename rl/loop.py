@@ -377,8 +377,10 @@ class OnlineLoop:
     def rollout_metrics(self, records: list[dict]) -> dict:
         n = len(records)
         procs = [sum(x["mean"]) / len(x["mean"]) for x in records if x["mean"]]
+        exact = self.task.first_error is not None   # trace_error: only where the task has an exact step rule
         return {"pass_rate": sum(x["passed"] for x in records) / n,
-                "trace_error": trace_error([x["passed"] for x in records], [x["wrong_step"] for x in records]),
+                **({"trace_error": trace_error([x["passed"] for x in records], [x["wrong_step"] for x in records])}
+                   if exact else {}),
                 "reward/outcome": sum(x["passed"] for x in records) / n,
                 "reward/process": sum(procs) / len(procs) if procs else float("nan"),
                 "rollout/tokens": sum(x["tokens"] for x in records),
