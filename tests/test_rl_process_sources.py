@@ -9,9 +9,9 @@ from core.steps import split_steps
 from rl.algos import step_end_tokens
 from rl.config import AlgoConfig, OnlineConfig, SelectConfig
 from rl.loop import Attempt, trace_error
+from rl.online import run
 from rl.process import process_source
 from rl.rollout import Completion
-from rl.online import run
 from tests.test_rl_loop import assert_same, tiny_config
 
 
