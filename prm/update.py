@@ -6,7 +6,8 @@
     learner.score(questions: list[str], steps: list[list[str]], batch_size: int | None = None)
         -> list[StepScores]            # .mean / .std per step, no grad (cached features in frozen mode)
     learner.update(trajectories: list[Trajectory], mask: Sequence[bool] | Selection,
-                   reveal: Callable[[list[Trajectory]], list[int | None]] | None = None) -> dict[str, float]
+                   reveal: Callable[[list[Trajectory]], list[int | None]] | None = None,
+                   outcomes: Sequence[bool] | None = None) -> dict[str, float]
         One forward pass over the given trajectories serves both selection and the loss, then one
         optimizer step (all ranks step together, even when nothing was selected: regulariser only);
         prm.update_steps > 1 adds forward/step passes on the same selected, labelled batch.
@@ -16,6 +17,8 @@
         reveal        called once with the selected trajectories and returns their first-error
                       labels (None = invalid: not trained on). Default: read t.first_error. This is
                       how the pool trainer only pays for labels it selects.
+        outcomes      train an outcome reward model: every scored step of a labelled trajectory gets its
+                      final-answer verdict (algo.process_source=orm).
         Metrics: n, selected, labelled, loss, bce, reg, acc_before (step accuracy on the labelled
         steps; all from the first, pre-update pass), lr, pad_fraction (pad share of the backbone's
         tokens, prm.batch_layout), seconds.  `learner.last_selected` holds the mask and
