@@ -34,6 +34,15 @@ ARMS = {
 }
 # sparse outcome (long chains): groups where every sample fails still carry step credit, so keep them
 ARMS.update({f"{arm}_allgroups": [*ARMS[arm], "algo.filter_groups=false"] for arm in ("all", "judge_process")})
+# claim (c), bench/claims/c_sparse.md, c_lucky.md: every group kept, the process source at the outcome's size
+# (algo.process_scale=1), one arm per credit form; the task and its policy come as extra overrides
+CLAIM_C = ["algo.filter_groups=false", "algo.process_scale=1.0"]
+ARMS["outcome_c"] = ["select.mode=none", "algo.reward=outcome", "prm_update=none", "algo.filter_groups=false"]
+ARMS.update({f"judge_{form}_c": [*ARMS["judge_process"], *CLAIM_C, f"algo.process_credit={form}"]
+             for form in ("sum", "min", "first_error")})
+ARMS["prm_c"] = ["select.mode=all", *CLAIM_C]                 # stage 2: the credit form that gained, as an extra
+ARMS["implicit_c"] = ["select.mode=none", "prm_update=none", "algo.process_source=implicit", *CLAIM_C]
+ARMS["orm_c"] = ["select.mode=all", "algo.process_source=orm", "replay.enabled=false", *CLAIM_C]
 # the PRM's backbone trains too, its log-prob columns read from the frozen initial policy (the pool's best scorer)
 ARMS["all_allgroups_trained"] = [*ARMS["all_allgroups"], "prm.train_mode=full", "prm.step_features=hidden_policy_logprob",
                                  "prm.lr=1e-3"]
@@ -72,6 +81,8 @@ def curves(args) -> dict:
             c["eval"] = {r["round"]: r["eval/pass"] for r in logged if "eval/pass" in r and r["round"] <= args.rounds}
             c["eval_greedy"] = {r["round"]: r["eval/pass_greedy"] for r in logged
                                 if "eval/pass_greedy" in r and r["round"] <= args.rounds}
+            c["trace"] = {r["round"]: r["eval/trace_error"] for r in logged   # tasks with an exact step rule
+                          if "eval/trace_error" in r and r["round"] <= args.rounds}
             out.setdefault(arm, {})[seed] = c
     return out
 
@@ -117,6 +128,23 @@ def eval_table(args, data: dict) -> list[str]:
     return lines
 
 
+def trace_table(args, data: dict) -> list[str]:
+    """Held-out trace error (share of passed samples with a wrong step) at round 0 and the last round, and the
+    paired difference of the last against the first arm; nothing when no run logged it."""
+    if not any(c.get("trace") for seeds in data.values() for c in seeds.values()):
+        return []
+    lines = ["", f"| arm (seeds) | held-out trace error, round 0 | round {args.rounds} |", "|---|---|---|"]
+    ends = {}
+    for arm, seeds in data.items():
+        ends[arm] = {s: c["trace"].get(args.rounds, math.nan) for s, c in seeds.items()}
+        lines.append(f"| {arm} ({len(seeds)}) | {fmt([c['trace'].get(0, math.nan) for c in seeds.values()])} | "
+                     f"{fmt(list(ends[arm].values()))} |")
+    ref = args.arms[0]
+    lines += [f"| {ref} - {arm}, paired | | {fmt(paired(ends[ref], ends[arm]))} |" for arm in ends
+              if arm != ref and ref in ends]
+    return lines
+
+
 def report(args) -> str:
     data = curves(args)
     last = args.last
@@ -143,7 +171,7 @@ def report(args) -> str:
              for k in ("labels", "pass_last", "auroc", "auroc_within")}
         lines.append(f"| {ref} - {arm} | {fmt(d['labels'], 0)} | {fmt(d['pass_last'])} | {fmt(d['auroc'])} | "
                      f"{fmt(d['auroc_within'])} |")
-    lines += eval_table(args, data)
+    lines += eval_table(args, data) + trace_table(args, data)
     table = "\n".join(lines)
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
     Path(args.out, "table.md").write_text(table + "\n")

@@ -6,7 +6,8 @@
     learner.score(questions: list[str], steps: list[list[str]], batch_size: int | None = None)
         -> list[StepScores]            # .mean / .std per step, no grad (cached features in frozen mode)
     learner.update(trajectories: list[Trajectory], mask: Sequence[bool] | Selection,
-                   reveal: Callable[[list[Trajectory]], list[int | None]] | None = None) -> dict[str, float]
+                   reveal: Callable[[list[Trajectory]], list[int | None]] | None = None,
+                   outcomes: Sequence[bool] | None = None) -> dict[str, float]
         One forward pass over the given trajectories serves both selection and the loss, then one
         optimizer step (all ranks step together, even when nothing was selected: regulariser only);
         prm.update_steps > 1 adds forward/step passes on the same selected, labelled batch.
@@ -16,6 +17,8 @@
         reveal        called once with the selected trajectories and returns their first-error
                       labels (None = invalid: not trained on). Default: read t.first_error. This is
                       how the pool trainer only pays for labels it selects.
+        outcomes      train an outcome reward model: every scored step of a labelled trajectory gets its
+                      final-answer verdict (algo.process_source=orm).
         Metrics: n, selected, labelled, loss, bce, reg, acc_before (step accuracy on the labelled
         steps; all from the first, pre-update pass), lr, pad_fraction (pad share of the backbone's
         tokens, prm.batch_layout), seconds.  `learner.last_selected` holds the mask and
@@ -124,9 +127,13 @@ class PRMLearner:
     # ------------------------------------------------------------------ the update
     def update(self, trajectories: list[Trajectory], mask: Sequence[bool] | Selection,
                reveal: Callable[[list[Trajectory]], list[int | None]] | None = None,
-               reduce_weight: Callable[[float], tuple[float, int]] | None = None) -> dict[str, float]:
+               reduce_weight: Callable[[float], tuple[float, int]] | None = None,
+               outcomes: Sequence[bool] | None = None) -> dict[str, float]:
         """(See the module doc.) `reduce_weight` (data parallel): local BCE weight -> (the sum over
-        ranks, the number of ranks), a collective every rank calls once per update."""
+        ranks, the number of ranks), a collective every rank calls once per update. `outcomes` (one per
+        trajectory): train an outcome reward model instead, every scored step of a labelled trajectory
+        labelled with its final-answer verdict (Uesato et al.'s ORM), the step labels only deciding which
+        trajectories are labelled."""
         start = time.perf_counter()
         model = self.engine if self.engine is not None else self.prm
         model.train()
@@ -147,6 +154,10 @@ class PRMLearner:
         it = iter(revealed)
         first_errors = [next(it) if c else None for c in chosen.tolist()]
         labels, labelled = (x.to(step_mask.device) for x in step_labels(first_errors, step_mask.shape[1]))
+        if outcomes is not None:
+            verdicts = torch.tensor([float(o) for o in outcomes], device=step_mask.device)
+            labels = verdicts[:, None].expand_as(labels).clone()
+            labelled = torch.tensor([k is not None for k in first_errors], device=step_mask.device)[:, None] & step_mask
         labelled &= step_mask  # truncated trajectories: no label beyond the last scored step
         norm = {}
         if reduce_weight is not None:

@@ -136,24 +136,32 @@ def reinforce_pp(values: list[torch.Tensor], positions: list[list[int]], groups:
     return whiten_tokens([returns_to_go(v, p, n) for v, p, n in zip(values, positions, lengths)], in_batch, reduce)
 
 
-def compute_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[int]]]], weights: dict[str, float],
-                       groups: list[int], lengths: list[int], estimator: str,
-                       in_batch: list[bool] | None = None,
-                       reduce: Callable[[list[float]], list[float]] | None = None) -> list[torch.Tensor]:
-    """sources: name -> (values per sample, token positions per sample). Returns per-token advantages.
-    Each source is normalised on its own (a 0/1 outcome and a [0,1] step score live on different scales).
+def source_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[int]]]], groups: list[int],
+                      lengths: list[int], estimator: str, in_batch: list[bool] | None = None,
+                      reduce: Callable[[list[float]], list[float]] | None = None) -> dict[str, list[torch.Tensor]]:
+    """sources: name -> (values per sample, token positions per sample). Returns name -> per-token advantages
+    of each source on its own (a 0/1 outcome and a [0,1] step score live on different scales).
     in_batch: the samples that enter the loss (keep_mask); REINFORCE++ whitens over their tokens only.
     `reduce` (data parallel): REINFORCE++'s batch statistics summed over ranks (GRPO/RLOO are per group)."""
     in_batch = [True] * len(lengths) if in_batch is None else list(in_batch)
     estimate = get_estimator(estimator)
-    total = [torch.zeros(n) for n in lengths]
+    out = {}
     for name, (values, positions) in sources.items():
-        weight = weights.get(name, 0.0)
-        if weight == 0.0:
-            continue
         values = [torch.as_tensor(v, dtype=torch.float32) for v in values]
-        for i, adv in enumerate(estimate(values, positions, groups, lengths, in_batch, reduce)):
-            total[i] += weight * adv
+        out[name] = estimate(values, positions, groups, lengths, in_batch, reduce)
+    return out
+
+
+def compute_advantages(sources: dict[str, tuple[list[torch.Tensor], list[list[int]]]], weights: dict[str, float],
+                       groups: list[int], lengths: list[int], estimator: str,
+                       in_batch: list[bool] | None = None,
+                       reduce: Callable[[list[float]], list[float]] | None = None) -> list[torch.Tensor]:
+    """The sources' advantages (`source_advantages`) summed with `weights`; a source of weight 0 is skipped."""
+    used = {name: src for name, src in sources.items() if weights.get(name, 0.0) != 0.0}
+    total = [torch.zeros(n) for n in lengths]
+    for name, advs in source_advantages(used, groups, lengths, estimator, in_batch, reduce).items():
+        for i, adv in enumerate(advs):
+            total[i] += weights[name] * adv
     return total
 
 

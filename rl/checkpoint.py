@@ -3,6 +3,7 @@
     <out_dir>/checkpoints/round_0003/
         policy/        policy weights + optimizer (DeepSpeed checkpoint, or model.safetensors + policy.pt)
         prm/           PRM trainable weights + optimizer (PRMLearner.save_checkpoint)
+        implicit/      PRIME's implicit PRM (algo.process_source=implicit): model.safetensors + optimizer.pt
         state.pt       round counter, data position, RNG states (python, numpy, torch), metrics history,
                        ledger path (rank 0's; tensors and plain containers: loaded with weights_only=True)
         rng_rank1.pt   ... each further rank's RNG states (N ranks resume with the same N)
@@ -104,9 +105,10 @@ def resolve_resume(resume: str, out_dir: str | Path, full: bool = False) -> Path
 
 
 def save_round(out_dir: str | Path, round_index: int, policy, learner, state: dict, keep: int = 2,
-               ranks=None, ledger: Path | None = None) -> Path:
+               ranks=None, ledger: Path | None = None, implicit=None) -> Path:
     """Every rank calls it (DeepSpeed saves are collective); `ranks`: core.distributed.Ranks (None = one).
-    `ledger`: rank 0's node-local judge ledger, copied in as ledger.sqlite (restored by restore_ledger)."""
+    `ledger`: rank 0's node-local judge ledger, copied in as ledger.sqlite (restored by restore_ledger).
+    `implicit`: PRIME's implicit PRM (prm.implicit, one process) when the run has one."""
     rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
     barrier = ranks.barrier if ranks is not None else (lambda: None)
     root = checkpoint_root(out_dir)
@@ -120,6 +122,8 @@ def save_round(out_dir: str | Path, round_index: int, policy, learner, state: di
         policy.save(tmp / "policy")
         if learner is not None:
             learner.save_checkpoint(tmp / "prm")
+        if implicit is not None:
+            implicit.save(tmp / "implicit")
         # state["rng"], when given, is the RNG state of the round's end (rl.schedule: taken before the next
         # round's generation began); else the state now. Each rank keeps its own.
         if rank > 0:
@@ -149,7 +153,8 @@ def restore_ledger(checkpoint: Path, ledger: Path) -> str:
     return restore_sqlite(Path(checkpoint) / LEDGER_COPY, ledger, "labels")
 
 
-def load_round(path: Path, policy, learner, ranks=None, verified: bool = False, full: bool = False) -> dict:
+def load_round(path: Path, policy, learner, ranks=None, verified: bool = False, full: bool = False,
+               implicit=None) -> dict:
     """Restore weights and optimizers in place; return the saved state (this rank's RNG restored too).
     verified=True: `path` came from resolve_resume, which has checked its manifest already."""
     rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
@@ -162,5 +167,7 @@ def load_round(path: Path, policy, learner, ranks=None, verified: bool = False, 
     policy.load(path / "policy")
     if learner is not None:
         learner.load_checkpoint(path / "prm")
+    if implicit is not None:
+        implicit.load(path / "implicit")
     set_rng_state(state["rng"] if rank == 0 else load_state(path / f"rng_rank{rank}.pt"))
     return state

@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from core.config import ConfigError, TrainerConfig, check_device, check_ranges
 from judges.registry import validate_judge_config
 from prm.config import PRMConfig, ReplayConfig, SelectMode
+from rl.credit import ProcessCredit
 
 
 class PolicyTrainMode(StrEnum):
@@ -37,6 +38,8 @@ class RewardSource(StrEnum):
 class ProcessSource(StrEnum):
     prm = "prm"       # the PRM's step scores (the method)
     judge = "judge"   # the judge's first-error labels: 1 before the first wrong step, 0 from it on (an upper bound)
+    implicit = "implicit"  # PRIME: beta * log(pi_phi / pi_ref) per token, pi_phi trained on outcome labels
+    orm = "orm"       # the PRM's ensemble trained as an outcome reward model on the paid labels' trajectories
 
 
 class PRMUpdate(StrEnum):
@@ -113,6 +116,11 @@ class AlgoConfig:
     process_weight: float = 1.0
     process_warmup_rounds: int = 0           # rounds 1..N leave the process source out while the PRM learns
     process_source: ProcessSource = ProcessSource.prm
+    process_credit: ProcessCredit = ProcessCredit.sum   # sum | min (PURE) | first_error (rl/credit.py)
+    min_temperature: float = 0.1             # process_credit=min: PURE's softmax temperature T (0: the exact min)
+    process_scale: float | None = None       # process |A| = this x outcome |A| per batch; null: process_weight alone
+    implicit_beta: float = 0.05              # process_source=implicit: PRIME's beta
+    implicit_lr: float = 1e-6                # process_source=implicit: the implicit PRM's learning rate (PRIME)
     filter_groups: bool = True               # drop groups with pass rate 0 or 1
     filter_truncated: bool = False           # drop samples cut at max_new_tokens
     clip_eps: float = 0.2
@@ -133,7 +141,7 @@ class AlgoConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "arithmetic"                 # arithmetic | chain | gsm8k | math500
+    name: str = "arithmetic"                 # arithmetic | chain[_sparse|_lucky|_context] | gsm8k | math500
     prompts_per_round: int = 8
     system_prompt: str | None = None         # None = the task's default
     seed: int = 0
@@ -258,6 +266,7 @@ def check_rules(cfg: OnlineConfig) -> None:
         raise ConfigError("schedule=overlap runs round k's judge and PRM update beside its policy update, which "
                           "cannot be done with " + "; ".join(blockers) + ": set schedule=serial, or schedule=auto "
                           "(overlap where nothing blocks it)")
+    check_process_rules(cfg, ranks)
     if not labels_wanted and cfg.prm_update != PRMUpdate.none:
         raise ConfigError(f"prm_update={cfg.prm_update} learns from judge labels but select.mode=none sends nothing "
                           f"to the judge; set prm_update=none or select.mode=uncertain|random|all")
@@ -277,6 +286,28 @@ def overlap_blockers(cfg: OnlineConfig) -> list[str]:
     if cfg.trainer.deepspeed and cfg.prm.zero_stage == 3:   # gathers and frees weights inside each forward
         blockers.append("prm.zero_stage=3 with trainer.deepspeed=true (a ZeRO-3 PRM is used from one thread)")
     return blockers
+
+
+def check_process_rules(cfg: OnlineConfig, ranks: int) -> None:
+    """The process source's credit form, scale and dense baselines."""
+    a = cfg.algo
+    scale = a.process_scale
+    if scale is not None and (scale <= 0 or a.reward != RewardSource.both or a.process_weight != 1.0):
+        raise ConfigError(f"algo.process_scale={a.process_scale} sets the process advantages' size relative to the "
+                          f"outcome's: it needs algo.reward=both (got {a.reward}), algo.process_weight=1.0 (got "
+                          f"{a.process_weight}; one knob, not two) and a value > 0")
+    if a.min_temperature < 0:
+        raise ConfigError(f"algo.min_temperature must be >= 0 (0: the exact min), got {a.min_temperature}")
+    if a.process_source == ProcessSource.implicit:
+        if a.process_credit == ProcessCredit.first_error:
+            raise ConfigError("algo.process_credit=first_error needs step rewards with a threshold (prm, orm, judge); "
+                              "algo.process_source=implicit gives token log-ratios: use process_credit=sum|min")
+        if ranks > 1:
+            raise ConfigError(f"algo.process_source=implicit trains its implicit PRM in one process, but this is "
+                              f"rank-parallel (WORLD_SIZE={ranks}): run it on one rank")
+    if a.process_source == ProcessSource.orm and cfg.replay.enabled:
+        raise ConfigError("algo.process_source=orm trains on the judged trajectories' final-answer verdicts, the "
+                          "replay (replay.enabled=true) on the ledger's step labels: add replay.enabled=false")
 
 
 # The schema is the base of configs/online.yaml (first in its defaults list), so every key of

@@ -7,6 +7,8 @@ same seeds, so two evaluations differ only by the policy:
 
     eval/pass         share of policy_eval.n samples per problem (rollout temperature) that verify
     eval/pass_greedy  share of problems greedy decoding solves (policy_eval.greedy)
+    eval/trace_error  share of the sampled solutions that verify and contain a wrong step, by the task's own
+                      exact step rule (chain tasks; absent for tasks without one)
 
 Evaluated before the first round (`round` 0: the initial policy) and after every `policy_eval.every`-th round and
 the last one. The problems: the task's generator with seed task.seed + EVAL_SEED_OFFSET (generated tasks)
@@ -104,16 +106,21 @@ def evaluate_policy(loop, problems: list, per_problem: list | None = None) -> di
     greedy = (loop.rollout.generate(prompts, 1, r.max_new_tokens, 0.0, 1.0, stop) if cfg.policy_eval.greedy
               else [[] for _ in prompts])
     loop.rollout.sleep()
-    refs, texts, kinds, tokens = [], [], [], []
+    from rl.loop import attempt_steps
+
+    refs, texts, kinds, tokens, wrong = [], [], [], [], []
     for p, group, best in zip(chosen, sampled, greedy):
         for c in group + best:
             refs.append(p.reference_answer)
             texts.append(c.text)
             tokens.append(len(c.token_ids))
+            wrong.append(loop.task.has_wrong_step(p.question, attempt_steps(c.text)))
         kinds += ["sampled"] * len(group) + ["greedy"] * len(best)
     verdicts = loop.checker.verify_solutions(refs, texts, cfg.task.fallback_last_number) if texts else []
     counts = {k: [sum(v == "correct" for v, kk in zip(verdicts, kinds) if kk == k), kinds.count(k),
-                  sum(t for t, kk in zip(tokens, kinds) if kk == k)] for k in ("sampled", "greedy")}
+                  sum(t for t, kk in zip(tokens, kinds) if kk == k),
+                  sum(bool(w) for v, kk, w in zip(verdicts, kinds, wrong) if kk == k and v == "correct")]
+              for k in ("sampled", "greedy")}
     rows, at = [], 0
     for p, group, best in zip(chosen, sampled, greedy):
         size = len(group) + len(best)
@@ -124,10 +131,12 @@ def evaluate_policy(loop, problems: list, per_problem: list | None = None) -> di
     if per_problem is not None:
         per_problem.extend(row for part in loop.ranks.gather(rows) for row in part)
     totals = loop.ranks.gather(counts)
-    right, total, length = ({k: sum(part[k][j] for part in totals) for k in counts} for j in range(3))
+    right, total, length, lucky = ({k: sum(part[k][j] for part in totals) for k in counts} for j in range(4))
     out = {"eval/pass": right["sampled"] / max(total["sampled"], 1), "eval/problems": len(problems),
            "eval/samples": total["sampled"], "eval/tokens": length["sampled"] / max(total["sampled"], 1),
            "eval/policy_version": loop.policy.version}
+    if loop.task.first_error is not None:
+        out["eval/trace_error"] = lucky["sampled"] / right["sampled"] if right["sampled"] else float("nan")
     if cfg.policy_eval.greedy:
         out["eval/pass_greedy"] = right["greedy"] / max(total["greedy"], 1)
     return out

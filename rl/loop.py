@@ -27,8 +27,10 @@ from tasks.problems import Trajectory
 from prm.config import SelectMode
 from prm.selection import select_trajectories, select_uncertain
 from core.steps import first_below, labels_from_first_error, split_steps
-from rl.algos import compute_advantages, keep_mask, outcome_source, step_end_tokens
+from rl.algos import keep_mask, outcome_source, source_advantages
 from rl.config import PRMUpdate, ProcessSource
+from rl.credit import scale_process
+from rl.process import process_source
 from core.distributed import Ranks, hash_seed
 from rl.policy import Sample
 from rl.report import PhaseTimer, std_histogram
@@ -60,12 +62,13 @@ class Attempt:
     first_error: int | None = None       # the judge's verdict (None = not judged / invalid)
 
 
-def judged_step_values(r: Attempt) -> list[float]:
-    """The judge's verdict as step rewards (algo.process_source=judge): 1 before the first wrong step,
-    0 from it on; nothing for a sample without a valid label."""
-    if r.first_error is None:
-        return []
-    return [1.0 if r.first_error == -1 or k < r.first_error else 0.0 for k in range(len(r.steps))]
+def trace_error(passed: list[bool], wrong_step: list[bool | None]) -> float:
+    """Uesato et al.'s trace error: the share of passed solutions that contain a wrong step (nan when none
+    passed, or the task has no exact step rule)."""
+    flags = [w for p, w in zip(passed, wrong_step) if p]
+    if not flags or any(w is None for w in flags):
+        return float("nan")
+    return sum(flags) / len(flags)
 
 
 @dataclass
@@ -92,6 +95,7 @@ class OnlineLoop:
         self.on_phase = None  # callback(round index, phase name) when a foreground phase starts (progress display)
         self.replay = None    # prm.replay.LabelReplay: train on every paid label (set by rl.online.build)
         self.pending_judge: dict | None = None  # judge/* metrics of calls made outside a round (the held-out set)
+        self.implicit = None  # prm.implicit.ImplicitPRM: algo.process_source=implicit (set by rl.online.build)
 
     def round(self, index: int) -> RoundWork:
         """One round, serially (rl.schedule's serial schedule; `report` turns it into metrics). The overlap
@@ -271,7 +275,10 @@ class OnlineLoop:
             r = (rollouts or [])[0]
             trajectories, mask = [Trajectory(r.question, r.steps, None, r.reference)], [False]
         self._prefill_features(trajectories)
-        update = self.learner.update(trajectories, mask, reduce_weight=self._sum_over_ranks)
+        outcomes = None   # algo.process_source=orm: the same judged trajectories, their final-answer verdicts
+        if self.cfg.algo.process_source == ProcessSource.orm:
+            outcomes = [r.passed for r in judged] if any(mask) else [False]
+        update = self.learner.update(trajectories, mask, reduce_weight=self._sum_over_ranks, outcomes=outcomes)
         losses = self.ranks.gather((update["loss"], update.get("labelled", 0)))
         out.update({"prm/loss": sum(x for x, _ in losses) / len(losses), "prm/trained": sum(n for _, n in losses)})
         after = self._score(judged)
@@ -309,19 +316,20 @@ class OnlineLoop:
         warming = index <= a.process_warmup_rounds   # the PRM learns from its labels; its rewards wait
         weights = {"outcome": a.outcome_weight if a.reward in ("outcome", "both") else 0.0,
                    "process": a.process_weight if a.reward in ("process", "both") and not warming else 0.0}
-        if weights["process"] and self.learner is not None:
-            values, positions = [], []
-            for r in rollouts:
-                ends = step_end_tokens(self.tok, r.completion.token_ids, r.completion.text, r.steps)
-                step_values = r.mean if a.process_source == ProcessSource.prm else judged_step_values(r)
-                k = min(len(ends), len(step_values))  # the PRM may have truncated a long trajectory
-                values.append(torch.tensor(step_values[:k]))
-                positions.append(ends[:k])
-            sources["process"] = (values, positions)
+        metrics = {}
+        if weights["process"]:
+            process, metrics = process_source(self, rollouts)   # rl/process.py: the source, under its credit form
+            if process is not None:
+                sources["process"] = process
         reduce = None if self.ranks.world == 1 else (lambda stats: [sum(x) for x in zip(*self.ranks.gather(stats))])
         keep = keep_mask(groups, [r.passed for r in rollouts], [r.completion.finish_reason == "length" for r in rollouts],
                          a.filter_groups, a.filter_truncated)
-        adv = compute_advantages(sources, weights, groups, lengths, a.advantage, keep, reduce)  # REINFORCE++: kept only
+        used = {name: src for name, src in sources.items() if weights[name]}
+        advs = source_advantages(used, groups, lengths, a.advantage, keep, reduce)   # REINFORCE++: kept only
+        if a.process_scale is not None and "process" in advs:
+            advs["process"], metrics["algo/process_to_outcome"] = scale_process(
+                advs["process"], advs["outcome"], a.process_scale, keep, reduce)
+        adv = [sum((weights[name] * advs[name][i] for name in advs), torch.zeros(n)) for i, n in enumerate(lengths)]
         prompt_ids = {}
         samples = []
         for r, advantage, k in zip(rollouts, adv, keep):
@@ -332,7 +340,7 @@ class OnlineLoop:
         parts = self.ranks.gather((len(samples), float(flat.abs().sum()), flat.numel()))
         tokens = sum(n for _, _, n in parts)
         return samples, {"algo/kept": sum(k for k, _, _ in parts), "algo/process_weight": weights["process"],
-                         "algo/adv_abs_mean": sum(x for _, x, _ in parts) / tokens if tokens else 0.0}
+                         "algo/adv_abs_mean": sum(x for _, x, _ in parts) / tokens if tokens else 0.0, **metrics}
 
     def update_policy(self, samples: list[Sample], index: int) -> dict:
         """Every rank runs the same global minibatch plan (core.distributed.minibatch_plan); when no rank
@@ -370,17 +378,20 @@ class OnlineLoop:
         """The HF backend generates with the trainer's own module: a sync moves no tensors."""
         return getattr(self.rollout, "model", None) is self.policy.module
 
-    @staticmethod
-    def _record(r: Attempt) -> dict:
-        """What the round's metrics need of a rollout (gathered from every rank to compute them)."""
+    def _record(self, r: Attempt) -> dict:
+        """What the round's metrics need of a rollout (gathered from every rank to compute them).
+        wrong_step: whether it has a wrong step by the task's own exact rule (free; None: the task has none)."""
         return {"passed": r.passed, "mean": r.mean or [], "std": r.std or [], "tokens": len(r.completion.token_ids),
                 "truncated": r.completion.finish_reason == "length", "steps": len(r.steps),
-                "version": r.completion.policy_version}
+                "version": r.completion.policy_version, "wrong_step": self.task.has_wrong_step(r.question, r.steps)}
 
     def rollout_metrics(self, records: list[dict]) -> dict:
         n = len(records)
         procs = [sum(x["mean"]) / len(x["mean"]) for x in records if x["mean"]]
+        exact = self.task.first_error is not None   # trace_error: only where the task has an exact step rule
         return {"pass_rate": sum(x["passed"] for x in records) / n,
+                **({"trace_error": trace_error([x["passed"] for x in records], [x["wrong_step"] for x in records])}
+                   if exact else {}),
                 "reward/outcome": sum(x["passed"] for x in records) / n,
                 "reward/process": sum(procs) / len(procs) if procs else float("nan"),
                 "rollout/tokens": sum(x["tokens"] for x in records),

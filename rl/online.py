@@ -23,15 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 from core.run import anchored, seed_everything
 from prm.config import SelectMode
 from core.config import validate
-from rl.config import OnlineConfig, PRMUpdate, RewardSource, overlap_blockers
+from rl.config import OnlineConfig, PRMUpdate, ProcessSource, RewardSource, overlap_blockers
 
 from core.config import resolve_device
 from core.distributed import Ranks, accept_local_rank_argument
 
 
 def needs_prm(cfg: OnlineConfig) -> bool:
-    return (cfg.algo.reward != RewardSource.outcome or cfg.select.mode in (SelectMode.uncertain, SelectMode.random)
-            or cfg.prm_update != PRMUpdate.none)
+    """PRIME's implicit reward (algo.process_source=implicit) needs no PRM of its own; selection or updates may."""
+    process = cfg.algo.reward != RewardSource.outcome and cfg.algo.process_source != ProcessSource.implicit
+    return process or cfg.select.mode in (SelectMode.uncertain, SelectMode.random) or cfg.prm_update != PRMUpdate.none
 
 
 def ledger_path(cfg: OnlineConfig, world: int | None = None) -> str:
@@ -108,6 +109,9 @@ def build(cfg: OnlineConfig):
     from rl.evaluate import training_problems
     stream = TaskStream(training_problems(cfg, task.problems), cfg.task.seed)
     loop = OnlineLoop(cfg, task, stream, policy, rollout, learner, judge, ledger, AnswerChecker(), ranks)
+    if cfg.algo.process_source == ProcessSource.implicit and cfg.algo.reward != RewardSource.outcome:
+        from prm.implicit import ImplicitPRM
+        loop.implicit = ImplicitPRM.from_policy(cfg.policy, cfg.algo, cfg.trainer.seed, policy.device)
     if learner is not None and cfg.replay.enabled and cfg.prm_update != PRMUpdate.none:  # a frozen PRM replays nothing
         from prm.replay import LabelReplay
         heldout = heldout_set(loop, cfg, out_dir)
@@ -195,7 +199,7 @@ def _run(cfg: OnlineConfig, stop_after: int | None) -> list[dict]:
     history: list[dict] = []
     start_round = 1
     if resume_from is not None:
-        state = load_round(resume_from, loop.policy, loop.learner, loop.ranks, verified=True)
+        state = load_round(resume_from, loop.policy, loop.learner, loop.ranks, verified=True, implicit=loop.implicit)
         loop.stream.position, history, start_round = state["data_position"], state["history"], state["round"] + 1
         if loop.replay is not None and "replay" in state:
             loop.replay.load_state_dict(state["replay"])
@@ -241,7 +245,8 @@ def _run(cfg: OnlineConfig, stop_after: int | None) -> list[dict]:
                        {"data_position": done.data_position, "history": history + [metrics],
                         "ledger": str(loop.ledger.path) if loop.ledger else None, "rng": done.rng,
                         **({"replay": loop.replay.state_dict()} if loop.replay is not None else {})},
-                       cfg.keep_checkpoints, loop.ranks, ledger=loop.ledger.path if loop.ledger and local else None)
+                       cfg.keep_checkpoints, loop.ranks, ledger=loop.ledger.path if loop.ledger and local else None,
+                       implicit=loop.implicit)
         metrics["timing/checkpoint"] = time.perf_counter() - with_timer
         history.append(metrics)
         if main_rank:

@@ -1,4 +1,5 @@
-"""Tasks: where online-RL prompts come from, registry `task=arithmetic|chain|gsm8k|math500`.
+"""Tasks: where online-RL prompts come from, registry
+`task=arithmetic|chain|chain_sparse|chain_lucky|chain_context|gsm8k|math500`.
 
 A task is a list of `Problem`s plus the system prompt the policy sees. `TaskStream` walks it in a
 seeded order, one epoch permutation after another; its `position` is all a checkpoint needs to resume.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.rows import finish_rows, rows_of
+from tasks.chain.labels import first_error, parse_chain
 from tasks.chain.problems import CHAIN_SYSTEM_PROMPT, ChainSpec, chain_problems
 from tasks.problems import Problem, load_gsm8k, load_math500
 
@@ -77,9 +79,15 @@ class Task:
     problems: list[Problem]
     system_prompt: str
     few_shot: list[tuple[str, str]] = field(default_factory=list)  # (question, solution) chat turns
+    # the task's own exact first-error rule (question, steps) -> index or -1, free to run on every sample
+    # (the chain tasks'); None: only a judge can tell
+    first_error: Callable[[str, list[str]], int] | None = None
 
     def prompt(self, tokenizer, question: str) -> str:
         return format_prompt(tokenizer, question, self.system_prompt, self.few_shot)
+
+    def has_wrong_step(self, question: str, steps: list[str]) -> bool | None:
+        return None if self.first_error is None else self.first_error(question, steps) != -1
 
 
 def few_shot_for(spec: ArithmeticSpec, count: int = 2) -> list[tuple[str, str]]:
@@ -104,8 +112,16 @@ def _arithmetic(cfg, root=None) -> Task:
                 few_shot_for(spec) if getattr(cfg, "few_shot", True) else [])
 
 
+def chain_first_error(question: str, steps: list[str]) -> int:
+    """The chain rule's first error (tasks.chain.labels), as the chain judge gives it, free of charge."""
+    parsed = parse_chain(question)
+    return -1 if parsed is None else first_error(*parsed, steps)[0]
+
+
 def _chain(cfg, root=None) -> Task:
-    """The CPU testbed (tasks.chain.problems): 3-8 operation chains for the tiny policy `chain-tiny`; no few-shot turns.
+    """The CPU testbed (tasks.chain.problems): 3-8 operation chains for the tiny policy `chain-tiny`; no few-shot
+    turns. The testbed tasks chain_sparse, chain_lucky and chain_context draw from the same generator with their
+    own settings (configs/task/) and pair with their own policies (tasks.chain.variants).
     task.source: a fixed problem set instead of the generator, a JSONL file of {question, reference_answer} rows
     (bench/claims writes its checked test sets so)."""
     if getattr(cfg, "source", None):
@@ -113,9 +129,10 @@ def _chain(cfg, root=None) -> Task:
         parse = lambda i, rec: Problem(rows.get(i, rec, "question"), str(rows.get(i, rec, "reference_answer")),
                                        f"chain/file:{i}")
         problems = finish_rows(rows, rows.parse(parse))
-        return Task("chain", problems, cfg.system_prompt or CHAIN_SYSTEM_PROMPT)
+        return Task(cfg.name, problems, cfg.system_prompt or CHAIN_SYSTEM_PROMPT, first_error=chain_first_error)
     spec = ChainSpec(cfg.min_ops, cfg.max_ops, cfg.operand_max, cfg.value_max, cfg.ops)
-    return Task("chain", chain_problems(cfg.seed, cfg.size, spec), cfg.system_prompt or CHAIN_SYSTEM_PROMPT)
+    return Task(cfg.name, chain_problems(cfg.seed, cfg.size, spec), cfg.system_prompt or CHAIN_SYSTEM_PROMPT,
+                first_error=chain_first_error)
 
 
 def _gsm8k(cfg, root=None) -> Task:
@@ -126,7 +143,8 @@ def _math500(cfg, root=None) -> Task:
     return Task("math500", load_math500(root, limit=cfg.limit, source=cfg.source), cfg.system_prompt or MATH_SYSTEM_PROMPT)
 
 
-TASKS: dict[str, Callable[..., Task]] = {"arithmetic": _arithmetic, "chain": _chain, "gsm8k": _gsm8k,
+TASKS: dict[str, Callable[..., Task]] = {"arithmetic": _arithmetic, "chain": _chain, "chain_sparse": _chain,
+                                         "chain_lucky": _chain, "chain_context": _chain, "gsm8k": _gsm8k,
                                          "math500": _math500}
 
 

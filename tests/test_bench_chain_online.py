@@ -28,3 +28,14 @@ def test_eval_table_pairs_the_end_and_the_mean_over_evaluations():
     paired = next(line for line in lines if line.startswith("| a - b, paired"))
     # ends: (0.7 - 0.5, 0.5 - 0.4) -> mean 0.150; means over rounds 5, 10: (0.65 - 0.5, 0.45 - 0.45) -> 0.075
     assert "0.150 ± " in paired and "0.075 ± " in paired
+
+
+def test_trace_table_pairs_the_last_round():
+    args = SimpleNamespace(rounds=10, arms=["outcome", "judge"])
+    data = {"outcome": {0: {"trace": {0: 0.2, 10: 0.4}}, 1: {"trace": {0: 0.1, 10: 0.3}}},
+            "judge": {0: {"trace": {0: 0.2, 10: 0.1}}, 1: {"trace": {0: 0.1, 10: 0.2}}}}
+    lines = bench_chain_online.trace_table(args, data)
+    assert next(line for line in lines if line.startswith("| outcome (2)")).endswith("| 0.350 ± 0.635 |")
+    # paired ends: 0.4 - 0.1, 0.3 - 0.2 -> mean 0.200
+    assert "| 0.200 ± " in next(line for line in lines if line.startswith("| outcome - judge, paired"))
+    assert bench_chain_online.trace_table(args, {"a": {0: {"trace": {}}}}) == []

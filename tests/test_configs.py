@@ -43,7 +43,10 @@ def test_judge_eval_config_and_every_judge():
 @pytest.mark.parametrize("group,options", [("algo.advantage", ["grpo", "rloo", "reinforce_pp"]),
                                            ("rollout", ["hf", "vllm"]),
                                            ("policy", ["smollm2_lora", "smollm2_full", "tiny"]),
-                                           ("task", ["arithmetic", "gsm8k", "math500"]),
+                                           ("task", ["arithmetic", "gsm8k", "math500", "chain_sparse", "chain_lucky",
+                                                     "chain_context"]),
+                                           ("algo.process_credit", ["sum", "min", "first_error"]),
+                                           ("algo.process_source", ["prm", "implicit"]),
                                            ("prm", ["smollm2_frozen", "smollm2_lora", "smollm2_full", "tiny"])])
 def test_online_group_options(group, options):
     for option in options:
@@ -91,6 +94,12 @@ def _no_model_may_load(monkeypatch):
     (["prm_update=post_update_rewards", "schedule=overlap"],
      ["schedule=overlap", "prm_update=post_update_rewards", "schedule=serial"]),
     (["algo.advantage=grpoo"], ["algo.advantage='grpoo'", "register_estimator"]),
+    (["algo.process_scale=0.5", "algo.reward=process"], ["algo.process_scale", "algo.reward=both"]),
+    (["algo.process_scale=0.5", "algo.process_weight=0.25"], ["algo.process_scale", "algo.process_weight=1.0"]),
+    (["algo.min_temperature=-1"], ["algo.min_temperature"]),
+    (["algo.process_source=implicit", "algo.process_credit=first_error"], ["algo.process_credit=first_error",
+                                                                            "process_source=implicit"]),
+    (["algo.process_source=orm"], ["algo.process_source=orm", "replay.enabled=false"]),
 ])
 def test_online_contradiction_fails_before_any_model_loads(monkeypatch, overrides, keys):
     _no_model_may_load(monkeypatch)

@@ -13,6 +13,7 @@ from rl.evaluate import due, eval_problems, evaluate_policy, held_out, training_
 from rl.online import run
 from rl.rollout import Completion
 from tasks.problems import Problem
+from tasks.registry import Task, chain_first_error
 from tests.test_rl_loop import tiny_config
 
 
@@ -32,9 +33,15 @@ class ScriptedRollout:
         pass
 
 
-def fake_loop(rollout, world=1, rank=0, every=1, greedy=True, n=2):
+def scripted_task(first_error=None) -> Task:
+    task = Task("scripted", [], "", first_error=first_error)
+    task.prompt = lambda tok, q: q   # the prompt is the question itself
+    return task
+
+
+def fake_loop(rollout, world=1, rank=0, every=1, greedy=True, n=2, task=None):
     cfg = OnlineConfig(policy_eval=PolicyEvalConfig(every=every, n=n, greedy=greedy))
-    task = SimpleNamespace(prompt=lambda tok, q: q)
+    task = task or scripted_task()
     ranks = Ranks(rank=rank, world=world)
     ranks.gather = lambda obj: [obj] * world   # every rank saw the same counts (a symmetric fake)
     return SimpleNamespace(cfg=cfg, rollout=rollout, task=task, tok=None, ranks=ranks, checker=AnswerChecker(),
@@ -57,6 +64,18 @@ def test_pass_rates_count_verified_answers():
     assert out["eval/tokens"] == pytest.approx((5 * 4 + 2) / 6)  # sampled only: five 4-word answers, "no answer"
     sampled_call, greedy_call = loop.rollout.calls
     assert sampled_call[1] == 2 and greedy_call[1:3] == (1, 0.0)
+
+
+def test_trace_error_counts_sampled_passes_with_a_wrong_step():
+    """A chain task's own rule finds the wrong steps; a right answer reached through one counts, a wrong answer
+    does not; a task without a rule logs none."""
+    q = "What is (5 + 8) + 1?"
+    sampled = {q: ["5 + 8 = 13\n\n13 + 1 = 14\n\nThe answer is 14.", "5 + 8 = 3\n\n3 + 1 = 14\n\nThe answer is 14.",
+                   "5 + 8 = 3\n\n3 + 1 = 4\n\nThe answer is 4.", "5 + 8 = 3\n\n3 + 1 = 14\n\nThe answer is 14."]}
+    chain = scripted_task(chain_first_error)
+    out = evaluate_policy(fake_loop(ScriptedRollout(sampled, {}), greedy=False, n=4, task=chain), [Problem(q, "14")])
+    assert out["eval/pass"] == pytest.approx(3 / 4) and out["eval/trace_error"] == pytest.approx(2 / 3)
+    assert "eval/trace_error" not in evaluate_policy(fake_loop(ScriptedRollout(SAMPLED, GREEDY)), PROBLEMS)
 
 
 def test_seeds_depend_only_on_the_run_seed_and_the_problem():

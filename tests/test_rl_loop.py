@@ -68,7 +68,8 @@ def test_process_warmup_uses_the_outcome_alone_then_adds_the_process_source(tmp_
 
 
 def test_judged_step_values():
-    from rl.loop import Attempt, judged_step_values
+    from rl.loop import Attempt
+    from rl.process import judged_step_values
     a = Attempt(0, "q", "1", "p", None, ["s1", "s2", "s3", "The answer is 1."])
     assert judged_step_values(a) == []                              # not judged
     a.first_error = -1

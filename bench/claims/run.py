@@ -48,8 +48,8 @@ def write_sets(claim: Claim, out: Path) -> dict:
 
 def build_dir(seed: int) -> Path:
     from core.models import cache_root
-    from tasks.chain.policy import model_dir
-    return model_dir(cache_root(), seed)
+    from tasks.chain.policy import ChainModelSpec, model_dir
+    return model_dir(cache_root(), ChainModelSpec(seed=seed).name)
 
 
 def build_steps(claim: Claim) -> list[Step]:
@@ -201,7 +201,9 @@ def label_raw(claim: Claim, out: Path) -> list[dict]:
 
 
 RUNNERS = {"d": (search_steps, search_raw), "b": (online_steps, online_raw), "a": (label_steps, label_raw)}
-MISSING = {"e": "the ORM and the calibrated-confidence baselines"}
+MISSING = {"e": "the ORM and the calibrated-confidence baselines",
+           "c_sparse": "its own runner: `make claim-c` (bench.bench_chain_online)",
+           "c_lucky": "its own runner: `make claim-c` (bench.bench_chain_online)"}
 
 
 def run_step(step: Step, dry_run: bool) -> None:

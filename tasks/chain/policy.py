@@ -34,6 +34,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tasks.chain.problems import ChainSpec, chain_problem, sample_solution
+from tasks.chain.variants import context_solution, lucky_solution
 
 NAME = "chain-tiny"
 RECIPE_VERSION = 3  # bump when the build below changes what a given spec produces (3: pinned kernels, threads)
@@ -75,13 +76,26 @@ class ChainModelSpec:
     def chain(self) -> ChainSpec:
         return ChainSpec(self.min_ops, self.max_ops, self.operand_max, self.value_max, self.ops)
 
+    @property
+    def name(self) -> str:
+        """The cached model's name: a seed other than 0 is an independent build of the same recipe."""
+        return seeded(NAME, self.seed)
+
+    def solution(self, rng: random.Random, question: str, misconception_rate: float):
+        """One SFT solution; `misconception_rate`: the rate of the spec's confident mistake (0 in phase 1)."""
+        return sample_solution(rng, question, self.error_rate, self.value_max, misconception_rate)
+
+
+def seeded(name: str, seed: int) -> str:
+    return name if seed == 0 else f"{name}-seed{seed}"
+
 
 def build_tokenizer(spec: ChainModelSpec) -> PreTrainedTokenizerFast:
     rng = random.Random(f"tokenizer:{spec.seed}")
     corpus = []
     for i in range(2000):
         p = chain_problem(rng, spec.chain, i)
-        t = sample_solution(rng, p.question, spec.error_rate, spec.value_max, spec.misconception_rate)
+        t = spec.solution(rng, p.question, spec.misconception_rate)
         corpus.append(f"user\n{p.question}\nassistant\n" + "\n\n".join(t.steps))
     tok = Tokenizer(models.BPE())
     # Known limit: "\n\n" is one token after a digit (the Digits split isolates it) but two before "The"
@@ -110,8 +124,7 @@ def _examples(rng: random.Random, spec: ChainModelSpec, misconception_rate: floa
     out = []
     for i in range(spec.batch_size):
         p = chain_problem(rng, spec.chain, i)
-        out.append((p.question, sample_solution(rng, p.question, spec.error_rate, spec.value_max,
-                                                misconception_rate).steps))
+        out.append((p.question, spec.solution(rng, p.question, misconception_rate).steps))
     return out
 
 
@@ -122,7 +135,7 @@ def sft_questions(spec: ChainModelSpec) -> set[str]:
     rng = random.Random(f"tokenizer:{spec.seed}")
     for i in range(2000):
         p = chain_problem(rng, spec.chain, i)
-        sample_solution(rng, p.question, spec.error_rate, spec.value_max, spec.misconception_rate)
+        spec.solution(rng, p.question, spec.misconception_rate)   # the tokenizer's corpus draws it too
         seen.add(p.question)
     for stream, steps, rate in ((f"sft:{spec.seed}", spec.train_steps, 0.0),
                                 (f"misconception:{spec.seed}", spec.misconception_steps, spec.misconception_rate)):
@@ -187,9 +200,9 @@ def build_model(spec: ChainModelSpec, tok, log=print) -> LlamaForCausalLM:
     return model
 
 
-def model_dir(root: Path, seed: int = 0) -> Path:
-    """Where the build of `seed` lives under a cache root (seed 0: the default model, `chain-tiny`)."""
-    return root / "models" / (NAME if seed == 0 else f"{NAME}-seed{seed}")
+def model_dir(root: Path, name: str = NAME) -> Path:
+    """Where the build named `name` (a spec's `name`: chain-tiny, chain-tiny-seed1, chain-tiny-lucky) lives."""
+    return root / "models" / name
 
 
 def is_built(path: Path) -> bool:
@@ -201,7 +214,7 @@ def ensure_chain_tiny(root: Path, spec: ChainModelSpec | None = None, log=print)
     differ from what built it. Written to a temp dir and renamed: a killed build leaves nothing half-done.
     A build runs with its kernels and threads pinned (a child process unless this one is pinned already)
     and must reach the documented quality; a cached model is checked again when it is loaded."""
-    out = model_dir(root, spec.seed if spec else 0)
+    out = model_dir(root, spec.name if spec is not None else NAME)
     if is_built(out):
         built = json.loads((out / "build.json").read_text())
         if spec is None or built == {"recipe": RECIPE_VERSION, **asdict(spec)}:
@@ -248,7 +261,8 @@ def pinned() -> bool:
 
 def build_in_pinned_process(root: Path, spec: ChainModelSpec) -> None:
     repo = Path(__file__).resolve().parents[2]
-    argv = [sys.executable, "-m", "tasks.chain.policy", "--root", str(root), "--spec", json.dumps(asdict(spec))]
+    argv = [sys.executable, "-m", "tasks.chain.policy", "--root", str(root), "--spec", json.dumps(asdict(spec)),
+            "--spec-class", type(spec).__name__]
     subprocess.run(argv, env={**os.environ, **PINNED_ENV}, cwd=repo, check=True)
 
 
@@ -267,7 +281,7 @@ class BuildQualityError(RuntimeError):
 
 def is_default_recipe(spec: ChainModelSpec) -> bool:
     """The default recipe at any seed: the one whose quality is documented (a test's tiny spec is not)."""
-    return {**asdict(spec), "seed": 0} == asdict(ChainModelSpec())
+    return type(spec) is ChainModelSpec and {**asdict(spec), "seed": 0} == asdict(ChainModelSpec())
 
 
 def greedy_pass(path: Path, spec: ChainModelSpec) -> float:
@@ -332,6 +346,73 @@ def build_default(root: Path, provision: bool = False) -> Path:
     return ensure_chain_tiny(root, ChainModelSpec() if provision else None)
 
 
+# ---- the testbed tasks' policies (docs/method.md, Testbed tasks): the same recipe, other SFT data ----------
+@dataclass
+class SparseChainModelSpec(ChainModelSpec):
+    """`chain-tiny-sparse` for task=chain_sparse: 12-20 operations. Solutions are ~3x longer than chain-tiny's,
+    so more steps of smaller batches; slips at the same per-solution rate are rarer per step, so a wrong step
+    comes from length. Target pass@1 0.05-0.15 (not yet measured)."""
+    min_ops: int = 12
+    max_ops: int = 20
+    train_steps: int = 3000
+    batch_size: int = 8
+    error_rate: float = 0.5
+
+    @property
+    def name(self) -> str:
+        return seeded(f"{NAME}-sparse", self.seed)
+
+
+@dataclass
+class LuckyChainModelSpec(ChainModelSpec):
+    """`chain-tiny-lucky` for task=chain_lucky: + and - only; phase 2 (misconception_steps) writes a compensated
+    slip (tasks.chain.variants.lucky_solution) into `misconception_rate` of the solutions: right answers from
+    wrong steps that the policy has seen often. Measured: pass@1 0.449, pass@8 0.980, trace error 0.262
+    (bench/RESULTS.md)."""
+    ops: str = "+-"
+    min_ops: int = 4
+    max_ops: int = 8
+    misconception_rate: float = 0.4
+
+    @property
+    def name(self) -> str:
+        return seeded(f"{NAME}-lucky", self.seed)
+
+    def solution(self, rng: random.Random, question: str, misconception_rate: float):
+        return lucky_solution(rng, question, self.error_rate, misconception_rate, self.value_max)
+
+
+@dataclass
+class ContextChainModelSpec(ChainModelSpec):
+    """`chain-tiny-context` for task=chain_context: phase 2 writes the lingering carry (tasks.chain.variants) at
+    `misconception_rate` of its triggers: a mistake the policy is sure of, set off by the previous step."""
+    ops: str = "+-"
+    misconception_rate: float = 0.8
+
+    @property
+    def name(self) -> str:
+        return seeded(f"{NAME}-context", self.seed)
+
+    def solution(self, rng: random.Random, question: str, misconception_rate: float):
+        return context_solution(rng, question, self.error_rate, misconception_rate, self.value_max)
+
+
+TESTBED_SPECS = {"chain-tiny-sparse": SparseChainModelSpec, "chain-tiny-lucky": LuckyChainModelSpec,
+                 "chain-tiny-context": ContextChainModelSpec}
+
+
+def _testbed_builder(name: str):
+    def build(root: Path, provision: bool = False) -> Path:
+        """The `prmloop.models` entry point of a testbed policy: its spec, built once and cached under `root`."""
+        return ensure_chain_tiny(root, TESTBED_SPECS[name]())
+    return build
+
+
+build_sparse = _testbed_builder("chain-tiny-sparse")
+build_lucky = _testbed_builder("chain-tiny-lucky")
+build_context = _testbed_builder("chain-tiny-context")
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m tasks.chain.policy --seed 1`: build the default recipe at another seed (an independent
     build for claims that must not rest on one model file); --spec: a whole spec as JSON (a pinned build's child)."""
@@ -342,8 +423,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--root", type=Path, default=None, help="cache root (default: PRMLOOP_CACHE or ~/.cache/prmloop)")
     ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--spec-class", default=ChainModelSpec.__name__, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    spec = ChainModelSpec(**json.loads(args.spec)) if args.spec else ChainModelSpec(seed=args.seed)
+    kinds = {cls.__name__: cls for cls in (ChainModelSpec, *TESTBED_SPECS.values())}
+    spec = kinds[args.spec_class](**json.loads(args.spec)) if args.spec else ChainModelSpec(seed=args.seed)
     if args.spec and not (pinned() and torch.get_num_threads() == 1
                           and torch.backends.cpu.get_cpu_capability() == "AVX2"):
         raise SystemExit(f"[{NAME}] a pinned build needs {PINNED_ENV} in its environment; got threads "
