@@ -1,4 +1,4 @@
-"""Issue 11: SmolLM2-135M-Instruct's greedy solutions of the search table's 20 two-operation problems
+"""SmolLM2-135M-Instruct's greedy solutions of the search table's 20 two-operation problems
 (tasks.registry arithmetic, seed 0, operands 1-10, + - *) under several sets of worked-example turns.
 
     OMP_NUM_THREADS=1 python -m bench.arithmetic_fewshot_probe

@@ -41,7 +41,7 @@ SETTINGS = {
                   "rollout.dtype=fp32",   # the engine's dtype (the vllm group's is bf16): fp32, as measured
                   "method.beam.max_iterations=8", "method.dvts.max_iterations=8"],
 }
-# The CPU testbed (issue 14 d): chain-tiny at T = 1 (its sampling temperature), 60 chains of 3-8 operations
+# The CPU testbed: chain-tiny at T = 1 (its sampling temperature), 60 chains of 3-8 operations
 # from generator seed 303 (disjoint from bench_chain_pool's PRM pool, seeds 101 / 202), 5 seeds, best-of-N at
 # N = 1-64, beam / DVTS at N = 4-16; one scorer per setting (their best-of-N samples are the same: seeded per
 # seed, method and n; bench/rescore_bon.py re-scores one sample set instead of sampling it again).

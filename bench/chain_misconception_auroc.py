@@ -1,4 +1,4 @@
-"""Issue 14 (d): how the search scorers rank the policy's confident misconception. Over every step
+"""Search on the chain testbed: how the search scorers rank the policy's confident misconception. Over every step
 "a * 7 = v" / "a * 8 = v" of the best-of-N samples that bench_search.py's chain settings recorded (the
 PRM's scores in chain_prm_min, the policy's confidence on the same samples in chain_confidence): AUROC of
 each scorer for telling a right product from a wrong one, and the mean score of each (equation checked

@@ -1,7 +1,7 @@
-"""Issue 14 (d): step AUROC (pooled, within problem) and first-error F1 at 0.5 of a chain PRM next to the
+"""Chain testbed: step AUROC (pooled, within problem) and first-error F1 at 0.5 of a chain PRM next to the
 policy's own confidence, on bench_chain_pool's held-out test samples (chain generator seed 202).
 
-    python -m bench.chain_prm_quality outputs/issue14d/prm/prm --test outputs/bench_chain_pool_v3/test.jsonl --every 4
+    python -m bench.chain_prm_quality outputs/chain_search_prm/prm --test outputs/bench_chain_pool_v3/test.jsonl --every 4
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Each step: `--prompts` problems x `--n` samples at T = 1 from chain-tiny, reward
 names the reference, advantage (r - mean) / (std + 1e-6) within each problem's group, loss = -token mean
 of advantage x log-prob, one Adam step. Every `--eval-every` steps: pass rate of 4 samples and of greedy
 decoding on 128 fixed problems of another seed. Used to tell whether the testbed policy can be moved by RL at
-all, and at which lr and batch (bench/RESULTS.md, issue 14 session 6).
+all, and at which lr and batch (bench/RESULTS.md, the online loop on the chain testbed).
 """
 import argparse
 import json

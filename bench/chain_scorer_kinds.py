@@ -1,4 +1,4 @@
-"""Issue 14: which step scorer sees which error, on bench_chain_pool's held-out samples. Grouped bars (mean and
+"""The chain testbed: which step scorer sees which error, on bench_chain_pool's held-out samples. Grouped bars (mean and
 95 % CI over seeds) of step AUROC overall, on misconception errors, on slips, and for a right against a wrong
 x 7 / x 8 product, for the policy's confidence and the full-pool PRMs of the runs tagged --tag.
 

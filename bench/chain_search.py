@@ -1,4 +1,4 @@
-"""Issue 14 (d): reward-guided search on the CPU testbed (bench/RESULTS.md), from the records that
+"""Reward-guided search on the CPU testbed (bench/RESULTS.md), from the records that
 `bench/bench_search.py --only chain_prm_min` (every method) and `--only chain_confidence` / `--only chain`
 (`--methods beam,dvts`) wrote, with best-of-N of the latter two re-scored on chain_prm_min's samples by
 `bench/rescore_bon.py` (same samples, so the scorers compare paired); best-of-N under the PRM's last step

@@ -1,7 +1,7 @@
-"""PRMBench scored the official way (prm.prmbench) next to the definition prmloop used before issue 12,
+"""PRMBench scored the official way (prm.prmbench) next to the definition prmloop used previously,
 with the same scorer in one run, so the change in the figure is measured rather than asserted.
 
-Before issue 12: the PRM read `question` (not `modified_question`); an invalid verdict counted as
+The previous definition: the PRM read `question` (not `modified_question`); an invalid verdict counted as
 "every step erroneous"; every category, multi_solutions included, scored 0.5 F1(valid) + 0.5
 F1(erroneous) with an empty class's F1 = 0; no `correct` category; "all" pooled every item.
 
@@ -65,7 +65,7 @@ def main() -> None:
     print(f"PRMBench, {name}: {report.rows} rows, {report.items} items; invalid verdicts {new['invalid_verdicts']}; "
           f"skipped rows {len(report.skipped_rows)}, duplicates {len(report.duplicate_rows)}, "
           f"out-of-range error steps dropped {report.dropped_error_steps}\n")
-    print("| category | before issue 12 | official (now) | items |\n|---|---|---|---|")
+    print("| category | previous definition | official (now) | items |\n|---|---|---|---|")
     print(f"| overall | {old['all']:.3f} | {new['overall']['score']:.3f} | {new['overall']['items']} |")
     for cat, v in new["categories"].items():
         print(f"| {cat} | {old.get(cat, float('nan')):.3f} | {v['score']:.3f} | {v['items']} |")
