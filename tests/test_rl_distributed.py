@@ -44,7 +44,7 @@ def command(ranks: int, out: Path, judge_url: str, *extra: str, features: str = 
                        # hidden-state features here; the step log-prob columns are pinned below, with RLOO
                        f"prm.step_features={features}",
                        "policy_eval.every=1", "policy_eval.problems=4", "policy_eval.n=2",   # the policy's held-out pass, sharded by rank
-                       "judge=llm", f"judge.base_url={judge_url}", "judge.max_retries=0",
+                       "judge=llm", f"judge.base_url={judge_url}", "judge.max_retries=0", "judge.check_at_start=false",
                        f"trainer.out_dir={out}", f"trainer.local_dir={out}/local", f"hydra.run.dir={out}/hydra", *extra]
 
 
