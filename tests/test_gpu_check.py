@@ -1,6 +1,7 @@
 """The air-gapped install and the GPU check's dry run: the wheelhouse's requirement list is prmloop's
 dependency closure minus what the GPU node brings (torch, transformers, vllm and what only they need), and
-`bash bench/gpu_check.sh --dry-run` runs every step on the CPU, offline, and writes its JSON summary."""
+`bash bench/gpu_check.sh --dry-run` runs every step on the CPU, offline (the tiny model's tokenizer from
+bench/gpu_stub, no GGUF package), and writes its JSON summary."""
 from __future__ import annotations
 
 import json
@@ -36,4 +37,7 @@ def test_gpu_check_dry_run_passes_offline(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["passed"] and summary["device"] == "cpu"
     assert {s["name"] for s in summary["steps"]} >= {"plan", "ppo_step_1.5b_shape", "online_cpu", "online_torchrun", "online_metrics",
+                                                     "parity_fp32", "zero2_resume", "zero3_streaming",
                                                      "prm_train_cpu", "prm_saved"}
+    assert "killed in round 2 and resumed == uninterrupted" in (tmp_path / "zero2_resume.log").read_text()
+    assert "fp32 parity: equal counts and labels" in (tmp_path / "parity_fp32.log").read_text()
