@@ -15,19 +15,10 @@ import time
 import pytest
 
 from judges import (JudgeAuthError, JudgeEndpointError, JudgeError, JudgeRequestError, JudgeUnavailableError,
-                    LabelLedger, LLMJudge)
+                    LabelLedger)
 from tests.fake_openai_server import FakeOpenAIServer, Reply, free_port
 from tests.guards import no_hang
-
-STEPS = ["2 + 2 = 4", "4 * 3 = 12", "So the answer is 12."]
-SECRET = "sk-test-DO-NOT-LEAK-1234567890"
-
-
-def llm(server_or_url, **kw) -> LLMJudge:
-    url = server_or_url if isinstance(server_or_url, str) else server_or_url.base_url
-    defaults = dict(model="critic", max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05, timeout_s=5,
-                    max_tokens=32, api_key_env="PRMLOOP_TEST_JUDGE_KEY")
-    return LLMJudge(url, **{**defaults, **kw})
+from tests.test_judges_llm import SECRET, STEPS, llm  # one judge factory for the llm judge's tests
 
 
 def item_of(req) -> int:
