@@ -18,6 +18,7 @@ DeepSpeed all-reduces the gradients over NCCL. Every group waits trainer.dist_ti
 from __future__ import annotations
 
 import datetime
+import atexit
 import importlib
 import os
 import socket
@@ -166,8 +167,18 @@ def init_distributed(timeout_min: int = 120) -> None:
     timeout = datetime.timedelta(minutes=timeout_min)
     backend = "gloo" if not torch.cuda.is_available() else "nccl"
     deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+    atexit.register(_destroy_at_exit)
     if backend != "gloo" and torch.distributed.get_world_size() > 1:   # collective: every rank creates it
         _OBJECT_GROUP = torch.distributed.new_group(backend="gloo", timeout=timeout)
+
+
+def _destroy_at_exit() -> None:
+    """A process that exits with its process group alive can abort in the backend's teardown (seen: "terminate
+    called without an active exception" after a clean run): destroy it first, as torch.distributed asks."""
+    global _OBJECT_GROUP
+    _OBJECT_GROUP = None
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 _OBJECT_GROUP = None   # None: the default group (already gloo, or one process)
