@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -76,10 +77,12 @@ class ChainModelSpec:
     def chain(self) -> ChainSpec:
         return ChainSpec(self.min_ops, self.max_ops, self.operand_max, self.value_max, self.ops)
 
+    variant: ClassVar[str] = ""  # a testbed policy's suffix (chain-tiny-<variant>); "" the default recipe
+
     @property
     def name(self) -> str:
         """The cached model's name: a seed other than 0 is an independent build of the same recipe."""
-        return seeded(NAME, self.seed)
+        return seeded(f"{NAME}-{self.variant}" if self.variant else NAME, self.seed)
 
     def solution(self, rng: random.Random, question: str, misconception_rate: float):
         """One SFT solution; `misconception_rate`: the rate of the spec's confident mistake (0 in phase 1)."""
@@ -357,10 +360,7 @@ class SparseChainModelSpec(ChainModelSpec):
     train_steps: int = 3000
     batch_size: int = 8
     error_rate: float = 0.5
-
-    @property
-    def name(self) -> str:
-        return seeded(f"{NAME}-sparse", self.seed)
+    variant: ClassVar[str] = "sparse"
 
 
 @dataclass
@@ -373,10 +373,7 @@ class LuckyChainModelSpec(ChainModelSpec):
     min_ops: int = 4
     max_ops: int = 8
     misconception_rate: float = 0.4
-
-    @property
-    def name(self) -> str:
-        return seeded(f"{NAME}-lucky", self.seed)
+    variant: ClassVar[str] = "lucky"
 
     def solution(self, rng: random.Random, question: str, misconception_rate: float):
         return lucky_solution(rng, question, self.error_rate, misconception_rate, self.value_max)
@@ -388,10 +385,7 @@ class ContextChainModelSpec(ChainModelSpec):
     `misconception_rate` of its triggers: a mistake the policy is sure of, set off by the previous step."""
     ops: str = "+-"
     misconception_rate: float = 0.8
-
-    @property
-    def name(self) -> str:
-        return seeded(f"{NAME}-context", self.seed)
+    variant: ClassVar[str] = "context"
 
     def solution(self, rng: random.Random, question: str, misconception_rate: float):
         return context_solution(rng, question, self.error_rate, misconception_rate, self.value_max)
