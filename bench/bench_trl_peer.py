@@ -5,7 +5,7 @@ Same SmolLM2-135M-Instruct weights (~/.cache/prmloop/models/smollm2-135m-instruc
 max length 384; then both score the same ProcessBench gsm8k items (evenly spaced) and F1 is computed
 by the same judges.metrics.processbench_f1 at tau = 0.5.
 
-  TRL   runs in its own venv (/work/trl_venv: torch 2.13.0 cpu, trl 1.13.0, transformers 5.19) via a
+  TRL   runs in its own venv (.venv-trl: torch 2.13.0 cpu, trl 1.13.0, transformers 5.19) via a
         driver written to a temp file: AutoModelForTokenClassification(num_labels=2), TRL's format
         (prompt / completions / labels: bool per step, steps cut after the first error), TRL defaults
         otherwise (lr 1e-5 linear, step_separator "\\n", raw prompt, every step labelled). Step score
@@ -178,7 +178,7 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=40, help="ProcessBench gsm8k items scored after training (0: none)")
     ap.add_argument("--pool", default="outputs/bench_prm/pool.jsonl")
     ap.add_argument("--out", default="outputs/bench_trl_peer")
-    ap.add_argument("--trl-python", default="/work/trl_venv/bin/python")
+    ap.add_argument("--trl-python", default=".venv-trl/bin/python")
     ap.add_argument("--model-dir", default=str(Path.home() / ".cache/prmloop/models/smollm2-135m-instruct"))
     ap.add_argument("--mode", default="full", choices=["full", "lora"])
     ap.add_argument("--layouts", default="padded,bucketed", help="our sides, one process each: prm.batch_layout, "
