@@ -137,3 +137,24 @@ def test_results_page_opens_with_the_current_claims_table():
     assert table.strip() in page
     sections = [line for line in page.splitlines() if line.startswith("## ")]
     assert sections[0] == "## Claims"   # the claims table comes before every measured section
+
+
+def test_a_claim_with_units_missing_is_incomplete_and_leaves_holm_alone(tmp_path, monkeypatch):
+    """Three of four pre-registered seeds ran: the intervals are shown, nothing is decided, and the family
+    counts the comparisons at p = 1 (as not run), so a partial run cannot change another claim's correction."""
+    rows = [r for r in synthetic_rows() if r["unit"] != "s3"]
+    paths = [make_claim(tmp_path, "x", rows), make_claim(tmp_path, "y", None)]
+    monkeypatch.setattr(report_mod, "claim_files", lambda: paths)
+    results = report_mod.table_results("synthetic")["x"]
+    assert {r.status for r in results} == {Status.incomplete} and all(r.units == 3 for r in results)
+    assert all(r.adjusted == 1.0 for r in results)
+    assert report_mod.claim_status(load_claim(paths[0]), results) == Status.incomplete
+    monkeypatch.setattr(report_mod, "claim_path", lambda name: paths[0])
+    assert "incomplete: 3 of 4 units" in report_mod.report("x")
+    assert "(3 of 4 units)" in report_mod.claims_table(["synthetic"])
+
+
+def test_expected_units_are_builds_or_pools_times_seeds():
+    from bench.claims.spec import claim_path
+    by_id = {c.id: c for c in map(load_claim, (claim_path(n) for n in ("a_label_efficiency", "d_search")))}
+    assert by_id["a"].expected_units == 3 * 20 and by_id["d"].expected_units == 3 * 3

@@ -113,7 +113,9 @@ def table_results(table: str) -> dict[str, list[Result]]:
         results[claim.id] = []
         for c in claim.comparisons:
             r = compare(claim, c, rows) if rows else None
-            family.append(r.p_value if r else 1.0)
+            # An incomplete comparison enters the family at p = 1, as one not yet run: stopping early must
+            # not loosen (or tighten) the correction of the others.
+            family.append(r.p_value if r and r.units >= claim.expected_units else 1.0)
             if r:
                 results[claim.id].append(r)
     adjusted = iter(holm(family))
@@ -124,7 +126,8 @@ def table_results(table: str) -> dict[str, list[Result]]:
             if c.name in done:
                 r = done[c.name]
                 r.adjusted = p
-                r.status = decide(r.t, r.boot, p, c.margin, claim.alpha)
+                r.status = (decide(r.t, r.boot, p, c.margin, claim.alpha) if r.units >= claim.expected_units
+                            else Status.incomplete)
     return results
 
 
@@ -132,6 +135,8 @@ def claim_status(claim: Claim, results: list[Result]) -> Status:
     primary = [r.status for r in results if r.comparison.primary]
     if not results or len(primary) < sum(c.primary for c in claim.comparisons):
         return Status.not_run
+    if Status.incomplete in primary:
+        return Status.incomplete
     if Status.fails in primary:
         return Status.fails
     return Status.holds if all(s == Status.holds for s in primary) else Status.undecided
@@ -153,8 +158,14 @@ def comparison_table(claim: Claim, results: list[Result]) -> str:
             continue
         lines.append(f"| {name} | {metric} | {c.margin:+.2f} | {r.t.mean:+.3f} | [{r.t.low:+.3f}, {r.t.high:+.3f}] "
                      f"({r.units}) | [{r.boot.low:+.3f}, {r.boot.high:+.3f}] ({r.units} x {r.problems}) | "
-                     f"{r.adjusted:.3g} | {r.status} |")
+                     f"{r.adjusted:.3g} | {decision(claim, r)} |")
     return "\n".join(lines) + "\n"
+
+
+def decision(claim: Claim, r: Result) -> str:
+    if r.status == Status.incomplete:
+        return f"{r.status}: {r.units} of {claim.expected_units} units"
+    return str(r.status)
 
 
 def plot(claim: Claim, results: list[Result], path: Path) -> Path | None:
@@ -182,9 +193,13 @@ def plot(claim: Claim, results: list[Result], path: Path) -> Path | None:
 
 
 def figure(results: list[Result]) -> str:
-    """The primary comparisons in one cell: estimate, t-interval, bootstrap interval."""
+    """The primary comparisons in one cell: estimate, t-interval, bootstrap interval (and the units that ran
+    when some have not)."""
+    def units(r: Result) -> str:
+        return f" ({r.units} of {r.claim.expected_units} units)" if r.status == Status.incomplete else ""
     return "<br>".join(f"{r.comparison.name}: {r.t.mean:+.3f}, t [{r.t.low:+.3f}, {r.t.high:+.3f}], "
-                       f"boot [{r.boot.low:+.3f}, {r.boot.high:+.3f}]" for r in results if r.comparison.primary) or "-"
+                       f"boot [{r.boot.low:+.3f}, {r.boot.high:+.3f}]{units(r)}"
+                       for r in results if r.comparison.primary) or "-"
 
 
 def rule(claim: Claim) -> str:

@@ -76,6 +76,13 @@ class Claim:
     path: Path = field(default=Path(), compare=False)
 
     @property
+    def expected_units(self) -> int:
+        """Seed-level units the claim pre-registers: a pool x seed pair when it draws several pools (each
+        pool its own replicate), else a build x seed pair. Fewer units in the raw rows: not yet decidable."""
+        pools = sum(s.role == Role.pool for s in self.problem_sets)
+        return len(self.seeds) * (pools if pools > 1 else len(self.builds))
+
+    @property
     def test_set(self) -> ProblemSet:
         return next(s for s in self.problem_sets if s.role == Role.test)
 

@@ -146,6 +146,7 @@ class Status(StrEnum):
     holds = "holds"
     fails = "fails"
     undecided = "undecided"
+    incomplete = "incomplete"      # some pre-registered units have not run: shown, not decided
     not_run = "pre-registered, not yet run"
 
 
