@@ -42,16 +42,12 @@ chain-tiny: $(STAMP)/base
 provision: $(STAMP)/model
 
 # Claim (c), stage 1 (bench/claims/c_sparse.md, c_lucky.md): outcome-only vs the judge's labels as step rewards under
-# each credit form, 15 seeds x 40 rounds, on chain_sparse and chain_lucky (each builds its policy on first use).
-CLAIM_C_ARMS := outcome_c judge_sum_c judge_min_c judge_first_error_c
+# each credit form, 15 seeds x 40 rounds, on chain_sparse and chain_lucky, under the claims protocol
+# (bench/claims/run_c.py: each builds its policy on first use; JOBS runs at a time).
 JOBS ?= 1
 claim-c: setup
-	for t in sparse lucky; do \
-	  $(PY) -m bench.bench_chain_online --rounds 40 --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 --jobs $(JOBS) \
-	    --arms $(CLAIM_C_ARMS) --out outputs/claim_c/chain_$$t --plot outputs/claim_c/chain_$$t.png \
-	    -- task=chain_$$t policy.model=chain-tiny-$$t prm.backbone=chain-tiny-$$t prm.max_length=512 \
-	       policy_eval.every=5 rollout.max_new_tokens=240 || exit 1; \
-	done
+	$(PY) -m bench.claims.run c_sparse --jobs $(JOBS)
+	$(PY) -m bench.claims.run c_lucky --jobs $(JOBS)
 
 run: setup
 	$(PY) -m rl.online $(ARGS)

@@ -93,8 +93,9 @@ def eval_problems(cfg, train_problems) -> list:
 def evaluate_policy(loop, problems: list, per_problem: list | None = None) -> dict:
     """Pass rates of the current policy on `problems`. Seeds depend on (run seed, problem) only, so every
     evaluation, and every arm of a comparison with the same trainer.seed, draws from the same generators.
-    `per_problem` (a list) receives one row per problem, every rank's: question, right, n, greedy_right
-    (the raw results a claim's intervals over problems need)."""
+    `per_problem` (a list) receives one row per problem, every rank's: question, right, n, greedy_right and,
+    on tasks with an exact step rule, passed_wrong_step (of the `right` samples, those with a wrong step: the
+    problem's share behind eval/trace_error), the raw results a claim's intervals over problems need."""
     cfg, r = loop.cfg, loop.cfg.rollout
     mine = list(range(loop.ranks.rank, len(problems), loop.ranks.world))
     chosen = [problems[i] for i in mine]
@@ -125,8 +126,12 @@ def evaluate_policy(loop, problems: list, per_problem: list | None = None) -> di
     for p, group, best in zip(chosen, sampled, greedy):
         size = len(group) + len(best)
         mine = verdicts[at:at + size]
-        rows.append({"question": p.question, "right": sum(v == "correct" for v in mine[:len(group)]), "n": len(group),
-                     "greedy_right": sum(v == "correct" for v in mine[len(group):])})
+        passed = [v == "correct" for v in mine[:len(group)]]
+        row = {"question": p.question, "right": sum(passed), "n": len(group),
+               "greedy_right": sum(v == "correct" for v in mine[len(group):])}
+        if loop.task.first_error is not None:
+            row["passed_wrong_step"] = sum(ok and bool(w) for ok, w in zip(passed, wrong[at:at + len(group)]))
+        rows.append(row)
         at += size
     if per_problem is not None:
         per_problem.extend(row for part in loop.ranks.gather(rows) for row in part)

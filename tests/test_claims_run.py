@@ -30,7 +30,7 @@ def test_every_command_of_claim_d_composes(claim_d, tmp_path):
 
 
 def test_sets_are_written_for_task_source(claim_d, tmp_path, monkeypatch):
-    monkeypatch.setattr(problem_sets, "trained_questions", lambda seed: frozenset())
+    monkeypatch.setattr(problem_sets, "trained_questions", lambda seed, spec=None: frozenset())
     small = claim_d
     small.problem_sets = [s.__class__(s.name, s.role, (s.generator_seeds[0], s.generator_seeds[0] + 1), 5)
                           for s in claim_d.problem_sets]

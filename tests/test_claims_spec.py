@@ -121,10 +121,10 @@ def test_a_test_set_on_a_reserved_seed_range_fails(tmp_path):
 
 def test_test_questions_seen_elsewhere_are_dropped_then_checked(tmp_path, monkeypatch):
     claim = load_claim(write(tmp_path, GOOD))
-    monkeypatch.setattr(problem_sets, "trained_questions", lambda seed: frozenset())
+    monkeypatch.setattr(problem_sets, "trained_questions", lambda seed, spec=None: frozenset())
     before = claim_problem_sets(claim)["test"]   # short chains also recur in the reserved sets
     trained = frozenset({before.problems[0].question, before.problems[5].question})
-    monkeypatch.setattr(problem_sets, "trained_questions", lambda seed: trained)
+    monkeypatch.setattr(problem_sets, "trained_questions", lambda seed, spec=None: trained)
     test = claim_problem_sets(claim)["test"]
     assert test.dropped == before.dropped + 2 and len(test.problems) == len(before.problems) - 2
     assert not {p.question for p in test.problems} & trained

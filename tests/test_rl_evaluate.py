@@ -73,9 +73,13 @@ def test_trace_error_counts_sampled_passes_with_a_wrong_step():
     sampled = {q: ["5 + 8 = 13\n\n13 + 1 = 14\n\nThe answer is 14.", "5 + 8 = 3\n\n3 + 1 = 14\n\nThe answer is 14.",
                    "5 + 8 = 3\n\n3 + 1 = 4\n\nThe answer is 4.", "5 + 8 = 3\n\n3 + 1 = 14\n\nThe answer is 14."]}
     chain = scripted_task(chain_first_error)
-    out = evaluate_policy(fake_loop(ScriptedRollout(sampled, {}), greedy=False, n=4, task=chain), [Problem(q, "14")])
+    rows, plain = [], []
+    out = evaluate_policy(fake_loop(ScriptedRollout(sampled, {}), greedy=False, n=4, task=chain), [Problem(q, "14")],
+                          rows)
     assert out["eval/pass"] == pytest.approx(3 / 4) and out["eval/trace_error"] == pytest.approx(2 / 3)
-    assert "eval/trace_error" not in evaluate_policy(fake_loop(ScriptedRollout(SAMPLED, GREEDY)), PROBLEMS)
+    assert [(r["right"], r["passed_wrong_step"]) for r in rows] == [(3, 2)]   # the count behind it, per problem
+    assert "eval/trace_error" not in evaluate_policy(fake_loop(ScriptedRollout(SAMPLED, GREEDY)), PROBLEMS, plain)
+    assert not any("passed_wrong_step" in r for r in plain)
 
 
 def test_seeds_depend_only_on_the_run_seed_and_the_problem():

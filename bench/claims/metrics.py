@@ -4,6 +4,7 @@
     first_error_f1  rows are [[label, predicted first error], ...]: ProcessBench F1 of every pair
     auroc_within    rows are [[step label, score], ...] of one problem: wins over same-problem pairs, pooled
     aulc_f1         rows are {budget: [[label, predicted], ...]}: F1 at each budget, trapezoid area / span
+    held_out_pass   rows are a problem's held-out pass: their mean (rows tagged metric: held_out_pass)
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def _aulc_f1(rows: list) -> float:
 
 
 METRICS = {Metric.mean: _mean, Metric.first_error_f1: _f1, Metric.auroc_within: _auroc_within,
-           Metric.aulc_f1: _aulc_f1}
+           Metric.aulc_f1: _aulc_f1, Metric.held_out_pass: _mean}
 
 
 def metric_of(metric: Metric):

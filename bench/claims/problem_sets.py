@@ -7,6 +7,10 @@
                               range the repository's benchmarks and configs use (RESERVED), and no question
                               of it in the claim's other sets, in RESERVED's problems, or in what any policy
                               build of the claim trained on
+    claim_problem_sets(claim, chain_spec, build_spec)   the same for a claim on a testbed task: every set
+                              drawn with that task's ChainSpec, RESERVED's problems drawn with both the default
+                              spec and that one (online runs on the task drew theirs with it), the builds'
+                              SFT questions those of `build_spec` (a testbed policy spec class, tasks.chain.policy)
 
 Disjoint seed ranges do not make disjoint questions: 3-operation chains are few enough that SFT's ~40,000
 draws contain 4 of generator seed 202's first 200 problems. So a test question found in any other set is
@@ -80,33 +84,45 @@ def check_seed_ranges(claim: Claim) -> None:
 
 
 @lru_cache(maxsize=8)
-def trained_questions(build_seed: int) -> frozenset[str]:
-    from dataclasses import replace
-
+def trained_questions(build_seed: int, build_spec: type | None = None) -> frozenset[str]:
+    """The SFT questions of build `build_seed` of `build_spec` (a ChainModelSpec class; None: the default)."""
     from tasks.chain.policy import ChainModelSpec, sft_questions
-    return frozenset(sft_questions(replace(ChainModelSpec(), seed=build_seed)))
+    return frozenset(sft_questions((build_spec or ChainModelSpec)(seed=build_seed)))
 
 
-@lru_cache(maxsize=1)
-def reserved_questions() -> dict[str, frozenset[str]]:
+def reserved_questions(chain_spec=None) -> dict[str, frozenset[str]]:
+    """RESERVED's problems (their first CHECKED_SEEDS seeds) drawn with `chain_spec` (None: the default)."""
+    from dataclasses import astuple
+    return _reserved(astuple(chain_spec) if chain_spec is not None else None)
+
+
+@lru_cache(maxsize=4)
+def _reserved(spec_fields: tuple | None) -> dict[str, frozenset[str]]:
+    from tasks.chain.problems import ChainSpec
+    spec = ChainSpec(*spec_fields) if spec_fields else None
     out = {}
     for name, (a, b, size) in RESERVED.items():
         seeds = (a, min(b, a + CHECKED_SEEDS))
-        out[name] = frozenset(p.question for p in problem_set(ProblemSet(name, Role.pool, seeds, size)))
+        out[name] = frozenset(p.question for p in problem_set(ProblemSet(name, Role.pool, seeds, size), spec))
     return out
 
 
-def claim_problem_sets(claim: Claim, check_builds: bool = True) -> dict[str, DrawnSet]:
+def claim_problem_sets(claim: Claim, check_builds: bool = True, chain_spec=None,
+                       build_spec: type | None = None) -> dict[str, DrawnSet]:
     """Every problem set of `claim`, the test set made fresh and checked (`check_builds`: also against the
-    policy builds' SFT questions; off only in unit tests, where replaying SFT streams is the slow part)."""
+    policy builds' SFT questions; off only in unit tests, where replaying SFT streams is the slow part).
+    `chain_spec`: the task's ChainSpec every set is drawn with (None: the default chain task's);
+    `build_spec`: the ChainModelSpec class of the claim's builds (None: the default recipe)."""
     check_seed_ranges(claim)
-    drawn = {s.name: DrawnSet(s, problem_set(s)) for s in claim.problem_sets}
+    drawn = {s.name: DrawnSet(s, problem_set(s, chain_spec)) for s in claim.problem_sets}
     test = drawn[claim.test_set.name]
     others = {f"problem set {name!r} ({d.spec.role})": frozenset(p.question for p in d.problems)
               for name, d in drawn.items() if d.spec.role != Role.test}
-    others.update({f"reserved set: {name}": qs for name, qs in reserved_questions().items()})
+    specs = {"": None} if chain_spec is None else {"": None, " (the task's spec)": chain_spec}
+    for label, spec in specs.items():
+        others.update({f"reserved set: {name}{label}": qs for name, qs in reserved_questions(spec).items()})
     if check_builds:
-        others.update({f"policy build seed {b}'s SFT data": trained_questions(b) for b in claim.builds})
+        others.update({f"policy build seed {b}'s SFT data": trained_questions(b, build_spec) for b in claim.builds})
     kept = [p for p in test.problems if not any(p.question in qs for qs in others.values())]
     test.dropped, test.problems = len(test.problems) - len(kept), kept
     assert_disjoint(test.problems, others)

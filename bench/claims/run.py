@@ -1,13 +1,15 @@
 """`python -m bench.claims.run <claim>`: a pre-registered claim end to end, from nothing to its table.
 
     python -m bench.claims.run d_search             # every stage; a finished stage is skipped (resume)
-    python -m bench.claims.run b_online_labels      # (a), (b), (d) have runners; (e) says what it still needs
+    python -m bench.claims.run b_online_labels      # (a)-(d) have runners; (e) says what it still needs
+    python -m bench.claims.run c_lucky --jobs 4     # runs that read none of each other's outputs: 4 at a time
     python -m bench.claims.run d_search --dry-run   # print every command it would run, run nothing
 
 Stages, each writing under --out (default outputs/claims/<id>) and skipped when its output exists:
     sets     draw the claim's problem sets, the test set checked fresh (bench/claims/problem_sets.py),
              written as sets/<name>.jsonl (task=chain task.source=... reads them) with sets.json (sizes, drops)
-    builds   the policy builds the claim names (python -m tasks.chain.policy --seed N: pinned, quality-checked)
+    builds   the policy builds the claim names (python -m tasks.chain.policy --seed N: pinned, quality-checked;
+             a testbed claim's own, bench/claims/run_c.py)
     arms     the claim's own commands, each printed before it runs (RUNNERS below)
     raw      the runs' records -> the claim's raw file (one row per unit, arm, problem)
     report   python -m bench.claims.report <claim>: table, plot, status
@@ -16,26 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.claims import run_c
+from bench.claims.problem_sets import claim_problem_sets
 from bench.claims.spec import ROOT, Claim, claim_path, load_claim
+from bench.claims.steps import Step, run_step, run_steps
 
 
-@dataclass
-class Step:
-    name: str
-    argv: list[str]       # python -m ... (this interpreter, from the repository root)
-    done: Path            # exists once the step finished
-    mark: bool = False    # run.py writes `done` after the command succeeds (its own outputs grow while it runs)
-
-
-def write_sets(claim: Claim, out: Path) -> dict:
-    from bench.claims.problem_sets import claim_problem_sets
-    sets = claim_problem_sets(claim)
+def write_sets(claim: Claim, out: Path, draw: Callable[[Claim], dict] = claim_problem_sets) -> dict:
+    """The claim's sets as `draw` makes and checks them, written for task.source / policy_eval.source."""
+    sets = draw(claim)
     (out / "sets").mkdir(parents=True, exist_ok=True)
     for name, drawn in sets.items():
         rows = [{"question": p.question, "reference_answer": str(p.reference_answer)} for p in drawn.problems]
@@ -200,23 +195,19 @@ def label_raw(claim: Claim, out: Path) -> list[dict]:
     return rows
 
 
-RUNNERS = {"d": (search_steps, search_raw), "b": (online_steps, online_raw), "a": (label_steps, label_raw)}
-MISSING = {"e": "the ORM and the calibrated-confidence baselines",
-           "c_sparse": "its own runner: `make claim-c` (bench.bench_chain_online)",
-           "c_lucky": "its own runner: `make claim-c` (bench.bench_chain_online)"}
+@dataclass(frozen=True)
+class Runner:
+    steps: Callable[[Claim, Path], list[Step]]        # the arms' commands
+    raw: Callable[[Claim, Path], list[dict]]          # their records -> the claim's raw rows
+    builds: Callable[[Claim], list[Step]] = build_steps
+    sets: Callable[[Claim], dict] = claim_problem_sets
+    independent: bool = False                         # no step reads another's output: --jobs may run them together
 
 
-def run_step(step: Step, dry_run: bool) -> None:
-    line = shlex.join(step.argv)
-    if step.done.exists():
-        print(f"[claims] {step.name}: done ({step.done})")
-        return
-    print(f"$ {line}", flush=True)
-    if not dry_run:
-        subprocess.run([sys.executable, *step.argv[1:]], cwd=ROOT, check=True)   # python -m ...
-        if step.mark:
-            step.done.parent.mkdir(parents=True, exist_ok=True)
-            step.done.touch()
+TESTBED = Runner(run_c.testbed_steps, run_c.testbed_raw, run_c.build_steps, run_c.draw_sets, independent=True)
+RUNNERS = {"d": Runner(search_steps, search_raw), "b": Runner(online_steps, online_raw, independent=True),
+           "a": Runner(label_steps, label_raw), "c_sparse": TESTBED, "c_lucky": TESTBED}
+MISSING = {"e": "the ORM and the calibrated-confidence baselines"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,20 +215,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("claim", help="a claim file stem (d_search) or id (d)")
     ap.add_argument("--out", type=Path, help="working dir (default outputs/claims/<id>)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--jobs", type=int, default=1, help="arm commands run at a time (claims whose runs are independent)")
     args = ap.parse_args(argv)
     claim = load_claim(claim_path(args.claim))
     if claim.id not in RUNNERS:
         raise SystemExit(f"claim ({claim.id}) is pre-registered but has no runner yet: it needs {MISSING[claim.id]}")
+    runner = RUNNERS[claim.id]
+    if args.jobs > 1 and not runner.independent:
+        raise SystemExit(f"claim ({claim.id}): its steps read each other's outputs; run it with --jobs 1")
     out = args.out or ROOT / "outputs" / "claims" / claim.id
     out.mkdir(parents=True, exist_ok=True)
-    summary = write_sets(claim, out) if not (out / "sets.json").is_file() else json.loads((out / "sets.json").read_text())
+    summary = (write_sets(claim, out, runner.sets) if not (out / "sets.json").is_file()
+               else json.loads((out / "sets.json").read_text()))
     print("[claims] sets: " + ", ".join(f"{k} {v['problems']} problems ({v['dropped']} dropped)" for k, v in summary.items()))
-    steps_of, raw_of = RUNNERS[claim.id]
-    for step in build_steps(claim) + steps_of(claim, out):
+    for step in runner.builds(claim):
         run_step(step, args.dry_run)
+    run_steps(runner.steps(claim, out), args.dry_run, args.jobs)
     if args.dry_run:
         return
-    rows = raw_of(claim, out)
+    rows = runner.raw(claim, out)
     raw = ROOT / claim.raw
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -34,6 +34,9 @@ class Metric(StrEnum):
     first_error_f1 = "first_error_f1"   # ProcessBench F1 of the rows' (label, predicted first error)
     auroc_within = "auroc_within"   # step AUROC over pairs from the same problem
     aulc_f1 = "aulc_f1"             # area under F1 vs label budget (trapezoid over the budgets), normalised
+    # a mean of per-problem held-out pass beside a claim's own mean of another value: a comparison's `metric`,
+    # read from the raw rows tagged with it
+    held_out_pass = "held_out_pass"
 
 
 @dataclass(frozen=True)

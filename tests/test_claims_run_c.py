@@ -1,0 +1,143 @@
+"""bench/claims/run_c.py: claim (c) on its testbed task: sets drawn with the task's chain settings and checked
+against its policy's SFT questions, one rl.online run per (seed, arm) on the claim's test set, raw rows from
+the runs' eval_problems.jsonl."""
+import json
+import shlex
+from dataclasses import dataclass
+
+import pytest
+
+from bench.bench_chain_online import ARMS
+from bench.claims import problem_sets, report, run, run_c
+from bench.claims.spec import claim_path, load_claim
+from tasks.chain.policy import LuckyChainModelSpec, SparseChainModelSpec
+from tasks.chain.problems import parse_question
+from tests.test_commands import compose_and_validate
+
+TASKS = {"c_sparse": ("chain_sparse", SparseChainModelSpec, 12, 20, set("+-*")),
+         "c_lucky": ("chain_lucky", LuckyChainModelSpec, 4, 8, set("+-"))}
+
+
+def small(claim, per_seed=8):
+    """The claim with one generator seed of `per_seed` problems per set (drawing the full sets is the slow part)."""
+    claim.problem_sets = [s.__class__(s.name, s.role, (s.generator_seeds[0], s.generator_seeds[0] + 1), per_seed)
+                          for s in claim.problem_sets]
+    return claim
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_sets_are_drawn_with_the_tasks_spec_and_leave_out_its_policys_sft_questions(name, tmp_path, monkeypatch):
+    _, spec_class, low, high, ops = TASKS[name]
+    claim = small(load_claim(claim_path(name)))
+    planted = problem_sets.problem_set(claim.test_set, run_c.task_spec(claim))[2:4]   # "trained on" by the build
+    asked = []
+
+    def trained(seed, spec=None):
+        asked.append((seed, spec))
+        return frozenset(p.question for p in planted)
+    monkeypatch.setattr(problem_sets, "trained_questions", trained)
+    summary = run.write_sets(claim, tmp_path, run_c.draw_sets)
+    assert asked == [(0, spec_class)]
+    test = [json.loads(line)["question"] for line in (tmp_path / "sets" / "test.jsonl").read_text().splitlines()]
+    assert summary["test"]["dropped"] >= 2 and len(test) == summary["test"]["problems"] > 0
+    assert not set(test) & {p.question for p in planted}
+    for q in test:
+        steps = parse_question(q)[1]
+        assert low <= len(steps) <= high and {op for op, _ in steps} <= ops, q
+
+
+def test_the_policys_sft_questions_come_from_its_own_spec():
+    @dataclass
+    class TinyLucky(LuckyChainModelSpec):      # a tiny build: two SFT steps per phase
+        train_steps: int = 2
+        misconception_steps: int = 2
+    seen = problem_sets.trained_questions(0, TinyLucky)
+    assert len(seen) > 1000
+    assert all({op for op, _ in parse_question(q)[1]} <= set("+-") and 4 <= len(parse_question(q)[1]) <= 8
+               for q in seen)
+
+
+def dry_run(name, tmp_path, monkeypatch, capsys) -> list[list[str]]:
+    """The rl.online commands `python -m bench.claims.run <name> --dry-run` prints (sets stubbed out, no policy
+    built yet)."""
+    monkeypatch.setattr(run, "write_sets", lambda claim, out, draw: {"test": {"problems": 1, "dropped": 0}})
+    monkeypatch.setenv("PRMLOOP_CACHE", str(tmp_path / "cache"))
+    run.main([name, "--dry-run", "--out", str(tmp_path)])
+    lines = [line[2:].split("  >> ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
+    assert lines[0] == f"python -m core.models {TASKS[name][0].replace('chain_', 'chain-tiny-')}"
+    return [shlex.split(line) for line in lines[1:]]
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_the_dry_run_lists_every_arm_and_seed_with_its_overrides(name, tmp_path, monkeypatch, capsys):
+    claim = load_claim(claim_path(name))
+    task, model = run_c.TESTBED[name]
+    commands = dry_run(name, tmp_path, monkeypatch, capsys)
+    assert len(commands) == 4 * 15 and all(argv[:3] == ["python", "-m", "rl.online"] for argv in commands)
+    first = next(s for s in claim.problem_sets if s.role == "train").generator_seeds[0]
+    runs = set()
+    for argv in commands:
+        words = set(argv[3:])
+        seed = int(next(w for w in words if w.startswith("trainer.seed="))[len("trainer.seed="):])
+        arm = next(w for w in words if w.startswith("trainer.out_dir=")).rsplit("/", 1)[1]
+        runs.add((seed, arm))
+        assert set(ARMS[arm]) <= words and f"task.seed={first + seed}" in words
+        assert {f"task={task}", f"policy.model={model}", f"prm.backbone={model}", "rounds=40", "policy_eval.every=5",
+                f"policy_eval.source={tmp_path / 'sets' / 'test.jsonl'}", "trainer.resume=auto",
+                "prm.max_length=512", "rollout.max_new_tokens=240"} <= words
+    assert runs == {(s, a) for s in range(15) for a in claim.arms}
+
+
+def test_the_commands_compose(tmp_path, monkeypatch, capsys):
+    commands = dry_run("c_lucky", tmp_path, monkeypatch, capsys)
+    for argv in commands[:4]:                         # one per arm
+        compose_and_validate("rl.online", [f"--config-name={argv[4]}", *argv[5:]])
+
+
+def write_evals(out, seed, arm, rows):
+    here = run_c.run_dir(out, 0, seed, arm)
+    here.mkdir(parents=True)
+    (here / "eval_problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def row(rnd, q, right, wrong=0):
+    return {"round": rnd, "question": q, "right": right, "n": 4, "greedy_right": 0, "passed_wrong_step": wrong}
+
+
+def test_sparse_rows_average_the_evaluations_after_round_0(tmp_path):
+    claim = load_claim(claim_path("c_sparse"))
+    # q1: 1/4 at round 5 (written twice: the later counts), 3/4 at 40; round 0 left out
+    write_evals(tmp_path, 2, "outcome_c", [row(0, "q1", 4), row(0, "q2", 4), row(5, "q1", 0), row(5, "q2", 4),
+                                           row(5, "q1", 1), row(40, "q1", 3), row(40, "q2", 2)])
+    write_evals(tmp_path, 3, "outcome_c", [row(0, "q1", 1), row(5, "q1", 2)])      # stopped before round 40
+    assert sorted((r["unit"], r["arm"], r["problem"], r["value"]) for r in run_c.testbed_raw(claim, tmp_path)) == [
+        ("b0/s2", "outcome_c", "q1", 0.5), ("b0/s2", "outcome_c", "q2", 0.75)]
+
+
+def test_lucky_rows_are_the_last_rounds_correct_steps_share_and_pass(tmp_path):
+    claim = load_claim(claim_path("c_lucky"))
+    write_evals(tmp_path, 0, "judge_sum_c", [row(35, "q1", 4, 0), row(40, "q1", 3, 1), row(40, "q2", 0),
+                                             row(40, "q3", 4, 0)])
+    rows = {(r.get("metric", "mean"), r["problem"]): r["value"] for r in run_c.testbed_raw(claim, tmp_path)}
+    # q2: no passed sample, so no share; its pass (0) is still a row
+    assert rows == {("mean", "q1"): pytest.approx(2 / 3), ("mean", "q3"): 1.0, ("held_out_pass", "q1"): 0.75,
+                    ("held_out_pass", "q2"): 0.0, ("held_out_pass", "q3"): 1.0}
+
+
+def test_the_no_loss_comparison_reads_held_out_pass(tmp_path):
+    claim = load_claim(claim_path("c_lucky"))
+    for seed, arm, right in ((0, "outcome_c", 2), (0, "judge_sum_c", 4)):
+        write_evals(tmp_path, seed, arm, [row(40, "q1", right, 1)])
+    rows = run_c.testbed_raw(claim, tmp_path)
+    by_name = {c.name: c for c in claim.comparisons}
+    assert report.comparison_data(claim, by_name["sum_pass_no_loss"], rows) == {"b0/s0": {"q1": (1.0, 0.5)}}
+    assert report.comparison_data(claim, by_name["sum_vs_outcome"], rows) == {"b0/s0": {"q1": (0.75, 0.5)}}
+
+
+def test_jobs_run_independent_steps_together_and_only_those(tmp_path):
+    steps = [run.Step(f"s{i}", ["python", "-c", f"print({i})"], tmp_path / f"{i}.done", mark=True,
+                      log=tmp_path / f"{i}.log") for i in range(3)]
+    run.run_steps(steps, dry_run=False, jobs=2)
+    assert all(s.done.is_file() and s.log.read_text() == f"{i}\n" for i, s in enumerate(steps))
+    with pytest.raises(SystemExit, match="read each other's outputs"):
+        run.main(["d_search", "--jobs", "2"])
