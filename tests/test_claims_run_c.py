@@ -58,10 +58,8 @@ def test_the_policys_sft_questions_come_from_its_own_spec():
 
 
 def dry_run(name, tmp_path, monkeypatch, capsys) -> list[list[str]]:
-    """The rl.online commands `python -m bench.claims.run <name> --dry-run` prints (sets stubbed out, no policy
-    built yet)."""
+    """The rl.online commands `python -m bench.claims.run <name> --dry-run` prints (sets stubbed out)."""
     monkeypatch.setattr(run, "write_sets", lambda claim, out, draw: {"test": {"problems": 1, "dropped": 0}})
-    monkeypatch.setenv("PRMLOOP_CACHE", str(tmp_path / "cache"))
     run.main([name, "--dry-run", "--out", str(tmp_path)])
     lines = [line[2:].split("  >> ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
     assert lines[0] == f"python -m core.models {TASKS[name][0].replace('chain_', 'chain-tiny-')}"

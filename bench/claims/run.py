@@ -199,7 +199,7 @@ def label_raw(claim: Claim, out: Path) -> list[dict]:
 class Runner:
     steps: Callable[[Claim, Path], list[Step]]        # the arms' commands
     raw: Callable[[Claim, Path], list[dict]]          # their records -> the claim's raw rows
-    builds: Callable[[Claim], list[Step]] = build_steps
+    builds: Callable[[Claim, Path], list[Step]] = lambda claim, out: build_steps(claim)
     sets: Callable[[Claim], dict] = claim_problem_sets
     independent: bool = False                         # no step reads another's output: --jobs may run them together
 
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = (write_sets(claim, out, runner.sets) if not (out / "sets.json").is_file()
                else json.loads((out / "sets.json").read_text()))
     print("[claims] sets: " + ", ".join(f"{k} {v['problems']} problems ({v['dropped']} dropped)" for k, v in summary.items()))
-    for step in runner.builds(claim):
+    for step in runner.builds(claim, out):
         run_step(step, args.dry_run)
     run_steps(runner.steps(claim, out), args.dry_run, args.jobs)
     if args.dry_run:

@@ -61,15 +61,15 @@ def draw_sets(claim: Claim) -> dict:
     return claim_problem_sets(claim, chain_spec=task_spec(claim), build_spec=model_spec(claim))
 
 
-def build_steps(claim: Claim) -> list[Step]:
+def build_steps(claim: Claim, out: Path) -> list[Step]:
     """The testbed policy, built once and cached (core.models: pinned like every build); seed 0 only, the one
-    build its builder makes and the one every claim (c) names."""
-    from core.models import cache_root
-    from tasks.chain.policy import model_dir
+    build its builder makes and the one every claim (c) names. Marked done in the claim's own directory, not
+    by the cache's files: a cached build of an older recipe is rebuilt here, before any run, rather than by
+    each of the runs that --jobs starts side by side."""
     if claim.builds != [0]:
         raise ValueError(f"{claim.path}: builds {claim.builds}: the testbed policies are built at seed 0 only")
     name = TESTBED[claim.id][1]
-    return [Step(f"build {name}", ["python", "-m", "core.models", name], model_dir(cache_root(), name) / "quality.json")]
+    return [Step(f"build {name}", ["python", "-m", "core.models", name], out / f"{name}.built", mark=True)]
 
 
 def run_dir(out: Path, build: int, seed: int, arm: str) -> Path:
