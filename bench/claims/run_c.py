@@ -8,8 +8,8 @@ A claim file names no task: TESTBED maps each claim to its task (configs/task/<t
 (tasks.chain.policy.TESTBED_SPECS). Its sets are drawn with that task's ChainSpec and the test set is checked
 against that policy's own SFT questions (problem_sets.claim_problem_sets). Per seed i and arm: one rl.online run
 on the task (configs/online_chain.yaml, ROUNDS rounds), training on the claim's train set (generator seed
-first + i) and evaluated every EVERY rounds on every problem of its test set (4 samples at temperature 1), per
-problem in eval_problems.jsonl; the arm's overrides are bench_chain_online.ARMS'. A killed run resumes from its
+first + i) and evaluated (EXTRAS: every 5 rounds, or at round 40 alone) on every problem of its test set
+(4 samples at temperature 1), per problem in eval_problems.jsonl; the arm's overrides are bench_chain_online.ARMS'. A killed run resumes from its
 checkpoint (trainer.resume=auto); a finished one is skipped.
 
 Raw rows, unit b<build>/s<seed>, one per (unit, arm, problem):
@@ -34,11 +34,13 @@ from bench.claims.spec import ROOT, Claim, Role
 from bench.claims.steps import Step
 
 TESTBED = {"c_sparse": ("chain_sparse", "chain-tiny-sparse"), "c_lucky": ("chain_lucky", "chain-tiny-lucky")}
-ROUNDS, EVERY = 40, 5
-# What `make claim-c` passed on both tasks before this runner: room for a 20-operation solution (~3x chain's
-# 100 tokens) and its PRM input.
-EXTRAS = ["prm.max_length=512", "rollout.max_new_tokens=240"]
-SETTINGS = [f"rounds={ROUNDS}", f"policy_eval.every={EVERY}", "policy_eval.n=4", "policy_eval.greedy=false",
+ROUNDS = 40
+# Per task: what its metric reads and what its solutions need. c_sparse averages the evaluations at rounds
+# 5, 10, ..., 40; c_lucky reads round 40 alone (evaluating the whole test set at the rounds between would cost
+# more than the training). A 20-operation solution is ~3x chain's 100 tokens, hence sparse's room.
+EXTRAS = {"c_sparse": ["policy_eval.every=5", "prm.max_length=512", "rollout.max_new_tokens=240"],
+          "c_lucky": [f"policy_eval.every={ROUNDS}"]}
+SETTINGS = [f"rounds={ROUNDS}", "policy_eval.n=4", "policy_eval.greedy=false",
             "policy_eval.problems=100000", "trainer.resume=auto", "trainer.progress=false", "plot=false",
             "keep_checkpoints=1"]
 
@@ -92,7 +94,8 @@ def testbed_steps(claim: Claim, out: Path) -> list[Step]:
                 argv = ["python", "-m", "rl.online", "--config-name", "online_chain", f"task={task}",
                         f"policy.model={model}", f"prm.backbone={model}", f"trainer.seed={seed}",
                         f"task.seed={first + i}", f"task.size={train.per_seed}",
-                        f"policy_eval.source={out / 'sets' / 'test.jsonl'}", *SETTINGS, *EXTRAS, *ARMS[arm],
+                        f"policy_eval.source={out / 'sets' / 'test.jsonl'}", *SETTINGS, *EXTRAS[claim.id],
+                        *ARMS[arm],
                         f"trainer.out_dir={here}"]
                 steps.append(Step(f"{claim.id} b{b} s{seed} {arm}", argv, here / "claim_step.done", mark=True,
                                   log=here / "run.log"))
