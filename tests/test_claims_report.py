@@ -158,3 +158,32 @@ def test_expected_units_are_builds_or_pools_times_seeds():
     from bench.claims.spec import claim_path
     by_id = {c.id: c for c in map(load_claim, (claim_path(n) for n in ("a_label_efficiency", "d_search")))}
     assert by_id["a"].expected_units == 3 * 20 and by_id["d"].expected_units == 3 * 3
+
+
+def test_holds_when_any_needs_one_primary_comparison_and_fails_only_when_all_fail(tmp_path):
+    """x's primaries: good_vs_base holds, bad_vs_base fails. Under `all` the claim fails; under `any` it holds;
+    with only failing primaries it fails either way."""
+    from bench.claims.spec import Quantifier
+    path = make_claim(tmp_path, "x", None)
+    path.write_text(path.read_text().replace("table: synthetic\n", "table: synthetic\nholds_when: any\n"))
+    claim = load_claim(path)
+    assert claim.holds_when == Quantifier.any and "any of: " in report_mod.rule(claim)
+
+    def result(status):
+        r = report_mod.Result(claim, claim.comparisons[0], None, None, 4, 40, 0.5)
+        r.status = status
+        return r
+    both = [result(Status.holds), result(Status.fails)]
+    assert report_mod.claim_status(claim, both) == Status.holds
+    assert report_mod.claim_status(claim, [result(Status.fails), result(Status.fails)]) == Status.fails
+    assert report_mod.claim_status(claim, [result(Status.undecided), result(Status.fails)]) == Status.undecided
+    claim.holds_when = Quantifier.all
+    assert report_mod.claim_status(claim, both) == Status.fails
+
+
+def test_an_unknown_quantifier_names_its_line(tmp_path):
+    from bench.claims.spec import ClaimError
+    path = make_claim(tmp_path, "x", None)
+    path.write_text(path.read_text().replace("table: synthetic\n", "table: synthetic\nholds_when: most\n"))
+    with pytest.raises(ClaimError, match=r"x\.md:\d+: holds_when: 'most'"):
+        load_claim(path)

@@ -24,6 +24,7 @@ from bench.claims.spec import (
     ROOT,
     Claim,
     Comparison,
+    Quantifier,
     claim_files,
     claim_path,
     load_claim,
@@ -137,6 +138,10 @@ def claim_status(claim: Claim, results: list[Result]) -> Status:
         return Status.not_run
     if Status.incomplete in primary:
         return Status.incomplete
+    if claim.holds_when == Quantifier.any:     # one primary comparison suffices; it fails when all fail
+        if Status.holds in primary:
+            return Status.holds
+        return Status.fails if all(s == Status.fails for s in primary) else Status.undecided
     if Status.fails in primary:
         return Status.fails
     return Status.holds if all(s == Status.holds for s in primary) else Status.undecided
@@ -204,7 +209,7 @@ def figure(results: list[Result]) -> str:
 
 
 def rule(claim: Claim) -> str:
-    return "; ".join(f"{c.treatment} - {c.control} > {c.margin:+.2f}" for c in claim.comparisons if c.primary) + \
+    return ("any of: " if claim.holds_when == Quantifier.any else "") + "; ".join(f"{c.treatment} - {c.control} > {c.margin:+.2f}" for c in claim.comparisons if c.primary) + \
         f" (Holm, alpha {claim.alpha})"
 
 

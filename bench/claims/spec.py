@@ -47,6 +47,11 @@ class ProblemSet:
     per_seed: int                       # problems drawn from each seed
 
 
+class Quantifier(StrEnum):
+    all = "all"      # every primary comparison holds
+    any = "any"      # at least one does ("for at least one credit form"); Holm already corrects for the several tries
+
+
 @dataclass(frozen=True)
 class Comparison:
     name: str
@@ -77,6 +82,7 @@ class Claim:
     raw: str = ""                       # raw results, repository-relative
     plot: str = ""
     path: Path = field(default=Path(), compare=False)
+    holds_when: Quantifier = Quantifier.all   # all primary comparisons must hold (default), or any one of them
 
     @property
     def expected_units(self) -> int:
@@ -140,7 +146,7 @@ def load_claim(path: Path | str) -> Claim:
     for key in REQUIRED:
         if key not in raw or raw[key] in (None, "", [], {}):
             fail(key, "missing (required: " + ", ".join(REQUIRED) + ")")
-    known = set(REQUIRED) | {"table", "alpha", "bootstrap_reps", "bootstrap_seed", "metric_text"}
+    known = set(REQUIRED) | {"table", "alpha", "bootstrap_reps", "bootstrap_seed", "metric_text", "holds_when"}
     for key in raw:
         if key not in known:
             fail(key, f"unknown field (known: {', '.join(sorted(known))})")
@@ -197,10 +203,14 @@ def load_claim(path: Path | str) -> Claim:
     alpha = raw.get("alpha", 0.05)
     if not (isinstance(alpha, float) and 0 < alpha < 1):
         fail("alpha", f"a number in (0, 1), got {alpha!r}")
+    try:
+        holds_when = Quantifier(raw.get("holds_when", "all"))
+    except ValueError:
+        fail("holds_when", f"{raw['holds_when']!r} is not one of {[q.value for q in Quantifier]}")
     return Claim(str(raw["id"]), raw["title"], raw["hypothesis"], metric, raw.get("metric_text", metric.value),
                  dict(arms), comparisons, list(raw["seeds"]), list(raw["builds"]), sets, str(raw.get("table", "chain")),
                  alpha, int(raw.get("bootstrap_reps", 10_000)), int(raw.get("bootstrap_seed", 0)), raw["run"],
-                 raw["raw"], raw["plot"], path)
+                 raw["raw"], raw["plot"], path, holds_when)
 
 
 def claim_files() -> list[Path]:
