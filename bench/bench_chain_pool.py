@@ -266,17 +266,20 @@ def stage_runs(args, out: Path) -> None:
     cache = features(args, out, allp + test)
     if not (out / f"baselines{args.tag}.json").is_file():
         (out / f"baselines{args.tag}.json").write_text(json.dumps(baselines(args, out, tune, test), indent=1))
-    with (out / f"runs{tag(args)}.jsonl").open("a") as fh:
-        for seed in args.seeds:
-            for budget in args.budgets:
-                for mode in ("active", "random"):
-                    row = one_run(args, out, pool, tune, test, cache, mode, budget, seed)
-                    fh.write(json.dumps(row) + "\n")
-                    fh.flush()
-                    print(row)
-            row = one_run(args, out, pool, tune, test, cache, "full", 1.0, seed)
+    path = out / f"runs{tag(args)}.jsonl"
+    # a killed run set resumes: a (mode, budget, seed) already written is not trained again
+    done = {(r["mode"], r["budget"], r["seed"]) for r in map(json.loads, path.read_text().splitlines())} \
+        if path.is_file() else set()
+    todo = [(mode, budget, seed) for seed in args.seeds
+            for mode, budget in [(m, b) for b in args.budgets for m in ("active", "random")] + [("full", 1.0)]]
+    with path.open("a") as fh:
+        for mode, budget, seed in todo:
+            if (mode, budget, seed) in done:
+                continue
+            row = one_run(args, out, pool, tune, test, cache, mode, budget, seed)
             fh.write(json.dumps(row) + "\n")
             fh.flush()
+            print({k: v for k, v in row.items() if k != "per_problem"}, flush=True)
 
 
 def policy_table(out: Path) -> str:

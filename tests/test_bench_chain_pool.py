@@ -84,3 +84,31 @@ def test_product_auroc_ranks_right_against_wrong_x7_x8_products_only():
     scores = [[0.9, 0.0, 0.0], [0.5, 1.0, 1.0], [0.3, 1.0], [0.1, 0.0]]
     assert product_auroc(steps, scores) == pytest.approx(0.75)
     assert product_auroc(steps, [[1 - x for x in s] for s in scores]) == pytest.approx(0.25)
+
+
+def test_runs_stage_resumes_without_training_a_finished_run_again(tmp_path, monkeypatch):
+    """A killed run set restarted: every (mode, budget, seed) row is written once, in the original order."""
+    import json
+
+    import bench.bench_chain_pool as pool_mod
+    trained = []
+
+    def fake_run(args, out, pool, tune, test, cache, mode, budget, seed):
+        trained.append((mode, budget, seed))
+        if len(trained) == 4 and not (tmp_path / "killed").exists():
+            (tmp_path / "killed").touch()
+            raise KeyboardInterrupt
+        return {"mode": mode, "budget": budget, "seed": seed}
+    monkeypatch.setattr(pool_mod, "one_run", fake_run)
+    monkeypatch.setattr(pool_mod, "load", lambda out, name: [])
+    monkeypatch.setattr(pool_mod, "features", lambda *a: None)
+    (tmp_path / "baselines.json").write_text("{}")
+    args = pool_mod.parse_args(["--stage", "runs", "--out", str(tmp_path), "--budgets", "0.1", "0.3", "--seeds", "0", "1"])
+    with pytest.raises(KeyboardInterrupt):
+        pool_mod.stage_runs(args, tmp_path)
+    pool_mod.stage_runs(args, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    order = [(m, b, s) for s in (0, 1) for m, b in [("active", .1), ("random", .1), ("active", .3), ("random", .3),
+                                                   ("full", 1.0)]]
+    assert [(r["mode"], r["budget"], r["seed"]) for r in rows] == order
+    assert len(trained) == len(order) + 1          # only the interrupted run trained twice
