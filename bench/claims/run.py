@@ -1,7 +1,7 @@
 """`python -m bench.claims.run <claim>`: a pre-registered claim end to end, from nothing to its table.
 
     python -m bench.claims.run d_search             # every stage; a finished stage is skipped (resume)
-    python -m bench.claims.run b_online_labels      # (a), (b), (d) have runners; (e) says what it still needs
+    python -m bench.claims.run e_prm_quality        # (a), (b), (d), (e) have runners; (c) runs with make claim-c
     python -m bench.claims.run d_search --dry-run   # print every command it would run, run nothing
 
 Stages, each writing under --out (default outputs/claims/<id>) and skipped when its output exists:
@@ -200,9 +200,40 @@ def label_raw(claim: Claim, out: Path) -> list[dict]:
     return rows
 
 
-RUNNERS = {"d": (search_steps, search_raw), "b": (online_steps, online_raw), "a": (label_steps, label_raw)}
-MISSING = {"e": "the ORM and the calibrated-confidence baselines",
-           "c_sparse": "its own runner: `make claim-c` (bench.bench_chain_online)",
+# ------------------------------------------------------------------ claim (e): PRM quality vs cheaper scorers
+QUALITY_LABELS = 1024   # the claim's label budget: judged pool trajectories each seed draws
+QUALITY_TEST_N = 8      # samples per test problem: within-problem pairs, a raw file that stays small
+
+
+def quality_steps(claim: Claim, out: Path) -> list[Step]:
+    """Per build: the policy's judged samples on the pool, validation and test sets (bench_chain_pool --stage
+    pool), then every arm on every seed's draw of <= QUALITY_LABELS of them (bench/claims/run_e.py)."""
+    sets, steps = out / "sets", []
+    for b in claim.builds:
+        here, model = out / f"build{b}", str(build_dir(b))
+        steps.append(Step(f"samples {b}", ["python", "-m", "bench.bench_chain_pool", "--stage", "pool", "--out", str(here),
+                                           "--model", model, "--pool-set", str(sets / "pool.jsonl"), "--n", "4",
+                                           "--test-set", str(sets / "test.jsonl"), "--test-n", str(QUALITY_TEST_N),
+                                           "--tune-set", str(sets / "validation.jsonl")], here / "tune.jsonl"))
+        steps.append(Step(f"scorers {b}", ["python", "-m", "bench.claims.run_e", "--out", str(here), "--model", model,
+                                           "--labels", str(QUALITY_LABELS), "--seeds", *map(str, claim.seeds)],
+                          here / "e_rows.jsonl"))
+    return steps
+
+
+def quality_raw(claim: Claim, out: Path) -> list[dict]:
+    rows = []
+    for b in claim.builds:
+        path = out / f"build{b}" / "e_rows.jsonl"
+        for r in map(json.loads, path.read_text().splitlines() if path.is_file() else []):
+            if r["arm"] in claim.arms:
+                rows.append({"unit": f"b{b}/s{r.pop('seed')}", **r})
+    return rows
+
+
+RUNNERS = {"d": (search_steps, search_raw), "b": (online_steps, online_raw), "a": (label_steps, label_raw),
+           "e": (quality_steps, quality_raw)}
+MISSING = {"c_sparse": "its own runner: `make claim-c` (bench.bench_chain_online)",
            "c_lucky": "its own runner: `make claim-c` (bench.bench_chain_online)"}
 
 
