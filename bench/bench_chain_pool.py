@@ -219,7 +219,11 @@ def baselines(args, out: Path, tune, test) -> dict:
     return rows
 
 
-def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, seed: int) -> dict:
+def train_run(args, out: Path, pool, cache, mode: str, budget: float, seed: int, outcome=None):
+    """A PRM trained by prm.train.train_on_pool on `pool` (streamed in the seed's own order) under `mode` at
+    `budget`: heads alone on `cache`'s features, or the whole PRM (--train-mode full, cache None).
+    `outcome` (trajectory -> bool): train it as an outcome reward model on those verdicts instead.
+    Returns (the PRM, train_on_pool's summary)."""
     from prm.model import EnsemblePRM, feature_dim
     from prm.train import train_on_pool
     pc = prm_config(args, seed)
@@ -233,12 +237,21 @@ def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, 
     shutil.rmtree(run_dir, ignore_errors=True)
     shuffled = list(pool)
     random.Random(seed).shuffle(shuffled)  # each seed streams the pool in its own order
-    summary = train_on_pool(cfg, shuffled, prm=prm, features=cache)
+    outcomes = None if outcome is None else [bool(outcome(t)) for t in shuffled]
+    summary = train_on_pool(cfg, shuffled, prm=prm, features=cache, outcomes=outcomes)
     shutil.rmtree(run_dir, ignore_errors=True)
+    return prm, summary
 
-    def scores(items):
-        feats = [cache.get(t.question, t.steps) for t in items] if cache is not None else None
-        return [s.mean for s in prm.score([t.question for t in items], [t.steps for t in items], features=feats)]
+
+def prm_scores(prm, cache, items) -> list[list[float]]:
+    """The PRM's step scores (ensemble means) of `items`, from cached features where there are any."""
+    feats = [cache.get(t.question, t.steps) for t in items] if cache is not None else None
+    return [s.mean for s in prm.score([t.question for t in items], [t.steps for t in items], features=feats)]
+
+
+def one_run(args, out: Path, pool, tune, test, cache, mode: str, budget: float, seed: int) -> dict:
+    prm, summary = train_run(args, out, pool, cache, mode, budget, seed)
+    scores = functools.partial(prm_scores, prm, cache)
     tau = tuned(tune, scores(tune))
     test_scores = scores(test)
     row = {"mode": mode, "budget": budget, "seed": seed, "labels": summary["labels_used"], "tau": tau,

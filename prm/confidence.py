@@ -10,14 +10,23 @@ the steps) and search like PRM step scores.
     scorer = PolicyConfidence(model, tokenizer, reduce="min", system_prompt=None)   # or prompt=fn(question)
     scorer(questions, steps) -> list[list[float]]           # prm.eval.StepScorer
     scorer.score(questions, steps) -> list[StepScores]      # PRMLearner.score's shape (std 0)
+
+Calibrated: the same confidence through a 1-D logistic fit on judged steps (right = 1, wrong = 0),
+sigmoid(a + b * log confidence), a and b by Newton's method (fit_logistic); the baseline that spends the
+PRM's labels on the cheapest possible model of them.
+
+    calibrated = CalibratedConfidence.fit(confidences, first_errors)   # the labelled steps' scores
+    calibrated.transform(scorer(questions, steps)) -> list[list[float]]
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import numpy as np
 import torch
 
-from prm.model import StepScores
+from prm.model import LOGPROB_FLOOR, StepScores
 from core.steps import join_steps
 
 REDUCE = ("min", "mean")
@@ -99,3 +108,44 @@ class PolicyConfidence:
 
     def score(self, questions: list[str], steps: list[list[str]], batch_size: int | None = None) -> list[StepScores]:
         return [StepScores(list(s), [0.0] * len(s)) for s in self(questions, steps)]
+
+
+def fit_logistic(x, y, ridge: float = 1e-3, max_steps: int = 100) -> tuple[float, float]:
+    """(a, b) maximising sum_i log P(y_i | x_i) under P(1 | x) = sigmoid(a + b x), less ridge / 2 * (a^2 + b^2):
+    Newton's method on a concave objective (float64). The tiny ridge keeps labels of one class, or
+    separable ones, at a finite fit instead of coefficients running off to infinity."""
+    X = np.stack([np.ones(len(x)), np.asarray(x, dtype=np.float64)], 1)
+    target = np.asarray(y, dtype=np.float64)
+    w = np.zeros(2)
+    for _ in range(max_steps):
+        p = 0.5 * (1.0 + np.tanh(0.5 * (X @ w)))        # sigmoid without overflow
+        grad = X.T @ (target - p) - ridge * w
+        hess = (X * (p * (1.0 - p))[:, None]).T @ X + ridge * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w += step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(w[0]), float(w[1])
+
+
+def log_confidence(value: float) -> float:
+    """The fit's input: the log of the min token probability, floored as the PRM's log-prob columns are
+    (min probabilities crowd against 0 and 1; their log spreads the range where the policy's surprise varies)."""
+    return max(math.log(value), LOGPROB_FLOOR) if value > 0 else LOGPROB_FLOOR
+
+
+class CalibratedConfidence:
+    def __init__(self, intercept: float, slope: float):
+        self.intercept, self.slope = intercept, slope
+
+    @classmethod
+    def fit(cls, confidences: list[list[float]], first_errors: list[int]) -> CalibratedConfidence:
+        """Fitted on the labelled steps of judged trajectories (prm.quality.labelled_steps: the steps before
+        the first error right, the first error wrong, later steps unlabelled)."""
+        from prm.quality import labelled_steps
+        pairs = labelled_steps(first_errors, confidences)
+        return cls(*fit_logistic([log_confidence(s) for _, s in pairs], [y for y, _ in pairs]))
+
+    def transform(self, confidences: list[list[float]]) -> list[list[float]]:
+        return [[0.5 * (1.0 + math.tanh(0.5 * (self.intercept + self.slope * log_confidence(v)))) for v in s]
+                for s in confidences]

@@ -17,7 +17,8 @@ RNG, ledger path) every trainer.save_every steps (a step: one batch of the pool 
 of metrics.jsonl; 0: only the last) and at the end; trainer.resume=auto continues from the latest.
 Outputs: <out_dir>/prm (EnsemblePRM.save), metrics.jsonl, tb/ (tensorboard), eval.json + eval.md.
 From Python: train(cfg) is the command; train_on_pool(cfg, pool, prm=, features=) trains on trajectories
-you already hold (a PRM you built, step features computed once for many runs).
+you already hold (a PRM you built, step features computed once for many runs); outcomes= trains the same
+ensemble as an outcome reward model on them (prm.update, `outcomes`).
 """
 from __future__ import annotations
 
@@ -117,7 +118,8 @@ class PoolTrainer:
     """One `job=train` run over this rank's shard of the pool: set-up (budget, features, resume) in the
     constructor, then one method per kind of update; `train` drives them."""
 
-    def __init__(self, cfg: PRMTrainConfig, prm, pool: list[Trajectory] | None, cache, out: Path):
+    def __init__(self, cfg: PRMTrainConfig, prm, pool: list[Trajectory] | None, cache, out: Path,
+                 outcomes: list[bool] | None = None):
         from prm.update import PRMLearner
 
         self.cfg, self.prm, self.out, self.external_cache = cfg, prm, out, cache
@@ -125,6 +127,8 @@ class PoolTrainer:
         full_pool = pool if pool is not None else load_training_pool(cfg, prm)
         self.full_pool = full_pool[: len(full_pool) - len(full_pool) % self.world]  # equal shards: ranks step together
         self.shard = self.full_pool[self.rank::self.world]
+        # an outcome reward model: each trajectory's verdict, sharded as the pool is (None: step labels)
+        self.outcomes = None if outcomes is None else list(outcomes[: len(self.full_pool)])[self.rank::self.world]
         self.hidden = [replace(t, first_error=None) for t in self.shard]      # the learner never sees pool labels
         self.reveal, ledger_path = make_revealer(cfg, self.full_pool, out)
         self.mode, fraction = cfg.select.mode, cfg.select.budget
@@ -191,7 +195,8 @@ class PoolTrainer:
         remaining_items = len(self.shard) - u * self.bs
         allowed = math.ceil((self.my_budget - self.state["labels_used"]) * len(batch) / remaining_items)
         allowed = max(0, min(allowed, len(batch)))
-        m = self.learner.update(batch, Selection(self.mode, allowed, _rng(self.cfg, self.rank, u)), reveal=self.reveal)
+        m = self.learner.update(batch, Selection(self.mode, allowed, _rng(self.cfg, self.rank, u)), reveal=self.reveal,
+                                outcomes=self._outcomes(idx))
         refused, self.reveal.refused = self.reveal.refused, 0   # the judge budget ran out: not labels used
         invalid, self.reveal.invalid = self.reveal.invalid, 0   # paid invalid verdicts: not labels either
         self.state["labels_used"] += m["selected"] - refused - invalid
@@ -202,8 +207,12 @@ class PoolTrainer:
     def replay_step(self, r: int) -> dict:
         chosen = [self.state["acquired"][j] for j in self.plan[r]]
         batch = [replace(self.hidden[i], first_error=k) for i, k in chosen] or self.hidden[:1]
-        m = self.learner.update(batch, [bool(chosen)] * len(batch))   # no acquired label yet: regulariser only
+        # no acquired label yet: regulariser only
+        m = self.learner.update(batch, [bool(chosen)] * len(batch), outcomes=self._outcomes([i for i, _ in chosen] or [0]))
         return {**m, "phase": "replay"}
+
+    def _outcomes(self, idx: list[int]) -> list[bool] | None:
+        return None if self.outcomes is None else [self.outcomes[i] for i in idx]
 
     def finish(self) -> dict:
         from prm.eval import evaluate, prm_scorer
@@ -236,20 +245,25 @@ def train(cfg: PRMTrainConfig) -> dict:
     return _run(cfg, None, None, None)
 
 
-def train_on_pool(cfg: PRMTrainConfig, pool: list[Trajectory], prm=None, features=None) -> dict:
+def train_on_pool(cfg: PRMTrainConfig, pool: list[Trajectory], prm=None, features=None,
+                  outcomes: list[bool] | None = None) -> dict:
     """Train a PRM on trajectories you already hold, streamed in the order given, with cfg's selection,
     budget, judge (judge.name=oracle reveals the pool's own first_error labels), epochs and trainer;
     cfg.pool is not read. `prm`: a PRM you built, trained in place (default: the one cfg.prm builds).
     `features`: a prm.features.FeatureCache already holding the step features of every trajectory, so
     that a frozen-backbone PRM, even a heads-only one (EnsemblePRM.heads_only), trains without running
-    its backbone: many runs over one pool then compute the features once. Returns the run's summary
-    (labels_used, updates, ...); the trained PRM is also saved under <trainer.out_dir>/prm."""
+    its backbone: many runs over one pool then compute the features once. `outcomes` (one per trajectory):
+    an outcome reward model, every scored step of a labelled trajectory trained towards its verdict; the
+    selection and the paid labels stay as they are. Returns the run's summary (labels_used, updates, ...);
+    the trained PRM is also saved under <trainer.out_dir>/prm."""
     if cfg.job != PRMJob.train:
         raise ValueError(f"train_on_pool trains (job=train); job={cfg.job} reads cfg.pool: use prm.train.train(cfg)")
-    return _run(cfg, prm, list(pool), features)
+    if outcomes is not None and len(outcomes) != len(pool):
+        raise ValueError(f"train_on_pool: {len(outcomes)} outcomes for {len(pool)} trajectories")
+    return _run(cfg, prm, list(pool), features, outcomes)
 
 
-def _run(cfg: PRMTrainConfig, prm, pool: list[Trajectory] | None, features) -> dict:
+def _run(cfg: PRMTrainConfig, prm, pool: list[Trajectory] | None, features, outcomes=None) -> dict:
     """This rank's device, the out_dir lock, the seed, the pool read and checked before any model loads,
     the PRM (cfg.prm's unless given); then the job."""
     from prm.model import EnsemblePRM
@@ -265,13 +279,14 @@ def _run(cfg: PRMTrainConfig, prm, pool: list[Trajectory] | None, features) -> d
         prm = prm if prm is not None else EnsemblePRM.from_config(cfg.prm)
         if cfg.job == PRMJob.filter:
             return filter_pool(cfg, prm, out, rows)
-        return _train(cfg, prm, pool if pool is not None else load_training_pool(cfg, prm, rows), features, out, rank)
+        pool = pool if pool is not None else load_training_pool(cfg, prm, rows)
+        return _train(cfg, prm, pool, features, out, rank, outcomes)
 
 
-def _train(cfg: PRMTrainConfig, prm, pool: list[Trajectory], cache, out: Path, rank: int) -> dict:
+def _train(cfg: PRMTrainConfig, prm, pool: list[Trajectory], cache, out: Path, rank: int, outcomes=None) -> dict:
     """The job=train loop: the pool streamed once (Eq. 5 / random / all within the budget), then epochs - 1
     replays of the acquired labels; checkpoints every trainer.save_every updates."""
-    run = PoolTrainer(cfg, prm, pool, cache, out)
+    run = PoolTrainer(cfg, prm, pool, cache, out, outcomes)
     state, n_stream = run.state, run.n_stream
     logger = MetricsLog(out, "step", enabled=rank == 0, tb_prefix="prm/")
     total = n_stream + (len(run.replay_batches()) if cfg.epochs > 1 and state["update"] >= n_stream else 0)

@@ -129,6 +129,14 @@ def test_metrics_by_hand():
     assert metric_of(Metric.aulc_f1)(rows) == pytest.approx((2 / 3 + 1.0) / 2)
 
 
+def test_auroc_within_remembers_a_row_only_while_it_is_the_same_row():
+    """The bootstrap's speed-up: a problem's pair counts are kept by the row's identity. Fresh rows whose
+    predecessors are gone (so CPython would hand their ids out again) are counted afresh every time."""
+    for i in range(200):
+        problem = [[1, 0.5], [0, 0.9 if i % 2 else 0.1]]
+        assert metric_of(Metric.auroc_within)([problem, problem]) == (0.0 if i % 2 else 1.0)
+        del problem
+
 def test_results_page_opens_with_the_current_claims_table():
     """bench/RESULTS.md's claims table is the one the claim files and raw results make (it cannot drift)."""
     from bench.claims.spec import ROOT

@@ -61,8 +61,8 @@ def test_every_arm_of_claim_d_has_records_to_come_from(claim_d):
 
 
 def test_a_claim_without_a_runner_says_what_it_needs():
-    with pytest.raises(SystemExit, match=r"claim \(e\) is pre-registered but has no runner yet: it needs the ORM"):
-        run.main(["e"])
+    with pytest.raises(SystemExit, match=r"claim \(c_sparse\) is pre-registered but has no runner yet: it needs its own"):
+        run.main(["c_sparse"])
 
 
 def test_every_command_of_claim_b_composes(tmp_path):

@@ -66,3 +66,33 @@ def test_confidence_batches_with_padding_like_one_by_one(tok):
     assert scores[1].mean == pytest.approx(batched[1]) and scores[1].std == [0.0] * 4
     with pytest.raises(ValueError, match="reduce"):
         PolicyConfidence(model, tok, "max")
+
+
+def test_logistic_fit_recovers_known_coefficients():
+    import numpy as np
+
+    from prm.confidence import fit_logistic
+    # two x values: the unpenalised fit is the two groups' log-odds, logit(3/4) = log 3 at x = 0 and
+    # logit(1/4) = -log 3 at x = 1, so a = log 3 and b = -2 log 3
+    a, b = fit_logistic([0, 0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 0, 1, 0, 0, 0], ridge=0.0)
+    assert (a, b) == pytest.approx((math.log(3), -2 * math.log(3)), abs=1e-9)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 2.0, 20_000)
+    y = rng.random(20_000) < 1 / (1 + np.exp(-(-1.0 + 1.5 * x)))
+    assert fit_logistic(x, y) == pytest.approx((-1.0, 1.5), abs=0.08)
+    a, b = fit_logistic([0.1, 0.5, 0.9], [1, 1, 1])     # one class: finite (the ridge), and says "right"
+    assert math.isfinite(a) and math.isfinite(b) and 1 / (1 + math.exp(-(a + 0.5 * b))) > 0.99
+
+
+def test_calibrated_confidence_fits_the_labelled_steps_and_maps_their_log():
+    from prm.confidence import CalibratedConfidence
+    from prm.model import LOGPROB_FLOOR
+    c = CalibratedConfidence(1.0, 0.5)   # sigmoid(1 + 0.5 log p); p = 0 counts as log p = the floor
+    assert c.transform([[1.0, math.exp(-2.0), 0.0]]) == [pytest.approx(
+        [1 / (1 + math.exp(-1.0)), 0.5, 1 / (1 + math.exp(-(1.0 + 0.5 * LOGPROB_FLOOR)))])]
+    # labelled steps: trajectory 1's steps 0, 1 right, step 2 wrong, step 3 (after the error) unlabelled;
+    # trajectory 2's both right. log p = 0: 4 right of 4, so near 1 (step 3 counted wrong would make it 4/5);
+    # log p = -2: the one wrong step, near 0
+    fit = CalibratedConfidence.fit([[1.0, 1.0, math.exp(-2.0), 1.0], [1.0, 1.0]], [2, -1])
+    high, low, _ = fit.transform([[1.0, math.exp(-2.0), math.exp(-1.0)]])[0]
+    assert fit.slope > 0 and high > 0.9 and low < 0.1

@@ -202,3 +202,42 @@ def test_labels_used_counts_valid_labels_and_the_judge_is_checked_first(tmp_path
         assert server.requests[0].body["max_tokens"] == 1 and len(server.requests) == 1 + 24
     assert 0 < invalid < 24 and ledger_rows(tmp_path / "run") == 24
     assert summary["labels_used"] == 24 - invalid and summary["labels_invalid"] == invalid
+
+
+def test_train_on_pool_with_outcomes_trains_an_outcome_reward_model(tmp_path):
+    """outcomes=: every scored step of a trajectory learns its verdict. The features carry the verdict (+1 / -1
+    in every step's first column) and the first errors say nothing of it: the ORM scores every step of the
+    right trajectories high and of the wrong ones low, the PRM trained on the same pool does not; 19 epochs
+    replay the pool in shuffled batches, so a verdict paired with another trajectory would show."""
+    import torch
+
+    from judges.base import item_key
+    from prm.features import FeatureCache
+    from prm.model import EnsemblePRM
+    from prm.train import train_on_pool
+    from tasks.problems import Trajectory
+    gen = torch.Generator().manual_seed(0)
+    pool, outcomes, cache = [], [], FeatureCache(512, dtype=torch.float32)
+    for i in range(48):
+        t = Trajectory(f"q{i}", ["a", "b", "c"], first_error=[-1, 0, 1][i % 3])
+        outcome = (i // 3) % 2 == 0   # right and wrong alike at every first error
+        feats = torch.randn(3, 8, generator=gen) * 0.1
+        feats[:, 0] = 1.0 if outcome else -1.0
+        cache.store[item_key(t.question, t.steps)] = feats
+        pool.append(t), outcomes.append(outcome)
+
+    def trained(name, outcomes):
+        cfg = config(tmp_path, name, **{"select.mode": "all", "prm.head_lr": 3e-2})
+        cfg.epochs = 20
+        heads = EnsemblePRM.heads_only(cfg.prm, 8)
+        train_on_pool(cfg, pool, prm=heads, features=cache, outcomes=outcomes)
+        scores = heads.score([t.question for t in pool], [t.steps for t in pool],
+                             features=[cache.get(t.question, t.steps) for t in pool])
+        return [s.mean for s in scores]
+    orm = trained("orm", outcomes)
+    assert all(min(s) > 0.8 if o else max(s) < 0.2 for s, o in zip(orm, outcomes))
+    prm = trained("prm", None)
+    assert not all(min(s) > 0.8 if o else max(s) < 0.2 for s, o in zip(prm, outcomes))
+    with pytest.raises(ValueError, match="2 outcomes for 48 trajectories"):
+        train_on_pool(config(tmp_path, "short"), pool, prm=EnsemblePRM.heads_only(config(tmp_path).prm, 8),
+                      features=cache, outcomes=[True, False])

@@ -1,7 +1,7 @@
 """`python -m bench.claims.run <claim>`: a pre-registered claim end to end, from nothing to its table.
 
     python -m bench.claims.run d_search             # every stage; a finished stage is skipped (resume)
-    python -m bench.claims.run b_online_labels      # (a)-(d) have runners; (e) says what it still needs
+    python -m bench.claims.run e_prm_quality        # every claim has a runner
     python -m bench.claims.run c_lucky --jobs 4     # runs that read none of each other's outputs: 4 at a time
     python -m bench.claims.run d_search --dry-run   # print every command it would run, run nothing
 
@@ -195,6 +195,38 @@ def label_raw(claim: Claim, out: Path) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------ claim (e): PRM quality vs cheaper scorers
+QUALITY_LABELS = 1024   # the claim's label budget: judged pool trajectories each seed draws
+QUALITY_TEST_N = 8      # samples per test problem: within-problem pairs, a raw file that stays small
+
+
+def quality_steps(claim: Claim, out: Path) -> list[Step]:
+    """Per build: the policy's judged samples on the pool, validation and test sets (bench_chain_pool --stage
+    pool), then every arm on every seed's draw of <= QUALITY_LABELS of them (bench/claims/run_e.py)."""
+    sets, steps = out / "sets", []
+    for b in claim.builds:
+        here, model = out / f"build{b}", str(build_dir(b))
+        steps.append(Step(f"samples {b}", ["python", "-m", "bench.bench_chain_pool", "--stage", "pool", "--out", str(here),
+                                           "--model", model, "--pool-set", str(sets / "pool.jsonl"), "--n", "4",
+                                           "--test-set", str(sets / "test.jsonl"), "--test-n", str(QUALITY_TEST_N),
+                                           "--tune-set", str(sets / "validation.jsonl")], here / "tune.jsonl"))
+        steps.append(Step(f"scorers {b}", ["python", "-m", "bench.claims.run_e", "--out", str(here), "--model", model,
+                                           "--labels", str(QUALITY_LABELS), "--seeds", *map(str, claim.seeds)],
+                          here / "e_rows.jsonl"))
+    return steps
+
+
+def quality_raw(claim: Claim, out: Path) -> list[dict]:
+    rows = []
+    for b in claim.builds:
+        path = out / f"build{b}" / "e_rows.jsonl"
+        for r in map(json.loads, path.read_text().splitlines() if path.is_file() else []):
+            if r["arm"] in claim.arms:
+                rows.append({"unit": f"b{b}/s{r.pop('seed')}", **r})
+    return rows
+
+
+
 @dataclass(frozen=True)
 class Runner:
     steps: Callable[[Claim, Path], list[Step]]        # the arms' commands
@@ -206,8 +238,8 @@ class Runner:
 
 TESTBED = Runner(run_c.testbed_steps, run_c.testbed_raw, run_c.build_steps, run_c.draw_sets, independent=True)
 RUNNERS = {"d": Runner(search_steps, search_raw), "b": Runner(online_steps, online_raw, independent=True),
-           "a": Runner(label_steps, label_raw), "c_sparse": TESTBED, "c_lucky": TESTBED}
-MISSING = {"e": "the ORM and the calibrated-confidence baselines"}
+           "a": Runner(label_steps, label_raw), "e": Runner(quality_steps, quality_raw), "c_sparse": TESTBED,
+           "c_lucky": TESTBED}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -219,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     claim = load_claim(claim_path(args.claim))
     if claim.id not in RUNNERS:
-        raise SystemExit(f"claim ({claim.id}) is pre-registered but has no runner yet: it needs {MISSING[claim.id]}")
+        raise SystemExit(f"claim ({claim.id}) is pre-registered but has no runner (have: {', '.join(RUNNERS)})")
     runner = RUNNERS[claim.id]
     if args.jobs > 1 and not runner.independent:
         raise SystemExit(f"claim ({claim.id}): its steps read each other's outputs; run it with --jobs 1")
