@@ -23,7 +23,7 @@ from tasks.chain.policy import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ChainModelSpec(train_steps=3, batch_size=4, misconception_steps=2)
+SMALL = ChainModelSpec(train_steps=3, batch_size=4, misconception_steps=2, sft_max_cycles=0)
 
 
 def build_as_another_machine(root: Path, env: dict) -> str:
@@ -115,3 +115,29 @@ def test_greedy_pass_runs_on_a_built_model(tmp_path, monkeypatch):
     monkeypatch.setattr(policy, "QUALITY_PROBLEMS", 8)
     score = policy.greedy_pass(out, SMALL)
     assert 0.0 <= score <= 1.0 and score * 8 == int(score * 8)
+
+
+def test_sft_goes_on_in_cycles_until_the_loss_converges(monkeypatch):
+    """A seed whose first 2,000-step schedule ends above sft_target_loss gets further cosine cycles at half the
+    peak rate, at most sft_max_cycles; one that ends below it gets none (its model is the one-schedule model)."""
+    calls = []
+
+    def fake_sft(model, tok, spec, opt, sched, steps, rng, rate, log=print, phase=""):
+        calls.append((phase, steps, [g["lr"] for g in opt.param_groups][0]))
+        return losses.pop(0) if not rate else 0.0
+    monkeypatch.setattr(policy, "sft", fake_sft)
+    spec = ChainModelSpec(hidden=8, layers=1, heads=1, intermediate=8, train_steps=5, sft_cycle_steps=3,
+                          misconception_steps=2)
+    tok = policy.build_tokenizer(spec)
+    losses = [0.2, 0.1, 0.02]
+    policy.build_model(spec, tok, log=lambda *_: None)
+    assert [(p, n) for p, n, _ in calls] == [("", 5), ("cycle 2 ", 3), ("cycle 3 ", 3), ("misconception ", 2)]
+    assert calls[1][2] == pytest.approx(spec.lr / 2)
+    calls.clear()
+    losses = [0.5, 0.5, 0.5, 0.5]
+    policy.build_model(spec, tok, log=lambda *_: None)
+    assert [p for p, _, _ in calls] == ["", "cycle 2 ", "cycle 3 ", "cycle 4 ", "misconception "]
+    calls.clear()
+    losses = [0.01]
+    policy.build_model(spec, tok, log=lambda *_: None)
+    assert [p for p, _, _ in calls] == ["", "misconception "]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from tasks.chain.policy import NAME, ChainModelSpec, ensure_chain_tiny, is_built
 
-SMALL = ChainModelSpec(train_steps=3, batch_size=4, misconception_steps=2)
+SMALL = ChainModelSpec(train_steps=3, batch_size=4, misconception_steps=2, sft_max_cycles=0)
 
 
 @pytest.fixture(scope="session")

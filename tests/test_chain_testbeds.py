@@ -112,7 +112,7 @@ def test_each_testbed_has_its_own_deterministic_policy_build(tmp_path):
     code with its spec's steps)."""
     assert {spec().name for spec in TESTBED_SPECS.values()} == set(TESTBED_SPECS)
     assert all(issubclass(spec, ChainModelSpec) for spec in TESTBED_SPECS.values())
-    spec = TESTBED_SPECS["chain-tiny-lucky"](train_steps=2, batch_size=2, misconception_steps=2)
+    spec = TESTBED_SPECS["chain-tiny-lucky"](train_steps=2, batch_size=2, misconception_steps=2, sft_max_cycles=0)
     one = ensure_chain_tiny(tmp_path / "a", spec, log=lambda *_: None)
     two = ensure_chain_tiny(tmp_path / "b", spec, log=lambda *_: None)
     assert one.name == "chain-tiny-lucky" and is_built(one)
@@ -132,7 +132,7 @@ def test_calibration_reports_pass_at_k_and_finds_the_lingering_carry(tmp_path):
     assert calibration.lingering_carry(steps, 1)                     # 23 + 3 = 27 after a carry
     slip = ["18 + 5 = 23", "23 + 3 = 25", "25 - 7 = 18", "18 + 4 = 22", "22 + 2 = 24", "The answer is 24."]
     assert not calibration.lingering_carry(slip, 1)                  # off by -2: an ordinary slip
-    spec = TESTBED_SPECS["chain-tiny-context"](train_steps=2, batch_size=2, misconception_steps=0)
+    spec = TESTBED_SPECS["chain-tiny-context"](train_steps=2, batch_size=2, misconception_steps=0, sft_max_cycles=0)
     built = ensure_chain_tiny(tmp_path, spec, log=lambda *_: None)
     args = SimpleNamespace(task="chain_context", model=str(built), problems=2, n=2, max_new_tokens=8, seed=0)
     out = calibration.calibrate(args)
