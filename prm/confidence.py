@@ -11,6 +11,9 @@ the steps) and search like PRM step scores.
     scorer(questions, steps) -> list[list[float]]           # prm.eval.StepScorer
     scorer.score(questions, steps) -> list[StepScores]      # PRMLearner.score's shape (std 0)
 
+The read is a pass of its own over prompt + steps (the generation's logits are not kept): score() reports
+each item's positions as StepScores.forward_tokens, the compute rl.search charges to its scorer.
+
 Calibrated: the same confidence through a 1-D logistic fit on judged steps (right = 1, wrong = 0),
 sigmoid(a + b * log confidence), a and b by Newton's method (fit_logistic); the baseline that spends the
 PRM's labels on the cheapest possible model of them.
@@ -71,6 +74,10 @@ class PolicyConfidence:
 
     def token_logprobs(self, questions: list[str], steps: list[list[str]]) -> list[tuple[list[float], list[int]]]:
         """Per item: the completion's token log-probs and each token's step index."""
+        return [(logps, owner) for logps, owner, _ in self._read(questions, steps)]
+
+    def _read(self, questions: list[str], steps: list[list[str]]) -> list[tuple[list[float], list[int], int]]:
+        """token_logprobs' pairs and the positions each item's row ran through the model (padding not counted)."""
         rows, owners, starts = [], [], []
         for q, st in zip(questions, steps):
             prompt_ids = self.tok(self._prompt(q), add_special_tokens=False).input_ids
@@ -93,21 +100,24 @@ class PolicyConfidence:
                 s = starts[b + i]
                 target = torch.tensor(r[s:], device=device)
                 out.append(logp[i, s - 1:len(r) - 1].gather(-1, target[:, None]).squeeze(-1).tolist())
-        return list(zip(out, owners))
+        return list(zip(out, owners, map(len, rows)))
 
     def __call__(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
+        return [scores for scores, _ in self._scored(questions, steps)]
+
+    def _scored(self, questions: list[str], steps: list[list[str]]) -> list[tuple[list[float], int]]:
         scores = []
-        for (logps, owner), st in zip(self.token_logprobs(questions, steps), steps):
+        for (logps, owner, ran), st in zip(self._read(questions, steps), steps):
             per_step: list[list[float]] = [[] for _ in st]
             for lp, k in zip(logps, owner):
                 if k >= 0:
                     per_step[k].append(lp)
-            scores.append([float(torch.tensor(v).min().exp() if self.reduce == "min" else torch.tensor(v).mean().exp())
-                           if v else 1.0 for v in per_step])
+            scores.append(([float(torch.tensor(v).min().exp() if self.reduce == "min" else torch.tensor(v).mean().exp())
+                            if v else 1.0 for v in per_step], ran))
         return scores
 
     def score(self, questions: list[str], steps: list[list[str]], batch_size: int | None = None) -> list[StepScores]:
-        return [StepScores(list(s), [0.0] * len(s)) for s in self(questions, steps)]
+        return [StepScores(list(s), [0.0] * len(s), ran) for s, ran in self._scored(questions, steps)]
 
 
 def fit_logistic(x, y, ridge: float = 1e-3, max_steps: int = 100) -> tuple[float, float]:

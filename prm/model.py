@@ -49,6 +49,7 @@ class StepScores:
     """Scores of one trajectory: per step the ensemble mean (the step reward) and std (uncertainty)."""
     mean: list[float]
     std: list[float]
+    forward_tokens: int = 0   # token positions its scoring ran through backbones, each one counted (docs/search.md)
 
 
 class EnsembleHeads(nn.Module):
@@ -113,6 +114,7 @@ class EnsemblePRM(nn.Module):
         self.hidden_size = lm.config.hidden_size
         self.heads = EnsembleHeads(cfg.num_heads, feature_dim(cfg, self.hidden_size), cfg.head_hidden, seed=cfg.seed)
         self._prompt_cache: dict[str, list[int]] = {}
+        self.backbone_runs = 0                 # backbone passes over a batch so far (score's compute accounting)
         self.to(resolve_device(cfg.device))  # heads are built on CPU from a CPU generator: same init on every device
 
     @classmethod
@@ -137,6 +139,7 @@ class EnsemblePRM(nn.Module):
         prm.hidden_size = hidden_size
         prm.heads = EnsembleHeads(cfg.num_heads, feature_dim(cfg, hidden_size), cfg.head_hidden, seed=cfg.seed)
         prm._prompt_cache = {}
+        prm.backbone_runs = 0
         return prm.to(resolve_device(cfg.device))
 
     @property
@@ -222,6 +225,7 @@ class EnsemblePRM(nn.Module):
         # (the block-diagonal mask) when there is neither a 2D mask nor a cache
         hidden = self.body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                            position_ids=batch.position_ids, use_cache=False).last_hidden_state
+        self.backbone_runs += 1
         feats = hidden[batch.rows, batch.positions]
         if reads_logprobs(self.cfg):
             feats = torch.cat([feats, self.step_logprobs(batch, hidden).to(feats.dtype)], -1)
@@ -243,6 +247,7 @@ class EnsemblePRM(nn.Module):
                 ref.to(hidden.device)   # no-op after the first call; not a submodule, so .to(prm) does not move it
                 hidden = ref.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                         position_ids=batch.position_ids, use_cache=False).last_hidden_state
+            self.backbone_runs += 1            # a second backbone: the batch's positions are paid again
             head = ref.get_output_embeddings()
         per_token = torch.zeros(batch.input_ids.shape, device=hidden.device)
         for r in range(hidden.shape[0]):  # per_token[r, t] = log p(token t | tokens < t); 0 at t = 0
@@ -272,7 +277,9 @@ class EnsemblePRM(nn.Module):
               features: list[torch.Tensor] | None = None) -> list[StepScores]:
         """Mean and std over heads of sigmoid(logit) per step. Length-bucketed: items are sorted by
         token length so each batch pads little; results come back in input order. `features`
-        (from prm.features) skips the backbone for items whose cached features cover every step."""
+        (from prm.features) skips the backbone for items whose cached features cover every step. Each
+        item's forward_tokens: its token positions times the backbones its batch ran through (padding
+        not counted; 0 for cached features)."""
         batch_size = batch_size or self.cfg.batch_size
         was_training = self.training
         self.eval()
@@ -287,9 +294,11 @@ class EnsemblePRM(nn.Module):
         for start in range(0, len(todo), batch_size):
             chunk = todo[start: start + batch_size]
             batch = self.collate([enc for _, enc in chunk], questions=[questions[i] for i, _ in chunk])
+            runs = self.backbone_runs
             logits, _ = self.forward(batch)
-            for b, (i, (_, pos)) in enumerate(chunk):
-                out[i] = _to_scores(logits[:, b, : len(pos)])
+            runs = self.backbone_runs - runs
+            for b, (i, (ids, pos)) in enumerate(chunk):
+                out[i] = _to_scores(logits[:, b, : len(pos)], forward_tokens=len(ids) * runs)
         self.train(was_training)
         return out  # type: ignore[return-value]
 
@@ -377,7 +386,7 @@ def feature_dim(cfg: PRMConfig, hidden_size: int) -> int:
     return hidden_size + (2 if reads_logprobs(cfg) else 0)
 
 
-def _to_scores(logits: torch.Tensor) -> StepScores:
+def _to_scores(logits: torch.Tensor, forward_tokens: int = 0) -> StepScores:
     """logits [K, n] -> StepScores (unbiased std over heads: exactly 0 for K = 1)."""
     mean, std = head_mean_std(torch.sigmoid(logits.float()))
-    return StepScores(mean.tolist(), std.tolist())
+    return StepScores(mean.tolist(), std.tolist(), forward_tokens)

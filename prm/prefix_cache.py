@@ -80,7 +80,9 @@ class PrefixCachedScorer:
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start: start + self.batch_size]
             for item, entry in zip(chunk, self._forward(chunk)):
-                out[item.index] = _to_scores(self.prm.heads(entry.features.float()))
+                # the backbone ran only the tokens past the cached parent (docs/search.md, Compute)
+                ran = len(item.ids) - (len(item.parent.ids) if item.parent else 0)
+                out[item.index] = _to_scores(self.prm.heads(entry.features.float()), forward_tokens=ran)
                 if entry.nbytes <= budget:
                     kept[item.key] = entry
                     budget -= entry.nbytes

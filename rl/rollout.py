@@ -14,6 +14,7 @@ Conventions shared by every backend (rl/search.py builds on these):
 - `Completion.logprobs[t]` is log p(token_t) under the model's raw distribution (temperature 1, no
   top-p): the quantity the trainer recomputes, so the two are comparable.
 - `finish_reason` is "stop" (EOS or a stop string) or "length" (hit max_new_tokens).
+- `forward_tokens` is the token positions the engine ran for the completion (rl.search's compute).
 The vLLM backend lives in rl/vllm_rollout.py (imported lazily by rl.engines: vllm is optional).
 """
 from __future__ import annotations
@@ -38,6 +39,9 @@ class Completion:
     logprobs: list[float]
     finish_reason: str            # "stop" | "length"
     policy_version: int
+    # token positions the model ran for this completion: its prompt's prefill (what no cache held) and one
+    # decode position per generated token but the last; padding is not counted (docs/search.md, Compute)
+    forward_tokens: int = 0
 
 
 class ParityError(RuntimeError):
@@ -228,11 +232,14 @@ class HFRollout(RolloutBackend):
             eos_token_id=tok.eos_token_id)
         gen = seqs[:, enc["input_ids"].shape[1]:]
         logprobs = recorder.finish(gen[:, -1])
+        prefill = enc["attention_mask"].sum(-1).tolist()   # each row's own prompt positions, not its left padding
         out = []
-        for row, lps in zip(gen.tolist(), logprobs.tolist()):
+        for row, lps, prompt in zip(gen.tolist(), logprobs.tolist(), prefill):
             ids, reason = self._cut(row, stop, max_new_tokens)
+            # a row runs until it stops; the rows still generating keep a finished one in the batch, but
+            # those positions are padding, an artefact of batching rows of unequal length
             out.append(Completion(tok.decode(ids, skip_special_tokens=True), ids, lps[:len(ids)], reason,
-                                  self.version))
+                                  self.version, forward_tokens=prompt + max(len(ids) - 1, 0)))
         return out
 
     def _cut(self, row: list[int], stop: list[str] | None, max_new_tokens: int) -> tuple[list[int], str]:

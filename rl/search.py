@@ -5,6 +5,8 @@ selected method (config group `method`, one or several: `method=[greedy,best_of_
 the search over all problems at once and writes, under `trainer.out_dir`:
   records/<method>-n<N>-beta<B>-seed<S>.jsonl   one line per problem: solutions with step scores,
                                                 the chosen answer per selector and n, correct, cost
+                                                (tokens, passes, and the token positions the policy's
+                                                and the scorer's backbones ran: docs/search.md, Compute)
   summary.md, search.png                       accuracy vs n (and vs generated tokens) per method,
                                                 rebuilt from every record file in trainer.out_dir
 A killed or extended run resumes: a record file that is complete and was written under the same
@@ -150,7 +152,8 @@ def load_prm(cfg: PRMConfig):
 
 def load_scorer(cfg: "SearchConfig", task):
     """The step scorer scorer.source names: the PRM, or the policy reading its own steps (an HF copy of
-    the policy on policy.device, the prompt exactly as the policy saw it; its passes count as policy_passes)."""
+    the policy on policy.device, the prompt exactly as the policy saw it; its passes count as policy_passes,
+    their positions as scorer_forward_tokens: a read of its own, not the generation's logits)."""
     if cfg.scorer.source == ScorerSource.prm:
         return load_prm(cfg.prm)
     from prm.confidence import PolicyConfidence
@@ -283,8 +286,10 @@ def print_run(run: SearchRun, method: str, n: int, outcomes, per_problem: list[l
             if r["n"] == n:
                 acc[r["label"]] += r["correct"]
     tokens = sum(o.cost.generated_tokens for o in outcomes) / len(outcomes)
+    ran = {k: sum(getattr(o.cost, f"{k}_forward_tokens") for o in outcomes) / len(outcomes) for k in ("policy", "scorer")}
     print(f"[search] seed {run.seed} {method} n={n}: {seconds['total']:.0f}s (policy {seconds['policy']:.0f}s, "
-          f"prm {seconds['prm']:.0f}s), {tokens:.0f} tokens/problem; correct/{len(run.problems)}: "
+          f"prm {seconds['prm']:.0f}s), {tokens:.0f} tokens/problem, forward positions/problem policy "
+          f"{ran['policy']:.0f} scorer {ran['scorer']:.0f}; correct/{len(run.problems)}: "
           + ", ".join(f"{k} {v}" for k, v in acc.items()) + (f"; unverified answers: {unverified}" if unverified else ""),
           flush=True)
 

@@ -39,6 +39,7 @@ class Continuation:
     # step mode: the step's generated ids through the separator that ended it, when they decode to exactly
     # the step's text + separator; None otherwise (a token straddling the separator): continue from text
     token_ids: list[int] | None = None
+    forward_tokens: int = 0  # token positions the policy's backbone ran for it (docs/search.md, Compute)
 
 
 Context = str | list[int]     # the text to continue, or its token ids (prompt ids + generated ids)
@@ -69,6 +70,10 @@ class SearchCompute:
     scored_steps: int = 0             # separator positions (steps) read across the scorer's passes
     policy_passes: int = 0            # sequences the policy re-read to score them (the confidence scorer)
     policy_calls: int = 0             # generation rounds this problem took part in
+    # the equal-compute axis in the unit of docs/search.md (Compute): token positions run through a backbone,
+    # counted by the backend and the scorer as they run them (prefill + decode; the scorer's every backbone)
+    policy_forward_tokens: int = 0    # the policy generating
+    scorer_forward_tokens: int = 0    # the scorer scoring: the PRM's backbone(s), or the policy re-reading
 
     def add(self, other: "SearchCompute") -> None:
         for name in self.__dataclass_fields__:
@@ -87,7 +92,8 @@ class CountingScorer:
     """Calls the scorer for many problems at once; charges each problem for its own sequences.
     Identical (question, steps) sequences in one call run once (beam siblings often coincide).
     `passes`: the SearchCompute field a pass is charged to (prm_passes, or policy_passes when the
-    policy scores its own steps)."""
+    policy scores its own steps). The backbone positions are what the scorer reports per sequence
+    (StepScores.forward_tokens: it counts them as it runs them)."""
 
     def __init__(self, score: ScoreFn, costs: list[SearchCompute], passes: str = "prm_passes"):
         self.score, self.costs, self.passes = score, costs, passes
@@ -108,9 +114,15 @@ class CountingScorer:
         if not unique:
             return
         scored = self.score([q for q, _ in unique], [list(s) for _, s in unique])
-        for sol, slot in zip(solutions, slots):
-            if slot is not None:
-                sol.mean, sol.std = list(scored[slot].mean), list(scored[slot].std)
+        charged = set()
+        for owner, sol, slot in zip(owners, solutions, slots):
+            if slot is None:
+                continue
+            sol.mean, sol.std = list(scored[slot].mean), list(scored[slot].std)
+            sol.scorer_forward_tokens = getattr(scored[slot], "forward_tokens", 0)
+            if slot not in charged:          # the sequence's first owner paid its pass, as above
+                charged.add(slot)
+                self.costs[owner].scorer_forward_tokens += sol.scorer_forward_tokens
 
 
 def context_of(prompt: str, steps: list[str]) -> str:
@@ -137,7 +149,9 @@ def _sample_full(policy: Policy, problems: list[SearchProblem], n: int, greedy: 
     for cost, conts in zip(costs, outs):
         cost.policy_calls += 1
         cost.generated_tokens += sum(c.n_tokens for c in conts)
-        result.append([Solution(split_steps(c.text), c.n_tokens) for c in conts])
+        cost.policy_forward_tokens += sum(c.forward_tokens for c in conts)
+        result.append([Solution(split_steps(c.text), c.n_tokens, policy_forward_tokens=c.forward_tokens)
+                       for c in conts])
     return result
 
 
@@ -164,10 +178,16 @@ def best_of_n(problems: list[SearchProblem], policy: Policy, score: ScoreFn, cfg
 
 
 def prefix_cost(solutions: list[Solution], passes: str = "prm_passes") -> SearchCompute:
-    """What best-of-N spends on these samples alone (a prefix of the full run)."""
-    unique = {tuple(s.steps) for s in solutions if s.steps}
+    """What best-of-N spends on these samples alone (a prefix of the full run): each sample's generation,
+    and one scoring pass per distinct sample, at the positions its pass ran (the first copy's)."""
+    unique: dict[tuple[str, ...], Solution] = {}
+    for s in solutions:
+        if s.steps:
+            unique.setdefault(tuple(s.steps), s)
     return SearchCompute(generated_tokens=sum(s.n_tokens for s in solutions), scored_steps=sum(len(u) for u in unique),
-                         policy_calls=1, **{passes: len(unique)})
+                         policy_calls=1, policy_forward_tokens=sum(s.policy_forward_tokens for s in solutions),
+                         scorer_forward_tokens=sum(s.scorer_forward_tokens for s in unique.values()),
+                         **{passes: len(unique)})
 
 
 @dataclass
@@ -202,6 +222,7 @@ def _expand(problems, policy, scorer, costs, frontier: list[list[_Beam]], width:
             child.solution = Solution(steps, child.n_tokens)
             children[p].append(child)
             costs[p].generated_tokens += c.n_tokens
+            costs[p].policy_forward_tokens += c.forward_tokens
     for p in set(owners):
         costs[p].policy_calls += 1
     flat_owners = [p for p, ch in enumerate(children) for _ in ch]

@@ -48,14 +48,15 @@ class RolloutPolicy:
     def _continuation(self, c, one_step: bool) -> Continuation:
         """In one-step mode only EOS ends the solution: a step cut by step_max_new_tokens is a (long)
         step, not an unanswered final one (treating it as final retired many beams without an answer)."""
+        ran = c.forward_tokens
         if not one_step:
-            return Continuation(c.text, len(c.token_ids), step_end=False)
+            return Continuation(c.text, len(c.token_ids), step_end=False, forward_tokens=ran)
         cut = c.text.find(STEP_SEPARATOR)
         if cut >= 0:
-            return Continuation(c.text[:cut], len(c.token_ids), step_end=True,
+            return Continuation(c.text[:cut], len(c.token_ids), step_end=True, forward_tokens=ran,
                                 token_ids=self._step_ids(c.token_ids, c.text[:cut] + STEP_SEPARATOR))
         # cut by the length cap: no separator was generated, so the search appends one as text
-        return Continuation(c.text, len(c.token_ids), step_end=c.finish_reason == "length")
+        return Continuation(c.text, len(c.token_ids), step_end=c.finish_reason == "length", forward_tokens=ran)
 
     def _step_ids(self, ids: list[int], step_text: str) -> list[int] | None:
         """The generated ids when they are exactly the step and its separator. A token reaching past the

@@ -2,8 +2,10 @@
 
 Accuracy per (method label, n): the fraction of problems answered correctly, per seed; the table gives
 the mean over seeds and their spread (min-max), and the compute per problem (generated tokens, PRM
-forward passes, the policy's scoring passes under scorer.source=confidence_*, scored steps) averaged
-over problems and seeds, so methods compare at equal compute.
+forward passes, the policy's scoring passes under scorer.source=confidence_*, scored steps, and the
+token positions the policy's and the scorer's backbones ran: docs/search.md, Compute) averaged over
+problems and seeds, so methods compare at equal compute. Records written before the forward positions
+were counted show "-" there.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from statistics import mean
 
 COST_FIELDS = ("generated_tokens", "prm_passes", "scored_steps", "policy_passes")
+FORWARD_FIELDS = ("policy_forward_tokens", "scorer_forward_tokens")   # None where a record lacks them
 
 
 def load_rows(out_dir: Path) -> list[dict]:
@@ -24,7 +27,8 @@ def load_rows(out_dir: Path) -> list[dict]:
                 rec = json.loads(line)
                 for r in rec["results"]:
                     rows.append({"label": r["label"], "n": r["n"], "seed": rec["seed"], "source": rec["source"],
-                                 "correct": bool(r["correct"]), **{k: r["cost"].get(k, 0) for k in COST_FIELDS}})
+                                 "correct": bool(r["correct"]), **{k: r["cost"].get(k, 0) for k in COST_FIELDS},
+                                 **{k: r["cost"].get(k) for k in FORWARD_FIELDS}})
     return rows
 
 
@@ -39,8 +43,14 @@ def summarise(rows: list[dict]) -> list[dict]:
         every = [x for rs in by_seed.values() for x in rs]
         out.append({"label": lab, "n": n, "acc": mean(accs), "acc_min": min(accs), "acc_max": max(accs),
                     "seeds": len(accs), "problems": len(every) // len(accs),
-                    **{k: mean(x[k] for x in every) for k in COST_FIELDS}})
+                    **{k: mean(x[k] for x in every) for k in COST_FIELDS},
+                    **{k: _mean_or_none([x[k] for x in every]) for k in FORWARD_FIELDS}})
     return sorted(out, key=lambda s: (_label_order(s["label"]), s["n"]))
+
+
+def _mean_or_none(values: list) -> float | None:
+    """A mean over every record, or None when some lack the field (a mean over part of them would mislead)."""
+    return None if any(v is None for v in values) else mean(values)
 
 
 def _label_order(lab: str) -> tuple:
@@ -52,12 +62,14 @@ def _label_order(lab: str) -> tuple:
 def markdown(summary: list[dict], title: str) -> str:
     lines = [f"## {title}", "",
              "| method / selector | n | accuracy % (mean over seeds) | min-max % | seeds x problems "
-             "| tokens / problem | PRM passes / problem | policy scoring passes / problem | scored steps / problem |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| tokens / problem | PRM passes / problem | policy scoring passes / problem | scored steps / problem "
+             "| policy forward tokens / problem | scorer forward tokens / problem |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
+        ran = " | ".join("-" if s[k] is None else f"{s[k]:.0f}" for k in FORWARD_FIELDS)
         lines.append(f"| {s['label']} | {s['n']} | {100 * s['acc']:.1f} | {100 * s['acc_min']:.0f}-"
                      f"{100 * s['acc_max']:.0f} | {s['seeds']} x {s['problems']} | {s['generated_tokens']:.0f} "
-                     f"| {s['prm_passes']:.1f} | {s['policy_passes']:.1f} | {s['scored_steps']:.1f} |")
+                     f"| {s['prm_passes']:.1f} | {s['policy_passes']:.1f} | {s['scored_steps']:.1f} | {ran} |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,8 @@
 Best-of-N selection depends only on the samples and their step scores, so two PRMs compare on one
 sample set at no generation cost (beam search and DVTS cannot: the PRM steers what is generated).
 The source records are only read: new records, in rl.search's format, go under `dst` with the new
-step scores, choices and correctness, `prm` and `rescored_from` set, and a stamp of their own.
+step scores, choices and correctness, `prm` and `rescored_from` set, and a stamp of their own. A row's
+cost is the source's (the samples' generation) but for scorer_forward_tokens: the new scorer's positions.
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def rescored(recs: list[dict], prm, prm_name: str, checker, path: Path, aggregat
     flat = [(r["question"], s) for r, group in zip(recs, sols) for s in group if s.steps]
     for (_, sol), sc in zip(flat, prm.score([q for q, _ in flat], [s.steps for _, s in flat])):
         sol.mean, sol.std = list(sc.mean), list(sc.std)
+        sol.scorer_forward_tokens = getattr(sc, "forward_tokens", 0)
     aggregate = aggregate or recs[0]["aggregate"]
     specs = [ScoreSpec(aggregate, b) for b in recs[0]["betas"]]
     selectors = sorted({row["label"].split("/")[1].split(" ")[0] for row in recs[0]["results"]})
@@ -78,7 +80,8 @@ def rescored(recs: list[dict], prm, prm_name: str, checker, path: Path, aggregat
         verdicts = checker.check_many([rec["reference"]] * len(rows), [r["answer"] for r in rows])
         spent = {(r["label"], r["n"]): r["cost"] for r in rec["results"]}   # generation cost: the samples'
         for row, ok in zip(rows, verdicts):
-            row["correct"], row["cost"] = ok, spent[(row["label"], row["n"])]
+            rescoring = row["cost"]["scorer_forward_tokens"]    # this scorer's positions, not the source's
+            row["correct"], row["cost"] = ok, {**spent[(row["label"], row["n"])], "scorer_forward_tokens": rescoring}
         stamp = hashlib.sha256(f"{rec.get('stamp')}|{prm_name}|{aggregate}".encode()).hexdigest()[:16]
         lines.append({**{k: rec[k] for k in KEPT if k in rec}, "aggregate": aggregate, "results": rows, "prm": prm_name,
                       "solutions": [{**s, "mean": g.mean, "std": g.std} for s, g in zip(rec["solutions"], group)],

@@ -24,6 +24,10 @@ class Solution:
     std: list[float] = field(default_factory=list)
     answer: str | None = None
     key: str | None = None            # canonical answer: solutions group by it
+    # best-of-N's prefix cost (rl.search_methods.prefix_cost): what generating this sample and scoring it
+    # ran through the policy's and the scorer's backbones (token positions, docs/search.md)
+    policy_forward_tokens: int = 0
+    scorer_forward_tokens: int = 0
 
     @property
     def text(self) -> str:

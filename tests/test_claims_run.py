@@ -50,10 +50,15 @@ def test_records_become_raw_rows(claim_d, tmp_path):
     (prm / "greedy.jsonl").write_text(record(1, "q1", [{"label": "greedy", "n": 1, "correct": True}]))
     (prm / "best_of_n.jsonl").write_text(record(1, "q1", [{"label": "best_of_n/vanilla", "n": 16, "correct": False},
                                                            {"label": "best_of_n/vanilla", "n": 8, "correct": True}]))
-    (conf / "beam.jsonl").write_text(record(2, "q2", [{"label": "beam/vanilla", "n": 16, "correct": True}]))
+    cost = {"generated_tokens": 40, "policy_forward_tokens": 900, "scorer_forward_tokens": 300}
+    (conf / "beam.jsonl").write_text(record(2, "q2", [{"label": "beam/vanilla", "n": 16, "correct": True, "cost": cost}]))
     rows = run.search_raw(claim_d, tmp_path)
     assert sorted((r["unit"], r["arm"], r["problem"], r["value"]) for r in rows) == [
         ("b0/s1", "bon_prm_vanilla16", "q1", 0), ("b0/s1", "greedy", "q1", 1), ("b0/s2", "beam_conf16", "q2", 1)]
+    # the compute where the record counts it (records written before it was counted have none)
+    assert {r["arm"]: r.get("compute") for r in rows} == {
+        "bon_prm_vanilla16": None, "greedy": None,
+        "beam_conf16": {"policy_forward_tokens": 900, "scorer_forward_tokens": 300}}
 
 
 def test_every_arm_of_claim_d_has_records_to_come_from(claim_d):

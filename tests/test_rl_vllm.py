@@ -66,6 +66,36 @@ def test_weight_sync_changes_output_and_skipped_sync_is_caught(tiny_dir, request
     assert max(abs(a - b) for a, b in zip(after.logprobs, ref)) < 0.2
 
 
+def test_forward_tokens_are_the_positions_the_engine_ran(tiny_dir, request, monkeypatch):
+    """Each sample: its prompt less its own prefix-cache hits, plus a decode position per token but the last,
+    as a hook on the engine's model counts them. A fresh prompt's later samples hit the first one's blocks
+    (a request of n would report one sample's hits for all n), and the repeated call hits almost all."""
+    from rl.vllm_rollout import VLLMRollout
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")   # the engine in this process: its model can be hooked
+    path, _, tok = tiny_dir
+    engine = VLLMRollout(str(path), tok, seed=0, max_model_len=512, kv_cache_gb=1)
+    request.addfinalizer(engine.close)
+    ran = []
+
+    def count(worker):
+        def hook(module, args, kwargs):
+            ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+            ran.append(int(ids.shape[0]))       # vLLM runs a flat batch of token positions
+        worker.model_runner.model.register_forward_pre_hook(hook, with_kwargs=True)
+
+    engine.llm.collective_rpc(count)
+    prompts = [tok("Explain 2 + 3 at length. " * 60, add_special_tokens=False).input_ids[:400], list(range(100, 180))]
+    calls = []
+    for _ in range(2):
+        before = sum(ran)
+        groups = engine.generate(prompts, 3, 8, temperature=1.0)
+        calls.append((sum(c.forward_tokens for g in groups for c in g), sum(ran) - before))
+    assert all(reported == seen for reported, seen in calls)
+    full = 3 * (len(prompts[0]) + len(prompts[1])) + sum(len(c.token_ids) - 1 for g in groups for c in g)
+    assert calls[1][1] < calls[0][1] < full          # cache hits are positions not run, and not charged
+
+
 _HOLD_ENGINE = """
 import sys, time
 from transformers import AutoTokenizer

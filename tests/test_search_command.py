@@ -79,15 +79,16 @@ def test_rollout_policy_reads_step_ends_eos_and_length_caps():
     class Backend:
         def generate(self, prompts, n, max_new_tokens, temperature, top_p, stop):
             assert stop == (["\n\n"] if max_new_tokens == 6 else None)
-            return [[C(text="1 + 2 = 3\n\n", token_ids=[1] * 5, finish_reason="stop"),
-                     C(text="The answer is 3.", token_ids=[1] * 4, finish_reason="stop"),
-                     C(text="a very long st", token_ids=[1] * 6, finish_reason="length")]]
+            return [[C(text="1 + 2 = 3\n\n", token_ids=[1] * 5, finish_reason="stop", forward_tokens=11),
+                     C(text="The answer is 3.", token_ids=[1] * 4, finish_reason="stop", forward_tokens=12),
+                     C(text="a very long st", token_ids=[1] * 6, finish_reason="length", forward_tokens=13)]]
 
     policy = RolloutPolicy(Backend(), RolloutConfig(step_max_new_tokens=6, max_new_tokens=12))
     step, eos, capped = policy(["p"], 3, one_step=True)[0]
     assert (step.text, step.step_end, step.n_tokens) == ("1 + 2 = 3", True, 5)
     assert not eos.step_end                       # EOS: the solution is over
     assert capped.step_end and capped.text == "a very long st"   # length cap: a long step, go on
+    assert [c.forward_tokens for c in (step, eos, capped)] == [11, 12, 13]   # the backend's count, passed on
     assert not any(c.step_end for c in policy(["p"], 3, one_step=False)[0])
 
 
@@ -143,7 +144,7 @@ def test_killed_run_resumes_to_the_uninterrupted_records(tmp_path):
 
 def test_step_wise_search_with_prefix_cache_equals_full_passes(tmp_path, monkeypatch):
     """Beam/DVTS score through prm.prefix_cache (reusing the parents' keys/values) unless
-    scorer.prefix_cache_gb=0; both give the same searches and scores."""
+    scorer.prefix_cache_gb=0; both give the same searches and scores, the cache for fewer PRM positions."""
     from prm import prefix_cache
 
     made = []
@@ -161,11 +162,16 @@ def test_step_wise_search_with_prefix_cache_equals_full_passes(tmp_path, monkeyp
     assert len(made) == 2 and sum(s.tokens_reused for s in made) > 0      # one per run, and it reused
     search(_cfg(full, *overrides, "scorer.prefix_cache_gb=0"))
     assert len(made) == 2                                                   # off: full passes only
+    def but_scorer_positions(cost):
+        return {k: v for k, v in cost.items() if k != "scorer_forward_tokens"}
+
     for name in ("beam-n4-beta0-seed0.jsonl", "dvts-n4-beta0-seed0.jsonl"):
         a = [json.loads(line) for line in (cached / "records" / name).open()]
         b = [json.loads(line) for line in (full / "records" / name).open()]
         for ra, rb in zip(a, b, strict=True):
             assert [s["text"] for s in ra["solutions"]] == [s["text"] for s in rb["solutions"]]
-            assert ra["results"] == rb["results"] and ra["cost"] == rb["cost"]
+            assert but_scorer_positions(ra["cost"]) == but_scorer_positions(rb["cost"])
+            assert ra["results"] == [{**r, "cost": ra["cost"]} for r in rb["results"]]   # the same choices
+            assert 0 < ra["cost"]["scorer_forward_tokens"] < rb["cost"]["scorer_forward_tokens"]
             for sa, sb in zip(ra["solutions"], rb["solutions"]):
                 assert sa["mean"] == pytest.approx(sb["mean"], abs=1e-5)

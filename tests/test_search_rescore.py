@@ -10,6 +10,7 @@ from core.config import validate
 from prm.model import EnsemblePRM
 from rl.search import SearchConfig, search
 from rl.search_rescore import rescore_best_of_n
+from tests.test_search_compute import ForwardCount
 
 
 def _cfg(out_dir):
@@ -58,6 +59,7 @@ def test_rescore_by_the_policy_confidence_under_another_aggregate(tmp_path):
     (tmp_path / "src" / "records").mkdir(parents=True)
     (tmp_path / "src" / "records" / "best_of_n-n4-seed0.jsonl").write_text(json.dumps(rec) + "\n")
     model, tok = load_model("tiny-random-llama", "fp32")
+    seen = ForwardCount(model.base_model)
     checker = AnswerChecker()
     try:
         rescore_best_of_n(tmp_path / "src", tmp_path / "dst", PolicyConfidence(model.eval(), tok, "min"),
@@ -72,6 +74,8 @@ def test_rescore_by_the_policy_confidence_under_another_aggregate(tmp_path):
     best = lowest.index(max(lowest))   # ties: the earliest sample
     assert row["answer"] == texts[best].split()[-1].rstrip(".")
     assert row["correct"] == (row["answer"] == "3")
+    # the samples' generation as the source spent it; the scoring as this scorer ran it (4 distinct samples)
+    assert row["cost"]["generated_tokens"] == 36 and row["cost"]["scorer_forward_tokens"] == seen.positions > 0
 
 
 def test_reselected_chooses_from_the_stored_scores_under_another_aggregate():

@@ -8,6 +8,9 @@ paired t-interval over units, the hierarchical bootstrap interval (units, then p
 two one-sided p-values Holm-adjusted across the table, and the decision. Holm's family is every comparison
 that the table's claim files pre-register, run or not (one not yet run counts with p = 1), so a claim run
 later cannot shrink the correction of one run earlier.
+
+Raw rows may carry a "compute" object (claim (d): the forward token positions each backbone ran for that
+problem, docs/search.md); the claim's report then adds each arm's metric beside its mean compute.
 """
 from __future__ import annotations
 
@@ -65,8 +68,37 @@ def read_raw(path: Path) -> list[dict]:
         for key in ("unit", "arm", "problem", "value"):
             if key not in row:
                 raise ValueError(f"{path}:{number}: {key}: missing (a raw row has unit, arm, problem, value)")
+        compute = row.get("compute", {})
+        if not isinstance(compute, dict) or not all(isinstance(v, (int, float)) for v in compute.values()):
+            raise ValueError(f"{path}:{number}: compute: an object of numbers if present, got {compute!r}")
         rows.append(row)
     return rows
+
+
+def compute_table(claim: Claim, rows: list[dict]) -> str:
+    """Per arm whose rows carry compute: the claim's metric over its rows and each compute field's mean per
+    problem (over units and problems); "" when no row carries compute."""
+    arms: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if "compute" in r and r.get("metric", claim.metric.value) == claim.metric.value:
+            arms[r["arm"]].append(r)
+    if not arms:
+        return ""
+    keys = sorted({k for rs in arms.values() for r in rs for k in r["compute"]})
+    f = metric_of(claim.metric)
+    lines = ["| arm | " + claim.metric.value + " | units x problems | "
+             + " | ".join(k.replace("_", " ") + " / problem" for k in keys) + " |",
+             "|---|---:|---:|" + "---:|" * len(keys)]
+    for arm in [a for a in claim.arms if a in arms]:
+        rs = arms[arm]
+        cells = [_mean_of([r["compute"].get(k) for r in rs]) for k in keys]
+        lines.append(f"| {arm} | {f([r['value'] for r in rs]):.3f} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _mean_of(values: list) -> str:
+    """The mean, or "-" when a row lacks the field (a mean over part of the rows would mislead)."""
+    return "-" if any(v is None for v in values) else f"{sum(values) / len(values):.0f}"
 
 
 def comparison_data(claim: Claim, c: Comparison, rows: list[dict]) -> dict:
@@ -232,6 +264,10 @@ def report(name: str) -> str:
     claim = load_claim(claim_path(name))
     results = table_results(claim.table)[claim.id]
     text = comparison_table(claim, results)
+    compute = compute_table(claim, raw_rows(claim) or [])
+    if compute:
+        text += "\nCompute per problem (forward token positions of each backbone, docs/search.md), mean over the " \
+                "arm's rows:\n\n" + compute
     if results:
         raw = ROOT / claim.raw
         raw.with_name(raw.stem + ".table.md").write_text(text)

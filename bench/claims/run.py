@@ -89,6 +89,9 @@ def search_steps(claim: Claim, out: Path) -> list[Step]:
 
 
 def search_raw(claim: Claim, out: Path) -> list[dict]:
+    """One row per (build x seed, arm, problem): pass, and the compute the result took where its record
+    counts it (forward token positions of the policy's and the scorer's backbones, docs/search.md)."""
+    from rl.search_report import FORWARD_FIELDS
     rows = []
     for b in claim.builds:
         for arm in claim.arms:
@@ -100,6 +103,9 @@ def search_raw(claim: Claim, out: Path) -> list[dict]:
                         if r["label"] == label and r["n"] == n:
                             rows.append({"unit": f"b{b}/s{rec['seed']}", "arm": arm, "problem": rec["question"],
                                          "value": int(bool(r["correct"]))})
+                            cost = r.get("cost", {})
+                            if all(k in cost for k in FORWARD_FIELDS):
+                                rows[-1]["compute"] = {k: cost[k] for k in FORWARD_FIELDS}
     return rows
 
 
