@@ -90,6 +90,7 @@ def test_claim_e_commands(tmp_path):
 
 def test_dry_run_prints_every_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(problem_sets, "trained_questions", lambda seed, spec=None: frozenset())
+    monkeypatch.setenv("PRMLOOP_CACHE", str(tmp_path / "cache"))    # no build is cached: each is printed
     run.main(["e", "--dry-run", "--out", str(tmp_path)])
     printed = [line[2:] for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
     claim = load_claim(claim_path("e"))
