@@ -141,3 +141,16 @@ def test_sft_goes_on_in_cycles_until_the_loss_converges(monkeypatch):
     losses = [0.01]
     policy.build_model(spec, tok, log=lambda *_: None)
     assert [p for p, _, _ in calls] == ["", "misconception "]
+
+
+def test_sft_questions_cover_every_cycle_the_build_could_run():
+    """A cycle continues the SFT stream, so a build that ran its extra cycles trained on questions past
+    train_steps' batches: they are in the set whatever the build's losses were."""
+    import random
+    from dataclasses import replace
+    spec = replace(SMALL, sft_max_cycles=2, sft_cycle_steps=3)
+    rng = random.Random("sft:0")
+    batches = [policy._examples(rng, spec, 0.0) for _ in range(spec.train_steps + 2 * 3)]
+    seen = sft_questions(spec)
+    assert {q for b in batches for q, _ in b} <= seen
+    assert not {q for q, _ in batches[-1]} <= sft_questions(SMALL)   # without the cycles they are missed

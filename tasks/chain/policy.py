@@ -140,15 +140,18 @@ def _examples(rng: random.Random, spec: ChainModelSpec, misconception_rate: floa
 
 
 def sft_questions(spec: ChainModelSpec) -> set[str]:
-    """Every question the build of `spec` trains on (both SFT phases, the tokenizer's corpus): replays the
-    same random streams as build_tokenizer and build_model, so a test set can be checked against it."""
+    """Every question the build of `spec` may train on (both SFT phases, the tokenizer's corpus): replays the
+    same random streams as build_tokenizer and build_model, so a test set can be checked against it. The SFT
+    stream is replayed through every cycle the build could run (how many it ran depends on its losses): a
+    superset, which is what a disjointness check needs."""
     seen = set()
     rng = random.Random(f"tokenizer:{spec.seed}")
     for i in range(2000):
         p = chain_problem(rng, spec.chain, i)
         spec.solution(rng, p.question, spec.misconception_rate)   # the tokenizer's corpus draws it too
         seen.add(p.question)
-    for stream, steps, rate in ((f"sft:{spec.seed}", spec.train_steps, 0.0),
+    sft_steps = spec.train_steps + spec.sft_max_cycles * spec.sft_cycle_steps
+    for stream, steps, rate in ((f"sft:{spec.seed}", sft_steps, 0.0),
                                 (f"misconception:{spec.seed}", spec.misconception_steps, spec.misconception_rate)):
         rng = random.Random(stream)
         for _ in range(steps):
