@@ -67,13 +67,17 @@ def test_problem_rows_by_hand():
     scores = [[0.9, 0.123456789, 0.8], [0.7, 0.6], [0.2, 0.95]]
     rows = run_e.problem_rows(3, "orm", test, scores, tau=0.5)
     # auroc_within: steps before the first error right (1), the first error wrong (0), later ones unlabelled
-    assert rows[:2] == [{"seed": 3, "arm": "orm", "problem": "q", "value": [[1, 0.9], [0, 0.123457], [1, 0.7], [1, 0.6]]},
-                        {"seed": 3, "arm": "orm", "problem": "r", "value": [[0, 0.2]]}]
+    # q's labelled steps: right 0.9, 0.7, 0.6 and wrong 0.123457 -> 3 wins of 3 pairs; r: one wrong step, no pair
+    assert rows[:2] == [{"seed": 3, "arm": "orm", "problem": "q", "value": {"wins": 3.0, "pairs": 3}},
+                        {"seed": 3, "arm": "orm", "problem": "r", "value": {"wins": 0.0, "pairs": 0}}]
     # first_error_f1: [label, first step below tau]
     assert rows[2:] == [{"seed": 3, "arm": "orm", "problem": "q", "metric": "first_error_f1", "value": [[1, 1], [-1, -1]]},
                         {"seed": 3, "arm": "orm", "problem": "r", "metric": "first_error_f1", "value": [[0, 0]]}]
     from bench.claims.metrics import _auroc_within
     assert _auroc_within([rows[0]["value"], rows[1]["value"]]) == pytest.approx(1.0)   # 3 right > the one wrong
+    # the counts and the step pairs they summarise give the same metric (a tie counts 1/2)
+    steps = [[1, 0.9], [0, 0.6], [1, 0.6], [0, 0.95]]
+    assert _auroc_within([steps]) == _auroc_within([{"wins": 1.5, "pairs": 4}]) == pytest.approx(1.5 / 4)
 
 
 def test_claim_e_commands(tmp_path):
@@ -156,7 +160,8 @@ def test_claim_e_end_to_end_on_a_tiny_claim(tmp_path, policy_dir, monkeypatch):
             for q in problems:
                 own = [t for t in test if t.question == q]
                 labels = [y for t in own for y in ([1] * len(t.steps) if t.first_error == -1 else [1] * t.first_error + [0])]
-                assert [y for y, _ in auroc[q]] == labels and all(0.0 <= s <= 1.0 for _, s in auroc[q])
+                assert auroc[q]["pairs"] == labels.count(1) * labels.count(0)
+                assert 0.0 <= auroc[q]["wins"] <= auroc[q]["pairs"]
                 assert [k for k, _ in f1[q]] == [t.first_error for t in own]
     by = lambda unit, arm: [r["value"] for r in rows if (r["unit"], r["arm"]) == (unit, arm)]
     assert by("b0/s0", "confidence") == by("b0/s1", "confidence")    # no labels: the same scores every seed

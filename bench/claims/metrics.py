@@ -2,7 +2,8 @@
 
     mean            rows are numbers (a problem's value: pass 0/1, a share of samples)
     first_error_f1  rows are [[label, predicted first error], ...]: ProcessBench F1 of every pair
-    auroc_within    rows are [[step label, score], ...] of one problem: wins over same-problem pairs, pooled
+    auroc_within    rows are [[step label, score], ...] of one problem, or its counts {"wins": w, "pairs": n}:
+                    wins over same-problem (right, wrong) step pairs, ties 1/2, pooled over problems
     aulc_f1         rows are {budget: [[label, predicted], ...]}: F1 at each budget, trapezoid area / span
     held_out_pass   rows are a problem's held-out pass: their mean (rows tagged metric: held_out_pass)
 """
@@ -34,11 +35,13 @@ def _auroc_within(rows: list) -> float:
 _PAIRS: dict[int, tuple[list, tuple[float, int]]] = {}
 
 
-def _problem_pairs(problem: list) -> tuple[float, int]:
+def _problem_pairs(problem: list | dict) -> tuple[float, int]:
     """(wins, pairs) of one problem's step rows, remembered by the row's identity: the hierarchical
     bootstrap draws the same rows 10,000 times, and counting them afresh each time made a claim with ~18k
     steps per unit and arm take hours. The entry holds the row, so its id is not reused while remembered;
     a raw row is read, never changed."""
+    if isinstance(problem, dict):       # the counts themselves
+        return float(problem["wins"]), int(problem["pairs"])
     hit = _PAIRS.get(id(problem))
     if hit is not None and hit[0] is problem:
         return hit[1]

@@ -99,16 +99,18 @@ def significant(x: float) -> float:
 
 
 def problem_rows(seed: int, arm: str, test, scores, tau: float) -> list[dict]:
-    """Raw rows of one (seed, arm): per test problem its labelled steps' [label, score] pairs, pooled over
-    the problem's samples (bench/claims/metrics.py auroc_within), and its samples' [first error, first step
-    scored below tau] (first_error_f1)."""
+    """Raw rows of one (seed, arm): per test problem the within-problem AUROC's counts over its labelled
+    steps pooled across its samples, {"wins": right-over-wrong pairs (ties 1/2), "pairs": n} (the statistic
+    bench/claims/metrics.py auroc_within sums: a file of kilobytes where the step pairs took megabytes), and
+    its samples' [first error, first step scored below tau] (first_error_f1)."""
     from core.steps import first_below
-    from prm.quality import labelled_steps
+    from prm.quality import _pair_stats, labelled_steps
     pairs, picks = defaultdict(list), defaultdict(list)
     for t, s in zip(test, scores):
-        pairs[t.question] += [[y, significant(v)] for y, v in labelled_steps([t.first_error], [s])]
+        pairs[t.question] += [(y, significant(v)) for y, v in labelled_steps([t.first_error], [s])]
         picks[t.question].append([t.first_error, first_below(list(s), tau)])
-    return ([{"seed": seed, "arm": arm, "problem": q, "value": v} for q, v in pairs.items()]
+    counts = {q: dict(zip(("wins", "pairs"), _pair_stats(v))) for q, v in pairs.items()}
+    return ([{"seed": seed, "arm": arm, "problem": q, "value": v} for q, v in counts.items()]
             + [{"seed": seed, "arm": arm, "problem": q, "metric": "first_error_f1", "value": v} for q, v in picks.items()])
 
 
