@@ -168,6 +168,9 @@ def test_claim_e_end_to_end_on_a_tiny_claim(tmp_path, policy_dir, monkeypatch):
     assert by("b0/s0", "prm") != by("b0/s1", "prm")                  # another draw, another init
     summary = [json.loads(line) for line in (out / "build0" / "e_summary.jsonl").read_text().splitlines()]
     assert {s["labels"] for s in summary if s["arm"] != "confidence"} == {6 * 4}   # the whole tiny pool: < 1,024
+    units = [json.loads(line) for line in (tmp_path / "raw" / "e.units.jsonl").read_text().splitlines()]
+    assert sorted((u["unit"], u["arm"]) for u in units) == sorted((f"b0/s{s}", a) for s in (0, 1) for a in claim.arms)
+    assert all("auroc" in u and "auroc_product78" in u and "seconds" not in u for u in units)
     for c in claim.comparisons:
         result = report.compare(claim, c, rows)
         assert result is not None and result.units == 2 and result.problems == len(problems)

@@ -141,6 +141,21 @@ def test_compute_is_shown_per_arm_beside_the_metric_when_rows_carry_it(claims, t
         report_mod.read_raw(bad)
 
 
+def test_every_arm_and_its_set_level_figures_are_shown(claims, tmp_path, monkeypatch):
+    """Beside the comparisons: each arm's own mean over units (t over units), and the runner's per-unit
+    figures that are not per-problem (mean over units; a figure an arm lacks shows "-")."""
+    monkeypatch.setattr(report_mod, "claim_path", lambda name: claims[0])
+    rows = synthetic_rows()
+    claim = load_claim(claims[0])
+    good = [sum(r["value"] for r in rows if r["arm"] == "good" and r["unit"] == f"s{u}") / 40 for u in range(4)]
+    assert f"| good | mean | {sum(good) / 4:.3f} |" in report_mod.arm_table(claim, rows)
+    units = [{"unit": f"s{u}", "arm": "good", "auroc": 0.5 + u / 10, "labels": 8} for u in range(4)]
+    units.append({"unit": "s0", "arm": "base", "labels": 4})
+    (tmp_path / "x.units.jsonl").write_text("".join(json.dumps(r) + "\n" for r in units))
+    text = report_mod.report("x")
+    assert "| good | 0.650 | 8 | 4 |" in text and "| base | - | 4 | 1 |" in text and "x.units.jsonl" in text
+
+
 def test_metrics_by_hand():
     assert metric_of(Metric.mean)([1, 0, 1, 1]) == 0.75
     # problem 1: right steps 0.9, 0.4 vs wrong 0.5 -> 1 of 2 pairs; problem 2: 0.8 vs 0.8 -> a tie, 1/2
@@ -150,6 +165,26 @@ def test_metrics_by_hand():
     # F1 2/3 at budget 0.1 (as above), 1.0 at 0.3: the trapezoid's mean height over the span
     rows = [{"0.1": [[2, 2], [1, 0], [-1, -1]], "0.3": [[2, 2], [-1, -1]]}]
     assert metric_of(Metric.aulc_f1)(rows) == pytest.approx((2 / 3 + 1.0) / 2)
+
+
+def test_first_error_f1_from_counts_is_processbench_f1_of_the_pairs():
+    """The bootstrap sums per-problem hit counts: the same F1 as judges.metrics.processbench_f1 of every pair,
+    its NaN (no erroneous or no all-correct item) and its 0.0 (nothing named right) included."""
+    import math
+    import random
+
+    from judges.metrics import processbench_f1
+    rng = random.Random(0)
+    f1 = metric_of(Metric.first_error_f1)
+    for _ in range(200):
+        rows = [[[rng.choice([-1, 0, 1, 2]), rng.choice([-1, 0, 1, 2])] for _ in range(rng.randint(1, 6))]
+                for _ in range(rng.randint(1, 5))]
+        pairs = [pair for r in rows for pair in r]
+        want = processbench_f1([p for _, p in pairs], [y for y, _ in pairs])["f1"]
+        got = f1(rows)
+        assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-12)
+    assert f1([[[1, 0], [-1, 2]]]) == 0.0
+    assert math.isnan(f1([[[1, 1], [2, 2]]]))
 
 
 def test_auroc_within_remembers_a_row_only_while_it_is_the_same_row():

@@ -115,3 +115,35 @@ def test_decide_holds_fails_undecided():
     assert decide(straddle, straddle, 0.4, 0.0, 0.05) == Status.undecided
     assert decide(below, straddle, 0.6, 0.0, 0.05) == Status.undecided   # both intervals must rule it out
     assert decide(above, above, 0.08, 0.0, 0.05) == Status.undecided     # Holm-adjusted p above alpha
+
+
+@pytest.mark.parametrize("crossed", [True, False])
+@pytest.mark.parametrize("metric", ["mean", "auroc_within", "first_error_f1", "aulc_f1"])
+def test_the_count_path_gives_the_row_by_row_bootstrap(metric, crossed):
+    """The report's fast path (per-problem counts summed with numpy) draws what the row-by-row statistic
+    draws and gives its interval and p-value: a treatment-minus-control difference of each metric, on
+    seeds that share their problems and on seeds that do not."""
+    import random
+
+    from bench.claims.metrics import additive_difference, metric_of
+    rng = random.Random(1)
+
+    def row():
+        if metric == "mean":
+            return rng.choice([0.0, 0.25, 1.0])
+        if metric == "auroc_within":
+            return [[rng.randint(0, 1), rng.random()] for _ in range(rng.randint(1, 5))]
+        pairs = lambda: [[rng.choice([-1, 0, 1]), rng.choice([-1, 0, 1])] for _ in range(rng.randint(1, 4))]
+        return pairs() if metric == "first_error_f1" else {"0.1": pairs(), "0.3": pairs(), "0.5": pairs()}
+
+    data = {f"s{u}": {f"p{p}": (row(), row()) for p in range(12 if crossed else 9 + u)} for u in range(4)}
+    f = metric_of(metric)
+
+    def difference(pairs):
+        return f([x for x, _ in pairs]) - f([y for _, y in pairs])
+    fast = additive_difference(metric, [pair for u in data.values() for pair in u.values()])
+    assert fast is not None
+    slow = hierarchical_bootstrap(data, difference, reps=300, seed=3)
+    quick = hierarchical_bootstrap(data, difference, reps=300, seed=3, additive=fast)
+    for a, b in zip((slow.mean, slow.low, slow.high, slow.p_value), (quick.mean, quick.low, quick.high, quick.p_value)):
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12, abs=1e-12)

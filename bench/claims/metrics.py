@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from bench.claims.spec import Metric
+from bench.claims.stats import Additive
 
 
 def _mean(rows: list) -> float:
@@ -19,9 +22,25 @@ def _mean(rows: list) -> float:
 
 
 def _f1(rows: list) -> float:
-    from judges.metrics import processbench_f1
-    pairs = [pair for r in rows for pair in r]
-    return processbench_f1([int(p) for _, p in pairs], [int(y) for y, _ in pairs])["f1"] if pairs else math.nan
+    """ProcessBench F1 (judges.metrics.processbench_f1) of every pair of the rows, from per-problem hit counts:
+    both of its accuracies are sums over items, so the bootstrap adds counts instead of re-scoring pairs."""
+    err_hits = n_err = ok_hits = n_ok = 0
+    for problem in rows:
+        e, ne, o, no = _remembered(_F1_COUNTS, problem, _f1_counts)
+        err_hits, n_err, ok_hits, n_ok = err_hits + e, n_err + ne, ok_hits + o, n_ok + no
+    if not n_err or not n_ok:
+        return math.nan
+    acc_error, acc_correct = err_hits / n_err, ok_hits / n_ok
+    return 0.0 if acc_error + acc_correct == 0 else 2 * acc_error * acc_correct / (acc_error + acc_correct)
+
+
+def _f1_counts(problem: list) -> tuple[int, int, int, int]:
+    """(first errors named, erroneous items, all-correct items called correct, all-correct items)."""
+    labels = [int(y) for y, _ in problem]
+    preds = [int(p) for _, p in problem]
+    err = [p == y for p, y in zip(preds, labels) if y != -1]
+    ok = [p == -1 for p, y in zip(preds, labels) if y == -1]
+    return sum(err), len(err), sum(ok), len(ok)
 
 
 def _auroc_within(rows: list) -> float:
@@ -33,24 +52,30 @@ def _auroc_within(rows: list) -> float:
 
 
 _PAIRS: dict[int, tuple[list, tuple[float, int]]] = {}
+_F1_COUNTS: dict[int, tuple[list, tuple[int, int, int, int]]] = {}
+
+
+def _remembered(cache: dict, problem: list, compute):
+    """compute(problem), remembered by the row's identity: the hierarchical bootstrap draws the same rows
+    10,000 times, and counting them afresh each time made a claim with thousands of items per unit and arm
+    take hours. The entry holds the row, so its id is not reused while remembered; a raw row is read, never
+    changed."""
+    hit = cache.get(id(problem))
+    if hit is not None and hit[0] is problem:
+        return hit[1]
+    if len(cache) > 1_000_000:
+        cache.clear()
+    value = compute(problem)
+    cache[id(problem)] = (problem, value)
+    return value
 
 
 def _problem_pairs(problem: list | dict) -> tuple[float, int]:
-    """(wins, pairs) of one problem's step rows, remembered by the row's identity: the hierarchical
-    bootstrap draws the same rows 10,000 times, and counting them afresh each time made a claim with ~18k
-    steps per unit and arm take hours. The entry holds the row, so its id is not reused while remembered;
-    a raw row is read, never changed."""
-    if isinstance(problem, dict):       # the counts themselves
+    """(wins, pairs) of one problem's step rows, or the counts themselves."""
+    if isinstance(problem, dict):
         return float(problem["wins"]), int(problem["pairs"])
-    hit = _PAIRS.get(id(problem))
-    if hit is not None and hit[0] is problem:
-        return hit[1]
     from prm.quality import _pair_stats
-    if len(_PAIRS) > 1_000_000:
-        _PAIRS.clear()
-    stats = _pair_stats([(int(y), float(s)) for y, s in problem])
-    _PAIRS[id(problem)] = (problem, stats)
-    return stats
+    return _remembered(_PAIRS, problem, lambda rows: _pair_stats([(int(y), float(s)) for y, s in rows]))
 
 
 def _aulc_f1(rows: list) -> float:
@@ -60,6 +85,53 @@ def _aulc_f1(rows: list) -> float:
     f1 = [_f1([r[b] for r in rows for b in r if float(b) == budget]) for budget in budgets]
     area = sum((b1 - b0) * (f0 + f1_) / 2 for b0, b1, f0, f1_ in zip(budgets, budgets[1:], f1, f1[1:]))
     return area / (budgets[-1] - budgets[0])
+
+
+def _ratio(sums):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sums[..., 1] > 0, sums[..., 0] / np.where(sums[..., 1] > 0, sums[..., 1], 1), np.nan)
+
+
+def _f1_of_sums(sums):
+    """processbench_f1's F1 from summed (err hits, erroneous items, ok hits, all-correct items)."""
+    acc_error, acc_correct = _ratio(sums[..., 0:2]), _ratio(sums[..., 2:4])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = 2 * acc_error * acc_correct / (acc_error + acc_correct)
+    return np.where(acc_error + acc_correct == 0, 0.0, f1)
+
+
+def additive(metric: Metric, rows: list) -> Additive | None:
+    """The metric as an Additive statistic of per-problem count vectors (stats.hierarchical_bootstrap's fast
+    path), given the rows it will see; None where it is not one (aulc_f1 rows of differing budgets)."""
+    metric = Metric(metric)
+    if metric in (Metric.mean, Metric.held_out_pass):
+        return Additive(lambda r: (float(r), 1.0), _ratio)
+    if metric == Metric.auroc_within:
+        return Additive(_problem_pairs, _ratio)
+    if metric == Metric.first_error_f1:
+        return Additive(lambda r: _remembered(_F1_COUNTS, r, _f1_counts), _f1_of_sums)
+    budgets = sorted({float(b) for r in rows for b in r})
+    if len(budgets) < 2 or any(sorted(float(b) for b in r) != budgets for r in rows):
+        return None
+
+    def counts(row):
+        by_budget = {float(b): pairs for b, pairs in row.items()}
+        return [c for b in budgets for c in _remembered(_F1_COUNTS, by_budget[b], _f1_counts)]
+
+    def of_sums(sums):
+        f1 = [_f1_of_sums(sums[..., 4 * i:4 * i + 4]) for i in range(len(budgets))]
+        area = sum((b1 - b0) * (f0 + f1_) / 2 for b0, b1, f0, f1_ in zip(budgets, budgets[1:], f1, f1[1:]))
+        return area / (budgets[-1] - budgets[0])
+    return Additive(counts, of_sums)
+
+
+def additive_difference(metric: Metric, rows: list) -> Additive | None:
+    """additive(metric) of (treatment, control) row pairs: the treatment's statistic minus the control's."""
+    one = additive(metric, [r for pair in rows for r in pair])
+    if one is None:
+        return None
+    return Additive(lambda pair: [*one.counts(pair[0]), *one.counts(pair[1])],
+                    lambda sums: one.of_sums(sums[..., :sums.shape[-1] // 2]) - one.of_sums(sums[..., sums.shape[-1] // 2:]))
 
 
 METRICS = {Metric.mean: _mean, Metric.first_error_f1: _f1, Metric.auroc_within: _auroc_within,

@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.claims.metrics import metric_of
+from bench.claims.metrics import additive_difference, metric_of
 from bench.claims.spec import (
     ROOT,
     Claim,
@@ -127,7 +127,9 @@ def compare(claim: Claim, c: Comparison, rows: list[dict]) -> Result | None:
         return f([x for x, _ in pairs]) - f([y for _, y in pairs])
     per_unit = [difference(list(problems.values())) for problems in data.values()]
     t = paired_t(per_unit, margin=c.margin)
-    boot = hierarchical_bootstrap(data, difference, claim.bootstrap_reps, claim.bootstrap_seed, margin=c.margin)
+    fast = additive_difference(c.metric or claim.metric, [pair for u in data.values() for pair in u.values()])
+    boot = hierarchical_bootstrap(data, difference, claim.bootstrap_reps, claim.bootstrap_seed, margin=c.margin,
+                                  additive=fast)
     return Result(claim, c, t, boot, len(data), len({p for u in data.values() for p in u}), max(t.p_value, boot.p_value))
 
 
@@ -199,6 +201,62 @@ def comparison_table(claim: Claim, results: list[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def arm_table(claim: Claim, rows: list[dict]) -> str:
+    """Every arm that ran, on each metric its comparisons use: the mean over units of the arm's own value,
+    with the t-interval over units (the comparisons above are what the claim decides; this is what each arm
+    reached)."""
+    metrics = [claim.metric.value] + sorted({c.metric.value for c in claim.comparisons if c.metric} - {claim.metric.value})
+    by: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by[(r["arm"], r.get("metric", claim.metric.value))][r["unit"]].append(r["value"])
+    lines = []
+    for arm in claim.arms:
+        for metric in metrics:
+            units = by.get((arm, metric))
+            if not units:
+                continue
+            f = metric_of(metric)
+            values = [f(v) for v in units.values()]
+            t = paired_t(values) if len(values) > 1 else Interval(values[0], math.nan, math.nan)
+            lines.append(f"| {arm} | {metric} | {t.mean:.3f} | [{t.low:.3f}, {t.high:.3f}] | {len(values)} |")
+    if not lines:
+        return ""
+    return "\n".join(["| arm | metric | mean over units | t 95 % | units |", "|---|---|---|---|---|", *lines]) + "\n"
+
+
+def unit_path(claim: Claim) -> Path:
+    """Set-level figures per (unit, arm) that are not per-problem, where the claim's runner writes them."""
+    return ROOT / unit_name(claim)
+
+
+def unit_name(claim: Claim) -> str:
+    raw = Path(claim.raw)
+    return raw.with_name(raw.stem + ".units.jsonl").as_posix()
+
+
+def unit_table(claim: Claim) -> str:
+    """The mean over units of each numeric figure in unit_path, per arm (shown, not decided)."""
+    path = unit_path(claim)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    fields = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k not in ("unit", "arm")})
+    if not rows or not fields:
+        return ""
+    lines = ["| arm | " + " | ".join(fields) + " | units |", "|---" * (len(fields) + 2) + "|"]
+    for arm in claim.arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        if mine:
+            lines.append(f"| {arm} | " + " | ".join(_mean_cell([r[k] for r in mine if k in r]) for k in fields)
+                         + f" | {len(mine)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _mean_cell(values: list) -> str:
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    return f"{mean:.0f}" if all(float(v).is_integer() for v in values) else f"{mean:.3f}"
+
+
 def decision(claim: Claim, r: Result) -> str:
     if r.status == Status.incomplete:
         return f"{r.status}: {r.units} of {claim.expected_units} units"
@@ -264,7 +322,14 @@ def report(name: str) -> str:
     claim = load_claim(claim_path(name))
     results = table_results(claim.table)[claim.id]
     text = comparison_table(claim, results)
-    compute = compute_table(claim, raw_rows(claim) or [])
+    rows = raw_rows(claim) or []
+    arms = arm_table(claim, rows)
+    if arms:
+        text += "\nEvery arm that ran:\n\n" + arms
+    units = unit_table(claim)
+    if units:
+        text += f"\nSet-level figures per unit, mean over units (`{unit_name(claim)}`):\n\n" + units
+    compute = compute_table(claim, rows)
     if compute:
         text += "\nCompute per problem (forward token positions of each backbone, docs/search.md), mean over the " \
                 "arm's rows:\n\n" + compute

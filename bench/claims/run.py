@@ -232,6 +232,17 @@ def quality_raw(claim: Claim, out: Path) -> list[dict]:
     return rows
 
 
+def quality_units(claim: Claim, out: Path) -> list[dict]:
+    """Per (build, seed, arm): the set-level figures that are not per-problem (pooled step AUROC, the AUROC on
+    misconceived, slipped and x * 7 / x * 8 steps; bench_chain_pool.quality), reported beside the claim."""
+    rows = []
+    for b in claim.builds:
+        path = out / f"build{b}" / "e_summary.jsonl"
+        for r in map(json.loads, path.read_text().splitlines() if path.is_file() else []):
+            if r["arm"] in claim.arms:
+                rows.append({"unit": f"b{b}/s{r.pop('seed')}", **{k: v for k, v in r.items() if k != "seconds"}})
+    return rows
+
 
 @dataclass(frozen=True)
 class Runner:
@@ -240,11 +251,12 @@ class Runner:
     builds: Callable[[Claim, Path], list[Step]] = lambda claim, out: build_steps(claim)
     sets: Callable[[Claim], dict] = claim_problem_sets
     independent: bool = False                         # no step reads another's output: --jobs may run them together
+    units: Callable[[Claim, Path], list[dict]] | None = None   # set-level figures per (unit, arm), beside the raw rows
 
 
 TESTBED = Runner(run_c.testbed_steps, run_c.testbed_raw, run_c.build_steps, run_c.draw_sets, independent=True)
 RUNNERS = {"d": Runner(search_steps, search_raw), "b": Runner(online_steps, online_raw, independent=True),
-           "a": Runner(label_steps, label_raw), "e": Runner(quality_steps, quality_raw), "c_sparse": TESTBED,
+           "a": Runner(label_steps, label_raw), "e": Runner(quality_steps, quality_raw, units=quality_units), "c_sparse": TESTBED,
            "c_lucky": TESTBED}
 
 
@@ -276,7 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"[claims] {len(rows)} raw rows -> {claim.raw}")
-    from bench.claims.report import report
+    from bench.claims.report import report, unit_path
+    if runner.units:
+        units = runner.units(claim, out)
+        unit_path(claim).write_text("".join(json.dumps(r) + "\n" for r in units))
     print(report(claim.id))
 
 

@@ -101,14 +101,26 @@ def _seed_mean(rows: Sequence[object]) -> float:
     return float(np.mean(np.asarray(rows, dtype=float)))
 
 
+@dataclass(frozen=True)
+class Additive:
+    """A statistic of a set of rows that is a function of the sum of per-row count vectors (a mean: value
+    and 1; an AUROC over pairs: wins and pairs; an F1: hits and items per group). The bootstrap then adds
+    count vectors with numpy instead of re-scoring the drawn rows 10,000 times; the draws and the result
+    are those of the row-by-row statistic (counts add exactly; shares of a mean up to float rounding)."""
+    counts: Callable[[object], Sequence[float]]       # one row -> its count vector (length k)
+    of_sums: Callable[[np.ndarray], np.ndarray]       # sums (..., k) -> the statistic (...)
+
+
 def hierarchical_bootstrap(data: Data, statistic: Callable[[list], float] = _seed_mean, reps: int = 10_000,
-                           seed: int = 0, level: float = 0.95, margin: float = 0.0) -> Interval:
+                           seed: int = 0, level: float = 0.95, margin: float = 0.0,
+                           additive: Additive | None = None) -> Interval:
     """Percentile interval of mean over seeds of statistic(that seed's problem rows), resampling seeds
     with replacement, then problems with replacement. Where every seed ran the same problems (a crossed
     design: the problem effect is shared by the seeds) one problem resample serves all drawn seeds;
     otherwise each drawn seed resamples its own problems. p-value: the share of replicates <= margin.
     `statistic` gets a list of rows (one per drawn problem): the mean by default, or any set-level
-    metric (F1, AUROC) of the rows. Deterministic for a given `seed`."""
+    metric (F1, AUROC) of the rows; `additive`, where given, computes the same statistic from summed
+    counts. Deterministic for a given `seed`."""
     seeds = sorted(data)
     if not seeds or any(not data[s] for s in seeds):
         raise ValueError("hierarchical_bootstrap: every seed needs at least one problem")
@@ -116,15 +128,22 @@ def hierarchical_bootstrap(data: Data, statistic: Callable[[list], float] = _see
     crossed = all(problems[s] == problems[seeds[0]] for s in seeds)
     rng = np.random.default_rng(seed)
     point = float(np.mean([statistic([data[s][p] for p in problems[s]]) for s in seeds]))
+    counts = None if additive is None else [
+        np.asarray([additive.counts(data[s][p]) for p in problems[s]], dtype=float) for s in seeds]
     reps_out = np.empty(reps)
     for r in range(reps):
         drawn = rng.integers(0, len(seeds), len(seeds))
         shared = rng.integers(0, len(problems[seeds[0]]), len(problems[seeds[0]])) if crossed else None
+        times = None if counts is None or not crossed else np.bincount(shared, minlength=len(shared))
         values = []
         for i in drawn:
             s = seeds[i]
             idx = shared if crossed else rng.integers(0, len(problems[s]), len(problems[s]))
-            values.append(statistic([data[s][problems[s][j]] for j in idx]))
+            if counts is not None:   # how often each problem was drawn, times its counts
+                drew = times if crossed else np.bincount(idx, minlength=len(idx))
+                values.append(float(additive.of_sums(drew @ counts[i])))
+            else:
+                values.append(statistic([data[s][problems[s][j]] for j in idx]))
         reps_out[r] = np.mean(values)
     low, high = np.quantile(reps_out, [(1 - level) / 2, (1 + level) / 2])
     return Interval(point, float(low), float(high), float(np.mean(reps_out <= margin)))
