@@ -279,16 +279,20 @@ class EnsemblePRM(nn.Module):
         (from prm.features) skips the backbone for items whose cached features cover every step. Each
         item's forward_tokens: its token positions times the backbones its batch ran through (padding
         not counted; 0 for cached features), the frozen initial backbone of hidden_policy_logprob counted
-        for the items it ran for (policy_columns: once per item)."""
+        for the items it ran for (policy_columns: once per item). Identical items run once: a copy reads
+        the first one's scores and ran nothing (a confident policy samples the same solution many times)."""
         batch_size = batch_size or self.cfg.batch_size
         was_training = self.training
         self.eval()
         out: list[StepScores | None] = [None] * len(questions)
-        todo = []
+        todo, first, copies = [], {}, []
         for i, (q, s) in enumerate(zip(questions, steps)):
             if features is not None and features[i] is not None and len(features[i]) == len(s):
                 out[i] = _to_scores(self.heads(features[i].to(self.device).float()))
+            elif (q, tuple(s)) in first:
+                copies.append((i, first[q, tuple(s)]))
             else:
+                first[q, tuple(s)] = i
                 todo.append((i, self.encode(q, s)))
         todo.sort(key=lambda item: len(item[1][0]))
         for start in range(0, len(todo), batch_size):
@@ -303,6 +307,8 @@ class EnsemblePRM(nn.Module):
             runs = self.backbone_runs - runs
             for b, (i, (ids, pos)) in enumerate(chunk):
                 out[i] = _to_scores(logits[:, b, : len(pos)], forward_tokens=len(ids) * (runs + fresh[b]))
+        for i, j in copies:
+            out[i] = StepScores(list(out[j].mean), list(out[j].std))
         self.train(was_training)
         return out  # type: ignore[return-value]
 
