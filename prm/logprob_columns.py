@@ -61,7 +61,8 @@ def reference_step_columns(ref, batch) -> torch.Tensor:
 
 
 class ReferenceColumns:
-    """Bounded map column_key -> [n_steps, 2] fp32 CPU tensor; the oldest entry goes first when full."""
+    """The frozen backbone's columns by item: column_key -> [n_steps, 2] fp32 CPU tensor, at most `capacity`
+    items (the oldest goes first; capacity 0 keeps nothing: every batch recomputes its columns)."""
 
     def __init__(self, capacity: int = 1 << 16):
         self.capacity = capacity
@@ -72,9 +73,6 @@ class ReferenceColumns:
 
     def __contains__(self, key: bytes) -> bool:
         return key in self.store
-
-    def get(self, key: bytes) -> torch.Tensor | None:
-        return self.store.get(key)
 
     def put(self, key: bytes, columns: torch.Tensor) -> None:
         self.store[key] = columns
