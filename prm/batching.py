@@ -43,6 +43,7 @@ class PRMBatch:
     order: torch.Tensor | None = None          # bucketed: concatenated parts' features -> batch order
     real_tokens: int = 0                       # non-pad tokens (for pad_fraction)
     starts: torch.Tensor | None = None         # [N] token position where each scored step's text begins
+    columns: torch.Tensor | None = None        # [N, 2] log-prob columns computed before the batch (prm.logprob_columns)
 
     def to(self, device: torch.device | str) -> "PRMBatch":
         """The same batch with every tensor on `device`."""
@@ -81,7 +82,13 @@ def step_starts(first: int, pos: list[int]) -> list[int]:
     return [first] + [p + 1 for p in pos[:-1]] if pos else []
 
 
-def padded(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, firsts: list[int] | None = None) -> PRMBatch:
+def _flat(columns: list[torch.Tensor] | None) -> torch.Tensor | None:
+    """Per-item [n_steps, 2] columns -> [N, 2] in the batch's flat step order (item by item)."""
+    return None if columns is None else torch.cat(columns) if columns else torch.zeros((0, 2))
+
+
+def padded(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, firsts: list[int] | None = None,
+           columns: list[torch.Tensor] | None = None) -> PRMBatch:
     length = max(len(ids) for ids, _ in encoded)
     input_ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
     attention = torch.zeros((len(encoded), length), dtype=torch.long)
@@ -94,11 +101,12 @@ def padded(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, firsts:
         starts += step_starts(firsts[b], pos) if firsts is not None else []
     return PRMBatch(step_mask, input_ids, attention, torch.tensor(rows, dtype=torch.long),
                     torch.tensor(positions, dtype=torch.long), real_tokens=sum(len(ids) for ids, _ in encoded),
-                    starts=torch.tensor(starts, dtype=torch.long) if firsts is not None else None)
+                    starts=torch.tensor(starts, dtype=torch.long) if firsts is not None else None,
+                    columns=_flat(columns))
 
 
 def bucketed(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, max_tokens: int,
-             firsts: list[int] | None = None) -> PRMBatch:
+             firsts: list[int] | None = None, columns: list[torch.Tensor] | None = None) -> PRMBatch:
     """Sorted by length, cut wherever one more sequence would pad the sub-batch past max_tokens."""
     by_length = sorted(range(len(encoded)), key=lambda b: len(encoded[b][0]))
     groups: list[list[int]] = []
@@ -109,8 +117,8 @@ def bucketed(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, max_t
             groups[-1].append(b)
         else:
             groups.append([b])
-    parts = [padded([encoded[b] for b in g], pad_id, step_mask[g], None if firsts is None else [firsts[b] for b in g])
-             for g in groups]
+    parts = [padded([encoded[b] for b in g], pad_id, step_mask[g], None if firsts is None else [firsts[b] for b in g],
+                    None if columns is None else [columns[b] for b in g]) for g in groups]
     # flat step k of the concatenated parts belongs to trajectory groups..., step ...: invert to batch order
     starts = torch.cumsum(torch.tensor([0] + [len(p) for _, p in encoded]), 0).tolist()
     concat = [starts[b] + s for g in groups for b in g for s in range(len(encoded[b][1]))]
@@ -120,7 +128,7 @@ def bucketed(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, max_t
 
 
 def packed(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, max_tokens: int,
-           firsts: list[int] | None = None) -> PRMBatch:
+           firsts: list[int] | None = None, columns: list[torch.Tensor] | None = None) -> PRMBatch:
     """First-fit decreasing into rows of <= max_tokens (a longer sequence gets a row of its own)."""
     row_of, offset_of, fill = [0] * len(encoded), [0] * len(encoded), []
     for b in sorted(range(len(encoded)), key=lambda b: -len(encoded[b][0])):
@@ -146,17 +154,20 @@ def packed(encoded: list[Encoded], pad_id: int, step_mask: torch.Tensor, max_tok
     return PRMBatch(step_mask, input_ids, None, torch.tensor(rows, dtype=torch.long),
                     torch.tensor(positions, dtype=torch.long), position_ids=position_ids,
                     real_tokens=sum(len(ids) for ids, _ in encoded),
-                    starts=torch.tensor(starts, dtype=torch.long) if firsts is not None else None)
+                    starts=torch.tensor(starts, dtype=torch.long) if firsts is not None else None,
+                    columns=_flat(columns))
 
 
 def build(encoded: list[Encoded], pad_id: int, layout: str = "padded", max_tokens: int = 2048,
-          n_steps: list[int] | None = None, firsts: list[int] | None = None) -> PRMBatch:
-    """The batch of `encoded` in `layout` (on CPU); `firsts` (each item's prompt length) adds step starts."""
+          n_steps: list[int] | None = None, firsts: list[int] | None = None,
+          columns: list[torch.Tensor] | None = None) -> PRMBatch:
+    """The batch of `encoded` in `layout` (on CPU); `firsts` (each item's prompt length) adds step starts;
+    `columns` (each item's [n_steps, 2] log-prob columns, computed elsewhere) ride along in step order."""
     mask = step_mask_of(encoded, n_steps)
     if layout == "padded":
-        return padded(encoded, pad_id, mask, firsts)
+        return padded(encoded, pad_id, mask, firsts, columns)
     if layout == "bucketed":
-        return bucketed(encoded, pad_id, mask, max_tokens, firsts)
+        return bucketed(encoded, pad_id, mask, max_tokens, firsts, columns)
     if layout == "packed":
-        return packed(encoded, pad_id, mask, max_tokens, firsts)
+        return packed(encoded, pad_id, mask, max_tokens, firsts, columns)
     raise ValueError(f"prm.batch_layout must be one of {LAYOUTS}, got '{layout}'")

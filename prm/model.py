@@ -39,6 +39,8 @@ from safetensors.torch import load_file, save_file
 from prm import batching
 from prm.batching import PRMBatch  # noqa: F401  (re-exported: prm.model.PRMBatch)
 from prm.config import PRMConfig, StepFeatures
+from prm.logprob_columns import LOGPROB_FLOOR  # noqa: F401  (re-exported: prm.model.LOGPROB_FLOOR)
+from prm.logprob_columns import ReferenceColumns, reference_step_columns, step_columns
 from core.config import resolve_device
 from core.models import load_model
 from prm.selection import head_mean_std
@@ -107,6 +109,7 @@ class EnsemblePRM(nn.Module):
         self._reference = [None]               # hidden_policy_logprob: the frozen initial backbone (not a submodule)
         if cfg.step_features == StepFeatures.hidden_policy_logprob and cfg.train_mode != "frozen":
             self._reference = [self._frozen_reference(cfg, tok)]   # its own LM head reads the step's tokens
+            self.reference_columns = ReferenceColumns()   # its columns, once per item (prm.logprob_columns)
         elif reads_logprobs(cfg):              # the backbone's own LM head reads the step's tokens
             self.lm_head = lm.get_output_embeddings()
             if cfg.train_mode != "full":
@@ -207,13 +210,24 @@ class EnsemblePRM(nn.Module):
         """Token batch in `layout` (padded | bucketed | packed, prm.batching) on the model's device;
         step_mask width = max number of steps (n_steps, default scored ones). step_features=hidden_logprob
         needs each item's `questions` (where its steps begin)."""
-        firsts = None
+        firsts, columns = None, None
         if reads_logprobs(self.cfg):
             if questions is None:
                 raise ValueError(f"prm.step_features={self.cfg.step_features}: collate needs the items' questions")
             firsts = [self.prompt_length(q) for q in questions]
+        if self._reference[0] is not None:
+            columns = self.policy_columns(encoded, firsts, layout)[0]
         return batching.build(encoded, self.tokenizer.pad_token_id, layout, self.cfg.pack_tokens,
-                              n_steps, firsts).to(self.device)
+                              n_steps, firsts, columns).to(self.device)
+
+    def policy_columns(self, encoded: list[tuple[list[int], list[int]]], firsts: list[int],
+                       layout: str = "padded") -> tuple[list[torch.Tensor], list[bool]]:
+        """hidden_policy_logprob with a trained backbone: each item's [n_steps, 2] columns under the frozen
+        initial backbone, and which items this call ran it for (ReferenceColumns: once per item)."""
+        def build(items, starts):
+            return batching.build(items, self.tokenizer.pad_token_id, layout, self.cfg.pack_tokens,
+                                  firsts=starts).to(self.device)
+        return self.reference_columns.columns(self._reference[0], encoded, firsts, build)
 
     # ------------------------------------------------------------------ forward
     def separator_features(self, batch: PRMBatch) -> torch.Tensor:
@@ -233,33 +247,18 @@ class EnsemblePRM(nn.Module):
 
     def step_logprobs(self, batch: PRMBatch, hidden: torch.Tensor) -> torch.Tensor:
         """[N, 2]: log min and log mean token probability of each scored step's tokens (from its start to
-        its separator) under the backbone's LM head, on the same forward pass (hidden_policy_logprob with a
-        trained backbone: under the frozen initial backbone, its own pass without gradients). Row by row:
-        [T, vocab] logits at a time. Clamped at LOGPROB_FLOOR so one impossible token does not dominate the heads."""
+        its separator) under the backbone's LM head, on the same forward pass (prm.logprob_columns).
+        hidden_policy_logprob with a trained backbone: under the frozen initial backbone instead, the
+        columns collate put in the batch (policy_columns: computed once per item)."""
         if batch.starts is None:
             raise ValueError(f"prm.step_features={self.cfg.step_features} needs step starts in the batch "
                              "(collate(questions=...))")
-        ref = self._reference[0]
-        if ref is None:
-            head = self.lm_head
-        else:
-            with torch.no_grad():
-                ref.to(hidden.device)   # no-op after the first call; not a submodule, so .to(prm) does not move it
-                hidden = ref.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                        position_ids=batch.position_ids, use_cache=False).last_hidden_state
-            self.backbone_runs += 1            # a second backbone: the batch's positions are paid again
-            head = ref.get_output_embeddings()
-        per_token = torch.zeros(batch.input_ids.shape, device=hidden.device)
-        for r in range(hidden.shape[0]):  # per_token[r, t] = log p(token t | tokens < t); 0 at t = 0
-            logp = head(hidden[r, :-1]).float().log_softmax(-1)
-            per_token[r, 1:] = logp.gather(-1, batch.input_ids[r, 1:, None]).squeeze(-1)
-        per_token = per_token.clamp_min(LOGPROB_FLOOR)[batch.rows]                     # [N, T]
-        t = torch.arange(per_token.shape[1], device=hidden.device)
-        inside = (t >= batch.starts[:, None]) & (t < batch.positions[:, None])          # the step's own tokens
-        count = inside.sum(-1)
-        low = torch.where(inside, per_token, torch.zeros_like(per_token)).min(-1).values  # <= 0; 0 if empty
-        mean = (per_token * inside).sum(-1) / count.clamp_min(1)
-        return torch.stack([low, mean], -1)
+        if self._reference[0] is None:
+            return step_columns(batch, hidden, self.lm_head)
+        if batch.columns is not None:
+            return batch.columns
+        self.backbone_runs += 1                # a batch built without collate: the second backbone runs here
+        return reference_step_columns(self._reference[0], batch)
 
     def forward(self, batch: PRMBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head logits [K, B, S] (zero at padding slots) and the anchor penalty (a scalar).
@@ -279,26 +278,37 @@ class EnsemblePRM(nn.Module):
         token length so each batch pads little; results come back in input order. `features`
         (from prm.features) skips the backbone for items whose cached features cover every step. Each
         item's forward_tokens: its token positions times the backbones its batch ran through (padding
-        not counted; 0 for cached features)."""
+        not counted; 0 for cached features), the frozen initial backbone of hidden_policy_logprob counted
+        for the items it ran for (policy_columns: once per item). Identical items run once: a copy reads
+        the first one's scores and ran nothing (a confident policy samples the same solution many times)."""
         batch_size = batch_size or self.cfg.batch_size
         was_training = self.training
         self.eval()
         out: list[StepScores | None] = [None] * len(questions)
-        todo = []
+        todo, first, copies = [], {}, []
         for i, (q, s) in enumerate(zip(questions, steps)):
             if features is not None and features[i] is not None and len(features[i]) == len(s):
                 out[i] = _to_scores(self.heads(features[i].to(self.device).float()))
+            elif (q, tuple(s)) in first:
+                copies.append((i, first[q, tuple(s)]))
             else:
+                first[q, tuple(s)] = i
                 todo.append((i, self.encode(q, s)))
         todo.sort(key=lambda item: len(item[1][0]))
         for start in range(0, len(todo), batch_size):
             chunk = todo[start: start + batch_size]
-            batch = self.collate([enc for _, enc in chunk], questions=[questions[i] for i, _ in chunk])
+            encoded, qs = [enc for _, enc in chunk], [questions[i] for i, _ in chunk]
+            fresh = [False] * len(chunk)
+            if self._reference[0] is not None:   # collate then finds every item's columns stored
+                fresh = self.policy_columns(encoded, [self.prompt_length(q) for q in qs])[1]
+            batch = self.collate(encoded, questions=qs)
             runs = self.backbone_runs
             logits, _ = self.forward(batch)
             runs = self.backbone_runs - runs
             for b, (i, (ids, pos)) in enumerate(chunk):
-                out[i] = _to_scores(logits[:, b, : len(pos)], forward_tokens=len(ids) * runs)
+                out[i] = _to_scores(logits[:, b, : len(pos)], forward_tokens=len(ids) * (runs + fresh[b]))
+        for i, j in copies:
+            out[i] = StepScores(list(out[j].mean), list(out[j].std))
         self.train(was_training)
         return out  # type: ignore[return-value]
 
@@ -371,9 +381,6 @@ class EnsemblePRM(nn.Module):
 RUN_SETTINGS = ("delta_pred", "delta_std", "reg_lambda", "lr", "head_lr", "weight_decay", "warmup_steps",
                 "batch_size", "update_steps", "pos_weight", "threshold", "seed", "batch_layout", "pack_tokens",
                 "zero_stage")
-
-
-LOGPROB_FLOOR = -20.0  # step_features=hidden_(policy_)logprob: token log-probs below this count as this
 
 
 def reads_logprobs(cfg: PRMConfig) -> bool:

@@ -5,6 +5,7 @@ their whole run grid; bench_scaleout: its torchrun line), or asked for their arg
 setting, both backends, the --methods/--seeds/--betas variants), so a renamed key in a driver fails here
 instead of minutes into a benchmark."""
 import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -77,3 +78,31 @@ def test_a_renamed_key_in_a_driver_would_fail(tmp_path, recorded, monkeypatch):
     module, words = command_words(recorded[0])
     with pytest.raises(Exception, match="ledger"):
         compose_and_validate(module, words)
+
+
+def test_round_phase_bench_commands_compose(tmp_path, monkeypatch):
+    """bench_round_phases: every arm's command, on this checkout and a --before one (its PYTHONPATH first),
+    composes; the table is read back from the runs' metrics."""
+    import json
+
+    from bench import bench_round_phases
+
+    seen = []
+
+    def run(cmd, *args, cwd=None, env=None, **kwargs):
+        seen.append(([str(c) for c in cmd], cwd, env["PYTHONPATH"].split(":")[0]))
+        out = Path(next(c for c in cmd if c.startswith("trainer.out_dir=")).split("=", 1)[1])
+        rows = [{"round": r, "timing/prm_update": 1.0 + r, "timing/generate": 2.0} for r in (1, 2, 3)]
+        (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in rows))
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(subprocess, "run", run)
+    before = tmp_path / "before"
+    bench_round_phases.main(["--rounds", "3", "--before", str(before), "--out", str(tmp_path / "out"), "--", "task.seed=1"])
+    assert len(seen) == 2 * len(bench_round_phases.ARMS)
+    assert {(str(cwd), path) for _, cwd, path in seen} == {(str(before), str(before)),
+                                                          (str(bench_round_phases.REPO),) * 2}
+    for argv, _, _ in seen:
+        module, words = command_words(argv)
+        compose_and_validate(module, words)
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| **prm_update** | 3.50 | 3.50 | 3.50 | 3.50 | 1.00x |" in table   # rounds 2-3: (3 + 4) / 2

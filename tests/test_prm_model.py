@@ -94,6 +94,25 @@ def test_score_is_batch_and_order_invariant(prm):
         assert all(0 <= m <= 1 for m in a.mean) and all(s >= 0 for s in a.std)
 
 
+def test_identical_items_in_one_score_call_run_once(prm):
+    """A confident policy samples the same solution many times: the backbone reads it once, every copy gets
+    the first one's scores (what it would get alone, to fp32 reassociation) and reports no positions run."""
+    seen = []
+    hook = prm.body.register_forward_pre_hook(lambda m, a, kw: seen.append(int(kw["attention_mask"].sum())),
+                                              with_kwargs=True)
+    qs, ss = ["q1", "q2", "q1", "q1"], [["a", "b"], ["c"], ["a", "b"], ["a", "b"]]
+    try:
+        scores = prm.score(qs, ss, batch_size=8)
+    finally:
+        hook.remove()
+    lengths = [len(prm.encode(q, s)[0]) for q, s in zip(qs, ss)]
+    assert sum(seen) == lengths[0] + lengths[1]                   # q1's solution once, q2's once
+    assert [s.forward_tokens for s in scores] == [lengths[0], lengths[1], 0, 0]
+    assert scores[2] == scores[3] == scores[0].__class__(scores[0].mean, scores[0].std, 0)
+    alone = prm.score(["q1"], [["a", "b"]])[0]
+    torch.testing.assert_close(torch.tensor(scores[2].mean), torch.tensor(alone.mean), rtol=1e-4, atol=1e-5)
+
+
 def test_k1_std_is_exactly_zero():
     scores = make_prm(num_heads=1).score(["q"], [["a", "b", "c"]])
     assert scores[0].std == [0.0, 0.0, 0.0]
