@@ -162,7 +162,8 @@ def test_claim_e_end_to_end_on_a_tiny_claim(tmp_path, policy_dir, monkeypatch):
                 labels = [y for t in own for y in ([1] * len(t.steps) if t.first_error == -1 else [1] * t.first_error + [0])]
                 assert auroc[q]["pairs"] == labels.count(1) * labels.count(0)
                 assert 0.0 <= auroc[q]["wins"] <= auroc[q]["pairs"]
-                assert [k for k, _ in f1[q]] == [t.first_error for t in own]
+                errors = sum(t.first_error != -1 for t in own)
+                assert f1[q]["errors"][1] == errors and f1[q]["correct"][1] == len(own) - errors
     by = lambda unit, arm: [r["value"] for r in rows if (r["unit"], r["arm"]) == (unit, arm)]
     assert by("b0/s0", "confidence") == by("b0/s1", "confidence")    # no labels: the same scores every seed
     assert by("b0/s0", "prm") != by("b0/s1", "prm")                  # another draw, another init

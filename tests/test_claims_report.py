@@ -173,6 +173,7 @@ def test_first_error_f1_from_counts_is_processbench_f1_of_the_pairs():
     import math
     import random
 
+    from bench.claims.metrics import f1_counts
     from judges.metrics import processbench_f1
     rng = random.Random(0)
     f1 = metric_of(Metric.first_error_f1)
@@ -183,6 +184,7 @@ def test_first_error_f1_from_counts_is_processbench_f1_of_the_pairs():
         want = processbench_f1([p for _, p in pairs], [y for y, _ in pairs])["f1"]
         got = f1(rows)
         assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-12)
+        assert f1([f1_counts(r) for r in rows]) == got or (math.isnan(got) and math.isnan(f1([f1_counts(r) for r in rows])))
     assert f1([[[1, 0], [-1, 2]]]) == 0.0
     assert math.isnan(f1([[[1, 1], [2, 2]]]))
 

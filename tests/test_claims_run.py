@@ -119,6 +119,20 @@ def test_claim_a_runs_bench_chain_pool_on_its_own_sets(tmp_path):
     assert samples.pool_set.endswith("pool_0.jsonl") and samples.tune_set.endswith("validation.jsonl")
 
 
+def test_label_units_name_the_budget_that_reaches_full_data_f1(tmp_path):
+    """Per unit: F1 and AUROC at each budget, and the smallest budget within 0.02 F1 of the same PRM on every
+    label (1.0 when no budget is)."""
+    claim = load_claim(claim_path("a"))
+    (tmp_path / "pool_0").mkdir()
+    f1 = {"active": {0.1: 0.5, 0.3: 0.69}, "random": {0.1: 0.5, 0.3: 0.6}}
+    runs = [{"mode": m, "budget": b, "seed": 2, "f1": v, "auroc": 0.9} for m in f1 for b, v in f1[m].items()]
+    runs.append({"mode": "full", "budget": 1.0, "seed": 2, "f1": 0.7, "auroc": 0.95})
+    (tmp_path / "pool_0" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    units = {u["arm"]: u for u in run.label_units(claim, tmp_path)}
+    assert units["active"]["reaches_full_f1_at"] == 0.3 and units["random"]["reaches_full_f1_at"] == 1.0
+    assert units["active"]["unit"] == "pool_0/s2" and units["active"]["f1@0.1"] == 0.5 and units["random"]["full_f1"] == 0.7
+
+
 def test_label_runs_become_curves_and_f1_rows(tmp_path):
     claim = load_claim(claim_path("a"))
     (tmp_path / "pool_1").mkdir()
@@ -126,7 +140,8 @@ def test_label_runs_become_curves_and_f1_rows(tmp_path):
     runs += [{"mode": "full", "budget": 1.0, "seed": 4, "per_problem": {"q": [[1, 1]], "r": [[-1, -1]]}}]
     (tmp_path / "pool_1" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
     rows = {(r["arm"], r["problem"]): r for r in run.label_raw(claim, tmp_path)}
-    assert rows[("active", "q")]["value"] == {"0.1": [[1, 1]], "0.3": [[1, 1]]} and rows[("active", "q")]["unit"] == "pool_1/s4"
+    named = {"errors": [1, 1], "correct": [0, 0]}      # q: its one error named
+    assert rows[("active", "q")]["value"] == {"0.1": named, "0.3": named} and rows[("active", "q")]["unit"] == "pool_1/s4"
     assert rows[("full", "r")] == {"unit": "pool_1/s4", "arm": "full", "problem": "r", "metric": "first_error_f1",
-                                   "value": [[-1, -1]]}
-    assert rows[("active_at_30", "r")]["value"] == [[-1, 0]] and ("random", "q") not in rows
+                                   "value": {"errors": [0, 0], "correct": [1, 1]}}
+    assert rows[("active_at_30", "r")]["value"] == {"errors": [0, 0], "correct": [0, 1]} and ("random", "q") not in rows

@@ -1,10 +1,11 @@
 """A claim's metric of a list of per-problem raw rows (bench/claims/README.md, raw results).
 
     mean            rows are numbers (a problem's value: pass 0/1, a share of samples)
-    first_error_f1  rows are [[label, predicted first error], ...]: ProcessBench F1 of every pair
+    first_error_f1  rows are [[label, predicted first error], ...], or their counts {"errors": [named, n],
+                    "correct": [named, n]} (f1_counts): ProcessBench F1 of every pair
     auroc_within    rows are [[step label, score], ...] of one problem, or its counts {"wins": w, "pairs": n}:
                     wins over same-problem (right, wrong) step pairs, ties 1/2, pooled over problems
-    aulc_f1         rows are {budget: [[label, predicted], ...]}: F1 at each budget, trapezoid area / span
+    aulc_f1         rows are {budget: F1 row}: F1 at each budget, trapezoid area / span
     held_out_pass   rows are a problem's held-out pass: their mean (rows tagged metric: held_out_pass)
 """
 from __future__ import annotations
@@ -34,8 +35,17 @@ def _f1(rows: list) -> float:
     return 0.0 if acc_error + acc_correct == 0 else 2 * acc_error * acc_correct / (acc_error + acc_correct)
 
 
-def _f1_counts(problem: list) -> tuple[int, int, int, int]:
+def f1_counts(pairs: list) -> dict:
+    """A problem's F1 row as its counts: {"errors": [first errors named, erroneous items], "correct":
+    [all-correct items called correct, all-correct items]} (the raw file keeps these, not every pair)."""
+    e, ne, o, no = _f1_counts(pairs)
+    return {"errors": [e, ne], "correct": [o, no]}
+
+
+def _f1_counts(problem: list | dict) -> tuple[int, int, int, int]:
     """(first errors named, erroneous items, all-correct items called correct, all-correct items)."""
+    if isinstance(problem, dict):       # the counts themselves
+        return (*map(int, problem["errors"]), *map(int, problem["correct"]))
     labels = [int(y) for y, _ in problem]
     preds = [int(p) for _, p in problem]
     err = [p == y for p, y in zip(preds, labels) if y != -1]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.claims import run_c
+from bench.claims.metrics import f1_counts
 from bench.claims.problem_sets import claim_problem_sets
 from bench.claims.spec import ROOT, Claim, claim_path, load_claim
 from bench.claims.steps import Step, run_step, run_steps
@@ -182,8 +183,8 @@ LABEL_BUDGETS = ["0.05", "0.1", "0.2", "0.3", "0.5"]
 
 
 def label_raw(claim: Claim, out: Path) -> list[dict]:
-    """active / random: {budget: rows} per test problem (the area under F1 vs budget); full and the active
-    PRM at 30 %: the rows themselves (first-error F1)."""
+    """active / random: {budget: F1 counts} per test problem (the area under F1 vs budget); full and the active
+    PRM at 30 %: the F1 counts (first-error F1). Counts, not every sample's pair: the raw file stays small."""
     rows = []
     for pool in (s for s in claim.problem_sets if s.role == "pool"):
         path = out / pool.name / "runs.jsonl"
@@ -192,12 +193,32 @@ def label_raw(claim: Claim, out: Path) -> list[dict]:
         for r in runs:
             unit = f"{pool.name}/s{r['seed']}"
             for q, pairs in r["per_problem"].items():
+                counts = f1_counts(pairs)
                 if r["mode"] in ("active", "random"):
-                    curves.setdefault((unit, r["mode"], q), {})[str(r["budget"])] = pairs
+                    curves.setdefault((unit, r["mode"], q), {})[str(r["budget"])] = counts
                 arm = "full" if r["mode"] == "full" else "active_at_30" if (r["mode"], r["budget"]) == ("active", 0.3) else None
                 if arm:
-                    rows.append({"unit": unit, "arm": arm, "problem": q, "metric": "first_error_f1", "value": pairs})
+                    rows.append({"unit": unit, "arm": arm, "problem": q, "metric": "first_error_f1", "value": counts})
         rows += [{"unit": u, "arm": arm, "problem": q, "value": v} for (u, arm, q), v in curves.items()]
+    return rows
+
+
+def label_units(claim: Claim, out: Path) -> list[dict]:
+    """Per (pool x seed, active / random): F1 and pooled AUROC at each budget, and the smallest budget at which
+    that PRM's F1 comes within 0.02 of the same PRM trained on every label of the pool (1.0: only there)."""
+    rows = []
+    for pool in (s for s in claim.problem_sets if s.role == "pool"):
+        path = out / pool.name / "runs.jsonl"
+        runs = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        full = {r["seed"]: r["f1"] for r in runs if r["mode"] == "full"}
+        for seed in sorted(full):
+            for mode in ("active", "random"):
+                mine = sorted((r for r in runs if (r["mode"], r["seed"]) == (mode, seed)), key=lambda r: r["budget"])
+                row = {"unit": f"{pool.name}/s{seed}", "arm": mode, "full_f1": full[seed],
+                       "reaches_full_f1_at": next((r["budget"] for r in mine if r["f1"] >= full[seed] - 0.02), 1.0)}
+                for r in mine:
+                    row[f"f1@{r['budget']}"], row[f"auroc@{r['budget']}"] = r["f1"], r["auroc"]
+                rows.append(row)
     return rows
 
 
@@ -228,6 +249,8 @@ def quality_raw(claim: Claim, out: Path) -> list[dict]:
         path = out / f"build{b}" / "e_rows.jsonl"
         for r in map(json.loads, path.read_text().splitlines() if path.is_file() else []):
             if r["arm"] in claim.arms:
+                if r.get("metric") == "first_error_f1":
+                    r["value"] = f1_counts(r["value"])
                 rows.append({"unit": f"b{b}/s{r.pop('seed')}", **r})
     return rows
 
@@ -256,7 +279,8 @@ class Runner:
 
 TESTBED = Runner(run_c.testbed_steps, run_c.testbed_raw, run_c.build_steps, run_c.draw_sets, independent=True)
 RUNNERS = {"d": Runner(search_steps, search_raw), "b": Runner(online_steps, online_raw, independent=True),
-           "a": Runner(label_steps, label_raw), "e": Runner(quality_steps, quality_raw, units=quality_units), "c_sparse": TESTBED,
+           "a": Runner(label_steps, label_raw, units=label_units),
+           "e": Runner(quality_steps, quality_raw, units=quality_units), "c_sparse": TESTBED,
            "c_lucky": TESTBED}
 
 

@@ -130,20 +130,25 @@ def hierarchical_bootstrap(data: Data, statistic: Callable[[list], float] = _see
     point = float(np.mean([statistic([data[s][p] for p in problems[s]]) for s in seeds]))
     counts = None if additive is None else [
         np.asarray([additive.counts(data[s][p]) for p in problems[s]], dtype=float) for s in seeds]
+    if counts is not None and crossed:
+        counts = np.stack(counts)                       # (seeds, problems, k)
     reps_out = np.empty(reps)
     for r in range(reps):
         drawn = rng.integers(0, len(seeds), len(seeds))
         shared = rng.integers(0, len(problems[seeds[0]]), len(problems[seeds[0]])) if crossed else None
-        times = None if counts is None or not crossed else np.bincount(shared, minlength=len(shared))
-        values = []
-        for i in drawn:
-            s = seeds[i]
-            idx = shared if crossed else rng.integers(0, len(problems[s]), len(problems[s]))
-            if counts is not None:   # how often each problem was drawn, times its counts
-                drew = times if crossed else np.bincount(idx, minlength=len(idx))
-                values.append(float(additive.of_sums(drew @ counts[i])))
-            else:
+        if counts is None:
+            values = []
+            for i in drawn:
+                s = seeds[i]
+                idx = shared if crossed else rng.integers(0, len(problems[s]), len(problems[s]))
                 values.append(statistic([data[s][problems[s][j]] for j in idx]))
+        elif crossed:   # how often each problem was drawn, times every seed's counts; the drawn seeds' rows
+            times = np.bincount(shared, minlength=len(shared))
+            values = additive.of_sums(np.tensordot(times, counts, ([0], [1]))[drawn])
+        else:
+            values = additive.of_sums(np.stack([
+                np.bincount(rng.integers(0, len(problems[seeds[i]]), len(problems[seeds[i]])),
+                            minlength=len(problems[seeds[i]])) @ counts[i] for i in drawn]))
         reps_out[r] = np.mean(values)
     low, high = np.quantile(reps_out, [(1 - level) / 2, (1 + level) / 2])
     return Interval(point, float(low), float(high), float(np.mean(reps_out <= margin)))
