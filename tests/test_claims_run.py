@@ -27,6 +27,9 @@ def test_every_command_of_claim_d_composes(claim_d, tmp_path):
             compose_and_validate(step.argv[2], step.argv[3:])
     seeds = [w for s in steps for w in s.argv if w.startswith("seeds=")]
     assert set(seeds) == {"seeds=[0,1,2]"}
+    # a set read from a file is read whole: rl.search's default task.limit (20 problems) must not cut it
+    reading = [s.argv for s in steps if any(w.startswith("task.source=") for w in s.argv)]
+    assert len(reading) == 3 * len(claim_d.builds) and all("task.limit=null" in argv for argv in reading)
 
 
 def test_sets_are_written_for_task_source(claim_d, tmp_path, monkeypatch):

@@ -73,7 +73,7 @@ def search_steps(claim: Claim, out: Path) -> list[Step]:
         model, here = str(build_dir(b)), out / f"build{b}"
         chain = ["task=chain", "policy=chain_tiny", f"policy.model={model}", "policy.dtype=fp32", "rollout.backend=hf"]
         steps.append(Step(f"pool {b}", ["python", "-m", "rl.search", "job=pool", *chain, f"task.source={sets / 'pool.jsonl'}",
-                                        "rollout.temperature=1.0", "rollout.max_new_tokens=120", "pool.n=4",
+                                        "task.limit=null", "rollout.temperature=1.0", "rollout.max_new_tokens=120", "pool.n=4",
                                         "pool.exclude_offset=1000000", "pool.exclude_limit=1",
                                         f"trainer.out_dir={here / 'pool'}"], here / "pool" / "pool.jsonl"))
         steps.append(Step(f"prm {b}", ["python", "-m", "prm.train", "prm=chain_tiny", f"prm.backbone={model}", "pool=jsonl",
