@@ -78,7 +78,7 @@ class LedgerDB:
         self.path = path
         self._lock = threading.Lock()  # one connection, shared by the loop and its helper threads
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._switch_to_wal(busy_timeout_s)
         self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: a commit survives a process crash
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -89,6 +89,22 @@ class LedgerDB:
                 if self._db.in_transaction:  # SQLite ends it itself on some errors (a full disk)
                     self._db.execute("ROLLBACK")
                 raise
+
+    def _switch_to_wal(self, timeout_s: float) -> None:
+        """Ranks that open a new ledger at once race for the switch to WAL, which needs the file's exclusive
+        lock: SQLite answers the one already holding a read lock with "database is locked" at once, not
+        through its busy handler (waiting there could deadlock). So retry, backing off, until the busy
+        timeout; once one process has switched, the mode is the file's and the switch asks for no lock."""
+        deadline, delay = time.monotonic() + timeout_s, 0.01
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 0.5)
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]

@@ -156,3 +156,33 @@ def test_a_lock_held_when_a_batch_starts_delays_its_reservations_instead_of_fail
         holder.close()
         assert all(v is not None for v in verdicts) and stored(db) == (len(ITEMS), len(ITEMS))
         assert len(server.requests) == len(ITEMS)
+
+
+class _RefusesWal:
+    """A connection whose first `refusals` switches to WAL answer as SQLite does a rank that lost the race."""
+
+    def __init__(self, conn, refusals: int):
+        self.conn, self.refusals = conn, refusals
+
+    def execute(self, sql, *args):
+        if "journal_mode" in sql and self.refusals:
+            self.refusals -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_ranks_opening_a_new_ledger_at_once_retry_the_switch_to_wal(tmp_path, monkeypatch):
+    """Two ranks opening one new ledger: the switch to WAL of the one holding a read lock fails at once
+    ("database is locked", no busy handler); it retries until the busy timeout, and past it says so."""
+    from judges.ledger_db import LedgerDB
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: _RefusesWal(connect(*a, **k), 3))
+    db = LedgerDB(tmp_path / "a.sqlite", busy_timeout_s=5.0)
+    assert db._db.refusals == 0 and db._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: _RefusesWal(connect(*a, **k), 10**6))
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        LedgerDB(tmp_path / "b.sqlite", busy_timeout_s=0.2)

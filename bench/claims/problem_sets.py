@@ -132,6 +132,7 @@ def claim_problem_sets(claim: Claim, check_builds: bool = True, chain_spec=None,
 def overlap_report(build_seed: int = 0) -> str:
     """How many questions of each reserved set and of each claim's drawn test set a policy build trained
     on or another set holds: why test sets are checked by question, not by seed range."""
+    from bench.claims.run import RUNNERS   # each claim's sets as its runner draws them (a testbed task's spec)
     from bench.claims.spec import claim_files, load_claim
     trained = trained_questions(build_seed)
     lines = [f"| set | questions | in build {build_seed}'s SFT data |", "|---|---|---|"]
@@ -140,7 +141,8 @@ def overlap_report(build_seed: int = 0) -> str:
     lines += ["", "| claim test set | drawn | dropped (seen elsewhere) | kept |", "|---|---|---|---|"]
     for path in claim_files():
         claim = load_claim(path)
-        test = claim_problem_sets(claim)[claim.test_set.name]
+        draw = RUNNERS[claim.id].sets if claim.id in RUNNERS else claim_problem_sets
+        test = draw(claim)[claim.test_set.name]
         lines.append(f"| ({claim.id}) generator seeds {list(claim.test_set.generator_seeds)} x {claim.test_set.per_seed} "
                      f"| {len(test.problems) + test.dropped} | {test.dropped} | {len(test.problems)} |")
     return "\n".join(lines)
