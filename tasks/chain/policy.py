@@ -392,7 +392,7 @@ class SparseChainModelSpec(ChainModelSpec):
 class LuckyChainModelSpec(ChainModelSpec):
     """`chain-tiny-lucky` for task=chain_lucky: + and - only; phase 2 (misconception_steps) writes a compensated
     slip (tasks.chain.variants.lucky_solution) into `misconception_rate` of the solutions: right answers from
-    wrong steps that the policy has seen often. Measured: pass@1 0.449, pass@8 0.980, trace error 0.262
+    wrong steps that the policy has seen often. Measured: pass@1 0.461, pass@8 0.990, trace error 0.266
     (bench/RESULTS.md)."""
     ops: str = "+-"
     min_ops: int = 4
