@@ -25,14 +25,10 @@ def _mean(rows: list) -> float:
 def _f1(rows: list) -> float:
     """ProcessBench F1 (judges.metrics.processbench_f1) of every pair of the rows, from per-problem hit counts:
     both of its accuracies are sums over items, so the bootstrap adds counts instead of re-scoring pairs."""
-    err_hits = n_err = ok_hits = n_ok = 0
+    sums = np.zeros(4)
     for problem in rows:
-        e, ne, o, no = _remembered(_F1_COUNTS, problem, _f1_counts)
-        err_hits, n_err, ok_hits, n_ok = err_hits + e, n_err + ne, ok_hits + o, n_ok + no
-    if not n_err or not n_ok:
-        return math.nan
-    acc_error, acc_correct = err_hits / n_err, ok_hits / n_ok
-    return 0.0 if acc_error + acc_correct == 0 else 2 * acc_error * acc_correct / (acc_error + acc_correct)
+        sums += _remembered(_F1_COUNTS, problem, _f1_counts)
+    return float(_f1_of_sums(sums))
 
 
 def f1_counts(pairs: list) -> dict:
@@ -92,7 +88,11 @@ def _aulc_f1(rows: list) -> float:
     budgets = sorted({float(b) for r in rows for b in r})
     if len(budgets) < 2:
         raise ValueError(f"aulc_f1 needs >= 2 budgets, got {budgets}")
-    f1 = [_f1([r[b] for r in rows for b in r if float(b) == budget]) for budget in budgets]
+    return _trapezoid(budgets, [_f1([r[b] for r in rows for b in r if float(b) == budget]) for budget in budgets])
+
+
+def _trapezoid(budgets: list[float], f1: list):
+    """The area under F1 vs budget, divided by the budget span (numbers, or arrays of replicates)."""
     area = sum((b1 - b0) * (f0 + f1_) / 2 for b0, b1, f0, f1_ in zip(budgets, budgets[1:], f1, f1[1:]))
     return area / (budgets[-1] - budgets[0])
 
@@ -119,19 +119,17 @@ def additive(metric: Metric, rows: list) -> Additive | None:
     if metric == Metric.auroc_within:
         return Additive(_problem_pairs, _ratio)
     if metric == Metric.first_error_f1:
-        return Additive(lambda r: _remembered(_F1_COUNTS, r, _f1_counts), _f1_of_sums)
+        return Additive(_f1_counts, _f1_of_sums)
     budgets = sorted({float(b) for r in rows for b in r})
     if len(budgets) < 2 or any(sorted(float(b) for b in r) != budgets for r in rows):
         return None
 
     def counts(row):
         by_budget = {float(b): pairs for b, pairs in row.items()}
-        return [c for b in budgets for c in _remembered(_F1_COUNTS, by_budget[b], _f1_counts)]
+        return [c for b in budgets for c in _f1_counts(by_budget[b])]
 
     def of_sums(sums):
-        f1 = [_f1_of_sums(sums[..., 4 * i:4 * i + 4]) for i in range(len(budgets))]
-        area = sum((b1 - b0) * (f0 + f1_) / 2 for b0, b1, f0, f1_ in zip(budgets, budgets[1:], f1, f1[1:]))
-        return area / (budgets[-1] - budgets[0])
+        return _trapezoid(budgets, [_f1_of_sums(sums[..., 4 * i:4 * i + 4]) for i in range(len(budgets))])
     return Additive(counts, of_sums)
 
 
