@@ -44,6 +44,7 @@ class PRMBatch:
     real_tokens: int = 0                       # non-pad tokens (for pad_fraction)
     starts: torch.Tensor | None = None         # [N] token position where each scored step's text begins
     columns: torch.Tensor | None = None        # [N, 2] log-prob columns computed before the batch (prm.logprob_columns)
+    columns_fresh: list[bool] | None = None    # per item: its columns were computed for this batch (a backbone run)
 
     def to(self, device: torch.device | str) -> "PRMBatch":
         """The same batch with every tensor on `device`."""

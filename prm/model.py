@@ -210,15 +210,17 @@ class EnsemblePRM(nn.Module):
         """Token batch in `layout` (padded | bucketed | packed, prm.batching) on the model's device;
         step_mask width = max number of steps (n_steps, default scored ones). step_features=hidden_logprob
         needs each item's `questions` (where its steps begin)."""
-        firsts, columns = None, None
+        firsts, columns, fresh = None, None, None
         if reads_logprobs(self.cfg):
             if questions is None:
                 raise ValueError(f"prm.step_features={self.cfg.step_features}: collate needs the items' questions")
             firsts = [self.prompt_length(q) for q in questions]
         if self._reference[0] is not None:
-            columns = self.policy_columns(encoded, firsts, layout)[0]
-        return batching.build(encoded, self.tokenizer.pad_token_id, layout, self.cfg.pack_tokens,
-                              n_steps, firsts, columns).to(self.device)
+            columns, fresh = self.policy_columns(encoded, firsts, layout)
+        batch = batching.build(encoded, self.tokenizer.pad_token_id, layout, self.cfg.pack_tokens,
+                               n_steps, firsts, columns)
+        batch.columns_fresh = fresh
+        return batch.to(self.device)
 
     def policy_columns(self, encoded: list[tuple[list[int], list[int]]], firsts: list[int],
                        layout: str = "padded") -> tuple[list[torch.Tensor], list[bool]]:
@@ -298,10 +300,8 @@ class EnsemblePRM(nn.Module):
         for start in range(0, len(todo), batch_size):
             chunk = todo[start: start + batch_size]
             encoded, qs = [enc for _, enc in chunk], [questions[i] for i, _ in chunk]
-            fresh = [False] * len(chunk)
-            if self._reference[0] is not None:   # collate then finds every item's columns stored
-                fresh = self.policy_columns(encoded, [self.prompt_length(q) for q in qs])[1]
             batch = self.collate(encoded, questions=qs)
+            fresh = batch.columns_fresh or [False] * len(chunk)
             runs = self.backbone_runs
             logits, _ = self.forward(batch)
             runs = self.backbone_runs - runs
