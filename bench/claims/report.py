@@ -138,13 +138,15 @@ def raw_rows(claim: Claim) -> list[dict] | None:
     return read_raw(path) if path.is_file() else None
 
 
-def table_results(table: str) -> dict[str, list[Result]]:
-    """claim id -> its comparisons' results (Holm across every comparison the table pre-registers)."""
+def table_results(table: str, read: dict[str, list[dict] | None] | None = None) -> dict[str, list[Result]]:
+    """claim id -> its comparisons' results (Holm across every comparison the table pre-registers); `read`:
+    raw rows the caller has already read, by claim id (the others are read here)."""
     claims = [c for c in map(load_claim, claim_files()) if c.table == table]
+    read = read or {}
     results: dict[str, list[Result]] = {}
     family: list[float] = []
     for claim in claims:
-        rows = raw_rows(claim)
+        rows = read[claim.id] if claim.id in read else raw_rows(claim)
         results[claim.id] = []
         for c in claim.comparisons:
             r = compare(claim, c, rows) if rows else None
@@ -320,9 +322,10 @@ def claims_table(tables: list[str] | None = None) -> str:
 
 def report(name: str) -> str:
     claim = load_claim(claim_path(name))
-    results = table_results(claim.table)[claim.id]
+    rows = raw_rows(claim)
+    results = table_results(claim.table, {claim.id: rows})[claim.id]
     text = comparison_table(claim, results)
-    rows = raw_rows(claim) or []
+    rows = rows or []
     arms = arm_table(claim, rows)
     if arms:
         text += "\nEvery arm that ran:\n\n" + arms
