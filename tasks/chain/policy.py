@@ -379,8 +379,8 @@ def build_default(root: Path, provision: bool = False) -> Path:
 class SparseChainModelSpec(ChainModelSpec):
     """`chain-tiny-sparse` for task=chain_sparse: 12-20 operations. Solutions are ~3x longer than chain-tiny's,
     so more steps of smaller batches. Target pass@1 0.05-0.15: a policy samples slips at about the rate its SFT
-    data has them, so nine in ten SFT solutions carry one (at half, the build sampled pass@1 0.403, pass@8
-    0.850: too dense for the task)."""
+    data has them, so nine in ten SFT solutions carry one. Measured: pass@1 0.091, pass@8 0.430 (at half: 0.403,
+    0.850, too dense for the task; bench/RESULTS.md)."""
     min_ops: int = 12
     max_ops: int = 20
     train_steps: int = 3000
