@@ -408,7 +408,8 @@ class LuckyChainModelSpec(ChainModelSpec):
 @dataclass
 class ContextChainModelSpec(ChainModelSpec):
     """`chain-tiny-context` for task=chain_context: phase 2 writes the lingering carry (tasks.chain.variants) at
-    `misconception_rate` of its triggers: a mistake the policy is sure of, set off by the previous step."""
+    `misconception_rate` of its triggers: a mistake the policy is sure of, set off by the previous step.
+    Measured: pass@1 0.389, pass@8 0.860; 56 % of its first errors are the lingering carry (bench/RESULTS.md)."""
     ops: str = "+-"
     misconception_rate: float = 0.8
     variant: ClassVar[str] = "context"
