@@ -8,7 +8,10 @@ problems of the task's held-out generator (task seed + rl.evaluate.EVAL_SEED_OFF
 is evaluated on), checks them like the online loop (core.answers) and labels their steps with the task's exact
 rule. pass@1 = the share of samples that verify; pass@n = the share of problems with at least one; trace error
 = the share of verified samples with a wrong step; also the share of samples whose first error is a lingering
-carry (the chain_context trigger) and the mean number of operations.
+carry (the chain_context trigger) and the mean number of operations. Whether the policy's own confidence finds
+its mistakes: the step AUROC of its min token probability (prm.confidence) for correct steps against first
+wrong steps, one figure for lingering carries and one for every other first error (a slip the policy found
+unlikely scores near 1; a mistake it is sure of near 0.5 or below).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from omegaconf import OmegaConf
 from core.answers import AnswerChecker
 from core.models import load_model
 from core.steps import split_steps
+from prm.confidence import PolicyConfidence
+from prm.quality import labelled_steps, pair_auroc
 from rl.config import TaskConfig
 from rl.evaluate import EVAL_SEED_OFFSET
 from tasks.chain.labels import STEP, apply, parse_chain
@@ -44,6 +49,18 @@ def lingering_carry(steps: list[str], first_error: int) -> bool:
     a, op, b, c = int(at[1]), at[2], int(at[3]), int(at[4])
     return carries(ChainStep(int(before[1]), before[2], int(before[3]))) and c - apply(a, op, b) == (
         1 if op == "+" else -1)
+
+
+def confidence_auroc(first_errors: list[int], kinds: list[bool], scores: list[list[float]]) -> dict[str, float]:
+    """Step AUROC of `scores` (correct steps of every sample against first wrong steps) for the first errors
+    whose kind is True (lingering carries) and for the others; NaN where a group is empty."""
+    correct = [(y, v) for y, v in labelled_steps(first_errors, scores) if y == 1]
+    wrong = {True: [], False: []}
+    for k, kind, s in zip(first_errors, kinds, scores):
+        if 0 <= k < len(s):
+            wrong[kind].append((0, s[k]))
+    return {"confidence_auroc_lingering_carry": pair_auroc(correct + wrong[True]),
+            "confidence_auroc_other_errors": pair_auroc(correct + wrong[False])}
 
 
 def sample(model, tok, prompts: list[str], n: int, max_new_tokens: int, seed: int) -> list[list[str]]:
@@ -72,6 +89,7 @@ def calibrate(args) -> dict:
     finally:
         checker.close()
     passed, lucky, context, errors = [], 0, 0, 0
+    questions, all_steps, firsts, kinds = [], [], [], []
     for i, p in enumerate(problems):
         for j, text in enumerate(texts[i]):
             steps = split_steps(text) or [text]
@@ -81,12 +99,17 @@ def calibrate(args) -> dict:
             lucky += ok and k != -1
             errors += k != -1
             context += k != -1 and lingering_carry(steps, k)
+            questions.append(p.question), all_steps.append(steps), firsts.append(k)
+            kinds.append(k != -1 and lingering_carry(steps, k))
+    confidence = PolicyConfidence(model, tok, reduce="min", prompt=lambda q: task.prompt(tok, q))
+    scores = [s.mean for s in confidence.score(questions, all_steps)]
     per_problem = [any(passed[i * args.n:(i + 1) * args.n]) for i in range(len(problems))]
     return {"task": args.task, "model": args.model, "problems": len(problems), "n": args.n,
             "pass@1": sum(passed) / len(passed), f"pass@{args.n}": sum(per_problem) / len(problems),
             "trace_error": lucky / max(1, sum(passed)), "samples_with_a_wrong_step": errors / len(passed),
             "first_error_is_lingering_carry": context / max(1, errors),
-            "mean_operations": sum(len(parse_chain(p.question)[1]) for p in problems) / len(problems)}
+            "mean_operations": sum(len(parse_chain(p.question)[1]) for p in problems) / len(problems),
+            **confidence_auroc(firsts, kinds, scores)}
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """The testbed tasks chain_sparse, chain_lucky, chain_context (tasks.chain.variants, configs/task/): seeded, in
 range, lucky solutions pass with wrong steps that the judge finds, the lingering carry fires on its context only,
 each has its own policy spec, and the trace error counts passed solutions with a wrong step."""
+import math
 import random
 import sys
 from dataclasses import replace
@@ -137,3 +138,15 @@ def test_calibration_reports_pass_at_k_and_finds_the_lingering_carry(tmp_path):
     args = SimpleNamespace(task="chain_context", model=str(built), problems=2, n=2, max_new_tokens=8, seed=0)
     out = calibration.calibrate(args)
     assert out["problems"] == 2 and 0.0 <= out["pass@1"] <= out["pass@2"] <= 1.0 and 3 <= out["mean_operations"] <= 8
+    assert {"confidence_auroc_lingering_carry", "confidence_auroc_other_errors"} <= set(out)
+
+
+def test_calibration_confidence_auroc_splits_first_errors_by_kind():
+    """Correct steps of every sample (0.9, 0.8 | 0.95 | none) against each kind's first wrong steps: the
+    lingering carry at 0.5 ranks below all three (1.0); the other error at 0.85 below 0.9 and 0.95, above 0.8."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import chain_testbed_calibration as calibration
+
+    out = calibration.confidence_auroc([-1, 1, 0], [False, True, False], [[0.9, 0.8], [0.95, 0.5, 0.7], [0.85, 0.9]])
+    assert out == {"confidence_auroc_lingering_carry": 1.0, "confidence_auroc_other_errors": 2 / 3}
+    assert math.isnan(calibration.confidence_auroc([-1], [False], [[0.9]])["confidence_auroc_other_errors"])
