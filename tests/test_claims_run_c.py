@@ -142,3 +142,24 @@ def test_jobs_run_independent_steps_together_and_only_those(tmp_path):
     assert all(s.done.is_file() and s.log.read_text() == f"{i}\n" for i, s in enumerate(steps))
     with pytest.raises(SystemExit, match="read each other's outputs"):
         run.main(["d_search", "--jobs", "2"])
+
+
+def test_collect_writes_the_finished_runs_rows_and_runs_nothing(tmp_path, monkeypatch):
+    """--collect: no build or arm runs (both stubbed to fail); the raw file holds the rows of the runs that
+    reached round 40, and the report is made from them."""
+    out = tmp_path / "work"
+    out.mkdir()
+    (out / "sets.json").write_text(json.dumps({"test": {"problems": 1, "dropped": 0}}))
+    write_evals(out, 0, "outcome_c", [row(40, "q1", 2, 1)])
+    write_evals(out, 1, "outcome_c", [row(35, "q1", 2, 1)])          # still running: no rows
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--collect ran a step")
+    monkeypatch.setattr(run, "run_step", refuse)
+    monkeypatch.setattr(run, "run_steps", refuse)
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    monkeypatch.setattr(report, "report", lambda name: f"table of ({name})")
+    run.main(["c_lucky", "--collect", "--out", str(out)])
+    rows = report.read_raw(tmp_path / load_claim(claim_path("c_lucky")).raw)
+    assert sorted((r["unit"], r.get("metric", "mean"), r["value"]) for r in rows) == [
+        ("b0/s0", "held_out_pass", 0.5), ("b0/s0", "mean", 0.5)]

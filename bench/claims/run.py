@@ -4,6 +4,7 @@
     python -m bench.claims.run e_prm_quality        # every claim has a runner
     python -m bench.claims.run c_lucky --jobs 4     # runs that read none of each other's outputs: 4 at a time
     python -m bench.claims.run d_search --dry-run   # print every command it would run, run nothing
+    python -m bench.claims.run c_lucky --collect    # raw rows and table of the runs finished so far, run nothing
 
 Stages, each writing under --out (default outputs/claims/<id>) and skipped when its output exists:
     sets     draw the claim's problem sets, the test set checked fresh (bench/claims/problem_sets.py),
@@ -290,6 +291,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="working dir (default outputs/claims/<id>)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--jobs", type=int, default=1, help="arm commands run at a time (claims whose runs are independent)")
+    ap.add_argument("--collect", action="store_true",
+                    help="run nothing: write the raw rows and the table of the runs finished so far (a claim whose "
+                         "units have not all run reads as incomplete)")
     args = ap.parse_args(argv)
     claim = load_claim(claim_path(args.claim))
     if claim.id not in RUNNERS:
@@ -302,9 +306,10 @@ def main(argv: list[str] | None = None) -> None:
     summary = (write_sets(claim, out, runner.sets) if not (out / "sets.json").is_file()
                else json.loads((out / "sets.json").read_text()))
     print("[claims] sets: " + ", ".join(f"{k} {v['problems']} problems ({v['dropped']} dropped)" for k, v in summary.items()))
-    for step in runner.builds(claim, out):
-        run_step(step, args.dry_run)
-    run_steps(runner.steps(claim, out), args.dry_run, args.jobs)
+    if not args.collect:
+        for step in runner.builds(claim, out):
+            run_step(step, args.dry_run)
+        run_steps(runner.steps(claim, out), args.dry_run, args.jobs)
     if args.dry_run:
         return
     rows = runner.raw(claim, out)
