@@ -11,7 +11,8 @@ rule. pass@1 = the share of samples that verify; pass@n = the share of problems 
 carry (the chain_context trigger) and the mean number of operations. Whether the policy's own confidence finds
 its mistakes: the step AUROC of its min token probability (prm.confidence) for correct steps against first
 wrong steps, one figure for lingering carries and one for every other first error (a slip the policy found
-unlikely scores near 1; a mistake it is sure of near 0.5 or below).
+unlikely scores near 1; a mistake it is sure of near 0.5 or below), and the lingering carries against only the
+correct steps right after a carry, where the same mistake could have been made.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from core.answers import AnswerChecker
 from core.models import load_model
 from core.steps import split_steps
 from prm.confidence import PolicyConfidence
-from prm.quality import labelled_steps, pair_auroc
+from prm.quality import pair_auroc
 from rl.config import TaskConfig
 from rl.evaluate import EVAL_SEED_OFFSET
 from tasks.chain.labels import STEP, apply, parse_chain
@@ -38,29 +39,45 @@ from tasks.registry import make_task
 REPO = Path(__file__).resolve().parents[1]
 
 
+def after_carry(steps: list[str], t: int) -> bool:
+    """Whether step t is a + / - step right after a well-formed step that carried or borrowed: where the
+    chain_context mistake is set off."""
+    if t < 1 or t >= len(steps):
+        return False
+    before, at = STEP.fullmatch(steps[t - 1].strip()), STEP.fullmatch(steps[t].strip())
+    return (before is not None and at is not None and at[2] in "+-"
+            and carries(ChainStep(int(before[1]), before[2], int(before[3]))))
+
+
 def lingering_carry(steps: list[str], first_error: int) -> bool:
     """Whether the first error is the chain_context mistake: a + / - step one off (+1 / -1) right after a step
     that carried or borrowed (the step before the first error is well formed and right)."""
-    if first_error < 1 or first_error >= len(steps):
+    if not after_carry(steps, first_error):
         return False
-    before, at = STEP.fullmatch(steps[first_error - 1].strip()), STEP.fullmatch(steps[first_error].strip())
-    if before is None or at is None or at[2] not in "+-":
-        return False
+    at = STEP.fullmatch(steps[first_error].strip())
     a, op, b, c = int(at[1]), at[2], int(at[3]), int(at[4])
-    return carries(ChainStep(int(before[1]), before[2], int(before[3]))) and c - apply(a, op, b) == (
-        1 if op == "+" else -1)
+    return c - apply(a, op, b) == (1 if op == "+" else -1)
 
 
-def confidence_auroc(first_errors: list[int], kinds: list[bool], scores: list[list[float]]) -> dict[str, float]:
-    """Step AUROC of `scores` (correct steps of every sample against first wrong steps) for the first errors
-    whose kind is True (lingering carries) and for the others; NaN where a group is empty."""
-    correct = [(y, v) for y, v in labelled_steps(first_errors, scores) if y == 1]
+def confidence_auroc(first_errors: list[int], kinds: list[bool], scores: list[list[float]],
+                     triggered: list[list[bool]]) -> dict[str, float]:
+    """Step AUROC of `scores`, correct steps of every sample against first wrong steps, for the first errors
+    whose kind is True (lingering carries) and for the others; and the lingering carries against the correct
+    steps where they could have happened (`triggered`: per sample, per step, right after a carry). NaN where a
+    group is empty."""
+    correct, correct_triggered = [], []
+    for k, s, where in zip(first_errors, scores, triggered):
+        for t, v in enumerate(s[:len(s) if k == -1 else k]):
+            correct.append((1, v))
+            if where[t]:
+                correct_triggered.append((1, v))
     wrong = {True: [], False: []}
     for k, kind, s in zip(first_errors, kinds, scores):
         if 0 <= k < len(s):
             wrong[kind].append((0, s[k]))
     return {"confidence_auroc_lingering_carry": pair_auroc(correct + wrong[True]),
-            "confidence_auroc_other_errors": pair_auroc(correct + wrong[False])}
+            "confidence_auroc_other_errors": pair_auroc(correct + wrong[False]),
+            "confidence_auroc_lingering_carry_after_a_carry": pair_auroc(correct_triggered + wrong[True])}
 
 
 def sample(model, tok, prompts: list[str], n: int, max_new_tokens: int, seed: int) -> list[list[str]]:
@@ -89,7 +106,7 @@ def calibrate(args) -> dict:
     finally:
         checker.close()
     passed, lucky, context, errors = [], 0, 0, 0
-    questions, all_steps, firsts, kinds = [], [], [], []
+    questions, all_steps, firsts, kinds, triggered = [], [], [], [], []
     for i, p in enumerate(problems):
         for j, text in enumerate(texts[i]):
             steps = split_steps(text) or [text]
@@ -101,6 +118,7 @@ def calibrate(args) -> dict:
             context += k != -1 and lingering_carry(steps, k)
             questions.append(p.question), all_steps.append(steps), firsts.append(k)
             kinds.append(k != -1 and lingering_carry(steps, k))
+            triggered.append([after_carry(steps, t) for t in range(len(steps))])
     confidence = PolicyConfidence(model, tok, reduce="min", prompt=lambda q: task.prompt(tok, q))
     scores = [s.mean for s in confidence.score(questions, all_steps)]
     per_problem = [any(passed[i * args.n:(i + 1) * args.n]) for i in range(len(problems))]
@@ -109,7 +127,7 @@ def calibrate(args) -> dict:
             "trace_error": lucky / max(1, sum(passed)), "samples_with_a_wrong_step": errors / len(passed),
             "first_error_is_lingering_carry": context / max(1, errors),
             "mean_operations": sum(len(parse_chain(p.question)[1]) for p in problems) / len(problems),
-            **confidence_auroc(firsts, kinds, scores)}
+            **confidence_auroc(firsts, kinds, scores, triggered)}
 
 
 def main() -> None:

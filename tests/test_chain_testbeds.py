@@ -142,11 +142,24 @@ def test_calibration_reports_pass_at_k_and_finds_the_lingering_carry(tmp_path):
 
 
 def test_calibration_confidence_auroc_splits_first_errors_by_kind():
-    """Correct steps of every sample (0.9, 0.8 | 0.95 | none) against each kind's first wrong steps: the
-    lingering carry at 0.5 ranks below all three (1.0); the other error at 0.85 below 0.9 and 0.95, above 0.8."""
+    """Correct steps of every sample (0.9, 0.8 | 0.95 | none | 0.4) against each kind's first wrong steps: the
+    lingering carry at 0.5 ranks below three of the four (0.75); the other error at 0.85 below two (0.5).
+    After a carry: only 0.8 (sample 0's second step; sample 1's third step comes after its first error) and
+    0.4 (sample 3) are correct steps there: the carry at 0.5 ranks below one of the two."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     import chain_testbed_calibration as calibration
 
-    out = calibration.confidence_auroc([-1, 1, 0], [False, True, False], [[0.9, 0.8], [0.95, 0.5, 0.7], [0.85, 0.9]])
-    assert out == {"confidence_auroc_lingering_carry": 1.0, "confidence_auroc_other_errors": 2 / 3}
-    assert math.isnan(calibration.confidence_auroc([-1], [False], [[0.9]])["confidence_auroc_other_errors"])
+    out = calibration.confidence_auroc(
+        [-1, 1, 0, -1], [False, True, False, False], [[0.9, 0.8], [0.95, 0.5, 0.7], [0.85, 0.9], [0.4]],
+        [[False, True], [False, True, True], [False, False], [True]])
+    assert out == {"confidence_auroc_lingering_carry": 0.75, "confidence_auroc_other_errors": 0.5,
+                   "confidence_auroc_lingering_carry_after_a_carry": 0.5}
+    assert math.isnan(calibration.confidence_auroc([-1], [False], [[0.9]], [[False]])["confidence_auroc_other_errors"])
+
+
+def test_a_step_after_a_carry_is_where_the_lingering_carry_is_set_off():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import chain_testbed_calibration as calibration
+
+    steps = ["18 + 5 = 23", "23 + 3 = 26", "26 * 2 = 52", "52 - 7 = 45"]
+    assert [calibration.after_carry(steps, t) for t in range(4)] == [False, True, False, False]
