@@ -115,9 +115,12 @@ def calibrate(args) -> dict:
             passed.append(ok)
             lucky += ok and k != -1
             errors += k != -1
-            context += k != -1 and lingering_carry(steps, k)
-            questions.append(p.question), all_steps.append(steps), firsts.append(k)
-            kinds.append(k != -1 and lingering_carry(steps, k))
+            kind = k != -1 and lingering_carry(steps, k)
+            context += kind
+            questions.append(p.question)
+            all_steps.append(steps)
+            firsts.append(k)
+            kinds.append(kind)
             triggered.append([after_carry(steps, t) for t in range(len(steps))])
     confidence = PolicyConfidence(model, tok, reduce="min", prompt=lambda q: task.prompt(tok, q))
     scores = [s.mean for s in confidence.score(questions, all_steps)]
