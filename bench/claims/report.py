@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,7 +273,7 @@ def plot(claim: Claim, results: list[Result], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(results)))
+    fig, ax = plt.subplots(figsize=(8.5, 1.0 + 0.45 * len(results)))
     for y, r in enumerate(results):
         ax.plot([r.boot.low, r.boot.high], [y, y], lw=6, alpha=.35, color="tab:blue",
                 label="bootstrap (units x problems)" if y == 0 else None)
@@ -282,8 +283,12 @@ def plot(claim: Claim, results: list[Result], path: Path) -> Path | None:
     ax.set_yticks(range(len(results)), [r.comparison.name + (f" ({r.comparison.metric})" if r.comparison.metric else "")
                                         for r in results])
     ax.set_xlabel(f"treatment - control ({claim.metric.value}); red: the margin")
-    ax.set_title(f"({claim.id}) {claim.title}"[:90], fontsize=9)
-    ax.grid(alpha=.3), ax.legend(fontsize=7, loc="best")
+    title = textwrap.fill(f"({claim.id}) {claim.title}", 80)
+    ran = min(r.units for r in results)
+    if ran < claim.expected_units:
+        title += f"\nincomplete: {ran} of {claim.expected_units} units"
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=.3), ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))   # off the intervals
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
