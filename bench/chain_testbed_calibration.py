@@ -28,7 +28,7 @@ from core.answers import AnswerChecker
 from core.models import load_model
 from core.steps import split_steps
 from prm.confidence import PolicyConfidence
-from prm.quality import pair_auroc
+from prm.quality import labelled_steps, pair_auroc
 from rl.config import TaskConfig
 from rl.evaluate import EVAL_SEED_OFFSET
 from tasks.chain.labels import STEP, apply, parse_chain
@@ -65,16 +65,15 @@ def confidence_auroc(first_errors: list[int], kinds: list[bool], scores: list[li
     whose kind is True (lingering carries) and for the others; and the lingering carries against the correct
     steps where they could have happened (`triggered`: per sample, per step, right after a carry). NaN where a
     group is empty."""
-    correct, correct_triggered = [], []
-    for k, s, where in zip(first_errors, scores, triggered):
-        for t, v in enumerate(s[:len(s) if k == -1 else k]):
+    correct, correct_triggered, wrong = [], [], {True: [], False: []}
+    for k, kind, s, where in zip(first_errors, kinds, scores, triggered):
+        for (label, v), here in zip(labelled_steps([k], [s]), where):
+            if label == 0:
+                wrong[kind].append((0, v))
+                continue
             correct.append((1, v))
-            if where[t]:
+            if here:
                 correct_triggered.append((1, v))
-    wrong = {True: [], False: []}
-    for k, kind, s in zip(first_errors, kinds, scores):
-        if 0 <= k < len(s):
-            wrong[kind].append((0, s[k]))
     return {"confidence_auroc_lingering_carry": pair_auroc(correct + wrong[True]),
             "confidence_auroc_other_errors": pair_auroc(correct + wrong[False]),
             "confidence_auroc_lingering_carry_after_a_carry": pair_auroc(correct_triggered + wrong[True])}
@@ -105,30 +104,26 @@ def calibrate(args) -> dict:
                                             [t for group in texts for t in group])
     finally:
         checker.close()
-    passed, lucky, context, errors = [], 0, 0, 0
-    questions, all_steps, firsts, kinds, triggered = [], [], [], [], []
+    passed, questions, all_steps, firsts, kinds, triggered = [], [], [], [], [], []
     for i, p in enumerate(problems):
         for j, text in enumerate(texts[i]):
             steps = split_steps(text) or [text]
-            ok = verdicts[i * args.n + j] == "correct"
             k = task.first_error(p.question, steps)
-            passed.append(ok)
-            lucky += ok and k != -1
-            errors += k != -1
-            kind = k != -1 and lingering_carry(steps, k)
-            context += kind
+            passed.append(verdicts[i * args.n + j] == "correct")
             questions.append(p.question)
             all_steps.append(steps)
             firsts.append(k)
-            kinds.append(kind)
+            kinds.append(k != -1 and lingering_carry(steps, k))
             triggered.append([after_carry(steps, t) for t in range(len(steps))])
+    errors = sum(k != -1 for k in firsts)
+    lucky = sum(ok and k != -1 for ok, k in zip(passed, firsts))
     confidence = PolicyConfidence(model, tok, reduce="min", prompt=lambda q: task.prompt(tok, q))
     scores = [s.mean for s in confidence.score(questions, all_steps)]
     per_problem = [any(passed[i * args.n:(i + 1) * args.n]) for i in range(len(problems))]
     return {"task": args.task, "model": args.model, "problems": len(problems), "n": args.n,
             "pass@1": sum(passed) / len(passed), f"pass@{args.n}": sum(per_problem) / len(problems),
             "trace_error": lucky / max(1, sum(passed)), "samples_with_a_wrong_step": errors / len(passed),
-            "first_error_is_lingering_carry": context / max(1, errors),
+            "first_error_is_lingering_carry": sum(kinds) / max(1, errors),
             "mean_operations": sum(len(parse_chain(p.question)[1]) for p in problems) / len(problems),
             **confidence_auroc(firsts, kinds, scores, triggered)}
 
