@@ -148,3 +148,23 @@ def test_label_runs_become_curves_and_f1_rows(tmp_path):
     assert rows[("full", "r")] == {"unit": "pool_1/s4", "arm": "full", "problem": "r", "metric": "first_error_f1",
                                    "value": {"errors": [0, 0], "correct": [1, 1]}}
     assert rows[("active_at_30", "r")]["value"] == {"errors": [0, 0], "correct": [0, 1]} and ("random", "q") not in rows
+
+
+def test_sets_drawn_from_other_problem_sets_are_refused(claim_d, tmp_path):
+    """An edited claim file must not run on the sets its earlier version drew: runs may have read them."""
+    drawn = {s.name: {"role": s.role.value, "generator_seeds": list(s.generator_seeds), "per_seed": s.per_seed,
+                      "problems": 3, "dropped": 0} for s in claim_d.problem_sets}
+    (tmp_path / "sets.json").write_text(json.dumps(drawn))
+    assert run.drawn_sets(claim_d, tmp_path, draw=None) == drawn          # the same sets: reused, nothing drawn
+    older = {k: {f: v for f, v in d.items() if f != "per_seed"} for k, d in drawn.items()}
+    (tmp_path / "sets.json").write_text(json.dumps(older))                 # written before per_seed was recorded
+    assert run.drawn_sets(claim_d, tmp_path, draw=None) == older
+    test = claim_d.problem_sets[0]
+    edited = {**drawn, test.name: {**drawn[test.name], "per_seed": test.per_seed * 2}}
+    (tmp_path / "sets.json").write_text(json.dumps(edited))
+    with pytest.raises(SystemExit, match=rf"set '{test.name}' was drawn as .*'per_seed': {test.per_seed * 2}"):
+        run.drawn_sets(claim_d, tmp_path, draw=None)
+    del edited[test.name]
+    (tmp_path / "sets.json").write_text(json.dumps(edited))
+    with pytest.raises(SystemExit, match="was drawn as nothing"):
+        run.drawn_sets(claim_d, tmp_path, draw=None)

@@ -59,7 +59,7 @@ def test_the_policys_sft_questions_come_from_its_own_spec():
 
 def dry_run(name, tmp_path, monkeypatch, capsys) -> list[list[str]]:
     """The rl.online commands `python -m bench.claims.run <name> --dry-run` prints (sets stubbed out)."""
-    monkeypatch.setattr(run, "write_sets", lambda claim, out, draw: {"test": {"problems": 1, "dropped": 0}})
+    monkeypatch.setattr(run, "drawn_sets", lambda claim, out, draw: {"test": {"problems": 1, "dropped": 0}})
     run.main([name, "--dry-run", "--out", str(tmp_path)])
     lines = [line[2:].split("  >> ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
     assert lines[0] == f"python -m core.models {TASKS[name][0].replace('chain_', 'chain-tiny-')}"
@@ -82,9 +82,9 @@ def test_the_dry_run_lists_every_arm_and_seed_with_its_overrides(name, tmp_path,
         assert set(ARMS[arm]) <= words and f"task.seed={first + seed}" in words
         assert {f"task={task}", f"policy.model={model}", f"prm.backbone={model}", "rounds=40",
                 f"policy_eval.source={tmp_path / 'sets' / 'test.jsonl'}", "trainer.resume=auto"} <= words
-        # sparse's metric averages rounds 5..40 and its solutions are long; lucky's reads round 40 alone
+        # sparse's metric averages rounds 20 and 40 and its solutions are long; lucky's reads round 40 alone
         assert set(run_c.EXTRAS[name]) <= words
-        assert ("policy_eval.every=5" in words) == (name == "c_sparse")
+        assert ("policy_eval.every=20" in words) == (name == "c_sparse")
         assert ("policy_eval.every=40" in words) == (name == "c_lucky")
     assert runs == {(s, a) for s in range(15) for a in claim.arms}
 
@@ -149,7 +149,9 @@ def test_collect_writes_the_finished_runs_rows_and_runs_nothing(tmp_path, monkey
     reached round 40, and the report is made from them."""
     out = tmp_path / "work"
     out.mkdir()
-    (out / "sets.json").write_text(json.dumps({"test": {"problems": 1, "dropped": 0}}))
+    sets = {s.name: {"role": s.role.value, "generator_seeds": list(s.generator_seeds), "per_seed": s.per_seed,
+                     "problems": 1, "dropped": 0} for s in load_claim(claim_path("c_lucky")).problem_sets}
+    (out / "sets.json").write_text(json.dumps(sets))
     write_evals(out, 0, "outcome_c", [row(40, "q1", 2, 1)])
     write_evals(out, 1, "outcome_c", [row(35, "q1", 2, 1)])          # still running: no rows
 

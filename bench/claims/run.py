@@ -38,8 +38,24 @@ def write_sets(claim: Claim, out: Path, draw: Callable[[Claim], dict] = claim_pr
         rows = [{"question": p.question, "reference_answer": str(p.reference_answer)} for p in drawn.problems]
         (out / "sets" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {name: {"role": d.spec.role.value, "generator_seeds": list(d.spec.generator_seeds),
-                      "problems": len(d.problems), "dropped": d.dropped} for name, d in sets.items()}
+                      "per_seed": d.spec.per_seed, "problems": len(d.problems), "dropped": d.dropped}
+               for name, d in sets.items()}
     (out / "sets.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def drawn_sets(claim: Claim, out: Path, draw: Callable[[Claim], dict]) -> dict:
+    """The sets under `out`, drawn now if there are none. Sets drawn from other problem sets than the claim file
+    names (the file was edited after they were drawn) are refused, not reused: runs may already have read them."""
+    if not (out / "sets.json").is_file():
+        return write_sets(claim, out, draw)
+    summary = json.loads((out / "sets.json").read_text())
+    for spec in claim.problem_sets:
+        drawn = summary.get(spec.name, {})
+        wanted = {"role": spec.role.value, "generator_seeds": list(spec.generator_seeds), "per_seed": spec.per_seed}
+        if any(drawn.get(k, v) != v for k, v in wanted.items()) or not drawn:   # older files lack per_seed
+            raise SystemExit(f"{out / 'sets.json'}: set {spec.name!r} was drawn as {drawn or 'nothing'}, but "
+                             f"{claim.path} names {wanted}; move {out} aside to draw the sets again")
     return summary
 
 
@@ -303,8 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"claim ({claim.id}): its steps read each other's outputs; run it with --jobs 1")
     out = args.out or ROOT / "outputs" / "claims" / claim.id
     out.mkdir(parents=True, exist_ok=True)
-    summary = (write_sets(claim, out, runner.sets) if not (out / "sets.json").is_file()
-               else json.loads((out / "sets.json").read_text()))
+    summary = drawn_sets(claim, out, runner.sets)
     print("[claims] sets: " + ", ".join(f"{k} {v['problems']} problems ({v['dropped']} dropped)" for k, v in summary.items()))
     if not args.collect:
         for step in runner.builds(claim, out):

@@ -8,7 +8,7 @@ A claim file names no task: TESTBED maps each claim to its task (configs/task/<t
 (tasks.chain.policy.TESTBED_SPECS). Its sets are drawn with that task's ChainSpec and the test set is checked
 against that policy's own SFT questions (problem_sets.claim_problem_sets). Per seed i and arm: one rl.online run
 on the task (configs/online_chain.yaml, ROUNDS rounds), training on the claim's train set (generator seed
-first + i) and evaluated (EXTRAS: every 5 rounds, or at round 40 alone) on every problem of its test set
+first + i) and evaluated (EXTRAS: every 20 rounds, or at round 40 alone) on every problem of its test set
 (4 samples at temperature 1), per problem in eval_problems.jsonl; the arm's overrides are bench_chain_online.ARMS'. A killed run resumes from its
 checkpoint (trainer.resume=auto); a finished one is skipped.
 
@@ -36,9 +36,9 @@ from bench.claims.steps import Step
 TESTBED = {"c_sparse": ("chain_sparse", "chain-tiny-sparse"), "c_lucky": ("chain_lucky", "chain-tiny-lucky")}
 ROUNDS = 40
 # Per task: what its metric reads and what its solutions need. c_sparse averages the evaluations at rounds
-# 5, 10, ..., 40; c_lucky reads round 40 alone (evaluating the whole test set at the rounds between would cost
+# 20 and 40; c_lucky reads round 40 alone (evaluating the whole test set at the rounds between would cost
 # more than the training). A 20-operation solution is ~3x chain's 100 tokens, hence sparse's room.
-EXTRAS = {"c_sparse": ["policy_eval.every=5", "prm.max_length=512", "rollout.max_new_tokens=240"],
+EXTRAS = {"c_sparse": ["policy_eval.every=20", "prm.max_length=512", "rollout.max_new_tokens=240"],
           "c_lucky": [f"policy_eval.every={ROUNDS}"]}
 SETTINGS = [f"rounds={ROUNDS}", "policy_eval.n=4", "policy_eval.greedy=false",
             "policy_eval.problems=100000", "trainer.resume=auto", "trainer.progress=false", "plot=false",
