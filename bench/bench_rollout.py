@@ -1,4 +1,5 @@
 """HF generate vs vLLM(-cpu) rollout on the same prompts: tokens/s, weight-sync time, parity gap.
+`--backends hf,hf-static` compares HF generate's two KV caches (rollout.hf_kv_cache) instead.
 
     python -m bench.bench_rollout --prompts 16 --n 4 --max-new-tokens 64 --out bench/rollout.json
 
@@ -52,9 +53,10 @@ def main() -> None:
     trainer = lambda p, ids: token_logprobs(model, tok, p, ids)  # noqa: E731
     parity_prompt = task.prompt(tok, "What is 2 + 3?")
     for name in args.backends.split(","):
-        if name == "hf":
+        if name in ("hf", "hf-static"):
             torch.manual_seed(0)
-            backend = HFRollout(model, tok, batch_size=args.batch_size)
+            backend = HFRollout(model, tok, batch_size=args.batch_size,
+                                hf_kv_cache="static" if name == "hf-static" else "dynamic")
             start_s = 0.0
         else:
             from rl.vllm_rollout import VLLMRollout
@@ -64,7 +66,7 @@ def main() -> None:
         runs = [timed_generate(backend, prompts, args.n, args.max_new_tokens, t) for t in (0.7, 0.0)]
         results[name] = {"engine_start_s": round(start_s, 1), "runs": runs}
         print(json.dumps({name: results[name]}), flush=True)  # kept even if the sync below fails
-        weights = None if name == "hf" else [(k, v.clone()) for k, v in model.state_dict().items()]
+        weights = None if name.startswith("hf") else [(k, v.clone()) for k, v in model.state_dict().items()]
         try:
             sync_s = backend.sync_weights(weights, version=1)
             start = time.perf_counter()

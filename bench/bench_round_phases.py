@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         runs.setdefault(label, []).append(phase_seconds(run_one(command(arm, args.rounds, out, extra), tree, out)))
     columns = {label: {k: sum(r.get(k, 0.0) for r in rs) / len(rs) for k in {k for r in rs for k in r}}
                for label, rs in runs.items()}
-    ratio = ("trained (before)", "trained (after)") if args.before and "trained" in args.arms else (
-        ("trained", "frozen") if set(args.arms) == set(ARMS) and not args.before else None)
+    ratio = (f"{args.arms[0]} (before)", f"{args.arms[0]} (after)") if args.before else (
+        ("trained", "frozen") if set(args.arms) == set(ARMS) else None)
     text = (f"online_chain, {args.rounds} rounds, {args.repeats} repeat(s); seconds per round, mean over rounds 2-"
             f"{args.rounds}\n\n" + table(columns, ratio))
     print(text)

@@ -29,6 +29,12 @@ class RolloutBackendName(StrEnum):
     vllm = "vllm"    # an in-process vLLM engine, weights pushed after each update
 
 
+class HFKVCache(StrEnum):
+    dynamic = "dynamic"   # grows by one position a step (a copy of the cache): cheap where the layers dominate (SmolLM2)
+    static = "static"     # allocated once for prompt + max_new_tokens: no copy a step, attention over the full length;
+                          # pays off for long generations of a tiny model (the chain testbed), not for SmolLM2
+
+
 class RewardSource(StrEnum):
     outcome = "outcome"   # the verified final answer
     process = "process"   # PRM step rewards
@@ -87,6 +93,7 @@ class RolloutConfig:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     batch_size: int = 32                     # HF micro-batch for generate
+    hf_kv_cache: HFKVCache = HFKVCache.dynamic   # HF generate's KV cache (the same tokens either way)
     parity_tolerance: float = 0.05           # mean |logprob| gap allowed after a weight sync
     parity_prompt: str = "What is 2 + 3?"
     parity_completion: str = "2 + 3 = 5\n\nThe answer is 5."
@@ -106,6 +113,9 @@ class RolloutConfig:
                      temperature=">= 0", top_p="in (0, 1]", batch_size=">= 1", parity_tolerance=">= 0",
                      gpu_memory_utilization="in (0, 1]", kv_cache_gb=">= 0", max_model_len=">= 1",
                      tensor_parallel_size=">= 1", sync_bucket_mb=">= 1")
+        if self.hf_kv_cache != HFKVCache.dynamic and self.backend != RolloutBackendName.hf:
+            raise ConfigError(f"rollout.hf_kv_cache={self.hf_kv_cache} sets the hf backend's KV cache; "
+                              f"rollout.backend={self.backend} keeps its own (rollout.kv_cache_gb)")
 
 
 @dataclass

@@ -29,7 +29,7 @@ def rollout_from_config(r, policy, model, tokenizer, seed: int, colocate: bool =
 
     model_dir = None if r.backend == "hf" else resolve_path(policy.model)
     return make_rollout(r.backend, model=model, tokenizer=tokenizer, model_dir=model_dir, seed=seed,
-                        batch_size=r.batch_size, dtype=r.dtype or policy.dtype,
+                        batch_size=r.batch_size, hf_kv_cache=r.hf_kv_cache, dtype=r.dtype or policy.dtype,
                         gpu_memory_utilization=r.gpu_memory_utilization, kv_cache_gb=r.kv_cache_gb,
                         max_model_len=r.max_model_len, enforce_eager=r.enforce_eager,
                         tensor_parallel_size=r.tensor_parallel_size, sleep=r.sleep, colocate=colocate,

@@ -349,8 +349,9 @@ class OnlineLoop:
         if not any(lengths):
             return {}
         passes = max(-(-len(part) // self.cfg.algo.micro_batch_size) for part in lengths)
-        for s, logp in zip(samples, self.policy.logprobs(samples, passes=passes)):
-            s.old_logprobs = logp
+        if not self.policy.one_step(sum(map(len, lengths))):   # one step reads its own forward (one_step)
+            for s, logp in zip(samples, self.policy.logprobs(samples, passes=passes)):
+                s.old_logprobs = logp
         if self.cfg.algo.kl_coef > 0:
             for s, logp in zip(samples, self.policy.logprobs(samples, reference=True, passes=passes)):
                 s.ref_logprobs = logp

@@ -1,7 +1,7 @@
 """The policy trainer: LoRA (peft) or full fine-tuning behind a DeepSpeed engine (or plain torch).
 
     trainer = PolicyTrainer(cfg.policy, cfg.algo, cfg.trainer)
-    logp = trainer.logprobs(samples)                # no grad: old (and reference) log-probs
+    logp = trainer.logprobs(samples)                # no grad: old (unless one_step) and reference log-probs
     metrics = trainer.update(samples)               # PPO-clip epochs over minibatches
     trainer.weights_for_sync()                      # HF-named full tensors, one at a time (LoRA merged)
 A `Sample` is one completion with its prompt tokens, per-token advantages and old log-probs.
@@ -185,6 +185,13 @@ class PolicyTrainer:
         return self.logprobs([Sample(ids, list(completion_ids))], temperature=1.0)[0].tolist()  # raw, like the engine
 
     # ------------------------------------------------------------------ PPO update
+    def one_step(self, samples: int) -> bool:
+        """Whether an update of `samples` (over all ranks) is a single optimizer step (one epoch, one minibatch).
+        Then the weights that sampled are the ones the step's forward runs, so the old log-probs are that
+        forward's own, detached (TRL's rule for num_iterations == 1): the ratio is exactly 1 and no separate
+        no-grad pass is needed. Samples without old_logprobs take this path in the loss."""
+        return self.algo.ppo_epochs == 1 and samples <= self.algo.mini_batch_size
+
     def update(self, samples: list[Sample], generator: torch.Generator | None = None, ranks: Ranks | None = None,
                lengths: list[list[int]] | None = None) -> dict[str, float]:
         """ppo_epochs passes over the global minibatch plan (core.distributed.minibatch_plan: the shuffle
@@ -196,6 +203,9 @@ class PolicyTrainer:
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         plan = minibatch_plan(lengths, self.algo.mini_batch_size, self.algo.micro_batch_size, self.algo.ppo_epochs,
                               generator)
+        if len(plan) > 1 and any(s.old_logprobs is None for s in samples):
+            raise ValueError(f"{len(plan)} optimizer steps on samples without old_logprobs: only a single step "
+                             "may read its own forward as the old policy (PolicyTrainer.one_step)")
         self.model.train()
         totals: dict[str, float] = {}
         for mini in plan:
@@ -249,8 +259,9 @@ class PolicyTrainer:
         pad = lambda name: torch.nn.utils.rnn.pad_sequence(  # noqa: E731
             [getattr(s, name).to(self.device) for s in chunk], batch_first=True)
         ref = pad("ref_logprobs") if chunk[0].ref_logprobs is not None else None
-        return ppo_clip_loss(logp, pad("old_logprobs"), pad("advantages"), mask, self.algo.clip_eps,
-                             ref, self.algo.kl_coef, num_tokens)
+        old = pad("old_logprobs") if chunk[0].old_logprobs is not None else logp.detach()   # see one_step
+        return ppo_clip_loss(logp, old, pad("advantages"), mask, self.algo.clip_eps, ref, self.algo.kl_coef,
+                             num_tokens)
 
     # ------------------------------------------------------------------ sync + checkpoints
     @torch.no_grad()

@@ -183,9 +183,11 @@ class HFRollout(RolloutBackend):
     """`model.generate` in micro-batches with left padding and a KV cache; shares the trainer's module,
     so a weight sync moves nothing (the parity check still runs: it catches a wrapped/stale copy)."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 32, **_):
+    def __init__(self, model, tokenizer, batch_size: int = 32, hf_kv_cache: str = "dynamic", **_):
         super().__init__(tokenizer)
         self.model, self.batch_size = model, batch_size
+        # generate's own values: "dynamic" is its default cache, "static" its preallocated one (rl.config.HFKVCache)
+        self.cache = {} if hf_kv_cache == "dynamic" else {"cache_implementation": str(hf_kv_cache)}
 
     def _load_weights(self, named_tensors):
         state = dict(named_tensors)
@@ -227,7 +229,7 @@ class HFRollout(RolloutBackend):
         processors = [recorder] if temperature <= 0 else [recorder, InverseCDFSampler(temperature, top_p, generators)]
         seqs = self.model.generate(   # greedy decoding of the sampler's pick (see InverseCDFSampler)
             **enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-            stop_strings=stop or None, tokenizer=tok if stop else None, use_cache=True,
+            stop_strings=stop or None, tokenizer=tok if stop else None, use_cache=True, **self.cache,
             logits_processor=LogitsProcessorList(processors), pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id)
         gen = seqs[:, enc["input_ids"].shape[1]:]

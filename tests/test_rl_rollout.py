@@ -72,3 +72,29 @@ def _max_logprobs(rollout, prompt: str, ids: list[int]) -> list[float]:
     with torch.no_grad():
         logits = model(torch.tensor([p + ids])).logits[0, len(p) - 1:-1].float()
     return logits.log_softmax(-1).max(-1).values.tolist()
+
+
+def test_the_static_kv_cache_generates_what_the_dynamic_one_does(rollout, monkeypatch):
+    """rollout.hf_kv_cache changes where generate keeps keys and values, not what it computes: the same seeded
+    samples (the logits differ only by fp32 rounding of attention over a longer, masked cache, far below a
+    sampled token's margin) and the same log-probs; and it reaches generate."""
+    static = HFRollout(model=rollout.model, tokenizer=rollout.tokenizer, batch_size=8, hf_kv_cache="static")
+    seen = []
+    generate = rollout.model.generate
+    monkeypatch.setattr(rollout.model, "generate", lambda **kw: seen.append(kw.get("cache_implementation"))
+                        or generate(**kw))
+    prompts = ["What is 2 + 3?", "What is 17 - 4 + 8?"]
+    for temperature in (0.9, 0.0):
+        a = rollout.generate(prompts, 3, 16, temperature=temperature, seeds=[5, 6])
+        b = static.generate(prompts, 3, 16, temperature=temperature, seeds=[5, 6])
+        assert [c.token_ids for g in a for c in g] == [c.token_ids for g in b for c in g]
+        assert max(abs(x - y) for g, h in zip(a, b) for c, d in zip(g, h) for x, y in zip(c.logprobs, d.logprobs)) < 1e-5
+    assert seen == [None, "static", None, "static"]
+
+
+def test_a_static_kv_cache_is_refused_for_the_vllm_backend():
+    from core.config import ConfigError
+    from rl.config import RolloutConfig
+    assert RolloutConfig(hf_kv_cache="static").hf_kv_cache == "static"
+    with pytest.raises(ConfigError, match="rollout.hf_kv_cache=static sets the hf backend's KV cache"):
+        RolloutConfig(backend="vllm", hf_kv_cache="static")
