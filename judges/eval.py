@@ -46,17 +46,16 @@ def load_processbench(path: str | Path, limit: int | None = None, skip_bad_rows:
 def evaluate_subset(judge: Judge, ledger: LabelLedger, rows: list[dict], name: str,
                     chunk: int = 32) -> dict[str, Any]:
     """Scores on the labelled items; judge_seconds is wall clock (requests in flight overlap)."""
-    verdicts, failed, wall_s = [], 0, 0.0
+    verdicts, failed, wall_s, paid = [], 0, 0.0, Cost()
     with tqdm(total=len(rows), desc=f"{name} [{judge.identity}]", unit="item") as bar:
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
             got, counts, seconds = label_counted(ledger, judge, [(r["problem"], r["steps"]) for r in part])
             verdicts += got
-            failed, wall_s = failed + counts.failed, wall_s + seconds
+            failed, wall_s, paid = failed + counts.failed, wall_s + seconds, paid + counts.cost
             bar.update(len(part))
     labelled = [(v, r) for v, r in zip(verdicts, rows) if v is not None]
     scores = processbench_f1([v.first_error for v, _ in labelled], [r["label"] for _, r in labelled])
-    paid = sum((v.cost for v, _ in labelled if not v.from_ledger), Cost())
     return {**scores,
             "items": len(rows),
             "unlabelled_budget": len(rows) - len(labelled) - failed,

@@ -45,8 +45,10 @@ POLL_S = 0.2  # how often a waiting caller looks at the file again (other proces
 
 @dataclass(frozen=True)
 class LabelCounts:
-    """What one label() call did with its items (repeats counted per item)."""
-    paid: int = 0  # labels paid for now (invalid ones included)
+    """What one label() call did with its items (per item, except `paid` and `cost`: per label paid)."""
+    paid: int = 0  # labels paid for now (invalid ones included), an item repeated in the call once
+    repeats: int = 0  # answered by the label of an identical item paid in the same call, at no cost
+    cost: Cost = field(default_factory=Cost)  # what the paid labels cost (their retries included)
     valid: int = 0  # labels returned with a usable verdict (paid now or from the ledger)
     invalid: int = 0  # labels returned with an invalid verdict (paid now or from the ledger)
     ledger_hits: int = 0  # answered from the ledger at no cost
@@ -143,7 +145,9 @@ class LabelLedger:
         results = [known[key] if key in known else batch.results.get(key) for key in keys]
         failed = sum(v is None and key in batch.failed for v, key in zip(results, keys))
         refused = sum(v is None for v in results) - failed
-        self.last = LabelCounts(paid=sum(v is not None and not v.from_ledger for v in results),
+        paid = [v for v in batch.results.values() if v is not None and not v.from_ledger]
+        answered_now = sum(v is not None and not v.from_ledger for v in results)
+        self.last = LabelCounts(paid=len(paid), repeats=answered_now - len(paid), cost=sum((v.cost for v in paid), Cost()),
                                 valid=sum(v is not None and v.valid for v in results),
                                 invalid=sum(v is not None and not v.valid for v in results),
                                 ledger_hits=sum(v is not None and v.from_ledger for v in results),

@@ -75,11 +75,12 @@ def label_counted(ledger: LabelLedger, judge: Judge, items: list[Item]) -> tuple
     return verdicts, ledger.last, time.perf_counter() - start
 
 
-def judge_metrics(counts: LabelCounts | None, wall_s: float, cost: Cost | None = None) -> dict[str, float]:
-    """The judge/* metrics of one labelling call (counts None: nothing was judged)."""
+def judge_metrics(counts: LabelCounts | None, wall_s: float, calls: bool = False) -> dict[str, float]:
+    """The judge/* metrics of one labelling call (counts None: nothing was judged); `calls`: with what it paid."""
     counts = counts or LabelCounts()
     out = {"judge/invalid": counts.invalid, "judge/refused_budget": counts.refused_budget,
-           "judge/failed": counts.failed, "judge/ledger_hits": counts.ledger_hits, "judge/seconds": wall_s}
-    if cost is not None:
-        out.update({"judge/calls": cost.calls, "judge/tokens": cost.tokens})
+           "judge/failed": counts.failed, "judge/ledger_hits": counts.ledger_hits, "judge/repeats": counts.repeats,
+           "judge/seconds": wall_s}
+    if calls:
+        out.update({"judge/calls": counts.cost.calls, "judge/tokens": counts.cost.tokens})
     return out

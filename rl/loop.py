@@ -245,10 +245,8 @@ class OnlineLoop:
         result = None
         if self.ranks.is_main and items:
             verdicts, counts, wall_s = label_counted(self.ledger, self.judge, items)
-            result = verdicts, judge_metrics(counts, wall_s)
-        verdicts, metrics = self.ranks.broadcast(result) or ([], judge_metrics(None, 0.0))
-        cost = sum((v.cost for v in verdicts if v is not None and not v.from_ledger), Cost())
-        hits = sum(v is not None and v.from_ledger for v in verdicts)
+            result = verdicts, judge_metrics(counts, wall_s), counts.cost
+        verdicts, metrics, cost = self.ranks.broadcast(result) or ([], judge_metrics(None, 0.0), Cost())
         offset = sum(len(part) for part in parts[:self.ranks.rank])
         for r, v in zip(picked, verdicts[offset:offset + len(picked)]):
             r.first_error = v.first_error if v is not None else None

@@ -138,7 +138,6 @@ def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
     run measures on the same set. prm.replay tunes the F1 threshold on half its problems."""
     from dataclasses import replace
 
-    from judges.base import Cost
     from judges.session import judge_metrics, label_counted
     from prm.data import load_trajectories_jsonl
     from tasks.problems import Trajectory
@@ -160,8 +159,7 @@ def heldout_set(loop, cfg: OnlineConfig, out_dir: Path) -> list:
     items = [(p.question, attempt_steps(c.text))
              for p, group in zip(problems, groups) for c in group][:cfg.replay.heldout_size]
     verdicts, counts, wall_s = label_counted(loop.ledger, loop.judge, items)
-    cost = sum((v.cost for v in verdicts if v is not None and not v.from_ledger), Cost())
-    loop.pending_judge = {**judge_metrics(counts, wall_s, cost), "judge/heldout_calls": cost.calls}
+    loop.pending_judge = {**judge_metrics(counts, wall_s, calls=True), "judge/heldout_calls": counts.cost.calls}
     trajectories = [Trajectory(q, steps, v.first_error, source="heldout")
                     for (q, steps), v in zip(items, verdicts) if v is not None and v.first_error is not None]
     tmp = path.with_suffix(".tmp")

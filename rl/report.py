@@ -11,7 +11,8 @@ import numpy as np
 # What each column measures: `pass` is on the round's own training prompts (it moves with which problems
 # the stream drew); `held-out pass` on problems the run never trains on (rl/evaluate.py), at round 0 and
 # every policy_eval.every rounds; the PRM's AUROC / F1 on a held-out judged set, F1 at the threshold tuned on its
-# validation half (prm.replay); judge calls paid, and picks the ledger already had (not paid again).
+# validation half (prm.replay); judge calls paid, and picks the ledger already had (not paid again); picks that
+# repeat another of the same round word for word (paid once) are in the metrics as judge/repeats.
 SUMMARY_COLUMNS = [("round", "round", "{:d}"), ("pass_rate", "pass (train prompts)", "{:.3f}"),
                    ("eval/pass", "held-out pass", "{:.3f}"), ("eval/pass_greedy", "held-out greedy", "{:.3f}"),
                    ("reward/process", "R proc", "{:.3f}"), ("select/fraction", "sel", "{:.2f}"),

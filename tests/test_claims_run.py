@@ -93,8 +93,26 @@ def test_online_records_become_raw_rows_from_the_last_round(tmp_path):
     rows = [{"round": 0, "question": "q1", "right": 0, "n": 4}, {"round": 40, "question": "q1", "right": 3, "n": 4},
             {"round": 40, "question": "q2", "right": 4, "n": 4}]
     (here / "eval_problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run.online_raw(claim, tmp_path) == []                      # not finished (or killed): no rows
+    (here / "claim_step.done").touch()
     assert sorted((r["unit"], r["arm"], r["problem"], r["value"]) for r in run.online_raw(claim, tmp_path)) == [
         ("b0/s3", "eq5", "q1", 0.75), ("b0/s3", "eq5", "q2", 1.0)]
+
+
+def test_online_units_count_paid_calls_once_per_round(tmp_path):
+    claim = load_claim(claim_path("b"))
+    here = run.online_dir(tmp_path, 1, 2, "random")
+    here.mkdir(parents=True)
+    metrics = [{"round": 0, "eval/pass": 0.5},
+               {"round": 1, "judge/calls": 7, "judge/ledger_hits": 1},
+               {"round": 2, "judge/calls": 5, "judge/ledger_hits": 0},       # killed before its checkpoint:
+               {"round": 2, "judge/calls": 2, "judge/ledger_hits": 3},       # run again, the ledger answers
+               {"round": 3, "judge/calls": 4, "judge/ledger_hits": 0, "eval/pass": 0.625}]
+    (here / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    assert run.online_units(claim, tmp_path) == []
+    (here / "claim_step.done").touch()
+    assert run.online_units(claim, tmp_path) == [
+        {"unit": "b1/s2", "arm": "random", "judge_paid": 13, "ledger_hits": 4, "held_out_pass": 0.625}]
 
 
 def test_a_step_that_marks_is_done_only_after_it_succeeds(tmp_path):

@@ -218,6 +218,22 @@ def test_ledger_answers_repeats_without_calls(tmp_path):
     assert row[:7] == ("counting:v1", item_key(*ITEMS[2]), "q2", json.dumps(["s"] * 3), 1, "ok", 1) and row[7]
 
 
+def test_a_repeat_inside_one_call_is_paid_and_counted_once(tmp_path):
+    """An item twice in one call: one judge call, one paid label, its cost once; the copy is a repeat, not a
+    ledger hit. A later call finds both copies in the ledger."""
+    judge = CountingJudge(tokens=5)
+    items = [ITEMS[0], ITEMS[1], ITEMS[0], ITEMS[2], ITEMS[0]]
+    with LabelLedger(tmp_path / "l.sqlite") as ledger:
+        ledger.label(judge, [ITEMS[2]])
+        verdicts = ledger.label(judge, items)
+        assert [v.first_error for v in verdicts] == [-1, 0, -1, 1, -1] and judge.calls == 3
+        last = ledger.last
+        assert (last.paid, last.repeats, last.ledger_hits, last.valid) == (2, 2, 1, 5)
+        assert last.cost == Cost(2, 10, 0, 0.0)
+        ledger.label(judge, items)
+        assert (ledger.last.paid, ledger.last.repeats, ledger.last.ledger_hits, ledger.last.cost) == (0, 0, 5, Cost())
+
+
 def test_ledger_budget_under_concurrency_is_exact(tmp_path):
     judge = CountingJudge(delay=0.05, concurrency=4)
     items = [(f"q{i}", ["a", "b"]) for i in range(20)]

@@ -108,7 +108,8 @@ def test_kill_mid_round_resumes_without_repaying_labels(tmp_path, monkeypatch):
     resumed = run(tiny_config(out, mode="all"))
     assert resumed[1]["judge/calls"] == 0                 # replayed round 2: every label from the ledger
     assert resumed[1]["judge/ledger_hits"] == resumed[1]["select/selected"] > 0   # ... and counted as hits
-    assert reference[1]["judge/calls"] + reference[1]["judge/ledger_hits"] == reference[1]["select/selected"]
+    assert (reference[1]["judge/calls"] + reference[1]["judge/ledger_hits"] + reference[1]["judge/repeats"]
+            == reference[1]["select/selected"])
     assert resumed[1]["judge/labels"] == reference[1]["judge/labels"]
     assert ledger_rows(out) == ledger_rows(tmp_path / "ref")  # nothing lost, nothing paid twice
     assert resumed[1]["pass_rate"] == reference[1]["pass_rate"]

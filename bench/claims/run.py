@@ -161,19 +161,39 @@ def online_steps(claim: Claim, out: Path) -> list[Step]:
 
 
 def online_raw(claim: Claim, out: Path) -> list[dict]:
-    """The held-out pass of each test problem at each run's last evaluated round (its last row there)."""
+    """The held-out pass of each test problem at each finished run's last round (its last row there); a run
+    still going (or killed) gives none, so the report counts its unit as not yet run."""
     rows = []
     for b in claim.builds:
         for seed in claim.seeds:
             for arm in claim.arms:
                 path = online_dir(out, b, seed, arm) / "eval_problems.jsonl"
-                if not path.is_file():
+                if not (path.is_file() and (path.parent / "claim_step.done").is_file()):
                     continue
                 evals = [json.loads(line) for line in path.read_text().splitlines()]
                 last = max(r["round"] for r in evals)
                 final = {r["question"]: r for r in evals if r["round"] == last}
                 rows += [{"unit": f"b{b}/s{seed}", "arm": arm, "problem": q, "value": r["right"] / r["n"]}
                          for q, r in final.items()]
+    return rows
+
+
+def online_units(claim: Claim, out: Path) -> list[dict]:
+    """Per finished run: the judge calls it paid and its ledger hits over every round (a round logged twice, by
+    a run resumed after it, counts once: its later row), and its held-out pass at the last round."""
+    rows = []
+    for b in claim.builds:
+        for seed in claim.seeds:
+            for arm in claim.arms:
+                here = online_dir(out, b, seed, arm)
+                if not (here / "claim_step.done").is_file():
+                    continue
+                by_round = {m["round"]: m for m in map(json.loads, (here / "metrics.jsonl").read_text().splitlines())}
+                last = by_round[max(by_round)]
+                rows.append({"unit": f"b{b}/s{seed}", "arm": arm,
+                             "judge_paid": sum(m.get("judge/calls", 0) for m in by_round.values()),
+                             "ledger_hits": sum(m.get("judge/ledger_hits", 0) for m in by_round.values()),
+                             "held_out_pass": last["eval/pass"]})
     return rows
 
 
@@ -295,7 +315,7 @@ class Runner:
 
 
 TESTBED = Runner(run_c.testbed_steps, run_c.testbed_raw, run_c.build_steps, run_c.draw_sets, independent=True)
-RUNNERS = {"d": Runner(search_steps, search_raw), "b": Runner(online_steps, online_raw, independent=True),
+RUNNERS = {"d": Runner(search_steps, search_raw), "b": Runner(online_steps, online_raw, independent=True, units=online_units),
            "a": Runner(label_steps, label_raw, units=label_units),
            "e": Runner(quality_steps, quality_raw, units=quality_units), "c_sparse": TESTBED,
            "c_lucky": TESTBED}
