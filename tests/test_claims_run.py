@@ -186,3 +186,35 @@ def test_sets_drawn_from_other_problem_sets_are_refused(claim_d, tmp_path):
     (tmp_path / "sets.json").write_text(json.dumps(edited))
     with pytest.raises(SystemExit, match="was drawn as nothing"):
         run.drawn_sets(claim_d, tmp_path, draw=None)
+
+
+def test_each_launch_records_the_code_it_ran_on(tmp_path, monkeypatch):
+    from bench.claims import steps
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True, text=True).stdout  # noqa: E731
+    git("init", "-q")
+    (repo / "f.py").write_text("x = 1\n")
+    git("add", "f.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    commit = git("rev-parse", "HEAD").strip()
+    assert steps.code_version(repo) == commit
+    (repo / "untracked.txt").write_text("")                  # not code that runs: still the commit
+    assert steps.code_version(repo) == commit
+    (repo / "f.py").write_text("x = 2\n")
+    assert steps.code_version(repo) == commit + "+modified"
+    assert steps.code_version(tmp_path / "nowhere") == "unknown"
+
+    versions = iter(["aaa", "aaa", "bbb"])
+    monkeypatch.setattr(steps, "code_version", lambda root=None: next(versions))
+    provenance = tmp_path / "code.jsonl"
+    one = run.Step("one", ["python", "-c", "pass"], tmp_path / "one.done", mark=True)
+    run.run_step(one, dry_run=True, provenance=provenance)      # printed only: nothing ran, nothing recorded
+    assert not provenance.exists()
+    run.run_step(one, dry_run=False, provenance=provenance)
+    run.run_step(one, dry_run=False, provenance=provenance)     # done: skipped, not recorded
+    one.done.unlink()                                           # as if killed: launched again, on the same code
+    run.run_step(one, dry_run=False, provenance=provenance)
+    two = run.Step("two", ["python", "-c", "pass"], tmp_path / "two.done", mark=True)
+    run.run_steps([two], dry_run=False, jobs=2, provenance=provenance)
+    assert steps.code_used(provenance) == {"aaa": ["one"], "bbb": ["two"]}

@@ -27,7 +27,7 @@ from bench.claims import run_c
 from bench.claims.metrics import f1_counts
 from bench.claims.problem_sets import claim_problem_sets
 from bench.claims.spec import ROOT, Claim, claim_path, load_claim
-from bench.claims.steps import Step, run_step, run_steps
+from bench.claims.steps import Step, code_used, run_step, run_steps
 
 
 def write_sets(claim: Claim, out: Path, draw: Callable[[Claim], dict] = claim_problem_sets) -> dict:
@@ -341,10 +341,11 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = drawn_sets(claim, out, runner.sets)
     print("[claims] sets: " + ", ".join(f"{k} {v['problems']} problems ({v['dropped']} dropped)" for k, v in summary.items()))
+    provenance = out / "code.jsonl"
     if not args.collect:
         for step in runner.builds(claim, out):
-            run_step(step, args.dry_run)
-        run_steps(runner.steps(claim, out), args.dry_run, args.jobs)
+            run_step(step, args.dry_run, provenance)
+        run_steps(runner.steps(claim, out), args.dry_run, args.jobs, provenance)
     if args.dry_run:
         return
     rows = runner.raw(claim, out)
@@ -352,6 +353,10 @@ def main(argv: list[str] | None = None) -> None:
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"[claims] {len(rows)} raw rows -> {claim.raw}")
+    used = code_used(provenance)
+    raw.with_name(raw.stem + ".code.json").write_text(json.dumps(used, indent=1) + "\n")
+    print("[claims] code the steps ran on: " + (", ".join(f"{v} ({len(s)} steps)" for v, s in used.items()) or
+                                                 "not recorded"))
     from bench.claims.report import report, unit_path
     if runner.units:
         units = runner.units(claim, out)

@@ -2,14 +2,21 @@
 
     run_step(step, dry_run)          print the command, run it (unless dry_run), mark it done
     run_steps(steps, dry_run, jobs)  the same for steps that depend on none of the others, `jobs` at a time
+
+Given a `provenance` file, each launch appends the step's name and the code it ran: the commit of the
+checkout it ran in, "+modified" when tracked files differed from it (a claim run from its own checkout,
+`git worktree add`, keeps one commit while the repository moves on).
 """
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.claims.spec import ROOT
@@ -24,13 +31,45 @@ class Step:
     log: Path | None = None   # its output is appended there (steps run side by side would interleave on the terminal)
 
 
-def run_step(step: Step, dry_run: bool) -> None:
+_APPEND = threading.Lock()   # run_steps' threads append to one provenance file
+
+
+def code_version(root: Path = ROOT) -> str:
+    """The commit checked out at `root`, with "+modified" when a tracked file differs from it; "unknown"
+    outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True).stdout
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        return commit + ("+modified" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def record_launch(provenance: Path, step: Step) -> None:
+    row = {"step": step.name, "code": code_version(), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    with _APPEND, provenance.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def code_used(provenance: Path) -> dict[str, list[str]]:
+    """code version -> the steps launched on it (a step relaunched on other code is listed under each)."""
+    out: dict[str, list[str]] = {}
+    for row in map(json.loads, provenance.read_text().splitlines() if provenance.is_file() else []):
+        if row["step"] not in out.setdefault(row["code"], []):
+            out[row["code"]].append(row["step"])
+    return out
+
+
+def run_step(step: Step, dry_run: bool, provenance: Path | None = None) -> None:
     if step.done.exists():
         print(f"[claims] {step.name}: done ({step.done})")
         return
     print(f"$ {shlex.join(step.argv)}" + (f"  >> {step.log}" if step.log else ""), flush=True)
     if dry_run:
         return
+    if provenance is not None:
+        record_launch(provenance, step)
     argv = [sys.executable, *step.argv[1:]]   # python -m ...
     if step.log is None:
         subprocess.run(argv, cwd=ROOT, check=True)
@@ -43,14 +82,14 @@ def run_step(step: Step, dry_run: bool) -> None:
         step.done.touch()
 
 
-def run_steps(steps: list[Step], dry_run: bool, jobs: int = 1) -> None:
+def run_steps(steps: list[Step], dry_run: bool, jobs: int = 1, provenance: Path | None = None) -> None:
     """Every step, `jobs` at a time: only for steps of which none reads another's output. A failed step does not
     stop the others already queued (each is a run of hours); the first failure is raised once all have ended."""
     if jobs <= 1 or dry_run:
         for step in steps:
-            run_step(step, dry_run)
+            run_step(step, dry_run, provenance)
         return
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_step, step, False) for step in steps]
+        futures = [pool.submit(run_step, step, False, provenance) for step in steps]
     for future in futures:
         future.result()
