@@ -218,3 +218,17 @@ def test_each_launch_records_the_code_it_ran_on(tmp_path, monkeypatch):
     two = run.Step("two", ["python", "-c", "pass"], tmp_path / "two.done", mark=True)
     run.run_steps([two], dry_run=False, jobs=2, provenance=provenance)
     assert steps.code_used(provenance) == {"aaa": ["one"], "bbb": ["two"]}
+
+
+def test_a_claim_that_waits_is_not_run_but_shows_what_it_waits_for(tmp_path, monkeypatch):
+    """claim (b) waits for claim (c): the runner refuses it (a dry run and --collect still work) and the claims
+    table says what it waits for."""
+    from bench.claims.report import claims_table
+    claim = load_claim(claim_path("b"))
+    assert claim.waits_for == "claim (c) to hold on chain_sparse or chain_lucky"
+    monkeypatch.setattr(run, "drawn_sets", lambda claim, out, draw: {})
+    monkeypatch.setattr(run, "run_steps", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran a step")))
+    with pytest.raises(SystemExit, match=r"claim \(b\) waits for claim \(c\) to hold"):
+        run.main(["b_online_labels", "--out", str(tmp_path)])
+    row = next(line for line in claims_table().splitlines() if line.startswith("| (b)"))
+    assert "| pre-registered, waits for claim (c) to hold on chain_sparse or chain_lucky |" in row

@@ -172,7 +172,7 @@ def table_results(table: str, read: dict[str, list[dict] | None] | None = None) 
 def claim_status(claim: Claim, results: list[Result]) -> Status:
     primary = [r.status for r in results if r.comparison.primary]
     if not results or len(primary) < sum(c.primary for c in claim.comparisons):
-        return Status.not_run
+        return Status.waiting if claim.waits_for else Status.not_run
     if Status.incomplete in primary:
         return Status.incomplete
     if claim.holds_when == Quantifier.any:     # one primary comparison suffices; it fails when all fail
@@ -310,6 +310,11 @@ def rule(claim: Claim) -> str:
         f" (Holm, alpha {claim.alpha})"
 
 
+def status_cell(claim: Claim, results: list[Result]) -> str:
+    status = claim_status(claim, results)
+    return f"{status} {claim.waits_for}" if status == Status.waiting else str(status)
+
+
 def claims_table(tables: list[str] | None = None) -> str:
     claims = list(map(load_claim, claim_files()))
     lines = ["| claim | decision rule | status | figure (estimate, paired t 95 %, bootstrap 95 %) | command | raw data | plot |",
@@ -320,7 +325,7 @@ def claims_table(tables: list[str] | None = None) -> str:
         raw = claim.raw if (ROOT / claim.raw).is_file() else "-"
         shown = claim.plot if (ROOT / claim.plot).is_file() else "-"
         lines.append(f"| ({claim.id}) {claim.title} ([file]({Path(os.path.relpath(claim.path, ROOT / 'bench')).as_posix()})) "
-                     f"| {rule(claim)} | {claim_status(claim, results)} | {figure(results)} | `{claim.run}` | {raw} "
+                     f"| {rule(claim)} | {status_cell(claim, results)} | {figure(results)} | `{claim.run}` | {raw} "
                      f"| {shown} |")
     return "\n".join(lines) + "\n"
 

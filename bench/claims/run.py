@@ -335,6 +335,9 @@ def main(argv: list[str] | None = None) -> None:
     if claim.id not in RUNNERS:
         raise SystemExit(f"claim ({claim.id}) is pre-registered but has no runner (have: {', '.join(RUNNERS)})")
     runner = RUNNERS[claim.id]
+    if claim.waits_for and not (args.collect or args.dry_run):
+        raise SystemExit(f"claim ({claim.id}) waits for {claim.waits_for} ({claim.path} says why): it is not run "
+                         f"until its file clears waits_for")
     if args.jobs > 1 and not runner.independent:
         raise SystemExit(f"claim ({claim.id}): its steps read each other's outputs; run it with --jobs 1")
     out = args.out or ROOT / "outputs" / "claims" / claim.id

@@ -83,6 +83,7 @@ class Claim:
     plot: str = ""
     path: Path = field(default=Path(), compare=False)
     holds_when: Quantifier = Quantifier.all   # all primary comparisons must hold (default), or any one of them
+    waits_for: str = ""                 # what must be known before any run (the runner refuses until it is cleared)
 
     @property
     def expected_units(self) -> int:
@@ -146,7 +147,8 @@ def load_claim(path: Path | str) -> Claim:
     for key in REQUIRED:
         if key not in raw or raw[key] in (None, "", [], {}):
             fail(key, "missing (required: " + ", ".join(REQUIRED) + ")")
-    known = set(REQUIRED) | {"table", "alpha", "bootstrap_reps", "bootstrap_seed", "metric_text", "holds_when"}
+    known = set(REQUIRED) | {"table", "alpha", "bootstrap_reps", "bootstrap_seed", "metric_text", "holds_when",
+                             "waits_for"}
     for key in raw:
         if key not in known:
             fail(key, f"unknown field (known: {', '.join(sorted(known))})")
@@ -210,7 +212,7 @@ def load_claim(path: Path | str) -> Claim:
     return Claim(str(raw["id"]), raw["title"], raw["hypothesis"], metric, raw.get("metric_text", metric.value),
                  dict(arms), comparisons, list(raw["seeds"]), list(raw["builds"]), sets, str(raw.get("table", "chain")),
                  alpha, int(raw.get("bootstrap_reps", 10_000)), int(raw.get("bootstrap_seed", 0)), raw["run"],
-                 raw["raw"], raw["plot"], path, holds_when)
+                 raw["raw"], raw["plot"], path, holds_when, str(raw.get("waits_for") or ""))
 
 
 def claim_files() -> list[Path]:

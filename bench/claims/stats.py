@@ -172,6 +172,7 @@ class Status(StrEnum):
     undecided = "undecided"
     incomplete = "incomplete"      # some pre-registered units have not run: shown, not decided
     not_run = "pre-registered, not yet run"
+    waiting = "pre-registered, waits for"   # its file's waits_for: not run until that is known
 
 
 def decide(t: Interval, boot: Interval, adjusted_p: float, margin: float, alpha: float) -> Status:
