@@ -232,3 +232,21 @@ def test_a_claim_that_waits_is_not_run_but_shows_what_it_waits_for(tmp_path, mon
         run.main(["b_online_labels", "--out", str(tmp_path)])
     row = next(line for line in claims_table().splitlines() if line.startswith("| (b)"))
     assert "| pre-registered, waits for claim (c) to hold on chain_sparse or chain_lucky |" in row
+
+
+def test_status_counts_done_steps_and_the_hours_left(tmp_path):
+    import os
+    from datetime import datetime, timezone
+    from bench.claims.steps import progress
+    steps = [run.Step(f"s{i}", ["python", "-c", "pass"], tmp_path / f"s{i}.done", mark=True) for i in range(5)]
+    assert progress(steps, tmp_path / "code.jsonl") == "0 of 5 steps done"
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+    rows = []
+    for i, minutes in [(0, 30), (1, 90)]:                      # launched at `start`, done 30 and 90 min later
+        steps[i].done.touch()
+        os.utime(steps[i].done, (start + 60 * minutes, start + 60 * minutes))
+        rows.append({"step": f"s{i}", "code": "abc", "at": datetime.fromtimestamp(start, timezone.utc).isoformat()})
+    steps[2].done.touch()                                         # done before launches were recorded: not timed
+    (tmp_path / "code.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert progress(steps, tmp_path / "code.jsonl") == (
+        "3 of 5 steps done; 60 min a step (mean of 2 timed), about 2.0 h of steps left, one at a time")

@@ -5,6 +5,7 @@
     python -m bench.claims.run c_lucky --jobs 4     # runs that read none of each other's outputs: 4 at a time
     python -m bench.claims.run d_search --dry-run   # print every command it would run, run nothing
     python -m bench.claims.run c_lucky --collect    # raw rows and table of the runs finished so far, run nothing
+    python -m bench.claims.run c_lucky --status     # steps done of all, hours left; runs and writes nothing
 
 Stages, each writing under --out (default outputs/claims/<id>) and skipped when its output exists:
     sets     draw the claim's problem sets, the test set checked fresh (bench/claims/problem_sets.py),
@@ -27,7 +28,7 @@ from bench.claims import run_c
 from bench.claims.metrics import f1_counts
 from bench.claims.problem_sets import claim_problem_sets
 from bench.claims.spec import ROOT, Claim, claim_path, load_claim
-from bench.claims.steps import Step, code_used, run_step, run_steps
+from bench.claims.steps import Step, code_used, progress, run_step, run_steps
 
 
 def write_sets(claim: Claim, out: Path, draw: Callable[[Claim], dict] = claim_problem_sets) -> dict:
@@ -327,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="working dir (default outputs/claims/<id>)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--jobs", type=int, default=1, help="arm commands run at a time (claims whose runs are independent)")
+    ap.add_argument("--status", action="store_true", help="run and write nothing: steps done, hours left")
     ap.add_argument("--collect", action="store_true",
                     help="run nothing: write the raw rows and the table of the runs finished so far (a claim whose "
                          "units have not all run reads as incomplete)")
@@ -335,12 +337,16 @@ def main(argv: list[str] | None = None) -> None:
     if claim.id not in RUNNERS:
         raise SystemExit(f"claim ({claim.id}) is pre-registered but has no runner (have: {', '.join(RUNNERS)})")
     runner = RUNNERS[claim.id]
-    if claim.waits_for and not (args.collect or args.dry_run):
+    if claim.waits_for and not (args.collect or args.dry_run or args.status):
         raise SystemExit(f"claim ({claim.id}) waits for {claim.waits_for} ({claim.path} says why): it is not run "
                          f"until its file clears waits_for")
     if args.jobs > 1 and not runner.independent:
         raise SystemExit(f"claim ({claim.id}): its steps read each other's outputs; run it with --jobs 1")
     out = args.out or ROOT / "outputs" / "claims" / claim.id
+    if args.status:
+        print(f"[claims] ({claim.id}) " + progress([*runner.builds(claim, out), *runner.steps(claim, out)],
+                                                    out / "code.jsonl"))
+        return
     out.mkdir(parents=True, exist_ok=True)
     summary = drawn_sets(claim, out, runner.sets)
     print("[claims] sets: " + ", ".join(f"{k} {v['problems']} problems ({v['dropped']} dropped)" for k, v in summary.items()))

@@ -2,6 +2,7 @@
 
     run_step(step, dry_run)          print the command, run it (unless dry_run), mark it done
     run_steps(steps, dry_run, jobs)  the same for steps that depend on none of the others, `jobs` at a time
+    progress(steps, provenance)      how many are done, and the hours left at their mean duration
 
 Given a `provenance` file, each launch appends the step's name and the code it ran: the commit of the
 checkout it ran in, "+modified" when tracked files differed from it (a claim run from its own checkout,
@@ -59,6 +60,22 @@ def code_used(provenance: Path) -> dict[str, list[str]]:
         if row["step"] not in out.setdefault(row["code"], []):
             out[row["code"]].append(row["step"])
     return out
+
+
+def progress(steps: list[Step], provenance: Path) -> str:
+    """How far a claim's steps are: done of all, and the hours left at the mean duration of the steps finished
+    since launches were recorded (each from its last launch to its `done` file's time)."""
+    launched = {}
+    for row in map(json.loads, provenance.read_text().splitlines() if provenance.is_file() else []):
+        launched[row["step"]] = datetime.fromisoformat(row["at"]).timestamp()
+    done = [s for s in steps if s.done.exists()]
+    spans = [s.done.stat().st_mtime - launched[s.name] for s in done if s.name in launched]
+    text = f"{len(done)} of {len(steps)} steps done"
+    if spans and len(done) < len(steps):
+        mean = sum(spans) / len(spans)
+        text += (f"; {mean / 60:.0f} min a step (mean of {len(spans)} timed), about "
+                 f"{mean * (len(steps) - len(done)) / 3600:.1f} h of steps left, one at a time")
+    return text
 
 
 def run_step(step: Step, dry_run: bool, provenance: Path | None = None) -> None:
