@@ -195,6 +195,7 @@ class SelectConfig:
 class PolicyEvalConfig:
     """The policy's pass rate on fixed held-out problems (rl/evaluate.py): before round 1, every `every` rounds."""
     every: int = 0                           # 0: off; N: after rounds N, 2N, ... and the last (plus round 0)
+    before_train: bool = True                # round 0, the initial policy (veRL's val_before_train)
     problems: int = 64                       # held-out problems (another generator seed / policy_eval.split)
     n: int = 4                               # samples per problem at rollout.temperature
     greedy: bool = True                      # also greedy decoding, one per problem

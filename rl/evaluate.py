@@ -10,7 +10,8 @@ same seeds, so two evaluations differ only by the policy:
     eval/trace_error  share of the sampled solutions that verify and contain a wrong step, by the task's own
                       exact step rule (chain tasks; absent for tasks without one)
 
-Evaluated before the first round (`round` 0: the initial policy) and after every `policy_eval.every`-th round and
+Evaluated before the first round (`round` 0: the initial policy; `policy_eval.before_train=false` skips it, e.g.
+for arms of one comparison that all start from the same policy) and after every `policy_eval.every`-th round and
 the last one. The problems: the task's generator with seed task.seed + EVAL_SEED_OFFSET (generated tasks)
 or split `policy_eval.split` (datasets), minus any question the training problems contain. Ranks evaluate a
 strided share and sum their counts.

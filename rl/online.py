@@ -215,7 +215,7 @@ def _run(cfg: OnlineConfig, stop_after: int | None) -> list[dict]:
             with (out_dir / "eval_problems.jsonl").open("a") as fh:
                 fh.writelines(json.dumps({"round": index, **row}) + "\n" for row in rows)
         return out
-    if eval_set and start_round == 1:   # round 0: the initial policy (veRL's validation before training)
+    if eval_set and start_round == 1 and cfg.policy_eval.before_train:   # round 0: the initial policy
         history.append({"round": 0, **evaluate(0)})
         if main_rank:
             log.write(history[-1])

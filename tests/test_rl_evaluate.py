@@ -171,6 +171,13 @@ def test_online_run_logs_round_zero_and_resumes_with_it(tmp_path):
     assert resumed[0]["eval/pass"] == full[0]["eval/pass"] and resumed[2]["eval/pass"] == full[2]["eval/pass"]
 
 
+def test_the_initial_policy_is_not_evaluated_when_told_so(tmp_path):
+    cfg = tiny_config(tmp_path, rounds=2, policy_eval=PolicyEvalConfig(every=2, problems=2, n=2, before_train=False))
+    assert [m["round"] for m in run(cfg) if "eval/pass" in m] == [2]
+    rows = [json.loads(line) for line in (tmp_path / "eval_problems.jsonl").read_text().splitlines()]
+    assert {r["round"] for r in rows} == {2}
+
+
 def test_per_problem_rows_are_the_raw_results_behind_the_pass_rate():
     loop = fake_loop(ScriptedRollout(SAMPLED, GREEDY))
     rows = []

@@ -36,9 +36,11 @@ from bench.claims.steps import Step
 TESTBED = {"c_sparse": ("chain_sparse", "chain-tiny-sparse"), "c_lucky": ("chain_lucky", "chain-tiny-lucky")}
 ROUNDS = 40
 # Per task: what its metric reads and what its solutions need. c_sparse averages the evaluations at rounds
-# 20 and 40; c_lucky reads round 40 alone (evaluating the whole test set at the rounds between would cost
-# more than the training). A 20-operation solution is ~3x chain's 100 tokens, hence sparse's room.
-EXTRAS = {"c_sparse": ["policy_eval.every=20", "prm.max_length=512", "rollout.max_new_tokens=240"],
+# 20 and 40 (round 0, the same policy in every arm, is not evaluated); c_lucky reads round 40 alone
+# (evaluating the whole test set at the rounds between would cost more than the training). A 20-operation
+# solution is ~3x chain's 100 tokens, hence sparse's room.
+EXTRAS = {"c_sparse": ["policy_eval.every=20", "policy_eval.before_train=false", "prm.max_length=512",
+                        "rollout.max_new_tokens=240"],
           "c_lucky": [f"policy_eval.every={ROUNDS}"]}
 SETTINGS = [f"rounds={ROUNDS}", "policy_eval.n=4", "policy_eval.greedy=false",
             "policy_eval.problems=100000", "trainer.resume=auto", "trainer.progress=false", "plot=false",
