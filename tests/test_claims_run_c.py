@@ -89,8 +89,9 @@ def test_the_dry_run_lists_every_arm_and_seed_with_its_overrides(name, tmp_path,
     assert runs == {(s, a) for s in range(15) for a in claim.arms}
 
 
-def test_the_commands_compose(tmp_path, monkeypatch, capsys):
-    commands = dry_run("c_lucky", tmp_path, monkeypatch, capsys)
+@pytest.mark.parametrize("name", list(TASKS))
+def test_the_commands_compose(name, tmp_path, monkeypatch, capsys):
+    commands = dry_run(name, tmp_path, monkeypatch, capsys)
     for argv in commands[:4]:                         # one per arm
         compose_and_validate("rl.online", [f"--config-name={argv[4]}", *argv[5:]])
 
