@@ -166,3 +166,34 @@ def test_collect_writes_the_finished_runs_rows_and_runs_nothing(tmp_path, monkey
     rows = report.read_raw(tmp_path / load_claim(claim_path("c_lucky")).raw)
     assert sorted((r["unit"], r.get("metric", "mean"), r["value"]) for r in rows) == [
         ("b0/s0", "held_out_pass", 0.5), ("b0/s0", "mean", 0.5)]
+
+
+def test_stage_2_takes_stage_1s_best_form_once_it_holds(monkeypatch):
+    """c_lucky_dense: every arm but outcome only gets the credit form of stage 1's largest estimate, and only
+    once stage 1 holds; the implicit reward keeps PRIME's sum where that form is first_error."""
+    from types import SimpleNamespace
+    from bench.claims import report
+    from bench.claims.stats import Status
+
+    def result(treatment, mean, primary=True):
+        return SimpleNamespace(comparison=SimpleNamespace(treatment=treatment, primary=primary),
+                               t=SimpleNamespace(mean=mean))
+    results = [result("judge_sum_c", 0.02), result("judge_min_c", 0.05), result("judge_first_error_c", 0.03),
+               result("judge_sum_c", 0.09, primary=False)]
+    monkeypatch.setattr(report, "table_results", lambda table: {"c_lucky": results})
+    monkeypatch.setattr(report, "claim_status", lambda claim, res: Status.undecided)
+    assert run_c.stage1_form("c_lucky") is None
+    monkeypatch.setattr(report, "claim_status", lambda claim, res: Status.holds)
+    assert run_c.stage1_form("c_lucky") == "min"
+    claim = load_claim(claim_path("c_lucky_dense"))
+    assert run_c.stage2_settings(claim, "outcome_c", "min") == []
+    assert run_c.stage2_settings(claim, "prm_c", "first_error") == ["algo.process_credit=first_error"]
+    lr = run_c.IMPLICIT_LR["chain_lucky"]
+    assert run_c.stage2_settings(claim, "implicit_c", "first_error") == ["algo.process_credit=sum",
+                                                                        f"algo.implicit_lr={lr}"]
+    assert run_c.stage2_settings(load_claim(claim_path("c_lucky")), "judge_sum_c", "min") == []
+
+
+def test_stage_2_waits_for_stage_1(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit, match=r"claim \(c_lucky_dense\) waits for claim \(c_lucky\) to hold"):
+        run.main(["c_lucky_dense", "--out", str(tmp_path)])

@@ -319,7 +319,7 @@ TESTBED = Runner(run_c.testbed_steps, run_c.testbed_raw, run_c.build_steps, run_
 RUNNERS = {"d": Runner(search_steps, search_raw), "b": Runner(online_steps, online_raw, independent=True, units=online_units),
            "a": Runner(label_steps, label_raw, units=label_units),
            "e": Runner(quality_steps, quality_raw, units=quality_units), "c_sparse": TESTBED,
-           "c_lucky": TESTBED}
+           "c_lucky": TESTBED, "c_lucky_dense": TESTBED}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -363,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"[claims] {len(rows)} raw rows -> {claim.raw}")
     used = code_used(provenance)
-    raw.with_name(raw.stem + ".code.json").write_text(json.dumps(used, indent=1) + "\n")
+    if used:   # launches made before they were recorded leave nothing to say
+        raw.with_name(raw.stem + ".code.json").write_text(json.dumps(used, indent=1) + "\n")
     print("[claims] code the steps ran on: " + (", ".join(f"{v} ({len(s)} steps)" for v, s in used.items()) or
                                                  "not recorded"))
     from bench.claims.report import report, unit_path

@@ -33,7 +33,13 @@ import yaml
 from bench.claims.spec import ROOT, Claim, Role
 from bench.claims.steps import Step
 
-TESTBED = {"c_sparse": ("chain_sparse", "chain-tiny-sparse"), "c_lucky": ("chain_lucky", "chain-tiny-lucky")}
+TESTBED = {"c_sparse": ("chain_sparse", "chain-tiny-sparse"), "c_lucky": ("chain_lucky", "chain-tiny-lucky"),
+           "c_lucky_dense": ("chain_lucky", "chain-tiny-lucky")}
+# Stage 2 (c_lucky_dense.md): the learned PRM, PRIME's implicit reward and the ORM on the task whose stage 1 held,
+# each with the credit form of stage 1's largest gain, and the implicit PRM at the learning rate that
+# bench.implicit_lr_sweep chose on training problems (bench/RESULTS.md).
+STAGE1 = {"c_lucky_dense": "c_lucky"}
+IMPLICIT_LR = {"chain_lucky": "1e-3"}
 ROUNDS = 40
 # Per task: what its metric reads and what its solutions need. c_sparse averages the evaluations at rounds
 # 20 and 40 (round 0, the same policy in every arm, is not evaluated); c_lucky reads round 40 alone
@@ -41,7 +47,7 @@ ROUNDS = 40
 # solution is ~3x chain's 100 tokens, hence sparse's room.
 EXTRAS = {"c_sparse": ["policy_eval.every=20", "policy_eval.before_train=false", "prm.max_length=512",
                         "rollout.max_new_tokens=240"],
-          "c_lucky": [f"policy_eval.every={ROUNDS}"]}
+          "c_lucky": [f"policy_eval.every={ROUNDS}"], "c_lucky_dense": [f"policy_eval.every={ROUNDS}"]}
 SETTINGS = [f"rounds={ROUNDS}", "policy_eval.n=4", "policy_eval.greedy=false",
             "policy_eval.problems=100000", "trainer.resume=auto", "trainer.progress=false", "plot=false",
             "keep_checkpoints=1"]
@@ -80,9 +86,37 @@ def run_dir(out: Path, build: int, seed: int, arm: str) -> Path:
     return out / f"build{build}" / f"seed{seed}" / arm
 
 
+def stage1_form(stage1: str) -> str | None:
+    """The credit form of the stage-1 claim's primary comparison with the largest estimate, once that claim holds
+    (its committed raw rows decide); None before."""
+    from bench.claims.report import claim_status, table_results
+    from bench.claims.spec import claim_path, load_claim
+    from bench.claims.stats import Status
+    claim = load_claim(claim_path(stage1))
+    results = table_results(claim.table)[claim.id]
+    if claim_status(claim, results) != Status.holds:
+        return None
+    best = max((r for r in results if r.comparison.primary), key=lambda r: r.t.mean)
+    return best.comparison.treatment.removeprefix("judge_").removesuffix("_c")
+
+
+def stage2_settings(claim: Claim, arm: str, form: str | None) -> list[str]:
+    """A stage-2 arm's credit form (`form`: stage 1's; the implicit reward's token rewards take no first_error,
+    which needs thresholded step rewards, and keep PRIME's sum there) and the implicit PRM's learning rate;
+    nothing for stage 1 or the outcome arm. Before stage 1 holds (form None) a dry run names what it waits for."""
+    if claim.id not in STAGE1 or arm == "outcome_c":
+        return []
+    form = form or f"<the form of ({STAGE1[claim.id]})'s largest gain, once it holds>"
+    if arm != "implicit_c":
+        return [f"algo.process_credit={form}"]
+    return [f"algo.process_credit={'sum' if form == 'first_error' else form}",
+            f"algo.implicit_lr={IMPLICIT_LR[TESTBED[claim.id][0]]}"]
+
+
 def testbed_steps(claim: Claim, out: Path) -> list[Step]:
     from bench.bench_chain_online import ARMS
     task, model = TESTBED[claim.id]
+    form = stage1_form(STAGE1[claim.id]) if claim.id in STAGE1 else None
     train = next(s for s in claim.problem_sets if s.role == Role.train)
     first, last = train.generator_seeds
     if len(claim.seeds) > last - first:
@@ -97,7 +131,7 @@ def testbed_steps(claim: Claim, out: Path) -> list[Step]:
                         f"policy.model={model}", f"prm.backbone={model}", f"trainer.seed={seed}",
                         f"task.seed={first + i}", f"task.size={train.per_seed}",
                         f"policy_eval.source={out / 'sets' / 'test.jsonl'}", *SETTINGS, *EXTRAS[claim.id],
-                        *ARMS[arm],
+                        *ARMS[arm], *stage2_settings(claim, arm, form),
                         f"trainer.out_dir={here}"]
                 steps.append(Step(f"{claim.id} b{b} s{seed} {arm}", argv, here / "claim_step.done", mark=True,
                                   log=here / "run.log"))
@@ -137,7 +171,7 @@ def testbed_raw(claim: Claim, out: Path) -> list[dict]:
                 unit = f"b{b}/s{seed}"
                 values = mean_pass(evals) if claim.id == "c_sparse" else correct_steps_share(evals)
                 rows += [{"unit": unit, "arm": arm, "problem": q, "value": v} for q, v in values.items()]
-                if claim.id == "c_lucky":
+                if TESTBED[claim.id][0] == "chain_lucky":
                     rows += [{"unit": unit, "arm": arm, "problem": q, "metric": "held_out_pass",
                               "value": r["right"] / r["n"]} for q, r in evals[ROUNDS].items()]
     return rows
