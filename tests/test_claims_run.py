@@ -7,6 +7,8 @@ import pytest
 
 from bench.claims import problem_sets, run
 from bench.claims.spec import claim_path, load_claim
+from judges.base import Cost, Judge, Verdict
+from judges.ledger import LabelLedger
 from rl.config import TaskConfig
 from tasks.registry import make_task
 from tests.test_commands import compose_and_validate
@@ -99,20 +101,32 @@ def test_online_records_become_raw_rows_from_the_last_round(tmp_path):
         ("b0/s3", "eq5", "q1", 0.75), ("b0/s3", "eq5", "q2", 1.0)]
 
 
-def test_online_units_count_paid_calls_once_per_round(tmp_path):
+class OneWrongStep(Judge):
+    identity = "one-wrong-step:v1"
+
+    def judge(self, question, steps):
+        return Verdict(0, cost=Cost(calls=1))
+
+
+def test_online_units_read_paid_labels_from_the_runs_ledger(tmp_path):
+    """A run killed after paying for round 2's labels and resumed logs round 2 twice; its metrics then sum to
+    more calls than were paid (5 + 2 of the same labels). The ledger holds what was paid: 7 + 5 + 4 labels."""
     claim = load_claim(claim_path("b"))
     here = run.online_dir(tmp_path, 1, 2, "random")
     here.mkdir(parents=True)
     metrics = [{"round": 0, "eval/pass": 0.5},
                {"round": 1, "judge/calls": 7, "judge/ledger_hits": 1},
                {"round": 2, "judge/calls": 5, "judge/ledger_hits": 0},       # killed before its checkpoint:
-               {"round": 2, "judge/calls": 2, "judge/ledger_hits": 3},       # run again, the ledger answers
+               {"round": 2, "judge/calls": 0, "judge/ledger_hits": 5},       # run again, the ledger answers
                {"round": 3, "judge/calls": 4, "judge/ledger_hits": 0, "eval/pass": 0.625}]
     (here / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    with LabelLedger(here / "ledger.sqlite") as ledger:
+        ledger.label(OneWrongStep(), [(f"q{i}", ["a", "b"]) for i in range(16)])
+        ledger.label(OneWrongStep(), [(f"q{i}", ["a", "b"]) for i in range(7, 12)])   # the resumed round's hits
     assert run.online_units(claim, tmp_path) == []
     (here / "claim_step.done").touch()
     assert run.online_units(claim, tmp_path) == [
-        {"unit": "b1/s2", "arm": "random", "judge_paid": 13, "ledger_hits": 4, "held_out_pass": 0.625}]
+        {"unit": "b1/s2", "arm": "random", "judge_paid": 16, "ledger_hits": 6, "held_out_pass": 0.625}]
 
 
 def test_a_step_that_marks_is_done_only_after_it_succeeds(tmp_path):

@@ -197,3 +197,53 @@ def test_stage_2_takes_stage_1s_best_form_once_it_holds(monkeypatch):
 def test_stage_2_waits_for_stage_1(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match=r"claim \(c_lucky_dense\) waits for claim \(c_lucky\) to hold"):
         run.main(["c_lucky_dense", "--out", str(tmp_path)])
+
+
+def test_seeds_run_only_the_named_seeds_with_their_own_training_problems(tmp_path, monkeypatch, capsys):
+    """--seeds 7 9: the runs of seeds 7 and 9 alone, each on the train set's generator seed of its place in the
+    claim's list (first + 7, first + 9), as in a run of every seed."""
+    claim = load_claim(claim_path("c_lucky"))
+    first = next(s for s in claim.problem_sets if s.name == "train").generator_seeds[0]
+    monkeypatch.setattr(run, "drawn_sets", lambda claim, out, draw: {"test": {"problems": 1, "dropped": 0}})
+    run.main(["c_lucky", "--dry-run", "--seeds", "7", "9", "--out", str(tmp_path)])
+    argvs = [shlex.split(line[2:].split("  >> ")[0]) for line in capsys.readouterr().out.splitlines()
+             if line.startswith("$ python -m rl.online")]
+    assert len(argvs) == 2 * len(claim.arms)
+    def arg(argv, key):
+        return next(a for a in argv if a.startswith(key))
+    seeds = {arg(argv, "trainer.seed="): arg(argv, "task.seed=") for argv in argvs}
+    assert seeds == {"trainer.seed=7": f"task.seed={first + 7}", "trainer.seed=9": f"task.seed={first + 9}"}
+    with pytest.raises(SystemExit, match=r"--seeds \[15\]: not seeds of claim \(c_lucky\)"):
+        run.main(["c_lucky", "--dry-run", "--seeds", "14", "15", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not per seed"):
+        run.main(["d_search", "--dry-run", "--seeds", "0", "--out", str(tmp_path)])
+
+
+def test_merge_keeps_the_committed_rows_of_units_run_elsewhere(tmp_path, monkeypatch):
+    """--collect --merge: the committed rows of seed 0 (run on another machine) stay; seed 1's committed rows
+    are replaced by its run under --out. Without --merge only --out's runs are written."""
+    out = tmp_path / "work"
+    out.mkdir()
+    claim = load_claim(claim_path("c_lucky"))
+    sets = {s.name: {"role": s.role.value, "generator_seeds": list(s.generator_seeds), "per_seed": s.per_seed,
+                     "problems": 1, "dropped": 0} for s in claim.problem_sets}
+    (out / "sets.json").write_text(json.dumps(sets))
+    write_evals(out, 1, "outcome_c", [row(40, "q1", 4, 1)])
+    raw = tmp_path / claim.raw
+    raw.parent.mkdir(parents=True)
+    committed = [{"unit": "b0/s0", "arm": "outcome_c", "problem": "q1", "value": 0.25},
+                 {"unit": "b0/s1", "arm": "outcome_c", "problem": "q1", "value": 0.0}]
+    raw.write_text("".join(json.dumps(r) + "\n" for r in committed))
+    code = raw.with_name(raw.stem + ".code.json")
+    code.write_text(json.dumps({"abc": ["c_lucky b0 s0 outcome_c"]}))
+    (out / "code.jsonl").write_text(json.dumps({"step": "c_lucky b0 s1 outcome_c", "code": "def", "at": "x"}) + "\n")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    monkeypatch.setattr(report, "report", lambda name: f"table of ({name})")
+    run.main(["c_lucky", "--collect", "--merge", "--out", str(out)])
+    rows = report.read_raw(raw)
+    assert sorted((r["unit"], r.get("metric", "mean"), r["value"]) for r in rows) == [
+        ("b0/s0", "mean", 0.25), ("b0/s1", "held_out_pass", 1.0), ("b0/s1", "mean", 0.75)]
+    assert json.loads(code.read_text()) == {"abc": ["c_lucky b0 s0 outcome_c"], "def": ["c_lucky b0 s1 outcome_c"]}
+    run.main(["c_lucky", "--collect", "--out", str(out)])
+    assert {r["unit"] for r in report.read_raw(raw)} == {"b0/s1"}
+    assert json.loads(code.read_text()) == {"def": ["c_lucky b0 s1 outcome_c"]}

@@ -6,6 +6,8 @@
     python -m bench.claims.run d_search --dry-run   # print every command it would run, run nothing
     python -m bench.claims.run c_lucky --collect    # raw rows and table of the runs finished so far, run nothing
     python -m bench.claims.run c_lucky --status     # steps done of all, hours left; runs and writes nothing
+    python -m bench.claims.run c_lucky --seeds 7 8  # only these seeds' runs (a claim split over machines)
+    python -m bench.claims.run c_lucky --collect --merge   # add this --out's finished runs to the committed rows
 
 Stages, each writing under --out (default outputs/claims/<id>) and skipped when its output exists:
     sets     draw the claim's problem sets, the test set checked fresh (bench/claims/problem_sets.py),
@@ -28,6 +30,7 @@ from bench.claims import run_c
 from bench.claims.metrics import f1_counts
 from bench.claims.problem_sets import claim_problem_sets
 from bench.claims.spec import ROOT, Claim, claim_path, load_claim
+from bench.claims.collect import write_code, write_collected
 from bench.claims.steps import Step, code_used, progress, run_step, run_steps
 
 
@@ -157,7 +160,8 @@ def online_steps(claim: Claim, out: Path) -> list[Step]:
                         f"task.size={train.per_seed}", f"trainer.seed={seed}", "policy_eval.every=1",
                         f"policy_eval.source={out / 'sets' / 'test.jsonl'}", "policy_eval.problems=100000", "policy_eval.holdout_share=0.0",
                         "policy_eval.greedy=false", *ONLINE_ARMS[arm], f"trainer.out_dir={here}"]
-                steps.append(Step(f"online b{b} s{seed} {arm}", argv, here / "claim_step.done", mark=True))
+                steps.append(Step(f"online b{b} s{seed} {arm}", argv, here / "claim_step.done", mark=True,
+                                  seed=seed))
     return steps
 
 
@@ -180,8 +184,10 @@ def online_raw(claim: Claim, out: Path) -> list[dict]:
 
 
 def online_units(claim: Claim, out: Path) -> list[dict]:
-    """Per finished run: the judge calls it paid and its ledger hits over every round (a round logged twice, by
-    a run resumed after it, counts once: its later row), and its held-out pass at the last round."""
+    """Per finished run: the labels its ledger holds as paid (exact over kills and resumes: a resumed round
+    reads what it paid before it was killed from the ledger), its ledger hits over every round (a round logged
+    twice, by a run resumed after it, counts once: its later row), and its held-out pass at the last round."""
+    from judges.ledger import LabelLedger
     rows = []
     for b in claim.builds:
         for seed in claim.seeds:
@@ -190,15 +196,16 @@ def online_units(claim: Claim, out: Path) -> list[dict]:
                 if not (here / "claim_step.done").is_file():
                     continue
                 by_round = {m["round"]: m for m in map(json.loads, (here / "metrics.jsonl").read_text().splitlines())}
-                last = by_round[max(by_round)]
-                rows.append({"unit": f"b{b}/s{seed}", "arm": arm,
-                             "judge_paid": sum(m.get("judge/calls", 0) for m in by_round.values()),
+                paid = 0
+                if (here / "ledger.sqlite").is_file():
+                    with LabelLedger(here / "ledger.sqlite") as ledger:
+                        paid = sum(int(s["labels"]) for s in ledger.stats().values())
+                rows.append({"unit": f"b{b}/s{seed}", "arm": arm, "judge_paid": paid,
                              "ledger_hits": sum(m.get("judge/ledger_hits", 0) for m in by_round.values()),
-                             "held_out_pass": last["eval/pass"]})
+                             "held_out_pass": by_round[max(by_round)]["eval/pass"]})
     return rows
 
 
-# ------------------------------------------------------------------ claim (a): label efficiency
 def label_steps(claim: Claim, out: Path) -> list[Step]:
     """Per pool: the policy's samples on it, the validation and the test set (bench_chain_pool --stage pool),
     then active / random at every budget and the full pool, every seed (--stage runs --per-problem)."""
@@ -322,6 +329,18 @@ RUNNERS = {"d": Runner(search_steps, search_raw), "b": Runner(online_steps, onli
            "c_lucky": TESTBED, "c_lucky_dense": TESTBED}
 
 
+def seed_steps(claim: Claim, steps: list[Step], seeds: list[int] | None) -> list[Step]:
+    """The steps of the named seeds (all steps when none are named); a seed the claim lacks, or a claim whose
+    steps are not per seed, is refused."""
+    if not seeds:
+        return steps
+    if unknown := sorted(set(seeds) - set(claim.seeds)):
+        raise SystemExit(f"--seeds {unknown}: not seeds of claim ({claim.id}) (it has {claim.seeds})")
+    if any(s.seed is None for s in steps):
+        raise SystemExit(f"claim ({claim.id}): its steps are not per seed; --seeds does not apply")
+    return [s for s in steps if s.seed in set(seeds)]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("claim", help="a claim file stem (d_search) or id (d)")
@@ -332,6 +351,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--collect", action="store_true",
                     help="run nothing: write the raw rows and the table of the runs finished so far (a claim whose "
                          "units have not all run reads as incomplete)")
+    ap.add_argument("--seeds", type=int, nargs="+",
+                    help="run only these of the claim's seeds (a per-seed claim split over machines)")
+    ap.add_argument("--merge", action="store_true",
+                    help="with --collect: keep the committed rows of the units --out has not run (bench/claims/collect.py)")
     args = ap.parse_args(argv)
     claim = load_claim(claim_path(args.claim))
     if claim.id not in RUNNERS:
@@ -343,9 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs > 1 and not runner.independent:
         raise SystemExit(f"claim ({claim.id}): its steps read each other's outputs; run it with --jobs 1")
     out = args.out or ROOT / "outputs" / "claims" / claim.id
+    steps = seed_steps(claim, runner.steps(claim, out), args.seeds)
     if args.status:
-        print(f"[claims] ({claim.id}) " + progress([*runner.builds(claim, out), *runner.steps(claim, out)],
-                                                    out / "code.jsonl"))
+        print(f"[claims] ({claim.id}) " + progress([*runner.builds(claim, out), *steps], out / "code.jsonl"))
         return
     out.mkdir(parents=True, exist_ok=True)
     summary = drawn_sets(claim, out, runner.sets)
@@ -354,23 +377,18 @@ def main(argv: list[str] | None = None) -> None:
     if not args.collect:
         for step in runner.builds(claim, out):
             run_step(step, args.dry_run, provenance)
-        run_steps(runner.steps(claim, out), args.dry_run, args.jobs, provenance)
+        run_steps(steps, args.dry_run, args.jobs, provenance)
     if args.dry_run:
         return
-    rows = runner.raw(claim, out)
     raw = ROOT / claim.raw
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"[claims] {len(rows)} raw rows -> {claim.raw}")
-    used = code_used(provenance)
-    if used:   # launches made before they were recorded leave nothing to say
-        raw.with_name(raw.stem + ".code.json").write_text(json.dumps(used, indent=1) + "\n")
+    rows = write_collected(raw, runner.raw(claim, out), args.merge)
+    print(f"[claims] {len(rows)} raw rows -> {claim.raw}" + (" (merged with the committed rows)" if args.merge else ""))
+    used = write_code(raw.with_name(raw.stem + ".code.json"), code_used(provenance), args.merge)
     print("[claims] code the steps ran on: " + (", ".join(f"{v} ({len(s)} steps)" for v, s in used.items()) or
                                                  "not recorded"))
     from bench.claims.report import report, unit_path
     if runner.units:
-        units = runner.units(claim, out)
-        unit_path(claim).write_text("".join(json.dumps(r) + "\n" for r in units))
+        write_collected(unit_path(claim), runner.units(claim, out), args.merge)
     print(report(claim.id))
 
 
