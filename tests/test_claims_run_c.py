@@ -213,10 +213,22 @@ def test_seeds_run_only_the_named_seeds_with_their_own_training_problems(tmp_pat
         return next(a for a in argv if a.startswith(key))
     seeds = {arg(argv, "trainer.seed="): arg(argv, "task.seed=") for argv in argvs}
     assert seeds == {"trainer.seed=7": f"task.seed={first + 7}", "trainer.seed=9": f"task.seed={first + 9}"}
-    with pytest.raises(SystemExit, match=r"--seeds \[15\]: not seeds of claim \(c_lucky\)"):
+    with pytest.raises(SystemExit, match=r"--seeds \[15\]: not in claim \(c_lucky\)"):
         run.main(["c_lucky", "--dry-run", "--seeds", "14", "15", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="not per seed"):
         run.main(["d_search", "--dry-run", "--seeds", "0", "--out", str(tmp_path)])
+
+
+def test_builds_run_only_the_named_policy_builds_steps(tmp_path, monkeypatch, capsys):
+    """--builds 2 on claim (d): build 2's policy, pool, PRM and both search settings, and nothing of 0 or 1."""
+    monkeypatch.setattr(run, "drawn_sets", lambda claim, out, draw: {"test": {"problems": 1, "dropped": 0}})
+    run.main(["d_search", "--dry-run", "--builds", "2", "--out", str(tmp_path)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
+    assert len(lines) == 5 and "tasks.chain.policy --seed 2" in lines[0]
+    assert all(str(tmp_path / "build2") in line for line in lines[1:])
+    assert not any("build0" in line or "build1" in line or "--seed 0" in line for line in lines)
+    with pytest.raises(SystemExit, match=r"--builds \[3\]: not in claim \(d\)"):
+        run.main(["d_search", "--dry-run", "--builds", "3", "--out", str(tmp_path)])
 
 
 def test_merge_keeps_the_committed_rows_of_units_run_elsewhere(tmp_path, monkeypatch):

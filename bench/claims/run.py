@@ -7,6 +7,7 @@
     python -m bench.claims.run c_lucky --collect    # raw rows and table of the runs finished so far, run nothing
     python -m bench.claims.run c_lucky --status     # steps done of all, hours left; runs and writes nothing
     python -m bench.claims.run c_lucky --seeds 7 8  # only these seeds' runs (a claim split over machines)
+    python -m bench.claims.run d_search --builds 2  # only this policy build's steps
     python -m bench.claims.run c_lucky --collect --merge   # add this --out's finished runs to the committed rows
 
 Stages, each writing under --out (default outputs/claims/<id>) and skipped when its output exists:
@@ -70,8 +71,8 @@ def build_dir(seed: int) -> Path:
 
 
 def build_steps(claim: Claim) -> list[Step]:
-    return [Step(f"build {b}", ["python", "-m", "tasks.chain.policy", "--seed", str(b)], build_dir(b) / "quality.json")
-            for b in claim.builds]
+    return [Step(f"build {b}", ["python", "-m", "tasks.chain.policy", "--seed", str(b)], build_dir(b) / "quality.json",
+                 build=b) for b in claim.builds]
 
 
 # ------------------------------------------------------------------ claim (d): search at N = 16
@@ -96,17 +97,17 @@ def search_steps(claim: Claim, out: Path) -> list[Step]:
         steps.append(Step(f"pool {b}", ["python", "-m", "rl.search", "job=pool", *chain, f"task.source={sets / 'pool.jsonl'}",
                                         "task.limit=null", "rollout.temperature=1.0", "rollout.max_new_tokens=120", "pool.n=4",
                                         "pool.exclude_offset=1000000", "pool.exclude_limit=1",
-                                        f"trainer.out_dir={here / 'pool'}"], here / "pool" / "pool.jsonl"))
+                                        f"trainer.out_dir={here / 'pool'}"], here / "pool" / "pool.jsonl", build=b))
         steps.append(Step(f"prm {b}", ["python", "-m", "prm.train", "prm=chain_tiny", f"prm.backbone={model}", "pool=jsonl",
                                        f"pool.path={here / 'pool' / 'pool.jsonl'}", "pool.limit=null", "judge=chain",
                                        "select.mode=all", "epochs=10", "run_eval=false", "prm.batch_size=32",
-                                       f"trainer.out_dir={here / 'prm'}"], here / "prm" / "prm"))
+                                       f"trainer.out_dir={here / 'prm'}"], here / "prm" / "prm", build=b))
         seeds = "[" + ",".join(map(str, claim.seeds)) + "]"
         for setting in ("chain_prm_min", "chain_confidence"):
             extra = [f"task.source={sets / 'test.jsonl'}", "task.limit=null", f"policy.model={model}", f"seeds={seeds}",
                      "ns=[1,16]", "method.beam.ns=[16]", "method.dvts.ns=[16]", f"trainer.out_dir={here / setting}"]
             _, argv = command(setting, str(here / "prm" / "prm"), "hf", extra)
-            steps.append(Step(f"{setting} {b}", argv, here / setting / "summary.md"))
+            steps.append(Step(f"{setting} {b}", argv, here / setting / "summary.md", build=b))
     return steps
 
 
@@ -161,7 +162,7 @@ def online_steps(claim: Claim, out: Path) -> list[Step]:
                         f"policy_eval.source={out / 'sets' / 'test.jsonl'}", "policy_eval.problems=100000", "policy_eval.holdout_share=0.0",
                         "policy_eval.greedy=false", *ONLINE_ARMS[arm], f"trainer.out_dir={here}"]
                 steps.append(Step(f"online b{b} s{seed} {arm}", argv, here / "claim_step.done", mark=True,
-                                  seed=seed))
+                                  seed=seed, build=b))
     return steps
 
 
@@ -281,10 +282,10 @@ def quality_steps(claim: Claim, out: Path) -> list[Step]:
         steps.append(Step(f"samples {b}", ["python", "-m", "bench.bench_chain_pool", "--stage", "pool", "--out", str(here),
                                            "--model", model, "--pool-set", str(sets / "pool.jsonl"), "--n", "4",
                                            "--test-set", str(sets / "test.jsonl"), "--test-n", str(QUALITY_TEST_N),
-                                           "--tune-set", str(sets / "validation.jsonl")], here / "tune.jsonl"))
+                                           "--tune-set", str(sets / "validation.jsonl")], here / "tune.jsonl", build=b))
         steps.append(Step(f"scorers {b}", ["python", "-m", "bench.claims.run_e", "--out", str(here), "--model", model,
                                            "--labels", str(QUALITY_LABELS), "--seeds", *map(str, claim.seeds)],
-                          here / "e_rows.jsonl"))
+                          here / "e_rows.jsonl", build=b))
     return steps
 
 
@@ -329,16 +330,21 @@ RUNNERS = {"d": Runner(search_steps, search_raw), "b": Runner(online_steps, onli
            "c_lucky": TESTBED, "c_lucky_dense": TESTBED}
 
 
-def seed_steps(claim: Claim, steps: list[Step], seeds: list[int] | None) -> list[Step]:
-    """The steps of the named seeds (all steps when none are named); a seed the claim lacks, or a claim whose
-    steps are not per seed, is refused."""
-    if not seeds:
-        return steps
-    if unknown := sorted(set(seeds) - set(claim.seeds)):
-        raise SystemExit(f"--seeds {unknown}: not seeds of claim ({claim.id}) (it has {claim.seeds})")
-    if any(s.seed is None for s in steps):
-        raise SystemExit(f"claim ({claim.id}): its steps are not per seed; --seeds does not apply")
-    return [s for s in steps if s.seed in set(seeds)]
+def picked(claim: Claim, steps: list[Step], seeds: list[int] | None, builds: list[int] | None) -> list[Step]:
+    """The steps of the named seeds and builds (all when none are named). A seed or build the claim lacks is
+    refused, as is --seeds where a step is not per seed, or --builds where none is per build."""
+    for flag, wanted, have in (("--seeds", seeds, claim.seeds), ("--builds", builds, claim.builds)):
+        if wanted and (unknown := sorted(set(wanted) - set(have))):
+            raise SystemExit(f"{flag} {unknown}: not in claim ({claim.id}), which has {have}")
+    if seeds:
+        if any(s.seed is None for s in steps):
+            raise SystemExit(f"claim ({claim.id}): its steps are not per seed; --seeds does not apply")
+        steps = [s for s in steps if s.seed in seeds]
+    if builds:
+        if all(s.build is None for s in steps):
+            raise SystemExit(f"claim ({claim.id}): its steps are not per build; --builds does not apply")
+        steps = [s for s in steps if s.build in builds]
+    return steps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -353,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
                          "units have not all run reads as incomplete)")
     ap.add_argument("--seeds", type=int, nargs="+",
                     help="run only these of the claim's seeds (a per-seed claim split over machines)")
+    ap.add_argument("--builds", type=int, nargs="+", help="run only these of the claim's policy builds")
     ap.add_argument("--merge", action="store_true",
                     help="with --collect: keep the committed rows of the units --out has not run (bench/claims/collect.py)")
     args = ap.parse_args(argv)
@@ -366,16 +373,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs > 1 and not runner.independent:
         raise SystemExit(f"claim ({claim.id}): its steps read each other's outputs; run it with --jobs 1")
     out = args.out or ROOT / "outputs" / "claims" / claim.id
-    steps = seed_steps(claim, runner.steps(claim, out), args.seeds)
+    steps = picked(claim, runner.steps(claim, out), args.seeds, args.builds)
+    builds = [s for s in runner.builds(claim, out) if s.build is None or not args.builds or s.build in args.builds]
     if args.status:
-        print(f"[claims] ({claim.id}) " + progress([*runner.builds(claim, out), *steps], out / "code.jsonl"))
+        print(f"[claims] ({claim.id}) " + progress([*builds, *steps], out / "code.jsonl"))
         return
     out.mkdir(parents=True, exist_ok=True)
     summary = drawn_sets(claim, out, runner.sets)
     print("[claims] sets: " + ", ".join(f"{k} {v['problems']} problems ({v['dropped']} dropped)" for k, v in summary.items()))
     provenance = out / "code.jsonl"
     if not args.collect:
-        for step in runner.builds(claim, out):
+        for step in builds:
             run_step(step, args.dry_run, provenance)
         run_steps(steps, args.dry_run, args.jobs, provenance)
     if args.dry_run:

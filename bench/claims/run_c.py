@@ -134,7 +134,7 @@ def testbed_steps(claim: Claim, out: Path) -> list[Step]:
                         *ARMS[arm], *stage2_settings(claim, arm, form),
                         f"trainer.out_dir={here}"]
                 steps.append(Step(f"{claim.id} b{b} s{seed} {arm}", argv, here / "claim_step.done", mark=True,
-                                  log=here / "run.log", seed=seed))
+                                  log=here / "run.log", seed=seed, build=b))
     return steps
 
 
