@@ -229,9 +229,12 @@ def test_each_launch_records_the_code_it_ran_on(tmp_path, monkeypatch):
     run.run_step(one, dry_run=False, provenance=provenance)     # done: skipped, not recorded
     one.done.unlink()                                           # as if killed: launched again, on the same code
     run.run_step(one, dry_run=False, provenance=provenance)
-    two = run.Step("two", ["python", "-c", "pass"], tmp_path / "two.done", mark=True)
+    build = tmp_path / "chain-tiny-seed1"                       # a step on a policy build: its weights too
+    build.mkdir()
+    (build / "quality.json").write_text(json.dumps({"weights_sha256": "0123456789abcdef" * 4}))
+    two = run.Step("two", ["python", "-c", "pass"], tmp_path / "two.done", mark=True, policy=build)
     run.run_steps([two], dry_run=False, jobs=2, provenance=provenance)
-    assert steps.code_used(provenance) == {"aaa": ["one"], "bbb": ["two"]}
+    assert steps.code_used(provenance) == {"aaa": ["one"], "bbb weights 0123456789ab": ["two"]}
 
 
 def test_a_claim_that_waits_is_not_run_but_shows_what_it_waits_for(tmp_path, monkeypatch):

@@ -213,6 +213,7 @@ def test_seeds_run_only_the_named_seeds_with_their_own_training_problems(tmp_pat
         return next(a for a in argv if a.startswith(key))
     seeds = {arg(argv, "trainer.seed="): arg(argv, "task.seed=") for argv in argvs}
     assert seeds == {"trainer.seed=7": f"task.seed={first + 7}", "trainer.seed=9": f"task.seed={first + 9}"}
+    assert {s.policy.name for s in run_c.testbed_steps(claim, tmp_path)} == {"chain-tiny-lucky"}   # its weights recorded
     with pytest.raises(SystemExit, match=r"--seeds \[15\]: not in claim \(c_lucky\)"):
         run.main(["c_lucky", "--dry-run", "--seeds", "14", "15", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="not per seed"):
@@ -227,6 +228,8 @@ def test_builds_run_only_the_named_policy_builds_steps(tmp_path, monkeypatch, ca
     assert len(lines) == 5 and "tasks.chain.policy --seed 2" in lines[0]
     assert all(str(tmp_path / "build2") in line for line in lines[1:])
     assert not any("build0" in line or "build1" in line or "--seed 0" in line for line in lines)
+    picked = run.picked(load_claim(claim_path("d")), run.search_steps(load_claim(claim_path("d")), tmp_path), None, [2])
+    assert {s.policy for s in picked} == {run.build_dir(2)}
     with pytest.raises(SystemExit, match=r"--builds \[3\]: not in claim \(d\)"):
         run.main(["d_search", "--dry-run", "--builds", "3", "--out", str(tmp_path)])
 

@@ -72,7 +72,7 @@ def build_dir(seed: int) -> Path:
 
 def build_steps(claim: Claim) -> list[Step]:
     return [Step(f"build {b}", ["python", "-m", "tasks.chain.policy", "--seed", str(b)], build_dir(b) / "quality.json",
-                 build=b) for b in claim.builds]
+                 build=b, policy=build_dir(b)) for b in claim.builds]
 
 
 # ------------------------------------------------------------------ claim (d): search at N = 16
@@ -97,17 +97,19 @@ def search_steps(claim: Claim, out: Path) -> list[Step]:
         steps.append(Step(f"pool {b}", ["python", "-m", "rl.search", "job=pool", *chain, f"task.source={sets / 'pool.jsonl'}",
                                         "task.limit=null", "rollout.temperature=1.0", "rollout.max_new_tokens=120", "pool.n=4",
                                         "pool.exclude_offset=1000000", "pool.exclude_limit=1",
-                                        f"trainer.out_dir={here / 'pool'}"], here / "pool" / "pool.jsonl", build=b))
+                                        f"trainer.out_dir={here / 'pool'}"], here / "pool" / "pool.jsonl", build=b,
+                           policy=build_dir(b)))
         steps.append(Step(f"prm {b}", ["python", "-m", "prm.train", "prm=chain_tiny", f"prm.backbone={model}", "pool=jsonl",
                                        f"pool.path={here / 'pool' / 'pool.jsonl'}", "pool.limit=null", "judge=chain",
                                        "select.mode=all", "epochs=10", "run_eval=false", "prm.batch_size=32",
-                                       f"trainer.out_dir={here / 'prm'}"], here / "prm" / "prm", build=b))
+                                       f"trainer.out_dir={here / 'prm'}"], here / "prm" / "prm", build=b,
+                           policy=build_dir(b)))
         seeds = "[" + ",".join(map(str, claim.seeds)) + "]"
         for setting in ("chain_prm_min", "chain_confidence"):
             extra = [f"task.source={sets / 'test.jsonl'}", "task.limit=null", f"policy.model={model}", f"seeds={seeds}",
                      "ns=[1,16]", "method.beam.ns=[16]", "method.dvts.ns=[16]", f"trainer.out_dir={here / setting}"]
             _, argv = command(setting, str(here / "prm" / "prm"), "hf", extra)
-            steps.append(Step(f"{setting} {b}", argv, here / setting / "summary.md", build=b))
+            steps.append(Step(f"{setting} {b}", argv, here / setting / "summary.md", build=b, policy=build_dir(b)))
     return steps
 
 
@@ -162,7 +164,7 @@ def online_steps(claim: Claim, out: Path) -> list[Step]:
                         f"policy_eval.source={out / 'sets' / 'test.jsonl'}", "policy_eval.problems=100000", "policy_eval.holdout_share=0.0",
                         "policy_eval.greedy=false", *ONLINE_ARMS[arm], f"trainer.out_dir={here}"]
                 steps.append(Step(f"online b{b} s{seed} {arm}", argv, here / "claim_step.done", mark=True,
-                                  seed=seed, build=b))
+                                  seed=seed, build=b, policy=build_dir(b)))
     return steps
 
 
@@ -282,10 +284,11 @@ def quality_steps(claim: Claim, out: Path) -> list[Step]:
         steps.append(Step(f"samples {b}", ["python", "-m", "bench.bench_chain_pool", "--stage", "pool", "--out", str(here),
                                            "--model", model, "--pool-set", str(sets / "pool.jsonl"), "--n", "4",
                                            "--test-set", str(sets / "test.jsonl"), "--test-n", str(QUALITY_TEST_N),
-                                           "--tune-set", str(sets / "validation.jsonl")], here / "tune.jsonl", build=b))
+                                           "--tune-set", str(sets / "validation.jsonl")], here / "tune.jsonl", build=b,
+                          policy=build_dir(b)))
         steps.append(Step(f"scorers {b}", ["python", "-m", "bench.claims.run_e", "--out", str(here), "--model", model,
                                            "--labels", str(QUALITY_LABELS), "--seeds", *map(str, claim.seeds)],
-                          here / "e_rows.jsonl", build=b))
+                          here / "e_rows.jsonl", build=b, policy=build_dir(b)))
     return steps
 
 

@@ -122,7 +122,9 @@ def testbed_steps(claim: Claim, out: Path) -> list[Step]:
     if len(claim.seeds) > last - first:
         raise ValueError(f"{claim.path}: {len(claim.seeds)} seeds but train set {train.name!r} has {last - first} "
                          f"generator seeds")
-    steps = []
+    from core.models import cache_root
+    from tasks.chain.policy import model_dir
+    policy, steps = model_dir(cache_root(), model), []
     for b in claim.builds:
         for i, seed in enumerate(claim.seeds):
             for arm in claim.arms:
@@ -134,7 +136,8 @@ def testbed_steps(claim: Claim, out: Path) -> list[Step]:
                         *ARMS[arm], *stage2_settings(claim, arm, form),
                         f"trainer.out_dir={here}"]
                 steps.append(Step(f"{claim.id} b{b} s{seed} {arm}", argv, here / "claim_step.done", mark=True,
-                                  log=here / "run.log", seed=seed, build=b))
+                                  log=here / "run.log", seed=seed, build=b,
+                                  policy=policy))
     return steps
 
 

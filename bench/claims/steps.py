@@ -5,7 +5,8 @@
     progress(steps, provenance)      how many are done, and the hours left at their mean duration
 
 Given a `provenance` file, each launch appends the step's name and the code it ran: the commit of the
-checkout it ran in, "+modified" when tracked files differed from it (a claim run from its own checkout,
+checkout it ran in, "+modified" when tracked files differed from it, and for a step on a policy build the
+digest of that build's weights (a claim split over machines runs the same model on each, or says it did not) (a claim run from its own checkout,
 `git worktree add`, keeps one commit while the repository moves on).
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Step:
     log: Path | None = None   # its output is appended there (steps run side by side would interleave on the terminal)
     seed: int | None = None   # the claim seed it runs (per-seed steps: run.py --seeds picks by it)
     build: int | None = None  # the policy build it runs on (run.py --builds picks by it)
+    policy: Path | None = None   # that build's directory: each launch records its weights' digest
 
 
 _APPEND = threading.Lock()   # run_steps' threads append to one provenance file
@@ -49,18 +51,31 @@ def code_version(root: Path = ROOT) -> str:
         return "unknown"
 
 
+def weights_version(policy: Path | None) -> str | None:
+    """The first 12 hex digits of the policy build's weights digest, as its quality.json records it (loading
+    the build checks the weights against it, tasks/chain/policy.py); None for a step on no build."""
+    quality = policy / "quality.json" if policy else None
+    if quality is None or not quality.is_file():
+        return None
+    return json.loads(quality.read_text())["weights_sha256"][:12]
+
+
 def record_launch(provenance: Path, step: Step) -> None:
     row = {"step": step.name, "code": code_version(), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if weights := weights_version(step.policy):
+        row["weights"] = weights
     with _APPEND, provenance.open("a") as fh:
         fh.write(json.dumps(row) + "\n")
 
 
 def code_used(provenance: Path) -> dict[str, list[str]]:
-    """code version -> the steps launched on it (a step relaunched on other code is listed under each)."""
+    """code version (with the policy weights, for a step on a build: "<commit> weights <sha256[:12]>") -> the
+    steps launched on it (a step relaunched on other code or weights is listed under each)."""
     out: dict[str, list[str]] = {}
     for row in map(json.loads, provenance.read_text().splitlines() if provenance.is_file() else []):
-        if row["step"] not in out.setdefault(row["code"], []):
-            out[row["code"]].append(row["step"])
+        version = row["code"] + (f" weights {row['weights']}" if row.get("weights") else "")
+        if row["step"] not in out.setdefault(version, []):
+            out[version].append(row["step"])
     return out
 
 
