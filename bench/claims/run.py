@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="run only these of the claim's seeds (a per-seed claim split over machines)")
     ap.add_argument("--builds", type=int, nargs="+", help="run only these of the claim's policy builds")
     ap.add_argument("--merge", action="store_true",
-                    help="with --collect: keep the committed rows of the units --out has not run (bench/claims/collect.py)")
+                    help="keep the committed rows of the units --out has not run (bench/claims/collect.py)")
     args = ap.parse_args(argv)
     claim = load_claim(claim_path(args.claim))
     if claim.id not in RUNNERS:
