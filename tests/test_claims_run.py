@@ -238,17 +238,18 @@ def test_each_launch_records_the_code_it_ran_on(tmp_path, monkeypatch):
 
 
 def test_a_claim_that_waits_is_not_run_but_shows_what_it_waits_for(tmp_path, monkeypatch):
-    """claim (b) waits for claim (c): the runner refuses it (a dry run and --collect still work) and the claims
-    table says what it waits for."""
+    """claim (b) waits for claim (c)'s stage 2: the runner refuses it (a dry run and --collect still work) and
+    the claims table says what it waits for."""
     from bench.claims.report import claims_table
     claim = load_claim(claim_path("b"))
-    assert claim.waits_for == "claim (c) to hold on chain_sparse or chain_lucky"
+    wait = "the learned PRM to beat outcome only in claim (c)'s stage 2 (c_lucky_dense, or its chain_sparse twin)"
+    assert claim.waits_for == wait
     monkeypatch.setattr(run, "drawn_sets", lambda claim, out, draw: {})
     monkeypatch.setattr(run, "run_steps", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran a step")))
-    with pytest.raises(SystemExit, match=r"claim \(b\) waits for claim \(c\) to hold"):
+    with pytest.raises(SystemExit, match=r"claim \(b\) waits for the learned PRM to beat outcome only"):
         run.main(["b_online_labels", "--out", str(tmp_path)])
     row = next(line for line in claims_table().splitlines() if line.startswith("| (b)"))
-    assert "| pre-registered, waits for claim (c) to hold on chain_sparse or chain_lucky |" in row
+    assert f"| pre-registered, waits for {wait} |" in row
 
 
 def test_status_counts_done_steps_and_the_hours_left(tmp_path):
