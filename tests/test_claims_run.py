@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from bench.claims import problem_sets, run
+from bench.claims import problem_sets, run, run_b
 from bench.claims.spec import claim_path, load_claim
 from judges.base import Cost, Judge, Verdict
 from judges.ledger import LabelLedger
@@ -77,7 +77,7 @@ def test_every_pre_registered_claim_has_a_runner():
 
 def test_every_command_of_claim_b_composes(tmp_path):
     claim = load_claim(claim_path("b"))
-    steps = run.online_steps(claim, tmp_path)
+    steps = run_b.online_steps(claim, tmp_path)
     assert len(steps) == len(claim.builds) * len(claim.seeds) * len(claim.arms) == 60
     for step in steps[:len(claim.arms)] + steps[-1:]:      # every arm, and the last build / seed
         assert step.argv[2] == "rl.online"
@@ -90,14 +90,14 @@ def test_every_command_of_claim_b_composes(tmp_path):
 
 def test_online_records_become_raw_rows_from_the_last_round(tmp_path):
     claim = load_claim(claim_path("b"))
-    here = run.online_dir(tmp_path, 0, 3, "eq5")
+    here = run_b.online_dir(tmp_path, 0, 3, "eq5")
     here.mkdir(parents=True)
     rows = [{"round": 0, "question": "q1", "right": 0, "n": 4}, {"round": 40, "question": "q1", "right": 3, "n": 4},
             {"round": 40, "question": "q2", "right": 4, "n": 4}]
     (here / "eval_problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert run.online_raw(claim, tmp_path) == []                      # not finished (or killed): no rows
+    assert run_b.online_raw(claim, tmp_path) == []                      # not finished (or killed): no rows
     (here / "claim_step.done").touch()
-    assert sorted((r["unit"], r["arm"], r["problem"], r["value"]) for r in run.online_raw(claim, tmp_path)) == [
+    assert sorted((r["unit"], r["arm"], r["problem"], r["value"]) for r in run_b.online_raw(claim, tmp_path)) == [
         ("b0/s3", "eq5", "q1", 0.75), ("b0/s3", "eq5", "q2", 1.0)]
 
 
@@ -112,7 +112,7 @@ def test_online_units_read_paid_labels_from_the_runs_ledger(tmp_path):
     """A run killed after paying for round 2's labels and resumed logs round 2 twice; its metrics then sum to
     more calls than were paid (5 + 2 of the same labels). The ledger holds what was paid: 7 + 5 + 4 labels."""
     claim = load_claim(claim_path("b"))
-    here = run.online_dir(tmp_path, 1, 2, "random")
+    here = run_b.online_dir(tmp_path, 1, 2, "random")
     here.mkdir(parents=True)
     metrics = [{"round": 0, "eval/pass": 0.5},
                {"round": 1, "judge/calls": 7, "judge/ledger_hits": 1},
@@ -123,9 +123,9 @@ def test_online_units_read_paid_labels_from_the_runs_ledger(tmp_path):
     with LabelLedger(here / "ledger.sqlite") as ledger:
         ledger.label(OneWrongStep(), [(f"q{i}", ["a", "b"]) for i in range(16)])
         ledger.label(OneWrongStep(), [(f"q{i}", ["a", "b"]) for i in range(7, 12)])   # the resumed round's hits
-    assert run.online_units(claim, tmp_path) == []
+    assert run_b.online_units(claim, tmp_path) == []
     (here / "claim_step.done").touch()
-    assert run.online_units(claim, tmp_path) == [
+    assert run_b.online_units(claim, tmp_path) == [
         {"unit": "b1/s2", "arm": "random", "judge_paid": 16, "ledger_hits": 6, "held_out_pass": 0.625}]
 
 

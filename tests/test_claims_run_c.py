@@ -262,3 +262,33 @@ def test_merge_keeps_the_committed_rows_of_units_run_elsewhere(tmp_path, monkeyp
     run.main(["c_lucky", "--collect", "--out", str(out)])
     assert {r["unit"] for r in report.read_raw(raw)} == {"b0/s1"}
     assert json.loads(code.read_text()) == {"def": ["c_lucky b0 s1 outcome_c"]}
+
+
+def test_compare_says_whether_each_run_reproduces_the_committed_rows_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """--collect --compare: seed 0 rerun gives its committed rows (in another order), seed 1 one value off,
+    seed 2 was never committed; the raw file is left as it was."""
+    out = tmp_path / "work"
+    out.mkdir()
+    claim = load_claim(claim_path("c_lucky"))
+    sets = {s.name: {"role": s.role.value, "generator_seeds": list(s.generator_seeds), "per_seed": s.per_seed,
+                     "problems": 1, "dropped": 0} for s in claim.problem_sets}
+    (out / "sets.json").write_text(json.dumps(sets))
+    for seed in (0, 1, 2):
+        write_evals(out, seed, "outcome_c", [row(40, "q1", 4, 1), row(40, "q2", 2, 0)])
+    committed = [{"unit": "b0/s0", "arm": "outcome_c", "problem": "q2", "metric": "held_out_pass", "value": 0.5},
+                 {"unit": "b0/s0", "arm": "outcome_c", "problem": "q1", "metric": "held_out_pass", "value": 1.0},
+                 {"unit": "b0/s0", "arm": "outcome_c", "problem": "q1", "value": 0.75},
+                 {"unit": "b0/s0", "arm": "outcome_c", "problem": "q2", "value": 1.0},
+                 {"unit": "b0/s1", "arm": "outcome_c", "problem": "q1", "value": 0.5},
+                 {"unit": "b0/s1", "arm": "outcome_c", "problem": "q2", "value": 1.0}]
+    raw = tmp_path / claim.raw
+    raw.parent.mkdir(parents=True)
+    raw.write_text("".join(json.dumps(r) + "\n" for r in committed))
+    before = raw.read_text()
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    run.main(["c_lucky", "--collect", "--compare", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "b0/s0 outcome_c: 4 rows, identical to the committed rows" in printed
+    assert "b0/s1 outcome_c: differs: 3 of 4 rows not committed, 1 of 2 committed rows not here" in printed
+    assert "b0/s2 outcome_c: 4 rows, none committed" in printed
+    assert raw.read_text() == before and not raw.with_name(raw.stem + ".code.json").exists()

@@ -5,6 +5,9 @@ With --merge, the committed files are the record and --out adds to it: rows of t
 has no finished run for are kept (runs made under another --out, or on another machine, and collected there),
 and a pair found under --out replaces its committed rows. A claim's seeds can so be split over machines
 (`--seeds`), each collected in turn. Without --merge the files are written from --out alone.
+
+With --compare nothing is written: each (unit, arm) finished under --out is compared with its committed rows,
+the check that a rebuild elsewhere reproduces them before runs made on both are merged.
 """
 from __future__ import annotations
 
@@ -50,3 +53,24 @@ def write_code(path: Path, used: dict[str, list[str]], merge: bool) -> dict[str,
     if used:
         path.write_text(json.dumps(used, indent=1) + "\n")
     return used
+
+
+def compared(committed: list[dict], new: list[dict]) -> list[str]:
+    """Per (unit, arm) of the new rows: whether its rows equal the committed ones (as sets: the order rows are
+    written in does not matter), how many differ, or that none are committed."""
+    def by_pair(rows: list[dict]) -> dict[tuple, set[str]]:
+        out: dict[tuple, set[str]] = {}
+        for r in rows:
+            out.setdefault((r["unit"], r["arm"]), set()).add(json.dumps(r, sort_keys=True))
+        return out
+    old, fresh = by_pair(committed), by_pair(new)
+    lines = []
+    for (unit, arm), rows in sorted(fresh.items()):
+        if (unit, arm) not in old:
+            lines.append(f"{unit} {arm}: {len(rows)} rows, none committed")
+        elif rows == old[unit, arm]:
+            lines.append(f"{unit} {arm}: {len(rows)} rows, identical to the committed rows")
+        else:
+            lines.append(f"{unit} {arm}: differs: {len(rows - old[unit, arm])} of {len(rows)} rows not committed, "
+                         f"{len(old[unit, arm] - rows)} of {len(old[unit, arm])} committed rows not here")
+    return lines

@@ -9,6 +9,7 @@
     python -m bench.claims.run c_lucky --seeds 7 8  # only these seeds' runs (a claim split over machines)
     python -m bench.claims.run d_search --builds 2  # only this policy build's steps
     python -m bench.claims.run c_lucky --collect --merge   # add this --out's finished runs to the committed rows
+    python -m bench.claims.run c_lucky --collect --compare --out outputs/rerun   # do they reproduce? writes nothing
 
 Stages, each writing under --out (default outputs/claims/<id>) and skipped when its output exists:
     sets     draw the claim's problem sets, the test set checked fresh (bench/claims/problem_sets.py),
@@ -27,12 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.claims import run_c
+from bench.claims import run_b, run_c
+from bench.claims.collect import compared, read_jsonl, write_code, write_collected
 from bench.claims.metrics import f1_counts
 from bench.claims.problem_sets import claim_problem_sets
 from bench.claims.spec import ROOT, Claim, claim_path, load_claim
-from bench.claims.collect import write_code, write_collected
-from bench.claims.steps import Step, code_used, progress, run_step, run_steps
+from bench.claims.steps import Step, build_dir, build_steps, code_used, progress, run_step, run_steps
 
 
 def write_sets(claim: Claim, out: Path, draw: Callable[[Claim], dict] = claim_problem_sets) -> dict:
@@ -62,17 +63,6 @@ def drawn_sets(claim: Claim, out: Path, draw: Callable[[Claim], dict]) -> dict:
             raise SystemExit(f"{out / 'sets.json'}: set {spec.name!r} was drawn as {drawn or 'nothing'}, but "
                              f"{claim.path} names {wanted}; move {out} aside to draw the sets again")
     return summary
-
-
-def build_dir(seed: int) -> Path:
-    from core.models import cache_root
-    from tasks.chain.policy import ChainModelSpec, model_dir
-    return model_dir(cache_root(), ChainModelSpec(seed=seed).name)
-
-
-def build_steps(claim: Claim) -> list[Step]:
-    return [Step(f"build {b}", ["python", "-m", "tasks.chain.policy", "--seed", str(b)], build_dir(b) / "quality.json",
-                 build=b, policy=build_dir(b)) for b in claim.builds]
 
 
 # ------------------------------------------------------------------ claim (d): search at N = 16
@@ -134,81 +124,7 @@ def search_raw(claim: Claim, out: Path) -> list[dict]:
     return rows
 
 
-# ------------------------------------------------------------------ claim (b): online labels
-ONLINE_ARMS = {"eq5": ["select.mode=uncertain"], "judge_all": ["select.mode=all"], "random": ["select.mode=random"],
-               "outcome_only": ["algo.reward=outcome", "select.mode=none", "prm_update=none"]}
-
-
-def online_dir(out: Path, build: int, seed: int, arm: str) -> Path:
-    return out / f"build{build}" / f"seed{seed}" / arm
-
-
-def online_steps(claim: Claim, out: Path) -> list[Step]:
-    """Per build, seed and arm: the testbed's online run (configs/online_chain.yaml) training on the claim's
-    train set (generator seed first + i for the i-th seed) and evaluated every round on its test set
-    (policy_eval.source: every sample of every test problem, per problem in eval_problems.jsonl). A killed run
-    resumes from its checkpoints (trainer.resume=auto)."""
-    train = next(s for s in claim.problem_sets if s.role == "train")
-    if len(claim.seeds) > train.generator_seeds[1] - train.generator_seeds[0]:
-        raise ValueError(f"{claim.path}: {len(claim.seeds)} seeds but train set {train.name!r} has "
-                         f"{train.generator_seeds[1] - train.generator_seeds[0]} generator seeds")
-    steps = []
-    for b in claim.builds:
-        model = str(build_dir(b))
-        for i, seed in enumerate(claim.seeds):
-            for arm in claim.arms:
-                here = online_dir(out, b, seed, arm)
-                argv = ["python", "-m", "rl.online", "--config-name", "online_chain", f"policy.model={model}",
-                        f"prm.backbone={model}", f"task.seed={train.generator_seeds[0] + i}",
-                        f"task.size={train.per_seed}", f"trainer.seed={seed}", "policy_eval.every=1",
-                        f"policy_eval.source={out / 'sets' / 'test.jsonl'}", "policy_eval.problems=100000", "policy_eval.holdout_share=0.0",
-                        "policy_eval.greedy=false", *ONLINE_ARMS[arm], f"trainer.out_dir={here}"]
-                steps.append(Step(f"online b{b} s{seed} {arm}", argv, here / "claim_step.done", mark=True,
-                                  seed=seed, build=b, policy=build_dir(b)))
-    return steps
-
-
-def online_raw(claim: Claim, out: Path) -> list[dict]:
-    """The held-out pass of each test problem at each finished run's last round (its last row there); a run
-    still going (or killed) gives none, so the report counts its unit as not yet run."""
-    rows = []
-    for b in claim.builds:
-        for seed in claim.seeds:
-            for arm in claim.arms:
-                path = online_dir(out, b, seed, arm) / "eval_problems.jsonl"
-                if not (path.is_file() and (path.parent / "claim_step.done").is_file()):
-                    continue
-                evals = [json.loads(line) for line in path.read_text().splitlines()]
-                last = max(r["round"] for r in evals)
-                final = {r["question"]: r for r in evals if r["round"] == last}
-                rows += [{"unit": f"b{b}/s{seed}", "arm": arm, "problem": q, "value": r["right"] / r["n"]}
-                         for q, r in final.items()]
-    return rows
-
-
-def online_units(claim: Claim, out: Path) -> list[dict]:
-    """Per finished run: the labels its ledger holds as paid (exact over kills and resumes: a resumed round
-    reads what it paid before it was killed from the ledger), its ledger hits over every round (a round logged
-    twice, by a run resumed after it, counts once: its later row), and its held-out pass at the last round."""
-    from judges.ledger import LabelLedger
-    rows = []
-    for b in claim.builds:
-        for seed in claim.seeds:
-            for arm in claim.arms:
-                here = online_dir(out, b, seed, arm)
-                if not (here / "claim_step.done").is_file():
-                    continue
-                by_round = {m["round"]: m for m in map(json.loads, (here / "metrics.jsonl").read_text().splitlines())}
-                paid = 0
-                if (here / "ledger.sqlite").is_file():
-                    with LabelLedger(here / "ledger.sqlite") as ledger:
-                        paid = sum(int(s["labels"]) for s in ledger.stats().values())
-                rows.append({"unit": f"b{b}/s{seed}", "arm": arm, "judge_paid": paid,
-                             "ledger_hits": sum(m.get("judge/ledger_hits", 0) for m in by_round.values()),
-                             "held_out_pass": by_round[max(by_round)]["eval/pass"]})
-    return rows
-
-
+# ------------------------------------------------------------------ claim (a): label efficiency
 def label_steps(claim: Claim, out: Path) -> list[Step]:
     """Per pool: the policy's samples on it, the validation and the test set (bench_chain_pool --stage pool),
     then active / random at every budget and the full pool, every seed (--stage runs --per-problem)."""
@@ -327,7 +243,8 @@ class Runner:
 
 
 TESTBED = Runner(run_c.testbed_steps, run_c.testbed_raw, run_c.build_steps, run_c.draw_sets, independent=True)
-RUNNERS = {"d": Runner(search_steps, search_raw), "b": Runner(online_steps, online_raw, independent=True, units=online_units),
+RUNNERS = {"d": Runner(search_steps, search_raw), "b": Runner(run_b.online_steps, run_b.online_raw, independent=True,
+                                                                 units=run_b.online_units),
            "a": Runner(label_steps, label_raw, units=label_units),
            "e": Runner(quality_steps, quality_raw, units=quality_units), "c_sparse": TESTBED,
            "c_lucky": TESTBED, "c_lucky_dense": TESTBED}
@@ -365,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--builds", type=int, nargs="+", help="run only these of the claim's policy builds")
     ap.add_argument("--merge", action="store_true",
                     help="keep the committed rows of the units --out has not run (bench/claims/collect.py)")
+    ap.add_argument("--compare", action="store_true",
+                    help="with --collect: write nothing; say whether each finished run's rows equal the committed ones")
     args = ap.parse_args(argv)
     claim = load_claim(claim_path(args.claim))
     if claim.id not in RUNNERS:
@@ -392,6 +311,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         return
     raw = ROOT / claim.raw
+    if args.compare:
+        print("\n".join(["[claims] against the committed rows:"] + compared(read_jsonl(raw), runner.raw(claim, out))))
+        return
     rows = write_collected(raw, runner.raw(claim, out), args.merge)
     print(f"[claims] {len(rows)} raw rows -> {claim.raw}" + (" (merged with the committed rows)" if args.merge else ""))
     used = write_code(raw.with_name(raw.stem + ".code.json"), code_used(provenance), args.merge)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.claims.spec import ROOT
+from bench.claims.spec import ROOT, Claim
 
 
 @dataclass
@@ -127,3 +127,14 @@ def run_steps(steps: list[Step], dry_run: bool, jobs: int = 1, provenance: Path 
         futures = [pool.submit(run_step, step, False, provenance) for step in steps]
     for future in futures:
         future.result()
+
+
+def build_dir(seed: int) -> Path:
+    from core.models import cache_root
+    from tasks.chain.policy import ChainModelSpec, model_dir
+    return model_dir(cache_root(), ChainModelSpec(seed=seed).name)
+
+
+def build_steps(claim: Claim) -> list[Step]:
+    return [Step(f"build {b}", ["python", "-m", "tasks.chain.policy", "--seed", str(b)], build_dir(b) / "quality.json",
+                 build=b, policy=build_dir(b)) for b in claim.builds]
