@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--merge", action="store_true",
                     help="keep the committed rows of the units --out has not run (bench/claims/collect.py)")
     ap.add_argument("--compare", action="store_true",
-                    help="with --collect: write nothing; say whether each finished run's rows equal the committed ones")
+                    help="write no rows: say whether each run finished under --out gives its committed rows")
     args = ap.parse_args(argv)
     claim = load_claim(claim_path(args.claim))
     if claim.id not in RUNNERS:
