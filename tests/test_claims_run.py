@@ -235,6 +235,8 @@ def test_each_launch_records_the_code_it_ran_on(tmp_path, monkeypatch):
     two = run.Step("two", ["python", "-c", "pass"], tmp_path / "two.done", mark=True, policy=build)
     run.run_steps([two], dry_run=False, jobs=2, provenance=provenance)
     assert steps.code_used(provenance) == {"aaa": ["one"], "bbb weights 0123456789ab": ["two"]}
+    (build / "quality.json").write_text("{}")                   # a test's tiny build records no digest
+    assert steps.weights_version(build) is None and steps.weights_version(None) is None
 
 
 def test_a_claim_that_waits_is_not_run_but_shows_what_it_waits_for(tmp_path, monkeypatch):

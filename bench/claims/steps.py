@@ -53,11 +53,11 @@ def code_version(root: Path = ROOT) -> str:
 
 def weights_version(policy: Path | None) -> str | None:
     """The first 12 hex digits of the policy build's weights digest, as its quality.json records it (loading
-    the build checks the weights against it, tasks/chain/policy.py); None for a step on no build."""
+    the build checks the weights against it, tasks/chain/policy.py); None for a step on no build, or on one
+    whose quality.json records no digest."""
     quality = policy / "quality.json" if policy else None
-    if quality is None or not quality.is_file():
-        return None
-    return json.loads(quality.read_text())["weights_sha256"][:12]
+    digest = json.loads(quality.read_text()).get("weights_sha256") if quality and quality.is_file() else None
+    return digest[:12] if digest else None
 
 
 def record_launch(provenance: Path, step: Step) -> None:
