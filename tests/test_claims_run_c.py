@@ -199,6 +199,15 @@ def test_stage_2_waits_for_stage_1(tmp_path, monkeypatch, capsys):
         run.main(["c_lucky_dense", "--out", str(tmp_path)])
 
 
+def test_stage_2_arms_are_not_made_while_stage_1_does_not_hold(tmp_path, monkeypatch):
+    """Beside waits_for: the stage-2 commands need stage 1's form, and none is made before it holds."""
+    monkeypatch.setattr(run_c, "stage1_form", lambda stage1: None)
+    with pytest.raises(SystemExit, match=r"stage 1, claim \(c_lucky\), does not hold"):
+        run_c.testbed_steps(load_claim(claim_path("c_lucky_dense")), tmp_path)
+    monkeypatch.setattr(run_c, "stage1_form", lambda stage1: "sum")
+    assert len(run_c.testbed_steps(load_claim(claim_path("c_lucky_dense")), tmp_path)) == 60
+
+
 def test_seeds_run_only_the_named_seeds_with_their_own_training_problems(tmp_path, monkeypatch, capsys):
     """--seeds 7 9: the runs of seeds 7 and 9 alone, each on the train set's generator seed of its place in the
     claim's list (first + 7, first + 9), as in a run of every seed."""

@@ -117,6 +117,9 @@ def testbed_steps(claim: Claim, out: Path) -> list[Step]:
     from bench.bench_chain_online import ARMS
     task, model = TESTBED[claim.id]
     form = stage1_form(STAGE1[claim.id]) if claim.id in STAGE1 else None
+    if claim.id in STAGE1 and form is None:
+        raise SystemExit(f"claim ({claim.id}): stage 1, claim ({STAGE1[claim.id]}), does not hold on its committed "
+                         f"raw rows; the stage-2 arms take its credit form, so they are not run")
     train = next(s for s in claim.problem_sets if s.role == Role.train)
     first, last = train.generator_seeds
     if len(claim.seeds) > last - first:
