@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--collect", action="store_true",
                     help="run nothing: write the raw rows and the table of the runs finished so far (a claim whose "
                          "units have not all run reads as incomplete)")
+    ap.add_argument("--seeds", type=int, nargs="+", help="run only these of the claim's seeds (per-seed steps)")
     args = ap.parse_args(argv)
     claim = load_claim(claim_path(args.claim))
     if claim.id not in RUNNERS:
@@ -324,7 +325,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.collect:
         for step in runner.builds(claim, out):
             run_step(step, args.dry_run)
-        run_steps(runner.steps(claim, out), args.dry_run, args.jobs)
+        steps = runner.steps(claim, out)
+        if args.seeds:
+            steps = [s for s in steps if s.seed in set(args.seeds)]
+        run_steps(steps, args.dry_run, args.jobs)
     if args.dry_run:
         return
     rows = runner.raw(claim, out)

@@ -98,7 +98,7 @@ def testbed_steps(claim: Claim, out: Path) -> list[Step]:
                         *ARMS[arm],
                         f"trainer.out_dir={here}"]
                 steps.append(Step(f"{claim.id} b{b} s{seed} {arm}", argv, here / "claim_step.done", mark=True,
-                                  log=here / "run.log"))
+                                  log=here / "run.log", seed=seed))
     return steps
 
 

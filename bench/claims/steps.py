@@ -22,6 +22,7 @@ class Step:
     done: Path            # exists once the step finished
     mark: bool = False    # run.py writes `done` after the command succeeds (its own outputs grow while it runs)
     log: Path | None = None   # its output is appended there (steps run side by side would interleave on the terminal)
+    seed: int | None = None   # the claim seed it runs (per-seed steps; run.py --seeds picks by it)
 
 
 def run_step(step: Step, dry_run: bool) -> None:
