@@ -66,7 +66,7 @@ def build_dir(seed: int) -> Path:
 
 
 def build_steps(claim: Claim) -> list[Step]:
-    return [Step(f"build {b}", ["python", "-m", "tasks.chain.policy", "--seed", str(b)], build_dir(b) / "quality.json")
+    return [Step(f"build {b}", ["python", "-m", "tasks.chain.policy", "--seed", str(b)], build_dir(b) / "quality.json", build=b)
             for b in claim.builds]
 
 
@@ -92,17 +92,17 @@ def search_steps(claim: Claim, out: Path) -> list[Step]:
         steps.append(Step(f"pool {b}", ["python", "-m", "rl.search", "job=pool", *chain, f"task.source={sets / 'pool.jsonl'}",
                                         "task.limit=null", "rollout.temperature=1.0", "rollout.max_new_tokens=120", "pool.n=4",
                                         "pool.exclude_offset=1000000", "pool.exclude_limit=1",
-                                        f"trainer.out_dir={here / 'pool'}"], here / "pool" / "pool.jsonl"))
+                                        f"trainer.out_dir={here / 'pool'}"], here / "pool" / "pool.jsonl", build=b))
         steps.append(Step(f"prm {b}", ["python", "-m", "prm.train", "prm=chain_tiny", f"prm.backbone={model}", "pool=jsonl",
                                        f"pool.path={here / 'pool' / 'pool.jsonl'}", "pool.limit=null", "judge=chain",
                                        "select.mode=all", "epochs=10", "run_eval=false", "prm.batch_size=32",
-                                       f"trainer.out_dir={here / 'prm'}"], here / "prm" / "prm"))
+                                       f"trainer.out_dir={here / 'prm'}"], here / "prm" / "prm", build=b))
         seeds = "[" + ",".join(map(str, claim.seeds)) + "]"
         for setting in ("chain_prm_min", "chain_confidence"):
             extra = [f"task.source={sets / 'test.jsonl'}", "task.limit=null", f"policy.model={model}", f"seeds={seeds}",
                      "ns=[1,16]", "method.beam.ns=[16]", "method.dvts.ns=[16]", f"trainer.out_dir={here / setting}"]
             _, argv = command(setting, str(here / "prm" / "prm"), "hf", extra)
-            steps.append(Step(f"{setting} {b}", argv, here / setting / "summary.md"))
+            steps.append(Step(f"{setting} {b}", argv, here / setting / "summary.md", build=b))
     return steps
 
 
@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="run nothing: write the raw rows and the table of the runs finished so far (a claim whose "
                          "units have not all run reads as incomplete)")
     ap.add_argument("--seeds", type=int, nargs="+", help="run only these of the claim's seeds (per-seed steps)")
+    ap.add_argument("--builds", type=int, nargs="+", help="run only these of the claim's policy builds (claim d)")
     args = ap.parse_args(argv)
     claim = load_claim(claim_path(args.claim))
     if claim.id not in RUNNERS:
@@ -324,10 +325,14 @@ def main(argv: list[str] | None = None) -> None:
     print("[claims] sets: " + ", ".join(f"{k} {v['problems']} problems ({v['dropped']} dropped)" for k, v in summary.items()))
     if not args.collect:
         for step in runner.builds(claim, out):
+            if args.builds and step.build is not None and step.build not in args.builds:
+                continue
             run_step(step, args.dry_run)
         steps = runner.steps(claim, out)
         if args.seeds:
             steps = [s for s in steps if s.seed in set(args.seeds)]
+        if args.builds:
+            steps = [s for s in steps if s.build in set(args.builds)]
         run_steps(steps, args.dry_run, args.jobs)
     if args.dry_run:
         return

@@ -23,6 +23,7 @@ class Step:
     mark: bool = False    # run.py writes `done` after the command succeeds (its own outputs grow while it runs)
     log: Path | None = None   # its output is appended there (steps run side by side would interleave on the terminal)
     seed: int | None = None   # the claim seed it runs (per-seed steps; run.py --seeds picks by it)
+    build: int | None = None  # the policy build it runs on (run.py --builds picks by it)
 
 
 def run_step(step: Step, dry_run: bool) -> None:
