@@ -194,11 +194,6 @@ def test_stage_2_takes_stage_1s_best_form_once_it_holds(monkeypatch):
     assert run_c.stage2_settings(load_claim(claim_path("c_lucky")), "judge_sum_c", "min") == []
 
 
-def test_stage_2_waits_for_stage_1(tmp_path, monkeypatch, capsys):
-    with pytest.raises(SystemExit, match=r"claim \(c_lucky_dense\) waits for claim \(c_lucky\) to hold"):
-        run.main(["c_lucky_dense", "--out", str(tmp_path)])
-
-
 def test_stage_2_arms_are_not_made_while_stage_1_does_not_hold(tmp_path, monkeypatch):
     """Beside waits_for: the stage-2 commands need stage 1's form, and none is made before it holds."""
     monkeypatch.setattr(run_c, "stage1_form", lambda stage1: None)
