@@ -145,14 +145,20 @@ def test_jobs_run_independent_steps_together_and_only_those(tmp_path):
         run.main(["d_search", "--jobs", "2"])
 
 
-def test_collect_writes_the_finished_runs_rows_and_runs_nothing(tmp_path, monkeypatch):
-    """--collect: no build or arm runs (both stubbed to fail); the raw file holds the rows of the runs that
-    reached round 40, and the report is made from them."""
+def work_dir(tmp_path):
+    """An --out holding c_lucky's sets.json as drawn (one problem a set), so the runner reuses it."""
     out = tmp_path / "work"
     out.mkdir()
     sets = {s.name: {"role": s.role.value, "generator_seeds": list(s.generator_seeds), "per_seed": s.per_seed,
                      "problems": 1, "dropped": 0} for s in load_claim(claim_path("c_lucky")).problem_sets}
     (out / "sets.json").write_text(json.dumps(sets))
+    return out
+
+
+def test_collect_writes_the_finished_runs_rows_and_runs_nothing(tmp_path, monkeypatch):
+    """--collect: no build or arm runs (both stubbed to fail); the raw file holds the rows of the runs that
+    reached round 40, and the report is made from them."""
+    out = work_dir(tmp_path)
     write_evals(out, 0, "outcome_c", [row(40, "q1", 2, 1)])
     write_evals(out, 1, "outcome_c", [row(35, "q1", 2, 1)])          # still running: no rows
 
@@ -241,12 +247,8 @@ def test_builds_run_only_the_named_policy_builds_steps(tmp_path, monkeypatch, ca
 def test_merge_keeps_the_committed_rows_of_units_run_elsewhere(tmp_path, monkeypatch):
     """--collect --merge: the committed rows of seed 0 (run on another machine) stay; seed 1's committed rows
     are replaced by its run under --out. Without --merge only --out's runs are written."""
-    out = tmp_path / "work"
-    out.mkdir()
+    out = work_dir(tmp_path)
     claim = load_claim(claim_path("c_lucky"))
-    sets = {s.name: {"role": s.role.value, "generator_seeds": list(s.generator_seeds), "per_seed": s.per_seed,
-                     "problems": 1, "dropped": 0} for s in claim.problem_sets}
-    (out / "sets.json").write_text(json.dumps(sets))
     write_evals(out, 1, "outcome_c", [row(40, "q1", 4, 1)])
     raw = tmp_path / claim.raw
     raw.parent.mkdir(parents=True)
@@ -271,12 +273,8 @@ def test_merge_keeps_the_committed_rows_of_units_run_elsewhere(tmp_path, monkeyp
 def test_compare_says_whether_each_run_reproduces_the_committed_rows_and_writes_nothing(tmp_path, monkeypatch, capsys):
     """--collect --compare: seed 0 rerun gives its committed rows (in another order), seed 1 one value off,
     seed 2 was never committed; the raw file is left as it was."""
-    out = tmp_path / "work"
-    out.mkdir()
+    out = work_dir(tmp_path)
     claim = load_claim(claim_path("c_lucky"))
-    sets = {s.name: {"role": s.role.value, "generator_seeds": list(s.generator_seeds), "per_seed": s.per_seed,
-                     "problems": 1, "dropped": 0} for s in claim.problem_sets}
-    (out / "sets.json").write_text(json.dumps(sets))
     for seed in (0, 1, 2):
         write_evals(out, seed, "outcome_c", [row(40, "q1", 4, 1), row(40, "q2", 2, 0)])
     committed = [{"unit": "b0/s0", "arm": "outcome_c", "problem": "q2", "metric": "held_out_pass", "value": 0.5},
